@@ -1,0 +1,38 @@
+"""Op-level pieces: the compiled op library, path choice, pure-TF reference.
+
+Which path a wrapper's latest step took is `wrapper.last_path`, a
+`StepPath(name, reason)` with `name` one of `PATHS` (see `paths`):
+`fused`, `fused_tf_norms`, `fused_scale` or `tf`. Whether the compiled
+library is available, and why not, is `library_status()`.
+"""
+
+from normopt.ops.paths import (
+    ALL as PATHS,
+    COMPILED,
+    FUSED,
+    FUSED_SCALE,
+    FUSED_TF_NORMS,
+    TF,
+    StepPath,
+    in_xla_context,
+)
+
+
+def library_status():
+    """dict(loaded, path, reason) for the compiled op library."""
+    from normopt.ops import library
+
+    return library.status()
+
+
+__all__ = [
+    "COMPILED",
+    "FUSED",
+    "FUSED_SCALE",
+    "FUSED_TF_NORMS",
+    "PATHS",
+    "StepPath",
+    "TF",
+    "in_xla_context",
+    "library_status",
+]

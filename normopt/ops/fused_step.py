@@ -1,0 +1,207 @@
+"""Choosing and running the compiled path of one wrapper step.
+
+`choose_path` decides, at trace time, which of the paths in `normopt.ops.paths`
+a step takes; `run_fused_update` and `run_fused_scale` run the compiled ones
+through the raw ops in `normopt.ops.fused`. The inner optimizer's own slot
+variables and iteration counter hold all state, so a model can switch between
+paths (or be saved under one and loaded under another) at any step.
+"""
+
+import collections
+
+import keras
+import tensorflow as tf
+
+from normopt import normalizations
+from normopt.ops import paths
+from normopt.ops.paths import StepPath
+
+
+class FusedPathUnavailable(RuntimeError):
+    """Raised for `fused=True` when the compiled path cannot run."""
+
+
+def update_kernel(inner):
+    """'sgd' or 'adam' when a fused update kernel exists for `inner`, else None.
+
+    The type must match exactly: a subclass may change `update_step`.
+    """
+    kind = type(inner)
+    if kind is keras.optimizers.SGD:
+        return "sgd"
+    if kind in (keras.optimizers.Adam, keras.optimizers.AdamW):
+        return "adam"
+    return None
+
+
+def unsupported_options(inner):
+    """Inner-optimizer options the fused update kernels do not implement."""
+    found = []
+    if inner.use_ema:
+        found.append("use_ema")
+    if inner.gradient_accumulation_steps:
+        found.append("gradient_accumulation_steps")
+    for name in ("clipnorm", "clipvalue", "global_clipnorm", "loss_scale_factor"):
+        if getattr(inner, name, None) is not None:
+            found.append(name)
+    return found
+
+
+def _blockers(grads, variables):
+    """Reasons no compiled op can run this step at all (empty when it can)."""
+    from normopt.ops import library
+
+    status = library.status()
+    if not status["loaded"]:
+        return [f"the op library is not loaded: {status['reason']}"]
+    found = []
+    if paths.in_xla_context():
+        found.append(
+            "the step is being compiled by XLA (jit_compile=True) and the "
+            "compiled op has no XLA kernel"
+        )
+    if tf.distribute.has_strategy() and tf.distribute.in_cross_replica_context():
+        found.append("apply() was called in a cross-replica context")
+    elif tf.distribute.has_strategy():
+        found.append("a tf.distribute strategy is active")
+    for g, v in zip(grads, variables):
+        if isinstance(g, tf.IndexedSlices):
+            found.append(f"the gradient of {v.name} is sparse (IndexedSlices)")
+        elif g.dtype != v.dtype:
+            found.append(
+                f"the gradient of {v.name} is {g.dtype.name} but the "
+                f"variable is {v.dtype.name}"
+            )
+        elif g.dtype not in (tf.float16, tf.bfloat16, tf.float32, tf.float64):
+            found.append(f"dtype {g.dtype.name} has no compiled kernel")
+        if getattr(v, "overwrite_with_gradient", False):
+            found.append(f"{v.name} is overwritten with its gradient")
+    return found
+
+
+def choose_path(fused, normalization, inner, grads, variables):
+    """The StepPath of one step; raises FusedPathUnavailable for fused=True.
+
+    `grads`/`variables` hold only the pairs with a gradient.
+    """
+    if fused is False:
+        return StepPath(paths.TF, "fused=False")
+    reasons = _blockers(grads, variables)
+    kernel = update_kernel(inner)
+    options = unsupported_options(inner)
+    if not reasons and kernel is not None and options:
+        reasons.append(
+            f"the fused {kernel} kernel does not implement the inner "
+            f"optimizer's {', '.join(options)}"
+        )
+    if reasons:
+        if fused:
+            raise FusedPathUnavailable(
+                "fused=True but the compiled path cannot run: "
+                + "; ".join(reasons)
+                + ". Use fused=None to fall back to pure TensorFlow."
+            )
+        return StepPath(paths.TF, "; ".join(reasons))
+    custom = normalizations.custom_function(normalization) is not None
+    if kernel is not None:
+        return StepPath(paths.FUSED_TF_NORMS if custom else paths.FUSED, None)
+    return StepPath(paths.FUSED_SCALE, None)
+
+
+def _by_dtype(grads, variables):
+    groups = collections.OrderedDict()
+    for g, v in zip(grads, variables):
+        groups.setdefault(g.dtype, []).append((g, v))
+    return groups.values()
+
+
+def _norm_args(normalization, grads):
+    """(kind, norms) for the raw ops: built-in name, or TF-computed norms."""
+    if normalizations.custom_function(normalization) is None:
+        return normalizations.canonical_name(normalization), None
+    return "precomputed", tf.stack(
+        [normalizations.tf_norm(g, normalization) for g in grads]
+    )
+
+
+def run_fused_scale(normalization, mode, clipnorm, grads, variables):
+    """Gradients scaled by the compiled op, in the order given."""
+    from normopt.ops import fused
+
+    eps = keras.config.epsilon()
+    scaled = {}
+    for group in _by_dtype(grads, variables):
+        gs = [g for g, _ in group]
+        kind, norms = _norm_args(normalization, gs)
+        out = fused.scale(gs, kind, mode, clipnorm, eps, norms=norms)
+        for (_, v), s in zip(group, out):
+            scaled[id(v)] = s
+    return [scaled[id(v)] for v in variables]
+
+
+def run_fused_update(inner, normalization, mode, clipnorm, grads, variables):
+    """One whole inner-optimizer step through the fused update kernel."""
+    from normopt.ops import fused
+
+    kernel = update_kernel(inner)
+    eps = keras.config.epsilon()
+    lr = tf.cast(inner.learning_rate, tf.float64)
+    step = tf.cast(inner.iterations + 1, tf.float64)
+    for group in _by_dtype(grads, variables):
+        gs = [g for g, _ in group]
+        vs = [v for _, v in group]
+        kind, norms = _norm_args(normalization, gs)
+        acc = normalizations.accumulation_dtype(gs[0].dtype)
+        decay = tf.constant(
+            [
+                float(inner.weight_decay)
+                if inner.weight_decay and inner._use_weight_decay(v)
+                else 0.0
+                for v in vs
+            ],
+            dtype=acc,
+        )
+        index = [inner._get_variable_index(v) for v in vs]
+        common = dict(
+            lr=lr,
+            decay=decay,
+            kind=kind,
+            mode=mode,
+            clipnorm=clipnorm,
+            epsilon=eps,
+            norms=norms,
+        )
+        if kernel == "sgd":
+            momenta = (
+                [inner.momentums[i] for i in index] if inner.momentum else []
+            )
+            fused.apply_sgd(
+                vs,
+                momenta,
+                gs,
+                momentum=inner.momentum,
+                nesterov=inner.nesterov,
+                **common,
+            )
+        else:
+            vhat = (
+                [inner._velocity_hats[i] for i in index]
+                if inner.amsgrad
+                else []
+            )
+            fused.apply_adam(
+                vs,
+                [inner._momentums[i] for i in index],
+                [inner._velocities[i] for i in index],
+                vhat,
+                gs,
+                beta_1=inner.beta_1,
+                beta_2=inner.beta_2,
+                adam_epsilon=inner.epsilon,
+                step=step,
+                **common,
+            )
+    for v in variables:
+        if v.constraint is not None:
+            v.assign(v.constraint(v))
+    inner._iterations.assign_add(1)

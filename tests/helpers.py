@@ -1,0 +1,70 @@
+"""Small shared test utilities (no library logic: references live in reference.py)."""
+
+import numpy as np
+
+import reference as R
+
+# Relative/absolute tolerances per dtype for one-step comparisons against the
+# float64 NumPy reference.
+TOL = {
+    "float64": dict(rtol=1e-10, atol=1e-12),
+    "float32": dict(rtol=2e-5, atol=2e-6),
+    "bfloat16": dict(rtol=2e-2, atol=2e-2),
+    "float16": dict(rtol=4e-3, atol=4e-3),
+}
+
+SHAPES = [(), (1,), (7, 13), (0,), (3, 4, 5)]
+
+
+def make_grads(shapes, seed=0, scale=None):
+    rng = np.random.RandomState(seed)
+    out = []
+    for i, shape in enumerate(shapes):
+        s = scale[i] if scale is not None else 10.0 ** rng.uniform(-2, 1)
+        out.append(rng.standard_normal(shape) * s)
+    return out
+
+
+# Hyperparameters exactly representable in float32: Keras casts Python floats
+# through float32 in places, so float64 parity needs values that survive it.
+MOMENTUM = 0.875
+BETA_1 = 0.875
+BETA_2 = 0.998046875
+WEIGHT_DECAY = 0.00390625
+
+
+def reference_inner(kind, lr, weight_decay=None):
+    if kind == "sgd":
+        return R.SGD(lr, weight_decay=weight_decay)
+    if kind == "momentum":
+        return R.SGD(lr, momentum=MOMENTUM, weight_decay=weight_decay)
+    if kind == "nesterov":
+        return R.SGD(lr, momentum=MOMENTUM, nesterov=True, weight_decay=weight_decay)
+    if kind == "adam":
+        return R.Adam(lr, BETA_1, BETA_2, weight_decay=weight_decay)
+    if kind == "amsgrad":
+        return R.Adam(lr, BETA_1, BETA_2, amsgrad=True, weight_decay=weight_decay)
+    if kind == "adamw":
+        return R.Adam(lr, BETA_1, BETA_2, weight_decay=WEIGHT_DECAY)
+    raise KeyError(kind)
+
+
+def keras_inner(kind, lr):
+    import keras
+
+    if kind == "sgd":
+        return keras.optimizers.SGD(lr)
+    if kind == "momentum":
+        return keras.optimizers.SGD(lr, momentum=MOMENTUM)
+    if kind == "nesterov":
+        return keras.optimizers.SGD(lr, momentum=MOMENTUM, nesterov=True)
+    if kind == "adam":
+        return keras.optimizers.Adam(lr, BETA_1, BETA_2)
+    if kind == "amsgrad":
+        return keras.optimizers.Adam(lr, BETA_1, BETA_2, amsgrad=True)
+    if kind == "adamw":
+        return keras.optimizers.AdamW(lr, weight_decay=WEIGHT_DECAY, beta_1=BETA_1, beta_2=BETA_2)
+    raise KeyError(kind)
+
+
+INNER_KINDS = ["sgd", "momentum", "nesterov", "adam", "amsgrad", "adamw"]

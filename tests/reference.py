@@ -1,0 +1,121 @@
+"""Independent NumPy float64 reference, written from the formulas.
+
+Nothing here imports normopt: these are the definitions in DESIGN.md and the
+Keras 3 update rules, spelled out directly, so every path of the library is
+checked against the math rather than against itself.
+"""
+
+import numpy as np
+
+NORM_NAMES = (
+    "l1",
+    "l2",
+    "l1_l2",
+    "avg_l1",
+    "avg_l2",
+    "avg_l1_l2",
+    "max",
+    "min_max",
+    "std",
+)
+
+
+def norm(g, name, eps=1e-7):
+    """norm(g) + eps for one tensor, as in the DESIGN.md table."""
+    g = np.asarray(g, dtype=np.float64).ravel()
+    if name == "linf":
+        name = "max"
+    if g.size == 0:
+        return eps
+    a = np.abs(g)
+    if name == "l1":
+        return a.sum() + eps
+    if name == "l2":
+        return np.sqrt((g * g).sum()) + eps
+    if name == "l1_l2":
+        return (a.sum() + np.sqrt((g * g).sum())) / 2 + eps
+    if name == "avg_l1":
+        return a.mean() + eps
+    if name == "avg_l2":
+        return np.sqrt((g * g).mean()) + eps
+    if name == "avg_l1_l2":
+        return (a.mean() + np.sqrt((g * g).mean())) / 2 + eps
+    if name == "max":
+        return a.max() + eps
+    if name == "min_max":
+        return (a.max() + a.min()) / 2 + eps
+    if name == "std":
+        return np.sqrt(((g - g.mean()) ** 2).mean()) + eps
+    raise KeyError(name)
+
+
+def normalize(g, n):
+    """NormalizedOptimizer: g / norm(g)."""
+    return np.asarray(g, np.float64) / n
+
+
+def clip(g, n, clipnorm):
+    """ClippedOptimizer: g * clipnorm / norm(g) where norm >= clipnorm."""
+    g = np.asarray(g, np.float64)
+    return g * clipnorm / n if n >= clipnorm else g
+
+
+def transform(g, name, mode="normalize", clipnorm=1.0, eps=1e-7, norm_fn=None):
+    n = norm_fn(g) if norm_fn is not None else norm(g, name, eps)
+    return normalize(g, n) if mode == "normalize" else clip(g, n, clipnorm)
+
+
+class SGD:
+    """Keras 3 SGD: m = momentum*m - lr*g; w += m (nesterov: w += momentum*m - lr*g)."""
+
+    def __init__(self, lr, momentum=0.0, nesterov=False, weight_decay=None):
+        self.lr, self.momentum, self.nesterov = lr, momentum, nesterov
+        self.weight_decay = weight_decay
+        self.m = {}
+
+    def step(self, i, w, g, lr=None):
+        lr = self.lr if lr is None else lr
+        w = np.asarray(w, np.float64)
+        if self.weight_decay:
+            w = w - w * self.weight_decay * lr
+        if self.momentum == 0:
+            return w - lr * g
+        m = self.m.get(i, np.zeros_like(w))
+        m = self.momentum * m - lr * g
+        self.m[i] = m
+        if self.nesterov:
+            return w + self.momentum * m - lr * g
+        return w + m
+
+
+class Adam:
+    """Keras 3 Adam/AdamW (decoupled decay w -= w*wd*lr before the step).
+
+    alpha = lr * sqrt(1 - b2^t) / (1 - b1^t)
+    m += (g - m)(1 - b1); v += (g^2 - v)(1 - b2); vhat = max(vhat, v)
+    w -= alpha * m / (sqrt(v or vhat) + epsilon)
+    """
+
+    def __init__(self, lr, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
+                 amsgrad=False, weight_decay=None):
+        self.lr, self.b1, self.b2, self.eps = lr, beta_1, beta_2, epsilon
+        self.amsgrad, self.weight_decay = amsgrad, weight_decay
+        self.m, self.v, self.vhat, self.t = {}, {}, {}, {}
+
+    def step(self, i, w, g, lr=None):
+        lr = self.lr if lr is None else lr
+        w = np.asarray(w, np.float64)
+        if self.weight_decay:
+            w = w - w * self.weight_decay * lr
+        t = self.t.get(i, 0) + 1
+        self.t[i] = t
+        m = self.m.get(i, np.zeros_like(w))
+        v = self.v.get(i, np.zeros_like(w))
+        m = m + (g - m) * (1 - self.b1)
+        v = v + (g * g - v) * (1 - self.b2)
+        self.m[i], self.v[i] = m, v
+        if self.amsgrad:
+            v = np.maximum(self.vhat.get(i, np.zeros_like(w)), v)
+            self.vhat[i] = v
+        alpha = lr * np.sqrt(1 - self.b2**t) / (1 - self.b1**t)
+        return w - alpha * m / (np.sqrt(v) + self.eps)

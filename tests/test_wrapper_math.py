@@ -1,0 +1,144 @@
+"""Whole wrapper steps against the NumPy float64 reference (reference.py).
+
+Every built-in norm and a custom one, through NormalizedOptimizer and
+ClippedOptimizer, over SGD (plain, momentum, nesterov), Adam, amsgrad and
+AdamW, several steps, shapes including 0-D, odd and empty. Each case runs on
+the pure-TF path and on the fused path; the test asserts which path ran.
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras
+import normopt
+import reference as R
+from helpers import INNER_KINDS, SHAPES, TOL, keras_inner, make_grads, reference_inner
+
+NORMS = list(R.NORM_NAMES) + ["linf"]
+STEPS = 3
+LR = 0.0625
+CLIPNORM = 1.0
+
+# path parameter -> (fused argument, expected path for a built-in norm,
+#                    expected path for a custom norm)
+PATHS = {
+    "tf": (False, "tf", "tf"),
+    "fused": (True, "fused", "fused_tf_norms"),
+}
+
+
+def custom_l2_half(g):
+    """A custom normalization: half the l2 norm plus eps."""
+    g = tf.cast(g, tf.float32) if g.dtype != tf.float64 else g
+    return tf.sqrt(tf.reduce_sum(tf.square(g))) / 2 + keras.config.epsilon()
+
+
+def custom_l2_half_np(g):
+    return np.sqrt((np.asarray(g, np.float64) ** 2).sum()) / 2 + 1e-7
+
+
+def run_case(wrapper_cls, norm, inner_kind, path, dtype="float32", shapes=SHAPES,
+             norm_fn=None, **wrapper_kwargs):
+    fused_arg, expect_builtin, expect_custom = PATHS[path]
+    mode = "clip" if wrapper_cls is normopt.ClippedOptimizer else "normalize"
+    rng = np.random.RandomState(1)
+    init = [rng.standard_normal(s) for s in shapes]
+    variables = [
+        keras.Variable(w.astype(dtype), name=f"v{i}", dtype=dtype)
+        for i, w in enumerate(init)
+    ]
+    opt = wrapper_cls(keras_inner(inner_kind, LR), normalization=norm,
+                      fused=fused_arg, **wrapper_kwargs)
+    ref = reference_inner(inner_kind, LR)
+    ref_w = [np.asarray(w.numpy(), np.float64) for w in variables]
+    for step in range(STEPS):
+        grads = [g.astype(dtype) for g in make_grads(shapes, seed=step)]
+        opt.apply([tf.constant(g) for g in grads], variables)
+        for i, g in enumerate(grads):
+            g64 = np.asarray(g, np.float64)
+            g_ref = R.transform(g64, norm, mode, CLIPNORM, norm_fn=norm_fn)
+            ref_w[i] = ref.step(i, ref_w[i], g_ref)
+    expected = expect_custom if norm_fn is not None else expect_builtin
+    assert opt.last_path.name == expected, opt.last_path
+    for w, r in zip(variables, ref_w):
+        np.testing.assert_allclose(w.numpy().astype(np.float64), r, **TOL[dtype])
+    assert int(opt.iterations.numpy()) == STEPS
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("inner_kind", INNER_KINDS)
+@pytest.mark.parametrize("norm", NORMS)
+def test_normalized(norm, inner_kind, path):
+    run_case(normopt.NormalizedOptimizer, norm, inner_kind, path)
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("inner_kind", INNER_KINDS)
+@pytest.mark.parametrize("norm", NORMS)
+def test_clipped(norm, inner_kind, path):
+    run_case(normopt.ClippedOptimizer, norm, inner_kind, path,
+             clipnorm=CLIPNORM)
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("wrapper", ["normalized", "clipped"])
+@pytest.mark.parametrize("inner_kind", ["nesterov", "adam"])
+def test_custom_normalization(custom_norm, inner_kind, wrapper, path):
+    custom_norm("half_l2", custom_l2_half)
+    cls = (normopt.NormalizedOptimizer if wrapper == "normalized"
+           else normopt.ClippedOptimizer)
+    kwargs = {"clipnorm": CLIPNORM} if wrapper == "clipped" else {}
+    run_case(cls, "half_l2", inner_kind, path, norm_fn=custom_l2_half_np,
+             **kwargs)
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("norm", ["l2", "std", "min_max"])
+@pytest.mark.parametrize("inner_kind", ["nesterov", "adam"])
+def test_float64(norm, inner_kind, path):
+    run_case(normopt.NormalizedOptimizer, norm, inner_kind, path,
+             dtype="float64")
+
+
+def _sgd_one_step(clipnorm, grad):
+    """Returns the applied gradient of one clipped plain-SGD step with lr 1."""
+    w = keras.Variable(np.zeros_like(grad), dtype="float32")
+    opt = normopt.ClippedOptimizer(keras.optimizers.SGD(1.0), "l1",
+                                   clipnorm=clipnorm, fused=False)
+    opt.apply([tf.constant(grad)], [w])
+    return -w.numpy()
+
+
+def test_clip_boundary():
+    grad = np.array([0.25, -0.5, 1.0, -0.125], np.float32)
+    eps = np.float32(keras.config.epsilon())
+    norm32 = np.float32(np.float32(np.abs(grad).sum()) + eps)
+    at = float(norm32)
+    above = float(np.nextafter(norm32, np.float32(np.inf)))
+    below = float(np.nextafter(norm32, np.float32(0)))
+    # norm == clipnorm: the clip branch is taken with scale clipnorm/norm == 1
+    np.testing.assert_array_equal(_sgd_one_step(at, grad), grad)
+    # clipnorm just above the norm: unchanged
+    np.testing.assert_array_equal(_sgd_one_step(above, grad), grad)
+    # clipnorm just below the norm: scaled by clipnorm / norm < 1
+    got = _sgd_one_step(below, grad)
+    np.testing.assert_allclose(got, grad * (below / at), rtol=1e-6)
+    assert np.all(np.abs(got) < np.abs(grad))
+    # far below: clipped to a norm of exactly the clipnorm
+    got = _sgd_one_step(0.5, grad)
+    np.testing.assert_allclose(np.abs(got).sum(), 0.5, rtol=1e-6)
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_empty_and_none_gradients_pass_through(path):
+    fused_arg = PATHS[path][0]
+    a = keras.Variable(np.ones((0, 3), np.float32))
+    b = keras.Variable(np.ones((2,), np.float32))
+    c = keras.Variable(np.ones((2,), np.float32))
+    opt = normopt.NormalizedOptimizer(keras.optimizers.SGD(1.0), fused=fused_arg)
+    opt.apply([tf.zeros((0, 3)), tf.constant([3.0, 4.0]), None], [a, b, c])
+    assert a.shape == (0, 3)
+    np.testing.assert_allclose(b.numpy(), 1 - np.array([0.6, 0.8]), rtol=1e-6)
+    np.testing.assert_array_equal(c.numpy(), [1.0, 1.0])
+    assert opt.last_path.name == PATHS[path][1]
