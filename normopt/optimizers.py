@@ -48,6 +48,13 @@ def _resolve_inner(optimizer):
     )
 
 
+def _replicas_in_sync():
+    """Replica count when apply() runs per replica under tf.distribute, else 1."""
+    if not tf.distribute.has_strategy() or tf.distribute.in_cross_replica_context():
+        return 1
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
 def _check_fused(fused):
     if fused not in (None, True, False):
         raise TypeError(f"`fused` must be None, True or False, got {fused!r}.")
@@ -161,6 +168,15 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
                     vs,
                 )
                 return
+            # Under tf.distribute the norm is that of the cross-replica sum
+            # (the gradient of the global batch). The inner optimizer sums
+            # across replicas again, so each replica hands it 1/R of the
+            # result (exact for a power-of-two replica count).
+            replicas = _replicas_in_sync()
+            if replicas > 1:
+                gs = tf.distribute.get_replica_context().all_reduce(
+                    tf.distribute.ReduceOp.SUM, gs
+                )
             factor = inner.loss_scale_factor
             if factor is not None:
                 # The inner optimizer unscales after us: measure the norm of
@@ -184,6 +200,8 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
             ]
             if factor is not None:
                 scaled = [g * factor for g in scaled]
+            if replicas > 1:
+                scaled = [g / replicas for g in scaled]
             inner.apply(scaled, vs)
 
     def get_config(self):

@@ -52,9 +52,9 @@ def _blockers(grads, variables):
     from normopt.ops import library
 
     status = library.status()
-    if not status["loaded"]:
-        return [f"the op library is not loaded: {status['reason']}"]
     found = []
+    if not status["loaded"]:
+        found.append(f"the op library is not loaded: {status['reason']}")
     if paths.in_xla_context():
         found.append(
             "the step is being compiled by XLA (jit_compile=True) and the "

@@ -1,0 +1,5 @@
+import sys
+
+from normopt.cli import main
+
+sys.exit(main())

@@ -1,0 +1,68 @@
+"""Bad input gets a clear error at construction."""
+
+import pytest
+
+import keras
+import normopt
+from normopt.ops import library
+
+
+def test_unknown_normalization_lists_available():
+    with pytest.raises(ValueError) as err:
+        normopt.NormalizedOptimizer(keras.optimizers.SGD(), "l3")
+    msg = str(err.value)
+    assert "'l3'" in msg
+    for name in ("l1", "l2", "avg_l1_l2", "min_max", "std", "linf"):
+        assert name in msg
+
+
+def test_normalization_must_be_a_string():
+    with pytest.raises(TypeError, match="normalization"):
+        normopt.NormalizedOptimizer(keras.optimizers.SGD(), normalization=lambda g: g)
+
+
+@pytest.mark.parametrize("clipnorm", [0, 0.0, -1.0, float("nan"), float("inf"),
+                                      "1.0", None, True, [1.0]])
+def test_bad_clipnorm(clipnorm):
+    with pytest.raises(ValueError, match="clipnorm"):
+        normopt.ClippedOptimizer(keras.optimizers.SGD(), clipnorm=clipnorm)
+
+
+@pytest.mark.parametrize("optimizer", [None, 3, object(), "not_an_optimizer",
+                                       keras.layers.Dense(2)])
+def test_non_optimizer(optimizer):
+    with pytest.raises((TypeError, ValueError), match="optimizer"):
+        normopt.NormalizedOptimizer(optimizer)
+
+
+def test_identifier_accepted():
+    opt = normopt.ClippedOptimizer("adam", clipnorm=1.0)
+    assert isinstance(opt.inner_optimizer, keras.optimizers.Adam)
+
+
+def test_wrapper_of_wrapper_rejected():
+    inner = normopt.NormalizedOptimizer(keras.optimizers.SGD())
+    with pytest.raises(TypeError, match="already a normopt wrapper"):
+        normopt.ClippedOptimizer(inner)
+
+
+@pytest.mark.parametrize("fused", ["yes", 1, 0])
+def test_bad_fused(fused):
+    with pytest.raises(TypeError, match="fused"):
+        normopt.NormalizedOptimizer(keras.optimizers.SGD(), fused=fused)
+
+
+def test_fused_true_without_library_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(library, "status", lambda: {
+        "loaded": False, "path": None, "reason": "not built (test)"})
+    with pytest.raises(normopt.FusedPathUnavailable, match="not built \\(test\\)"):
+        normopt.NormalizedOptimizer(keras.optimizers.Adam(), fused=True)
+
+
+@pytest.mark.parametrize("option", [dict(use_ema=True), dict(clipnorm=1.0),
+                                    dict(gradient_accumulation_steps=2)])
+def test_fused_true_with_unsupported_inner_option(option):
+    if not library.status()["loaded"]:
+        pytest.skip("op library not built: " + str(library.status()["reason"]))
+    with pytest.raises(normopt.FusedPathUnavailable, match=list(option)[0]):
+        normopt.NormalizedOptimizer(keras.optimizers.Adam(**option), fused=True)

@@ -1,0 +1,110 @@
+"""Serialization: get_config/from_config and .keras save/load with continued training."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras
+import normopt
+
+
+def model_and_data(seed=0):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([
+        keras.Input((5,)),
+        keras.layers.Dense(16, activation="tanh"),
+        keras.layers.BatchNormalization(),
+        keras.layers.Dense(2),
+    ])
+    rng = np.random.RandomState(seed)
+    x = rng.standard_normal((96, 5)).astype("float32")
+    y = np.stack([x.sum(1), x[:, 0] * x[:, 1]], 1).astype("float32")
+    return model, x, y
+
+
+def make_opt(kind, fused):
+    if kind == "normalized":
+        return normopt.NormalizedOptimizer(
+            keras.optimizers.Adam(keras.optimizers.schedules.ExponentialDecay(1e-2, 3, 0.9),
+                                  amsgrad=True),
+            "avg_l1_l2", fused=fused)
+    return normopt.ClippedOptimizer(
+        keras.optimizers.SGD(0.05, momentum=0.9, nesterov=True, weight_decay=1e-3),
+        "std", clipnorm=0.3, fused=fused)
+
+
+def fit(model, x, y, epochs):
+    model.fit(x, y, batch_size=32, epochs=epochs, shuffle=False, verbose=0)
+
+
+@pytest.mark.parametrize("kind", ["normalized", "clipped"])
+@pytest.mark.parametrize("fused_save,fused_load", [(False, False), (None, False), (False, None)])
+def test_save_load_continue_is_identical(tmp_path, kind, fused_save, fused_load):
+    # uninterrupted: 4 epochs
+    model, x, y = model_and_data()
+    model.compile(optimizer=make_opt(kind, fused_load), loss="mse")
+    fit(model, x, y, 4)
+    uninterrupted = [w.numpy() for w in model.weights]
+
+    # 2 epochs, save, load, 2 more
+    model, x, y = model_and_data()
+    model.compile(optimizer=make_opt(kind, fused_save), loss="mse")
+    fit(model, x, y, 2)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    opt = loaded.optimizer
+    assert type(opt) is type(model.optimizer)
+    assert opt.normalization == model.optimizer.normalization
+    assert type(opt.inner_optimizer) is type(model.optimizer.inner_optimizer)
+    assert opt.inner_optimizer.get_config() == model.optimizer.inner_optimizer.get_config()
+    if kind == "clipped":
+        assert opt.clipnorm == 0.3
+    for a, b in zip(opt.variables, model.optimizer.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert int(opt.iterations.numpy()) == 6
+    opt.fused = fused_load
+    fit(loaded, x, y, 2)
+    for a, b in zip(loaded.weights, uninterrupted):
+        if fused_save is None or fused_load is None:
+            np.testing.assert_allclose(a.numpy(), b, rtol=1e-5, atol=1e-6)
+        else:  # same path throughout: bitwise on CPU
+            np.testing.assert_array_equal(a.numpy(), b)
+
+
+def test_get_config_round_trip():
+    opt = normopt.ClippedOptimizer(keras.optimizers.RMSprop(0.01, rho=0.8), "min_max",
+                                   clipnorm=2.5, fused=False, name="clippy")
+    cfg = opt.get_config()
+    again = normopt.ClippedOptimizer.from_config(cfg)
+    assert again.get_config() == cfg
+    assert again.name == "clippy"
+    restored = keras.optimizers.deserialize(keras.optimizers.serialize(opt))
+    assert isinstance(restored, normopt.ClippedOptimizer)
+    assert restored.get_config() == cfg
+
+
+def test_custom_normalization_save_load(tmp_path):
+    def half_l1(g):
+        return tf.reduce_sum(tf.abs(g)) / 2 + keras.config.epsilon()
+
+    normopt.register_normalization("half_l1", half_l1)
+    try:
+        model, x, y = model_and_data()
+        model.compile(optimizer=normopt.NormalizedOptimizer("sgd", "half_l1"), loss="mse")
+        fit(model, x, y, 1)
+        path = tmp_path / "custom.keras"
+        model.save(path)
+    finally:
+        normopt.unregister_normalization("half_l1")
+
+    with pytest.raises(Exception, match="half_l1"):
+        keras.models.load_model(path)
+
+    normopt.register_normalization("half_l1", half_l1)
+    try:
+        loaded = keras.models.load_model(path)
+        assert loaded.optimizer.normalization == "half_l1"
+        fit(loaded, x, y, 1)
+    finally:
+        normopt.unregister_normalization("half_l1")
