@@ -55,6 +55,15 @@ def _replicas_in_sync():
     return tf.distribute.get_strategy().num_replicas_in_sync
 
 
+def _all_finite(grads):
+    """One boolean: every element of every gradient is finite."""
+    checks = []
+    for g in grads:
+        values = g.values if isinstance(g, tf.IndexedSlices) else g
+        checks.append(tf.reduce_all(tf.math.is_finite(values)))
+    return tf.reduce_all(tf.stack(checks))
+
+
 def _check_fused(fused):
     if fused not in (None, True, False):
         raise TypeError(f"`fused` must be None, True or False, got {fused!r}.")
@@ -66,14 +75,26 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
 
     _mode = None
 
-    def __init__(self, optimizer, normalization="l2", fused=None, name=None):
+    def __init__(
+        self,
+        optimizer,
+        normalization="l2",
+        fused=None,
+        skip_nonfinite=False,
+        name=None,
+    ):
         inner = _resolve_inner(optimizer)
         normalizations.check_normalization(normalization)
         _check_fused(fused)
+        if not isinstance(skip_nonfinite, bool):
+            raise TypeError(
+                f"`skip_nonfinite` must be True or False, got {skip_nonfinite!r}."
+            )
         super().__init__(learning_rate=0.0, name=name)
         self.inner_optimizer = inner
         self.normalization = normalization
         self.fused = fused
+        self.skip_nonfinite = skip_nonfinite
         self.last_path = None
         if fused:
             self._check_fused_possible()
@@ -95,6 +116,15 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
 
     @tracking.no_automatic_dependency_tracking
     def build(self, var_list):
+        # Always created, so the saved variable list does not depend on
+        # skip_nonfinite.
+        self.skipped_steps = self.add_variable(
+            shape=(),
+            dtype="int",
+            initializer="zeros",
+            aggregation="only_first_replica",
+            name="skipped_steps",
+        )
         self.inner_optimizer.build(var_list)
         super().build(var_list)
 
@@ -152,57 +182,88 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
             return
         gs = [g for g, _ in pairs]
         vs = [v for _, v in pairs]
+        # Under tf.distribute the norm is that of the cross-replica sum: the
+        # gradient of the global batch, as one replica would see it.
+        replicas = _replicas_in_sync()
+        if replicas > 1:
+            gs = tf.distribute.get_replica_context().all_reduce(
+                tf.distribute.ReduceOp.SUM, gs
+            )
+        with keras.name_scope(self.name, caller=self):
+            if not self.skip_nonfinite:
+                self._step(gs, vs, replicas)
+            elif replicas > 1:
+                # A cond whose branch calls merge_call (as the inner apply
+                # does) must run in cross-replica context.
+                tf.distribute.get_replica_context().merge_call(
+                    self._distributed_step_if_finite,
+                    args=(gs, vs, replicas, _all_finite(gs)),
+                )
+            else:
+                tf.cond(
+                    _all_finite(gs),
+                    lambda: self._step(gs, vs, replicas) or tf.constant(True),
+                    self._skip_step,
+                )
+
+    def _distributed_step_if_finite(self, distribution, gs, vs, replicas, finite):
+        # Every replica holds the same all-reduced gradients, hence the same
+        # verdict: take the first.
+        finite = distribution.experimental_local_results(finite)[0]
+
+        def step():
+            distribution.extended.call_for_each_replica(
+                self._step, args=(gs, vs, replicas)
+            )
+            return tf.constant(True)
+
+        tf.cond(finite, step, self._skip_step)
+
+    def _skip_step(self):
+        self.skipped_steps.assign_add(1)
+        return tf.constant(False)
+
+    def _step(self, gs, vs, replicas):
+        """One step on gradients already summed across replicas."""
         inner = self.inner_optimizer
         path = fused_step.choose_path(
             self.fused, self.normalization, inner, gs, vs
         )
         self.last_path = path
-        with keras.name_scope(self.name, caller=self):
-            if path.name in (paths.FUSED, paths.FUSED_TF_NORMS):
-                fused_step.run_fused_update(
-                    inner,
-                    self.normalization,
-                    self._mode,
-                    self._clipnorm_value(),
-                    gs,
-                    vs,
-                )
-                return
-            # Under tf.distribute the norm is that of the cross-replica sum
-            # (the gradient of the global batch). The inner optimizer sums
-            # across replicas again, so each replica hands it 1/R of the
-            # result (exact for a power-of-two replica count).
-            replicas = _replicas_in_sync()
-            if replicas > 1:
-                gs = tf.distribute.get_replica_context().all_reduce(
-                    tf.distribute.ReduceOp.SUM, gs
-                )
-            factor = inner.loss_scale_factor
-            if factor is not None:
-                # The inner optimizer unscales after us: measure the norm of
-                # the true gradient, then hand back a scaled result.
-                gs = [g / factor for g in gs]
-            if path.name == paths.FUSED_SCALE:
-                scaled = fused_step.run_fused_scale(
-                    self.normalization,
-                    self._mode,
-                    self._clipnorm_value(),
-                    gs,
-                    vs,
-                )
-            else:
-                scaled = scale_gradients(
-                    gs, self.normalization, self._mode, self._clipnorm_value()
-                )
-            scaled = [
-                g if getattr(v, "overwrite_with_gradient", False) else s
-                for g, s, v in zip(gs, scaled, vs)
-            ]
-            if factor is not None:
-                scaled = [g * factor for g in scaled]
-            if replicas > 1:
-                scaled = [g / replicas for g in scaled]
-            inner.apply(scaled, vs)
+        if path.name in (paths.FUSED, paths.FUSED_TF_NORMS):
+            fused_step.run_fused_update(
+                inner,
+                self.normalization,
+                self._mode,
+                self._clipnorm_value(),
+                gs,
+                vs,
+            )
+            return
+        factor = inner.loss_scale_factor
+        if factor is not None:
+            # The inner optimizer unscales after us: measure the norm of the
+            # true gradient, then hand back a scaled result.
+            gs = [g / factor for g in gs]
+        if path.name == paths.FUSED_SCALE:
+            scaled = fused_step.run_fused_scale(
+                self.normalization, self._mode, self._clipnorm_value(), gs, vs
+            )
+        else:
+            scaled = scale_gradients(
+                gs, self.normalization, self._mode, self._clipnorm_value()
+            )
+        scaled = [
+            g if getattr(v, "overwrite_with_gradient", False) else s
+            for g, s, v in zip(gs, scaled, vs)
+        ]
+        if factor is not None:
+            scaled = [g * factor for g in scaled]
+        if replicas > 1:
+            # The inner optimizer sums across replicas again: hand it 1/R of
+            # the result on each (exact for a power-of-two replica count).
+            scaled = [g / replicas for g in scaled]
+        inner.apply(scaled, vs)
 
     def get_config(self):
         return {
@@ -212,6 +273,7 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
             ),
             "normalization": self.normalization,
             "fused": self.fused,
+            "skip_nonfinite": self.skip_nonfinite,
         }
 
     @classmethod
@@ -236,6 +298,10 @@ class NormalizedOptimizer(_GradientNormWrapper):
         fused: None picks the compiled op when it can run, else pure TF;
             True requires the compiled op (clear error when it cannot run);
             False always uses pure TF.
+        skip_nonfinite: False (default) passes inf/NaN gradients on as the
+            inner optimizer would get them; True skips any step whose
+            gradients hold an inf or NaN (no variable or slot changes) and
+            counts it in `skipped_steps`, which is saved with the model.
         name: the wrapper's name.
     """
 
@@ -252,14 +318,20 @@ class ClippedOptimizer(_GradientNormWrapper):
         optimizer: a Keras 3 optimizer, or an identifier such as "adam".
         normalization: norm used for the comparison (default "l2").
         clipnorm: positive number, the largest norm a gradient keeps.
-        fused: as for NormalizedOptimizer.
+        fused, skip_nonfinite: as for NormalizedOptimizer.
         name: the wrapper's name.
     """
 
     _mode = CLIP
 
     def __init__(
-        self, optimizer, normalization="l2", clipnorm=1.0, fused=None, name=None
+        self,
+        optimizer,
+        normalization="l2",
+        clipnorm=1.0,
+        fused=None,
+        skip_nonfinite=False,
+        name=None,
     ):
         if (
             isinstance(clipnorm, bool)
@@ -270,7 +342,13 @@ class ClippedOptimizer(_GradientNormWrapper):
             raise ValueError(
                 f"`clipnorm` must be a finite number > 0, got {clipnorm!r}."
             )
-        super().__init__(optimizer, normalization, fused=fused, name=name)
+        super().__init__(
+            optimizer,
+            normalization,
+            fused=fused,
+            skip_nonfinite=skip_nonfinite,
+            name=name,
+        )
         self.clipnorm = float(clipnorm)
 
     def _clipnorm_value(self):
