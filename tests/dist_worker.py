@@ -1,0 +1,77 @@
+"""Runs one training scenario on 1 or 2 logical CPU replicas; prints JSON.
+
+Used by test_distribute.py in a subprocess: logical devices must be set up
+before TensorFlow initializes, which an in-process test cannot guarantee.
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tensorflow as tf  # noqa: E402
+
+cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(
+    cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2
+)
+
+import contextlib  # noqa: E402
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import normopt  # noqa: E402
+
+
+def build(kind, fused, skip):
+    if kind == "normalized_adam":
+        return normopt.NormalizedOptimizer(keras.optimizers.Adam(1e-2), "l2",
+                                           fused=fused, skip_nonfinite=skip)
+    return normopt.ClippedOptimizer(
+        keras.optimizers.SGD(0.05, momentum=0.9, nesterov=True), "std",
+        clipnorm=0.05, fused=fused, skip_nonfinite=skip)
+
+
+def main(replicas, kind, fused, skip, save_to=None, load_from=None):
+    fused = json.loads(fused)
+    skip = skip == "skip"
+    strategy = (tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+                if replicas == 2 else None)
+    scope = strategy.scope() if strategy else contextlib.nullcontext()
+    rng = np.random.RandomState(0)
+    x = rng.standard_normal((128, 6)).astype("float32")
+    y = np.stack([x.sum(1), x[:, 0] - x[:, 1]], 1).astype("float32")
+    if skip:
+        y[70] = np.nan  # poisons exactly one global batch of 32
+    with scope:
+        if load_from:
+            model = keras.models.load_model(load_from)
+            model.optimizer.fused = fused
+        else:
+            keras.utils.set_random_seed(0)
+            model = keras.Sequential([
+                keras.Input((6,)),
+                keras.layers.Dense(16, activation="tanh"),
+                keras.layers.Dense(2),
+            ])
+            model.compile(optimizer=build(kind, fused, skip), loss="mse")
+    model.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0)
+    if save_to:
+        model.save(save_to)
+    opt = model.optimizer
+    print(json.dumps({
+        "weights": [w.numpy().tolist() for w in model.weights],
+        "slots": [v.numpy().tolist() for v in opt.variables],
+        "iterations": int(opt.iterations.numpy()),
+        "skipped": int(opt.skipped_steps.numpy()),
+        "path": opt.last_path.name,
+        "reason": opt.last_path.reason,
+        "replicas": strategy.num_replicas_in_sync if strategy else 1,
+    }))
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4],
+         *(sys.argv[5:] + [None, None])[:2])
