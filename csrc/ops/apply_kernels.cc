@@ -1,0 +1,278 @@
+// CPU kernels of NormoptApplySgd and NormoptApplyAdam.
+//
+// One step: validate, read each gradient once for its statistics (or take
+// the precomputed norms), lock the variables, then one parallel pass over the
+// fixed chunks that scales the gradient on the fly and updates the variable
+// and its slots in place (update_rules.h).
+
+// PrepareToUpdateVariable copies on the CPU (ThreadPoolDevice) with Eigen.
+#define EIGEN_USE_THREADS
+
+#include <cmath>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ops/chunk_plan.h"
+#include "ops/element_types.h"
+#include "ops/grad_list.h"
+#include "ops/locked_variables.h"
+#include "ops/tensor_scales.h"
+#include "ops/update_rules.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/tensor.h"
+
+namespace normopt {
+namespace {
+
+using tensorflow::OpKernel;
+using tensorflow::OpKernelConstruction;
+using tensorflow::OpKernelContext;
+using tensorflow::Tensor;
+
+// What both apply ops share: attrs, gradients, the norm inputs and the
+// per-tensor scales and decay.
+template <typename T>
+class ApplyOpBase : public OpKernel {
+ public:
+  using Acc = AccType<T>;
+
+  explicit ApplyOpBase(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    std::string kind, mode;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("kind", &kind));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("mode", &mode));
+    OP_REQUIRES_OK(ctx, ParseNormSource(kind, /*allow_precomputed=*/true,
+                                        &source_));
+    OP_REQUIRES_OK(ctx, ParseMode(mode, &mode_));
+    OP_REQUIRES_OK(ctx, CheckAccAttr<T>(ctx));
+  }
+
+ protected:
+  // Reads the gradients, lr and the per-tensor inputs, then computes the
+  // scales: everything that needs no variable.
+  absl::Status Prepare(OpKernelContext* ctx, GradList<T>* grads, double* lr,
+                       std::vector<Acc>* scales, std::vector<Acc>* decay_lr,
+                       std::unique_ptr<ChunkPlan>* plan) {
+    TF_RETURN_IF_ERROR(grads->Read(ctx, "grad"));
+    const int n = grads->size();
+    double eps, clipnorm;
+    TF_RETURN_IF_ERROR(ScalarInput(ctx, "lr", lr));
+    TF_RETURN_IF_ERROR(ScalarInput(ctx, "epsilon", &eps));
+    TF_RETURN_IF_ERROR(ScalarInput(ctx, "clipnorm", &clipnorm));
+    TF_RETURN_IF_ERROR(CheckClipnorm(mode_, clipnorm));
+    const Tensor* decay;
+    const Tensor* norms;
+    TF_RETURN_IF_ERROR(ctx->input("decay", &decay));
+    TF_RETURN_IF_ERROR(ctx->input("norms", &norms));
+    TF_RETURN_IF_ERROR(CheckPerTensorInput(*decay, "decay", n));
+    if (source_.precomputed) {
+      TF_RETURN_IF_ERROR(CheckPerTensorInput(*norms, "norms", n));
+    }
+    decay_lr->resize(n);
+    auto d = decay->flat<Acc>();
+    for (int i = 0; i < n; ++i) {
+      (*decay_lr)[i] = static_cast<Acc>(static_cast<double>(d(i)) * *lr);
+    }
+    *plan = std::make_unique<ChunkPlan>(grads->sizes);
+    ComputeScales<T>(ctx, source_, mode_, **plan, grads->data, eps, clipnorm,
+                     *norms, scales);
+    return absl::OkStatus();
+  }
+
+  // Checks that a slot list holds 0 or n variables.
+  static absl::Status CheckSlotCount(const char* name, int count, int n) {
+    if (count != 0 && count != n) {
+      return absl::InvalidArgumentError(
+          std::string("normopt: '") + name + "' must hold 0 or " +
+          std::to_string(n) + " variables (one per gradient), got " +
+          std::to_string(count));
+    }
+    return absl::OkStatus();
+  }
+
+  static absl::Status CheckListLength(const char* name, int count, int n) {
+    if (count != n) {
+      return absl::InvalidArgumentError(
+          std::string("normopt: '") + name + "' must hold " +
+          std::to_string(n) + " variables (one per gradient), got " +
+          std::to_string(count));
+    }
+    return absl::OkStatus();
+  }
+
+  NormSource source_;
+  ScaleMode mode_;
+};
+
+template <typename T>
+class ApplySgdOp : public ApplyOpBase<T> {
+ public:
+  using Acc = AccType<T>;
+
+  explicit ApplySgdOp(OpKernelConstruction* ctx) : ApplyOpBase<T>(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("nesterov", &nesterov_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    GradList<T> grads;
+    double lr, momentum;
+    std::vector<Acc> scales, decay_lr;
+    std::unique_ptr<ChunkPlan> plan_ptr;
+    OP_REQUIRES_OK(ctx, ScalarInput(ctx, "momentum", &momentum));
+    int start, stop;
+    OP_REQUIRES_OK(ctx, this->InputRange("var", &start, &stop));
+    const int n_vars = stop - start;
+    OP_REQUIRES_OK(ctx, this->InputRange("momentum_slot", &start, &stop));
+    const int n_slots = stop - start;
+    OP_REQUIRES_OK(ctx, this->InputRange("grad", &start, &stop));
+    const int n = stop - start;
+    OP_REQUIRES_OK(ctx, this->CheckListLength("var", n_vars, n));
+    OP_REQUIRES_OK(ctx, this->CheckSlotCount("momentum_slot", n_slots, n));
+    OP_REQUIRES(ctx, n_slots > 0 || momentum == 0.0,
+                absl::InvalidArgumentError(
+                    "normopt: momentum != 0 needs one momentum slot per "
+                    "variable, got none"));
+    OP_REQUIRES_OK(ctx, this->Prepare(ctx, &grads, &lr, &scales, &decay_lr, &plan_ptr));
+
+    LockedVariables locked;
+    int count;
+    OP_REQUIRES_OK(ctx, locked.Add(ctx, "var", &count));
+    OP_REQUIRES_OK(ctx, locked.Add(ctx, "momentum_slot", &count));
+    locked.LockAll();
+    std::vector<T*> w, m;
+    OP_REQUIRES_OK(ctx, locked.Buffers<T>(ctx, "var", 0, grads, &w));
+    if (n_slots > 0) {
+      OP_REQUIRES_OK(ctx, locked.Buffers<T>(ctx, "momentum_slot", n, grads, &m));
+    } else {
+      m.assign(n, nullptr);
+    }
+
+    const SgdScalars<Acc> k{static_cast<Acc>(lr), static_cast<Acc>(momentum)};
+    const int variant = n_slots == 0 ? 0 : (nesterov_ ? 2 : 1);
+    const ChunkPlan& plan = *plan_ptr;
+    ParallelForChunks(ctx, plan, 3, [&](int64_t c) {
+      const Chunk& ch = plan.chunks[c];
+      const int i = ch.tensor;
+      const int64_t len = ch.end - ch.begin;
+      T* wi = w[i] + ch.begin;
+      T* mi = m[i] == nullptr ? nullptr : m[i] + ch.begin;
+      const T* gi = grads.data[i] + ch.begin;
+      const bool decay = decay_lr[i] != Acc(0);
+#define NORMOPT_SGD(V, D) \
+  SgdChunk<T, V, D>(wi, mi, gi, len, scales[i], decay_lr[i], k)
+      switch (variant * 2 + (decay ? 1 : 0)) {
+        case 0: NORMOPT_SGD(0, false); break;
+        case 1: NORMOPT_SGD(0, true); break;
+        case 2: NORMOPT_SGD(1, false); break;
+        case 3: NORMOPT_SGD(1, true); break;
+        case 4: NORMOPT_SGD(2, false); break;
+        default: NORMOPT_SGD(2, true); break;
+      }
+#undef NORMOPT_SGD
+    });
+  }
+
+ private:
+  bool nesterov_;
+};
+
+template <typename T>
+class ApplyAdamOp : public ApplyOpBase<T> {
+ public:
+  using Acc = AccType<T>;
+
+  explicit ApplyAdamOp(OpKernelConstruction* ctx) : ApplyOpBase<T>(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    double beta_1, beta_2, adam_eps, step;
+    OP_REQUIRES_OK(ctx, ScalarInput(ctx, "beta_1", &beta_1));
+    OP_REQUIRES_OK(ctx, ScalarInput(ctx, "beta_2", &beta_2));
+    OP_REQUIRES_OK(ctx, ScalarInput(ctx, "adam_epsilon", &adam_eps));
+    OP_REQUIRES_OK(ctx, ScalarInput(ctx, "step", &step));
+    OP_REQUIRES(ctx, step >= 1.0,
+                absl::InvalidArgumentError(
+                    "normopt: step (iterations + 1) must be >= 1, got " +
+                    std::to_string(step)));
+    int start, stop;
+    OP_REQUIRES_OK(ctx, this->InputRange("grad", &start, &stop));
+    const int n = stop - start;
+    for (const char* name : {"var", "m", "v"}) {
+      OP_REQUIRES_OK(ctx, this->InputRange(name, &start, &stop));
+      OP_REQUIRES_OK(ctx, this->CheckListLength(name, stop - start, n));
+    }
+    OP_REQUIRES_OK(ctx, this->InputRange("vhat", &start, &stop));
+    const int n_vhat = stop - start;
+    OP_REQUIRES_OK(ctx, this->CheckSlotCount("vhat", n_vhat, n));
+
+    GradList<T> grads;
+    double lr;
+    std::vector<Acc> scales, decay_lr;
+    std::unique_ptr<ChunkPlan> plan_ptr;
+    OP_REQUIRES_OK(ctx, this->Prepare(ctx, &grads, &lr, &scales, &decay_lr, &plan_ptr));
+
+    LockedVariables locked;
+    int count;
+    for (const char* name : {"var", "m", "v", "vhat"}) {
+      OP_REQUIRES_OK(ctx, locked.Add(ctx, name, &count));
+    }
+    locked.LockAll();
+    std::vector<T*> w, m, v, vhat;
+    OP_REQUIRES_OK(ctx, locked.Buffers<T>(ctx, "var", 0, grads, &w));
+    OP_REQUIRES_OK(ctx, locked.Buffers<T>(ctx, "m", n, grads, &m));
+    OP_REQUIRES_OK(ctx, locked.Buffers<T>(ctx, "v", 2 * n, grads, &v));
+    const bool amsgrad = n_vhat > 0;
+    if (amsgrad) {
+      OP_REQUIRES_OK(ctx, locked.Buffers<T>(ctx, "vhat", 3 * n, grads, &vhat));
+    } else {
+      vhat.assign(n, nullptr);
+    }
+
+    const double alpha = lr * std::sqrt(1.0 - std::pow(beta_2, step)) /
+                         (1.0 - std::pow(beta_1, step));
+    const AdamScalars<Acc> k{static_cast<Acc>(1.0 - beta_1),
+                             static_cast<Acc>(1.0 - beta_2),
+                             static_cast<Acc>(alpha),
+                             static_cast<Acc>(adam_eps)};
+    const ChunkPlan& plan = *plan_ptr;
+    ParallelForChunks(ctx, plan, 10, [&](int64_t c) {
+      const Chunk& ch = plan.chunks[c];
+      const int i = ch.tensor;
+      const int64_t len = ch.end - ch.begin;
+      T* wi = w[i] + ch.begin;
+      T* mi = m[i] + ch.begin;
+      T* vi = v[i] + ch.begin;
+      T* hi = vhat[i] == nullptr ? nullptr : vhat[i] + ch.begin;
+      const T* gi = grads.data[i] + ch.begin;
+      const bool decay = decay_lr[i] != Acc(0);
+#define NORMOPT_ADAM(A, D) \
+  AdamChunk<T, A, D>(wi, mi, vi, hi, gi, len, scales[i], decay_lr[i], k)
+      switch ((amsgrad ? 2 : 0) + (decay ? 1 : 0)) {
+        case 0: NORMOPT_ADAM(false, false); break;
+        case 1: NORMOPT_ADAM(false, true); break;
+        case 2: NORMOPT_ADAM(true, false); break;
+        default: NORMOPT_ADAM(true, true); break;
+      }
+#undef NORMOPT_ADAM
+    });
+  }
+};
+
+#define NORMOPT_REGISTER_APPLY_KERNELS(T)                                   \
+  REGISTER_KERNEL_BUILDER(Name("NormoptApplySgd")                           \
+                              .Device(tensorflow::DEVICE_CPU)               \
+                              .TypeConstraint<T>("T"),                      \
+                          ApplySgdOp<T>);                                   \
+  REGISTER_KERNEL_BUILDER(Name("NormoptApplyAdam")                          \
+                              .Device(tensorflow::DEVICE_CPU)               \
+                              .TypeConstraint<T>("T"),                      \
+                          ApplyAdamOp<T>);
+
+NORMOPT_REGISTER_APPLY_KERNELS(Eigen::half)
+NORMOPT_REGISTER_APPLY_KERNELS(Eigen::bfloat16)
+NORMOPT_REGISTER_APPLY_KERNELS(float)
+NORMOPT_REGISTER_APPLY_KERNELS(double)
+
+#undef NORMOPT_REGISTER_APPLY_KERNELS
+
+}  // namespace
+}  // namespace normopt

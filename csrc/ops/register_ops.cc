@@ -1,0 +1,157 @@
+// Registration of the normopt ops: signatures and shape functions.
+//
+// Every op takes a list of N gradients of one dtype T; Tacc is the
+// accumulation dtype (float64 for float64, float32 otherwise; the kernels
+// check the pairing). Float hyperparameters are float64 scalar inputs so
+// that float64 runs see them unrounded and changing them never retraces.
+// `kind` is a built-in norm name (or alias) or, where allowed,
+// "precomputed": then `norms` ([N], Tacc) holds the norms to use.
+#include "tensorflow/core/framework/common_shape_fns.h"
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/shape_inference.h"
+
+namespace normopt {
+namespace {
+
+using tensorflow::shape_inference::InferenceContext;
+using tensorflow::shape_inference::ShapeHandle;
+
+// Scalar inputs are checked to be scalars; list inputs of equal length need
+// nothing here (the kernels check shapes).
+absl::Status ScalarsAre(InferenceContext* c, std::initializer_list<const char*> names) {
+  for (const char* name : names) {
+    std::vector<ShapeHandle> shapes;
+    TF_RETURN_IF_ERROR(c->input(name, &shapes));
+    ShapeHandle unused;
+    TF_RETURN_IF_ERROR(c->WithRank(shapes[0], 0, &unused));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status PerTensorVector(InferenceContext* c, const char* name) {
+  std::vector<ShapeHandle> shapes;
+  TF_RETURN_IF_ERROR(c->input(name, &shapes));
+  ShapeHandle unused;
+  return c->WithRank(shapes[0], 1, &unused);
+}
+
+}  // namespace
+
+REGISTER_OP("NormoptNorms")
+    .Input("grads: N * T")
+    .Input("epsilon: double")
+    .Output("norms: Tacc")
+    .Attr("kind: string")
+    .Attr("N: int >= 1")
+    .Attr("T: {half, bfloat16, float, double}")
+    .Attr("Tacc: {float, double}")
+    .SetShapeFn([](InferenceContext* c) {
+      TF_RETURN_IF_ERROR(ScalarsAre(c, {"epsilon"}));
+      int n;
+      TF_RETURN_IF_ERROR(c->GetAttr("N", &n));
+      c->set_output(0, c->Vector(n));
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+Per-tensor norms of N gradients, one read of each: norm(g_i) + epsilon for the
+built-in `kind` (see csrc/normopt/norm_stats.h).
+)doc");
+
+REGISTER_OP("NormoptScale")
+    .Input("grads: N * T")
+    .Input("norms: Tacc")
+    .Input("clipnorm: double")
+    .Input("epsilon: double")
+    .Output("scaled: N * T")
+    .Attr("kind: string")
+    .Attr("mode: string")
+    .Attr("N: int >= 1")
+    .Attr("T: {half, bfloat16, float, double}")
+    .Attr("Tacc: {float, double}")
+    .SetShapeFn([](InferenceContext* c) {
+      TF_RETURN_IF_ERROR(ScalarsAre(c, {"clipnorm", "epsilon"}));
+      TF_RETURN_IF_ERROR(PerTensorVector(c, "norms"));
+      int n;
+      TF_RETURN_IF_ERROR(c->GetAttr("N", &n));
+      for (int i = 0; i < n; ++i) c->set_output(i, c->input(i));
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+g_i * s_i, formed in Tacc and rounded back to T, with s_i = 1/norm_i
+(mode "normalize") or clipnorm/norm_i where norm_i >= clipnorm, else 1
+(mode "clip").
+)doc");
+
+REGISTER_OP("NormoptApplySgd")
+    .Input("var: N * resource")
+    .Input("momentum_slot: M * resource")
+    .Input("grad: N * T")
+    .Input("lr: double")
+    .Input("momentum: double")
+    .Input("decay: Tacc")
+    .Input("norms: Tacc")
+    .Input("clipnorm: double")
+    .Input("epsilon: double")
+    .Attr("kind: string")
+    .Attr("mode: string")
+    .Attr("nesterov: bool = false")
+    .Attr("N: int >= 1")
+    .Attr("M: int >= 0")
+    .Attr("T: {half, bfloat16, float, double}")
+    .Attr("Tacc: {float, double}")
+    .SetIsStateful()
+    .SetShapeFn([](InferenceContext* c) {
+      TF_RETURN_IF_ERROR(
+          ScalarsAre(c, {"lr", "momentum", "clipnorm", "epsilon"}));
+      TF_RETURN_IF_ERROR(PerTensorVector(c, "decay"));
+      return PerTensorVector(c, "norms");
+    })
+    .Doc(R"doc(
+Keras 3 SGD step on N resource variables in place, each gradient scaled on
+the fly by its per-tensor scale g' = g * s:
+  w -= w * decay * lr                    (decoupled weight decay)
+  M == 0:  w -= lr * g'
+  M == N:  m = momentum * m - lr * g'; w += m
+           (nesterov: w += momentum * m - lr * g')
+)doc");
+
+REGISTER_OP("NormoptApplyAdam")
+    .Input("var: N * resource")
+    .Input("m: N * resource")
+    .Input("v: N * resource")
+    .Input("vhat: K * resource")
+    .Input("grad: N * T")
+    .Input("lr: double")
+    .Input("beta_1: double")
+    .Input("beta_2: double")
+    .Input("adam_epsilon: double")
+    .Input("step: double")
+    .Input("decay: Tacc")
+    .Input("norms: Tacc")
+    .Input("clipnorm: double")
+    .Input("epsilon: double")
+    .Attr("kind: string")
+    .Attr("mode: string")
+    .Attr("N: int >= 1")
+    .Attr("K: int >= 0")
+    .Attr("T: {half, bfloat16, float, double}")
+    .Attr("Tacc: {float, double}")
+    .SetIsStateful()
+    .SetShapeFn([](InferenceContext* c) {
+      TF_RETURN_IF_ERROR(ScalarsAre(
+          c, {"lr", "beta_1", "beta_2", "adam_epsilon", "step", "clipnorm",
+              "epsilon"}));
+      TF_RETURN_IF_ERROR(PerTensorVector(c, "decay"));
+      return PerTensorVector(c, "norms");
+    })
+    .Doc(R"doc(
+Keras 3 Adam/AdamW step (amsgrad when K == N) on N resource variables in
+place, each gradient scaled on the fly, g' = g * s; t = step:
+  w -= w * decay * lr
+  alpha = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t)
+  m += (g' - m) * (1 - beta_1);  v += (g'^2 - v) * (1 - beta_2)
+  amsgrad: vhat = max(vhat, v), used in place of v
+  w -= alpha * m / (sqrt(v) + adam_epsilon)
+)doc");
+
+}  // namespace normopt

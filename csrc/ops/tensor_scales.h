@@ -1,0 +1,137 @@
+// Per-tensor norms and scales of a list of gradients, shared by every op.
+//
+// One read of each gradient: the statistics of every chunk (chunk_plan.h)
+// are gathered in parallel into an array, then merged per tensor in chunk
+// order (`merge_stats`) and finalized (`finalize_norm`). The scale is
+// `scale_from_norm` (1/norm, or clipnorm/norm where norm >= clipnorm).
+// With kind "precomputed" the norms come from an input instead.
+#ifndef NORMOPT_OPS_TENSOR_SCALES_H_
+#define NORMOPT_OPS_TENSOR_SCALES_H_
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "normopt/norm_stats.h"
+#include "ops/chunk_plan.h"
+#include "ops/chunk_stats.h"
+#include "ops/element_types.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/tensor.h"
+#include "tensorflow/core/framework/tensor_shape.h"
+
+namespace normopt {
+
+constexpr char kPrecomputed[] = "precomputed";
+
+// Where the per-tensor norms come from: a built-in kind, or an input.
+struct NormSource {
+  bool precomputed = false;
+  NormKind kind = NormKind::kL2;
+};
+
+inline absl::Status ParseNormSource(const std::string& name,
+                                    bool allow_precomputed, NormSource* out) {
+  if (allow_precomputed && name == kPrecomputed) {
+    out->precomputed = true;
+    return absl::OkStatus();
+  }
+  out->precomputed = false;
+  if (parse_norm_kind(name.c_str(), &out->kind)) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      "normopt: unknown norm kind '" + name +
+      "'; expected one of l1, l2, l1_l2, avg_l1, avg_l2, avg_l1_l2, max, "
+      "linf, min_max, std" +
+      (allow_precomputed ? std::string(" or precomputed") : std::string()));
+}
+
+inline absl::Status ParseMode(const std::string& name, ScaleMode* out) {
+  if (parse_scale_mode(name.c_str(), out)) return absl::OkStatus();
+  return absl::InvalidArgumentError("normopt: unknown scale mode '" + name +
+                                    "'; expected normalize or clip");
+}
+
+// The value of a float64 scalar input.
+inline absl::Status ScalarInput(tensorflow::OpKernelContext* ctx,
+                                const char* name, double* out) {
+  const tensorflow::Tensor* t;
+  TF_RETURN_IF_ERROR(ctx->input(name, &t));
+  if (!tensorflow::TensorShapeUtils::IsScalar(t->shape())) {
+    return absl::InvalidArgumentError(
+        std::string("normopt: '") + name + "' must be a scalar, got shape " +
+        t->shape().DebugString());
+  }
+  *out = t->scalar<double>()();
+  return absl::OkStatus();
+}
+
+inline absl::Status CheckClipnorm(ScaleMode mode, double clipnorm) {
+  if (mode == ScaleMode::kClip && !(std::isfinite(clipnorm) && clipnorm >= 0)) {
+    return absl::InvalidArgumentError(
+        "normopt: clipnorm must be finite and >= 0 in clip mode, got " +
+        std::to_string(clipnorm));
+  }
+  return absl::OkStatus();
+}
+
+// A 1-D input of `n` values of the accumulation type (norms, decay).
+inline absl::Status CheckPerTensorInput(const tensorflow::Tensor& t,
+                                        const char* name, int64_t n) {
+  if (t.dims() != 1 || t.dim_size(0) != n) {
+    return absl::InvalidArgumentError(
+        std::string("normopt: '") + name + "' must have shape [" +
+        std::to_string(n) + "] (one value per tensor), got " +
+        t.shape().DebugString());
+  }
+  return absl::OkStatus();
+}
+
+// Norms of the gradients data[i] (sizes in plan), built-in kind.
+template <typename T>
+void ComputeNorms(tensorflow::OpKernelContext* ctx, NormKind kind,
+                  const ChunkPlan& plan, const std::vector<const T*>& data,
+                  AccType<T> eps, std::vector<AccType<T>>* norms) {
+  using Acc = AccType<T>;
+  std::vector<NormStats<Acc>> chunk_stats(plan.size());
+  ParallelForChunks(ctx, plan, kind == NormKind::kStd ? 6 : 2, [&](int64_t c) {
+    const Chunk& ch = plan.chunks[c];
+    chunk_stats[c] = ChunkStats<T>(kind, data[ch.tensor] + ch.begin,
+                                   ch.end - ch.begin);
+  });
+  const int64_t n = static_cast<int64_t>(data.size());
+  norms->resize(n);
+  for (int64_t i = 0; i < n; ++i) {
+    NormStats<Acc> s = NormStats<Acc>::empty();
+    for (int64_t c = plan.first[i]; c < plan.first[i + 1]; ++c) {
+      s = merge_stats(s, chunk_stats[c]);
+    }
+    (*norms)[i] = finalize_norm(kind, s, eps);
+  }
+}
+
+// The per-tensor scales of the gradients: from built-in norms, or from
+// `precomputed_norms` (shape [N], accumulation type, already validated).
+template <typename T>
+void ComputeScales(tensorflow::OpKernelContext* ctx, const NormSource& source,
+                   ScaleMode mode, const ChunkPlan& plan,
+                   const std::vector<const T*>& data, double eps,
+                   double clipnorm, const tensorflow::Tensor& precomputed_norms,
+                   std::vector<AccType<T>>* scales) {
+  using Acc = AccType<T>;
+  std::vector<Acc> norms;
+  if (source.precomputed) {
+    auto given = precomputed_norms.flat<Acc>();
+    norms.assign(given.data(), given.data() + given.size());
+  } else {
+    ComputeNorms<T>(ctx, source.kind, plan, data, static_cast<Acc>(eps),
+                    &norms);
+  }
+  scales->resize(norms.size());
+  for (size_t i = 0; i < norms.size(); ++i) {
+    (*scales)[i] = scale_from_norm(mode, norms[i], static_cast<Acc>(clipnorm));
+  }
+}
+
+}  // namespace normopt
+
+#endif  // NORMOPT_OPS_TENSOR_SCALES_H_

@@ -1,0 +1,91 @@
+// Element-wise Keras 3 update rules over one chunk, gradient scaled on the fly.
+//
+// Each loop reads the gradient and the state once, computes in the
+// accumulation type and rounds each stored value once. Options are template
+// parameters so every loop is branch-free and vectorizable. With g' = g * s:
+//
+//   decay (decoupled):  w = w - w * decay_lr          (decay_lr = wd * lr)
+//   SGD:                w = w - lr * g'
+//   SGD momentum:       m = momentum * m - lr * g';  w = w + m
+//   SGD nesterov:       m = momentum * m - lr * g';  w = w + momentum * m - lr * g'
+//   Adam:               m = m + (g' - m) * (1 - beta_1)
+//                       v = v + (g'^2 - v) * (1 - beta_2)
+//                       amsgrad: vhat = max(vhat, v), used in place of v
+//                       w = w - (m * alpha) / (sqrt(v) + adam_epsilon)
+#ifndef NORMOPT_OPS_UPDATE_RULES_H_
+#define NORMOPT_OPS_UPDATE_RULES_H_
+
+#include <cmath>
+#include <cstdint>
+
+#include "ops/element_types.h"
+
+namespace normopt {
+
+// Scalars of one SGD step, in the accumulation type.
+template <typename Acc>
+struct SgdScalars {
+  Acc lr;
+  Acc momentum;
+};
+
+// Scalars of one Adam step; alpha carries the bias correction.
+template <typename Acc>
+struct AdamScalars {
+  Acc one_minus_beta_1;
+  Acc one_minus_beta_2;
+  Acc alpha;
+  Acc epsilon;
+};
+
+// Momentum: 0 none, 1 heavy ball, 2 nesterov.
+template <typename T, int Momentum, bool Decay>
+void SgdChunk(T* __restrict w, T* __restrict m, const T* __restrict g,
+              int64_t n, AccType<T> scale, AccType<T> decay_lr,
+              SgdScalars<AccType<T>> k) {
+  using Acc = AccType<T>;
+  for (int64_t j = 0; j < n; ++j) {
+    const Acc gs = ToAcc(g[j]) * scale;
+    Acc wj = ToAcc(w[j]);
+    if (Decay) wj = wj - wj * decay_lr;
+    if (Momentum == 0) {
+      wj = wj - k.lr * gs;
+    } else {
+      const Acc mj = k.momentum * ToAcc(m[j]) - k.lr * gs;
+      m[j] = FromAcc<T>(mj);
+      wj = Momentum == 1 ? wj + mj : wj + (k.momentum * mj - k.lr * gs);
+    }
+    w[j] = FromAcc<T>(wj);
+  }
+}
+
+template <typename T, bool Amsgrad, bool Decay>
+void AdamChunk(T* __restrict w, T* __restrict m, T* __restrict v,
+               T* __restrict vhat, const T* __restrict g, int64_t n,
+               AccType<T> scale, AccType<T> decay_lr,
+               AdamScalars<AccType<T>> k) {
+  using Acc = AccType<T>;
+  for (int64_t j = 0; j < n; ++j) {
+    const Acc gs = ToAcc(g[j]) * scale;
+    Acc wj = ToAcc(w[j]);
+    if (Decay) wj = wj - wj * decay_lr;
+    Acc mj = ToAcc(m[j]);
+    Acc vj = ToAcc(v[j]);
+    mj = mj + (gs - mj) * k.one_minus_beta_1;
+    vj = vj + (gs * gs - vj) * k.one_minus_beta_2;
+    m[j] = FromAcc<T>(mj);
+    v[j] = FromAcc<T>(vj);
+    Acc denom_v = vj;
+    if (Amsgrad) {
+      const Acc h = ToAcc(vhat[j]);
+      denom_v = h > vj ? h : vj;
+      vhat[j] = FromAcc<T>(denom_v);
+    }
+    wj = wj - (mj * k.alpha) / (std::sqrt(denom_v) + k.epsilon);
+    w[j] = FromAcc<T>(wj);
+  }
+}
+
+}  // namespace normopt
+
+#endif  // NORMOPT_OPS_UPDATE_RULES_H_
