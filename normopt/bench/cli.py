@@ -1,0 +1,225 @@
+"""`normopt bench [quick|norms|step]`: argument parsing and the run.
+
+    normopt bench                  quick default of both (well under 2 min here)
+    normopt bench norms            norms per layer size, every implementation
+    normopt bench step             whole optimizer steps on realistic variable sets
+
+Tables go to the terminal, every figure to `--json` and a PNG to `--plot`
+(both default to files in `--out-dir`). Options a mode does not use are
+ignored; unset ones take that mode's default (see DEFAULTS).
+"""
+
+import argparse
+import os
+import sys
+
+from normopt.bench import cases, norm_impls, step_bench
+
+MODES = ("quick", "norms", "step")
+MAX_EXP = 30
+
+# mode -> defaults of the options left unset on the command line.
+DEFAULTS = {
+    "quick": dict(min_exp=8, max_exp=20, exp_step=4, repeats=5, warmup=1,
+                  norms=("l2", "avg_l1_l2", "max", "std"),
+                  sets=("eight_1k", "mlp"), inners=("adam",),
+                  wrappers=("normalized",), bandwidth_mib=128),
+    "norms": dict(min_exp=8, max_exp=20, exp_step=2, repeats=7, warmup=2,
+                  bandwidth_mib=256),
+    "step": dict(repeats=20, warmup=3, bandwidth_mib=256),
+}
+COMMON = dict(
+    min_exp=8, max_exp=20, exp_step=2, repeats=7, warmup=2, bandwidth_mib=256,
+    norms=None, sets=cases.STEP_SETS, inners=step_bench.INNERS,
+    wrappers=step_bench.WRAPPERS, paths=step_bench.PATHS,
+    impls=norm_impls.IMPLEMENTATIONS,
+)
+
+
+def _choices(kind, known, canonical=lambda x: x):
+    """argparse type: a comma-separated list, each item one of `known`."""
+
+    def parse(text):
+        items = [canonical(t.strip()) for t in text.split(",") if t.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError(f"empty list of {kind}")
+        bad = [t for t in items if t not in known]
+        if bad:
+            raise argparse.ArgumentTypeError(
+                f"unknown {kind} {', '.join(map(repr, bad))}; choose from "
+                f"{', '.join(known)}"
+            )
+        return tuple(dict.fromkeys(items))
+
+    return parse
+
+
+def _norm_list(text):
+    from normopt import normalizations
+
+    known = normalizations.BUILTIN_NORMALIZATIONS
+    return _choices("norm", known, normalizations.canonical_name)(text)
+
+
+def _int_at_least(low):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is below the minimum {low}")
+        return value
+
+    return parse
+
+
+def _size_list(text):
+    parse = _int_at_least(1)
+    sizes = tuple(parse(t) for t in text.split(",") if t.strip())
+    if not sizes:
+        raise argparse.ArgumentTypeError("empty list of sizes")
+    too_big = [s for s in sizes if s > 2**MAX_EXP]
+    if too_big:
+        raise argparse.ArgumentTypeError(f"sizes above 2^{MAX_EXP}: {too_big}")
+    return sizes
+
+
+def add_arguments(parser):
+    parser.add_argument("mode", nargs="?", default="quick", choices=MODES,
+                        help="quick (default): a short run of both; norms; step")
+    g = parser.add_argument_group("norms benchmark")
+    g.add_argument("--norms", type=_norm_list,
+                   help="comma-separated built-in norms (default: all; quick: "
+                   "l2,avg_l1_l2,max,std)")
+    g.add_argument("--impls", type=_choices("implementation", norm_impls.IMPLEMENTATIONS),
+                   help="comma-separated implementations (default: all; those "
+                   "that cannot run here are listed as unavailable)")
+    g.add_argument("--sizes", type=_size_list,
+                   help="comma-separated element counts (overrides the exponents)")
+    g.add_argument("--min-exp", type=_int_at_least(0), help="smallest size 2^MIN_EXP (default 8)")
+    g.add_argument("--max-exp", type=_int_at_least(0),
+                   help=f"largest size 2^MAX_EXP, at most {MAX_EXP} (default 20; full sweep 24)")
+    g.add_argument("--exp-step", type=_int_at_least(1),
+                   help="exponent step (default 2; quick 4)")
+    g.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    g = parser.add_argument_group("step benchmark")
+    g.add_argument("--sets", type=_choices("variable set", cases.STEP_SETS),
+                   help=f"comma-separated variable sets (default: all of {','.join(cases.STEP_SETS)}; "
+                   "quick: eight_1k,mlp)")
+    g.add_argument("--inners", type=_choices("inner optimizer", step_bench.INNERS),
+                   help="comma-separated inner optimizers (default: adam,sgd_nesterov; quick: adam)")
+    g.add_argument("--wrappers", type=_choices("wrapper", step_bench.WRAPPERS),
+                   help="comma-separated wrappers (default: normalized,clipped; quick: normalized)")
+    g.add_argument("--paths", type=_choices("path", step_bench.PATHS),
+                   help="comma-separated paths (default: plain,tf_graph,tf_xla,fused)")
+    g.add_argument("--step-norm", type=_norm_list, default=("l2",),
+                   help="the norm the wrappers use (default l2)")
+    g = parser.add_argument_group("timing and output")
+    g.add_argument("--repeats", type=_int_at_least(1),
+                   help="timed samples per case (default: norms 7, step 20, quick 5)")
+    g.add_argument("--warmup", type=_int_at_least(0),
+                   help="untimed calls first (default: norms 2, step 3, quick 1)")
+    g.add_argument("--bandwidth-mib", type=_int_at_least(1),
+                   help="array size of the copy-bandwidth probe in MiB (default 256; quick 128)")
+    g.add_argument("--out-dir", default="normopt-out",
+                   help="where the default JSON and plot go (default normopt-out)")
+    g.add_argument("--json", metavar="PATH", help="JSON output (default OUT_DIR/bench-MODE.json)")
+    g.add_argument("--plot", metavar="PATH", help="PNG output (default OUT_DIR/bench-MODE.png)")
+    g.add_argument("--no-plot", action="store_true", help="do not write the PNG")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(_bench_parser=parser)
+
+
+def resolve(args):
+    """Fills unset options from the mode's defaults and checks the ranges."""
+    defaults = {**COMMON, **DEFAULTS[args.mode]}
+    for key, value in defaults.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    if args.norms is None:
+        from normopt import normalizations
+
+        args.norms = normalizations.BUILTIN_NORMALIZATIONS
+    if args.sizes is None:
+        if args.max_exp > MAX_EXP:
+            raise ValueError(f"--max-exp {args.max_exp} is above {MAX_EXP}")
+        if args.min_exp > args.max_exp:
+            raise ValueError(
+                f"bad size range: --min-exp {args.min_exp} is above --max-exp "
+                f"{args.max_exp}"
+            )
+        args.sizes = tuple(cases.layer_sizes(args.min_exp, args.max_exp, args.exp_step))
+    for name in ("json", "plot"):
+        if getattr(args, name) is None:
+            setattr(args, name, os.path.join(args.out_dir, f"bench-{args.mode}.{'json' if name == 'json' else 'png'}"))
+    return args
+
+
+def _settings(args):
+    keys = ("mode", "norms", "impls", "sizes", "dtype", "sets", "inners",
+            "wrappers", "paths", "step_norm", "repeats", "warmup", "bandwidth_mib")
+    return {k: getattr(args, k) for k in keys}
+
+
+def _command_line():
+    argv = sys.argv[1:]
+    if argv[:1] == ["bench"]:
+        return "normopt " + " ".join(argv)
+    return None
+
+
+def run(args):
+    try:
+        resolve(args)
+    except ValueError as exc:
+        args._bench_parser.error(str(exc))
+    import tensorflow as tf
+
+    from normopt.bench import environment, norms_bench, report, timing
+
+    tf.get_logger().setLevel("ERROR")  # tf.function retracing notices
+    progress = not args.no_progress
+    env = environment.collect()
+    probe_bytes = args.bandwidth_mib * 2**20
+    probes = [timing.memory_bandwidth(probe_bytes)]
+    print(f"normopt bench {args.mode}: {env['cpu_model']}, {env['cpu_count']} CPUs, "
+          f"TF {env['tensorflow']}, Keras {env['keras']}, op library "
+          f"{'loaded' if env['op_library']['loaded'] else 'not loaded'}")
+    payload = {"command": _command_line(), "settings": _settings(args),
+               "environment": env}
+    norms_result = step_result = None
+    if args.mode in ("quick", "norms"):
+        norms_result = norms_bench.run(
+            args.sizes, args.norms, args.impls, args.dtype, args.repeats,
+            args.warmup, progress=progress,
+        )
+    if args.mode in ("quick", "step"):
+        step_result = step_bench.run(
+            args.sets, args.inners, args.wrappers, args.paths,
+            args.step_norm[0], args.repeats, args.warmup, progress=progress,
+        )
+    probes.append(timing.memory_bandwidth(probe_bytes))
+    bw = timing.reference_bandwidth(probes)
+    bandwidth = {"bytes_per_s": bw, "method": probes[0]["method"],
+                 "reference": "the higher of the probes before and after the run",
+                 "probes": probes}
+    payload["bandwidth"] = bandwidth
+    print(f"memory bandwidth: {bw / 1e9:.1f} GB/s (before the run "
+          f"{probes[0]['bytes_per_s'] / 1e9:.1f}, after {probes[1]['bytes_per_s'] / 1e9:.1f}; "
+          f"{bandwidth['method']})")
+    if norms_result is not None:
+        timing.add_percent_of_bandwidth(norms_result["cases"], bw)
+        payload["norms"] = norms_result
+        print("\n" + report.norms_table(norms_result, bandwidth))
+    if step_result is not None:
+        timing.add_percent_of_bandwidth(step_result["cases"], bw)
+        payload["step"] = step_result
+        print("\n" + report.step_table(step_result, bandwidth))
+    report.write_json(args.json, payload)
+    print(f"\nJSON: {args.json}")
+    if not args.no_plot:
+        report.plot(args.plot, norms_result, step_result,
+                    title=f"{env['cpu_model']}, {env['cpu_count']} CPUs, {env['date_utc']}")
+        print(f"plot: {args.plot}")
+    return 0

@@ -1,0 +1,62 @@
+"""Machine and library versions recorded with every benchmark run."""
+
+import datetime
+import importlib
+import os
+import platform
+
+
+def cpu_model():
+    """The CPU model name from /proc/cpuinfo (Linux), else platform's guess."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(module):
+    try:
+        return getattr(importlib.import_module(module), "__version__", "installed")
+    except Exception as exc:  # any import failure is information here
+        return f"not available ({type(exc).__name__}: {exc})".splitlines()[0]
+
+
+def gpu_names():
+    """Names of the GPUs TensorFlow sees (empty without one)."""
+    import tensorflow as tf
+
+    return [g.name for g in tf.config.list_physical_devices("GPU")]
+
+
+def collect():
+    """A JSON-ready dict: date, machine, versions, op library status."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    import normopt
+    from normopt.ops import library_status
+
+    return {
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec="seconds"
+        ),
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "normopt": normopt.__version__,
+        "tensorflow": tf.__version__,
+        "keras": keras.version(),
+        "numpy": np.__version__,
+        "numba": _version("numba"),
+        "cupy": _version("cupy"),
+        "tf_intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+        "tf_inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+        "gpus": gpu_names(),
+        "op_library": library_status(),
+    }

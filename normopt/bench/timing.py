@@ -1,0 +1,141 @@
+"""Timing one call repeatedly, and measuring the machine's memory bandwidth.
+
+`time_call(fn, repeats, warmup)` runs `fn` `warmup` times untimed, then
+`repeats` timed samples. A sample runs `fn` `number` times back to back
+(`number` chosen once so a sample lasts at least `min_sample_s`, so that
+microsecond calls are not lost in timer resolution) and records the mean time
+per call of that sample. The summary is the median and the spread of the
+per-sample times: quartiles (IQR) and min/max.
+
+`memory_bandwidth()` is a STREAM-style copy: a float32 array much larger than
+any cache is copied into a preallocated destination by one thread per CPU
+(NumPy releases the GIL while copying), and
+
+    bandwidth = 2 * nbytes / median copy time   (bytes read + bytes written)
+
+It is measured in the same run as the benchmark, before and after it, and
+percentages are of the higher of the two (`reference_bandwidth`): on a
+shared machine a probe that ran while others loaded the memory bus reads
+low, and a low reference would flatter every percentage.
+"""
+
+import os
+import threading
+import time
+
+import numpy as np
+
+
+def summarize(samples):
+    """Median, quartiles and extremes of per-call times in seconds."""
+    s = np.asarray(samples, dtype=np.float64)
+    q1, median, q3 = np.percentile(s, [25, 50, 75])
+    return {
+        "median_s": float(median),
+        "q1_s": float(q1),
+        "q3_s": float(q3),
+        "iqr_s": float(q3 - q1),
+        "min_s": float(s.min()),
+        "max_s": float(s.max()),
+        "repeats": int(s.size),
+    }
+
+
+def calls_per_sample(fn, min_sample_s):
+    """How many back-to-back calls make a sample of at least `min_sample_s`."""
+    start = time.perf_counter()
+    fn()
+    one = max(time.perf_counter() - start, 1e-7)
+    return int(min(max(1, np.ceil(min_sample_s / one)), 10_000))
+
+
+def time_call(fn, repeats, warmup, min_sample_s=0.002):
+    """Summary of `fn`'s time per call (see the module docstring)."""
+    for _ in range(warmup):
+        fn()
+    number = calls_per_sample(fn, min_sample_s)
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(number):
+            fn()
+        samples.append((time.perf_counter() - start) / number)
+    summary = summarize(samples)
+    summary["calls_per_sample"] = number
+    return summary
+
+
+def _threaded_copy(dst, src, threads):
+    bounds = np.linspace(0, src.size, threads + 1).astype(np.int64)
+    workers = [
+        threading.Thread(
+            target=np.copyto, args=(dst[lo:hi], src[lo:hi])
+        )
+        for lo, hi in zip(bounds[:-1], bounds[1:])
+    ]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+
+
+def memory_bandwidth(nbytes=256 * 2**20, repeats=7, threads=None):
+    """Copy bandwidth in bytes/s, counting bytes read plus bytes written."""
+    threads = threads or os.cpu_count() or 1
+    src = np.ones(nbytes // 4, dtype=np.float32)
+    dst = np.empty_like(src)
+    _threaded_copy(dst, src, threads)  # faults the pages in
+    summary = time_call(
+        lambda: _threaded_copy(dst, src, threads),
+        repeats=repeats,
+        warmup=1,
+        min_sample_s=0.0,
+    )
+    return {
+        "method": (
+            f"NumPy copy of a {nbytes / 2**20:.0f} MiB float32 array into a "
+            f"preallocated one, {threads} threads; bytes read + written over "
+            f"the median of {repeats} copies"
+        ),
+        "bytes_per_s": 2 * nbytes / summary["median_s"],
+        "array_bytes": nbytes,
+        "threads": threads,
+        "copy_time": summary,
+    }
+
+
+def time_calls_interleaved(calls, repeats, warmup, min_sample_s=0.002):
+    """`time_call` for several calls, their samples taken in turn.
+
+    `calls` maps a name to a zero-arg call. Round r takes sample r of every
+    call before any takes sample r+1, so a change in machine load during the
+    run hits all of them alike and their ratios stay meaningful.
+    """
+    for fn in calls.values():
+        for _ in range(warmup):
+            fn()
+    number = {k: calls_per_sample(fn, min_sample_s) for k, fn in calls.items()}
+    samples = {k: [] for k in calls}
+    for _ in range(repeats):
+        for k, fn in calls.items():
+            start = time.perf_counter()
+            for _ in range(number[k]):
+                fn()
+            samples[k].append((time.perf_counter() - start) / number[k])
+    out = {}
+    for k in calls:
+        out[k] = summarize(samples[k])
+        out[k]["calls_per_sample"] = number[k]
+    return out
+
+
+def reference_bandwidth(probes):
+    """The highest bytes/s of several `memory_bandwidth` probes."""
+    return max(p["bytes_per_s"] for p in probes)
+
+
+def add_percent_of_bandwidth(records, bytes_per_s):
+    """Sets pct_bandwidth = 100 * gb_per_s / bandwidth on each timed record."""
+    for r in records:
+        if "gb_per_s" in r:
+            r["pct_bandwidth"] = 100.0 * r["gb_per_s"] * 1e9 / bytes_per_s
