@@ -146,10 +146,13 @@ def _plot_quadratic(result, path):
         if not fine:
             label += " (diverged)"
         steps = np.arange(len(l))
-        line, = ax_loss.plot(steps, np.where(np.isfinite(l), l, np.nan), _style(run["optimizer"]),
-                             label=label, lw=1.2)
-        g_plot = np.where(np.isfinite(g) & (g > 0), g, np.nan)
-        ax_gap.plot(steps, g_plot, _style(run["optimizer"]), color=line.get_color(), lw=1.2)
+        l_plot = np.where(np.isfinite(l) & (np.abs(l) < 1e6 * (abs(l[0]) + 1)), l, np.nan)
+        line, = ax_loss.plot(steps, l_plot, _style(run["optimizer"]), label=label, lw=1.0,
+                             alpha=0.85)
+        # Beyond 1e6 x the start a run has diverged; drawing 1e300 only overflows the log axis.
+        g_plot = np.where(np.isfinite(g) & (g > 0) & (g < 1e6 * g[0]), g, np.nan)
+        ax_gap.plot(steps, g_plot, _style(run["optimizer"]), color=line.get_color(), lw=1.0,
+                    alpha=0.85)
         stop = run["final"]["nonfinite_from"]
         if stop is not None:
             ax_gap.axvline(stop, color=line.get_color(), ls=":", lw=0.8)

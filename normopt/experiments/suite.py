@@ -27,13 +27,13 @@ SETTINGS = {
         "quick": {"dim": 20, "iterations": 200, "points": 5},
     },
     "mlp": {
-        "full": {"depth": 30, "width": 128, "epochs": 40, "batch_size": 64,
+        "full": {"depth": 30, "width": 128, "epochs": 20, "batch_size": 64,
                  "train_examples": None, "test_examples": None},
         "quick": {"depth": 3, "width": 32, "epochs": 2, "batch_size": 64,
                   "train_examples": 256, "test_examples": 128},
     },
     "cnn": {
-        "full": {"filters": [32, 64], "dense": 128, "epochs": 20, "batch_size": 64,
+        "full": {"filters": [32, 64], "dense": 128, "epochs": 30, "batch_size": 64,
                  "train_examples": None, "test_examples": None},
         "quick": {"filters": [8, 16], "dense": 32, "epochs": 2, "batch_size": 64,
                   "train_examples": 256, "test_examples": 128},

@@ -1,0 +1,276 @@
+"""`normopt experiments`: quick runs end to end, checked against NumPy.
+
+Each quick experiment runs once (module fixture) through the real CLI entry
+point; the tests then read its JSON and compare with quantities computed here
+from the formulas (closed-form optimum by a NumPy solve, loss at w0, the
+Nesterov stability bound, parameter counts).
+"""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from normopt.cli import main
+from normopt.experiments import data, problems, suite
+from normopt.ops import paths
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _run_cli(*argv):
+    return main(["experiments", *argv, "--no-progress"])
+
+
+def _strict_json(path):
+    """Loads JSON, failing on NaN/Infinity (the files must be strict JSON)."""
+
+    def reject(constant):
+        raise AssertionError(f"non-strict JSON constant {constant} in {path}")
+
+    with open(path) as f:
+        return json.load(f, parse_constant=reject)
+
+
+def _assert_png(path):
+    with open(path, "rb") as f:
+        head = f.read(8)
+    assert head == PNG_MAGIC
+    assert path.stat().st_size > 5000  # a real figure, not an empty canvas
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    """name -> (JSON dict, output folder) of each --quick experiment, run once."""
+    results = {}
+    for name in suite.NAMES:
+        out = tmp_path_factory.mktemp(name.replace("-", "_"))
+        assert _run_cli(name, "--quick", "--out", str(out)) == 0
+        stem = name.replace("-", "_")
+        _assert_png(out / f"{stem}.png")
+        results[name] = (_strict_json(out / f"{stem}.json"), out)
+    return results
+
+
+def _numpy_problem(dim, seed):
+    """Q, b, w0 of the experiment and the optimum, solved here with NumPy."""
+    p = problems.make_quadratic(dim, seed)
+    w_star = np.linalg.solve(p.Q, p.b)
+    l_star = 0.5 * w_star @ p.Q @ w_star - p.b @ w_star
+    return p, w_star, l_star
+
+
+def _run(result, label):
+    matches = [r for r in result["runs"] if r["optimizer"]["label"] == label]
+    assert len(matches) == 1, [r["optimizer"]["label"] for r in result["runs"]]
+    return matches[0]
+
+
+# ------------------------------------------------------------ the problem
+
+@pytest.mark.parametrize("dim,seed", [(20, 0), (100, 0), (50, 3)])
+def test_closed_form_optimum_matches_numpy_solve(dim, seed):
+    p, w_star, l_star = _numpy_problem(dim, seed)
+    assert np.allclose(p.Q, p.Q.T, rtol=0, atol=0)
+    assert np.linalg.eigvalsh(p.Q).min() > 0
+    # the gradient Q w - b vanishes at the solve's w*
+    assert np.linalg.norm(p.Q @ w_star - p.b) <= 1e-8 * np.linalg.norm(p.b)
+    w_closed, l_closed = p.optimum()
+    np.testing.assert_allclose(w_closed, w_star, rtol=1e-10, atol=1e-10)
+    assert l_closed == pytest.approx(l_star, rel=1e-10)
+    assert l_closed == pytest.approx(-0.5 * p.b @ np.linalg.inv(p.Q) @ p.b, rel=1e-8)
+    # no point nearby does better
+    rng = np.random.RandomState(seed)
+    for _ in range(5):
+        assert p.loss(w_star + 1e-3 * rng.standard_normal(dim)) > l_star
+
+
+def test_problem_is_sklearn_spd_matrix_and_seeded():
+    from sklearn.datasets import make_spd_matrix
+
+    a, b = problems.make_quadratic(30, 7), problems.make_quadratic(30, 7)
+    raw = make_spd_matrix(n_dim=30, random_state=7)
+    np.testing.assert_allclose(a.Q, 0.5 * (raw + raw.T), rtol=0, atol=1e-15)
+    assert np.array_equal(a.b, b.b) and np.array_equal(a.w0, b.w0)
+    assert not np.array_equal(a.b, problems.make_quadratic(30, 8).b)
+
+
+# ------------------------------------------------------------ convex
+
+def test_convex_quick_outputs_and_optimum(quick):
+    result, _ = quick["convex"]
+    cfg = suite.SETTINGS["convex"]["quick"]
+    p, _, l_star = _numpy_problem(cfg["dim"], result["seed"])
+    assert result["problem"]["optimum"] == pytest.approx(l_star, rel=1e-10)
+    assert len(result["runs"]) == len(suite.CONVEX_SPECS)
+    loss0 = 0.5 * p.w0 @ p.Q @ p.w0 - p.b @ p.w0
+    for run in result["runs"]:
+        loss = run["curves"]["loss"]
+        assert len(loss) == cfg["iterations"] + 1
+        assert loss[0] == pytest.approx(loss0, rel=1e-12)
+        if run["optimizer"]["normalization"] is None:
+            assert run["path"] == "keras"
+        else:
+            assert run["path"] in paths.ALL
+
+
+def test_convex_normalized_nesterov_closes_gap_by_orders_of_magnitude(quick):
+    result, _ = quick["convex"]
+    cfg = suite.SETTINGS["convex"]["quick"]
+    _, _, l_star = _numpy_problem(cfg["dim"], result["seed"])
+    run = _run(result, "Normalized SGD-nesterov (l2) lr=0.1")
+    loss = np.array(run["curves"]["loss"], dtype=np.float64)
+    assert np.isfinite(loss).all()
+    gap = loss - l_star
+    assert (gap > -1e-9 * abs(l_star)).all()  # nothing beats the optimum
+    assert gap[-1] < 1e-2 * gap[0]
+    assert run["final"]["final_gap"] == pytest.approx(gap[-1], rel=1e-9)
+
+
+def test_convex_plain_sgd_divergence_is_reported(quick):
+    """lr * lambda_max beyond Nesterov's stability bound 2(1+m)/(1+2m): it must diverge, and say so."""
+    result, _ = quick["convex"]
+    cfg = suite.SETTINGS["convex"]["quick"]
+    p, _, l_star = _numpy_problem(cfg["dim"], result["seed"])
+    lr, m = 0.1, 0.9
+    assert lr * np.linalg.eigvalsh(p.Q).max() > 2 * (1 + m) / (1 + 2 * m)
+    run = _run(result, "SGD-nesterov lr=0.1")
+    assert run["final"]["diverged"] is True
+    last = run["curves"]["loss"][-1]
+    assert last is None or last - l_star > 10 * (run["curves"]["loss"][0] - l_star)
+
+
+def test_convex_runs_are_repeatable(tmp_path):
+    for folder in ("a", "b"):
+        assert _run_cli("convex", "--quick", "--iterations", "40", "--out",
+                        str(tmp_path / folder)) == 0
+    first = _strict_json(tmp_path / "a" / "convex.json")
+    second = _strict_json(tmp_path / "b" / "convex.json")
+    for r1, r2 in zip(first["runs"], second["runs"], strict=True):
+        assert len(r1["curves"]["loss"]) == 41
+        assert r1["curves"] == r2["curves"]
+
+
+# ------------------------------------------------------------ lr-sweep
+
+def test_lr_sweep_quick(quick):
+    result, _ = quick["lr-sweep"]
+    cfg = suite.SETTINGS["lr-sweep"]["quick"]
+    _, _, l_star = _numpy_problem(cfg["dim"], result["seed"])
+    expected = np.logspace(-4, 0, cfg["points"])
+    np.testing.assert_allclose(result["settings"]["learning_rates"], expected, rtol=1e-12)
+    assert len(result["runs"]) == 2 * cfg["points"]
+    for run in result["runs"]:
+        assert run["optimizer"]["inner"] == "adam"
+        assert run["optimizer"]["normalization"] in (None, "l2")
+        gap = np.array(run["curves"]["gap"], dtype=np.float64)
+        assert len(gap) == cfg["iterations"] + 1
+        assert np.isfinite(gap).all()  # Adam's step is bounded by lr: no blow-up here
+        assert (gap > -1e-9 * abs(l_star)).all()
+    # a learning rate of 1e-4 barely moves in a few hundred steps, 1e-1 does
+    by_lr = {(r["optimizer"]["learning_rate"], r["optimizer"]["normalization"]):
+             r["final"]["final_gap"] for r in result["runs"]}
+    for norm in (None, "l2"):
+        assert by_lr[(expected[0], norm)] > 2 * by_lr[(expected[3], norm)]
+
+
+# ------------------------------------------------------------ mlp, cnn
+
+def _mlp_parameter_count(inputs, depth, width, classes):
+    dense = inputs * width + width + (depth - 1) * (width * width + width)
+    batch_norm = depth * 4 * width  # gamma, beta, moving mean, moving variance
+    return dense + batch_norm + width * classes + classes
+
+
+@pytest.mark.parametrize("name,specs", [("mlp", suite.MLP_SPECS), ("cnn", suite.CNN_SPECS)])
+def test_classifier_quick(quick, name, specs):
+    result, _ = quick[name]
+    cfg = suite.SETTINGS[name]["quick"]
+    assert result["dataset"]["name"] == "digits"
+    assert result["dataset"]["train_examples"] == cfg["train_examples"]
+    assert result["dataset"]["image_shape"] == [8, 8, 1]
+    assert [r["optimizer"]["label"] for r in result["runs"]] == [s.label for s in specs]
+    for run in result["runs"]:
+        for key in ("train_loss", "test_loss", "train_accuracy", "test_accuracy"):
+            curve = run["curves"][key]
+            assert len(curve) == cfg["epochs"]
+            assert all(v is not None and math.isfinite(v) for v in curve)
+        assert all(0 <= v <= 1 for v in run["curves"]["test_accuracy"])
+        assert all(v > 0 for v in run["curves"]["train_loss"])
+        if run["optimizer"]["normalization"] is None:
+            assert run["path"] == "keras"
+        else:
+            assert run["path"] in paths.ALL
+    if name == "mlp":
+        count = _mlp_parameter_count(64, cfg["depth"], cfg["width"], 10)
+        assert all(r["parameters"] == count for r in result["runs"])
+
+
+def test_digits_split_is_the_whole_bundled_set():
+    from sklearn.datasets import load_digits
+
+    raw = load_digits()
+    d = data.load_digits(seed=0)
+    assert len(d.x_train) + len(d.x_test) == len(raw.images)
+    assert d.x_train.shape[1:] == (8, 8, 1) and d.x_train.dtype == np.float32
+    assert 0.0 <= d.x_train.min() and d.x_train.max() <= 1.0
+    # every image keeps its own label: match one test image back to the raw set
+    hits = np.all(np.isclose(raw.images / 16.0, d.x_test[0, ..., 0]), axis=(1, 2))
+    assert raw.target[hits][0] == d.y_test[0]
+
+
+# ------------------------------------------------------------ failures
+
+@pytest.mark.parametrize("name,dataset", [("mlp", "mnist"), ("cnn", "cifar10"), ("all", "mnist")])
+def test_unloadable_keras_dataset_fails_clearly(monkeypatch, capsys, tmp_path, name, dataset):
+    import keras
+
+    def offline():
+        raise OSError("simulated: no network and no cached file")
+
+    monkeypatch.setattr(getattr(keras.datasets, dataset), "load_data", offline)
+    out = tmp_path / "out"
+    assert _run_cli(name, "--quick", "--dataset", dataset, "--out", str(out)) == 2
+    err = capsys.readouterr().err
+    assert f"could not load '{dataset}'" in err
+    assert "simulated: no network" in err
+    assert "--dataset digits" in err
+    assert not out.exists()  # failed before any training or output
+
+
+def test_dataset_unavailable_keeps_the_cause(monkeypatch):
+    import keras
+
+    cause = ConnectionError("simulated")
+    monkeypatch.setattr(keras.datasets.mnist, "load_data", lambda: (_ for _ in ()).throw(cause))
+    with pytest.raises(data.DatasetUnavailable) as info:
+        data.load_dataset("mnist")
+    assert info.value.__cause__ is cause
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["nope"],
+        ["convex", "--epochs", "0"],
+        ["convex", "--iterations", "-3"],
+        ["convex", "--iterations", "ten"],
+        ["convex", "--seed", "x"],
+        ["convex", "--seed", "-1"],
+        ["mlp", "--dataset", "imagenet"],
+    ],
+)
+def test_bad_arguments_exit_nonzero(capsys, argv):
+    with pytest.raises(SystemExit) as info:
+        main(["experiments", *argv])
+    assert info.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["mlp", "--dataset", "cifar10"], ["cnn", "--dataset", "mnist"],
+                                  ["convex", "--dataset", "mnist"]])
+def test_dataset_that_does_not_fit_the_experiment(capsys, tmp_path, argv):
+    assert _run_cli(*argv, "--quick", "--out", str(tmp_path / "o")) == 2
+    assert "does not apply" in capsys.readouterr().err
