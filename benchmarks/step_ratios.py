@@ -1,0 +1,146 @@
+"""The step-time table of issue [2/6]: fused vs pure TF vs plain Keras Adam.
+
+    .venv/bin/python benchmarks/step_ratios.py [--repeats 30] [--json PATH]
+
+NormalizedOptimizer(Adam, "l2") on one 4096x4096 variable, eight 1024x1024
+and the 122-variable MLP set. All four paths of a set are timed interleaved
+in the same run (see normopt.bench.step_bench); ratios are of median step
+times. Achieved GB/s counts 32 bytes per fp32 parameter (28 for plain Adam)
+and is compared with a copy bandwidth measured before and after the run.
+Then it checks the issue's targets and says which were met.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from normopt.bench import environment, report, step_bench, timing  # noqa: E402
+
+SETS = ("big", "eight_1k", "mlp")
+LARGE = ("big", "eight_1k")
+
+
+def measure(sets, repeats, warmup, progress=True):
+    probes = [timing.memory_bandwidth()]
+    result = step_bench.run(
+        sets, ["adam"], ["normalized"], step_bench.PATHS, "l2", repeats, warmup,
+        progress=progress,
+    )
+    probes.append(timing.memory_bandwidth())
+    bw = timing.reference_bandwidth(probes)
+    timing.add_percent_of_bandwidth(result["cases"], bw)
+    return result, {"bytes_per_s": bw, "probes": probes}
+
+
+def by_set(result):
+    out = {}
+    for c in result["cases"]:
+        if c["status"] == "ok":
+            out.setdefault(c["set"], {})[c["path"]] = c
+    return out
+
+
+def ratio_rows(result):
+    """Per set: medians of each path and the fused ratios (None if missing)."""
+    rows = []
+    for set_name, paths in by_set(result).items():
+        t = {p: c["time"]["median_s"] for p, c in paths.items()}
+        fused = paths.get("fused")
+        row = {"set": set_name, "times_s": t}
+        if fused:
+            row.update(
+                fused_vs_tf_graph=t["tf_graph"] / t["fused"] if "tf_graph" in t else None,
+                fused_vs_tf_xla=t["tf_xla"] / t["fused"] if "tf_xla" in t else None,
+                fused_vs_plain=t["plain"] / t["fused"] if "plain" in t else None,
+                fused_gb_per_s=fused["gb_per_s"],
+                fused_pct_bandwidth=fused["pct_bandwidth"],
+                fused_path_ran=fused["path_ran"],
+            )
+        rows.append(row)
+    return rows
+
+
+def targets(rows):
+    """[(target, met, measured)] for the issue's targets on the sets measured."""
+    get = {r["set"]: r for r in rows}
+    found = []
+
+    def fused_value(set_name, key):
+        return get.get(set_name, {}).get(key)
+
+    if "big" in get:
+        v = fused_value("big", "fused_vs_tf_graph")
+        found.append((">= 3x over pure-TF graph on 4096^2", v is not None and v >= 3, v))
+        v = fused_value("big", "fused_vs_tf_xla")
+        found.append(("faster than XLA on 4096^2", v is not None and v > 1, v))
+    if "mlp" in get:
+        v = fused_value("mlp", "fused_vs_tf_graph")
+        found.append((">= 6x over pure-TF graph on the MLP set", v is not None and v >= 6, v))
+    for s in SETS:
+        v = fused_value(s, "fused_vs_plain")
+        if s in get:
+            found.append((f"faster than plain Keras Adam on {s}", v is not None and v > 1, v))
+    for s in LARGE:
+        v = fused_value(s, "fused_pct_bandwidth")
+        if s in get:
+            found.append((f">= 70% of measured bandwidth on {s}", v is not None and v >= 70, v))
+    return found
+
+
+def format_table(rows, bandwidth):
+    t = report.format_time
+    header = ["set", "plain Adam", "pure-TF graph", "XLA", "fused",
+              "fused/graph", "fused/XLA", "fused/plain", "fused GB/s @32B", "% of bw"]
+    lines = []
+    for r in rows:
+        times = r["times_s"]
+        cells = [r["set"]] + [t(times[p]) if p in times else "n/a" for p in step_bench.PATHS]
+        for key in ("fused_vs_tf_graph", "fused_vs_tf_xla", "fused_vs_plain"):
+            cells.append(f"{r[key]:.2f}x" if r.get(key) else "n/a")
+        cells.append(f"{r['fused_gb_per_s']:.1f}" if "fused_gb_per_s" in r else "n/a")
+        cells.append(f"{r['fused_pct_bandwidth']:.0f}%" if "fused_pct_bandwidth" in r else "n/a")
+        lines.append(cells)
+    widths = [max(len(x) for x in col) for col in zip(header, *lines)]
+    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+    text = [fmt(header), fmt(["-" * w for w in widths])] + [fmt(c) for c in lines]
+    text.append(f"bandwidth (NumPy 2-thread copy, best of before/after): "
+                f"{bandwidth['bytes_per_s'] / 1e9:.1f} GB/s")
+    return "\n".join(text)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--sets", default=",".join(SETS))
+    parser.add_argument("--json", metavar="PATH")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    sets = [s for s in args.sets.split(",") if s]
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")
+    result, bandwidth = measure(sets, args.repeats, args.warmup, not args.no_progress)
+    rows = ratio_rows(result)
+    print(format_table(rows, bandwidth))
+    for c in result["cases"]:
+        if c["status"] != "ok":
+            print(f"unavailable: {c['path']}: {c['reason']}")
+    found = targets(rows)
+    print("\ntargets:")
+    for name, met, value in found:
+        shown = "n/a" if value is None else f"{value:.2f}"
+        print(f"  {'MET   ' if met else 'MISSED'} {name} (measured {shown})")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"environment": environment.collect(), "bandwidth": bandwidth,
+                       "rows": rows, "targets": found, "cases": result["cases"]},
+                      f, indent=1, default=str)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
