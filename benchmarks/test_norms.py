@@ -21,7 +21,7 @@ def arrays():
     return {n: rng.standard_normal(n).astype(np.float32) for n in SIZES}
 
 
-@pytest.mark.parametrize("size", SIZES, ids=lambda n: f"2^{n.bit_length() - 1}")
+@pytest.mark.parametrize("size", SIZES, ids=lambda n: f"n{n}")
 @pytest.mark.parametrize("norm", BUILTIN_NORMALIZATIONS)
 @pytest.mark.parametrize("impl", norm_impls.IMPLEMENTATIONS)
 def test_norm_call(benchmark, arrays, impl, norm, size):
