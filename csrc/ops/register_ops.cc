@@ -4,6 +4,8 @@
 // accumulation dtype (float64 for float64, float32 otherwise; the kernels
 // check the pairing). Float hyperparameters are float64 scalar inputs so
 // that float64 runs see them unrounded and changing them never retraces.
+// Each list input has its own length attr so that lists of different
+// lengths reach the kernel, which rejects them with InvalidArgumentError.
 // `kind` is a built-in norm name (or alias) or, where allowed,
 // "precomputed": then `norms` ([N], Tacc) holds the norms to use.
 #include "tensorflow/core/framework/common_shape_fns.h"
@@ -83,8 +85,8 @@ g_i * s_i, formed in Tacc and rounded back to T, with s_i = 1/norm_i
 )doc");
 
 REGISTER_OP("NormoptApplySgd")
-    .Input("var: N * resource")
-    .Input("momentum_slot: M * resource")
+    .Input("var: num_vars * resource")
+    .Input("momentum_slot: num_momenta * resource")
     .Input("grad: N * T")
     .Input("lr: double")
     .Input("momentum: double")
@@ -96,7 +98,8 @@ REGISTER_OP("NormoptApplySgd")
     .Attr("mode: string")
     .Attr("nesterov: bool = false")
     .Attr("N: int >= 1")
-    .Attr("M: int >= 0")
+    .Attr("num_vars: int >= 0")
+    .Attr("num_momenta: int >= 0")
     .Attr("T: {half, bfloat16, float, double}")
     .Attr("Tacc: {float, double}")
     .SetIsStateful()
@@ -110,16 +113,16 @@ REGISTER_OP("NormoptApplySgd")
 Keras 3 SGD step on N resource variables in place, each gradient scaled on
 the fly by its per-tensor scale g' = g * s:
   w -= w * decay * lr                    (decoupled weight decay)
-  M == 0:  w -= lr * g'
-  M == N:  m = momentum * m - lr * g'; w += m
+  no momentum slots:  w -= lr * g'
+  N momentum slots:   m = momentum * m - lr * g'; w += m
            (nesterov: w += momentum * m - lr * g')
 )doc");
 
 REGISTER_OP("NormoptApplyAdam")
-    .Input("var: N * resource")
-    .Input("m: N * resource")
-    .Input("v: N * resource")
-    .Input("vhat: K * resource")
+    .Input("var: num_vars * resource")
+    .Input("m: num_m * resource")
+    .Input("v: num_v * resource")
+    .Input("vhat: num_vhat * resource")
     .Input("grad: N * T")
     .Input("lr: double")
     .Input("beta_1: double")
@@ -133,7 +136,10 @@ REGISTER_OP("NormoptApplyAdam")
     .Attr("kind: string")
     .Attr("mode: string")
     .Attr("N: int >= 1")
-    .Attr("K: int >= 0")
+    .Attr("num_vars: int >= 0")
+    .Attr("num_m: int >= 0")
+    .Attr("num_v: int >= 0")
+    .Attr("num_vhat: int >= 0")
     .Attr("T: {half, bfloat16, float, double}")
     .Attr("Tacc: {float, double}")
     .SetIsStateful()
@@ -145,7 +151,7 @@ REGISTER_OP("NormoptApplyAdam")
       return PerTensorVector(c, "norms");
     })
     .Doc(R"doc(
-Keras 3 Adam/AdamW step (amsgrad when K == N) on N resource variables in
+Keras 3 Adam/AdamW step (amsgrad when vhat holds N slots) on N resource variables in
 place, each gradient scaled on the fly, g' = g * s; t = step:
   w -= w * decay * lr
   alpha = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t)
