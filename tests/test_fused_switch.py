@@ -1,0 +1,87 @@
+"""Switching between the fused and the pure-TF path mid-training.
+
+The inner optimizer's own slot variables and iteration counter hold all the
+state, so a model trained on one path, saved, and loaded onto the other
+continues like uninterrupted training. Each phase asserts the path it took.
+"""
+
+import numpy as np
+import pytest
+
+import keras
+import normopt
+from normopt.ops import library
+
+EPOCHS = 2  # per phase; 3 batches per epoch
+
+PATH_OF = {True: "fused", False: "tf"}
+
+
+@pytest.fixture(autouse=True)
+def require_library():
+    status = library.status()
+    if not status["loaded"]:
+        pytest.fail(f"the op library is not loaded: {status['reason']}")
+
+
+def model_and_data(seed=3):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([
+        keras.Input((6,)),
+        keras.layers.Dense(24, activation="tanh"),
+        keras.layers.Dense(12, activation="relu", use_bias=False),
+        keras.layers.Dense(1),
+    ])
+    rng = np.random.RandomState(seed)
+    x = rng.standard_normal((96, 6)).astype("float32")
+    y = (np.sin(x[:, :1]) + x[:, 1:2] * x[:, 2:3]).astype("float32")
+    return model, x, y
+
+
+def make_opt(inner, fused):
+    if inner == "adamw":
+        return normopt.NormalizedOptimizer(
+            keras.optimizers.AdamW(
+                keras.optimizers.schedules.ExponentialDecay(1e-2, 2, 0.9),
+                weight_decay=0.01, amsgrad=True),
+            "l2", fused=fused)
+    return normopt.ClippedOptimizer(
+        keras.optimizers.SGD(0.05, momentum=0.9, nesterov=True),
+        "std", clipnorm=0.2, fused=fused)
+
+
+def fit(model, x, y):
+    model.fit(x, y, batch_size=32, epochs=EPOCHS, shuffle=False, verbose=0)
+
+
+@pytest.mark.parametrize("inner", ["adamw", "nesterov"])
+@pytest.mark.parametrize("first, second", [(True, False), (False, True), (True, True)])
+def test_switch_after_save_and_load(tmp_path, inner, first, second):
+    model, x, y = model_and_data()
+    model.compile(optimizer=make_opt(inner, first), loss="mse")
+    fit(model, x, y)
+    fit(model, x, y)
+    assert model.optimizer.last_path.name == PATH_OF[first]
+    uninterrupted = [w.numpy() for w in model.weights]
+
+    model, x, y = model_and_data()
+    model.compile(optimizer=make_opt(inner, first), loss="mse")
+    fit(model, x, y)
+    assert model.optimizer.last_path.name == PATH_OF[first]
+    path = tmp_path / "switch.keras"
+    model.save(path)
+
+    loaded = keras.models.load_model(path)
+    opt = loaded.optimizer
+    assert opt.fused is first
+    for a, b in zip(opt.variables, model.optimizer.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    opt.fused = second
+    fit(loaded, x, y)
+    assert opt.last_path.name == PATH_OF[second]
+    assert int(opt.iterations.numpy()) == 2 * EPOCHS * 3
+    for a, b in zip(loaded.weights, uninterrupted):
+        if first == second:  # same path throughout: bitwise on CPU
+            np.testing.assert_array_equal(a.numpy(), b)
+        else:
+            np.testing.assert_allclose(a.numpy(), b, rtol=1e-5, atol=1e-6)
