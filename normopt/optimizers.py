@@ -65,7 +65,7 @@ def _all_finite(grads):
 
 
 def _check_fused(fused):
-    if fused not in (None, True, False):
+    if fused is not None and not isinstance(fused, bool):
         raise TypeError(f"`fused` must be None, True or False, got {fused!r}.")
     return fused
 
