@@ -274,3 +274,15 @@ def test_bad_arguments_exit_nonzero(capsys, argv):
 def test_dataset_that_does_not_fit_the_experiment(capsys, tmp_path, argv):
     assert _run_cli(*argv, "--quick", "--out", str(tmp_path / "o")) == 2
     assert "does not apply" in capsys.readouterr().err
+
+
+def test_path_tf_forces_pure_tensorflow(tmp_path):
+    assert _run_cli("convex", "--quick", "--path", "tf", "--out", str(tmp_path)) == 0
+    result = _strict_json(tmp_path / "convex.json")
+    cfg = suite.SETTINGS["convex"]["quick"]
+    _, _, l_star = _numpy_problem(cfg["dim"], result["seed"])
+    for run in result["runs"]:
+        wrapped = run["optimizer"]["normalization"] is not None
+        assert run["path"] == (paths.TF if wrapped else "keras")
+    loss = _run(result, "Normalized SGD-nesterov (l2) lr=0.1")["curves"]["loss"]
+    assert loss[-1] - l_star < 1e-2 * (loss[0] - l_star)

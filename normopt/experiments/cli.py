@@ -18,6 +18,7 @@ import sys
 CHOICES = ("convex", "lr-sweep", "mlp", "cnn", "all")
 DEFAULT_OUT = os.path.join("normopt-out", "experiments")
 DEFAULT_DATASET = {"mlp": "digits", "cnn": "digits"}
+FUSED_CHOICES = {"auto": None, "fused": True, "tf": False}
 ALLOWED_DATASETS = {"mlp": ("digits", "mnist"), "cnn": ("digits", "cifar10")}
 
 
@@ -55,6 +56,11 @@ def add_arguments(parser):
                         help="override the epochs of mlp and cnn")
     parser.add_argument("--iterations", type=_positive_int, default=None,
                         help="override the iterations of convex and lr-sweep")
+    parser.add_argument("--batch-size", type=_positive_int, default=None,
+                        help="override the batch size of mlp and cnn")
+    parser.add_argument("--path", choices=tuple(FUSED_CHOICES), default="auto",
+                        help="wrapper step path: auto (compiled op where it runs, the default), "
+                             "fused (require it) or tf (pure TensorFlow)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -84,6 +90,7 @@ def _dataset_choice(args, name):
 
 
 def run(args):
+    from normopt import FusedPathUnavailable
     from normopt.experiments import data, report, suite
 
     names = list(suite.NAMES) if args.name == "all" else [args.name]
@@ -104,7 +111,8 @@ def run(args):
     except data.DatasetUnavailable as exc:
         return _fail(str(exc))
 
-    overrides = {"epochs": args.epochs, "iterations": args.iterations}
+    overrides = {"epochs": args.epochs, "iterations": args.iterations,
+                 "batch_size": args.batch_size, "fused": FUSED_CHOICES[args.path]}
     bars = _bar_factory(args.no_progress)
     runners = {"convex": suite.run_convex, "lr-sweep": suite.run_lr_sweep,
                "mlp": suite.run_mlp, "cnn": suite.run_cnn}
@@ -112,7 +120,11 @@ def run(args):
         extra = ()
         if name in ALLOWED_DATASETS:
             extra = (datasets[_dataset_choice(args, name) or "digits"],)
-        result = runners[name](args.quick, args.seed, overrides, bars, *extra)
+        try:
+            result = runners[name](args.quick, args.seed, overrides, bars, *extra)
+        except FusedPathUnavailable as exc:  # --path fused where the op cannot run
+            return _fail(f"--path fused: {exc}")
+        result["environment"] = _environment()
         json_path, png_path = report.save(result, args.out)
         print(f"\n== {name}{' (quick)' if args.quick else ''}: {_headline(result)}")
         print(report.format_table(result))
@@ -128,3 +140,15 @@ def _headline(result):
     d, s = result["dataset"], result["settings"]
     return (f"{d['name']} {d['train_examples']} train / {d['test_examples']} test, "
             f"{s['epochs']} epochs, batch {s['batch_size']}")
+
+
+def _environment():
+    import keras
+    import numpy
+    import tensorflow as tf
+
+    import normopt
+
+    return {"normopt": normopt.__version__, "tensorflow": tf.__version__,
+            "keras": keras.__version__, "numpy": numpy.__version__,
+            "command": "normopt experiments " + " ".join(sys.argv[2:])}

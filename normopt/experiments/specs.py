@@ -3,8 +3,8 @@
 `OptimizerSpec("sgd", 0.1, "l2").build()` is
 `NormalizedOptimizer(SGD(0.1, momentum=0.9, nesterov=True), "l2")`; with
 `normalization=None` it is the plain inner optimizer. The wrappers use their
-default `fused=None`, so the compiled op runs where it exists; the path taken
-is recorded per run (`path_of`).
+default `fused=None`, so the compiled op runs where it exists (`fused` can
+force either path); the path taken is recorded per run (`path_of`).
 """
 
 import dataclasses
@@ -17,6 +17,7 @@ class OptimizerSpec:
     inner: str
     learning_rate: float
     normalization: str = None
+    fused: object = None  # the wrappers' `fused`: None (auto), True, False
 
     @property
     def label(self):
@@ -38,7 +39,7 @@ class OptimizerSpec:
             raise ValueError(f"unknown inner optimizer {self.inner!r}; one of {INNER}")
         if self.normalization is None:
             return inner
-        return NormalizedOptimizer(inner, self.normalization)
+        return NormalizedOptimizer(inner, self.normalization, fused=self.fused)
 
     def as_dict(self):
         return {
@@ -46,6 +47,7 @@ class OptimizerSpec:
             "inner": self.inner,
             "learning_rate": self.learning_rate,
             "normalization": self.normalization,
+            "fused": self.fused,
         }
 
 

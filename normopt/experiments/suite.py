@@ -8,6 +8,7 @@ Each `run_<name>(quick, seed, overrides, bar_factory)` returns a result dict:
 that `report` turns into a table, a JSON file and PNG plots.
 """
 
+import dataclasses
 import time
 
 import numpy as np
@@ -27,7 +28,7 @@ SETTINGS = {
         "quick": {"dim": 20, "iterations": 200, "points": 5},
     },
     "mlp": {
-        "full": {"depth": 30, "width": 128, "epochs": 20, "batch_size": 64,
+        "full": {"depth": 30, "width": 128, "epochs": 60, "batch_size": 32,
                  "train_examples": None, "test_examples": None},
         "quick": {"depth": 3, "width": 32, "epochs": 2, "batch_size": 64,
                   "train_examples": 256, "test_examples": 128},
@@ -67,12 +68,19 @@ CNN_SPECS = [
 
 
 def settings_for(name, quick, overrides):
-    """The settings of `name`, with non-None `overrides` (epochs, iterations) applied."""
+    """The settings of `name`, with the non-None `overrides` that apply to it
+    (epochs, batch_size, iterations) replacing the defaults."""
     chosen = dict(SETTINGS[name]["quick" if quick else "full"])
     for key, value in overrides.items():
         if value is not None and key in chosen:
             chosen[key] = value
     return chosen
+
+
+def with_fused(specs, overrides):
+    """`specs` with the wrappers' `fused` set from overrides["fused"] (None: auto)."""
+    fused = overrides.get("fused")
+    return [dataclasses.replace(s, fused=fused) for s in specs]
 
 
 def lr_grid(points):
@@ -129,7 +137,8 @@ def run_convex(quick, seed, overrides, bar_factory):
     cfg = settings_for("convex", quick, overrides)
     problem = problems.make_quadratic(cfg["dim"], seed)
     with bar_factory(len(CONVEX_SPECS) * cfg["iterations"], "convex", "step") as bar:
-        runs = _quadratic_runs(problem, CONVEX_SPECS, cfg["iterations"], bar)
+        runs = _quadratic_runs(problem, with_fused(CONVEX_SPECS, overrides),
+                               cfg["iterations"], bar)
     return {"experiment": "convex", "quick": quick, "seed": seed, "settings": cfg,
             "problem": _problem_record(problem), "runs": runs}
 
@@ -138,7 +147,8 @@ def run_lr_sweep(quick, seed, overrides, bar_factory):
     cfg = settings_for("lr-sweep", quick, overrides)
     problem = problems.make_quadratic(cfg["dim"], seed)
     rates = lr_grid(cfg["points"])
-    specs = [OptimizerSpec("adam", lr, norm) for norm in (None, "l2") for lr in rates]
+    specs = with_fused([OptimizerSpec("adam", lr, norm) for norm in (None, "l2")
+                        for lr in rates], overrides)
     with bar_factory(len(specs) * cfg["iterations"], "lr-sweep", "step") as bar:
         runs = _quadratic_runs(problem, specs, cfg["iterations"], bar)
     for run in runs:  # the sweep keeps only the gap curve
@@ -182,7 +192,8 @@ def run_mlp(quick, seed, overrides, bar_factory, dataset):
         return models.deep_mlp(dataset.image_shape, dataset.num_classes,
                                depth=cfg["depth"], width=cfg["width"])
 
-    runs = _classifier_runs("mlp", build, MLP_SPECS, cfg, dataset, seed, bar_factory)
+    specs = with_fused(MLP_SPECS, overrides)
+    runs = _classifier_runs("mlp", build, specs, cfg, dataset, seed, bar_factory)
     return {"experiment": "mlp", "quick": quick, "seed": seed, "settings": cfg,
             "dataset": dataset.describe(), "runs": runs}
 
@@ -196,6 +207,7 @@ def run_cnn(quick, seed, overrides, bar_factory, dataset):
         return models.small_cnn(dataset.image_shape, dataset.num_classes,
                                 filters=tuple(cfg["filters"]), dense=cfg["dense"])
 
-    runs = _classifier_runs("cnn", build, CNN_SPECS, cfg, dataset, seed, bar_factory)
+    specs = with_fused(CNN_SPECS, overrides)
+    runs = _classifier_runs("cnn", build, specs, cfg, dataset, seed, bar_factory)
     return {"experiment": "cnn", "quick": quick, "seed": seed, "settings": cfg,
             "dataset": dataset.describe(), "runs": runs}
