@@ -133,26 +133,24 @@ def _finite_range(curves, positive=False):
     return float(values.min()), float(values.max())
 
 
-def _plot_quadratic(result, path):
-    plt = _pyplot()
-    runs = result["runs"]
-    optimum = result["problem"]["optimum"]
+def _quadratic_panels(ax_loss, ax_gap, runs, optimum, title):
+    """Loss and gap curves of `runs` (one inner optimizer) on one pair of axes."""
     loss = [np.asarray(r["curves"]["loss"], dtype=np.float64) for r in runs]
     gap = [np.asarray(r["curves"]["gap"], dtype=np.float64) for r in runs]
     ok = [not r["final"]["diverged"] for r in runs]
-    fig, (ax_loss, ax_gap) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for run, l, g, fine in zip(runs, loss, gap, ok):
-        label = run["optimizer"]["label"]
-        if not fine:
-            label += " (diverged)"
+    # Noisy (oscillating) curves go underneath the smooth ones so they cannot hide them.
+    wiggle = [np.nansum(np.abs(np.diff(np.where(np.isfinite(l), l, np.nan)))) for l in loss]
+    depth = {i: z for z, i in enumerate(np.argsort(wiggle)[::-1])}
+    for i, (run, l, g, fine) in enumerate(zip(runs, loss, gap, ok)):
+        label = run["optimizer"]["label"] + ("" if fine else " (diverged)")
         steps = np.arange(len(l))
+        # Beyond 1e6 x the start a run has diverged; drawing 1e300 only overflows the axes.
         l_plot = np.where(np.isfinite(l) & (np.abs(l) < 1e6 * (abs(l[0]) + 1)), l, np.nan)
-        line, = ax_loss.plot(steps, l_plot, _style(run["optimizer"]), label=label, lw=1.0,
-                             alpha=0.85)
-        # Beyond 1e6 x the start a run has diverged; drawing 1e300 only overflows the log axis.
         g_plot = np.where(np.isfinite(g) & (g > 0) & (g < 1e6 * g[0]), g, np.nan)
-        ax_gap.plot(steps, g_plot, _style(run["optimizer"]), color=line.get_color(), lw=1.0,
-                    alpha=0.85)
+        style = _style(run["optimizer"])
+        line, = ax_loss.plot(steps, l_plot, style, label=label, lw=1.0, alpha=0.8,
+                             color=f"C{i}", zorder=2 + depth[i])
+        ax_gap.plot(steps, g_plot, style, color=f"C{i}", lw=1.0, alpha=0.8, zorder=2 + depth[i])
         stop = run["final"]["nonfinite_from"]
         if stop is not None:
             ax_gap.axvline(stop, color=line.get_color(), ls=":", lw=0.8)
@@ -162,15 +160,28 @@ def _plot_quadratic(result, path):
         lo, hi = good_loss
         pad = 0.05 * (hi - lo + 1e-12)
         ax_loss.set_ylim(min(lo, optimum) - pad, hi + pad)
-    good_gap = _finite_range([g for g, fine in zip(gap, ok) if fine], positive=True)
     ax_gap.set_yscale("log")
+    good_gap = _finite_range([g for g, fine in zip(gap, ok) if fine], positive=True)
     if good_gap:
         ax_gap.set_ylim(good_gap[0] / 3, good_gap[1] * 3)
-    ax_loss.set(xlabel="iteration", ylabel="L(w)", title="loss (y-range of the runs that converge)")
-    ax_gap.set(xlabel="iteration", ylabel="L(w) - L*", title="gap to the closed-form optimum")
+    ax_loss.set(xlabel="iteration", ylabel="L(w)", title=f"{title}: loss")
+    ax_gap.set(xlabel="iteration", ylabel="L(w) - L*", title=f"{title}: gap to the optimum")
     ax_loss.legend(fontsize=7)
     for ax in (ax_loss, ax_gap):
         ax.grid(alpha=0.3)
+
+
+def _plot_quadratic(result, path):
+    """One row per inner optimizer: loss (y-range of the converging runs) and gap (log)."""
+    plt = _pyplot()
+    groups = {}
+    for run in result["runs"]:
+        groups.setdefault(run["optimizer"]["inner"], []).append(run)
+    fig, axes = plt.subplots(len(groups), 2, figsize=(12, 4.2 * len(groups)), squeeze=False)
+    titles = {"sgd": "SGD-nesterov", "adam": "Adam"}
+    for (inner, runs), (ax_loss, ax_gap) in zip(groups.items(), axes):
+        _quadratic_panels(ax_loss, ax_gap, runs, result["problem"]["optimum"],
+                          titles.get(inner, inner))
     fig.suptitle(f"{result['problem']['dim']}-d quadratic, cond(Q) = "
                  f"{result['problem']['condition_number']:.3g}, seed {result['seed']}")
     fig.tight_layout()
