@@ -205,6 +205,7 @@ def run(args):
                  "reference": "the higher of the probes before and after the run",
                  "probes": probes}
     payload["bandwidth"] = bandwidth
+    payload["load_average_1_5_15_min_after"] = environment.load_average()
     print(f"memory bandwidth: {bw / 1e9:.1f} GB/s (before the run "
           f"{probes[0]['bytes_per_s'] / 1e9:.1f}, after {probes[1]['bytes_per_s'] / 1e9:.1f}; "
           f"{bandwidth['method']})")

@@ -25,6 +25,13 @@ def _version(module):
         return f"not available ({type(exc).__name__}: {exc})".splitlines()[0]
 
 
+def load_average():
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def gpu_names():
     """Names of the GPUs TensorFlow sees (empty without one)."""
     import tensorflow as tf
@@ -47,6 +54,8 @@ def collect():
         ),
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
+        # Other work on a shared machine shows here; compare ratios, not times.
+        "load_average_1_5_15_min": load_average(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "normopt": normopt.__version__,
