@@ -384,3 +384,47 @@ def test_bad_input_leaves_variables_unchanged():
         call_adam(variables=variables, decay=tf.zeros([1]))
     for v in variables:
         np.testing.assert_array_equal(v.numpy(), np.ones(v.shape, np.float32))
+
+
+# ---------------------------------------------------------------- loading
+
+
+def test_disabled_by_environment(monkeypatch):
+    import keras
+    import normopt
+
+    monkeypatch.setenv(library.DISABLE_ENV, "1")
+    status = library.status()
+    assert status["loaded"] is False and library.load() is None
+    assert library.DISABLE_ENV in status["reason"]
+    opt = normopt.NormalizedOptimizer(keras.optimizers.SGD(0.1))
+    v = keras.Variable(np.ones(3, np.float32))
+    opt.apply([tf.constant([3.0, 4.0, 0.0])], [v])
+    assert opt.last_path.name == "tf"
+    assert library.DISABLE_ENV in opt.last_path.reason
+    np.testing.assert_allclose(v.numpy(), [1 - 0.1 * 0.6, 1 - 0.1 * 0.8, 1.0],
+                               rtol=1e-6)
+    monkeypatch.delenv(library.DISABLE_ENV)
+    assert library.status()["loaded"] is True
+
+
+def test_missing_library_is_reported_not_raised(monkeypatch, tmp_path):
+    monkeypatch.setattr(library, "_HERE", str(tmp_path))
+    monkeypatch.setattr(library, "_cache", {})
+    assert library.load() is None
+    status = library.status()
+    assert status == {"loaded": False, "path": None, "reason": status["reason"]}
+    assert "not built" in status["reason"] and str(tmp_path) in status["reason"]
+    with pytest.raises(RuntimeError, match="not loaded"):
+        fused.norms([f32(3)], "l2", EPS)
+
+
+def test_broken_library_file_is_reported_not_raised(monkeypatch, tmp_path):
+    (tmp_path / "_normopt_ops.so").write_bytes(b"not an ELF file")
+    monkeypatch.setattr(library, "_HERE", str(tmp_path))
+    monkeypatch.setattr(library, "_cache", {})
+    assert library.load() is None
+    status = library.status()
+    assert status["loaded"] is False
+    assert status["path"] == str(tmp_path / "_normopt_ops.so")
+    assert "failed" in status["reason"]
