@@ -11,7 +11,13 @@ per-sample times: quartiles (IQR) and min/max.
 any cache is copied into a preallocated destination by one thread per CPU
 (NumPy releases the GIL while copying), and
 
-    bandwidth = 2 * nbytes / median copy time   (bytes read + bytes written)
+    bandwidth = 2 * nbytes / fastest copy time   (bytes read + bytes written)
+
+The fastest of the repeats, as STREAM reports, because other work on a
+shared machine only ever slows a copy down. A copy is not a ceiling for
+read-heavy kernels: each written cache line is also read first
+(write-allocate), so a copy moves about 3 * nbytes while 2 * nbytes are
+counted, and a kernel that mostly reads can exceed 100% of this figure.
 
 It is measured in the same run as the benchmark, before and after it, and
 percentages are of the higher of the two (`reference_bandwidth`): on a
@@ -79,7 +85,7 @@ def _threaded_copy(dst, src, threads):
         w.join()
 
 
-def memory_bandwidth(nbytes=256 * 2**20, repeats=7, threads=None):
+def memory_bandwidth(nbytes=256 * 2**20, repeats=10, threads=None):
     """Copy bandwidth in bytes/s, counting bytes read plus bytes written."""
     threads = threads or os.cpu_count() or 1
     src = np.ones(nbytes // 4, dtype=np.float32)
@@ -95,9 +101,10 @@ def memory_bandwidth(nbytes=256 * 2**20, repeats=7, threads=None):
         "method": (
             f"NumPy copy of a {nbytes / 2**20:.0f} MiB float32 array into a "
             f"preallocated one, {threads} threads; bytes read + written over "
-            f"the median of {repeats} copies"
+            f"the fastest of {repeats} copies"
         ),
-        "bytes_per_s": 2 * nbytes / summary["median_s"],
+        "bytes_per_s": 2 * nbytes / summary["min_s"],
+        "median_bytes_per_s": 2 * nbytes / summary["median_s"],
         "array_bytes": nbytes,
         "threads": threads,
         "copy_time": summary,
