@@ -31,10 +31,12 @@ struct ChunkPlan {
   std::vector<Chunk> chunks;
   // Chunks of tensor i are chunks[first[i] .. first[i + 1]).
   std::vector<int64_t> first;
+  int64_t total_elems = 0;
 
   explicit ChunkPlan(const std::vector<int64_t>& sizes) {
     first.reserve(sizes.size() + 1);
     for (size_t i = 0; i < sizes.size(); ++i) {
+      total_elems += sizes[i];
       first.push_back(static_cast<int64_t>(chunks.size()));
       for (int64_t b = 0; b < sizes[i]; b += kChunkElems) {
         const int64_t e = b + kChunkElems < sizes[i] ? b + kChunkElems : sizes[i];
@@ -48,14 +50,15 @@ struct ChunkPlan {
 };
 
 // Runs fn(chunk_index) for every chunk on TF's CPU worker threads.
-// `cost_per_elem` is a rough cycle count per element, for sharding.
+// `cost_per_elem` is a rough cycle count per element; with the mean chunk
+// length it tells Shard whether splitting the work is worth a thread hop.
 inline void ParallelForChunks(tensorflow::OpKernelContext* ctx,
                               const ChunkPlan& plan, int64_t cost_per_elem,
                               const std::function<void(int64_t)>& fn) {
   if (plan.size() == 0) return;
   const auto* threads = ctx->device()->tensorflow_cpu_worker_threads();
   tensorflow::Shard(threads->num_threads, threads->workers, plan.size(),
-                    kChunkElems * cost_per_elem,
+                    (plan.total_elems / plan.size() + 1) * cost_per_elem,
                     [&](int64_t begin, int64_t end) {
                       for (int64_t c = begin; c < end; ++c) fn(c);
                     });
