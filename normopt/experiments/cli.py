@@ -124,7 +124,7 @@ def run(args):
             result = runners[name](args.quick, args.seed, overrides, bars, *extra)
         except FusedPathUnavailable as exc:  # --path fused where the op cannot run
             return _fail(f"--path fused: {exc}")
-        result["environment"] = _environment()
+        result["environment"] = _environment(args)
         json_path, png_path = report.save(result, args.out)
         print(f"\n== {name}{' (quick)' if args.quick else ''}: {_headline(result)}")
         print(report.format_table(result))
@@ -142,7 +142,7 @@ def _headline(result):
             f"{s['epochs']} epochs, batch {s['batch_size']}")
 
 
-def _environment():
+def _environment(args):
     import keras
     import numpy
     import tensorflow as tf
@@ -151,4 +151,4 @@ def _environment():
 
     return {"normopt": normopt.__version__, "tensorflow": tf.__version__,
             "keras": keras.__version__, "numpy": numpy.__version__,
-            "command": "normopt experiments " + " ".join(sys.argv[2:])}
+            "arguments": {k: v for k, v in vars(args).items() if not k.startswith("_")}}
