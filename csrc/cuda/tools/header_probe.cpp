@@ -1,0 +1,81 @@
+// Command-line probe of the host side of the shared headers, for the tests:
+// they compare normopt/kernels/_finalize.py and chunks.py against it.
+//
+// stdin, one query per line:
+//   finalize KIND MODE CLIPNORM EPS COUNT SUM_ABS SUM_SQ MAX_ABS MIN_ABS MEAN M2
+//     -> "NORM SCALE STATS_NEEDED"
+//   merge COUNT_A ... M2_A COUNT_B ... M2_B      (7 + 7 numbers)
+//     -> the 7 merged statistics
+//   chunks CHUNK_SIZE N SIZE_0 ... SIZE_N-1
+//     -> "FIRST..." / "TENSOR..." / "START..." on three lines
+// Numbers are printed with 17 significant digits (double accumulation).
+#include <cstdio>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "cuda/chunk_table.h"
+#include "normopt/norm_stats.h"
+
+namespace {
+
+using Stats = normopt::NormStats<double>;
+
+Stats read_stats(std::istream& in) {
+  Stats s = Stats::empty();
+  in >> s.count >> s.sum_abs >> s.sum_sq >> s.max_abs >> s.min_abs >> s.mean >>
+      s.m2;
+  return s;
+}
+
+void print_stats(const Stats& s) {
+  std::printf("%lld %.17g %.17g %.17g %.17g %.17g %.17g\n",
+              static_cast<long long>(s.count), s.sum_abs, s.sum_sq, s.max_abs,
+              s.min_abs, s.mean, s.m2);
+}
+
+}  // namespace
+
+int main() {
+  std::string line;
+  while (std::getline(std::cin, line)) {
+    std::istringstream in(line);
+    std::string op;
+    in >> op;
+    if (op == "finalize") {
+      int kind, mode;
+      double clipnorm, eps;
+      in >> kind >> mode >> clipnorm >> eps;
+      const Stats s = read_stats(in);
+      const auto k = static_cast<normopt::NormKind>(kind);
+      const double norm = normopt::finalize_norm(k, s, eps);
+      const double scale = normopt::scale_from_norm(
+          static_cast<normopt::ScaleMode>(mode), norm, clipnorm);
+      std::printf("%.17g %.17g %u\n", norm, scale, normopt::stats_needed(k));
+    } else if (op == "merge") {
+      const Stats a = read_stats(in);
+      const Stats b = read_stats(in);
+      print_stats(normopt::merge_stats(a, b));
+    } else if (op == "chunks") {
+      long long chunk_size;
+      int n;
+      in >> chunk_size >> n;
+      std::vector<int64_t> sizes(n);
+      for (auto& s : sizes) in >> s;
+      const auto table =
+          normopt::cuda::build_chunk_table(sizes.data(), n, chunk_size);
+      for (auto f : table.first) std::printf("%lld ", static_cast<long long>(f));
+      std::printf("\n");
+      for (auto t : table.tensor) std::printf("%d ", t);
+      std::printf("\n");
+      for (auto s : table.start) std::printf("%lld ", static_cast<long long>(s));
+      std::printf("\n");
+    } else if (!op.empty()) {
+      std::fprintf(stderr, "unknown query: %s\n", op.c_str());
+      return 2;
+    }
+    std::fflush(stdout);
+  }
+  return 0;
+}

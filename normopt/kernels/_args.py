@@ -1,0 +1,62 @@
+"""Argument checks and small host-side formulas shared by the kernel modules."""
+
+import math
+
+import numpy as np
+
+NARROW = ("float16", "bfloat16")
+SUPPORTED = ("float16", "bfloat16", "float32", "float64")
+
+
+def dtype_name(array):
+    return np.dtype(array.dtype).name
+
+
+def common_dtype(arrays, what="arrays"):
+    """The one dtype name of a list of arrays (float16/bfloat16/float32/float64)."""
+    names = {dtype_name(a) for a in arrays}
+    if len(names) > 1:
+        raise ValueError(
+            f"all {what} must share one dtype (call once per dtype group), "
+            f"got {sorted(names)}"
+        )
+    name = names.pop() if names else "float32"
+    if name not in SUPPORTED:
+        raise TypeError(f"dtype {name} has no kernel; expected one of {SUPPORTED}")
+    return name
+
+
+def acc_dtype(name):
+    """Accumulation dtype: float64 for float64, float32 for everything narrower."""
+    return np.float64 if name == "float64" else np.float32
+
+
+def per_tensor(value, count, dtype):
+    """None, a scalar or a sequence of `count` values, as an array[count]."""
+    if value is None:
+        return np.zeros(count, dtype=dtype)
+    out = np.asarray(value, dtype=np.float64)
+    if out.ndim == 0:
+        return np.full(count, out, dtype=dtype)
+    if out.shape != (count,):
+        raise ValueError(f"expected a scalar or {count} per-tensor values, got shape {out.shape}")
+    return out.astype(dtype)
+
+
+def check_pairs(first, second, names):
+    """Every tensor of `second` has the shape and dtype of the same one in `first`."""
+    if len(first) != len(second):
+        raise ValueError(f"{names[0]} and {names[1]} differ in length: {len(first)} vs {len(second)}")
+    for i, (a, b) in enumerate(zip(first, second)):
+        if a.shape != b.shape or dtype_name(a) != dtype_name(b):
+            raise ValueError(
+                f"{names[1]}[{i}] is {dtype_name(b)}{tuple(b.shape)} but "
+                f"{names[0]}[{i}] is {dtype_name(a)}{tuple(a.shape)}"
+            )
+
+
+def adam_alpha(lr, beta_1, beta_2, step):
+    """alpha = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t), t = step (from 1)."""
+    if step < 1:
+        raise ValueError(f"step must be >= 1 (iterations + 1), got {step}")
+    return lr * math.sqrt(1.0 - beta_2**step) / (1.0 - beta_1**step)

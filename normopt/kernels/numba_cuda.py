@@ -1,0 +1,426 @@
+"""Numba CUDA (`@cuda.jit`) norms, scaling and fused updates.
+
+The tensor list is packed into one flat device buffer with element offsets
+(Numba kernels cannot follow a table of raw pointers) and cut into chunks by
+`chunks.chunk_table`. Launches per step, whatever the number of tensors:
+
+    chunk stats   one block per chunk: per-thread sums, a fixed-order tree
+                  reduction in shared memory, and for `std` a second pass
+                  over the chunk for sum (g - chunk mean)^2;
+    finish        one thread per tensor merges its chunks in chunk order
+                  (no atomics, bitwise reproducible) and applies
+                  finalize_norm / scale_from_norm from `_finalize`;
+    update        one block per chunk, g' = g * scale[t] on the fly.
+
+Runs on a GPU (built-in `numba.cuda` of Numba <= 0.60.x or the `numba-cuda`
+package) and under the simulator (NUMBA_ENABLE_CUDASIM=1, set before Numba
+is imported), where blocks default to 32 threads. float16 is computed in
+float32 on the device; bfloat16 (no Numba type) runs on a float32 working
+copy rounded back on the host. Signatures: see `normopt.kernels`.
+"""
+
+import functools
+import math
+
+import numba
+import numpy as np
+from numba import cuda
+
+from normopt.kernels import _args, _finalize
+from normopt.kernels.chunks import DEFAULT_CHUNK_SIZE, chunk_table
+
+SIMULATED = bool(numba.config.ENABLE_CUDASIM)
+MAX_THREADS = 256
+THREADS = 32 if SIMULATED else MAX_THREADS
+MAX_BLOCKS = 65535
+
+_merge = cuda.jit(device=True)(_finalize.merge_stats)
+_finalize_norm = cuda.jit(device=True)(_finalize.finalize_norm)
+_scale_from_norm = cuda.jit(device=True)(_finalize.scale_from_norm)
+
+
+@functools.lru_cache(maxsize=None)
+def kernels(acc):
+    """The kernels accumulating in numpy type `acc` (float32 or float64)."""
+
+    @cuda.jit
+    def chunk_stats(flat, offsets, tensor, start, chunk_size, moments, out):
+        """out[c] = (count, sum|g|, sum g^2, max|g|, min|g|, mean, m2)."""
+        sh = cuda.shared.array((5, MAX_THREADS), dtype=acc)
+        tid = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        c = cuda.blockIdx.x
+        while c < tensor.size:
+            t = tensor[c]
+            base = offsets[t]
+            lo = start[c]
+            hi = min(lo + chunk_size, offsets[t + 1] - base)
+            s_abs = acc(0)
+            s_sq = acc(0)
+            total = acc(0)
+            mx = acc(0)
+            mn = acc(math.inf)
+            i = lo + tid
+            while i < hi:
+                x = acc(flat[base + i])
+                ax = abs(x)
+                s_abs += ax
+                s_sq += x * x
+                total += x
+                mx = ax if ax > mx else mx
+                mn = ax if ax < mn else mn
+                i += nt
+            sh[0, tid] = s_abs
+            sh[1, tid] = s_sq
+            sh[2, tid] = total
+            sh[3, tid] = mx
+            sh[4, tid] = mn
+            cuda.syncthreads()
+            stride = nt // 2
+            while stride > 0:
+                if tid < stride:
+                    sh[0, tid] += sh[0, tid + stride]
+                    sh[1, tid] += sh[1, tid + stride]
+                    sh[2, tid] += sh[2, tid + stride]
+                    a = sh[3, tid + stride]
+                    sh[3, tid] = a if a > sh[3, tid] else sh[3, tid]
+                    b = sh[4, tid + stride]
+                    sh[4, tid] = b if b < sh[4, tid] else sh[4, tid]
+                cuda.syncthreads()
+                stride //= 2
+            n = hi - lo
+            mean = sh[2, 0] / acc(n)
+            centered = acc(0)
+            if moments:
+                i = lo + tid
+                while i < hi:
+                    d = acc(flat[base + i]) - mean
+                    centered += d * d
+                    i += nt
+            if tid == 0:
+                out[c, 0] = acc(n)
+                out[c, 1] = sh[0, 0]
+                out[c, 2] = sh[1, 0]
+                out[c, 3] = sh[3, 0]
+                out[c, 4] = sh[4, 0]
+                out[c, 5] = mean
+            cuda.syncthreads()
+            if moments:
+                sh[0, tid] = centered
+                cuda.syncthreads()
+                stride = nt // 2
+                while stride > 0:
+                    if tid < stride:
+                        sh[0, tid] += sh[0, tid + stride]
+                    cuda.syncthreads()
+                    stride //= 2
+                if tid == 0:
+                    out[c, 6] = sh[0, 0]
+                cuda.syncthreads()
+            elif tid == 0:
+                out[c, 6] = acc(0)
+            c += cuda.gridDim.x
+
+    @cuda.jit
+    def finish(stats, first, kind, mode, clipnorm, eps, norms, scales):
+        """One thread per tensor: merge its chunks in order, norm, scale."""
+        t = cuda.grid(1)
+        if t >= first.size - 1:
+            return
+        count = 0
+        s_abs = 0.0
+        s_sq = 0.0
+        mx = 0.0
+        mn = 0.0
+        mean = 0.0
+        m2 = 0.0
+        for k in range(first[t], first[t + 1]):
+            count, s_abs, s_sq, mx, mn, mean, m2 = _merge(
+                count, s_abs, s_sq, mx, mn, mean, m2,
+                int(stats[k, 0]), float(stats[k, 1]), float(stats[k, 2]),
+                float(stats[k, 3]), float(stats[k, 4]), float(stats[k, 5]),
+                float(stats[k, 6]),
+            )
+        norm = _finalize_norm(kind, count, s_abs, s_sq, mx, mn, m2, eps)
+        norms[t] = acc(norm)
+        scales[t] = acc(_scale_from_norm(mode, norm, clipnorm))
+
+    @cuda.jit
+    def scale_kernel(flat, out, offsets, tensor, start, chunk_size, scales):
+        c = cuda.blockIdx.x
+        while c < tensor.size:
+            t = tensor[c]
+            base = offsets[t]
+            hi = min(start[c] + chunk_size, offsets[t + 1] - base)
+            s = scales[t]
+            i = start[c] + cuda.threadIdx.x
+            while i < hi:
+                out[base + i] = acc(flat[base + i]) * s
+                i += cuda.blockDim.x
+            c += cuda.gridDim.x
+
+    @cuda.jit
+    def sgd_kernel(w, m, g, use_momentum, nesterov, offsets, tensor, start,
+                   chunk_size, scales, decay, lr, mu):
+        """w -= w*wd*lr; then plain, momentum or nesterov on g' = g*scale."""
+        c = cuda.blockIdx.x
+        while c < tensor.size:
+            t = tensor[c]
+            base = offsets[t]
+            hi = min(start[c] + chunk_size, offsets[t + 1] - base)
+            s = scales[t]
+            wd = decay[t]
+            i = start[c] + cuda.threadIdx.x
+            while i < hi:
+                j = base + i
+                gs = acc(g[j]) * s
+                wi = acc(w[j])
+                if wd != 0:
+                    wi = wi - wi * wd * lr
+                if use_momentum:
+                    mi = mu * acc(m[j]) - lr * gs
+                    m[j] = mi
+                    if nesterov:
+                        wi = wi + (mu * mi - lr * gs)
+                    else:
+                        wi = wi + mi
+                else:
+                    wi = wi - lr * gs
+                w[j] = wi
+                i += cuda.blockDim.x
+            c += cuda.gridDim.x
+
+    @cuda.jit
+    def adam_kernel(w, m, v, vhat, g, amsgrad, offsets, tensor, start,
+                    chunk_size, scales, decay, lr, alpha, b1, b2, adam_eps):
+        """w -= w*wd*lr; m += (g'-m)(1-b1); v += (g'^2-v)(1-b2);
+        vhat = max(vhat, v); w -= alpha*m/(sqrt(v or vhat)+eps)."""
+        c = cuda.blockIdx.x
+        while c < tensor.size:
+            t = tensor[c]
+            base = offsets[t]
+            hi = min(start[c] + chunk_size, offsets[t + 1] - base)
+            s = scales[t]
+            wd = decay[t]
+            i = start[c] + cuda.threadIdx.x
+            while i < hi:
+                j = base + i
+                gs = acc(g[j]) * s
+                wi = acc(w[j])
+                if wd != 0:
+                    wi = wi - wi * wd * lr
+                mi = acc(m[j])
+                vi = acc(v[j])
+                mi = mi + (gs - mi) * (acc(1) - b1)
+                vi = vi + (gs * gs - vi) * (acc(1) - b2)
+                m[j] = mi
+                v[j] = vi
+                if amsgrad:
+                    vh = acc(vhat[j])
+                    vi = vh if vh > vi else vi
+                    vhat[j] = vi
+                w[j] = wi - alpha * mi / (math.sqrt(vi) + adam_eps)
+                i += cuda.blockDim.x
+            c += cuda.gridDim.x
+
+    return dict(chunk_stats=chunk_stats, finish=finish, scale=scale_kernel,
+                sgd=sgd_kernel, adam=adam_kernel)
+
+
+class Packed:
+    """A list of same-dtype arrays as one flat device buffer plus its chunk table.
+
+    `pack` uploads (and for bfloat16 widens to float32); `unpack` returns host
+    arrays of the original shapes and dtype. Benchmarks time the launch_*
+    functions on a Packed list, without the packing copies.
+    """
+
+    def __init__(self, arrays, chunk_size=DEFAULT_CHUNK_SIZE, dtype=None):
+        arrays = [np.asarray(a) for a in arrays]
+        self.dtype = dtype or _args.common_dtype(arrays)
+        self.shapes = [a.shape for a in arrays]
+        self.acc = _args.acc_dtype(self.dtype)
+        # float16 stays float16 on the device; bfloat16 has no Numba type.
+        store = np.float16 if self.dtype == "float16" else (
+            np.float32 if self.dtype == "bfloat16" else self.acc)
+        sizes = np.array([a.size for a in arrays], dtype=np.int64)
+        offsets = np.zeros(sizes.size + 1, dtype=np.int64)
+        np.cumsum(sizes, out=offsets[1:])
+        flat = np.empty(max(int(offsets[-1]), 1), dtype=store)
+        for a, lo, hi in zip(arrays, offsets[:-1], offsets[1:]):
+            flat[lo:hi] = a.reshape(-1)
+        self.size = int(offsets[-1])
+        self.num_tensors = sizes.size
+        self.flat = cuda.to_device(flat)
+        self.offsets = cuda.to_device(offsets)
+        self.table = chunk_table(sizes, chunk_size)
+        self.tensor = cuda.to_device(self.table.tensor if self.table.tensor.size
+                                     else np.zeros(1, np.int32))
+        self.start = cuda.to_device(self.table.start if self.table.start.size
+                                    else np.zeros(1, np.int64))
+        self.first = cuda.to_device(self.table.first)
+
+    @property
+    def num_chunks(self):
+        return int(self.table.tensor.size)
+
+    def like(self, arrays):
+        """Another Packed list with this one's layout (slots of the same vars)."""
+        return Packed(arrays, self.table.chunk_size, self.dtype)
+
+    def unpack(self):
+        flat = self.flat.copy_to_host()
+        offsets = self.offsets.copy_to_host()
+        out = []
+        for shape, lo, hi in zip(self.shapes, offsets[:-1], offsets[1:]):
+            out.append(_to_dtype(flat[lo:hi].reshape(shape), self.dtype))
+        return out
+
+
+def _to_dtype(array, name):
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return array.astype(ml_dtypes.bfloat16)
+    return array.astype(name, copy=False)
+
+
+def _grid(packed):
+    return min(max(packed.num_chunks, 1), MAX_BLOCKS)
+
+
+def launch_stats(packed, kind="l2", mode="normalize", clipnorm=1.0, eps=1e-7,
+                 threads=None):
+    """Two launches (chunk stats, finish); returns device (norms, scales)."""
+    threads = threads or THREADS
+    k = kernels(packed.acc)
+    code = _finalize.kind_code(kind)
+    stats = cuda.device_array((max(packed.num_chunks, 1), _finalize.NUM_STATS),
+                              dtype=packed.acc)
+    if packed.num_chunks:
+        moments = bool(_finalize.stats_needed(code) & _finalize.STAT_MOMENTS)
+        k["chunk_stats"][_grid(packed), threads](
+            packed.flat, packed.offsets, packed.tensor, packed.start,
+            packed.table.chunk_size, moments, stats)
+    n = packed.num_tensors
+    norms = cuda.device_array(max(n, 1), dtype=packed.acc)
+    scales = cuda.device_array(max(n, 1), dtype=packed.acc)
+    if n:
+        k["finish"][(n + threads - 1) // threads, threads](
+            stats, packed.first, code, _finalize.mode_code(mode), float(clipnorm),
+            float(eps), norms, scales)
+    return norms, scales
+
+
+def launch_scale(packed, scales, threads=None):
+    """One launch; returns a Packed list holding g * scale[t]."""
+    out = Packed.__new__(Packed)
+    out.__dict__.update(packed.__dict__)
+    out.flat = cuda.device_array_like(packed.flat)
+    if packed.num_chunks:
+        kernels(packed.acc)["scale"][_grid(packed), threads or THREADS](
+            packed.flat, out.flat, packed.offsets, packed.tensor, packed.start,
+            packed.table.chunk_size, scales)
+    return out
+
+
+def launch_sgd(w, m, g, scales, decay, *, lr, momentum=0.0, nesterov=False,
+               threads=None):
+    """One launch of the SGD update on Packed lists (m ignored without momentum)."""
+    if g.num_chunks:
+        acc = g.acc
+        kernels(acc)["sgd"][_grid(g), threads or THREADS](
+            w.flat, (m if momentum != 0 else w).flat, g.flat, momentum != 0,
+            bool(nesterov), g.offsets, g.tensor, g.start, g.table.chunk_size,
+            scales, decay, acc(lr), acc(momentum))
+
+
+def launch_adam(w, m, v, vhat, g, scales, decay, *, lr, step, beta_1=0.9,
+                beta_2=0.999, adam_epsilon=1e-7, threads=None):
+    """One launch of the Adam update on Packed lists (amsgrad when vhat)."""
+    if g.num_chunks:
+        acc = g.acc
+        alpha = _args.adam_alpha(lr, beta_1, beta_2, step)
+        kernels(acc)["adam"][_grid(g), threads or THREADS](
+            w.flat, m.flat, v.flat, (vhat or v).flat, g.flat, vhat is not None,
+            g.offsets, g.tensor, g.start, g.table.chunk_size, scales, decay,
+            acc(lr), acc(alpha), acc(beta_1), acc(beta_2), acc(adam_epsilon))
+
+
+def _host_list(arrays):
+    arrays = [np.asarray(a) for a in arrays]
+    return arrays, _args.common_dtype(arrays)
+
+
+def norms(arrays, kind="l2", eps=1e-7, chunk_size=DEFAULT_CHUNK_SIZE, threads=None):
+    """Per-tensor norms as a host array[N]."""
+    arrays, _ = _host_list(arrays)
+    packed = Packed(arrays, chunk_size)
+    return launch_stats(packed, kind, "normalize", 1.0, eps, threads)[0].copy_to_host()[:len(arrays)]
+
+
+def scales(arrays, kind="l2", mode="normalize", clipnorm=1.0, eps=1e-7,
+           chunk_size=DEFAULT_CHUNK_SIZE, threads=None):
+    """Per-tensor multipliers as a host array[N]."""
+    arrays, _ = _host_list(arrays)
+    packed = Packed(arrays, chunk_size)
+    return launch_stats(packed, kind, mode, clipnorm, eps, threads)[1].copy_to_host()[:len(arrays)]
+
+
+def scale(arrays, kind="l2", mode="normalize", clipnorm=1.0, eps=1e-7,
+          chunk_size=DEFAULT_CHUNK_SIZE, threads=None):
+    """New host arrays g * scale[t]."""
+    arrays, _ = _host_list(arrays)
+    packed = Packed(arrays, chunk_size)
+    _, s = launch_stats(packed, kind, mode, clipnorm, eps, threads)
+    return launch_scale(packed, s, threads).unpack()
+
+
+def _write_back(targets, packed):
+    for a, new in zip(targets, packed.unpack()):
+        a[...] = new
+
+
+def apply_sgd(weights, grads, momenta=None, *, lr, momentum=0.0, nesterov=False,
+              decay=None, kind="l2", mode="normalize", clipnorm=1.0, eps=1e-7,
+              chunk_size=DEFAULT_CHUNK_SIZE, threads=None):
+    """One Keras SGD step on host arrays, in place. Returns the norms."""
+    _args.check_pairs(weights, grads, ("weights", "grads"))
+    if momentum != 0:
+        _args.check_pairs(weights, momenta or [], ("weights", "momenta"))
+    dtype = _args.common_dtype(weights)
+    g = Packed(grads, chunk_size, dtype)
+    n, s = launch_stats(g, kind, mode, clipnorm, eps, threads)
+    w = g.like(weights)
+    m = g.like(momenta) if momentum != 0 else None
+    launch_sgd(w, m, g, s, cuda.to_device(_args.per_tensor(decay, max(len(weights), 1), g.acc)),
+               lr=lr, momentum=momentum, nesterov=nesterov, threads=threads)
+    _write_back(weights, w)
+    if m is not None:
+        _write_back(momenta, m)
+    return n.copy_to_host()[:len(weights)]
+
+
+def apply_adam(weights, grads, m, v, vhat=None, *, lr, step, beta_1=0.9,
+               beta_2=0.999, adam_epsilon=1e-7, decay=None, kind="l2",
+               mode="normalize", clipnorm=1.0, eps=1e-7,
+               chunk_size=DEFAULT_CHUNK_SIZE, threads=None):
+    """One Keras Adam/AdamW/amsgrad step on host arrays, in place. Returns the norms."""
+    _args.check_pairs(weights, grads, ("weights", "grads"))
+    _args.check_pairs(weights, m, ("weights", "m"))
+    _args.check_pairs(weights, v, ("weights", "v"))
+    if vhat is not None:
+        _args.check_pairs(weights, vhat, ("weights", "vhat"))
+    dtype = _args.common_dtype(weights)
+    g = Packed(grads, chunk_size, dtype)
+    n, s = launch_stats(g, kind, mode, clipnorm, eps, threads)
+    pw, pm, pv = g.like(weights), g.like(m), g.like(v)
+    pvh = g.like(vhat) if vhat is not None else None
+    launch_adam(pw, pm, pv, pvh, g, s,
+                cuda.to_device(_args.per_tensor(decay, max(len(weights), 1), g.acc)),
+                lr=lr, step=step, beta_1=beta_1, beta_2=beta_2,
+                adam_epsilon=adam_epsilon, threads=threads)
+    for target, packed in ((weights, pw), (m, pm), (v, pv), (vhat, pvh)):
+        if packed is not None:
+            _write_back(target, packed)
+    return n.copy_to_host()[:len(weights)]

@@ -1,0 +1,322 @@
+"""normopt.kernels: `_finalize` against the header and NumPy, Numba CPU kernels.
+
+The `check_*` functions take a kernel module and are shared with
+test_kernels_cudasim.py and test_kernels_cupy.py, so every module is held to
+the same cases: all norms, both modes, SGD/momentum/nesterov and
+Adam/amsgrad/AdamW, every dtype, empty/0-D/1/odd shapes, chunk boundaries
+and long lists with empties mixed in. Expected values come from
+tests/reference.py (NumPy float64, written from the formulas).
+"""
+
+import functools
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+import reference as R
+from helpers import TOL
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHUNK = 8  # tiny chunks so small tensors cross chunk boundaries
+
+KINDS = R.NORM_NAMES + ("linf",)
+DTYPES = ("float32", "float64", "float16", "bfloat16")
+SHAPE_LISTS = {
+    "mixed": [(), (1,), (0,), (7, 13), (3, 4, 5), (0, 3), (2,)],
+    # sizes just below, at and above multiples of CHUNK
+    "chunk_edges": [(CHUNK - 1,), (CHUNK,), (CHUNK + 1,), (0,), (2 * CHUNK - 1,),
+                    (2 * CHUNK,), (2 * CHUNK + 1,), (5 * CHUNK,)],
+}
+
+
+def many_shapes(count, max_size, seed=1):
+    """`count` 1-D shapes of random sizes, a third of them empty."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(1, max_size + 1, size=count)
+    sizes[rng.random(count) < 1 / 3] = 0
+    return [(int(s),) for s in sizes]
+
+
+def np_dtype(name):
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return ml_dtypes.bfloat16
+    return np.dtype(name)
+
+
+def make_arrays(shapes, dtype, seed=0, away_from_zero=False):
+    """Random arrays; 16-bit ones (or `away_from_zero`) get |x| in [0.5, 2],
+    so Adam's v = (1-b2) g'^2 does not underflow float16 in the slots."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for shape in shapes:
+        if away_from_zero or dtype in ("float16", "bfloat16"):
+            x = rng.uniform(0.5, 2.0, shape) * rng.choice([-1.0, 1.0], shape)
+        else:
+            x = rng.standard_normal(shape) * 10.0 ** rng.uniform(-2, 1)
+        out.append(np.asarray(x).astype(np_dtype(dtype)))
+    return out
+
+
+def assert_close(got, want, dtype, what=""):
+    np.testing.assert_allclose(np.asarray(got, np.float64), np.asarray(want, np.float64),
+                               err_msg=what, **TOL[dtype])
+
+
+# ---- shared checks (kernel module K) ------------------------------------
+
+def check_norms(K, shapes, dtype, kinds=KINDS, **kw):
+    arrays = make_arrays(shapes, dtype)
+    for kind in kinds:
+        got = K.norms(arrays, kind, 1e-7, **kw)
+        assert np.asarray(got).shape == (len(arrays),)
+        assert_close(got, [R.norm(a, kind) for a in arrays], dtype, kind)
+
+
+def check_scale(K, shapes, dtype, mode, kind="l2", **kw):
+    arrays = make_arrays(shapes, dtype)
+    clipnorm = float(np.median([R.norm(a, kind) for a in arrays])) if arrays else 1.0
+    want = [R.transform(a, kind, mode, clipnorm) for a in arrays]
+    want_scales = [R.transform(np.ones(1), kind, mode, clipnorm,
+                               norm_fn=lambda _, a=a: R.norm(a, kind))[0] for a in arrays]
+    assert_close(K.scales(arrays, kind, mode, clipnorm, 1e-7, **kw), want_scales, dtype)
+    got = K.scale(arrays, kind, mode, clipnorm, 1e-7, **kw)
+    for a, g, w in zip(arrays, got, want):
+        assert g.shape == a.shape and np.dtype(g.dtype) == np.dtype(a.dtype)
+        assert_close(g, w, dtype, mode)
+
+
+SGD_VARIANTS = {"sgd": (0.0, False), "momentum": (0.875, False), "nesterov": (0.875, True)}
+ADAM_VARIANTS = {"adam": (False, None), "amsgrad": (True, None), "adamw": (False, 0.00390625)}
+
+
+def check_sgd(K, shapes, dtype, variant, kind="l2", mode="normalize", steps=2, **kw):
+    mu, nesterov = SGD_VARIANTS[variant]
+    lr, decay = 0.125, 0.0625
+    weights = make_arrays(shapes, dtype, seed=1)
+    momenta = [np.zeros_like(w) for w in weights]
+    ref = R.SGD(lr, momentum=mu, nesterov=nesterov, weight_decay=decay)
+    ref_w = [np.asarray(w, np.float64) for w in weights]
+    for step in range(steps):
+        grads = make_arrays(shapes, dtype, seed=10 + step)
+        clipnorm = 1.5
+        for i, g in enumerate(grads):
+            g64 = R.transform(g, kind, mode, clipnorm)
+            ref_w[i] = ref.step(i, ref_w[i], g64)
+        got_norms = K.apply_sgd(weights, grads, momenta if mu else None, lr=lr,
+                                momentum=mu, nesterov=nesterov, decay=decay,
+                                kind=kind, mode=mode, clipnorm=clipnorm, eps=1e-7, **kw)
+        assert_close(got_norms, [R.norm(g, kind) for g in grads], dtype, "norms")
+        for i, w in enumerate(weights):
+            assert_close(w, ref_w[i], dtype, f"{variant} step {step} w[{i}]")
+            if mu:
+                assert_close(momenta[i], ref.m.get(i, np.zeros(w.shape)), dtype, "momentum")
+
+
+def check_adam(K, shapes, dtype, variant, kind="l2", mode="normalize", steps=2, **kw):
+    amsgrad, wd = ADAM_VARIANTS[variant]
+    lr, b1, b2, aeps = 0.0625, 0.875, 0.998046875, 1e-7
+    if dtype in ("float16", "bfloat16"):
+        kind = "max"  # g' in [0.25, 1]: v stays representable in 16 bits
+    weights = make_arrays(shapes, dtype, seed=2)
+    m = [np.zeros_like(w) for w in weights]
+    v = [np.zeros_like(w) for w in weights]
+    vhat = [np.zeros_like(w) for w in weights] if amsgrad else None
+    decay = [wd if i % 2 == 0 else 0.0 for i in range(len(shapes))] if wd else None
+    ref = R.Adam(lr, b1, b2, aeps, amsgrad=amsgrad)
+    ref_w = [np.asarray(w, np.float64) for w in weights]
+    for step in range(1, steps + 1):
+        grads = make_arrays(shapes, dtype, seed=20 + step)
+        for i, g in enumerate(grads):
+            if decay:
+                ref_w[i] = ref_w[i] - ref_w[i] * decay[i] * lr
+            ref_w[i] = ref.step(i, ref_w[i], R.transform(g, kind, mode, 1.5))
+        K.apply_adam(weights, grads, m, v, vhat, lr=lr, step=step, beta_1=b1, beta_2=b2,
+                     adam_epsilon=aeps, decay=decay, kind=kind, mode=mode,
+                     clipnorm=1.5, eps=1e-7, **kw)
+        for i, w in enumerate(weights):
+            assert_close(w, ref_w[i], dtype, f"{variant} step {step} w[{i}]")
+            assert_close(m[i], ref.m.get(i, np.zeros(w.shape)), dtype, "m")
+            assert_close(v[i], ref.v.get(i, np.zeros(w.shape)), dtype, "v")
+            if amsgrad:
+                assert_close(vhat[i], ref.vhat.get(i, np.zeros(w.shape)), dtype, "vhat")
+
+
+def check_bitwise_repeatable(K, shapes, **kw):
+    arrays = make_arrays(shapes, "float32")
+    for kind in ("l2", "std"):
+        first = np.asarray(K.norms(arrays, kind, 1e-7, **kw))
+        np.testing.assert_array_equal(first, np.asarray(K.norms(arrays, kind, 1e-7, **kw)))
+
+
+# ---- _finalize against the NumPy reference and the header -----------------
+
+def numpy_stats(x):
+    x = np.asarray(x, np.float64).ravel()
+    if x.size == 0:
+        return (0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    a = np.abs(x)
+    return (x.size, a.sum(), (x * x).sum(), a.max(), a.min(), x.mean(),
+            ((x - x.mean()) ** 2).sum())
+
+
+@pytest.mark.parametrize("size", [0, 1, 2, 17])
+def test_finalize_matches_reference(size):
+    from normopt.kernels import _finalize as F
+
+    x = np.random.default_rng(size).standard_normal(size)
+    s = numpy_stats(x)
+    for kind in KINDS:
+        got = F.finalize_norm(F.kind_code(kind), s[0], s[1], s[2], s[3], s[4], s[6], 1e-7)
+        np.testing.assert_allclose(got, R.norm(x, kind), rtol=1e-12, err_msg=kind)
+
+
+def test_merge_in_chunks_equals_whole():
+    from normopt.kernels import _finalize as F
+
+    x = np.random.default_rng(3).standard_normal(50) + 3.0
+    merged = numpy_stats(x[:0])
+    for lo in range(0, 50, 7):
+        merged = F.merge_stats(*merged, *numpy_stats(x[lo:lo + 7]))
+    np.testing.assert_allclose(np.array(merged, np.float64), np.array(numpy_stats(x)), rtol=1e-12)
+
+
+@functools.lru_cache(maxsize=None)
+def header_probe():
+    """Path of the compiled csrc/cuda/tools/header_probe.cpp (None: no C++ compiler)."""
+    cxx = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+    if cxx is None:
+        return None
+    out = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"normopt_header_probe_{os.getpid()}")
+    subprocess.run([cxx, "-std=c++17", "-O1", "-I", os.path.join(ROOT, "csrc"),
+                    os.path.join(ROOT, "csrc", "cuda", "tools", "header_probe.cpp"), "-o", out],
+                   check=True, capture_output=True, text=True)
+    return out
+
+
+def run_probe(lines):
+    probe = header_probe()
+    if probe is None:
+        pytest.skip("no C++ compiler (g++/c++/clang++) on PATH to build the header probe")
+    done = subprocess.run([probe], input="\n".join(lines) + "\n", check=True,
+                          capture_output=True, text=True)
+    return done.stdout.splitlines()
+
+
+def test_finalize_matches_header():
+    from normopt.kernels import _finalize as F
+
+    rng = np.random.default_rng(4)
+    cases = [numpy_stats(rng.standard_normal(n) * 3) for n in (0, 1, 5, 64)]
+    queries, expected = [], []
+    for s in cases:
+        for kind in R.NORM_NAMES:
+            code = F.kind_code(kind)
+            for mode, clipnorm in (("normalize", 1.0), ("clip", 0.5), ("clip", 1e9)):
+                mcode = F.mode_code(mode)
+                queries.append(f"finalize {code} {mcode} {clipnorm!r} 1e-07 "
+                               + " ".join(repr(float(v)) if i else str(v) for i, v in enumerate(s)))
+                norm = F.finalize_norm(code, s[0], s[1], s[2], s[3], s[4], s[6], 1e-7)
+                expected.append((norm, F.scale_from_norm(mcode, norm, clipnorm),
+                                 F.stats_needed(code)))
+    for line, (norm, scale, bits) in zip(run_probe(queries), expected):
+        got_norm, got_scale, got_bits = line.split()
+        np.testing.assert_allclose([float(got_norm), float(got_scale)], [norm, scale], rtol=1e-15)
+        assert int(got_bits) == bits
+
+
+def test_merge_and_chunk_table_match_header():
+    from normopt.kernels import _finalize as F
+    from normopt.kernels.chunks import chunk_table
+
+    rng = np.random.default_rng(5)
+    pairs = [(numpy_stats(rng.standard_normal(a) + 1), numpy_stats(rng.standard_normal(b)))
+             for a, b in ((0, 3), (4, 0), (5, 9), (1, 1))]
+    fmt = lambda s: " ".join(repr(float(v)) if i else str(v) for i, v in enumerate(s))  # noqa: E731
+    sizes = [5, 0, 8, 9, 0, 1, 24]
+    lines = run_probe([f"merge {fmt(a)} {fmt(b)}" for a, b in pairs]
+                      + [f"chunks 8 {len(sizes)} " + " ".join(map(str, sizes))])
+    for line, (a, b) in zip(lines, pairs):
+        np.testing.assert_allclose([float(v) for v in line.split()],
+                                   np.array(F.merge_stats(*a, *b), np.float64), rtol=1e-15)
+    table = chunk_table(sizes, 8)
+    first, tensor, start = ([int(v) for v in line.split()] for line in lines[-3:])
+    assert first == table.first.tolist()
+    assert tensor == table.tensor.tolist()
+    assert start == table.start.tolist()
+
+
+def test_chunk_table_layout():
+    from normopt.kernels.chunks import chunk_table
+
+    sizes = [0, 1, 8, 9, 0, 17]
+    table = chunk_table(sizes, 8)
+    # every element of every tensor is covered exactly once, chunks in order
+    for t, n in enumerate(sizes):
+        chunks = range(table.first[t], table.first[t + 1])
+        assert all(table.tensor[c] == t for c in chunks)
+        assert [table.start[c] for c in chunks] == list(range(0, n, 8))
+    with pytest.raises(ValueError):
+        chunk_table([1], 0)
+
+
+# ---- Numba CPU kernels ----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def K():
+    from normopt.kernels import numba_cpu
+
+    return numba_cpu
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shapes", sorted(SHAPE_LISTS))
+def test_cpu_norms(K, shapes, dtype):
+    check_norms(K, SHAPE_LISTS[shapes], dtype, chunk_size=CHUNK)
+
+
+def test_cpu_norms_many_tensors_default_chunk(K):
+    check_norms(K, many_shapes(500, 40), "float32")
+    check_norms(K, [(70000,), (0,), (65536,), (65537,)], "float32", kinds=("l2", "std", "min_max"))
+
+
+@pytest.mark.parametrize("mode", ["normalize", "clip"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cpu_scale(K, dtype, mode):
+    check_scale(K, SHAPE_LISTS["mixed"], dtype, mode, chunk_size=CHUNK)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("variant", sorted(SGD_VARIANTS))
+def test_cpu_sgd(K, variant, dtype):
+    check_sgd(K, SHAPE_LISTS["chunk_edges"] + [()], dtype, variant, chunk_size=CHUNK)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("variant", sorted(ADAM_VARIANTS))
+def test_cpu_adam(K, variant, dtype):
+    check_adam(K, SHAPE_LISTS["chunk_edges"] + [()], dtype, variant, chunk_size=CHUNK)
+
+
+def test_cpu_clip_and_other_norms_in_updates(K):
+    check_sgd(K, SHAPE_LISTS["mixed"], "float64", "momentum", kind="std", mode="clip",
+              chunk_size=CHUNK)
+    check_adam(K, SHAPE_LISTS["mixed"], "float64", "adam", kind="l1_l2", mode="clip",
+               chunk_size=CHUNK)
+
+
+def test_cpu_bitwise_repeatable(K):
+    check_bitwise_repeatable(K, many_shapes(100, 300), chunk_size=64)
+
+
+def test_cpu_bad_input(K):
+    with pytest.raises(ValueError, match="unknown norm kind"):
+        K.norms([np.ones(3, np.float32)], "l3")
+    with pytest.raises(ValueError, match="one dtype"):
+        K.norms([np.ones(3, np.float32), np.ones(3)], "l2")
+    with pytest.raises(ValueError, match="differ in length"):
+        K.apply_sgd([np.ones(3)], [], lr=0.1)
