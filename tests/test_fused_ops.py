@@ -101,6 +101,23 @@ def test_norm_of_empty_and_zero_tensors_is_eps():
             fused.norms(grads, norm, EPS).numpy(), np.float32([EPS] * 3))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_norms_propagate_nan(dtype):
+    """A NaN anywhere (here in a later chunk) gives a NaN norm, as in NumPy
+    and tf.reduce_max; an inf gives an infinite or NaN norm likewise."""
+    big = np.ones(50_000)
+    big[40_000] = np.nan
+    with_inf = np.array([1.0, -np.inf, 2.0])
+    grads, g64 = rounded([big, with_inf, np.ones(3)], dtype)
+    for norm in NORMS:
+        got = fused.norms(grads, norm, EPS).numpy()
+        with np.errstate(invalid="ignore"):
+            expected = [R.norm(g, norm, EPS) for g in g64]
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(expected), norm)
+        np.testing.assert_array_equal(np.isinf(got), np.isinf(expected), norm)
+        np.testing.assert_allclose(got[2], expected[2], **TOL["float32"])
+
+
 # ---------------------------------------------------------------- scale
 
 

@@ -43,8 +43,13 @@ NormStats<AccType<T>> ChunkStatsFor(const T* __restrict x, int64_t n) {
     const Acc a = std::fabs(v);
     if constexpr ((Need & kStatSumAbs) != 0) sum_abs[l] += a;
     if constexpr ((Need & kStatSumSq) != 0) sum_sq[l] += v * v;
-    if constexpr ((Need & kStatMaxAbs) != 0) max_abs[l] = a > max_abs[l] ? a : max_abs[l];
-    if constexpr ((Need & kStatMinAbs) != 0) min_abs[l] = a < min_abs[l] ? a : min_abs[l];
+    // `a != a` keeps a NaN once seen, as tf.reduce_max/min do.
+    if constexpr ((Need & kStatMaxAbs) != 0) {
+      max_abs[l] = (a > max_abs[l] || a != a) ? a : max_abs[l];
+    }
+    if constexpr ((Need & kStatMinAbs) != 0) {
+      min_abs[l] = (a < min_abs[l] || a != a) ? a : min_abs[l];
+    }
     if constexpr ((Need & kStatMoments) != 0) sum[l] += v;
   };
   int64_t i = 0;
@@ -55,8 +60,8 @@ NormStats<AccType<T>> ChunkStatsFor(const T* __restrict x, int64_t n) {
 
   Acc mx = Acc(0), mn = std::numeric_limits<Acc>::infinity();
   for (int l = 0; l < kLanes; ++l) {
-    mx = max_abs[l] > mx ? max_abs[l] : mx;
-    mn = min_abs[l] < mn ? min_abs[l] : mn;
+    mx = (max_abs[l] > mx || max_abs[l] != max_abs[l]) ? max_abs[l] : mx;
+    mn = (min_abs[l] < mn || min_abs[l] != min_abs[l]) ? min_abs[l] : mn;
   }
   const Acc total = SumLanes(sum);
   Acc centered_sq = Acc(0);

@@ -9,6 +9,7 @@
 #define NORMOPT_OPS_TENSOR_SCALES_H_
 
 #include <cmath>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -102,10 +103,16 @@ void ComputeNorms(tensorflow::OpKernelContext* ctx, NormKind kind,
   norms->resize(n);
   for (int64_t i = 0; i < n; ++i) {
     NormStats<Acc> s = NormStats<Acc>::empty();
+    // merge_stats compares max/min, which drops a NaN; a NaN gradient
+    // element must give a NaN norm, as on the TF path.
+    bool nan_extreme = false;
     for (int64_t c = plan.first[i]; c < plan.first[i + 1]; ++c) {
       s = merge_stats(s, chunk_stats[c]);
+      nan_extreme = nan_extreme || std::isnan(chunk_stats[c].max_abs) ||
+                    std::isnan(chunk_stats[c].min_abs);
     }
-    (*norms)[i] = finalize_norm(kind, s, eps);
+    (*norms)[i] = nan_extreme ? std::numeric_limits<Acc>::quiet_NaN()
+                              : finalize_norm(kind, s, eps);
   }
 }
 
