@@ -1,0 +1,115 @@
+"""Numba CUDA kernels under the CUDA simulator (NUMBA_ENABLE_CUDASIM=1).
+
+The simulator must be chosen before Numba is imported, and the rest of the
+suite shares this pytest process, so by default this module holds one test
+that re-runs this file in a child pytest with the variable set; in that
+child (or whenever the variable is already set) the real tests below run.
+Cases are the shared checks of test_kernels_numba.py, on tiny chunks and
+4-thread blocks so the simulator's Python threads stay cheap.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+KW = dict(chunk_size=8, threads=4)
+
+if not SIMULATOR:
+
+    def test_simulator_suite():
+        env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+            env=env, capture_output=True, text=True, timeout=600,
+        )
+        print(done.stdout[-4000:])
+        assert done.returncode == 0, (
+            "simulator tests failed:\n" + done.stdout[-8000:] + done.stderr[-4000:]
+        )
+        assert " passed" in done.stdout and "skipped" not in done.stdout
+
+else:
+    # The simulator busy-waits on its block threads; a short GIL switch
+    # interval makes it an order of magnitude faster.
+    sys.setswitchinterval(1e-5)
+
+    from test_kernels_numba import (  # noqa: E402
+        ADAM_VARIANTS,
+        SGD_VARIANTS,
+        SHAPE_LISTS,
+        check_adam,
+        check_bitwise_repeatable,
+        check_norms,
+        check_scale,
+        check_sgd,
+        many_shapes,
+    )
+
+    @pytest.fixture(scope="module")
+    def K():
+        from normopt.kernels import numba_cuda
+
+        assert numba_cuda.SIMULATED, "numba.cuda is not the simulator"
+        return numba_cuda
+
+    @pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+    def test_sim_norms_mixed_shapes(K, dtype):
+        check_norms(K, SHAPE_LISTS["mixed"], dtype, **KW)
+
+    def test_sim_norms_chunk_edges(K):
+        check_norms(K, SHAPE_LISTS["chunk_edges"], "float32", **KW)
+
+    def test_sim_norms_bfloat16_working_copy(K):
+        check_norms(K, SHAPE_LISTS["mixed"], "bfloat16", kinds=("l2", "std", "min_max"), **KW)
+
+    def test_sim_norms_many_tensors_with_empties(K):
+        check_norms(K, many_shapes(60, 12), "float32", kinds=("l1", "std", "min_max"), **KW)
+
+    def test_sim_norms_wide_blocks(K):
+        check_norms(K, [(100,), (0,), (33,)], "float32", kinds=("l2", "std"),
+                    chunk_size=64, threads=32)
+
+    @pytest.mark.parametrize("mode", ["normalize", "clip"])
+    def test_sim_scale(K, mode):
+        check_scale(K, SHAPE_LISTS["mixed"], "float32", mode, **KW)
+
+    @pytest.mark.parametrize("dtype", ["float32", "float16"])
+    @pytest.mark.parametrize("variant", sorted(SGD_VARIANTS))
+    def test_sim_sgd(K, variant, dtype):
+        check_sgd(K, SHAPE_LISTS["chunk_edges"][:5] + [()], dtype, variant, **KW)
+
+    @pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+    @pytest.mark.parametrize("variant", sorted(ADAM_VARIANTS))
+    def test_sim_adam(K, variant, dtype):
+        check_adam(K, SHAPE_LISTS["chunk_edges"][:5] + [()], dtype, variant, **KW)
+
+    def test_sim_update_with_clip_and_std(K):
+        check_sgd(K, SHAPE_LISTS["mixed"], "float64", "nesterov", kind="std", mode="clip", **KW)
+
+    def test_sim_bitwise_repeatable(K):
+        check_bitwise_repeatable(K, many_shapes(20, 30), **KW)
+
+    def test_sim_launches_do_not_depend_on_tensor_count(K, monkeypatch):
+        """One stats launch and one finish launch for 3 or 40 tensors."""
+        launches = []
+        real = K.kernels
+
+        class Counted:
+            def __init__(self, name, kernel):
+                self.name, self.kernel = name, kernel
+
+            def __getitem__(self, config):
+                launches.append(self.name)
+                return self.kernel[config]
+
+        monkeypatch.setattr(
+            K, "kernels", lambda acc: {n: Counted(n, k) for n, k in real(acc).items()}
+        )
+        for count in (3, 40):
+            launches.clear()
+            K.norms([K.np.ones(5, K.np.float32)] * count, "l2", **KW)
+            assert launches == ["chunk_stats", "finish"]
