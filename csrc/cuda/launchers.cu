@@ -1,0 +1,152 @@
+// C-callable launchers (see launchers.h): dtype dispatch and grid sizes.
+#include <cmath>
+
+#include "cuda/launchers.h"
+#include "cuda/norm_kernels.cuh"
+#include "cuda/update_kernels.cuh"
+
+namespace normopt {
+namespace cuda {
+namespace {
+
+// Grid-stride loops cover any number of chunks; more blocks than this only
+// adds scheduling overhead.
+constexpr int64_t kMaxBlocks = 1 << 20;
+
+unsigned grid_for(int64_t num_chunks) {
+  return static_cast<unsigned>(num_chunks < kMaxBlocks ? num_chunks : kMaxBlocks);
+}
+
+int last_error() { return static_cast<int>(cudaGetLastError()); }
+
+// Calls f(T{}) with T the element type of dtype code `dtype`.
+template <typename F>
+int dispatch(int dtype, F f) {
+  switch (dtype) {
+    case 0: return f(__half{});
+    case 1: return f(__nv_bfloat16{});
+    case 2: return f(float{});
+    case 3: return f(double{});
+  }
+  return static_cast<int>(cudaErrorInvalidValue);
+}
+
+}  // namespace
+}  // namespace cuda
+}  // namespace normopt
+
+using namespace normopt::cuda;  // NOLINT: launcher bodies only
+
+extern "C" int64_t normopt_cuda_stats_workspace_bytes(int dtype,
+                                                      int64_t num_chunks) {
+  const int64_t per = dtype == 3 ? sizeof(normopt::NormStats<double>)
+                                 : sizeof(normopt::NormStats<float>);
+  return per * (num_chunks > 0 ? num_chunks : 1);
+}
+
+extern "C" int normopt_cuda_norms(
+    int dtype, const void* const* tensors, const int64_t* sizes,
+    int num_tensors, const int32_t* chunk_tensor, const int64_t* chunk_start,
+    const int64_t* first_chunk, int64_t num_chunks, int64_t chunk_size,
+    int kind, int mode, double clipnorm, double eps, void* workspace,
+    void* norms, void* scales, cudaStream_t stream) {
+  return dispatch(dtype, [&](auto zero) {
+    using T = decltype(zero);
+    using A = Acc<T>;
+    auto* stats = static_cast<normopt::NormStats<A>*>(workspace);
+    if (num_chunks > 0) {
+      chunk_stats_kernel<T><<<grid_for(num_chunks), kThreads, 0, stream>>>(
+          reinterpret_cast<const T* const*>(tensors), sizes, chunk_tensor,
+          chunk_start, num_chunks, chunk_size,
+          normopt::stats_needed(static_cast<normopt::NormKind>(kind)), stats);
+    }
+    if (num_tensors > 0) {
+      finish_kernel<A><<<(num_tensors + 127) / 128, 128, 0, stream>>>(
+          stats, first_chunk, num_tensors, kind, mode, A(clipnorm), A(eps),
+          static_cast<A*>(norms), static_cast<A*>(scales));
+    }
+    return last_error();
+  });
+}
+
+extern "C" int normopt_cuda_scales_from_norms(int dtype, const void* norms,
+                                              int num_tensors, int mode,
+                                              double clipnorm, void* scales,
+                                              cudaStream_t stream) {
+  if (num_tensors <= 0) return 0;
+  const unsigned blocks = (num_tensors + 127) / 128;
+  if (dtype == 3) {
+    scales_from_norms_kernel<double><<<blocks, 128, 0, stream>>>(
+        static_cast<const double*>(norms), num_tensors, mode, clipnorm,
+        static_cast<double*>(scales));
+  } else {
+    scales_from_norms_kernel<float><<<blocks, 128, 0, stream>>>(
+        static_cast<const float*>(norms), num_tensors, mode,
+        static_cast<float>(clipnorm), static_cast<float*>(scales));
+  }
+  return last_error();
+}
+
+extern "C" int normopt_cuda_scale(int dtype, const void* const* grads,
+                                  void* const* outs, const int64_t* sizes,
+                                  const int32_t* chunk_tensor,
+                                  const int64_t* chunk_start,
+                                  int64_t num_chunks, int64_t chunk_size,
+                                  const void* scales, cudaStream_t stream) {
+  if (num_chunks <= 0) return 0;
+  return dispatch(dtype, [&](auto zero) {
+    using T = decltype(zero);
+    scale_kernel<T><<<grid_for(num_chunks), kThreads, 0, stream>>>(
+        reinterpret_cast<const T* const*>(grads),
+        reinterpret_cast<T* const*>(outs), sizes, chunk_tensor, chunk_start,
+        num_chunks, chunk_size, static_cast<const Acc<T>*>(scales));
+    return last_error();
+  });
+}
+
+extern "C" int normopt_cuda_sgd(int dtype, void* const* weights,
+                                void* const* momenta, const void* const* grads,
+                                const int64_t* sizes,
+                                const int32_t* chunk_tensor,
+                                const int64_t* chunk_start, int64_t num_chunks,
+                                int64_t chunk_size, const void* scales,
+                                const void* decay, double lr, double momentum,
+                                int nesterov, cudaStream_t stream) {
+  if (num_chunks <= 0) return 0;
+  return dispatch(dtype, [&](auto zero) {
+    using T = decltype(zero);
+    using A = Acc<T>;
+    sgd_kernel<T><<<grid_for(num_chunks), kThreads, 0, stream>>>(
+        reinterpret_cast<T* const*>(weights),
+        reinterpret_cast<T* const*>(momenta),
+        reinterpret_cast<const T* const*>(grads), sizes, chunk_tensor,
+        chunk_start, num_chunks, chunk_size, static_cast<const A*>(scales),
+        static_cast<const A*>(decay), A(lr), A(momentum), nesterov);
+    return last_error();
+  });
+}
+
+extern "C" int normopt_cuda_adam(
+    int dtype, void* const* weights, void* const* ms, void* const* vs,
+    void* const* vhats, const void* const* grads, const int64_t* sizes,
+    const int32_t* chunk_tensor, const int64_t* chunk_start,
+    int64_t num_chunks, int64_t chunk_size, const void* scales,
+    const void* decay, double lr, double beta_1, double beta_2, double epsilon,
+    double step, int amsgrad, cudaStream_t stream) {
+  if (num_chunks <= 0) return 0;
+  // alpha = lr * sqrt(1 - b2^t) / (1 - b1^t), once per step on the host.
+  const double alpha =
+      lr * std::sqrt(1.0 - std::pow(beta_2, step)) / (1.0 - std::pow(beta_1, step));
+  return dispatch(dtype, [&](auto zero) {
+    using T = decltype(zero);
+    using A = Acc<T>;
+    adam_kernel<T><<<grid_for(num_chunks), kThreads, 0, stream>>>(
+        reinterpret_cast<T* const*>(weights), reinterpret_cast<T* const*>(ms),
+        reinterpret_cast<T* const*>(vs), reinterpret_cast<T* const*>(vhats),
+        reinterpret_cast<const T* const*>(grads), sizes, chunk_tensor,
+        chunk_start, num_chunks, chunk_size, static_cast<const A*>(scales),
+        static_cast<const A*>(decay), A(lr), A(alpha), A(beta_1), A(beta_2),
+        A(epsilon), amsgrad);
+    return last_error();
+  });
+}

@@ -1,0 +1,68 @@
+// C-callable launchers of the multi-tensor kernels, for hosts that link the
+// compiled CUDA code (the TF op's GPU kernel). CuPy compiles the kernels
+// itself (cupy_module.cu) and does not use these.
+//
+// Every pointer argument is device memory except `table` fields built on the
+// host and copied to the device by the caller: `tensors`/`weights`/... are
+// device arrays of N device pointers, `sizes` int64[N], and `chunk_tensor`,
+// `chunk_start`, `first_chunk` the chunk table (chunk_table.h) of those
+// sizes. Launchers only enqueue work on `stream` (no synchronisation) and
+// return the cudaError_t of the launch (0 on success). DTYPE codes: 0 float16,
+// 1 bfloat16, 2 float32, 3 float64; norms, scales and decay are float for
+// 16/32-bit data and double for float64 data.
+#ifndef NORMOPT_CUDA_LAUNCHERS_H_
+#define NORMOPT_CUDA_LAUNCHERS_H_
+
+#include <cstdint>
+
+#include <cuda_runtime_api.h>
+
+extern "C" {
+
+// Bytes of the chunk-statistics workspace for `num_chunks` chunks.
+int64_t normopt_cuda_stats_workspace_bytes(int dtype, int64_t num_chunks);
+
+// Norms and scales: chunk statistics + per-tensor finish (2 launches).
+int normopt_cuda_norms(int dtype, const void* const* tensors,
+                       const int64_t* sizes, int num_tensors,
+                       const int32_t* chunk_tensor, const int64_t* chunk_start,
+                       const int64_t* first_chunk, int64_t num_chunks,
+                       int64_t chunk_size, int kind, int mode, double clipnorm,
+                       double eps, void* workspace, void* norms, void* scales,
+                       cudaStream_t stream);
+
+// Scales from norms computed elsewhere (custom normalizations; 1 launch).
+int normopt_cuda_scales_from_norms(int dtype, const void* norms,
+                                   int num_tensors, int mode, double clipnorm,
+                                   void* scales, cudaStream_t stream);
+
+// outs[t] = grads[t] * scales[t] (1 launch).
+int normopt_cuda_scale(int dtype, const void* const* grads, void* const* outs,
+                       const int64_t* sizes, const int32_t* chunk_tensor,
+                       const int64_t* chunk_start, int64_t num_chunks,
+                       int64_t chunk_size, const void* scales,
+                       cudaStream_t stream);
+
+// Fused SGD / momentum / nesterov (1 launch); momenta may be null when
+// momentum == 0.
+int normopt_cuda_sgd(int dtype, void* const* weights, void* const* momenta,
+                     const void* const* grads, const int64_t* sizes,
+                     const int32_t* chunk_tensor, const int64_t* chunk_start,
+                     int64_t num_chunks, int64_t chunk_size,
+                     const void* scales, const void* decay, double lr,
+                     double momentum, int nesterov, cudaStream_t stream);
+
+// Fused Adam / AdamW / amsgrad (1 launch); vhats may be null unless amsgrad.
+// `step` is the 1-based step t.
+int normopt_cuda_adam(int dtype, void* const* weights, void* const* ms,
+                      void* const* vs, void* const* vhats,
+                      const void* const* grads, const int64_t* sizes,
+                      const int32_t* chunk_tensor, const int64_t* chunk_start,
+                      int64_t num_chunks, int64_t chunk_size,
+                      const void* scales, const void* decay, double lr,
+                      double beta_1, double beta_2, double epsilon,
+                      double step, int amsgrad, cudaStream_t stream);
+
+}  // extern "C"
+
+#endif  // NORMOPT_CUDA_LAUNCHERS_H_
