@@ -12,8 +12,12 @@ Prints the tables only (no reading of them): the step-ratio table of issue
 import argparse
 import json
 import math
+import os
+import sys
 
-from normopt.bench.report import format_time
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from normopt.bench.report import format_time  # noqa: E402
 
 
 def _md(header, rows):

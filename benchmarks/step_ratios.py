@@ -16,6 +16,9 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Run as a script from a checkout: import normopt from it even when the
+# package is not installed (or is being reinstalled) in the environment.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from normopt.bench import environment, report, step_bench, timing  # noqa: E402
 
