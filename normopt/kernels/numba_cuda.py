@@ -19,6 +19,7 @@ float32 on the device; bfloat16 (no Numba type) runs on a float32 working
 copy rounded back on the host. Signatures: see `normopt.kernels`.
 """
 
+import collections
 import functools
 import math
 
@@ -33,6 +34,9 @@ SIMULATED = bool(numba.config.ENABLE_CUDASIM)
 MAX_THREADS = 256
 THREADS = 32 if SIMULATED else MAX_THREADS
 MAX_BLOCKS = 65535
+
+# Kernel launches by name since import (benchmarks report launches per step).
+LAUNCHES = collections.Counter()
 
 _merge = cuda.jit(device=True)(_finalize.merge_stats)
 _finalize_norm = cuda.jit(device=True)(_finalize.finalize_norm)
@@ -285,6 +289,11 @@ def _to_dtype(array, name):
     return array.astype(name, copy=False)
 
 
+def _launch(acc, name, blocks, threads, *args):
+    LAUNCHES[name] += 1
+    kernels(acc)[name][blocks, threads](*args)
+
+
 def _grid(packed):
     return min(max(packed.num_chunks, 1), MAX_BLOCKS)
 
@@ -293,20 +302,19 @@ def launch_stats(packed, kind="l2", mode="normalize", clipnorm=1.0, eps=1e-7,
                  threads=None):
     """Two launches (chunk stats, finish); returns device (norms, scales)."""
     threads = threads or THREADS
-    k = kernels(packed.acc)
     code = _finalize.kind_code(kind)
     stats = cuda.device_array((max(packed.num_chunks, 1), _finalize.NUM_STATS),
                               dtype=packed.acc)
     if packed.num_chunks:
         moments = bool(_finalize.stats_needed(code) & _finalize.STAT_MOMENTS)
-        k["chunk_stats"][_grid(packed), threads](
+        _launch(packed.acc, "chunk_stats", _grid(packed), threads,
             packed.flat, packed.offsets, packed.tensor, packed.start,
             packed.table.chunk_size, moments, stats)
     n = packed.num_tensors
     norms = cuda.device_array(max(n, 1), dtype=packed.acc)
     scales = cuda.device_array(max(n, 1), dtype=packed.acc)
     if n:
-        k["finish"][(n + threads - 1) // threads, threads](
+        _launch(packed.acc, "finish", (n + threads - 1) // threads, threads,
             stats, packed.first, code, _finalize.mode_code(mode), float(clipnorm),
             float(eps), norms, scales)
     return norms, scales
@@ -318,7 +326,7 @@ def launch_scale(packed, scales, threads=None):
     out.__dict__.update(packed.__dict__)
     out.flat = cuda.device_array_like(packed.flat)
     if packed.num_chunks:
-        kernels(packed.acc)["scale"][_grid(packed), threads or THREADS](
+        _launch(packed.acc, "scale", _grid(packed), threads or THREADS,
             packed.flat, out.flat, packed.offsets, packed.tensor, packed.start,
             packed.table.chunk_size, scales)
     return out
@@ -329,7 +337,7 @@ def launch_sgd(w, m, g, scales, decay, *, lr, momentum=0.0, nesterov=False,
     """One launch of the SGD update on Packed lists (m ignored without momentum)."""
     if g.num_chunks:
         acc = g.acc
-        kernels(acc)["sgd"][_grid(g), threads or THREADS](
+        _launch(acc, "sgd", _grid(g), threads or THREADS,
             w.flat, (m if momentum != 0 else w).flat, g.flat, momentum != 0,
             bool(nesterov), g.offsets, g.tensor, g.start, g.table.chunk_size,
             scales, decay, acc(lr), acc(momentum))
@@ -341,7 +349,7 @@ def launch_adam(w, m, v, vhat, g, scales, decay, *, lr, step, beta_1=0.9,
     if g.num_chunks:
         acc = g.acc
         alpha = _args.adam_alpha(lr, beta_1, beta_2, step)
-        kernels(acc)["adam"][_grid(g), threads or THREADS](
+        _launch(acc, "adam", _grid(g), threads or THREADS,
             w.flat, m.flat, v.flat, (vhat or v).flat, g.flat, vhat is not None,
             g.offsets, g.tensor, g.start, g.table.chunk_size, scales, decay,
             acc(lr), acc(alpha), acc(beta_1), acc(beta_2), acc(adam_epsilon))

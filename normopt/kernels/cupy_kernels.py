@@ -1,0 +1,279 @@
+"""CuPy front end of the project's own CUDA kernels (csrc/cuda).
+
+`csrc/cuda/cupy_module.cu` (the kernels of norm_kernels.cuh and
+update_kernels.cuh, no host code) is compiled by `cupy.RawModule` with
+`csrc/` on the include path, once per dtype, with template instantiations
+named through `name_expressions`. The functions take CuPy arrays and follow
+`normopt.kernels`'s signatures; they return CuPy arrays and never synchronise
+the device. Launches per call: norms/scales 2, scale 3, apply_sgd and
+apply_adam 3, whatever the number of tensors.
+
+Compiler: `nvcc` when found (full C++ headers), else NVRTC; set
+NORMOPT_CUPY_BACKEND=nvrtc|nvcc to choose. NORMOPT_CSRC overrides the
+location of csrc/ (default: the repository checkout this file lives in).
+bfloat16 data: CuPy has no bfloat16 dtype, so pass uint16 arrays holding
+bfloat16 bits with `dtype="bfloat16"`.
+
+Importing this module needs neither CuPy nor a GPU; calling it does.
+"""
+
+import collections
+import functools
+import os
+import shutil
+
+import numpy as np
+
+from normopt.kernels import _args, _finalize
+from normopt.kernels.chunks import DEFAULT_CHUNK_SIZE, chunk_table
+
+try:
+    import cupy as cp
+except ImportError:  # pragma: no cover - depends on the machine
+    cp = None
+
+THREADS = 256  # csrc/cuda/tensor_list.cuh: kThreads
+MAX_BLOCKS = 1 << 20
+FINISH_THREADS = 128
+STATS_BYTES = {"float32": 32, "float64": 56}  # sizeof(NormStats<float|double>)
+CUDA_TYPE = {"float16": "__half", "bfloat16": "__nv_bfloat16", "float32": "float",
+             "float64": "double"}
+
+# Kernel launches by name since import (benchmarks report launches per step).
+LAUNCHES = collections.Counter()
+
+
+def available():
+    """(True, None) when CuPy and a GPU are usable, else (False, reason)."""
+    if cp is None:
+        return False, "CuPy is not installed"
+    try:
+        count = cp.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # noqa: BLE001 - any driver error means "no GPU"
+        return False, f"no usable CUDA device ({exc})"
+    if count < 1:
+        return False, "no CUDA device"
+    return True, None
+
+
+def _require():
+    ok, reason = available()
+    if not ok:
+        raise RuntimeError(f"normopt.kernels.cupy_kernels needs CuPy and a GPU: {reason}")
+
+
+def csrc_dir():
+    path = os.environ.get("NORMOPT_CSRC") or os.path.join(
+        os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "csrc")
+    if not os.path.isfile(os.path.join(path, "cuda", "cupy_module.cu")):
+        raise RuntimeError(f"csrc/cuda/cupy_module.cu not found under {path}; set NORMOPT_CSRC")
+    return path
+
+
+def _backend():
+    choice = os.environ.get("NORMOPT_CUPY_BACKEND")
+    if choice:
+        return choice
+    return "nvcc" if (shutil.which("nvcc") or os.path.exists("/usr/local/cuda/bin/nvcc")) else "nvrtc"
+
+
+def _names(dtype):
+    t = CUDA_TYPE[dtype]
+    a = "double" if dtype == "float64" else "float"
+    ns = "normopt::cuda::"
+    return {
+        "chunk_stats": f"{ns}chunk_stats_kernel<{t}>",
+        "finish": f"{ns}finish_kernel<{a}>",
+        "scales_from_norms": f"{ns}scales_from_norms_kernel<{a}>",
+        "scale": f"{ns}scale_kernel<{t}>",
+        "sgd": f"{ns}sgd_kernel<{t}>",
+        "adam": f"{ns}adam_kernel<{t}>",
+    }
+
+
+@functools.lru_cache(maxsize=None)
+def kernels(dtype):
+    """The compiled kernels of one dtype, by short name."""
+    _require()
+    names = _names(dtype)
+    src = csrc_dir()
+    code = '#include "cuda/cupy_module.cu"\n'
+    options = ("-std=c++17", f"-I{src}")
+    backend = _backend()
+    if backend == "nvrtc" and cp.cuda.get_cuda_path():
+        options += (f"-I{os.path.join(cp.cuda.get_cuda_path(), 'include')}",)
+    module = cp.RawModule(code=code, options=options, backend=backend,
+                          name_expressions=list(names.values()))
+    return {short: module.get_function(full) for short, full in names.items()}
+
+
+def _launch(dtype, name, blocks, threads, args):
+    LAUNCHES[name] += 1
+    kernels(dtype)[name]((int(blocks),), (int(threads),), args)
+
+
+class TensorList:
+    """Device-side description of a list of same-dtype CuPy arrays: pointer
+    table, sizes and chunk table. Build once and pass as `plan=` to reuse it
+    across steps (benchmarks do); the arrays must stay alive and in place."""
+
+    def __init__(self, arrays, chunk_size=DEFAULT_CHUNK_SIZE, dtype=None):
+        _require()
+        self.arrays = list(arrays)
+        self.dtype = dtype or _args.common_dtype(self.arrays)
+        if self.dtype not in CUDA_TYPE:
+            raise TypeError(f"dtype {self.dtype} has no kernel")
+        if self.dtype == "bfloat16":
+            for a in self.arrays:
+                if np.dtype(a.dtype).itemsize != 2:
+                    raise TypeError("bfloat16 data must be passed as 2-byte (uint16) arrays")
+        self.acc = np.float64 if self.dtype == "float64" else np.float32
+        self.sizes = np.array([a.size for a in self.arrays], dtype=np.int64)
+        self.table = chunk_table(self.sizes, chunk_size)
+        self.num_chunks = int(self.table.tensor.size)
+        pad = lambda x, dt: cp.asarray(x if x.size else np.zeros(1, dt))  # noqa: E731
+        self.sizes_d = pad(self.sizes, np.int64)
+        self.tensor_d = pad(self.table.tensor, np.int32)
+        self.start_d = pad(self.table.start, np.int64)
+        self.first_d = cp.asarray(self.table.first)
+        self._tables = {}
+        self.ptrs = self.pointers(self.arrays, "arrays")
+
+    def pointers(self, arrays, what):
+        """Device table of data pointers of `arrays` (same shapes as this list),
+        cached so that a reused plan copies nothing to the device per step."""
+        arrays = list(arrays)
+        key = (what, tuple(b.data.ptr for b in arrays))
+        if key in self._tables:
+            return self._tables[key]
+        if len(arrays) != len(self.arrays):
+            raise ValueError(f"{what} has {len(arrays)} arrays, expected {len(self.arrays)}")
+        for i, (a, b) in enumerate(zip(self.arrays, arrays)):
+            if a.shape != b.shape or a.dtype != b.dtype:
+                raise ValueError(f"{what}[{i}] differs from the list in shape or dtype")
+            if not b.flags.c_contiguous:
+                raise ValueError(f"{what}[{i}] is not C-contiguous")
+        table = np.array(list(key[1]) or [0], dtype=np.uint64)
+        self._tables[key] = cp.asarray(table)
+        return self._tables[key]
+
+    def per_tensor(self, value):
+        """Per-tensor values (decay) on the device, cached like `pointers`."""
+        host = _args.per_tensor(value, max(len(self.arrays), 1), self.acc)
+        key = ("per_tensor", host.tobytes())
+        if key not in self._tables:
+            self._tables[key] = cp.asarray(host)
+        return self._tables[key]
+
+    def grid(self):
+        return min(max(self.num_chunks, 1), MAX_BLOCKS)
+
+
+def _plan(arrays, chunk_size, dtype, plan):
+    if plan is not None:
+        return plan
+    return TensorList([cp.ascontiguousarray(a) for a in arrays], chunk_size, dtype)
+
+
+def launch_stats(plan, kind="l2", mode="normalize", clipnorm=1.0, eps=1e-7):
+    """Chunk stats + finish (2 launches); returns device (norms, scales)."""
+    code = _finalize.kind_code(kind)
+    acc_name = "float64" if plan.acc is np.float64 else "float32"
+    n = len(plan.arrays)
+    norms = cp.empty(max(n, 1), dtype=plan.acc)
+    scales = cp.empty(max(n, 1), dtype=plan.acc)
+    work = cp.empty(STATS_BYTES[acc_name] * max(plan.num_chunks, 1), dtype=cp.uint8)
+    if plan.num_chunks:
+        _launch(plan.dtype, "chunk_stats", plan.grid(), THREADS, (
+            plan.ptrs, plan.sizes_d, plan.tensor_d, plan.start_d,
+            np.int64(plan.num_chunks), np.int64(plan.table.chunk_size),
+            np.uint32(_finalize.stats_needed(code)), work))
+    if n:
+        _launch(plan.dtype, "finish", (n + FINISH_THREADS - 1) // FINISH_THREADS,
+                FINISH_THREADS, (work, plan.first_d, np.int32(n), np.int32(code),
+                                 np.int32(_finalize.mode_code(mode)), plan.acc(clipnorm),
+                                 plan.acc(eps), norms, scales))
+    return norms[:n], scales[:n]
+
+
+def launch_scale(plan, scales, outs):
+    if plan.num_chunks:
+        _launch(plan.dtype, "scale", plan.grid(), THREADS, (
+            plan.ptrs, plan.pointers(outs, "outs"), plan.sizes_d, plan.tensor_d,
+            plan.start_d, np.int64(plan.num_chunks), np.int64(plan.table.chunk_size),
+            scales))
+
+
+def launch_sgd(plan, weights_ptrs, momenta_ptrs, scales, decay, *, lr, momentum=0.0,
+               nesterov=False):
+    """One SGD launch; `*_ptrs` from plan.pointers (momenta may be None)."""
+    if plan.num_chunks:
+        _launch(plan.dtype, "sgd", plan.grid(), THREADS, (
+            weights_ptrs, momenta_ptrs if momenta_ptrs is not None else weights_ptrs,
+            plan.ptrs, plan.sizes_d, plan.tensor_d, plan.start_d,
+            np.int64(plan.num_chunks), np.int64(plan.table.chunk_size), scales, decay,
+            plan.acc(lr), plan.acc(momentum), np.int32(bool(nesterov))))
+
+
+def launch_adam(plan, weights_ptrs, m_ptrs, v_ptrs, vhat_ptrs, scales, decay, *, lr, step,
+                beta_1=0.9, beta_2=0.999, adam_epsilon=1e-7):
+    """One Adam launch (amsgrad when vhat_ptrs is not None)."""
+    if plan.num_chunks:
+        alpha = _args.adam_alpha(lr, beta_1, beta_2, step)
+        _launch(plan.dtype, "adam", plan.grid(), THREADS, (
+            weights_ptrs, m_ptrs, v_ptrs, vhat_ptrs if vhat_ptrs is not None else v_ptrs,
+            plan.ptrs, plan.sizes_d, plan.tensor_d, plan.start_d,
+            np.int64(plan.num_chunks), np.int64(plan.table.chunk_size), scales, decay,
+            plan.acc(lr), plan.acc(alpha), plan.acc(beta_1), plan.acc(beta_2),
+            plan.acc(adam_epsilon), np.int32(vhat_ptrs is not None)))
+
+
+def norms(arrays, kind="l2", eps=1e-7, chunk_size=DEFAULT_CHUNK_SIZE, dtype=None, plan=None):
+    """Per-tensor norms, a CuPy array[N]."""
+    _require()
+    return launch_stats(_plan(arrays, chunk_size, dtype, plan), kind, "normalize", 1.0, eps)[0]
+
+
+def scales(arrays, kind="l2", mode="normalize", clipnorm=1.0, eps=1e-7,
+           chunk_size=DEFAULT_CHUNK_SIZE, dtype=None, plan=None):
+    """Per-tensor multipliers, a CuPy array[N]."""
+    _require()
+    return launch_stats(_plan(arrays, chunk_size, dtype, plan), kind, mode, clipnorm, eps)[1]
+
+
+def scale(arrays, kind="l2", mode="normalize", clipnorm=1.0, eps=1e-7,
+          chunk_size=DEFAULT_CHUNK_SIZE, dtype=None, plan=None):
+    """New CuPy arrays g * scale[t]."""
+    _require()
+    plan = _plan(arrays, chunk_size, dtype, plan)
+    _, s = launch_stats(plan, kind, mode, clipnorm, eps)
+    outs = [cp.empty_like(a) for a in plan.arrays]
+    launch_scale(plan, s, outs)
+    return outs
+
+
+def apply_sgd(weights, grads, momenta=None, *, lr, momentum=0.0, nesterov=False,
+              decay=None, kind="l2", mode="normalize", clipnorm=1.0, eps=1e-7,
+              chunk_size=DEFAULT_CHUNK_SIZE, dtype=None, plan=None):
+    """One Keras SGD step on CuPy arrays, in place. Returns the norms."""
+    _require()
+    plan = _plan(grads, chunk_size, dtype, plan)
+    n, s = launch_stats(plan, kind, mode, clipnorm, eps)
+    launch_sgd(plan, plan.pointers(weights, "weights"),
+               plan.pointers(momenta, "momenta") if momentum != 0 else None,
+               s, plan.per_tensor(decay), lr=lr, momentum=momentum, nesterov=nesterov)
+    return n
+
+
+def apply_adam(weights, grads, m, v, vhat=None, *, lr, step, beta_1=0.9, beta_2=0.999,
+               adam_epsilon=1e-7, decay=None, kind="l2", mode="normalize", clipnorm=1.0,
+               eps=1e-7, chunk_size=DEFAULT_CHUNK_SIZE, dtype=None, plan=None):
+    """One Keras Adam/AdamW/amsgrad step on CuPy arrays, in place. Returns the norms."""
+    _require()
+    plan = _plan(grads, chunk_size, dtype, plan)
+    n, s = launch_stats(plan, kind, mode, clipnorm, eps)
+    launch_adam(plan, plan.pointers(weights, "weights"), plan.pointers(m, "m"),
+                plan.pointers(v, "v"), plan.pointers(vhat, "vhat") if vhat is not None else None,
+                s, plan.per_tensor(decay), lr=lr, step=step, beta_1=beta_1, beta_2=beta_2,
+                adam_epsilon=adam_epsilon)
+    return n
