@@ -39,11 +39,6 @@ def write_json(result, path):
     return path
 
 
-def read_curve(values):
-    """A JSON curve back as a float array, null -> nan."""
-    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
-
-
 # ---------------------------------------------------------------- table
 
 def _fmt(value, spec):

@@ -6,7 +6,7 @@ float('nan') / float('inf')) plus the step path the optimizer took.
 
 import math
 
-import numpy as np
+from normopt.experiments.specs import path_of
 
 QUADRATIC_CHUNK = 100  # steps per tf.function call: one progress update each
 
@@ -58,8 +58,6 @@ def run_quadratic(problem, spec, iterations, bar=None):
     finally:
         logger.setLevel(level)
     curve.append(float(loss_fn().numpy()))
-    from normopt.experiments.specs import path_of
-
     return {"loss": curve, "path": path_of(optimizer)}
 
 
@@ -112,8 +110,6 @@ def train_classifier(build_model, data, spec, epochs, batch_size, seed, bar=None
         callbacks=[_EpochProgress(bar).callback],
     )
     h = history.history
-    from normopt.experiments.specs import path_of
-
     return {
         "train_loss": [float(v) for v in h["loss"]],
         "train_accuracy": [float(v) for v in h["accuracy"]],
@@ -123,6 +119,3 @@ def train_classifier(build_model, data, spec, epochs, batch_size, seed, bar=None
         "parameters": int(model.count_params()),
     }
 
-
-def as_float_array(values):
-    return np.asarray(values, dtype=np.float64)
