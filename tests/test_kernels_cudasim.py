@@ -32,44 +32,31 @@ if not SIMULATOR:
         )
         assert " passed" in done.stdout and "skipped" not in done.stdout
 
+    def test_gpu_validate_dry_run(tmp_path):
+        """benchmarks/gpu_validate.py runs its whole logic under the simulator."""
+        import json
+
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        done = subprocess.run(
+            [sys.executable, os.path.join(root, "benchmarks", "gpu_validate.py"),
+             "--dry-run", "--backends", "numba_cuda", "--out", str(tmp_path)],
+            env={k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"},
+            capture_output=True, text=True, timeout=600,
+        )
+        assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+        result = json.loads((tmp_path / "gpu_validate.json").read_text())
+        assert result["dry_run"] and result["tensorflow_imported"] is False
+        ops = {(r["op"], r["dtype"]) for r in result["parity"]}
+        assert {"norms", "scale", "sgd", "adam"} == {op for op, _ in ops}
+        assert all(r["ok"] for r in result["parity"])
+        assert result["backends"]["numba_cuda"]["launches"] == {"1": 3, "10": 3, "40": 3}
+        assert all(t["met"] for t in result["targets"])
+        assert (tmp_path / "gpu_validate.md").read_text().startswith("# GPU validation")
+
 else:
     # The simulator busy-waits on its block threads; a short GIL switch
     # interval makes it an order of magnitude faster.
     sys.setswitchinterval(1e-5)
-
-    def _lock_simulator_shared_arrays():
-        """Numba's simulator creates a block's shared array on first use, keyed
-        by the calling line, without a lock: two threads can each create their
-        own copy, and a block reduction then reads the wrong one (seen here as
-        a rare wrong `std` under load). This replacement does the same lookup
-        under a lock, matching the CUDA semantics the kernels rely on."""
-        import threading
-
-        import numpy as np
-        from numba.cuda.simulator import kernelapi
-        from numba.np import numpy_support
-
-        original = kernelapi.FakeCUDAShared.array
-        if getattr(original, "normopt_locked", False):
-            return
-        lock = threading.Lock()
-
-        def array(self, shape, dtype):
-            if shape == 0:  # dynamic shared memory: no lookup, no race
-                return original(self, shape, dtype)
-            caller = sys._getframe(1)
-            key = (caller.f_code.co_filename, caller.f_lineno)
-            with lock:
-                if key not in self._allocations:
-                    if not isinstance(dtype, (np.dtype, type)):
-                        dtype = numpy_support.as_dtype(dtype)
-                    self._allocations[key] = np.empty(shape, dtype)
-                return self._allocations[key]
-
-        array.normopt_locked = True
-        kernelapi.FakeCUDAShared.array = array
-
-    _lock_simulator_shared_arrays()
 
     from test_kernels_numba import (  # noqa: E402
         ADAM_VARIANTS,
@@ -88,6 +75,9 @@ else:
         from normopt.kernels import numba_cuda
 
         assert numba_cuda.SIMULATED, "numba.cuda is not the simulator"
+        from numba.cuda.simulator import kernelapi
+
+        assert kernelapi.FakeCUDAShared.array.normopt_locked
         return numba_cuda
 
     @pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])

@@ -31,6 +31,10 @@ from normopt.kernels import _args, _finalize
 from normopt.kernels.chunks import DEFAULT_CHUNK_SIZE, chunk_table
 
 SIMULATED = bool(numba.config.ENABLE_CUDASIM)
+if SIMULATED:
+    from normopt.kernels import _simulator
+
+    _simulator.lock_shared_arrays()
 MAX_THREADS = 256
 THREADS = 32 if SIMULATED else MAX_THREADS
 MAX_BLOCKS = 65535
