@@ -1,12 +1,15 @@
 """Compile check of every csrc/cuda/*.cu with the installed nvcc (sm_80 and sm_90).
 
 Each file is compiled once (`-c`, both architectures through -gencode pairs,
-warnings as errors), all files in parallel. Skips, printing the reason, when
+warnings as errors, ptxas verbose), all files in parallel; the entry points
+that normopt.kernels.cupy_kernels looks up by name must be among those
+cupy_module.cu defines. Skips, printing the reason, when
 no nvcc is on PATH or in /usr/local/cuda/bin.
 """
 
 import glob
 import os
+import re
 import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +30,7 @@ def find_nvcc():
 
 
 def compile_one(nvcc, source, out_dir):
-    cmd = [nvcc, "-c", "-std=c++17", "-O2", "-Werror", "all-warnings",
+    cmd = [nvcc, "-c", "-std=c++17", "-O2", "-Werror", "all-warnings", "-Xptxas", "-v",
            "-I", os.path.join(ROOT, "csrc"), source,
            "-o", os.path.join(out_dir, os.path.basename(source) + ".o")]
     for arch in ARCHS:
@@ -53,3 +56,12 @@ def test_every_cuda_source_compiles(tmp_path):
     assert not failures, "nvcc failed:\n" + "\n".join(failures)
     for source in SOURCES:
         assert (tmp_path / (os.path.basename(source) + ".o")).stat().st_size > 0
+
+    from normopt.kernels.cupy_kernels import SUFFIX, entry_names
+
+    log = next(log for s, _, log in results if s.endswith("cupy_module.cu"))
+    defined = set(re.findall(r"Compiling entry function '(\w+)' for 'sm_(\d+)'", log))
+    for dtype in SUFFIX:
+        for name in entry_names(dtype).values():
+            for arch in ARCHS:
+                assert (name, arch) in defined, f"{name} (sm_{arch}) missing from cupy_module.cu"

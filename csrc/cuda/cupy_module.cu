@@ -1,6 +1,4 @@
 // The translation unit CuPy compiles (normopt/kernels/cupy_kernels.py): the
-// multi-tensor kernels only, no host code. CuPy instantiates the templates
-// it needs through name expressions such as
-// "normopt::cuda::chunk_stats_kernel<float>".
-#include "cuda/norm_kernels.cuh"
-#include "cuda/update_kernels.cuh"
+// extern "C" entry points only, no host code, so NVRTC and nvcc both build
+// it and CuPy looks kernels up by their plain names (normopt_adam_f32, ...).
+#include "cuda/entry_points.cuh"

@@ -1,9 +1,9 @@
-// C-callable launchers (see launchers.h): dtype dispatch and grid sizes.
+// C-callable launchers (see launchers.h): dtype dispatch and grid sizes over
+// the extern "C" entry points of entry_points.cuh.
 #include <cmath>
 
+#include "cuda/entry_points.cuh"
 #include "cuda/launchers.h"
-#include "cuda/norm_kernels.cuh"
-#include "cuda/update_kernels.cuh"
 
 namespace normopt {
 namespace cuda {
@@ -12,12 +12,33 @@ namespace {
 // Grid-stride loops cover any number of chunks; more blocks than this only
 // adds scheduling overhead.
 constexpr int64_t kMaxBlocks = 1 << 20;
+constexpr int kFinishThreads = 128;
 
 unsigned grid_for(int64_t num_chunks) {
-  return static_cast<unsigned>(num_chunks < kMaxBlocks ? num_chunks : kMaxBlocks);
+  return static_cast<unsigned>(num_chunks < kMaxBlocks ? num_chunks
+                                                       : kMaxBlocks);
 }
 
 int last_error() { return static_cast<int>(cudaGetLastError()); }
+
+// The entry points of one element type.
+template <typename T>
+struct Entry;
+
+#define NORMOPT_ENTRY(T, SUF, ACC)                                     \
+  template <>                                                          \
+  struct Entry<T> {                                                    \
+    static constexpr auto chunk_stats = &normopt_chunk_stats_##SUF;    \
+    static constexpr auto scale = &normopt_scale_##SUF;                \
+    static constexpr auto sgd = &normopt_sgd_##SUF;                    \
+    static constexpr auto adam = &normopt_adam_##SUF;                  \
+    static constexpr auto finish = &normopt_finish_##ACC;              \
+  };
+NORMOPT_ENTRY(__half, f16, f32)
+NORMOPT_ENTRY(__nv_bfloat16, bf16, f32)
+NORMOPT_ENTRY(float, f32, f32)
+NORMOPT_ENTRY(double, f64, f64)
+#undef NORMOPT_ENTRY
 
 // Calls f(T{}) with T the element type of dtype code `dtype`.
 template <typename F>
@@ -35,7 +56,13 @@ int dispatch(int dtype, F f) {
 }  // namespace cuda
 }  // namespace normopt
 
-using namespace normopt::cuda;  // NOLINT: launcher bodies only
+using normopt::cuda::Acc;
+using normopt::cuda::dispatch;
+using normopt::cuda::Entry;
+using normopt::cuda::grid_for;
+using normopt::cuda::kFinishThreads;
+using normopt::cuda::kThreads;
+using normopt::cuda::last_error;
 
 extern "C" int64_t normopt_cuda_stats_workspace_bytes(int dtype,
                                                       int64_t num_chunks) {
@@ -55,13 +82,14 @@ extern "C" int normopt_cuda_norms(
     using A = Acc<T>;
     auto* stats = static_cast<normopt::NormStats<A>*>(workspace);
     if (num_chunks > 0) {
-      chunk_stats_kernel<T><<<grid_for(num_chunks), kThreads, 0, stream>>>(
+      Entry<T>::chunk_stats<<<grid_for(num_chunks), kThreads, 0, stream>>>(
           reinterpret_cast<const T* const*>(tensors), sizes, chunk_tensor,
           chunk_start, num_chunks, chunk_size,
           normopt::stats_needed(static_cast<normopt::NormKind>(kind)), stats);
     }
     if (num_tensors > 0) {
-      finish_kernel<A><<<(num_tensors + 127) / 128, 128, 0, stream>>>(
+      Entry<T>::finish<<<(num_tensors + kFinishThreads - 1) / kFinishThreads,
+                         kFinishThreads, 0, stream>>>(
           stats, first_chunk, num_tensors, kind, mode, A(clipnorm), A(eps),
           static_cast<A*>(norms), static_cast<A*>(scales));
     }
@@ -74,13 +102,13 @@ extern "C" int normopt_cuda_scales_from_norms(int dtype, const void* norms,
                                               double clipnorm, void* scales,
                                               cudaStream_t stream) {
   if (num_tensors <= 0) return 0;
-  const unsigned blocks = (num_tensors + 127) / 128;
+  const unsigned blocks = (num_tensors + kFinishThreads - 1) / kFinishThreads;
   if (dtype == 3) {
-    scales_from_norms_kernel<double><<<blocks, 128, 0, stream>>>(
+    normopt_scales_from_norms_f64<<<blocks, kFinishThreads, 0, stream>>>(
         static_cast<const double*>(norms), num_tensors, mode, clipnorm,
         static_cast<double*>(scales));
   } else {
-    scales_from_norms_kernel<float><<<blocks, 128, 0, stream>>>(
+    normopt_scales_from_norms_f32<<<blocks, kFinishThreads, 0, stream>>>(
         static_cast<const float*>(norms), num_tensors, mode,
         static_cast<float>(clipnorm), static_cast<float*>(scales));
   }
@@ -96,7 +124,7 @@ extern "C" int normopt_cuda_scale(int dtype, const void* const* grads,
   if (num_chunks <= 0) return 0;
   return dispatch(dtype, [&](auto zero) {
     using T = decltype(zero);
-    scale_kernel<T><<<grid_for(num_chunks), kThreads, 0, stream>>>(
+    Entry<T>::scale<<<grid_for(num_chunks), kThreads, 0, stream>>>(
         reinterpret_cast<const T* const*>(grads),
         reinterpret_cast<T* const*>(outs), sizes, chunk_tensor, chunk_start,
         num_chunks, chunk_size, static_cast<const Acc<T>*>(scales));
@@ -116,7 +144,7 @@ extern "C" int normopt_cuda_sgd(int dtype, void* const* weights,
   return dispatch(dtype, [&](auto zero) {
     using T = decltype(zero);
     using A = Acc<T>;
-    sgd_kernel<T><<<grid_for(num_chunks), kThreads, 0, stream>>>(
+    Entry<T>::sgd<<<grid_for(num_chunks), kThreads, 0, stream>>>(
         reinterpret_cast<T* const*>(weights),
         reinterpret_cast<T* const*>(momenta),
         reinterpret_cast<const T* const*>(grads), sizes, chunk_tensor,
@@ -135,12 +163,12 @@ extern "C" int normopt_cuda_adam(
     double step, int amsgrad, cudaStream_t stream) {
   if (num_chunks <= 0) return 0;
   // alpha = lr * sqrt(1 - b2^t) / (1 - b1^t), once per step on the host.
-  const double alpha =
-      lr * std::sqrt(1.0 - std::pow(beta_2, step)) / (1.0 - std::pow(beta_1, step));
+  const double alpha = lr * std::sqrt(1.0 - std::pow(beta_2, step)) /
+                       (1.0 - std::pow(beta_1, step));
   return dispatch(dtype, [&](auto zero) {
     using T = decltype(zero);
     using A = Acc<T>;
-    adam_kernel<T><<<grid_for(num_chunks), kThreads, 0, stream>>>(
+    Entry<T>::adam<<<grid_for(num_chunks), kThreads, 0, stream>>>(
         reinterpret_cast<T* const*>(weights), reinterpret_cast<T* const*>(ms),
         reinterpret_cast<T* const*>(vs), reinterpret_cast<T* const*>(vhats),
         reinterpret_cast<const T* const*>(grads), sizes, chunk_tensor,

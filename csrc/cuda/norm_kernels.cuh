@@ -1,15 +1,18 @@
 // Multi-tensor norm kernels: per-chunk statistics, then a per-tensor finish.
 //
-//   chunk_stats_kernel  one block per chunk (grid-stride over chunks): each
+//   chunk_stats         one block per chunk (grid-stride over chunks): each
 //                       thread gathers sum|g|, sum g^2, sum g, max|g|, min|g|
 //                       over its elements (16-byte loads when aligned), a
 //                       fixed-order tree in shared memory combines them, and
 //                       for norms reading the moments a second pass over the
 //                       chunk (still in L2) sums (g - chunk mean)^2. Thread 0
 //                       writes the chunk's NormStats via `from_block_sums`.
-//   finish_kernel       one thread per tensor merges its chunks' NormStats in
+//   finish              one thread per tensor merges its chunks' NormStats in
 //                       chunk order (`merge_stats`) and writes the norm
 //                       (`finalize_norm`) and scale (`scale_from_norm`).
+//
+// These are device bodies; entry_points.cuh wraps them in extern "C"
+// kernels (blocks of kThreads threads for chunk_stats).
 //
 // No float atomics anywhere: the result depends only on the chunk size and
 // kThreads, so per-tensor norms are bitwise identical run to run.
@@ -37,11 +40,10 @@ __device__ __forceinline__ void block_sum(A* sh) {
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kThreads)
-    chunk_stats_kernel(const T* const* tensors, const int64_t* sizes,
-                       const int32_t* chunk_tensor, const int64_t* chunk_start,
-                       int64_t num_chunks, int64_t chunk_size, unsigned needed,
-                       NormStats<Acc<T>>* chunk_stats) {
+__device__ __forceinline__ void chunk_stats(
+    const T* const* tensors, const int64_t* sizes, const int32_t* chunk_tensor,
+    const int64_t* chunk_start, int64_t num_chunks, int64_t chunk_size,
+    unsigned needed, NormStats<Acc<T>>* out) {
   using A = Acc<T>;
   constexpr int W = Pack<T>::kWidth;
   __shared__ A sh_abs[kThreads], sh_sq[kThreads], sh_sum[kThreads];
@@ -105,7 +107,7 @@ __global__ void __launch_bounds__(kThreads)
       centered = sh_sum[0];
     }
     if (tid == 0) {
-      chunk_stats[c] = from_block_sums<A>(k.n, sh_abs[0], sh_sq[0], sh_max[0],
+      out[c] = from_block_sums<A>(k.n, sh_abs[0], sh_sq[0], sh_max[0],
                                           sh_min[0], block_total, centered);
     }
     __syncthreads();  // shared memory is reused by the next chunk
@@ -113,15 +115,15 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 template <typename A>
-__global__ void finish_kernel(const NormStats<A>* chunk_stats,
-                              const int64_t* first_chunk, int num_tensors,
-                              int kind, int mode, A clipnorm, A eps, A* norms,
-                              A* scales) {
+__device__ __forceinline__ void finish(const NormStats<A>* stats,
+                                       const int64_t* first_chunk,
+                                       int num_tensors, int kind, int mode,
+                                       A clipnorm, A eps, A* norms, A* scales) {
   const int t = blockIdx.x * blockDim.x + threadIdx.x;
   if (t >= num_tensors) return;
   NormStats<A> s = NormStats<A>::empty();
   for (int64_t c = first_chunk[t]; c < first_chunk[t + 1]; ++c) {
-    s = merge_stats(s, chunk_stats[c]);
+    s = merge_stats(s, stats[c]);
   }
   const A norm = finalize_norm(static_cast<NormKind>(kind), s, eps);
   norms[t] = norm;
@@ -130,8 +132,9 @@ __global__ void finish_kernel(const NormStats<A>* chunk_stats,
 
 // Scales from norms computed elsewhere (custom normalizations).
 template <typename A>
-__global__ void scales_from_norms_kernel(const A* norms, int num_tensors,
-                                         int mode, A clipnorm, A* scales) {
+__device__ __forceinline__ void scales_from_norms(const A* norms,
+                                                  int num_tensors, int mode,
+                                                  A clipnorm, A* scales) {
   const int t = blockIdx.x * blockDim.x + threadIdx.x;
   if (t >= num_tensors) return;
   scales[t] = scale_from_norm(static_cast<ScaleMode>(mode), norms[t], clipnorm);

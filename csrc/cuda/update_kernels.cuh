@@ -2,20 +2,21 @@
 // fly (one block per chunk, grid-stride over chunks, 16-byte accesses when
 // every pointer of the chunk is aligned, scalar tail otherwise):
 //
-//   scale_kernel  out = g * scale[t]
-//   sgd_kernel    Keras 3 SGD with g' = g * scale[t], decoupled decay first:
+//   scale_chunks  out = g * scale[t]
+//   sgd_chunks    Keras 3 SGD with g' = g * scale[t], decoupled decay first:
 //                   w -= w * decay[t] * lr
 //                   plain     w -= lr * g'
 //                   momentum  m = mu * m - lr * g';  w += m
 //                   nesterov  m = mu * m - lr * g';  w += mu * m - lr * g'
-//   adam_kernel   Keras 3 Adam/AdamW/amsgrad, t = step:
+//   adam_chunks   Keras 3 Adam/AdamW/amsgrad, t = step:
 //                   w -= w * decay[t] * lr
 //                   m += (g' - m)(1 - b1);  v += (g'^2 - v)(1 - b2)
 //                   amsgrad: vhat = max(vhat, v), used in place of v
 //                   w -= alpha * m / (sqrt(v) + eps),
 //                   alpha = lr * sqrt(1 - b2^t) / (1 - b1^t)   (host side)
 //
-// Arithmetic in Acc<T> (float for 16-bit data); variables and slots are
+// Device bodies, run by blocks of kThreads threads; entry_points.cuh wraps
+// them in extern "C" kernels. Arithmetic in Acc<T> (float for 16-bit data); variables and slots are
 // stored in T, as Keras keeps them.
 #ifndef NORMOPT_CUDA_UPDATE_KERNELS_CUH_
 #define NORMOPT_CUDA_UPDATE_KERNELS_CUH_
@@ -40,11 +41,10 @@ __device__ __forceinline__ void for_each_in_chunk(int64_t n, bool vec,
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kThreads)
-    scale_kernel(const T* const* grads, T* const* outs, const int64_t* sizes,
-                 const int32_t* chunk_tensor, const int64_t* chunk_start,
-                 int64_t num_chunks, int64_t chunk_size,
-                 const Acc<T>* scales) {
+__device__ __forceinline__ void scale_chunks(
+    const T* const* grads, T* const* outs, const int64_t* sizes,
+    const int32_t* chunk_tensor, const int64_t* chunk_start, int64_t num_chunks,
+    int64_t chunk_size, const Acc<T>* scales) {
   constexpr int W = Pack<T>::kWidth;
   for (int64_t c = blockIdx.x; c < num_chunks; c += gridDim.x) {
     const Chunk k = chunk_at(c, chunk_tensor, chunk_start, sizes, chunk_size);
@@ -85,12 +85,12 @@ struct SgdStep {
 
 // `momenta` may be null when momentum == 0.
 template <typename T>
-__global__ void __launch_bounds__(kThreads)
-    sgd_kernel(T* const* weights, T* const* momenta, const T* const* grads,
-               const int64_t* sizes, const int32_t* chunk_tensor,
-               const int64_t* chunk_start, int64_t num_chunks,
-               int64_t chunk_size, const Acc<T>* scales, const Acc<T>* decay,
-               Acc<T> lr, Acc<T> momentum, int nesterov) {
+__device__ __forceinline__ void sgd_chunks(
+    T* const* weights, T* const* momenta, const T* const* grads,
+    const int64_t* sizes, const int32_t* chunk_tensor,
+    const int64_t* chunk_start, int64_t num_chunks, int64_t chunk_size,
+    const Acc<T>* scales, const Acc<T>* decay, Acc<T> lr, Acc<T> momentum,
+    int nesterov) {
   using A = Acc<T>;
   constexpr int W = Pack<T>::kWidth;
   const bool use_momentum = momentum != A(0);
@@ -147,13 +147,12 @@ struct AdamStep {
 
 // `vhats` may be null when amsgrad == 0.
 template <typename T>
-__global__ void __launch_bounds__(kThreads)
-    adam_kernel(T* const* weights, T* const* ms, T* const* vs, T* const* vhats,
-                const T* const* grads, const int64_t* sizes,
-                const int32_t* chunk_tensor, const int64_t* chunk_start,
-                int64_t num_chunks, int64_t chunk_size, const Acc<T>* scales,
-                const Acc<T>* decay, Acc<T> lr, Acc<T> alpha, Acc<T> beta_1,
-                Acc<T> beta_2, Acc<T> epsilon, int amsgrad) {
+__device__ __forceinline__ void adam_chunks(
+    T* const* weights, T* const* ms, T* const* vs, T* const* vhats,
+    const T* const* grads, const int64_t* sizes, const int32_t* chunk_tensor,
+    const int64_t* chunk_start, int64_t num_chunks, int64_t chunk_size,
+    const Acc<T>* scales, const Acc<T>* decay, Acc<T> lr, Acc<T> alpha,
+    Acc<T> beta_1, Acc<T> beta_2, Acc<T> epsilon, int amsgrad) {
   using A = Acc<T>;
   constexpr int W = Pack<T>::kWidth;
   for (int64_t c = blockIdx.x; c < num_chunks; c += gridDim.x) {

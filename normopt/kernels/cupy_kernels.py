@@ -1,9 +1,11 @@
 """CuPy front end of the project's own CUDA kernels (csrc/cuda).
 
-`csrc/cuda/cupy_module.cu` (the kernels of norm_kernels.cuh and
-update_kernels.cuh, no host code) is compiled by `cupy.RawModule` with
-`csrc/` on the include path, once per dtype, with template instantiations
-named through `name_expressions`. The functions take CuPy arrays and follow
+`csrc/cuda/cupy_module.cu` (the extern "C" entry points of
+entry_points.cuh, no host code) is compiled once by `cupy.RawModule` with
+`csrc/` on the include path; kernels are looked up by their plain names
+(normopt_adam_f32, ...). Plain names rather than `name_expressions` on
+templates: CuPy resolves name expressions only with NVRTC, and the nvcc
+backend (full C++ headers, which norm_stats.h includes) is preferred. The functions take CuPy arrays and follow
 `normopt.kernels`'s signatures; they return CuPy arrays and never synchronise
 the device. Launches per call: norms/scales 2, scale 3, apply_sgd and
 apply_adam 3, whatever the number of tensors.
@@ -36,8 +38,7 @@ THREADS = 256  # csrc/cuda/tensor_list.cuh: kThreads
 MAX_BLOCKS = 1 << 20
 FINISH_THREADS = 128
 STATS_BYTES = {"float32": 32, "float64": 56}  # sizeof(NormStats<float|double>)
-CUDA_TYPE = {"float16": "__half", "bfloat16": "__nv_bfloat16", "float32": "float",
-             "float64": "double"}
+SUFFIX = {"float16": "f16", "bfloat16": "bf16", "float32": "f32", "float64": "f64"}
 
 # Kernel launches by name since import (benchmarks report launches per step).
 LAUNCHES = collections.Counter()
@@ -77,34 +78,38 @@ def _backend():
     return "nvcc" if (shutil.which("nvcc") or os.path.exists("/usr/local/cuda/bin/nvcc")) else "nvrtc"
 
 
-def _names(dtype):
-    t = CUDA_TYPE[dtype]
-    a = "double" if dtype == "float64" else "float"
-    ns = "normopt::cuda::"
+def entry_names(dtype):
+    """Short name -> entry point in csrc/cuda/entry_points.cuh, for one dtype."""
+    suf = SUFFIX[dtype]
+    acc = "f64" if dtype == "float64" else "f32"
     return {
-        "chunk_stats": f"{ns}chunk_stats_kernel<{t}>",
-        "finish": f"{ns}finish_kernel<{a}>",
-        "scales_from_norms": f"{ns}scales_from_norms_kernel<{a}>",
-        "scale": f"{ns}scale_kernel<{t}>",
-        "sgd": f"{ns}sgd_kernel<{t}>",
-        "adam": f"{ns}adam_kernel<{t}>",
+        "chunk_stats": f"normopt_chunk_stats_{suf}",
+        "finish": f"normopt_finish_{acc}",
+        "scales_from_norms": f"normopt_scales_from_norms_{acc}",
+        "scale": f"normopt_scale_{suf}",
+        "sgd": f"normopt_sgd_{suf}",
+        "adam": f"normopt_adam_{suf}",
     }
+
+
+@functools.lru_cache(maxsize=None)
+def _module():
+    _require()
+    options = ("-std=c++17", f"-I{csrc_dir()}")
+    backend = _backend()
+    if backend == "nvrtc":
+        # NVRTC has no C++ standard headers of its own; jitify supplies them.
+        return cp.RawModule(code='#include "cuda/cupy_module.cu"\n', options=options,
+                            backend="nvrtc", jitify=True)
+    return cp.RawModule(code='#include "cuda/cupy_module.cu"\n', options=options,
+                        backend=backend)
 
 
 @functools.lru_cache(maxsize=None)
 def kernels(dtype):
     """The compiled kernels of one dtype, by short name."""
-    _require()
-    names = _names(dtype)
-    src = csrc_dir()
-    code = '#include "cuda/cupy_module.cu"\n'
-    options = ("-std=c++17", f"-I{src}")
-    backend = _backend()
-    if backend == "nvrtc" and cp.cuda.get_cuda_path():
-        options += (f"-I{os.path.join(cp.cuda.get_cuda_path(), 'include')}",)
-    module = cp.RawModule(code=code, options=options, backend=backend,
-                          name_expressions=list(names.values()))
-    return {short: module.get_function(full) for short, full in names.items()}
+    module = _module()
+    return {short: module.get_function(name) for short, name in entry_names(dtype).items()}
 
 
 def _launch(dtype, name, blocks, threads, args):
@@ -121,7 +126,7 @@ class TensorList:
         _require()
         self.arrays = list(arrays)
         self.dtype = dtype or _args.common_dtype(self.arrays)
-        if self.dtype not in CUDA_TYPE:
+        if self.dtype not in SUFFIX:
             raise TypeError(f"dtype {self.dtype} has no kernel")
         if self.dtype == "bfloat16":
             for a in self.arrays:

@@ -1,0 +1,95 @@
+// The kernels' entry points: extern "C" __global__ functions with plain
+// names, one per operation and dtype, so every host finds them the same way
+// (launchers.cu by symbol, CuPy by name with either NVRTC or nvcc, no C++
+// name mangling involved). Suffixes: f16 (__half), bf16 (__nv_bfloat16),
+// f32, f64; the finish/scales kernels exist per accumulation type (f32, f64).
+//
+//   normopt_chunk_stats_SUF   grid: one block per chunk, kThreads threads
+//   normopt_finish_ACC        grid: one thread per tensor
+//   normopt_scales_from_norms_ACC
+//   normopt_scale_SUF, normopt_sgd_SUF, normopt_adam_SUF  (kThreads threads)
+//
+// Include this header in exactly one translation unit of a program.
+#ifndef NORMOPT_CUDA_ENTRY_POINTS_CUH_
+#define NORMOPT_CUDA_ENTRY_POINTS_CUH_
+
+#include "cuda/norm_kernels.cuh"
+#include "cuda/update_kernels.cuh"
+
+#define NORMOPT_ENTRY_POINTS(T, SUF)                                          \
+  extern "C" __global__ void __launch_bounds__(normopt::cuda::kThreads)       \
+      normopt_chunk_stats_##SUF(                                              \
+          const T* const* tensors, const int64_t* sizes,                      \
+          const int32_t* chunk_tensor, const int64_t* chunk_start,            \
+          int64_t num_chunks, int64_t chunk_size, unsigned needed,            \
+          normopt::NormStats<normopt::cuda::Acc<T>>* out) {                   \
+    normopt::cuda::chunk_stats<T>(tensors, sizes, chunk_tensor, chunk_start,  \
+                                  num_chunks, chunk_size, needed, out);       \
+  }                                                                           \
+  extern "C" __global__ void __launch_bounds__(normopt::cuda::kThreads)       \
+      normopt_scale_##SUF(const T* const* grads, T* const* outs,              \
+                          const int64_t* sizes, const int32_t* chunk_tensor,  \
+                          const int64_t* chunk_start, int64_t num_chunks,     \
+                          int64_t chunk_size,                                 \
+                          const normopt::cuda::Acc<T>* scales) {              \
+    normopt::cuda::scale_chunks<T>(grads, outs, sizes, chunk_tensor,          \
+                                   chunk_start, num_chunks, chunk_size,       \
+                                   scales);                                   \
+  }                                                                           \
+  extern "C" __global__ void __launch_bounds__(normopt::cuda::kThreads)       \
+      normopt_sgd_##SUF(T* const* weights, T* const* momenta,                 \
+                        const T* const* grads, const int64_t* sizes,          \
+                        const int32_t* chunk_tensor,                          \
+                        const int64_t* chunk_start, int64_t num_chunks,       \
+                        int64_t chunk_size,                                   \
+                        const normopt::cuda::Acc<T>* scales,                  \
+                        const normopt::cuda::Acc<T>* decay,                   \
+                        normopt::cuda::Acc<T> lr,                             \
+                        normopt::cuda::Acc<T> momentum, int nesterov) {       \
+    normopt::cuda::sgd_chunks<T>(weights, momenta, grads, sizes,              \
+                                 chunk_tensor, chunk_start, num_chunks,       \
+                                 chunk_size, scales, decay, lr, momentum,     \
+                                 nesterov);                                   \
+  }                                                                           \
+  extern "C" __global__ void __launch_bounds__(normopt::cuda::kThreads)       \
+      normopt_adam_##SUF(                                                     \
+          T* const* weights, T* const* ms, T* const* vs, T* const* vhats,     \
+          const T* const* grads, const int64_t* sizes,                        \
+          const int32_t* chunk_tensor, const int64_t* chunk_start,            \
+          int64_t num_chunks, int64_t chunk_size,                             \
+          const normopt::cuda::Acc<T>* scales,                                \
+          const normopt::cuda::Acc<T>* decay, normopt::cuda::Acc<T> lr,       \
+          normopt::cuda::Acc<T> alpha, normopt::cuda::Acc<T> beta_1,          \
+          normopt::cuda::Acc<T> beta_2, normopt::cuda::Acc<T> epsilon,        \
+          int amsgrad) {                                                      \
+    normopt::cuda::adam_chunks<T>(weights, ms, vs, vhats, grads, sizes,       \
+                                  chunk_tensor, chunk_start, num_chunks,      \
+                                  chunk_size, scales, decay, lr, alpha,       \
+                                  beta_1, beta_2, epsilon, amsgrad);          \
+  }
+
+#define NORMOPT_FINISH_ENTRY_POINTS(A, SUF)                                   \
+  extern "C" __global__ void normopt_finish_##SUF(                            \
+      const normopt::NormStats<A>* stats, const int64_t* first_chunk,         \
+      int num_tensors, int kind, int mode, A clipnorm, A eps, A* norms,       \
+      A* scales) {                                                            \
+    normopt::cuda::finish<A>(stats, first_chunk, num_tensors, kind, mode,     \
+                             clipnorm, eps, norms, scales);                   \
+  }                                                                           \
+  extern "C" __global__ void normopt_scales_from_norms_##SUF(                 \
+      const A* norms, int num_tensors, int mode, A clipnorm, A* scales) {     \
+    normopt::cuda::scales_from_norms<A>(norms, num_tensors, mode, clipnorm,   \
+                                        scales);                              \
+  }
+
+NORMOPT_ENTRY_POINTS(__half, f16)
+NORMOPT_ENTRY_POINTS(__nv_bfloat16, bf16)
+NORMOPT_ENTRY_POINTS(float, f32)
+NORMOPT_ENTRY_POINTS(double, f64)
+NORMOPT_FINISH_ENTRY_POINTS(float, f32)
+NORMOPT_FINISH_ENTRY_POINTS(double, f64)
+
+#undef NORMOPT_ENTRY_POINTS
+#undef NORMOPT_FINISH_ENTRY_POINTS
+
+#endif  // NORMOPT_CUDA_ENTRY_POINTS_CUH_
