@@ -227,11 +227,18 @@ class ApplyAdamOp : public ApplyOpBase<T> {
       vhat.assign(n, nullptr);
     }
 
-    const double alpha = lr * std::sqrt(1.0 - std::pow(beta_2, step)) /
-                         (1.0 - std::pow(beta_1, step));
+    // Keras forms the bias correction in the variable's dtype (for float32,
+    // 1 - 0.999^t in float32 loses ~1e-4 of its value early on); doing the
+    // same keeps this path within rounding of the inner optimizer's own.
+    const Acc b1 = static_cast<Acc>(beta_1);
+    const Acc b2 = static_cast<Acc>(beta_2);
+    const Acc t = static_cast<Acc>(step);
+    const Acc alpha = static_cast<Acc>(lr) *
+                      std::sqrt(Acc(1) - std::pow(b2, t)) /
+                      (Acc(1) - std::pow(b1, t));
     const AdamScalars<Acc> k{static_cast<Acc>(1.0 - beta_1),
                              static_cast<Acc>(1.0 - beta_2),
-                             static_cast<Acc>(alpha),
+                             alpha,
                              static_cast<Acc>(adam_eps)};
     const ChunkPlan& plan = *plan_ptr;
     ParallelForChunks(ctx, plan, 10, [&](int64_t c) {

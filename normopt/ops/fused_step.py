@@ -67,10 +67,10 @@ def _blockers(grads, variables):
     for g, v in zip(grads, variables):
         if isinstance(g, tf.IndexedSlices):
             found.append(f"the gradient of {v.name} is sparse (IndexedSlices)")
-        elif g.dtype != v.dtype:
+        elif g.dtype != tf.as_dtype(v.dtype):
             found.append(
                 f"the gradient of {v.name} is {g.dtype.name} but the "
-                f"variable is {v.dtype.name}"
+                f"variable is {tf.as_dtype(v.dtype).name}"
             )
         elif g.dtype not in (tf.float16, tf.bfloat16, tf.float32, tf.float64):
             found.append(f"dtype {g.dtype.name} has no compiled kernel")
