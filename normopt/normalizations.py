@@ -129,46 +129,60 @@ def check_normalization(name):
     return name
 
 
-def gradient_stats(values, total_count=None):
+# The statistics each norm reads; mirrors stats_needed in norm_stats.h.
+STATS_NEEDED = {
+    "l1": ("sum_abs",),
+    "avg_l1": ("sum_abs",),
+    "l2": ("sum_sq",),
+    "avg_l2": ("sum_sq",),
+    "l1_l2": ("sum_abs", "sum_sq"),
+    "avg_l1_l2": ("sum_abs", "sum_sq"),
+    "max": ("max_abs",),
+    "min_max": ("max_abs", "min_abs"),
+    "std": ("mean", "m2"),
+}
+
+
+def gradient_stats(values, total_count=None, needed=None):
     """One-pass statistics of a gradient, in its accumulation dtype.
 
     `values` holds the explicit elements; `total_count` (>= their number) is
     the element count of the dense tensor they stand for, the rest being
-    zeros (a deduplicated IndexedSlices). Returns a dict with count, sum_abs,
-    sum_sq, max_abs, min_abs, mean and m2 = sum (g - mean)^2.
+    zeros (a deduplicated IndexedSlices). Returns a dict with count and those
+    of sum_abs, sum_sq, max_abs, min_abs, mean and m2 = sum (g - mean)^2
+    named in `needed` (all when None), so a graph holds only what its norm
+    reads.
     """
+    needed = set(needed or ("sum_abs", "sum_sq", "max_abs", "min_abs", "mean", "m2"))
     acc = accumulation_dtype(values.dtype)
     x = tf.reshape(tf.cast(values, acc), [-1])
     k = tf.cast(tf.size(x), acc)
     n = k if total_count is None else tf.cast(total_count, acc)
     zeros = n - k
-    safe_n = tf.maximum(n, 1)
-    a = tf.abs(x)
-    sum_abs = tf.reduce_sum(a)
-    sum_sq = tf.reduce_sum(tf.square(x))
     has_values = k > 0
-    max_abs = tf.where(has_values, tf.reduce_max(a), tf.zeros([], acc))
-    min_abs = tf.where(has_values, tf.reduce_min(a), tf.zeros([], acc))
-    min_abs = tf.where(zeros > 0, tf.zeros([], acc), min_abs)
-    mean = tf.reduce_sum(x) / safe_n
-    m2 = tf.reduce_sum(tf.square(x - mean)) + zeros * tf.square(mean)
-    return dict(
-        count=n,
-        sum_abs=sum_abs,
-        sum_sq=sum_sq,
-        max_abs=max_abs,
-        min_abs=min_abs,
-        mean=mean,
-        m2=m2,
-    )
+    out = dict(count=n)
+    if needed & {"sum_abs", "max_abs", "min_abs"}:
+        a = tf.abs(x)
+    if "sum_abs" in needed:
+        out["sum_abs"] = tf.reduce_sum(a)
+    if "sum_sq" in needed:
+        out["sum_sq"] = tf.reduce_sum(tf.square(x))
+    if "max_abs" in needed:
+        out["max_abs"] = tf.where(has_values, tf.reduce_max(a), tf.zeros([], acc))
+    if "min_abs" in needed:
+        min_abs = tf.where(has_values, tf.reduce_min(a), tf.zeros([], acc))
+        out["min_abs"] = tf.where(zeros > 0, tf.zeros([], acc), min_abs)
+    if needed & {"mean", "m2"}:
+        mean = tf.reduce_sum(x) / tf.maximum(n, 1)
+        out["mean"] = mean
+        out["m2"] = tf.reduce_sum(tf.square(x - mean)) + zeros * tf.square(mean)
+    return out
 
 
 def finalize_norm(name, s, eps):
     """norm from statistics `s`; mirrors finalize_norm in norm_stats.h."""
     name = canonical_name(name)
     safe_n = tf.maximum(s["count"], 1)
-    avg_abs = s["sum_abs"] / safe_n
-    avg_l2 = tf.sqrt(s["sum_sq"] / safe_n)
     if name == "l1":
         return s["sum_abs"] + eps
     if name == "l2":
@@ -176,11 +190,11 @@ def finalize_norm(name, s, eps):
     if name == "l1_l2":
         return (s["sum_abs"] + tf.sqrt(s["sum_sq"])) / 2 + eps
     if name == "avg_l1":
-        return avg_abs + eps
+        return s["sum_abs"] / safe_n + eps
     if name == "avg_l2":
-        return avg_l2 + eps
+        return tf.sqrt(s["sum_sq"] / safe_n) + eps
     if name == "avg_l1_l2":
-        return (avg_abs + avg_l2) / 2 + eps
+        return (s["sum_abs"] / safe_n + tf.sqrt(s["sum_sq"] / safe_n)) / 2 + eps
     if name == "max":
         return s["max_abs"] + eps
     if name == "min_max":
@@ -205,12 +219,13 @@ def tf_norm(grad, name, eps=None):
             values, _ = deduplicate(grad)
             total = tf.reduce_prod(tf.cast(grad.dense_shape, tf.int64))
             acc = accumulation_dtype(values.dtype)
-            stats = gradient_stats(values, total)
+            stats = gradient_stats(values, total, STATS_NEEDED[canonical_name(name)])
             return finalize_norm(name, stats, as_scalar(eps, acc))
     acc = accumulation_dtype(grad.dtype)
     if fn is not None:
         return tf.cast(fn(grad), acc)
-    return finalize_norm(name, gradient_stats(grad), as_scalar(eps, acc))
+    stats = gradient_stats(grad, needed=STATS_NEEDED[canonical_name(name)])
+    return finalize_norm(name, stats, as_scalar(eps, acc))
 
 
 def deduplicate(slices):
