@@ -117,6 +117,41 @@ def test_gradient_tape_in_tf_function_and_xla_match_eager(kind):
     if kind == "xla":
         assert opt.last_path.name == "tf"
         assert "XLA" in opt.last_path.reason
+    else:
+        assert opt.last_path.name == "fused"
+
+
+def test_xla_step_matches_fused_step():
+    """XLA compiles the pure-TF math: same numbers as the compiled op's path."""
+    fused_losses, fused_w, fused_opt = _tape_training("function", True)
+    xla_losses, xla_w, xla_opt = _tape_training("xla", None)
+    assert fused_opt.last_path.name == "fused"
+    assert xla_opt.last_path.name == "tf" and "XLA" in xla_opt.last_path.reason
+    np.testing.assert_allclose(xla_losses, fused_losses, rtol=1e-5)
+    for a, b in zip(xla_w, fused_w):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("wrapper", ["normalized", "clipped"])
+def test_model_fit_jit_compile_matches_fused_fit(wrapper):
+    """model.fit with jit_compile=True (pure TF under XLA) vs without (fused)."""
+    def train(jit_compile):
+        inner = keras.optimizers.Adam(1e-2)
+        opt = (normopt.NormalizedOptimizer(inner, "l2") if wrapper == "normalized"
+               else normopt.ClippedOptimizer(inner, "l2", clipnorm=0.5))
+        model = small_model(2)
+        model.compile(optimizer=opt, loss="mse", jit_compile=jit_compile)
+        x, y = data(64, 2)
+        hist = model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+        return hist.history["loss"], [w.numpy() for w in model.weights], opt
+
+    fused_loss, fused_w, fused_opt = train(False)
+    xla_loss, xla_w, xla_opt = train(True)
+    assert fused_opt.last_path.name == "fused"
+    assert xla_opt.last_path.name == "tf" and "XLA" in xla_opt.last_path.reason
+    np.testing.assert_allclose(xla_loss, fused_loss, rtol=1e-5)
+    for a, b in zip(xla_w, fused_w):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_model_fit_with_jit_compile_true():

@@ -108,3 +108,38 @@ def test_custom_normalization_save_load(tmp_path):
         fit(loaded, x, y, 1)
     finally:
         normopt.unregister_normalization("half_l1")
+
+
+# (fused argument, jit_compile) of each path a model can be trained under
+TRAIN_PATHS = {"fused": (True, False), "tf": (False, False), "xla": (None, True)}
+EXPECTED_PATH = {"fused": "fused", "tf": "tf", "xla": "tf"}
+
+
+@pytest.mark.parametrize("kind", ["normalized", "clipped"])
+@pytest.mark.parametrize("save_path,load_path", [("fused", "xla"), ("xla", "fused"),
+                                                 ("xla", "tf"), ("tf", "xla")])
+def test_save_under_one_path_load_under_another(tmp_path, kind, save_path, load_path):
+    """Saved after training on one path, resumed on another: continues like pure TF."""
+    model, x, y = model_and_data()
+    model.compile(optimizer=make_opt(kind, False), loss="mse")
+    fit(model, x, y, 4)
+    uninterrupted = [w.numpy() for w in model.weights]
+
+    fused, jit = TRAIN_PATHS[save_path]
+    model, x, y = model_and_data()
+    model.compile(optimizer=make_opt(kind, fused), loss="mse", jit_compile=jit)
+    fit(model, x, y, 2)
+    assert model.optimizer.last_path.name == EXPECTED_PATH[save_path]
+    path = tmp_path / "m.keras"
+    model.save(path)
+
+    loaded = keras.models.load_model(path)
+    opt = loaded.optimizer
+    for a, b in zip(opt.variables, model.optimizer.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    opt.fused, loaded.jit_compile = TRAIN_PATHS[load_path]
+    assert int(opt.iterations.numpy()) == 6
+    fit(loaded, x, y, 2)
+    assert opt.last_path.name == EXPECTED_PATH[load_path]
+    for a, b in zip(loaded.weights, uninterrupted):
+        np.testing.assert_allclose(a.numpy(), b, rtol=1e-5, atol=1e-6)

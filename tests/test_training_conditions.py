@@ -46,6 +46,8 @@ def test_mixed_precision_training(policy, policy_name, wrapper):
     assert np.all(np.isfinite(hist.history["loss"]))
     assert hist.history["loss"][-1] < 0.7 * hist.history["loss"][0]
     assert int(opt.iterations.numpy()) > 0
+    # float32 variables under a mixed policy: the compiled op runs the step
+    assert opt.last_path.name == "fused", opt.last_path
 
 
 def test_explicit_loss_scale_optimizer_around_wrapper():
@@ -59,12 +61,14 @@ def test_explicit_loss_scale_optimizer_around_wrapper():
     np.testing.assert_allclose(-var.numpy(), g, rtol=1e-6)
 
 
+@pytest.mark.parametrize("fused,path", [(False, "tf"), (True, "fused")])
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-def test_16bit_gradient_whose_squares_overflow(dtype):
+def test_16bit_gradient_whose_squares_overflow(dtype, fused, path):
     var = keras.Variable(np.zeros(256, np.float32).astype(dtype), dtype=dtype)
     g = np.full(256, 2000.0)  # sum of squares 1e9: beyond float16's 65504
-    opt = normopt.NormalizedOptimizer(keras.optimizers.SGD(1.0), "l2", fused=False)
+    opt = normopt.NormalizedOptimizer(keras.optimizers.SGD(1.0), "l2", fused=fused)
     opt.apply([tf.constant(g, dtype)], [var])
+    assert opt.last_path.name == path
     got = -var.numpy().astype(np.float64)
     assert np.all(np.isfinite(got))
     np.testing.assert_allclose(got, R.normalize(g, R.norm(g, "l2")), rtol=1e-2)
