@@ -101,7 +101,9 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
 
     def _check_fused_possible(self):
         """fused=True: fail at construction for what is known already."""
-        fused_step.choose_path(True, self.normalization, self.inner_optimizer, [], [])
+        fused_step.choose_path(
+            True, self.normalization, self.inner_optimizer, [], [], in_step=False
+        )
 
     # Registry access under the names users of the old Keras 2 wrapper know.
     @staticmethod

@@ -35,29 +35,36 @@ def assert_same_training(a, b, rtol=1e-5, atol=1e-6):
 
 
 @pytest.mark.parametrize("kind", ["normalized_adam", "clipped_nesterov"])
-@pytest.mark.parametrize("fused", ["false", "null"])
+@pytest.mark.parametrize("fused", ["false", "null", "true"])
 def test_two_replicas_match_one(kind, fused):
     one = run_worker(1, kind, fused, "noskip")
     two = run_worker(2, kind, fused, "noskip")
     assert two["replicas"] == 2
+    # the compiled op runs per device under MirroredStrategy
+    expected = "tf" if fused == "false" else "fused"
+    assert one["path"] == two["path"] == expected, (one["reason"], two["reason"])
     assert_same_training(one, two)
     assert one["iterations"] == 8
 
 
-def test_skip_nonfinite_under_distribution():
-    one = run_worker(1, "normalized_adam", "false", "skip")
-    two = run_worker(2, "normalized_adam", "false", "skip")
+@pytest.mark.parametrize("fused", ["false", "true"])
+def test_skip_nonfinite_under_distribution(fused):
+    one = run_worker(1, "normalized_adam", fused, "skip")
+    two = run_worker(2, "normalized_adam", fused, "skip")
+    assert two["path"] == ("tf" if fused == "false" else "fused")
     assert one["skipped"] == 2  # the poisoned batch, once per epoch
     assert one["iterations"] == 6
     assert_same_training(one, two)
 
 
 def test_save_distributed_load_single(tmp_path):
-    """Saved under MirroredStrategy, resumed on one device: same as never distributed."""
+    """Saved under MirroredStrategy (fused), resumed on one device (pure TF):
+    the same as never distributed."""
     dist, single = tmp_path / "dist.keras", tmp_path / "single.keras"
-    run_worker(2, "normalized_adam", "null", "noskip", dist)
+    assert run_worker(2, "normalized_adam", "true", "noskip", dist)["path"] == "fused"
     run_worker(1, "normalized_adam", "null", "noskip", single)
-    from_dist = run_worker(1, "normalized_adam", "null", "noskip", "", dist)
+    from_dist = run_worker(1, "normalized_adam", "false", "noskip", "", dist)
+    assert from_dist["path"] == "tf"
     from_single = run_worker(1, "normalized_adam", "null", "noskip", "", single)
     assert from_dist["iterations"] == 16
     assert_same_training(from_dist, from_single)

@@ -135,11 +135,17 @@ def test_adam_step_matches_reference(op_library, data, norm, amsgrad, step):
         denom = np.maximum(hs[i].astype(dtype), v_ref) if amsgrad else v_ref
         alpha = lr * np.sqrt(1 - b2**step) / (1 - b1**step)
         w = w - alpha * m_ref / (np.sqrt(denom) + adam_eps)
+        # g'^2 of a gradient normalized by a tiny norm (the std of a constant
+        # tensor is eps) can exceed the float32 range: v must then read inf,
+        # and the elements it feeds are not comparable with float64.
+        limit = np.finfo(np.float64 if dtype == "float64" else np.float32).max
+        over = np.abs(v_ref) > limit
+        assert np.all(np.isinf(v[i].numpy()[over]))
         np.testing.assert_allclose(m[i].numpy(), m_ref, **tol)
-        np.testing.assert_allclose(v[i].numpy(), v_ref, **tol)
-        np.testing.assert_allclose(var[i].numpy(), w, **tol)
+        np.testing.assert_allclose(v[i].numpy()[~over], v_ref[~over], **tol)
+        np.testing.assert_allclose(var[i].numpy()[~over], w[~over], **tol)
         if amsgrad:
-            np.testing.assert_allclose(h[i].numpy(), denom, **tol)
+            np.testing.assert_allclose(h[i].numpy()[~over], denom[~over], **tol)
 
 
 # --- invalid arguments -------------------------------------------------------

@@ -47,23 +47,32 @@ def unsupported_options(inner):
     return found
 
 
-def _blockers(grads, variables):
-    """Reasons no compiled op can run this step at all (empty when it can)."""
+def _blockers(grads, variables, in_step=True):
+    """Reasons no compiled op can run this step at all (empty when it can).
+
+    `in_step=False` (at construction) leaves out what depends on where the
+    step will run (XLA, replica context): only the step can tell.
+    """
     from normopt.ops import library
 
     status = library.status()
     found = []
     if not status["loaded"]:
         found.append(f"the op library is not loaded: {status['reason']}")
-    if paths.in_xla_context():
+    if in_step and paths.in_xla_context():
         found.append(
             "the step is being compiled by XLA (jit_compile=True) and the "
             "compiled op has no XLA kernel"
         )
-    if tf.distribute.has_strategy() and tf.distribute.in_cross_replica_context():
-        found.append("apply() was called in a cross-replica context")
-    elif tf.distribute.has_strategy():
-        found.append("a tf.distribute strategy is active")
+    if in_step and tf.distribute.has_strategy():
+        strategy = tf.distribute.get_strategy()
+        if tf.distribute.in_cross_replica_context():
+            found.append("apply() was called in a cross-replica context")
+        elif not isinstance(strategy, tf.distribute.MirroredStrategy):
+            found.append(
+                f"{type(strategy).__name__} is active (the compiled path "
+                "runs under MirroredStrategy only)"
+            )
     for g, v in zip(grads, variables):
         if isinstance(g, tf.IndexedSlices):
             found.append(f"the gradient of {v.name} is sparse (IndexedSlices)")
@@ -79,14 +88,14 @@ def _blockers(grads, variables):
     return found
 
 
-def choose_path(fused, normalization, inner, grads, variables):
+def choose_path(fused, normalization, inner, grads, variables, in_step=True):
     """The StepPath of one step; raises FusedPathUnavailable for fused=True.
 
     `grads`/`variables` hold only the pairs with a gradient.
     """
     if fused is False:
         return StepPath(paths.TF, "fused=False")
-    reasons = _blockers(grads, variables)
+    reasons = _blockers(grads, variables, in_step)
     kernel = update_kernel(inner)
     options = unsupported_options(inner)
     if not reasons and kernel is not None and options:
@@ -140,9 +149,49 @@ def run_fused_scale(normalization, mode, clipnorm, grads, variables):
 
 
 def run_fused_update(inner, normalization, mode, clipnorm, grads, variables):
-    """One whole inner-optimizer step through the fused update kernel."""
+    """One whole inner-optimizer step through the fused update kernel.
+
+    Under MirroredStrategy (replica context, gradients already summed across
+    replicas) the op runs once per local device on that device's copies of
+    the variables and slots, the way Keras's own distributed update does.
+    """
+    if not tf.distribute.has_strategy():
+        _update_variables(inner, normalization, mode, clipnorm, grads, variables)
+        _finish_step(inner, variables)
+        return
+
+    def update(distribution, grads):
+        local_grads = [distribution.experimental_local_results(g) for g in grads]
+        for i, device in enumerate(distribution.extended.worker_devices):
+
+            def on_device(v, i=i):
+                return distribution.experimental_local_results(v.value)[i]
+
+            with tf.device(device):
+                _update_variables(
+                    inner,
+                    normalization,
+                    mode,
+                    clipnorm,
+                    [g[i] for g in local_grads],
+                    variables,
+                    on_device,
+                )
+        _finish_step(inner, variables)
+
+    tf.distribute.get_replica_context().merge_call(update, args=(grads,))
+
+
+def _update_variables(inner, normalization, mode, clipnorm, grads, variables,
+                      on_device=None):
+    """The fused op over `variables` (Keras variables) and their slots.
+
+    `on_device` maps a Keras variable to the copy the op updates (one
+    device's component of a mirrored variable); by default the variable.
+    """
     from normopt.ops import fused
 
+    local = on_device or (lambda v: v)
     kernel = update_kernel(inner)
     eps = keras.config.epsilon()
     lr = tf.cast(inner.learning_rate, tf.float64)
@@ -176,8 +225,8 @@ def run_fused_update(inner, normalization, mode, clipnorm, grads, variables):
                 [inner.momentums[i] for i in index] if inner.momentum else []
             )
             fused.apply_sgd(
-                vs,
-                momenta,
+                [local(v) for v in vs],
+                [local(m) for m in momenta],
                 gs,
                 momentum=inner.momentum,
                 nesterov=inner.nesterov,
@@ -190,10 +239,10 @@ def run_fused_update(inner, normalization, mode, clipnorm, grads, variables):
                 else []
             )
             fused.apply_adam(
-                vs,
-                [inner._momentums[i] for i in index],
-                [inner._velocities[i] for i in index],
-                vhat,
+                [local(v) for v in vs],
+                [local(inner._momentums[i]) for i in index],
+                [local(inner._velocities[i]) for i in index],
+                [local(h) for h in vhat],
                 gs,
                 beta_1=inner.beta_1,
                 beta_2=inner.beta_2,
@@ -201,6 +250,10 @@ def run_fused_update(inner, normalization, mode, clipnorm, grads, variables):
                 step=step,
                 **common,
             )
+
+
+def _finish_step(inner, variables):
+    """What Keras does after the update: constraints, then iterations += 1."""
     for v in variables:
         if v.constraint is not None:
             v.assign(v.constraint(v))
