@@ -1,9 +1,11 @@
 // CPU kernels of NormoptApplySgd and NormoptApplyAdam.
 //
-// One step: validate, read each gradient once for its statistics (or take
-// the precomputed norms), lock the variables, then one parallel pass over the
-// fixed chunks that scales the gradient on the fly and updates the variable
-// and its slots in place (update_rules.h).
+// One step: validate, gather the statistics of the gradients that span
+// several chunks (or take the precomputed norms), lock the variables, then
+// one parallel pass over the fixed chunks that scales the gradient on the fly
+// and updates the variable and its slots in place (update_rules.h). A
+// gradient of one chunk gets its statistics in that same pass, on the chunk
+// it is about to update (DeferredScales in tensor_scales.h).
 
 // PrepareToUpdateVariable copies on the CPU (ThreadPoolDevice) with Eigen.
 #define EIGEN_USE_THREADS
@@ -51,7 +53,7 @@ class ApplyOpBase : public OpKernel {
   // Reads the gradients, lr and the per-tensor inputs, then computes the
   // scales: everything that needs no variable.
   absl::Status Prepare(OpKernelContext* ctx, GradList<T>* grads, double* lr,
-                       std::vector<Acc>* scales, std::vector<Acc>* decay_lr,
+                       DeferredScales<T>* scales, std::vector<Acc>* decay_lr,
                        std::unique_ptr<ChunkPlan>* plan) {
     TF_RETURN_IF_ERROR(grads->Read(ctx, "grad"));
     const int n = grads->size();
@@ -74,8 +76,8 @@ class ApplyOpBase : public OpKernel {
       (*decay_lr)[i] = static_cast<Acc>(static_cast<double>(d(i)) * *lr);
     }
     *plan = std::make_unique<ChunkPlan>(grads->sizes);
-    ComputeScales<T>(ctx, source_, mode_, **plan, grads->data, eps, clipnorm,
-                     *norms, scales);
+    scales->Compute(ctx, source_, mode_, **plan, grads->data, eps, clipnorm,
+                    *norms);
     return absl::OkStatus();
   }
 
@@ -116,7 +118,8 @@ class ApplySgdOp : public ApplyOpBase<T> {
   void Compute(OpKernelContext* ctx) override {
     GradList<T> grads;
     double lr, momentum;
-    std::vector<Acc> scales, decay_lr;
+    DeferredScales<T> scales;
+    std::vector<Acc> decay_lr;
     std::unique_ptr<ChunkPlan> plan_ptr;
     OP_REQUIRES_OK(ctx, ScalarInput(ctx, "momentum", &momentum));
     int start, stop;
@@ -158,8 +161,9 @@ class ApplySgdOp : public ApplyOpBase<T> {
       T* mi = m[i] == nullptr ? nullptr : m[i] + ch.begin;
       const T* gi = grads.data[i] + ch.begin;
       const bool decay = decay_lr[i] != Acc(0);
+      const Acc s = scales.Of(ch, gi);
 #define NORMOPT_SGD(V, D) \
-  SgdChunk<T, V, D>(wi, mi, gi, len, scales[i], decay_lr[i], k)
+  SgdChunk<T, V, D>(wi, mi, gi, len, s, decay_lr[i], k)
       switch (variant * 2 + (decay ? 1 : 0)) {
         case 0: NORMOPT_SGD(0, false); break;
         case 1: NORMOPT_SGD(0, true); break;
@@ -206,7 +210,8 @@ class ApplyAdamOp : public ApplyOpBase<T> {
 
     GradList<T> grads;
     double lr;
-    std::vector<Acc> scales, decay_lr;
+    DeferredScales<T> scales;
+    std::vector<Acc> decay_lr;
     std::unique_ptr<ChunkPlan> plan_ptr;
     OP_REQUIRES_OK(ctx, this->Prepare(ctx, &grads, &lr, &scales, &decay_lr, &plan_ptr));
 
@@ -251,8 +256,9 @@ class ApplyAdamOp : public ApplyOpBase<T> {
       T* hi = vhat[i] == nullptr ? nullptr : vhat[i] + ch.begin;
       const T* gi = grads.data[i] + ch.begin;
       const bool decay = decay_lr[i] != Acc(0);
+      const Acc s = scales.Of(ch, gi);
 #define NORMOPT_ADAM(A, D) \
-  AdamChunk<T, A, D>(wi, mi, vi, hi, gi, len, scales[i], decay_lr[i], k)
+  AdamChunk<T, A, D>(wi, mi, vi, hi, gi, len, s, decay_lr[i], k)
       switch ((amsgrad ? 2 : 0) + (decay ? 1 : 0)) {
         case 0: NORMOPT_ADAM(false, false); break;
         case 1: NORMOPT_ADAM(false, true); break;

@@ -49,19 +49,29 @@ struct ChunkPlan {
   int64_t size() const { return static_cast<int64_t>(chunks.size()); }
 };
 
+// Runs fn(k) for k in [0, count) on TF's CPU worker threads. `cost_per_unit`
+// is a rough cycle count of one call; it tells Shard whether splitting the
+// work is worth a thread hop.
+inline void ParallelForCount(tensorflow::OpKernelContext* ctx, int64_t count,
+                             int64_t cost_per_unit,
+                             const std::function<void(int64_t)>& fn) {
+  if (count <= 0) return;
+  const auto* threads = ctx->device()->tensorflow_cpu_worker_threads();
+  tensorflow::Shard(threads->num_threads, threads->workers, count,
+                    cost_per_unit, [&](int64_t begin, int64_t end) {
+                      for (int64_t k = begin; k < end; ++k) fn(k);
+                    });
+}
+
 // Runs fn(chunk_index) for every chunk on TF's CPU worker threads.
 // `cost_per_elem` is a rough cycle count per element; with the mean chunk
-// length it tells Shard whether splitting the work is worth a thread hop.
+// length it gives Shard the cost of one chunk.
 inline void ParallelForChunks(tensorflow::OpKernelContext* ctx,
                               const ChunkPlan& plan, int64_t cost_per_elem,
                               const std::function<void(int64_t)>& fn) {
   if (plan.size() == 0) return;
-  const auto* threads = ctx->device()->tensorflow_cpu_worker_threads();
-  tensorflow::Shard(threads->num_threads, threads->workers, plan.size(),
-                    (plan.total_elems / plan.size() + 1) * cost_per_elem,
-                    [&](int64_t begin, int64_t end) {
-                      for (int64_t c = begin; c < end; ++c) fn(c);
-                    });
+  ParallelForCount(ctx, plan.size(),
+                   (plan.total_elems / plan.size() + 1) * cost_per_elem, fn);
 }
 
 }  // namespace normopt

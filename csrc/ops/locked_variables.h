@@ -60,20 +60,22 @@ class LockedVariables {
     for (int i = 0; i < grads.size(); ++i) {
       tensorflow::Var* var = vars_[first + i].get();
       tensorflow::Tensor* t = var->tensor();
-      const std::string what =
-          std::string("normopt: ") + role + "[" + std::to_string(i) + "]";
+      // Built only for an error message (hundreds of variables per step).
+      auto what = [&] {
+        return std::string("normopt: ") + role + "[" + std::to_string(i) + "]";
+      };
       if (!var->is_initialized || !t->IsInitialized()) {
-        return absl::FailedPreconditionError(what + " is not initialized");
+        return absl::FailedPreconditionError(what() + " is not initialized");
       }
       if (t->dtype() != tensorflow::DataTypeToEnum<T>::v()) {
         return absl::InvalidArgumentError(
-            what + " has dtype " + tensorflow::DataTypeString(t->dtype()) +
+            what() + " has dtype " + tensorflow::DataTypeString(t->dtype()) +
             " but the gradients are " +
             tensorflow::DataTypeString(tensorflow::DataTypeToEnum<T>::v()));
       }
       if (t->shape() != grads.tensors[i].shape()) {
         return absl::InvalidArgumentError(
-            what + " has shape " + t->shape().DebugString() +
+            what() + " has shape " + t->shape().DebugString() +
             " but its gradient has shape " +
             grads.tensors[i].shape().DebugString());
       }

@@ -87,6 +87,23 @@ inline absl::Status CheckPerTensorInput(const tensorflow::Tensor& t,
   return absl::OkStatus();
 }
 
+// The norm of one tensor from the statistics of its chunks, merged in chunk
+// order. merge_stats compares max/min, which drops a NaN; a NaN gradient
+// element must give a NaN norm, as on the TF path.
+template <typename Acc>
+Acc NormFromChunkStats(NormKind kind, const NormStats<Acc>* chunk_stats,
+                       int64_t count, Acc eps) {
+  NormStats<Acc> s = NormStats<Acc>::empty();
+  bool nan_extreme = false;
+  for (int64_t c = 0; c < count; ++c) {
+    s = merge_stats(s, chunk_stats[c]);
+    nan_extreme = nan_extreme || std::isnan(chunk_stats[c].max_abs) ||
+                  std::isnan(chunk_stats[c].min_abs);
+  }
+  return nan_extreme ? std::numeric_limits<Acc>::quiet_NaN()
+                     : finalize_norm(kind, s, eps);
+}
+
 // Norms of the gradients data[i] (sizes in plan), built-in kind.
 template <typename T>
 void ComputeNorms(tensorflow::OpKernelContext* ctx, NormKind kind,
@@ -102,19 +119,86 @@ void ComputeNorms(tensorflow::OpKernelContext* ctx, NormKind kind,
   const int64_t n = static_cast<int64_t>(data.size());
   norms->resize(n);
   for (int64_t i = 0; i < n; ++i) {
-    NormStats<Acc> s = NormStats<Acc>::empty();
-    // merge_stats compares max/min, which drops a NaN; a NaN gradient
-    // element must give a NaN norm, as on the TF path.
-    bool nan_extreme = false;
-    for (int64_t c = plan.first[i]; c < plan.first[i + 1]; ++c) {
-      s = merge_stats(s, chunk_stats[c]);
-      nan_extreme = nan_extreme || std::isnan(chunk_stats[c].max_abs) ||
-                    std::isnan(chunk_stats[c].min_abs);
-    }
-    (*norms)[i] = nan_extreme ? std::numeric_limits<Acc>::quiet_NaN()
-                              : finalize_norm(kind, s, eps);
+    (*norms)[i] = NormFromChunkStats<Acc>(kind, chunk_stats.data() + plan.first[i],
+                                          plan.first[i + 1] - plan.first[i], eps);
   }
 }
+
+// Per-tensor scales for an op that then makes one pass over every chunk.
+//
+// A tensor of one chunk needs no merge: its statistics are gathered in that
+// pass, on the chunk it is about to update (`Of`), so small tensors cost one
+// parallel pass instead of two. Tensors of several chunks (and empty ones)
+// get their scale here, from a parallel pass over their chunks only. Both
+// ways run the same ChunkStats and NormFromChunkStats on the same chunks, so
+// the scales are the same bits as ComputeScales gives.
+template <typename T>
+class DeferredScales {
+ public:
+  using Acc = AccType<T>;
+
+  void Compute(tensorflow::OpKernelContext* ctx, const NormSource& source,
+               ScaleMode mode, const ChunkPlan& plan,
+               const std::vector<const T*>& data, double eps, double clipnorm,
+               const tensorflow::Tensor& precomputed_norms) {
+    kind_ = source.kind;
+    mode_ = mode;
+    eps_ = static_cast<Acc>(eps);
+    clipnorm_ = static_cast<Acc>(clipnorm);
+    const int64_t n = static_cast<int64_t>(data.size());
+    scales_.assign(n, Acc(1));
+    in_pass_.assign(n, 0);
+    if (source.precomputed) {
+      auto given = precomputed_norms.flat<Acc>();
+      for (int64_t i = 0; i < n; ++i) {
+        scales_[i] = scale_from_norm(mode_, given(i), clipnorm_);
+      }
+      return;
+    }
+    std::vector<int64_t> merged_chunks;  // chunks of multi-chunk tensors
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t count = plan.first[i + 1] - plan.first[i];
+      if (count == 1) {
+        in_pass_[i] = 1;
+      } else {
+        for (int64_t c = plan.first[i]; c < plan.first[i + 1]; ++c) {
+          merged_chunks.push_back(c);
+        }
+      }
+    }
+    std::vector<NormStats<Acc>> chunk_stats(plan.size());
+    ParallelForCount(ctx, static_cast<int64_t>(merged_chunks.size()),
+                     kChunkElems * (kind_ == NormKind::kStd ? 6 : 2),
+                     [&](int64_t k) {
+                       const Chunk& ch = plan.chunks[merged_chunks[k]];
+                       chunk_stats[merged_chunks[k]] = ChunkStats<T>(
+                           kind_, data[ch.tensor] + ch.begin, ch.end - ch.begin);
+                     });
+    for (int64_t i = 0; i < n; ++i) {
+      if (in_pass_[i]) continue;
+      const Acc norm = NormFromChunkStats<Acc>(
+          kind_, chunk_stats.data() + plan.first[i],
+          plan.first[i + 1] - plan.first[i], eps_);
+      scales_[i] = scale_from_norm(mode_, norm, clipnorm_);
+    }
+  }
+
+  // The scale of the tensor of chunk `ch`, whose gradient chunk is g[0, len).
+  Acc Of(const Chunk& ch, const T* g) const {
+    if (!in_pass_[ch.tensor]) return scales_[ch.tensor];
+    const NormStats<Acc> st = ChunkStats<T>(kind_, g, ch.end - ch.begin);
+    return scale_from_norm(mode_, NormFromChunkStats<Acc>(kind_, &st, 1, eps_),
+                           clipnorm_);
+  }
+
+ private:
+  NormKind kind_ = NormKind::kL2;
+  ScaleMode mode_ = ScaleMode::kNormalize;
+  Acc eps_ = Acc(0);
+  Acc clipnorm_ = Acc(0);
+  std::vector<Acc> scales_;
+  std::vector<char> in_pass_;  // 1: single-chunk tensor, scale made in Of
+};
 
 // The per-tensor scales of the gradients: from built-in norms, or from
 // `precomputed_norms` (shape [N], accumulation type, already validated).
