@@ -65,3 +65,191 @@ def test_every_cuda_source_compiles(tmp_path):
         for name in entry_names(dtype).values():
             for arch in ARCHS:
                 assert (name, arch) in defined, f"{name} (sm_{arch}) missing from cupy_module.cu"
+
+
+# ---- the CUDA kernels executed on the CPU (csrc/cuda/tools/host_emulation.cpp) ----
+
+DTYPE_CODE = {"float16": 0, "bfloat16": 1, "float32": 2, "float64": 3}
+
+
+def build_emulation(tmp_dir, block_threads):
+    """Builds the host emulation of csrc/cuda with `block_threads` per block."""
+    cxx = shutil.which("g++") or shutil.which("clang++")
+    nvcc = find_nvcc()
+    if cxx is None or nvcc is None:
+        pytest.skip("host emulation needs g++/clang++ (C++20) and the CUDA headers next to nvcc")
+    candidates = [os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))), "include"),
+                  os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "include"),
+                  "/usr/local/cuda/include"]
+    include = next((c for c in candidates if os.path.isfile(os.path.join(c, "cuda_fp16.h"))), None)
+    if include is None:
+        pytest.skip(f"cuda_fp16.h not found in {candidates}")
+    out = os.path.join(tmp_dir, f"libnormopt_emu_{block_threads}.so")
+    subprocess.run([cxx, "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread",
+                    "-fvisibility=hidden", "-Wl,-Bsymbolic",
+                    f"-DNORMOPT_CUDA_BLOCK_THREADS={block_threads}",
+                    "-I", os.path.join(ROOT, "csrc"), "-I", include,
+                    os.path.join(ROOT, "csrc", "cuda", "tools", "host_emulation.cpp"), "-o", out],
+                   check=True, capture_output=True, text=True)
+    return out
+
+
+class HostEmulated:
+    """The normopt.kernels functions, on NumPy arrays, running csrc/cuda's entry
+    points through the host emulation library (same chunk table as CuPy)."""
+
+    def __init__(self, path):
+        import ctypes
+
+        self.ct = ctypes
+        self.lib = ctypes.CDLL(path)
+        self.calls = 0
+
+    def _p(self, array):
+        return self.ct.c_void_p(array.ctypes.data)
+
+    @staticmethod
+    def _ptrs(arrays):
+        import numpy as np
+
+        return np.array([a.ctypes.data for a in arrays] or [0], dtype=np.uintp)
+
+    def _prepare(self, arrays, chunk_size):
+        import numpy as np
+        from normopt.kernels import _args
+        from normopt.kernels.chunks import chunk_table
+
+        arrays = [np.asarray(a) for a in arrays]
+        dtype = _args.common_dtype(arrays)
+        for a in arrays:
+            assert a.flags.c_contiguous
+        sizes = np.array([a.size for a in arrays] or [0], np.int64)
+        table = chunk_table(sizes[:len(arrays)], chunk_size)
+        return arrays, dtype, sizes, table
+
+    def _stats(self, arrays, kind, mode, clipnorm, eps, chunk_size):
+        import numpy as np
+        from normopt.kernels import _args, _finalize
+
+        arrays, dtype, sizes, table = self._prepare(arrays, chunk_size)
+        acc = _args.acc_dtype(dtype)
+        norms = np.zeros(max(len(arrays), 1), acc)
+        scales = np.zeros(max(len(arrays), 1), acc)
+        ct, p = self.ct, self._p
+        ptrs = self._ptrs(arrays)  # kept alive across the call
+        rc = self.lib.emu_norms(
+            ct.c_int(DTYPE_CODE[dtype]), p(ptrs), p(sizes),
+            ct.c_int(len(arrays)), p(table.tensor), p(table.start), p(table.first),
+            ct.c_int64(table.tensor.size), ct.c_int64(table.chunk_size),
+            ct.c_int(_finalize.kind_code(kind)), ct.c_int(_finalize.mode_code(mode)),
+            ct.c_double(clipnorm), ct.c_double(eps), p(norms), p(scales))
+        assert rc == 0
+        return arrays, dtype, sizes, table, norms, scales
+
+    def norms(self, arrays, kind="l2", eps=1e-7, chunk_size=65536):
+        return self._stats(arrays, kind, "normalize", 1.0, eps, chunk_size)[4][:len(arrays)]
+
+    def scales(self, arrays, kind="l2", mode="normalize", clipnorm=1.0, eps=1e-7,
+               chunk_size=65536):
+        return self._stats(arrays, kind, mode, clipnorm, eps, chunk_size)[5][:len(arrays)]
+
+    def scale(self, arrays, kind="l2", mode="normalize", clipnorm=1.0, eps=1e-7,
+              chunk_size=65536):
+        import numpy as np
+
+        arrays, dtype, sizes, table, _, s = self._stats(arrays, kind, mode, clipnorm, eps,
+                                                       chunk_size)
+        outs = [np.empty_like(a) for a in arrays]
+        ct, p = self.ct, self._p
+        tables = [self._ptrs(arrays), self._ptrs(outs)]  # kept alive across the call
+        assert self.lib.emu_scale(
+            ct.c_int(DTYPE_CODE[dtype]), p(tables[0]), p(tables[1]), p(sizes),
+            p(table.tensor), p(table.start), ct.c_int64(table.tensor.size),
+            ct.c_int64(table.chunk_size), p(s)) == 0
+        return outs
+
+    def apply_sgd(self, weights, grads, momenta=None, *, lr, momentum=0.0, nesterov=False,
+                  decay=None, kind="l2", mode="normalize", clipnorm=1.0, eps=1e-7,
+                  chunk_size=65536):
+        from normopt.kernels import _args
+
+        grads, dtype, sizes, table, n, s = self._stats(grads, kind, mode, clipnorm, eps,
+                                                       chunk_size)
+        _args.check_pairs(weights, grads, ("weights", "grads"))
+        wd = _args.per_tensor(decay, max(len(grads), 1), _args.acc_dtype(dtype))
+        weights = [a for a in weights]
+        ct, p = self.ct, self._p
+        tables = [self._ptrs(x) for x in (weights, momenta if momentum else weights, grads)]
+        assert self.lib.emu_sgd(
+            ct.c_int(DTYPE_CODE[dtype]), p(tables[0]), p(tables[1]), p(tables[2]), p(sizes),
+            p(table.tensor), p(table.start), ct.c_int64(table.tensor.size),
+            ct.c_int64(table.chunk_size), p(s), p(wd), ct.c_double(lr),
+            ct.c_double(momentum), ct.c_int(int(nesterov))) == 0
+        return n[:len(grads)]
+
+    def apply_adam(self, weights, grads, m, v, vhat=None, *, lr, step, beta_1=0.9,
+                   beta_2=0.999, adam_epsilon=1e-7, decay=None, kind="l2", mode="normalize",
+                   clipnorm=1.0, eps=1e-7, chunk_size=65536):
+        from normopt.kernels import _args
+
+        grads, dtype, sizes, table, n, s = self._stats(grads, kind, mode, clipnorm, eps,
+                                                       chunk_size)
+        wd = _args.per_tensor(decay, max(len(grads), 1), _args.acc_dtype(dtype))
+        ct, p = self.ct, self._p
+        tables = [self._ptrs(x) for x in (weights, m, v, vhat if vhat is not None else v, grads)]
+        assert self.lib.emu_adam(
+            ct.c_int(DTYPE_CODE[dtype]), *(p(t) for t in tables), p(sizes), p(table.tensor), p(table.start),
+            ct.c_int64(table.tensor.size), ct.c_int64(table.chunk_size), p(s), p(wd),
+            ct.c_double(lr), ct.c_double(_args.adam_alpha(lr, beta_1, beta_2, step)),
+            ct.c_double(beta_1), ct.c_double(beta_2), ct.c_double(adam_epsilon),
+            ct.c_int(int(vhat is not None))) == 0
+        return n[:len(grads)]
+
+
+@pytest.fixture(scope="module")
+def emulated(tmp_path_factory):
+    return HostEmulated(build_emulation(str(tmp_path_factory.mktemp("emu")), 8))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
+def test_emulated_cuda_norms_and_scale(emulated, dtype):
+    from test_kernels_numba import SHAPE_LISTS, check_norms, check_scale
+
+    for shapes in SHAPE_LISTS.values():
+        check_norms(emulated, shapes, dtype, chunk_size=8)
+    for mode in ("normalize", "clip"):
+        check_scale(emulated, SHAPE_LISTS["mixed"], dtype, mode, chunk_size=8)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
+def test_emulated_cuda_updates(emulated, dtype):
+    from test_kernels_numba import ADAM_VARIANTS, SGD_VARIANTS, SHAPE_LISTS, check_adam, check_sgd
+
+    shapes = SHAPE_LISTS["chunk_edges"] + [()]
+    for variant in SGD_VARIANTS:
+        check_sgd(emulated, shapes, dtype, variant, chunk_size=8)
+    for variant in ADAM_VARIANTS:
+        check_adam(emulated, shapes, dtype, variant, chunk_size=8)
+
+
+def test_emulated_cuda_vector_path_many_tensors_and_repeatability(emulated):
+    """Default chunks: aligned tensors take the 16-byte path, odd ones the tail."""
+    from test_kernels_numba import check_adam, check_bitwise_repeatable, check_norms, check_sgd, many_shapes
+
+    big = [(70000,), (0,), (65536,), (65537,), (4099,)]
+    for dtype in ("float32", "float16", "float64"):
+        check_norms(emulated, big, dtype, kinds=("l1", "l2", "std", "min_max"))
+        check_adam(emulated, big, dtype, "amsgrad", steps=1)
+        check_sgd(emulated, big, dtype, "nesterov", steps=1)
+    check_norms(emulated, many_shapes(1000, 50), "float32", kinds=("l2", "std"), chunk_size=64)
+    check_bitwise_repeatable(emulated, many_shapes(40, 3000), chunk_size=512)
+
+
+def test_emulated_cuda_full_blocks(tmp_path):
+    """The production block size (256 threads) on a few chunks."""
+    from test_kernels_numba import check_adam, check_norms
+
+    full = HostEmulated(build_emulation(str(tmp_path), 256))
+    check_norms(full, [(5000,), (0,), (3,)], "float32", kinds=("l2", "std", "min_max"),
+                chunk_size=2048)
+    check_adam(full, [(600,), (7,)], "float32", "adam", steps=1, chunk_size=512)

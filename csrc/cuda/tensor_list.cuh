@@ -18,8 +18,15 @@
 namespace normopt {
 namespace cuda {
 
-// Threads per block of every chunked kernel (the reductions assume it).
-constexpr int kThreads = 256;
+// Threads per block of every chunked kernel (the reductions assume it; a
+// power of two). Overridable at compile time only for the host emulation
+// tests, which run blocks as std::threads.
+#ifndef NORMOPT_CUDA_BLOCK_THREADS
+#define NORMOPT_CUDA_BLOCK_THREADS 256
+#endif
+constexpr int kThreads = NORMOPT_CUDA_BLOCK_THREADS;
+static_assert(kThreads > 0 && (kThreads & (kThreads - 1)) == 0,
+              "kThreads must be a power of two");
 
 // float accumulation for 16- and 32-bit data, double for double.
 template <typename T>
