@@ -320,3 +320,24 @@ def test_cpu_bad_input(K):
         K.norms([np.ones(3, np.float32), np.ones(3)], "l2")
     with pytest.raises(ValueError, match="differ in length"):
         K.apply_sgd([np.ones(3)], [], lr=0.1)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
+def test_cpu_norms_match_tf_op(K, dtype):
+    """Numba CPU norms against the compiled TF op (and both against NumPy)."""
+    import tensorflow as tf
+
+    from normopt.ops import fused, library
+
+    status = library.status()
+    assert status["loaded"], f"op library not loaded: {status['reason']}"
+    shapes = SHAPE_LISTS["mixed"] + many_shapes(30, 200)
+    arrays = make_arrays(shapes, dtype)
+    # bfloat16 goes through float32 (exact); the others pass as they are
+    tensors = [tf.constant(np.asarray(a, np.float32) if dtype == "bfloat16" else a, dtype=dtype)
+               for a in arrays]
+    for kind in KINDS:
+        ours = K.norms(arrays, kind, 1e-7)
+        theirs = fused.norms(tensors, kind, 1e-7).numpy()
+        assert_close(ours, theirs, dtype, f"{kind}: numba_cpu vs TF op")
+        assert_close(theirs, [R.norm(a, kind) for a in arrays], dtype, f"{kind}: TF op")
