@@ -12,8 +12,10 @@ The tensor list is packed into one flat device buffer with element offsets
                   finalize_norm / scale_from_norm from `_finalize`;
     update        one block per chunk, g' = g * scale[t] on the fly.
 
-Runs on a GPU (built-in `numba.cuda` of Numba <= 0.60.x or the `numba-cuda`
-package) and under the simulator (NUMBA_ENABLE_CUDASIM=1, set before Numba
+Runs on a GPU (through Numba's built-in `numba.cuda`, still shipped with
+Numba 0.68 but deprecated upstream, or the `numba-cuda` package, which
+replaces it when installed and is the one to use with CUDA 12/13 drivers)
+and under the simulator (NUMBA_ENABLE_CUDASIM=1, set before Numba
 is imported), where blocks default to 32 threads. float16 is computed in
 float32 on the device; bfloat16 (no Numba type) runs on a float32 working
 copy rounded back on the host. Signatures: see `normopt.kernels`.
