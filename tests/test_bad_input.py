@@ -66,3 +66,23 @@ def test_fused_true_with_unsupported_inner_option(option):
         pytest.skip("op library not built: " + str(library.status()["reason"]))
     with pytest.raises(normopt.FusedPathUnavailable, match=list(option)[0]):
         normopt.NormalizedOptimizer(keras.optimizers.Adam(**option), fused=True)
+
+
+def test_variables_on_a_device_without_kernels_take_the_tf_path():
+    """A GPU variable (here a stand-in) must never reach the CPU-only op."""
+    from normopt.ops import fused_step
+
+    if not library.status()["loaded"]:
+        pytest.fail("op library not built: " + str(library.status()["reason"]))
+    import tensorflow as tf
+
+    class GpuVariable:
+        name, dtype, device = "w", "float32", "/job:localhost/replica:0/task:0/device:GPU:0"
+        constraint = None
+
+    inner = keras.optimizers.Adam()
+    grads, variables = [tf.zeros([2])], [GpuVariable()]
+    path = fused_step.choose_path(None, "l2", inner, grads, variables)
+    assert path.name == "tf" and "GPU" in path.reason, path
+    with pytest.raises(normopt.FusedPathUnavailable, match="GPU"):
+        fused_step.choose_path(True, "l2", inner, grads, variables)

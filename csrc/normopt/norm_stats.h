@@ -35,7 +35,12 @@
 #ifndef NORMOPT_NORM_STATS_H_
 #define NORMOPT_NORM_STATS_H_
 
+#if defined(__CUDACC_RTC__)
+// NVRTC (CuPy's default compiler) has no C++ standard library headers.
+#include <cuda/std/cstdint>
+#else
 #include <cstdint>
+#endif
 
 #if defined(__CUDACC__)
 #define NORMOPT_HD __host__ __device__ __forceinline__

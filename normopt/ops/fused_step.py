@@ -47,6 +47,20 @@ def unsupported_options(inner):
     return found
 
 
+def _kernel_devices():
+    """Device types the loaded op library has kernels for ({"CPU"} today)."""
+    from tensorflow.python.framework import kernels
+
+    registered = kernels.get_registered_kernels_for_op("NormoptApplyAdam")
+    return {k.device_type for k in registered.kernel}
+
+
+def _device_type(variable):
+    """'GPU', 'CPU', ... of the device a (Keras or tf) variable lives on."""
+    device = getattr(getattr(variable, "value", variable), "device", "") or ""
+    return tf.DeviceSpec.from_string(device).device_type or "CPU"
+
+
 def _blockers(grads, variables, in_step=True):
     """Reasons no compiled op can run this step at all (empty when it can).
 
@@ -72,6 +86,14 @@ def _blockers(grads, variables, in_step=True):
             found.append(
                 f"{type(strategy).__name__} is active (the compiled path "
                 "runs under MirroredStrategy only)"
+            )
+    if status["loaded"] and variables:
+        devices = _kernel_devices()
+        elsewhere = sorted({_device_type(v) for v in variables} - devices)
+        if elsewhere:
+            found.append(
+                f"variables live on {', '.join(elsewhere)} and the op library "
+                f"has kernels for {', '.join(sorted(devices))} only"
             )
     for g, v in zip(grads, variables):
         if isinstance(g, tf.IndexedSlices):
