@@ -19,6 +19,9 @@ from fuzz_strategies import gradient_lists
 from helpers import TOL
 
 PATH_ARGS = {"tf": False, "auto": None}
+# Largest finite value of each dtype (bfloat16 shares float32's exponent).
+DTYPE_MAX = {"float16": 65504.0, "bfloat16": 3.38e38, "float32": 3.4e38,
+             "float64": 1.79e308}
 
 
 def one_step(grads, dtype, norm, mode, fused):
@@ -62,4 +65,8 @@ def test_extreme_values_never_crash(path, data, norm, mode):
         g = t.numpy().astype(np.float64)
         assert out.shape == g.shape
         if np.all(np.isfinite(g)) and np.abs(g).max(initial=0) <= 1e15:
-            assert np.all(np.isfinite(out))
+            # g / norm can leave a 16-bit range (the std of one element is
+            # eps): finite wherever the exact result fits the dtype.
+            want = R.transform(g, norm, mode, 1.0)
+            fits = np.abs(want) <= DTYPE_MAX[dtype]
+            assert np.all(np.isfinite(out[fits]))
