@@ -81,27 +81,6 @@ class ApplyOpBase : public OpKernel {
     return absl::OkStatus();
   }
 
-  // Checks that a slot list holds 0 or n variables.
-  static absl::Status CheckSlotCount(const char* name, int count, int n) {
-    if (count != 0 && count != n) {
-      return absl::InvalidArgumentError(
-          std::string("normopt: '") + name + "' must hold 0 or " +
-          std::to_string(n) + " variables (one per gradient), got " +
-          std::to_string(count));
-    }
-    return absl::OkStatus();
-  }
-
-  static absl::Status CheckListLength(const char* name, int count, int n) {
-    if (count != n) {
-      return absl::InvalidArgumentError(
-          std::string("normopt: '") + name + "' must hold " +
-          std::to_string(n) + " variables (one per gradient), got " +
-          std::to_string(count));
-    }
-    return absl::OkStatus();
-  }
-
   NormSource source_;
   ScaleMode mode_;
 };
@@ -129,8 +108,8 @@ class ApplySgdOp : public ApplyOpBase<T> {
     const int n_slots = stop - start;
     OP_REQUIRES_OK(ctx, this->InputRange("grad", &start, &stop));
     const int n = stop - start;
-    OP_REQUIRES_OK(ctx, this->CheckListLength("var", n_vars, n));
-    OP_REQUIRES_OK(ctx, this->CheckSlotCount("momentum_slot", n_slots, n));
+    OP_REQUIRES_OK(ctx, CheckVariableCount("var", n_vars, n));
+    OP_REQUIRES_OK(ctx, CheckSlotCount("momentum_slot", n_slots, n));
     OP_REQUIRES(ctx, n_slots > 0 || momentum == 0.0,
                 absl::InvalidArgumentError(
                     "normopt: momentum != 0 needs one momentum slot per "
@@ -202,11 +181,11 @@ class ApplyAdamOp : public ApplyOpBase<T> {
     const int n = stop - start;
     for (const char* name : {"var", "m", "v"}) {
       OP_REQUIRES_OK(ctx, this->InputRange(name, &start, &stop));
-      OP_REQUIRES_OK(ctx, this->CheckListLength(name, stop - start, n));
+      OP_REQUIRES_OK(ctx, CheckVariableCount(name, stop - start, n));
     }
     OP_REQUIRES_OK(ctx, this->InputRange("vhat", &start, &stop));
     const int n_vhat = stop - start;
-    OP_REQUIRES_OK(ctx, this->CheckSlotCount("vhat", n_vhat, n));
+    OP_REQUIRES_OK(ctx, CheckSlotCount("vhat", n_vhat, n));
 
     GradList<T> grads;
     double lr;

@@ -50,12 +50,28 @@ class LockedVariables {
     for (tsl::mutex* mu : mutexes) locks_.emplace_back(*mu);
   }
 
+  // Makes a variable's tensor exclusively writable (copy-on-write when a
+  // reader still holds it), on the device that holds it.
+  using PrepareFn = absl::Status (*)(tensorflow::OpKernelContext* ctx,
+                                     tensorflow::Tensor* tensor,
+                                     bool copy_on_read_mode);
+
+  template <typename T>
+  static absl::Status PrepareOnCpu(tensorflow::OpKernelContext* ctx,
+                                   tensorflow::Tensor* tensor,
+                                   bool copy_on_read_mode) {
+    return tensorflow::PrepareToUpdateVariable<Eigen::ThreadPoolDevice, T>(
+        ctx, tensor, copy_on_read_mode);
+  }
+
   // Writable buffers of variables [first, first + grads.size()), each
-  // checked against its gradient (initialized, same dtype and shape).
+  // checked against its gradient (initialized, same dtype and shape) and
+  // made writable by `prepare`.
   template <typename T>
   absl::Status Buffers(tensorflow::OpKernelContext* ctx, const char* role,
                        int first, const GradList<T>& grads,
-                       std::vector<T*>* out) {
+                       std::vector<T*>* out,
+                       PrepareFn prepare = &PrepareOnCpu<T>) {
     out->assign(grads.size(), nullptr);
     for (int i = 0; i < grads.size(); ++i) {
       tensorflow::Var* var = vars_[first + i].get();
@@ -79,9 +95,7 @@ class LockedVariables {
             " but its gradient has shape " +
             grads.tensors[i].shape().DebugString());
       }
-      TF_RETURN_IF_ERROR(
-          (tensorflow::PrepareToUpdateVariable<Eigen::ThreadPoolDevice, T>(
-              ctx, t, var->copy_on_read_mode.load())));
+      TF_RETURN_IF_ERROR(prepare(ctx, t, var->copy_on_read_mode.load()));
       if (t->NumElements() > 0) (*out)[i] = t->unaligned_flat<T>().data();
     }
     return absl::OkStatus();
@@ -92,6 +106,28 @@ class LockedVariables {
   std::vector<tensorflow::core::RefCountPtr<tensorflow::Var>> vars_;
   std::vector<tsl::mutex_lock> locks_;
 };
+
+// A variable list input must hold exactly n variables (one per gradient).
+inline absl::Status CheckVariableCount(const char* name, int count, int n) {
+  if (count != n) {
+    return absl::InvalidArgumentError(
+        std::string("normopt: '") + name + "' must hold " +
+        std::to_string(n) + " variables (one per gradient), got " +
+        std::to_string(count));
+  }
+  return absl::OkStatus();
+}
+
+// An optional slot list input holds 0 or n variables.
+inline absl::Status CheckSlotCount(const char* name, int count, int n) {
+  if (count != 0 && count != n) {
+    return absl::InvalidArgumentError(
+        std::string("normopt: '") + name + "' must hold 0 or " +
+        std::to_string(n) + " variables (one per gradient), got " +
+        std::to_string(count));
+  }
+  return absl::OkStatus();
+}
 
 }  // namespace normopt
 

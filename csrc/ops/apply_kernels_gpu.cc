@@ -1,0 +1,253 @@
+// GPU kernels of NormoptApplySgd and NormoptApplyAdam.
+//
+// The CPU kernels' validation (apply_kernels.cc), the same variable locking
+// (locked_variables.h, copy-on-write on the device), then on the op's
+// stream: one upload of the launch tables, the scales (2 launches for a
+// built-in norm, 1 for precomputed norms) and one fused update launch that
+// writes the variables and their slots in place. Scalar hyperparameters
+// live in host memory; `decay` and `norms` stay on the device.
+#if GOOGLE_CUDA
+
+#include <string>
+#include <vector>
+
+#include "ops/element_types.h"
+#include "ops/grad_list.h"
+#include "ops/launch_tables_gpu.h"
+#include "ops/locked_variables.h"
+#include "ops/tensor_scales.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/tensor.h"
+
+namespace normopt {
+namespace {
+
+using tensorflow::OpKernel;
+using tensorflow::OpKernelConstruction;
+using tensorflow::OpKernelContext;
+using tensorflow::Tensor;
+
+// The number of inputs of list input `name`.
+inline absl::Status ListLength(const OpKernel& op, const char* name,
+                               int* count) {
+  int start, stop;
+  TF_RETURN_IF_ERROR(op.InputRange(name, &start, &stop));
+  *count = stop - start;
+  return absl::OkStatus();
+}
+
+// What both apply ops share: attrs, and the inputs read before locking.
+template <typename T>
+class ApplyGpuOpBase : public OpKernel {
+ public:
+  explicit ApplyGpuOpBase(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    std::string kind, mode;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("kind", &kind));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("mode", &mode));
+    OP_REQUIRES_OK(ctx, ParseNormSource(kind, /*allow_precomputed=*/true,
+                                        &source_));
+    OP_REQUIRES_OK(ctx, ParseMode(mode, &mode_));
+    OP_REQUIRES_OK(ctx, CheckAccAttr<T>(ctx));
+  }
+
+ protected:
+  // The gradients, lr, epsilon, clipnorm and the validated per-tensor
+  // inputs (device tensors).
+  struct Inputs {
+    GradList<T> grads;
+    double lr = 0, eps = 0, clipnorm = 0;
+    const Tensor* decay = nullptr;
+    const Tensor* norms = nullptr;
+  };
+
+  absl::Status ReadInputs(OpKernelContext* ctx, Inputs* in) const {
+    TF_RETURN_IF_ERROR(in->grads.Read(ctx, "grad"));
+    const int n = in->grads.size();
+    TF_RETURN_IF_ERROR(ScalarInput(ctx, "lr", &in->lr));
+    TF_RETURN_IF_ERROR(ScalarInput(ctx, "epsilon", &in->eps));
+    TF_RETURN_IF_ERROR(ScalarInput(ctx, "clipnorm", &in->clipnorm));
+    TF_RETURN_IF_ERROR(CheckClipnorm(mode_, in->clipnorm));
+    TF_RETURN_IF_ERROR(ctx->input("decay", &in->decay));
+    TF_RETURN_IF_ERROR(ctx->input("norms", &in->norms));
+    TF_RETURN_IF_ERROR(CheckPerTensorInput(*in->decay, "decay", n));
+    if (source_.precomputed) {
+      TF_RETURN_IF_ERROR(CheckPerTensorInput(*in->norms, "norms", n));
+    }
+    return absl::OkStatus();
+  }
+
+  NormSource source_;
+  ScaleMode mode_;
+};
+
+template <typename T>
+class ApplySgdGpuOp : public ApplyGpuOpBase<T> {
+ public:
+  explicit ApplySgdGpuOp(OpKernelConstruction* ctx) : ApplyGpuOpBase<T>(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("nesterov", &nesterov_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    double momentum;
+    OP_REQUIRES_OK(ctx, ScalarInput(ctx, "momentum", &momentum));
+    int n, n_vars, n_slots;
+    OP_REQUIRES_OK(ctx, ListLength(*this, "grad", &n));
+    OP_REQUIRES_OK(ctx, ListLength(*this, "var", &n_vars));
+    OP_REQUIRES_OK(ctx, ListLength(*this, "momentum_slot", &n_slots));
+    OP_REQUIRES_OK(ctx, CheckVariableCount("var", n_vars, n));
+    OP_REQUIRES_OK(ctx, CheckSlotCount("momentum_slot", n_slots, n));
+    OP_REQUIRES(ctx, n_slots > 0 || momentum == 0.0,
+                absl::InvalidArgumentError(
+                    "normopt: momentum != 0 needs one momentum slot per "
+                    "variable, got none"));
+    typename ApplyGpuOpBase<T>::Inputs in;
+    OP_REQUIRES_OK(ctx, this->ReadInputs(ctx, &in));
+
+    LockedVariables locked;
+    int count;
+    OP_REQUIRES_OK(ctx, locked.Add(ctx, "var", &count));
+    OP_REQUIRES_OK(ctx, locked.Add(ctx, "momentum_slot", &count));
+    locked.LockAll();
+    std::vector<T*> w, m(n, nullptr);
+    OP_REQUIRES_OK(ctx, locked.Buffers<T>(ctx, "var", 0, in.grads, &w,
+                                          &PrepareOnGpu));
+    if (n_slots > 0) {
+      OP_REQUIRES_OK(ctx, locked.Buffers<T>(ctx, "momentum_slot", n, in.grads,
+                                            &m, &PrepareOnGpu));
+    }
+
+    GradLaunch<T> launch(in.grads);
+    const size_t weights = launch.AddPointers(w);
+    const size_t momenta = launch.AddPointers(m);
+    OP_REQUIRES_OK(ctx, launch.Upload(ctx));
+    Tensor scales;
+    OP_REQUIRES_OK(ctx, launch.Scales(ctx, this->source_, this->mode_,
+                                      in.clipnorm, in.eps, *in.norms,
+                                      &scales));
+    OP_REQUIRES_OK(
+        ctx,
+        CudaStatus(
+            normopt_cuda_sgd(
+                LauncherDtype<T>(), launch.template Pointers<void>(weights),
+                launch.template Pointers<void>(momenta), launch.grads(),
+                launch.sizes(), launch.chunk_tensor(), launch.chunk_start(),
+                launch.num_chunks(), kGpuChunkElems, scales.data(),
+                in.decay->data(), in.lr, momentum, nesterov_ ? 1 : 0,
+                launch.stream()),
+            "SGD kernel"));
+  }
+
+ private:
+  bool nesterov_;
+};
+
+template <typename T>
+class ApplyAdamGpuOp : public ApplyGpuOpBase<T> {
+ public:
+  explicit ApplyAdamGpuOp(OpKernelConstruction* ctx)
+      : ApplyGpuOpBase<T>(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    double beta_1, beta_2, adam_eps, step;
+    OP_REQUIRES_OK(ctx, ScalarInput(ctx, "beta_1", &beta_1));
+    OP_REQUIRES_OK(ctx, ScalarInput(ctx, "beta_2", &beta_2));
+    OP_REQUIRES_OK(ctx, ScalarInput(ctx, "adam_epsilon", &adam_eps));
+    OP_REQUIRES_OK(ctx, ScalarInput(ctx, "step", &step));
+    OP_REQUIRES(ctx, step >= 1.0,
+                absl::InvalidArgumentError(
+                    "normopt: step (iterations + 1) must be >= 1, got " +
+                    std::to_string(step)));
+    int n, count;
+    OP_REQUIRES_OK(ctx, ListLength(*this, "grad", &n));
+    for (const char* name : {"var", "m", "v"}) {
+      OP_REQUIRES_OK(ctx, ListLength(*this, name, &count));
+      OP_REQUIRES_OK(ctx, CheckVariableCount(name, count, n));
+    }
+    int n_vhat;
+    OP_REQUIRES_OK(ctx, ListLength(*this, "vhat", &n_vhat));
+    OP_REQUIRES_OK(ctx, CheckSlotCount("vhat", n_vhat, n));
+    typename ApplyGpuOpBase<T>::Inputs in;
+    OP_REQUIRES_OK(ctx, this->ReadInputs(ctx, &in));
+
+    LockedVariables locked;
+    for (const char* name : {"var", "m", "v", "vhat"}) {
+      OP_REQUIRES_OK(ctx, locked.Add(ctx, name, &count));
+    }
+    locked.LockAll();
+    std::vector<T*> w, m, v, vhat(n, nullptr);
+    OP_REQUIRES_OK(ctx, locked.Buffers<T>(ctx, "var", 0, in.grads, &w,
+                                          &PrepareOnGpu));
+    OP_REQUIRES_OK(ctx, locked.Buffers<T>(ctx, "m", n, in.grads, &m,
+                                          &PrepareOnGpu));
+    OP_REQUIRES_OK(ctx, locked.Buffers<T>(ctx, "v", 2 * n, in.grads, &v,
+                                          &PrepareOnGpu));
+    const bool amsgrad = n_vhat > 0;
+    if (amsgrad) {
+      OP_REQUIRES_OK(ctx, locked.Buffers<T>(ctx, "vhat", 3 * n, in.grads,
+                                            &vhat, &PrepareOnGpu));
+    }
+
+    GradLaunch<T> launch(in.grads);
+    const size_t weights = launch.AddPointers(w);
+    const size_t ms = launch.AddPointers(m);
+    const size_t vs = launch.AddPointers(v);
+    const size_t vhats = launch.AddPointers(vhat);
+    OP_REQUIRES_OK(ctx, launch.Upload(ctx));
+    Tensor scales;
+    OP_REQUIRES_OK(ctx, launch.Scales(ctx, this->source_, this->mode_,
+                                      in.clipnorm, in.eps, *in.norms,
+                                      &scales));
+    OP_REQUIRES_OK(
+        ctx,
+        CudaStatus(
+            normopt_cuda_adam(
+                LauncherDtype<T>(), launch.template Pointers<void>(weights),
+                launch.template Pointers<void>(ms),
+                launch.template Pointers<void>(vs),
+                launch.template Pointers<void>(vhats), launch.grads(),
+                launch.sizes(), launch.chunk_tensor(), launch.chunk_start(),
+                launch.num_chunks(), kGpuChunkElems, scales.data(),
+                in.decay->data(), in.lr, beta_1, beta_2, adam_eps, step,
+                amsgrad ? 1 : 0, launch.stream()),
+            "Adam kernel"));
+  }
+};
+
+#define NORMOPT_REGISTER_APPLY_GPU_KERNELS(T)                 \
+  REGISTER_KERNEL_BUILDER(Name("NormoptApplySgd")             \
+                              .Device(tensorflow::DEVICE_GPU) \
+                              .TypeConstraint<T>("T")         \
+                              .HostMemory("var")              \
+                              .HostMemory("momentum_slot")    \
+                              .HostMemory("lr")               \
+                              .HostMemory("momentum")         \
+                              .HostMemory("clipnorm")         \
+                              .HostMemory("epsilon"),         \
+                          ApplySgdGpuOp<T>);                  \
+  REGISTER_KERNEL_BUILDER(Name("NormoptApplyAdam")            \
+                              .Device(tensorflow::DEVICE_GPU) \
+                              .TypeConstraint<T>("T")         \
+                              .HostMemory("var")              \
+                              .HostMemory("m")                \
+                              .HostMemory("v")                \
+                              .HostMemory("vhat")             \
+                              .HostMemory("lr")               \
+                              .HostMemory("beta_1")           \
+                              .HostMemory("beta_2")           \
+                              .HostMemory("adam_epsilon")     \
+                              .HostMemory("step")             \
+                              .HostMemory("clipnorm")         \
+                              .HostMemory("epsilon"),         \
+                          ApplyAdamGpuOp<T>);
+
+NORMOPT_REGISTER_APPLY_GPU_KERNELS(Eigen::half)
+NORMOPT_REGISTER_APPLY_GPU_KERNELS(Eigen::bfloat16)
+NORMOPT_REGISTER_APPLY_GPU_KERNELS(float)
+NORMOPT_REGISTER_APPLY_GPU_KERNELS(double)
+
+#undef NORMOPT_REGISTER_APPLY_GPU_KERNELS
+
+}  // namespace
+}  // namespace normopt
+
+#endif  // GOOGLE_CUDA
