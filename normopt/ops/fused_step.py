@@ -8,6 +8,7 @@ paths (or be saved under one and loaded under another) at any step.
 """
 
 import collections
+import os
 
 import keras
 import tensorflow as tf
@@ -47,12 +48,20 @@ def unsupported_options(inner):
     return found
 
 
+# The GPU kernels (csrc/ops/*_gpu.cc) compile and link but have not yet run
+# on a GPU: a CUDA build uses them only when this variable is set to 1.
+GPU_OPT_IN_ENV = "NORMOPT_ENABLE_GPU_OPS"
+
+
 def _kernel_devices():
-    """Device types the loaded op library has kernels for ({"CPU"} today)."""
+    """Device types the loaded op library has kernels for, and may use."""
     from tensorflow.python.framework import kernels
 
     registered = kernels.get_registered_kernels_for_op("NormoptApplyAdam")
-    return {k.device_type for k in registered.kernel}
+    devices = {k.device_type for k in registered.kernel}
+    if os.environ.get(GPU_OPT_IN_ENV, "").strip() != "1":
+        devices.discard("GPU")
+    return devices
 
 
 def _device_type(variable):
@@ -93,7 +102,9 @@ def _blockers(grads, variables, in_step=True):
         if elsewhere:
             found.append(
                 f"variables live on {', '.join(elsewhere)} and the op library "
-                f"has kernels for {', '.join(sorted(devices))} only"
+                f"has kernels for {', '.join(sorted(devices))} only (GPU "
+                f"kernels, when built, need {GPU_OPT_IN_ENV}=1: they are not "
+                "yet validated on a GPU)"
             )
     for g, v in zip(grads, variables):
         if isinstance(g, tf.IndexedSlices):
