@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "ops/apply_inputs.h"
 #include "ops/chunk_plan.h"
 #include "ops/element_types.h"
 #include "ops/grad_list.h"
@@ -32,89 +33,65 @@ using tensorflow::OpKernelConstruction;
 using tensorflow::OpKernelContext;
 using tensorflow::Tensor;
 
-// What both apply ops share: attrs, gradients, the norm inputs and the
-// per-tensor scales and decay.
+// The CPU side of what both apply ops share (ApplyOpBase in
+// apply_inputs.h): per-tensor scales and decay, made before any lock.
 template <typename T>
-class ApplyOpBase : public OpKernel {
+class ApplyCpuOpBase : public ApplyOpBase<T> {
  public:
   using Acc = AccType<T>;
+  using Inputs = typename ApplyOpBase<T>::Inputs;
 
-  explicit ApplyOpBase(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    std::string kind, mode;
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("kind", &kind));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("mode", &mode));
-    OP_REQUIRES_OK(ctx, ParseNormSource(kind, /*allow_precomputed=*/true,
-                                        &source_));
-    OP_REQUIRES_OK(ctx, ParseMode(mode, &mode_));
-    OP_REQUIRES_OK(ctx, CheckAccAttr<T>(ctx));
-  }
+  explicit ApplyCpuOpBase(OpKernelConstruction* ctx) : ApplyOpBase<T>(ctx) {}
 
  protected:
-  // Reads the gradients, lr and the per-tensor inputs, then computes the
-  // scales: everything that needs no variable.
-  absl::Status Prepare(OpKernelContext* ctx, GradList<T>* grads, double* lr,
+  // Reads and checks the inputs, then computes the scales: everything that
+  // needs no variable.
+  absl::Status Prepare(OpKernelContext* ctx, Inputs* in,
                        DeferredScales<T>* scales, std::vector<Acc>* decay_lr,
                        std::unique_ptr<ChunkPlan>* plan) {
-    TF_RETURN_IF_ERROR(grads->Read(ctx, "grad"));
-    const int n = grads->size();
-    double eps, clipnorm;
-    TF_RETURN_IF_ERROR(ScalarInput(ctx, "lr", lr));
-    TF_RETURN_IF_ERROR(ScalarInput(ctx, "epsilon", &eps));
-    TF_RETURN_IF_ERROR(ScalarInput(ctx, "clipnorm", &clipnorm));
-    TF_RETURN_IF_ERROR(CheckClipnorm(mode_, clipnorm));
-    const Tensor* decay;
-    const Tensor* norms;
-    TF_RETURN_IF_ERROR(ctx->input("decay", &decay));
-    TF_RETURN_IF_ERROR(ctx->input("norms", &norms));
-    TF_RETURN_IF_ERROR(CheckPerTensorInput(*decay, "decay", n));
-    if (source_.precomputed) {
-      TF_RETURN_IF_ERROR(CheckPerTensorInput(*norms, "norms", n));
-    }
+    TF_RETURN_IF_ERROR(this->ReadInputs(ctx, in));
+    const int n = in->grads.size();
     decay_lr->resize(n);
-    auto d = decay->flat<Acc>();
+    auto d = in->decay->template flat<Acc>();
     for (int i = 0; i < n; ++i) {
-      (*decay_lr)[i] = static_cast<Acc>(static_cast<double>(d(i)) * *lr);
+      (*decay_lr)[i] = static_cast<Acc>(static_cast<double>(d(i)) * in->lr);
     }
-    *plan = std::make_unique<ChunkPlan>(grads->sizes);
-    scales->Compute(ctx, source_, mode_, **plan, grads->data, eps, clipnorm,
-                    *norms);
+    *plan = std::make_unique<ChunkPlan>(in->grads.sizes);
+    scales->Compute(ctx, this->source_, this->mode_, **plan, in->grads.data,
+                    in->eps, in->clipnorm, *in->norms);
     return absl::OkStatus();
   }
-
-  NormSource source_;
-  ScaleMode mode_;
 };
 
 template <typename T>
-class ApplySgdOp : public ApplyOpBase<T> {
+class ApplySgdOp : public ApplyCpuOpBase<T> {
  public:
   using Acc = AccType<T>;
 
-  explicit ApplySgdOp(OpKernelConstruction* ctx) : ApplyOpBase<T>(ctx) {
+  explicit ApplySgdOp(OpKernelConstruction* ctx) : ApplyCpuOpBase<T>(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("nesterov", &nesterov_));
   }
 
   void Compute(OpKernelContext* ctx) override {
-    GradList<T> grads;
-    double lr, momentum;
-    DeferredScales<T> scales;
-    std::vector<Acc> decay_lr;
-    std::unique_ptr<ChunkPlan> plan_ptr;
+    double momentum;
     OP_REQUIRES_OK(ctx, ScalarInput(ctx, "momentum", &momentum));
-    int start, stop;
-    OP_REQUIRES_OK(ctx, this->InputRange("var", &start, &stop));
-    const int n_vars = stop - start;
-    OP_REQUIRES_OK(ctx, this->InputRange("momentum_slot", &start, &stop));
-    const int n_slots = stop - start;
-    OP_REQUIRES_OK(ctx, this->InputRange("grad", &start, &stop));
-    const int n = stop - start;
+    int n = 0, n_vars = 0, n_slots = 0;
+    OP_REQUIRES_OK(ctx, ListLength(*this, "grad", &n));
+    OP_REQUIRES_OK(ctx, ListLength(*this, "var", &n_vars));
+    OP_REQUIRES_OK(ctx, ListLength(*this, "momentum_slot", &n_slots));
     OP_REQUIRES_OK(ctx, CheckVariableCount("var", n_vars, n));
     OP_REQUIRES_OK(ctx, CheckSlotCount("momentum_slot", n_slots, n));
     OP_REQUIRES(ctx, n_slots > 0 || momentum == 0.0,
                 absl::InvalidArgumentError(
                     "normopt: momentum != 0 needs one momentum slot per "
                     "variable, got none"));
-    OP_REQUIRES_OK(ctx, this->Prepare(ctx, &grads, &lr, &scales, &decay_lr, &plan_ptr));
+    typename ApplyCpuOpBase<T>::Inputs in;
+    DeferredScales<T> scales;
+    std::vector<Acc> decay_lr;
+    std::unique_ptr<ChunkPlan> plan_ptr;
+    OP_REQUIRES_OK(ctx, this->Prepare(ctx, &in, &scales, &decay_lr, &plan_ptr));
+    const GradList<T>& grads = in.grads;
+    const double lr = in.lr;
 
     LockedVariables locked;
     int count;
@@ -160,11 +137,11 @@ class ApplySgdOp : public ApplyOpBase<T> {
 };
 
 template <typename T>
-class ApplyAdamOp : public ApplyOpBase<T> {
+class ApplyAdamOp : public ApplyCpuOpBase<T> {
  public:
   using Acc = AccType<T>;
 
-  explicit ApplyAdamOp(OpKernelConstruction* ctx) : ApplyOpBase<T>(ctx) {}
+  explicit ApplyAdamOp(OpKernelConstruction* ctx) : ApplyCpuOpBase<T>(ctx) {}
 
   void Compute(OpKernelContext* ctx) override {
     double beta_1, beta_2, adam_eps, step;
@@ -176,26 +153,25 @@ class ApplyAdamOp : public ApplyOpBase<T> {
                 absl::InvalidArgumentError(
                     "normopt: step (iterations + 1) must be >= 1, got " +
                     std::to_string(step)));
-    int start, stop;
-    OP_REQUIRES_OK(ctx, this->InputRange("grad", &start, &stop));
-    const int n = stop - start;
+    int n = 0, count = 0;
+    OP_REQUIRES_OK(ctx, ListLength(*this, "grad", &n));
     for (const char* name : {"var", "m", "v"}) {
-      OP_REQUIRES_OK(ctx, this->InputRange(name, &start, &stop));
-      OP_REQUIRES_OK(ctx, CheckVariableCount(name, stop - start, n));
+      OP_REQUIRES_OK(ctx, ListLength(*this, name, &count));
+      OP_REQUIRES_OK(ctx, CheckVariableCount(name, count, n));
     }
-    OP_REQUIRES_OK(ctx, this->InputRange("vhat", &start, &stop));
-    const int n_vhat = stop - start;
+    int n_vhat = 0;
+    OP_REQUIRES_OK(ctx, ListLength(*this, "vhat", &n_vhat));
     OP_REQUIRES_OK(ctx, CheckSlotCount("vhat", n_vhat, n));
 
-    GradList<T> grads;
-    double lr;
+    typename ApplyCpuOpBase<T>::Inputs in;
     DeferredScales<T> scales;
     std::vector<Acc> decay_lr;
     std::unique_ptr<ChunkPlan> plan_ptr;
-    OP_REQUIRES_OK(ctx, this->Prepare(ctx, &grads, &lr, &scales, &decay_lr, &plan_ptr));
+    OP_REQUIRES_OK(ctx, this->Prepare(ctx, &in, &scales, &decay_lr, &plan_ptr));
+    const GradList<T>& grads = in.grads;
+    const double lr = in.lr;
 
     LockedVariables locked;
-    int count;
     for (const char* name : {"var", "m", "v", "vhat"}) {
       OP_REQUIRES_OK(ctx, locked.Add(ctx, name, &count));
     }

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "ops/apply_inputs.h"
 #include "ops/element_types.h"
 #include "ops/grad_list.h"
 #include "ops/launch_tables_gpu.h"
@@ -27,70 +28,17 @@ using tensorflow::OpKernelConstruction;
 using tensorflow::OpKernelContext;
 using tensorflow::Tensor;
 
-// The number of inputs of list input `name`.
-inline absl::Status ListLength(const OpKernel& op, const char* name,
-                               int* count) {
-  int start, stop;
-  TF_RETURN_IF_ERROR(op.InputRange(name, &start, &stop));
-  *count = stop - start;
-  return absl::OkStatus();
-}
-
-// What both apply ops share: attrs, and the inputs read before locking.
 template <typename T>
-class ApplyGpuOpBase : public OpKernel {
+class ApplySgdGpuOp : public ApplyOpBase<T> {
  public:
-  explicit ApplyGpuOpBase(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    std::string kind, mode;
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("kind", &kind));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("mode", &mode));
-    OP_REQUIRES_OK(ctx, ParseNormSource(kind, /*allow_precomputed=*/true,
-                                        &source_));
-    OP_REQUIRES_OK(ctx, ParseMode(mode, &mode_));
-    OP_REQUIRES_OK(ctx, CheckAccAttr<T>(ctx));
-  }
-
- protected:
-  // The gradients, lr, epsilon, clipnorm and the validated per-tensor
-  // inputs (device tensors).
-  struct Inputs {
-    GradList<T> grads;
-    double lr = 0, eps = 0, clipnorm = 0;
-    const Tensor* decay = nullptr;
-    const Tensor* norms = nullptr;
-  };
-
-  absl::Status ReadInputs(OpKernelContext* ctx, Inputs* in) const {
-    TF_RETURN_IF_ERROR(in->grads.Read(ctx, "grad"));
-    const int n = in->grads.size();
-    TF_RETURN_IF_ERROR(ScalarInput(ctx, "lr", &in->lr));
-    TF_RETURN_IF_ERROR(ScalarInput(ctx, "epsilon", &in->eps));
-    TF_RETURN_IF_ERROR(ScalarInput(ctx, "clipnorm", &in->clipnorm));
-    TF_RETURN_IF_ERROR(CheckClipnorm(mode_, in->clipnorm));
-    TF_RETURN_IF_ERROR(ctx->input("decay", &in->decay));
-    TF_RETURN_IF_ERROR(ctx->input("norms", &in->norms));
-    TF_RETURN_IF_ERROR(CheckPerTensorInput(*in->decay, "decay", n));
-    if (source_.precomputed) {
-      TF_RETURN_IF_ERROR(CheckPerTensorInput(*in->norms, "norms", n));
-    }
-    return absl::OkStatus();
-  }
-
-  NormSource source_;
-  ScaleMode mode_;
-};
-
-template <typename T>
-class ApplySgdGpuOp : public ApplyGpuOpBase<T> {
- public:
-  explicit ApplySgdGpuOp(OpKernelConstruction* ctx) : ApplyGpuOpBase<T>(ctx) {
+  explicit ApplySgdGpuOp(OpKernelConstruction* ctx) : ApplyOpBase<T>(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("nesterov", &nesterov_));
   }
 
   void Compute(OpKernelContext* ctx) override {
     double momentum;
     OP_REQUIRES_OK(ctx, ScalarInput(ctx, "momentum", &momentum));
-    int n, n_vars, n_slots;
+    int n = 0, n_vars = 0, n_slots = 0;
     OP_REQUIRES_OK(ctx, ListLength(*this, "grad", &n));
     OP_REQUIRES_OK(ctx, ListLength(*this, "var", &n_vars));
     OP_REQUIRES_OK(ctx, ListLength(*this, "momentum_slot", &n_slots));
@@ -100,7 +48,7 @@ class ApplySgdGpuOp : public ApplyGpuOpBase<T> {
                 absl::InvalidArgumentError(
                     "normopt: momentum != 0 needs one momentum slot per "
                     "variable, got none"));
-    typename ApplyGpuOpBase<T>::Inputs in;
+    typename ApplyOpBase<T>::Inputs in;
     OP_REQUIRES_OK(ctx, this->ReadInputs(ctx, &in));
 
     LockedVariables locked;
@@ -142,10 +90,10 @@ class ApplySgdGpuOp : public ApplyGpuOpBase<T> {
 };
 
 template <typename T>
-class ApplyAdamGpuOp : public ApplyGpuOpBase<T> {
+class ApplyAdamGpuOp : public ApplyOpBase<T> {
  public:
   explicit ApplyAdamGpuOp(OpKernelConstruction* ctx)
-      : ApplyGpuOpBase<T>(ctx) {}
+      : ApplyOpBase<T>(ctx) {}
 
   void Compute(OpKernelContext* ctx) override {
     double beta_1, beta_2, adam_eps, step;
@@ -157,16 +105,16 @@ class ApplyAdamGpuOp : public ApplyGpuOpBase<T> {
                 absl::InvalidArgumentError(
                     "normopt: step (iterations + 1) must be >= 1, got " +
                     std::to_string(step)));
-    int n, count;
+    int n = 0, count = 0;
     OP_REQUIRES_OK(ctx, ListLength(*this, "grad", &n));
     for (const char* name : {"var", "m", "v"}) {
       OP_REQUIRES_OK(ctx, ListLength(*this, name, &count));
       OP_REQUIRES_OK(ctx, CheckVariableCount(name, count, n));
     }
-    int n_vhat;
+    int n_vhat = 0;
     OP_REQUIRES_OK(ctx, ListLength(*this, "vhat", &n_vhat));
     OP_REQUIRES_OK(ctx, CheckSlotCount("vhat", n_vhat, n));
-    typename ApplyGpuOpBase<T>::Inputs in;
+    typename ApplyOpBase<T>::Inputs in;
     OP_REQUIRES_OK(ctx, this->ReadInputs(ctx, &in));
 
     LockedVariables locked;
