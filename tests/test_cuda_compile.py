@@ -179,9 +179,11 @@ class HostEmulated:
         wd = _args.per_tensor(decay, max(len(grads), 1), _args.acc_dtype(dtype))
         weights = [a for a in weights]
         ct, p = self.ct, self._p
-        tables = [self._ptrs(x) for x in (weights, momenta if momentum else weights, grads)]
+        _args.check_momenta(weights, momenta, momentum)
+        tables = [self._ptrs(x) for x in (weights, momenta or [], grads)]
+        momenta_table = p(tables[1]) if momenta is not None else None  # null: plain SGD
         assert self.lib.emu_sgd(
-            ct.c_int(DTYPE_CODE[dtype]), p(tables[0]), p(tables[1]), p(tables[2]), p(sizes),
+            ct.c_int(DTYPE_CODE[dtype]), p(tables[0]), momenta_table, p(tables[2]), p(sizes),
             p(table.tensor), p(table.start), ct.c_int64(table.tensor.size),
             ct.c_int64(table.chunk_size), p(s), p(wd), ct.c_double(lr),
             ct.c_double(momentum), ct.c_int(int(nesterov))) == 0
@@ -200,8 +202,8 @@ class HostEmulated:
         assert self.lib.emu_adam(
             ct.c_int(DTYPE_CODE[dtype]), *(p(t) for t in tables), p(sizes), p(table.tensor), p(table.start),
             ct.c_int64(table.tensor.size), ct.c_int64(table.chunk_size), p(s), p(wd),
-            ct.c_double(lr), ct.c_double(_args.adam_alpha(lr, beta_1, beta_2, step)),
-            ct.c_double(beta_1), ct.c_double(beta_2), ct.c_double(adam_epsilon),
+            ct.c_double(lr), ct.c_double(beta_1), ct.c_double(beta_2),
+            ct.c_double(adam_epsilon), ct.c_double(step),
             ct.c_int(int(vhat is not None))) == 0
         return n[:len(grads)]
 
@@ -230,6 +232,33 @@ def test_emulated_cuda_updates(emulated, dtype):
         check_sgd(emulated, shapes, dtype, variant, chunk_size=8)
     for variant in ADAM_VARIANTS:
         check_adam(emulated, shapes, dtype, variant, chunk_size=8)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
+def test_emulated_cuda_nan_propagates(emulated, dtype):
+    """NaN in any chunk, lane, thread or tail: NaN norm (default chunks take
+    the 16-byte loads)."""
+    from test_kernels_numba import check_nan_propagates
+
+    check_nan_propagates(emulated, dtype, chunk_size=8)
+    check_nan_propagates(emulated, dtype, big=70000)
+
+
+def test_emulated_cuda_momenta_with_zero_momentum(emulated):
+    from test_kernels_numba import check_momenta_with_zero_momentum
+
+    for dtype in ("float32", "bfloat16"):
+        check_momenta_with_zero_momentum(emulated, dtype, chunk_size=8)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
+def test_emulated_cuda_updates_match_tf_op(emulated, dtype):
+    """The CUDA kernels and launcher scalars against the TF CPU op, step by step."""
+    from test_kernels_numba import SHAPE_LISTS, check_matches_tf_op
+
+    check_matches_tf_op(emulated, dtype, SHAPE_LISTS["chunk_edges"] + [(), (300,)],
+                        chunk_size=8)
+    check_matches_tf_op(emulated, dtype, [(70000,), (4099,)], steps=2)
 
 
 def test_emulated_cuda_vector_path_many_tensors_and_repeatability(emulated):

@@ -64,6 +64,9 @@ else:
         SHAPE_LISTS,
         check_adam,
         check_bitwise_repeatable,
+        check_matches_tf_op,
+        check_momenta_with_zero_momentum,
+        check_nan_propagates,
         check_norms,
         check_scale,
         check_sgd,
@@ -113,6 +116,17 @@ else:
 
     def test_sim_update_with_clip_and_std(K):
         check_sgd(K, SHAPE_LISTS["mixed"], "float64", "nesterov", kind="std", mode="clip", **KW)
+
+    @pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+    def test_sim_nan_propagates(K, dtype):
+        check_nan_propagates(K, dtype, big=40, **KW)
+
+    def test_sim_momenta_with_zero_momentum(K):
+        check_momenta_with_zero_momentum(K, "float32", **KW)
+
+    @pytest.mark.parametrize("dtype", ["float32", "float64"])
+    def test_sim_updates_match_tf_op(K, dtype):
+        check_matches_tf_op(K, dtype, SHAPE_LISTS["chunk_edges"][:5] + [()], steps=2, **KW)
 
     def test_sim_bitwise_repeatable(K):
         check_bitwise_repeatable(K, many_shapes(20, 30), **KW)

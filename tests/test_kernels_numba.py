@@ -146,6 +146,141 @@ def check_adam(K, shapes, dtype, variant, kind="l2", mode="normalize", steps=2, 
                 assert_close(vhat[i], ref.vhat.get(i, np.zeros(w.shape)), dtype, "vhat")
 
 
+def nan_arrays(dtype, big):
+    """NaN in a later chunk's vector part, in a tail, first; an inf; a clean one."""
+    x = np.ones(big)
+    x[big - big // 3] = np.nan
+    tail = np.arange(1.0, 12.0)
+    tail[-1] = np.nan
+    first = np.array([np.nan, 1.0, -2.0])
+    arrays = [x, tail, first, np.array([1.0, -np.inf, 2.0]), np.array([3.0, -4.0])]
+    return [a.astype(np_dtype(dtype)) for a in arrays]
+
+
+def check_nan_propagates(K, dtype, big=70, **kw):
+    """A NaN element gives a NaN norm for every kind (tf.reduce_max / NumPy
+    semantics), whichever chunk, lane or thread it falls in; inf likewise."""
+    arrays = nan_arrays(dtype, big)
+    for kind in KINDS:
+        got = np.asarray(K.norms(arrays, kind, 1e-7, **kw), np.float64)
+        with np.errstate(invalid="ignore"):
+            want = np.array([R.norm(a, kind) for a in arrays])
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want), kind)
+        np.testing.assert_array_equal(np.isinf(got), np.isinf(want), kind)
+        assert_close(got[-1], want[-1], dtype, kind)
+
+
+def check_momenta_with_zero_momentum(K, dtype, **kw):
+    """Momenta given with momentum 0: m = 0 * m - lr * g' and w += m, as the
+    TF op does when given slots; momentum != 0 without momenta is an error."""
+    shapes = [(5,), (0,), (3, 2)]
+    weights = make_arrays(shapes, dtype, seed=3)
+    w0 = [np.asarray(w, np.float64) for w in weights]
+    momenta = make_arrays(shapes, dtype, seed=4)
+    grads = make_arrays(shapes, dtype, seed=5)
+    lr = 0.125
+    K.apply_sgd(weights, grads, momenta, lr=lr, momentum=0.0, kind="l2", **kw)
+    for i, g in enumerate(grads):
+        m_ref = -lr * R.transform(g, "l2")
+        assert_close(momenta[i], m_ref, dtype, f"m[{i}]")
+        assert_close(weights[i], w0[i] + m_ref, dtype, f"w[{i}]")
+    with pytest.raises(ValueError, match="needs `momenta`"):
+        K.apply_sgd(weights, grads, None, lr=lr, momentum=0.5, **kw)
+
+
+# Relative tolerance of a kernel against the TF op on one step's increment,
+# from the same state (plus 2 ulp of the stored value, and relative to the
+# size of the terms where an increment is a difference, as in momentum):
+# both compute in the same accumulation type, so only summation order
+# differs. Small Adam weights would show a float64-formed alpha: 1 - 0.999^t
+# in float32 is off by ~1e-5 of its value.
+MATCH_RTOL = {"float64": 1e-12, "float32": 2e-6, "float16": 4e-3, "bfloat16": 2e-2}
+
+
+def _tf_vars(arrays, dtype):
+    import tensorflow as tf
+
+    # bfloat16 goes through float32 (exact); the others pass as they are
+    return [tf.Variable(tf.constant(np.asarray(a, np.float32) if dtype == "bfloat16" else a,
+                                    dtype=dtype)) for a in arrays]
+
+
+def _match_and_sync(ours, theirs, before, dtype, what, terms=None):
+    """Asserts the increments agree, then copies the TF values into `ours`,
+    so the next step starts from the same state on both sides."""
+    for i, (a, b) in enumerate(zip(ours, theirs)):
+        a64 = np.asarray(a, np.float64)
+        b64 = np.asarray(b.numpy(), np.float64)
+        w0 = before[i]
+        ulp = np.spacing(np.abs(b64).astype(np_dtype(dtype))).astype(np.float64)
+        size = np.abs(b64 - w0) + (terms[i] if terms is not None else 0.0)
+        bad = np.abs(a64 - b64) > MATCH_RTOL[dtype] * size + 2 * ulp
+        assert not bad.any(), (f"{what}[{i}] {dtype}: kernel {a64[bad][:5].tolist()} vs TF op {b64[bad][:5].tolist()} "
+                               f"from {np.broadcast_to(w0, a64.shape)[bad][:5].tolist()}")
+        a[...] = np.asarray(b.numpy()).astype(a.dtype)
+
+
+def check_matches_tf_op(K, dtype, shapes, steps=3, **kw):
+    """Norms, SGD (plain, momentum, nesterov; with decay) and Adam (plus
+    amsgrad) of kernel module K against the compiled TF CPU op: each step
+    from the same state on both sides."""
+    import tensorflow as tf
+
+    from normopt.ops import fused, library
+
+    status = library.status()
+    assert status["loaded"], f"op library not loaded: {status['reason']}"
+    acc = np.float64 if dtype == "float64" else np.float32
+    grads_np = [make_arrays(shapes, dtype, seed=30 + s) for s in range(steps)]
+    grads_tf = [[tf.constant(np.asarray(a, np.float32) if dtype == "bfloat16" else a,
+                             dtype=dtype) for a in g] for g in grads_np]
+    for kind in KINDS:
+        assert_close(K.norms(grads_np[0], kind, 1e-7, **kw),
+                     fused.norms(grads_tf[0], kind, 1e-7).numpy(), dtype, kind)
+    decay, lr = [0.0625 if i % 2 else 0.0 for i in range(len(shapes))], 0.125
+    for mu, nesterov in ((0.0, False), (0.875, False), (0.875, True)):
+        w = make_arrays(shapes, dtype, seed=6)
+        m = [np.zeros_like(a) for a in w] if mu else None
+        tw, tm = _tf_vars(w, dtype), (_tf_vars(m, dtype) if mu else [])
+        for s in range(steps):
+            before = [np.array(a, np.float64) for a in w]
+            m_before = [np.array(a, np.float64) for a in (m or w)]
+            terms = [2 * lr * np.abs(R.transform(g, "l2")) + np.abs(mb) + np.abs(wb) * lr
+                     for g, mb, wb in zip(grads_np[s], m_before, before)]
+            K.apply_sgd(w, grads_np[s], m, lr=lr, momentum=mu, nesterov=nesterov,
+                        decay=decay, kind="l2", **kw)
+            fused.apply_sgd(tw, tm, grads_tf[s], lr=lr, momentum=mu, nesterov=nesterov,
+                            decay=tf.constant(decay, acc), kind="l2", mode="normalize",
+                            clipnorm=1.0, epsilon=1e-7)
+            what = f"sgd mu={mu} nesterov={nesterov} step {s}"
+            _match_and_sync(w, tw, before, dtype, what + " w", terms)
+            if mu:
+                _match_and_sync(m, tm, m_before, dtype, what + " m", terms)
+    for amsgrad in (False, True):
+        w = [np.asarray(a * np.array(0.0625, a.dtype)) for a in make_arrays(shapes, dtype, seed=7)]
+        slots = [[np.zeros_like(a) for a in w] for _ in range(3 if amsgrad else 2)]
+        tw, tslots = _tf_vars(w, dtype), [_tf_vars(x, dtype) for x in slots]
+        for s in range(steps):
+            before = [np.array(a, np.float64) for a in w]
+            slots_before = [[np.array(a, np.float64) for a in x] for x in slots]
+            K.apply_adam(w, grads_np[s], slots[0], slots[1], slots[2] if amsgrad else None,
+                         lr=0.1, step=s + 1, decay=decay, kind="max", **kw)
+            fused.apply_adam(tw, tslots[0], tslots[1], tslots[2] if amsgrad else [],
+                             grads_tf[s], lr=0.1, beta_1=0.9, beta_2=0.999,
+                             adam_epsilon=1e-7, step=s + 1, decay=tf.constant(decay, acc),
+                             kind="max", mode="normalize", clipnorm=1.0, epsilon=1e-7)
+            what = f"adam amsgrad={amsgrad} step {s + 1}"
+            # the increment is a decay term plus an Adam term: both sizes count
+            decay_terms = [b * d * 0.1 for b, d in zip(before, decay)]
+            terms = [np.abs(d) + np.abs(np.asarray(t.numpy(), np.float64) - b + d)
+                     for d, t, b in zip(decay_terms, tw, before)]
+            _match_and_sync(w, tw, before, dtype, what + " w", terms)
+            for name, ours, theirs, prev in zip(("m", "v", "vhat"), slots, tslots,
+                                                slots_before):
+                _match_and_sync(ours, theirs, prev, dtype, f"{what} {name}",
+                                [np.abs(p) for p in prev])
+
+
 def check_bitwise_repeatable(K, shapes, **kw):
     arrays = make_arrays(shapes, "float32")
     for kind in ("l2", "std"):
@@ -236,13 +371,22 @@ def test_merge_and_chunk_table_match_header():
     rng = np.random.default_rng(5)
     pairs = [(numpy_stats(rng.standard_normal(a) + 1), numpy_stats(rng.standard_normal(b)))
              for a, b in ((0, 3), (4, 0), (5, 9), (1, 1))]
+    # a NaN max/min on either side stays NaN (max_keep_nan / min_keep_nan)
+    with np.errstate(invalid="ignore"):
+        pairs += [(numpy_stats([1.0, np.nan]), numpy_stats([2.0, 3.0])),
+                  (numpy_stats([2.0, 3.0]), numpy_stats([np.nan])),
+                  (numpy_stats([np.inf, 1.0]), numpy_stats([-2.0]))]
     fmt = lambda s: " ".join(repr(float(v)) if i else str(v) for i, v in enumerate(s))  # noqa: E731
     sizes = [5, 0, 8, 9, 0, 1, 24]
     lines = run_probe([f"merge {fmt(a)} {fmt(b)}" for a, b in pairs]
                       + [f"chunks 8 {len(sizes)} " + " ".join(map(str, sizes))])
     for line, (a, b) in zip(lines, pairs):
-        np.testing.assert_allclose([float(v) for v in line.split()],
-                                   np.array(F.merge_stats(*a, *b), np.float64), rtol=1e-15)
+        with np.errstate(invalid="ignore"):  # inf - inf in the inf case's mean
+            want = np.array(F.merge_stats(*a, *b), np.float64)
+        np.testing.assert_allclose([float(v) for v in line.split()], want, rtol=1e-15,
+                                   equal_nan=True)
+    for line, (a, b) in zip(lines[4:6], pairs[4:6]):
+        assert all(np.isnan(float(v)) for v in line.split()[3:5]), line
     table = chunk_table(sizes, 8)
     first, tensor, start = ([int(v) for v in line.split()] for line in lines[-3:])
     assert first == table.first.tolist()
@@ -320,6 +464,22 @@ def test_cpu_bad_input(K):
         K.norms([np.ones(3, np.float32), np.ones(3)], "l2")
     with pytest.raises(ValueError, match="differ in length"):
         K.apply_sgd([np.ones(3)], [], lr=0.1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cpu_nan_propagates(K, dtype):
+    check_nan_propagates(K, dtype, chunk_size=CHUNK)
+    check_nan_propagates(K, dtype, big=70000)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_cpu_momenta_with_zero_momentum(K, dtype):
+    check_momenta_with_zero_momentum(K, dtype, chunk_size=CHUNK)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cpu_updates_match_tf_op(K, dtype):
+    check_matches_tf_op(K, dtype, SHAPE_LISTS["chunk_edges"] + [(), (300,)], chunk_size=CHUNK)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])

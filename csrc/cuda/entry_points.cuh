@@ -59,13 +59,15 @@
           int64_t num_chunks, int64_t chunk_size,                             \
           const normopt::cuda::Acc<T>* scales,                                \
           const normopt::cuda::Acc<T>* decay, normopt::cuda::Acc<T> lr,       \
-          normopt::cuda::Acc<T> alpha, normopt::cuda::Acc<T> beta_1,          \
-          normopt::cuda::Acc<T> beta_2, normopt::cuda::Acc<T> epsilon,        \
-          int amsgrad) {                                                      \
+          normopt::cuda::Acc<T> alpha,                                        \
+          normopt::cuda::Acc<T> one_minus_beta_1,                             \
+          normopt::cuda::Acc<T> one_minus_beta_2,                             \
+          normopt::cuda::Acc<T> epsilon, int amsgrad) {                       \
     normopt::cuda::adam_chunks<T>(weights, ms, vs, vhats, grads, sizes,       \
                                   chunk_tensor, chunk_start, num_chunks,      \
                                   chunk_size, scales, decay, lr, alpha,       \
-                                  beta_1, beta_2, epsilon, amsgrad);          \
+                                  one_minus_beta_1, one_minus_beta_2,         \
+                                  epsilon, amsgrad);                          \
   }
 
 #define NORMOPT_FINISH_ENTRY_POINTS(A, SUF)                                   \

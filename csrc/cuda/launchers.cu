@@ -1,9 +1,8 @@
 // C-callable launchers (see launchers.h): dtype dispatch and grid sizes over
 // the extern "C" entry points of entry_points.cuh.
-#include <cmath>
-
 #include "cuda/entry_points.cuh"
 #include "cuda/launchers.h"
+#include "normopt/update_scalars.h"
 
 namespace normopt {
 namespace cuda {
@@ -144,12 +143,13 @@ extern "C" int normopt_cuda_sgd(int dtype, void* const* weights,
   return dispatch(dtype, [&](auto zero) {
     using T = decltype(zero);
     using A = Acc<T>;
+    const auto k = normopt::sgd_scalars<A>(lr, momentum);
     Entry<T>::sgd<<<grid_for(num_chunks), kThreads, 0, stream>>>(
         reinterpret_cast<T* const*>(weights),
         reinterpret_cast<T* const*>(momenta),
         reinterpret_cast<const T* const*>(grads), sizes, chunk_tensor,
         chunk_start, num_chunks, chunk_size, static_cast<const A*>(scales),
-        static_cast<const A*>(decay), A(lr), A(momentum), nesterov);
+        static_cast<const A*>(decay), k.lr, k.momentum, nesterov);
     return last_error();
   });
 }
@@ -162,19 +162,18 @@ extern "C" int normopt_cuda_adam(
     const void* decay, double lr, double beta_1, double beta_2, double epsilon,
     double step, int amsgrad, cudaStream_t stream) {
   if (num_chunks <= 0) return 0;
-  // alpha = lr * sqrt(1 - b2^t) / (1 - b1^t), once per step on the host.
-  const double alpha = lr * std::sqrt(1.0 - std::pow(beta_2, step)) /
-                       (1.0 - std::pow(beta_1, step));
   return dispatch(dtype, [&](auto zero) {
     using T = decltype(zero);
     using A = Acc<T>;
+    const auto k =
+        normopt::adam_scalars<A>(lr, beta_1, beta_2, epsilon, step);
     Entry<T>::adam<<<grid_for(num_chunks), kThreads, 0, stream>>>(
         reinterpret_cast<T* const*>(weights), reinterpret_cast<T* const*>(ms),
         reinterpret_cast<T* const*>(vs), reinterpret_cast<T* const*>(vhats),
         reinterpret_cast<const T* const*>(grads), sizes, chunk_tensor,
         chunk_start, num_chunks, chunk_size, static_cast<const A*>(scales),
-        static_cast<const A*>(decay), A(lr), A(alpha), A(beta_1), A(beta_2),
-        A(epsilon), amsgrad);
+        static_cast<const A*>(decay), k.lr, k.alpha, k.one_minus_beta_1,
+        k.one_minus_beta_2, k.epsilon, amsgrad);
     return last_error();
   });
 }

@@ -43,8 +43,9 @@ int normopt_cuda_scale(int dtype, const void* const* grads, void* const* outs,
                        int64_t chunk_size, const void* scales,
                        cudaStream_t stream);
 
-// Fused SGD / momentum / nesterov (1 launch); momenta may be null when
-// momentum == 0.
+// Fused SGD / momentum / nesterov (1 launch). momenta null: plain SGD (then
+// momentum must be 0); given: the momentum rule, even with momentum 0, as the
+// CPU op does when it is given slots.
 int normopt_cuda_sgd(int dtype, void* const* weights, void* const* momenta,
                      const void* const* grads, const int64_t* sizes,
                      const int32_t* chunk_tensor, const int64_t* chunk_start,
@@ -53,7 +54,8 @@ int normopt_cuda_sgd(int dtype, void* const* weights, void* const* momenta,
                      double momentum, int nesterov, cudaStream_t stream);
 
 // Fused Adam / AdamW / amsgrad (1 launch); vhats may be null unless amsgrad.
-// `step` is the 1-based step t.
+// `step` is the 1-based step t; the step's scalars are formed in the
+// accumulation type by normopt/update_scalars.h, as on the CPU.
 int normopt_cuda_adam(int dtype, void* const* weights, void* const* ms,
                       void* const* vs, void* const* vhats,
                       const void* const* grads, const int64_t* sizes,

@@ -15,7 +15,9 @@
 // kernels (blocks of kThreads threads for chunk_stats).
 //
 // No float atomics anywhere: the result depends only on the chunk size and
-// kThreads, so per-tensor norms are bitwise identical run to run.
+// kThreads, so per-tensor norms are bitwise identical run to run. max/min
+// keep a NaN (`max_keep_nan`), so a NaN element gives a NaN norm as on the
+// CPU and TF paths.
 #ifndef NORMOPT_CUDA_NORM_KERNELS_CUH_
 #define NORMOPT_CUDA_NORM_KERNELS_CUH_
 
@@ -59,8 +61,8 @@ __device__ __forceinline__ void chunk_stats(
       s_abs += a;
       s_sq += x * x;
       total += x;
-      mx = a > mx ? a : mx;
-      mn = a < mn ? a : mn;
+      mx = max_keep_nan(a, mx);
+      mn = min_keep_nan(a, mn);
     };
     int64_t tail = 0;
     if (aligned16(p)) {
@@ -85,10 +87,8 @@ __device__ __forceinline__ void chunk_stats(
         sh_abs[tid] += sh_abs[tid + stride];
         sh_sq[tid] += sh_sq[tid + stride];
         sh_sum[tid] += sh_sum[tid + stride];
-        const A a = sh_max[tid + stride];
-        sh_max[tid] = a > sh_max[tid] ? a : sh_max[tid];
-        const A b = sh_min[tid + stride];
-        sh_min[tid] = b < sh_min[tid] ? b : sh_min[tid];
+        sh_max[tid] = max_keep_nan(sh_max[tid], sh_max[tid + stride]);
+        sh_min[tid] = min_keep_nan(sh_min[tid], sh_min[tid + stride]);
       }
       __syncthreads();
     }

@@ -5,15 +5,17 @@
 //   scale_chunks  out = g * scale[t]
 //   sgd_chunks    Keras 3 SGD with g' = g * scale[t], decoupled decay first:
 //                   w -= w * decay[t] * lr
-//                   plain     w -= lr * g'
-//                   momentum  m = mu * m - lr * g';  w += m
+//                   plain     w -= lr * g'                    (no momenta)
+//                   momentum  m = mu * m - lr * g';  w += m   (momenta given,
 //                   nesterov  m = mu * m - lr * g';  w += mu * m - lr * g'
+//                                                  mu may be 0, as on the CPU)
 //   adam_chunks   Keras 3 Adam/AdamW/amsgrad, t = step:
 //                   w -= w * decay[t] * lr
 //                   m += (g' - m)(1 - b1);  v += (g'^2 - v)(1 - b2)
 //                   amsgrad: vhat = max(vhat, v), used in place of v
 //                   w -= alpha * m / (sqrt(v) + eps),
-//                   alpha = lr * sqrt(1 - b2^t) / (1 - b1^t)   (host side)
+//                 with alpha, 1 - b1 and 1 - b2 formed on the host
+//                 (normopt/update_scalars.h)
 //
 // Device bodies, run by blocks of kThreads threads; entry_points.cuh wraps
 // them in extern "C" kernels. Arithmetic in Acc<T> (float for 16-bit data); variables and slots are
@@ -83,7 +85,7 @@ struct SgdStep {
   }
 };
 
-// `momenta` may be null when momentum == 0.
+// `momenta` null: plain SGD; otherwise the momentum rule, whatever `momentum`.
 template <typename T>
 __device__ __forceinline__ void sgd_chunks(
     T* const* weights, T* const* momenta, const T* const* grads,
@@ -93,7 +95,7 @@ __device__ __forceinline__ void sgd_chunks(
     int nesterov) {
   using A = Acc<T>;
   constexpr int W = Pack<T>::kWidth;
-  const bool use_momentum = momentum != A(0);
+  const bool use_momentum = momenta != nullptr;
   for (int64_t c = blockIdx.x; c < num_chunks; c += gridDim.x) {
     const Chunk k = chunk_at(c, chunk_tensor, chunk_start, sizes, chunk_size);
     T* w = weights[k.t] + k.lo;
@@ -122,7 +124,7 @@ __device__ __forceinline__ void sgd_chunks(
 
 template <typename A>
 struct AdamStep {
-  A lr, alpha, b1, b2, eps, wd, s;
+  A lr, alpha, one_minus_b1, one_minus_b2, eps, wd, s;
   bool amsgrad;
   template <typename T>
   __device__ __forceinline__ void operator()(T& w, T& m, T& v, T& vhat,
@@ -132,8 +134,8 @@ struct AdamStep {
     if (wd != A(0)) wi -= wi * wd * lr;
     A mi = to_acc(m);
     A vi = to_acc(v);
-    mi += (gs - mi) * (A(1) - b1);
-    vi += (gs * gs - vi) * (A(1) - b2);
+    mi += (gs - mi) * one_minus_b1;
+    vi += (gs * gs - vi) * one_minus_b2;
     m = from_acc<T>(mi);
     v = from_acc<T>(vi);
     if (amsgrad) {
@@ -152,7 +154,8 @@ __device__ __forceinline__ void adam_chunks(
     const T* const* grads, const int64_t* sizes, const int32_t* chunk_tensor,
     const int64_t* chunk_start, int64_t num_chunks, int64_t chunk_size,
     const Acc<T>* scales, const Acc<T>* decay, Acc<T> lr, Acc<T> alpha,
-    Acc<T> beta_1, Acc<T> beta_2, Acc<T> epsilon, int amsgrad) {
+    Acc<T> one_minus_beta_1, Acc<T> one_minus_beta_2, Acc<T> epsilon,
+    int amsgrad) {
   using A = Acc<T>;
   constexpr int W = Pack<T>::kWidth;
   for (int64_t c = blockIdx.x; c < num_chunks; c += gridDim.x) {
@@ -162,8 +165,9 @@ __device__ __forceinline__ void adam_chunks(
     T* v = vs[k.t] + k.lo;
     T* vh = amsgrad ? vhats[k.t] + k.lo : nullptr;
     const T* g = grads[k.t] + k.lo;
-    const AdamStep<A> op{lr,          alpha,       beta_1,     beta_2,
-                         epsilon,     decay[k.t],  scales[k.t], amsgrad != 0};
+    const AdamStep<A> op{lr,         alpha,      one_minus_beta_1,
+                         one_minus_beta_2,       epsilon,
+                         decay[k.t], scales[k.t], amsgrad != 0};
     const bool vec = aligned16(w) && aligned16(m) && aligned16(v) &&
                      aligned16(g) && (!vh || aligned16(vh));
     for_each_in_chunk<W>(

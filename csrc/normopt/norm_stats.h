@@ -101,6 +101,18 @@ NORMOPT_HD unsigned stats_needed(NormKind kind) {
   return 0;
 }
 
+// max and min that return NaN when either argument is NaN, as
+// tf.reduce_max/min do: a plain `a > b ? a : b` keeps b whenever a is NaN,
+// so a NaN would survive or vanish depending on the order of the merge.
+template <typename Acc>
+NORMOPT_HD Acc max_keep_nan(Acc a, Acc b) {
+  return (a > b || a != a) ? a : b;
+}
+template <typename Acc>
+NORMOPT_HD Acc min_keep_nan(Acc a, Acc b) {
+  return (a < b || a != a) ? a : b;
+}
+
 // One-pass statistics of a block of elements, in accumulator type Acc
 // (float for 16- and 32-bit inputs, double for double).
 template <typename Acc>
@@ -133,8 +145,8 @@ struct NormStats {
       max_abs = a;
       min_abs = a;
     } else {
-      max_abs = a > max_abs ? a : max_abs;
-      min_abs = a < min_abs ? a : min_abs;
+      max_abs = max_keep_nan(a, max_abs);
+      min_abs = min_keep_nan(a, min_abs);
     }
     count += 1;
     sum_abs += a;
@@ -146,7 +158,7 @@ struct NormStats {
 };
 
 // Chan et al. parallel merge: combining the statistics of two disjoint blocks
-// gives the statistics of their union. Merging in a fixed order gives bitwise
+// gives the statistics of their union (a NaN max/min of either block stays). Merging in a fixed order gives bitwise
 // reproducible results whatever the number of threads.
 //   n = na + nb, d = mean_b - mean_a
 //   mean = mean_a + d * nb / n
@@ -160,8 +172,8 @@ NORMOPT_HD NormStats<Acc> merge_stats(const NormStats<Acc>& a,
   r.count = a.count + b.count;
   r.sum_abs = a.sum_abs + b.sum_abs;
   r.sum_sq = a.sum_sq + b.sum_sq;
-  r.max_abs = a.max_abs > b.max_abs ? a.max_abs : b.max_abs;
-  r.min_abs = a.min_abs < b.min_abs ? a.min_abs : b.min_abs;
+  r.max_abs = max_keep_nan(a.max_abs, b.max_abs);
+  r.min_abs = min_keep_nan(a.min_abs, b.min_abs);
   const Acc n = Acc(r.count);
   const Acc na = Acc(a.count);
   const Acc nb = Acc(b.count);

@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "ops/apply_inputs.h"
+#include "ops/op_inputs.h"
 #include "ops/chunk_plan.h"
 #include "ops/element_types.h"
 #include "ops/grad_list.h"
@@ -34,7 +34,7 @@ using tensorflow::OpKernelContext;
 using tensorflow::Tensor;
 
 // The CPU side of what both apply ops share (ApplyOpBase in
-// apply_inputs.h): per-tensor scales and decay, made before any lock.
+// op_inputs.h): per-tensor scales and decay, made before any lock.
 template <typename T>
 class ApplyCpuOpBase : public ApplyOpBase<T> {
  public:
@@ -106,7 +106,7 @@ class ApplySgdOp : public ApplyCpuOpBase<T> {
       m.assign(n, nullptr);
     }
 
-    const SgdScalars<Acc> k{static_cast<Acc>(lr), static_cast<Acc>(momentum)};
+    const SgdScalars<Acc> k = sgd_scalars<Acc>(lr, momentum);
     const int variant = n_slots == 0 ? 0 : (nesterov_ ? 2 : 1);
     const ChunkPlan& plan = *plan_ptr;
     ParallelForChunks(ctx, plan, 3, [&](int64_t c) {
@@ -187,19 +187,8 @@ class ApplyAdamOp : public ApplyCpuOpBase<T> {
       vhat.assign(n, nullptr);
     }
 
-    // Keras forms the bias correction in the variable's dtype (for float32,
-    // 1 - 0.999^t in float32 loses ~1e-4 of its value early on); doing the
-    // same keeps this path within rounding of the inner optimizer's own.
-    const Acc b1 = static_cast<Acc>(beta_1);
-    const Acc b2 = static_cast<Acc>(beta_2);
-    const Acc t = static_cast<Acc>(step);
-    const Acc alpha = static_cast<Acc>(lr) *
-                      std::sqrt(Acc(1) - std::pow(b2, t)) /
-                      (Acc(1) - std::pow(b1, t));
-    const AdamScalars<Acc> k{static_cast<Acc>(1.0 - beta_1),
-                             static_cast<Acc>(1.0 - beta_2),
-                             alpha,
-                             static_cast<Acc>(adam_eps)};
+    const AdamScalars<Acc> k =
+        adam_scalars<Acc>(lr, beta_1, beta_2, adam_eps, step);
     const ChunkPlan& plan = *plan_ptr;
     ParallelForChunks(ctx, plan, 10, [&](int64_t c) {
       const Chunk& ch = plan.chunks[c];

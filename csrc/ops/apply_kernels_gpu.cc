@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "ops/apply_inputs.h"
+#include "ops/op_inputs.h"
 #include "ops/element_types.h"
 #include "ops/grad_list.h"
 #include "ops/launch_tables_gpu.h"
@@ -77,7 +77,9 @@ class ApplySgdGpuOp : public ApplyOpBase<T> {
         CudaStatus(
             normopt_cuda_sgd(
                 LauncherDtype<T>(), launch.template Pointers<void>(weights),
-                launch.template Pointers<void>(momenta), launch.grads(),
+                n_slots > 0 ? launch.template Pointers<void>(momenta)
+                            : nullptr,
+                launch.grads(),
                 launch.sizes(), launch.chunk_tensor(), launch.chunk_start(),
                 launch.num_chunks(), kGpuChunkElems, scales.data(),
                 in.decay->data(), in.lr, momentum, nesterov_ ? 1 : 0,

@@ -1,10 +1,10 @@
 // CPU kernels of NormoptNorms and NormoptScale.
-#include <string>
 #include <vector>
 
 #include "ops/chunk_plan.h"
 #include "ops/element_types.h"
 #include "ops/grad_list.h"
+#include "ops/op_inputs.h"
 #include "ops/tensor_scales.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
@@ -12,34 +12,24 @@
 namespace normopt {
 namespace {
 
-using tensorflow::OpKernel;
 using tensorflow::OpKernelConstruction;
 using tensorflow::OpKernelContext;
 using tensorflow::Tensor;
 using tensorflow::TensorShape;
 
 template <typename T>
-class NormsOp : public OpKernel {
+class NormsOp : public NormsOpBase<T> {
  public:
-  explicit NormsOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    std::string kind;
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("kind", &kind));
-    NormSource source;
-    OP_REQUIRES_OK(ctx, ParseNormSource(kind, /*allow_precomputed=*/false,
-                                        &source));
-    kind_ = source.kind;
-    OP_REQUIRES_OK(ctx, CheckAccAttr<T>(ctx));
-  }
+  explicit NormsOp(OpKernelConstruction* ctx) : NormsOpBase<T>(ctx) {}
 
   void Compute(OpKernelContext* ctx) override {
     using Acc = AccType<T>;
     GradList<T> grads;
-    OP_REQUIRES_OK(ctx, grads.Read(ctx, "grads"));
     double eps;
-    OP_REQUIRES_OK(ctx, ScalarInput(ctx, "epsilon", &eps));
+    OP_REQUIRES_OK(ctx, this->ReadInputs(ctx, &grads, &eps));
     const ChunkPlan plan(grads.sizes);
     std::vector<Acc> norms;
-    ComputeNorms<T>(ctx, kind_, plan, grads.data, static_cast<Acc>(eps),
+    ComputeNorms<T>(ctx, this->kind_, plan, grads.data, static_cast<Acc>(eps),
                     &norms);
     Tensor* out;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(
@@ -47,42 +37,26 @@ class NormsOp : public OpKernel {
     auto flat = out->flat<Acc>();
     for (int i = 0; i < grads.size(); ++i) flat(i) = norms[i];
   }
-
- private:
-  NormKind kind_;
 };
 
 template <typename T>
-class ScaleOp : public OpKernel {
+class ScaleOp : public ScalingOpBase<T> {
  public:
-  explicit ScaleOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    std::string kind, mode;
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("kind", &kind));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("mode", &mode));
-    OP_REQUIRES_OK(ctx, ParseNormSource(kind, /*allow_precomputed=*/true,
-                                        &source_));
-    OP_REQUIRES_OK(ctx, ParseMode(mode, &mode_));
-    OP_REQUIRES_OK(ctx, CheckAccAttr<T>(ctx));
-  }
+  explicit ScaleOp(OpKernelConstruction* ctx) : ScalingOpBase<T>(ctx) {}
 
   void Compute(OpKernelContext* ctx) override {
     using Acc = AccType<T>;
     GradList<T> grads;
     OP_REQUIRES_OK(ctx, grads.Read(ctx, "grads"));
     double eps, clipnorm;
-    OP_REQUIRES_OK(ctx, ScalarInput(ctx, "epsilon", &eps));
-    OP_REQUIRES_OK(ctx, ScalarInput(ctx, "clipnorm", &clipnorm));
-    OP_REQUIRES_OK(ctx, CheckClipnorm(mode_, clipnorm));
     const Tensor* norms_in;
-    OP_REQUIRES_OK(ctx, ctx->input("norms", &norms_in));
-    if (source_.precomputed) {
-      OP_REQUIRES_OK(ctx, CheckPerTensorInput(*norms_in, "norms", grads.size()));
-    }
+    OP_REQUIRES_OK(ctx, this->ReadScaleInputs(ctx, grads.size(), &eps,
+                                              &clipnorm, &norms_in));
 
     const ChunkPlan plan(grads.sizes);
     std::vector<Acc> scales;
-    ComputeScales<T>(ctx, source_, mode_, plan, grads.data, eps, clipnorm,
-                     *norms_in, &scales);
+    ComputeScales<T>(ctx, this->source_, this->mode_, plan, grads.data, eps,
+                     clipnorm, *norms_in, &scales);
 
     tensorflow::OpOutputList outputs;
     OP_REQUIRES_OK(ctx, ctx->output_list("scaled", &outputs));
@@ -102,10 +76,6 @@ class ScaleOp : public OpKernel {
       }
     });
   }
-
- private:
-  NormSource source_;
-  ScaleMode mode_;
 };
 
 #define NORMOPT_REGISTER_NORM_KERNELS(T)                                     \

@@ -1,15 +1,15 @@
 // GPU kernels of NormoptNorms and NormoptScale: the CPU kernels' validation
-// (norm_kernels.cc), then the CUDA launchers on the op's stream. Scalar
+// (op_inputs.h), then the CUDA launchers on the op's stream. Scalar
 // hyperparameters live in host memory; gradients, norms and outputs on the
 // device.
 #if GOOGLE_CUDA
 
-#include <string>
 #include <vector>
 
 #include "ops/element_types.h"
 #include "ops/grad_list.h"
 #include "ops/launch_tables_gpu.h"
+#include "ops/op_inputs.h"
 #include "ops/tensor_scales.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
@@ -17,30 +17,20 @@
 namespace normopt {
 namespace {
 
-using tensorflow::OpKernel;
 using tensorflow::OpKernelConstruction;
 using tensorflow::OpKernelContext;
 using tensorflow::Tensor;
 using tensorflow::TensorShape;
 
 template <typename T>
-class NormsGpuOp : public OpKernel {
+class NormsGpuOp : public NormsOpBase<T> {
  public:
-  explicit NormsGpuOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    std::string kind;
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("kind", &kind));
-    NormSource source;
-    OP_REQUIRES_OK(ctx, ParseNormSource(kind, /*allow_precomputed=*/false,
-                                        &source));
-    kind_ = source.kind;
-    OP_REQUIRES_OK(ctx, CheckAccAttr<T>(ctx));
-  }
+  explicit NormsGpuOp(OpKernelConstruction* ctx) : NormsOpBase<T>(ctx) {}
 
   void Compute(OpKernelContext* ctx) override {
     GradList<T> grads;
-    OP_REQUIRES_OK(ctx, grads.Read(ctx, "grads"));
     double eps;
-    OP_REQUIRES_OK(ctx, ScalarInput(ctx, "epsilon", &eps));
+    OP_REQUIRES_OK(ctx, this->ReadInputs(ctx, &grads, &eps));
     Tensor* norms;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({grads.size()}),
                                              &norms));
@@ -50,41 +40,24 @@ class NormsGpuOp : public OpKernel {
                                            &scales));
     GradLaunch<T> launch(grads);
     OP_REQUIRES_OK(ctx, launch.Upload(ctx));
-    OP_REQUIRES_OK(ctx, launch.NormsAndScales(ctx, kind_,
+    OP_REQUIRES_OK(ctx, launch.NormsAndScales(ctx, this->kind_,
                                               ScaleMode::kNormalize, 1.0, eps,
                                               norms->data(), scales.data()));
   }
-
- private:
-  NormKind kind_;
 };
 
 template <typename T>
-class ScaleGpuOp : public OpKernel {
+class ScaleGpuOp : public ScalingOpBase<T> {
  public:
-  explicit ScaleGpuOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    std::string kind, mode;
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("kind", &kind));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("mode", &mode));
-    OP_REQUIRES_OK(ctx, ParseNormSource(kind, /*allow_precomputed=*/true,
-                                        &source_));
-    OP_REQUIRES_OK(ctx, ParseMode(mode, &mode_));
-    OP_REQUIRES_OK(ctx, CheckAccAttr<T>(ctx));
-  }
+  explicit ScaleGpuOp(OpKernelConstruction* ctx) : ScalingOpBase<T>(ctx) {}
 
   void Compute(OpKernelContext* ctx) override {
     GradList<T> grads;
     OP_REQUIRES_OK(ctx, grads.Read(ctx, "grads"));
     double eps, clipnorm;
-    OP_REQUIRES_OK(ctx, ScalarInput(ctx, "epsilon", &eps));
-    OP_REQUIRES_OK(ctx, ScalarInput(ctx, "clipnorm", &clipnorm));
-    OP_REQUIRES_OK(ctx, CheckClipnorm(mode_, clipnorm));
     const Tensor* norms_in;
-    OP_REQUIRES_OK(ctx, ctx->input("norms", &norms_in));
-    if (source_.precomputed) {
-      OP_REQUIRES_OK(ctx,
-                     CheckPerTensorInput(*norms_in, "norms", grads.size()));
-    }
+    OP_REQUIRES_OK(ctx, this->ReadScaleInputs(ctx, grads.size(), &eps,
+                                              &clipnorm, &norms_in));
 
     tensorflow::OpOutputList outputs;
     OP_REQUIRES_OK(ctx, ctx->output_list("scaled", &outputs));
@@ -99,8 +72,8 @@ class ScaleGpuOp : public OpKernel {
     const size_t outs = launch.AddPointers(out);
     OP_REQUIRES_OK(ctx, launch.Upload(ctx));
     Tensor scales;
-    OP_REQUIRES_OK(ctx, launch.Scales(ctx, source_, mode_, clipnorm, eps,
-                                      *norms_in, &scales));
+    OP_REQUIRES_OK(ctx, launch.Scales(ctx, this->source_, this->mode_,
+                                      clipnorm, eps, *norms_in, &scales));
     OP_REQUIRES_OK(
         ctx, CudaStatus(normopt_cuda_scale(
                             LauncherDtype<T>(), launch.grads(),
@@ -110,10 +83,6 @@ class ScaleGpuOp : public OpKernel {
                             kGpuChunkElems, scales.data(), launch.stream()),
                         "scale kernel"));
   }
-
- private:
-  NormSource source_;
-  ScaleMode mode_;
 };
 
 #define NORMOPT_REGISTER_NORM_GPU_KERNELS(T)                  \

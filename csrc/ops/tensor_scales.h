@@ -9,7 +9,6 @@
 #define NORMOPT_OPS_TENSOR_SCALES_H_
 
 #include <cmath>
-#include <limits>
 #include <string>
 #include <vector>
 
@@ -88,20 +87,14 @@ inline absl::Status CheckPerTensorInput(const tensorflow::Tensor& t,
 }
 
 // The norm of one tensor from the statistics of its chunks, merged in chunk
-// order. merge_stats compares max/min, which drops a NaN; a NaN gradient
-// element must give a NaN norm, as on the TF path.
+// order. A chunk holding a NaN reports a NaN max/min (chunk_stats.h) and
+// merge_stats keeps it, so a NaN element gives a NaN norm, as on the TF path.
 template <typename Acc>
 Acc NormFromChunkStats(NormKind kind, const NormStats<Acc>* chunk_stats,
                        int64_t count, Acc eps) {
   NormStats<Acc> s = NormStats<Acc>::empty();
-  bool nan_extreme = false;
-  for (int64_t c = 0; c < count; ++c) {
-    s = merge_stats(s, chunk_stats[c]);
-    nan_extreme = nan_extreme || std::isnan(chunk_stats[c].max_abs) ||
-                  std::isnan(chunk_stats[c].min_abs);
-  }
-  return nan_extreme ? std::numeric_limits<Acc>::quiet_NaN()
-                     : finalize_norm(kind, s, eps);
+  for (int64_t c = 0; c < count; ++c) s = merge_stats(s, chunk_stats[c]);
+  return finalize_norm(kind, s, eps);
 }
 
 // Norms of the gradients data[i] (sizes in plan), built-in kind.

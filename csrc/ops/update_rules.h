@@ -12,31 +12,18 @@
 //                       v = v + (g'^2 - v) * (1 - beta_2)
 //                       amsgrad: vhat = max(vhat, v), used in place of v
 //                       w = w - (m * alpha) / (sqrt(v) + adam_epsilon)
+//
+// The per-step scalars (alpha, 1 - beta, ...) come from normopt/update_scalars.h.
 #ifndef NORMOPT_OPS_UPDATE_RULES_H_
 #define NORMOPT_OPS_UPDATE_RULES_H_
 
 #include <cmath>
 #include <cstdint>
 
+#include "normopt/update_scalars.h"
 #include "ops/element_types.h"
 
 namespace normopt {
-
-// Scalars of one SGD step, in the accumulation type.
-template <typename Acc>
-struct SgdScalars {
-  Acc lr;
-  Acc momentum;
-};
-
-// Scalars of one Adam step; alpha carries the bias correction.
-template <typename Acc>
-struct AdamScalars {
-  Acc one_minus_beta_1;
-  Acc one_minus_beta_2;
-  Acc alpha;
-  Acc epsilon;
-};
 
 // Momentum: 0 none, 1 heavy ball, 2 nesterov.
 template <typename T, int Momentum, bool Decay>

@@ -18,7 +18,9 @@ float32 or float64; 16-bit inputs accumulate in float32, float64 in float64):
     scale(arrays, kind, mode, clipnorm, eps, ...) -> list of g * scale[t]
     apply_sgd(weights, grads, momenta=None, *, lr, momentum=0.0,
               nesterov=False, decay=None, kind, mode, clipnorm, eps, ...)
-        -> norms; updates weights (and momenta) in place
+        -> norms; updates weights (and momenta) in place. Momenta given:
+        the momentum rule (even with momentum 0, as the TF op with slots);
+        None: plain SGD (momentum must be 0)
     apply_adam(weights, grads, m, v, vhat=None, *, lr, step, beta_1=0.9,
                beta_2=0.999, adam_epsilon=1e-7, decay=None, kind, mode,
                clipnorm, eps, ...)
@@ -32,7 +34,8 @@ kind: "l1", "l2", "l1_l2", "avg_l1", "avg_l2", "avg_l1_l2", "max" (alias
 
     SGD       w -= lr*g'; momentum m = mu*m - lr*g', w += m;
               nesterov m = mu*m - lr*g', w += mu*m - lr*g'
-    Adam      alpha = lr*sqrt(1-b2^t)/(1-b1^t); m += (g'-m)(1-b1);
+    Adam      alpha = lr*sqrt(1-b2^t)/(1-b1^t) (formed in the accumulation
+              type, as Keras does); m += (g'-m)(1-b1);
               v += (g'^2-v)(1-b2); amsgrad vhat = max(vhat, v) replaces v;
               w -= alpha*m/(sqrt(v)+adam_epsilon)
 

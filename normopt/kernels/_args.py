@@ -1,7 +1,5 @@
 """Argument checks and small host-side formulas shared by the kernel modules."""
 
-import math
-
 import numpy as np
 
 NARROW = ("float16", "bfloat16")
@@ -55,8 +53,26 @@ def check_pairs(first, second, names):
             )
 
 
-def adam_alpha(lr, beta_1, beta_2, step):
-    """alpha = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t), t = step (from 1)."""
+def check_momenta(weights, momenta, momentum):
+    """Momenta given: the momentum rule runs (even with momentum 0, as the op
+    does when given slots). None: plain SGD, which needs momentum == 0."""
+    if momenta is None:
+        if momentum != 0:
+            raise ValueError(
+                f"momentum={momentum} needs `momenta`, one slot per weight (got None)")
+        return
+    check_pairs(weights, momenta, ("weights", "momenta"))
+
+
+def adam_scalars(lr, beta_1, beta_2, adam_epsilon, step, acc):
+    """(lr, alpha, 1 - beta_1, 1 - beta_2, adam_epsilon) of step t = `step`
+    (from 1) in numpy type `acc`, in the kernels' argument order, formed as
+    csrc/normopt/update_scalars.h does: 1 - beta in float64 then rounded, and
+
+        alpha = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t)   computed in `acc`.
+    """
     if step < 1:
         raise ValueError(f"step must be >= 1 (iterations + 1), got {step}")
-    return lr * math.sqrt(1.0 - beta_2**step) / (1.0 - beta_1**step)
+    one, b1, b2, t = acc(1), acc(beta_1), acc(beta_2), acc(step)
+    alpha = acc(lr) * np.sqrt(one - b2**t) / (one - b1**t)
+    return acc(lr), acc(alpha), acc(1.0 - beta_1), acc(1.0 - beta_2), acc(adam_epsilon)

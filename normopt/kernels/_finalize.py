@@ -15,6 +15,7 @@ Statistics of a block of n elements g_i, as a 7-tuple:
 Chan merge of disjoint blocks a, b (n = na + nb, d = mean_b - mean_a):
 
     mean = mean_a + d * nb / n,   m2 = m2_a + m2_b + d^2 * na * nb / n
+    max_abs, min_abs: max/min of the blocks', NaN if either is NaN
 
 finalize_norm (eps added once; averages over an empty block are 0):
 
@@ -104,8 +105,9 @@ def merge_stats(ca, sa, qa, xa, na_, ma, m2a, cb, sb, qb, xb, nb_, mb, m2b):
     d = mb - ma
     mean = ma + d * (nb / n)
     m2 = m2a + m2b + d * d * (na * nb / n)
-    mx = xa if xa > xb else xb
-    mn = na_ if na_ < nb_ else nb_
+    # max_keep_nan / min_keep_nan: a NaN of either block stays
+    mx = xa if (xa > xb or xa != xa) else xb
+    mn = na_ if (na_ < nb_ or na_ != na_) else nb_
     return count, sa + sb, qa + qb, mx, mn, mean, m2
 
 

@@ -211,10 +211,11 @@ def launch_scale(plan, scales, outs):
 
 def launch_sgd(plan, weights_ptrs, momenta_ptrs, scales, decay, *, lr, momentum=0.0,
                nesterov=False):
-    """One SGD launch; `*_ptrs` from plan.pointers (momenta may be None)."""
+    """One SGD launch; `*_ptrs` from plan.pointers (momenta None: plain SGD,
+    a null table for the kernel)."""
     if plan.num_chunks:
         _launch(plan.dtype, "sgd", plan.grid(), THREADS, (
-            weights_ptrs, momenta_ptrs if momenta_ptrs is not None else weights_ptrs,
+            weights_ptrs, momenta_ptrs if momenta_ptrs is not None else np.uintp(0),
             plan.ptrs, plan.sizes_d, plan.tensor_d, plan.start_d,
             np.int64(plan.num_chunks), np.int64(plan.table.chunk_size), scales, decay,
             plan.acc(lr), plan.acc(momentum), np.int32(bool(nesterov))))
@@ -223,14 +224,13 @@ def launch_sgd(plan, weights_ptrs, momenta_ptrs, scales, decay, *, lr, momentum=
 def launch_adam(plan, weights_ptrs, m_ptrs, v_ptrs, vhat_ptrs, scales, decay, *, lr, step,
                 beta_1=0.9, beta_2=0.999, adam_epsilon=1e-7):
     """One Adam launch (amsgrad when vhat_ptrs is not None)."""
+    scalars = _args.adam_scalars(lr, beta_1, beta_2, adam_epsilon, step, plan.acc)
     if plan.num_chunks:
-        alpha = _args.adam_alpha(lr, beta_1, beta_2, step)
         _launch(plan.dtype, "adam", plan.grid(), THREADS, (
             weights_ptrs, m_ptrs, v_ptrs, vhat_ptrs if vhat_ptrs is not None else v_ptrs,
             plan.ptrs, plan.sizes_d, plan.tensor_d, plan.start_d,
             np.int64(plan.num_chunks), np.int64(plan.table.chunk_size), scales, decay,
-            plan.acc(lr), plan.acc(alpha), plan.acc(beta_1), plan.acc(beta_2),
-            plan.acc(adam_epsilon), np.int32(vhat_ptrs is not None)))
+            *scalars, np.int32(vhat_ptrs is not None)))
 
 
 def norms(arrays, kind="l2", eps=1e-7, chunk_size=DEFAULT_CHUNK_SIZE, dtype=None, plan=None):
@@ -262,10 +262,11 @@ def apply_sgd(weights, grads, momenta=None, *, lr, momentum=0.0, nesterov=False,
               chunk_size=DEFAULT_CHUNK_SIZE, dtype=None, plan=None):
     """One Keras SGD step on CuPy arrays, in place. Returns the norms."""
     _require()
+    _args.check_momenta(weights, momenta, momentum)
     plan = _plan(grads, chunk_size, dtype, plan)
     n, s = launch_stats(plan, kind, mode, clipnorm, eps)
     launch_sgd(plan, plan.pointers(weights, "weights"),
-               plan.pointers(momenta, "momenta") if momentum != 0 else None,
+               plan.pointers(momenta, "momenta") if momenta is not None else None,
                s, plan.per_tensor(decay), lr=lr, momentum=momentum, nesterov=nesterov)
     return n
 

@@ -12,19 +12,20 @@ float16 and bfloat16 inputs run on float32 working copies (Numba has no
 their dtype at the end. Signatures: see `normopt.kernels`.
 """
 
-import math
 
 import numba
 import numpy as np
 from numba import prange
 
-from normopt.kernels import _args, _finalize
+from normopt.kernels import _args, _finalize, _updates
 from normopt.kernels.chunks import DEFAULT_CHUNK_SIZE, chunk_table
 
 _merge = numba.njit(cache=True)(_finalize.merge_stats)
 _finalize_norm = numba.njit(cache=True)(_finalize.finalize_norm)
 _scale_from_norm = numba.njit(cache=True)(_finalize.scale_from_norm)
 _stats_needed = numba.njit(cache=True)(_finalize.stats_needed)
+_sgd_element = numba.njit(cache=True)(_updates.sgd_element)
+_adam_element = numba.njit(cache=True)(_updates.adam_element)
 
 
 @numba.njit(parallel=True, cache=True)
@@ -49,8 +50,8 @@ def _chunk_stats(arrays, tensor, start, chunk_size, moments, out):
             s_abs += ax
             s_sq += x * x
             total += x
-            mx = ax if ax > mx else mx
-            mn = ax if ax < mn else mn
+            mx = ax if (ax > mx or ax != ax) else mx  # a NaN stays
+            mn = ax if (ax < mn or ax != ax) else mn
         n = hi - lo
         centered = 0.0
         if moments:
@@ -104,9 +105,7 @@ def _scale_kernel(grads, outs, tensor, start, chunk_size, scales):
 @numba.njit(parallel=True, cache=True)
 def _sgd_kernel(weights, momenta, grads, use_momentum, nesterov, tensor, start,
                 chunk_size, scales, decay, lr, mu):
-    """Keras 3 SGD on g' = g * scale[t], decoupled decay first:
-    w -= w*wd*lr; plain w -= lr*g'; momentum m = mu*m - lr*g', w += m;
-    nesterov m = mu*m - lr*g', w += mu*m - lr*g'."""
+    """Keras 3 SGD (`_updates.sgd_element`) on g' = g * scale[t]."""
     for c in prange(tensor.size):
         t = tensor[c]
         w = weights[t]
@@ -115,28 +114,18 @@ def _sgd_kernel(weights, momenta, grads, use_momentum, nesterov, tensor, start,
         s = scales[t]
         wd = decay[t]
         for i in range(start[c], min(start[c] + chunk_size, w.size)):
-            gs = g[i] * s
-            wi = w[i]
-            if wd != 0:
-                wi = wi - wi * wd * lr
-            if not use_momentum:
-                wi = wi - lr * gs
-            else:
-                mi = mu * m[i] - lr * gs
-                m[i] = mi
-                if nesterov:
-                    wi = wi + (mu * mi - lr * gs)
-                else:
-                    wi = wi + mi
+            wi, mi = _sgd_element(w[i], m[i], g[i] * s, wd, lr, mu, use_momentum,
+                                  nesterov)
             w[i] = wi
+            if use_momentum:
+                m[i] = mi
 
 
 @numba.njit(parallel=True, cache=True)
 def _adam_kernel(weights, ms, vs, vhats, grads, amsgrad, tensor, start,
-                 chunk_size, scales, decay, lr, alpha, b1, b2, adam_eps):
-    """Keras 3 Adam/AdamW/amsgrad on g' = g * scale[t], decoupled decay first:
-    m += (g'-m)(1-b1); v += (g'^2-v)(1-b2); vhat = max(vhat, v) (amsgrad);
-    w -= alpha * m / (sqrt(v or vhat) + eps)."""
+                 chunk_size, scales, decay, lr, alpha, one_minus_b1, one_minus_b2,
+                 adam_eps):
+    """Keras 3 Adam/AdamW/amsgrad (`_updates.adam_element`) on g' = g * scale[t]."""
     for c in prange(tensor.size):
         t = tensor[c]
         w = weights[t]
@@ -147,18 +136,14 @@ def _adam_kernel(weights, ms, vs, vhats, grads, amsgrad, tensor, start,
         s = scales[t]
         wd = decay[t]
         for i in range(start[c], min(start[c] + chunk_size, w.size)):
-            gs = g[i] * s
-            wi = w[i]
-            if wd != 0:
-                wi = wi - wi * wd * lr
-            mi = m[i] + (gs - m[i]) * (1 - b1)
-            vi = v[i] + (gs * gs - v[i]) * (1 - b2)
+            wi, mi, vi, hi = _adam_element(w[i], m[i], v[i], vh[i], g[i] * s, wd, lr,
+                                           alpha, one_minus_b1, one_minus_b2,
+                                           adam_eps, amsgrad)
+            w[i] = wi
             m[i] = mi
             v[i] = vi
             if amsgrad:
-                vi = max(vh[i], vi)
-                vh[i] = vi
-            w[i] = wi - alpha * mi / (math.sqrt(vi) + adam_eps)
+                vh[i] = hi
 
 
 class _Work:
@@ -239,9 +224,8 @@ def apply_sgd(weights, grads, momenta=None, *, lr, momentum=0.0, nesterov=False,
               chunk_size=DEFAULT_CHUNK_SIZE):
     """One Keras SGD step on g * scale[t], in place. Returns the norms."""
     _args.check_pairs(weights, grads, ("weights", "grads"))
-    use_momentum = momentum != 0
-    if use_momentum:
-        _args.check_pairs(weights, momenta or [], ("weights", "momenta"))
+    _args.check_momenta(weights, momenta, momentum)
+    use_momentum = momenta is not None
     dtype = _args.common_dtype(weights)
     g = _Work(grads, dtype)
     table, n, s = _stats_and_scales(g, dtype, kind, mode, clipnorm, eps, chunk_size)
@@ -273,17 +257,16 @@ def apply_adam(weights, grads, m, v, vhat=None, *, lr, step, beta_1=0.9,
     if amsgrad:
         _args.check_pairs(weights, vhat, ("weights", "vhat"))
     dtype = _args.common_dtype(weights)
+    acc = _args.acc_dtype(dtype)
+    scalars = _args.adam_scalars(lr, beta_1, beta_2, adam_epsilon, step, acc)
     g = _Work(grads, dtype)
     table, n, s = _stats_and_scales(g, dtype, kind, mode, clipnorm, eps, chunk_size)
     if table.tensor.size:
-        acc = _args.acc_dtype(dtype)
         w, mw, vw = _Work(weights, dtype), _Work(m, dtype), _Work(v, dtype)
         vhw = _Work(vhat, dtype) if amsgrad else vw
-        alpha = _args.adam_alpha(lr, beta_1, beta_2, step)
         _adam_kernel(w.typed, mw.typed, vw.typed, vhw.typed, g.typed, amsgrad,
                      table.tensor, table.start, table.chunk_size, s,
-                     _args.per_tensor(decay, len(weights), acc), acc(lr), acc(alpha),
-                     acc(beta_1), acc(beta_2), acc(adam_epsilon))
+                     _args.per_tensor(decay, len(weights), acc), *scalars)
         for work in (w, mw, vw) + ((vhw,) if amsgrad else ()):
             work.write_back()
     return n

@@ -29,7 +29,7 @@ import numba
 import numpy as np
 from numba import cuda
 
-from normopt.kernels import _args, _finalize
+from normopt.kernels import _args, _finalize, _updates
 from normopt.kernels.chunks import DEFAULT_CHUNK_SIZE, chunk_table
 
 SIMULATED = bool(numba.config.ENABLE_CUDASIM)
@@ -47,6 +47,8 @@ LAUNCHES = collections.Counter()
 _merge = cuda.jit(device=True)(_finalize.merge_stats)
 _finalize_norm = cuda.jit(device=True)(_finalize.finalize_norm)
 _scale_from_norm = cuda.jit(device=True)(_finalize.scale_from_norm)
+_sgd_element = cuda.jit(device=True)(_updates.sgd_element)
+_adam_element = cuda.jit(device=True)(_updates.adam_element)
 
 
 @functools.lru_cache(maxsize=None)
@@ -77,8 +79,8 @@ def kernels(acc):
                 s_abs += ax
                 s_sq += x * x
                 total += x
-                mx = ax if ax > mx else mx
-                mn = ax if ax < mn else mn
+                mx = ax if (ax > mx or ax != ax) else mx  # a NaN stays
+                mn = ax if (ax < mn or ax != ax) else mn
                 i += nt
             sh[0, tid] = s_abs
             sh[1, tid] = s_sq
@@ -92,10 +94,12 @@ def kernels(acc):
                     sh[0, tid] += sh[0, tid + stride]
                     sh[1, tid] += sh[1, tid + stride]
                     sh[2, tid] += sh[2, tid + stride]
-                    a = sh[3, tid + stride]
-                    sh[3, tid] = a if a > sh[3, tid] else sh[3, tid]
+                    a = sh[3, tid]
+                    b = sh[3, tid + stride]
+                    sh[3, tid] = a if (a > b or a != a) else b
+                    a = sh[4, tid]
                     b = sh[4, tid + stride]
-                    sh[4, tid] = b if b < sh[4, tid] else sh[4, tid]
+                    sh[4, tid] = a if (a < b or a != a) else b
                 cuda.syncthreads()
                 stride //= 2
             n = hi - lo
@@ -172,7 +176,7 @@ def kernels(acc):
     @cuda.jit
     def sgd_kernel(w, m, g, use_momentum, nesterov, offsets, tensor, start,
                    chunk_size, scales, decay, lr, mu):
-        """w -= w*wd*lr; then plain, momentum or nesterov on g' = g*scale."""
+        """Keras 3 SGD (`_updates.sgd_element`) on g' = g * scale[t]."""
         c = cuda.blockIdx.x
         while c < tensor.size:
             t = tensor[c]
@@ -183,28 +187,19 @@ def kernels(acc):
             i = start[c] + cuda.threadIdx.x
             while i < hi:
                 j = base + i
-                gs = acc(g[j]) * s
-                wi = acc(w[j])
-                if wd != 0:
-                    wi = wi - wi * wd * lr
-                if use_momentum:
-                    mi = mu * acc(m[j]) - lr * gs
-                    m[j] = mi
-                    if nesterov:
-                        wi = wi + (mu * mi - lr * gs)
-                    else:
-                        wi = wi + mi
-                else:
-                    wi = wi - lr * gs
+                wi, mi = _sgd_element(acc(w[j]), acc(m[j]), acc(g[j]) * s, wd, lr, mu,
+                                      use_momentum, nesterov)
                 w[j] = wi
+                if use_momentum:
+                    m[j] = mi
                 i += cuda.blockDim.x
             c += cuda.gridDim.x
 
     @cuda.jit
     def adam_kernel(w, m, v, vhat, g, amsgrad, offsets, tensor, start,
-                    chunk_size, scales, decay, lr, alpha, b1, b2, adam_eps):
-        """w -= w*wd*lr; m += (g'-m)(1-b1); v += (g'^2-v)(1-b2);
-        vhat = max(vhat, v); w -= alpha*m/(sqrt(v or vhat)+eps)."""
+                    chunk_size, scales, decay, lr, alpha, one_minus_b1, one_minus_b2,
+                    adam_eps):
+        """Keras 3 Adam/AdamW/amsgrad (`_updates.adam_element`) on g' = g * scale[t]."""
         c = cuda.blockIdx.x
         while c < tensor.size:
             t = tensor[c]
@@ -215,21 +210,14 @@ def kernels(acc):
             i = start[c] + cuda.threadIdx.x
             while i < hi:
                 j = base + i
-                gs = acc(g[j]) * s
-                wi = acc(w[j])
-                if wd != 0:
-                    wi = wi - wi * wd * lr
-                mi = acc(m[j])
-                vi = acc(v[j])
-                mi = mi + (gs - mi) * (acc(1) - b1)
-                vi = vi + (gs * gs - vi) * (acc(1) - b2)
+                wi, mi, vi, hv = _adam_element(
+                    acc(w[j]), acc(m[j]), acc(v[j]), acc(vhat[j]), acc(g[j]) * s, wd, lr,
+                    alpha, one_minus_b1, one_minus_b2, adam_eps, amsgrad)
+                w[j] = wi
                 m[j] = mi
                 v[j] = vi
                 if amsgrad:
-                    vh = acc(vhat[j])
-                    vi = vh if vh > vi else vi
-                    vhat[j] = vi
-                w[j] = wi - alpha * mi / (math.sqrt(vi) + adam_eps)
+                    vhat[j] = hv
                 i += cuda.blockDim.x
             c += cuda.gridDim.x
 
@@ -340,11 +328,11 @@ def launch_scale(packed, scales, threads=None):
 
 def launch_sgd(w, m, g, scales, decay, *, lr, momentum=0.0, nesterov=False,
                threads=None):
-    """One launch of the SGD update on Packed lists (m ignored without momentum)."""
+    """One launch of the SGD update on Packed lists (plain SGD when m is None)."""
     if g.num_chunks:
         acc = g.acc
         _launch(acc, "sgd", _grid(g), threads or THREADS,
-            w.flat, (m if momentum != 0 else w).flat, g.flat, momentum != 0,
+            w.flat, (m if m is not None else w).flat, g.flat, m is not None,
             bool(nesterov), g.offsets, g.tensor, g.start, g.table.chunk_size,
             scales, decay, acc(lr), acc(momentum))
 
@@ -353,12 +341,10 @@ def launch_adam(w, m, v, vhat, g, scales, decay, *, lr, step, beta_1=0.9,
                 beta_2=0.999, adam_epsilon=1e-7, threads=None):
     """One launch of the Adam update on Packed lists (amsgrad when vhat)."""
     if g.num_chunks:
-        acc = g.acc
-        alpha = _args.adam_alpha(lr, beta_1, beta_2, step)
-        _launch(acc, "adam", _grid(g), threads or THREADS,
+        _launch(g.acc, "adam", _grid(g), threads or THREADS,
             w.flat, m.flat, v.flat, (vhat or v).flat, g.flat, vhat is not None,
             g.offsets, g.tensor, g.start, g.table.chunk_size, scales, decay,
-            acc(lr), acc(alpha), acc(beta_1), acc(beta_2), acc(adam_epsilon))
+            *_args.adam_scalars(lr, beta_1, beta_2, adam_epsilon, step, g.acc))
 
 
 def _host_list(arrays):
@@ -400,13 +386,12 @@ def apply_sgd(weights, grads, momenta=None, *, lr, momentum=0.0, nesterov=False,
               chunk_size=DEFAULT_CHUNK_SIZE, threads=None):
     """One Keras SGD step on host arrays, in place. Returns the norms."""
     _args.check_pairs(weights, grads, ("weights", "grads"))
-    if momentum != 0:
-        _args.check_pairs(weights, momenta or [], ("weights", "momenta"))
+    _args.check_momenta(weights, momenta, momentum)
     dtype = _args.common_dtype(weights)
     g = Packed(grads, chunk_size, dtype)
     n, s = launch_stats(g, kind, mode, clipnorm, eps, threads)
     w = g.like(weights)
-    m = g.like(momenta) if momentum != 0 else None
+    m = g.like(momenta) if momenta is not None else None
     launch_sgd(w, m, g, s, cuda.to_device(_args.per_tensor(decay, max(len(weights), 1), g.acc)),
                lr=lr, momentum=momentum, nesterov=nesterov, threads=threads)
     _write_back(weights, w)

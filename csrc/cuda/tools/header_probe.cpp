@@ -8,8 +8,10 @@
 //     -> the 7 merged statistics
 //   chunks CHUNK_SIZE N SIZE_0 ... SIZE_N-1
 //     -> "FIRST..." / "TENSOR..." / "START..." on three lines
-// Numbers are printed with 17 significant digits (double accumulation).
+// Numbers are printed with 17 significant digits (double accumulation);
+// statistics may be nan or inf.
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 #include <sstream>
 #include <string>
@@ -22,10 +24,20 @@ namespace {
 
 using Stats = normopt::NormStats<double>;
 
+// One number; strtod also reads "nan" and "inf", which operator>> does not.
+double read_number(std::istream& in) {
+  std::string token;
+  in >> token;
+  return std::strtod(token.c_str(), nullptr);
+}
+
 Stats read_stats(std::istream& in) {
   Stats s = Stats::empty();
-  in >> s.count >> s.sum_abs >> s.sum_sq >> s.max_abs >> s.min_abs >> s.mean >>
-      s.m2;
+  in >> s.count;
+  for (double* field : {&s.sum_abs, &s.sum_sq, &s.max_abs, &s.min_abs, &s.mean,
+                        &s.m2}) {
+    *field = read_number(in);
+  }
   return s;
 }
 

@@ -8,8 +8,8 @@
 // chunking, vector/tail paths, block reductions and per-tensor finish are
 // exercised with real data. (Warp timing and memory-model effects are not.)
 //
-// The emu_* functions take host pointers and mirror launchers.h (Adam takes
-// alpha directly).
+// The emu_* functions take host pointers and mirror launchers.h, step scalars
+// included (normopt/update_scalars.h).
 #include <barrier>
 #include <cmath>
 #include <cstdint>
@@ -49,6 +49,7 @@ inline double __longlong_as_double(long long bits) {
 #define __launch_bounds__(n)
 
 #include "cuda/entry_points.cuh"
+#include "normopt/update_scalars.h"
 
 namespace {
 
@@ -198,13 +199,14 @@ EMU_EXPORT int emu_sgd(int dtype, void* const* weights, void* const* momenta,
   return dispatch(dtype, [&](auto zero) {
     using T = decltype(zero);
     using A = normopt::cuda::Acc<T>;
+    const auto k = normopt::sgd_scalars<A>(lr, momentum);
     launch(grid_for(num_chunks), kThreads, [&] {
       Entry<T>::sgd(reinterpret_cast<T* const*>(weights),
                     reinterpret_cast<T* const*>(momenta),
                     reinterpret_cast<const T* const*>(grads), sizes,
                     chunk_tensor, chunk_start, num_chunks, chunk_size,
                     static_cast<const A*>(scales), static_cast<const A*>(decay),
-                    A(lr), A(momentum), nesterov);
+                    k.lr, k.momentum, nesterov);
     });
     return 0;
   });
@@ -214,12 +216,13 @@ EMU_EXPORT int emu_adam(int dtype, void* const* weights, void* const* ms, void* 
              void* const* vhats, const void* const* grads, const int64_t* sizes,
              const int32_t* chunk_tensor, const int64_t* chunk_start,
              int64_t num_chunks, int64_t chunk_size, const void* scales,
-             const void* decay, double lr, double alpha, double beta_1,
-             double beta_2, double epsilon, int amsgrad) {
+             const void* decay, double lr, double beta_1, double beta_2,
+             double epsilon, double step, int amsgrad) {
   if (num_chunks <= 0) return 0;
   return dispatch(dtype, [&](auto zero) {
     using T = decltype(zero);
     using A = normopt::cuda::Acc<T>;
+    const auto k = normopt::adam_scalars<A>(lr, beta_1, beta_2, epsilon, step);
     launch(grid_for(num_chunks), kThreads, [&] {
       Entry<T>::adam(reinterpret_cast<T* const*>(weights),
                      reinterpret_cast<T* const*>(ms),
@@ -228,7 +231,8 @@ EMU_EXPORT int emu_adam(int dtype, void* const* weights, void* const* ms, void* 
                      reinterpret_cast<const T* const*>(grads), sizes,
                      chunk_tensor, chunk_start, num_chunks, chunk_size,
                      static_cast<const A*>(scales), static_cast<const A*>(decay),
-                     A(lr), A(alpha), A(beta_1), A(beta_2), A(epsilon), amsgrad);
+                     k.lr, k.alpha, k.one_minus_beta_1, k.one_minus_beta_2,
+                     k.epsilon, amsgrad);
     });
     return 0;
   });
