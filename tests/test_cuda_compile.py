@@ -67,6 +67,94 @@ def test_every_cuda_source_compiles(tmp_path):
                 assert (name, arch) in defined, f"{name} (sm_{arch}) missing from cupy_module.cu"
 
 
+# ---- CuPy's NVRTC route: cupy_module.cu compiled by libnvrtc ----
+
+def cuda_include():
+    """The CUDA toolkit's include directory (next to nvcc, or CUDA_HOME's), or None."""
+    nvcc = find_nvcc()
+    if nvcc is None:
+        return None
+    candidates = [os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))), "include"),
+                  os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "include"),
+                  "/usr/local/cuda/include"]
+    return next((c for c in candidates if os.path.isfile(os.path.join(c, "cuda_fp16.h"))), None)
+
+
+def load_nvrtc():
+    """libnvrtc of the nvidia-cuda-nvrtc wheel (requirements-test.txt), or the
+    reason it cannot be loaded."""
+    import ctypes
+    import importlib.util
+
+    spec = importlib.util.find_spec("nvidia")
+    libs = []
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        libs += glob.glob(os.path.join(root, "*", "lib", "libnvrtc.so.*"))
+        libs += glob.glob(os.path.join(root, "cuda_nvrtc", "lib", "libnvrtc.so.*"))
+    libs = [p for p in libs if ".alt." not in p]
+    if not libs:
+        return None, "libnvrtc not found (the nvidia-cuda-nvrtc wheel is not installed)"
+    lib_dir = os.path.dirname(libs[0])
+    # libnvrtc dlopen()s its builtins by soname at compile time
+    for builtins in glob.glob(os.path.join(lib_dir, "libnvrtc-builtins.so.*")):
+        if ".alt." not in builtins:
+            ctypes.CDLL(builtins, mode=ctypes.RTLD_GLOBAL)
+    nvrtc = ctypes.CDLL(libs[0])
+    nvrtc.nvrtcGetErrorString.restype = ctypes.c_char_p
+    return nvrtc, None
+
+
+def nvrtc_ptx(nvrtc, source, options):
+    """(ok, PTX or the compile log) of `source` compiled with `options`."""
+    import ctypes
+
+    prog = ctypes.c_void_p()
+    assert nvrtc.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), b"cupy_module.cu",
+                                    0, None, None) == 0
+    try:
+        argv = (ctypes.c_char_p * len(options))(*[o.encode() for o in options])
+        rc = nvrtc.nvrtcCompileProgram(prog, len(options), argv)
+        size = ctypes.c_size_t()
+        nvrtc.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+        log = ctypes.create_string_buffer(size.value)
+        nvrtc.nvrtcGetProgramLog(prog, log)
+        if rc != 0:
+            return False, nvrtc.nvrtcGetErrorString(rc).decode() + "\n" + log.value.decode()
+        nvrtc.nvrtcGetPTXSize(prog, ctypes.byref(size))
+        ptx = ctypes.create_string_buffer(size.value)
+        assert nvrtc.nvrtcGetPTX(prog, ptx) == 0
+        return True, ptx.value.decode() + log.value.decode()
+    finally:
+        nvrtc.nvrtcDestroyProgram(ctypes.byref(prog))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_cupy_module_compiles_with_nvrtc(arch):
+    """cupy_module.cu through NVRTC with the options CuPy's RawModule passes
+    on its NVRTC route (no jitify; CuPy adds the toolkit and CCCL includes,
+    -ftz=true and --device-as-default-execution-space): every entry point
+    cupy_kernels looks up is in the PTX, and NVRTC prints no warning."""
+    from normopt.kernels.cupy_kernels import SUFFIX, entry_names, nvrtc_options
+
+    include = cuda_include()
+    if include is None:
+        pytest.skip("no CUDA toolkit headers (nvcc, CUDA_HOME); NVRTC compile check skipped")
+    includes = [include] + [d for d in (os.path.join(include, "cccl"),) if os.path.isdir(d)]
+    nvrtc, reason = load_nvrtc()
+    if nvrtc is None:
+        pytest.skip(reason)
+    options = list(nvrtc_options(os.path.join(ROOT, "csrc")))
+    options += [f"-I{d}" for d in includes]
+    options += ["-ftz=true", "--device-as-default-execution-space",
+                f"--gpu-architecture=compute_{arch}"]
+    ok, out = nvrtc_ptx(nvrtc, '#include "cuda/cupy_module.cu"\n', options)
+    assert ok, out
+    entries = set(re.findall(r"\.entry\s+(\w+)", out))
+    wanted = {name for dtype in SUFFIX for name in entry_names(dtype).values()}
+    assert wanted <= entries, f"missing from the NVRTC build: {sorted(wanted - entries)}"
+    assert "warning" not in out.lower()
+
+
 # ---- the CUDA kernels executed on the CPU (csrc/cuda/tools/host_emulation.cpp) ----
 
 DTYPE_CODE = {"float16": 0, "bfloat16": 1, "float32": 2, "float64": 3}
@@ -75,15 +163,9 @@ DTYPE_CODE = {"float16": 0, "bfloat16": 1, "float32": 2, "float64": 3}
 def build_emulation(tmp_dir, block_threads):
     """Builds the host emulation of csrc/cuda with `block_threads` per block."""
     cxx = shutil.which("g++") or shutil.which("clang++")
-    nvcc = find_nvcc()
-    if cxx is None or nvcc is None:
-        pytest.skip("host emulation needs g++/clang++ (C++20) and the CUDA headers next to nvcc")
-    candidates = [os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))), "include"),
-                  os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "include"),
-                  "/usr/local/cuda/include"]
-    include = next((c for c in candidates if os.path.isfile(os.path.join(c, "cuda_fp16.h"))), None)
-    if include is None:
-        pytest.skip(f"cuda_fp16.h not found in {candidates}")
+    include = cuda_include()
+    if cxx is None or include is None:
+        pytest.skip("host emulation needs g++/clang++ (C++20) and the CUDA toolkit headers")
     out = os.path.join(tmp_dir, f"libnormopt_emu_{block_threads}.so")
     subprocess.run([cxx, "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread",
                     "-fvisibility=hidden", "-Wl,-Bsymbolic",
@@ -272,6 +354,19 @@ def test_emulated_cuda_vector_path_many_tensors_and_repeatability(emulated):
         check_sgd(emulated, big, dtype, "nesterov", steps=1)
     check_norms(emulated, many_shapes(1000, 50), "float32", kinds=("l2", "std"), chunk_size=64)
     check_bitwise_repeatable(emulated, many_shapes(40, 3000), chunk_size=512)
+
+
+def test_emulated_cuda_tensor_over_2_31_elements(emulated):
+    """64-bit indexing: elements past 2^31 are read where they are, and the
+    count is not truncated (avg_l1 divides by it). calloc'ed zeros: the 4 GiB
+    float16 tensor costs no memory until written."""
+    import numpy as np
+
+    n = 2**31 + 70_000
+    x = np.zeros(n, np.float16)
+    x[5], x[2**31 + 3], x[n - 1] = 1.0, 2.0, -2.0
+    got = emulated.norms([np.ones(3, np.float16), x], "avg_l1", 0.0)
+    np.testing.assert_allclose(got, [1.0, 5.0 / n], rtol=1e-6)
 
 
 def test_emulated_cuda_full_blocks(tmp_path):

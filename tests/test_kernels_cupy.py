@@ -1,6 +1,14 @@
 """CuPy front end of csrc/cuda: the shared checks of test_kernels_numba.py
-(NumPy float64 reference) on a GPU. Skips, with the reason, without CuPy or
-a CUDA device; importing the module must work everywhere.
+(NumPy float64 reference), twice:
+
+  [gpu]       CuPy on a GPU; skips, with the reason, without CuPy or a device;
+  [emulated]  cupy_kernels.py with CuPy replaced by tests/emulated_cupy.py,
+              which runs the same entry points on the CPU (host emulation,
+              256 threads per block as on a GPU). It checks the front end's
+              tables, argument order and types, not CuPy or a GPU; heavy
+              cases run smaller there.
+
+Importing the module must work everywhere.
 """
 
 import numpy as np
@@ -13,6 +21,9 @@ from test_kernels_numba import (
     SHAPE_LISTS,
     check_adam,
     check_bitwise_repeatable,
+    check_matches_tf_op,
+    check_momenta_with_zero_momentum,
+    check_nan_propagates,
     check_norms,
     check_scale,
     check_sgd,
@@ -29,16 +40,32 @@ def test_module_imports_without_cupy():
             cupy_kernels.norms([np.ones(3, np.float32)], "l2")
 
 
-@pytest.fixture(scope="module")
-def K():
+@pytest.fixture(scope="module", params=["gpu", "emulated"])
+def K(request, tmp_path_factory):
     from normopt.kernels import cupy_kernels
-
-    ok, reason = cupy_kernels.available()
-    if not ok:
-        pytest.skip(f"CuPy kernels need CuPy and a GPU: {reason}")
     from normopt.kernels.host_adapter import CupyOnHost
 
-    return CupyOnHost()
+    if request.param == "gpu":
+        ok, reason = cupy_kernels.available()
+        if not ok:
+            pytest.skip(f"CuPy kernels need CuPy and a GPU: {reason}")
+        kernels = CupyOnHost()
+        kernels.emulated = False
+        yield kernels
+        return
+    import emulated_cupy
+    from test_cuda_compile import build_emulation
+
+    library = build_emulation(str(tmp_path_factory.mktemp("emu_cupy")), cupy_kernels.THREADS)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cupy_kernels, "cp", emulated_cupy.module(library))
+        cupy_kernels._module.cache_clear()
+        cupy_kernels.kernels.cache_clear()
+        kernels = CupyOnHost()
+        kernels.emulated = True
+        yield kernels
+    cupy_kernels._module.cache_clear()
+    cupy_kernels.kernels.cache_clear()
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -48,8 +75,9 @@ def test_cupy_norms(K, shapes, dtype):
 
 
 def test_cupy_norms_many_tensors_and_large(K):
-    check_norms(K, many_shapes(1000, 300), "float32", chunk_size=64)
-    check_norms(K, [(2**24 + 3,), (0,), (65537,)], "float32", kinds=("l2", "std", "min_max"))
+    count, big = (100, 2**20 + 3) if K.emulated else (1000, 2**24 + 3)
+    check_norms(K, many_shapes(count, 300), "float32", chunk_size=64)
+    check_norms(K, [(big,), (0,), (65537,)], "float32", kinds=("l2", "std", "min_max"))
 
 
 @pytest.mark.parametrize("mode", ["normalize", "clip"])
@@ -70,6 +98,24 @@ def test_cupy_adam(K, variant, dtype):
     check_adam(K, SHAPE_LISTS["chunk_edges"] + [()], dtype, variant, chunk_size=8)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cupy_nan_propagates(K, dtype):
+    check_nan_propagates(K, dtype, chunk_size=8)
+    check_nan_propagates(K, dtype, big=70000)
+
+
+def test_cupy_momenta_with_zero_momentum(K):
+    check_momenta_with_zero_momentum(K, "float32", chunk_size=8)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cupy_updates_match_tf_op(K, dtype):
+    """Step by step against the TF CPU op, where TF is installed (the GPU
+    machines have none; there the NumPy-reference checks above stand)."""
+    pytest.importorskip("tensorflow", reason="the TF CPU op needs TensorFlow")
+    check_matches_tf_op(K, dtype, SHAPE_LISTS["chunk_edges"] + [(), (300,)], chunk_size=8)
+
+
 def test_cupy_vectorized_path(K):
     """Default chunks of aligned float32/float16 tensors take the 16-byte path."""
     for dtype in ("float32", "float16"):
@@ -78,13 +124,13 @@ def test_cupy_vectorized_path(K):
 
 
 def test_cupy_bitwise_repeatable(K):
-    check_bitwise_repeatable(K, many_shapes(200, 5000), chunk_size=1024)
+    check_bitwise_repeatable(K, many_shapes(20 if K.emulated else 200, 5000), chunk_size=1024)
 
 
 def test_cupy_launches_do_not_depend_on_tensor_count(K):
     from normopt.kernels import cupy_kernels as C
 
-    for count in (3, 300):
+    for count in (3, 30 if K.emulated else 300):
         arrays = [C.cp.ones(5, C.cp.float32) for _ in range(count)]
         zeros = [C.cp.zeros_like(a) for a in arrays]
         C.LAUNCHES.clear()

@@ -3,18 +3,20 @@
 `csrc/cuda/cupy_module.cu` (the extern "C" entry points of
 entry_points.cuh, no host code) is compiled once by `cupy.RawModule` with
 `csrc/` on the include path; kernels are looked up by their plain names
-(normopt_adam_f32, ...). Plain names rather than `name_expressions` on
-templates: CuPy resolves name expressions only with NVRTC, and the nvcc
-backend (full C++ headers, which norm_stats.h includes) is preferred. The functions take CuPy arrays and follow
-`normopt.kernels`'s signatures; they return CuPy arrays and never synchronise
-the device. Launches per call: norms/scales 2, scale 3, apply_sgd and
-apply_adam 3, whatever the number of tensors.
+(normopt_adam_f32, ...), which both of CuPy's compilers resolve alike. The
+functions take CuPy arrays and follow `normopt.kernels`'s signatures; they
+return CuPy arrays and never synchronise the device. Launches per call:
+norms/scales 2, scale 3, apply_sgd and apply_adam 3, whatever the number of
+tensors.
 
-Compiler: `nvcc` when found (full C++ headers), else NVRTC; set
-NORMOPT_CUPY_BACKEND=nvrtc|nvcc to choose. NORMOPT_CSRC overrides the
-location of csrc/ (default: the repository checkout this file lives in).
-bfloat16 data: CuPy has no bfloat16 dtype, so pass uint16 arrays holding
-bfloat16 bits with `dtype="bfloat16"`.
+Compiler: `nvcc` when found, else NVRTC (CuPy's default, no jitify); set
+NORMOPT_CUPY_BACKEND=nvrtc|nvcc to choose. The tests compile both routes
+(tests/test_cuda_compile.py). CuPy passes -ftz=true on both: float32
+denormals (below 1.2e-38) flush to zero, which the TF op's nvcc build does
+not do. NORMOPT_CSRC overrides the location of csrc/ (default: the
+repository checkout this file lives in). bfloat16 data: CuPy has no
+bfloat16 dtype, so pass uint16 arrays holding bfloat16 bits with
+`dtype="bfloat16"`.
 
 Importing this module needs neither CuPy nor a GPU; calling it does.
 """
@@ -92,17 +94,20 @@ def entry_names(dtype):
     }
 
 
+def nvrtc_options(csrc):
+    """Compiler options of the RawModule (CuPy adds the CUDA and CCCL
+    includes and -ftz=true itself)."""
+    return ("-std=c++17", f"-I{csrc}")
+
+
 @functools.lru_cache(maxsize=None)
 def _module():
     _require()
-    options = ("-std=c++17", f"-I{csrc_dir()}")
-    backend = _backend()
-    if backend == "nvrtc":
-        # NVRTC has no C++ standard headers of its own; jitify supplies them.
-        return cp.RawModule(code='#include "cuda/cupy_module.cu"\n', options=options,
-                            backend="nvrtc", jitify=True)
-    return cp.RawModule(code='#include "cuda/cupy_module.cu"\n', options=options,
-                        backend=backend)
+    # No jitify on the NVRTC route: the headers need only <cuda/std/...> under
+    # NVRTC, which CuPy's bundled libcu++ provides, and jitify's first compile
+    # takes minutes (tests/test_cuda_compile.py compiles this route).
+    return cp.RawModule(code='#include "cuda/cupy_module.cu"\n',
+                        options=nvrtc_options(csrc_dir()), backend=_backend())
 
 
 @functools.lru_cache(maxsize=None)

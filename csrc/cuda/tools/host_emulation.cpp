@@ -9,13 +9,16 @@
 // exercised with real data. (Warp timing and memory-model effects are not.)
 //
 // The emu_* functions take host pointers and mirror launchers.h, step scalars
-// included (normopt/update_scalars.h).
+// included (normopt/update_scalars.h); emu_kernel gives a launcher of any
+// entry point by name, for a CuPy stand-in.
 #include <barrier>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <map>
 #include <memory>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -135,6 +138,23 @@ int dispatch(int dtype, F f) {
 
 unsigned grid_for(int64_t num_chunks) { return static_cast<unsigned>(num_chunks); }
 
+// Launch(grid, block, args...) of one entry point, for emu_kernel.
+template <typename Fn>
+struct Launcher;
+template <typename... Args>
+struct Launcher<void (*)(Args...)> {
+  template <void (*Entry)(Args...)>
+  static void Launch(unsigned grid, unsigned block, Args... args) {
+    launch(grid, block, [&] { Entry(args...); });
+  }
+};
+
+#define EMU_KERNEL(NAME) \
+  {#NAME, reinterpret_cast<void*>(&Launcher<decltype(&NAME)>::Launch<&NAME>)}
+#define EMU_KERNELS(SUF)                                                   \
+  EMU_KERNEL(normopt_chunk_stats_##SUF), EMU_KERNEL(normopt_scale_##SUF), \
+      EMU_KERNEL(normopt_sgd_##SUF), EMU_KERNEL(normopt_adam_##SUF)
+
 }  // namespace
 
 // Built with -fvisibility=hidden: only the emu_* functions are exported, so
@@ -143,6 +163,20 @@ unsigned grid_for(int64_t num_chunks) { return static_cast<unsigned>(num_chunks)
 #define EMU_EXPORT __attribute__((visibility("default")))
 
 extern "C" {
+
+// The launcher of entry point `name` (entry_points.cuh), called as
+// launcher(grid, block, <the kernel's arguments>) with host pointers, as
+// CuPy launches the kernel by name (tests/emulated_cupy.py); null if unknown.
+EMU_EXPORT void* emu_kernel(const char* name) {
+  static const std::map<std::string, void*> kKernels = {
+      EMU_KERNELS(f16), EMU_KERNELS(bf16), EMU_KERNELS(f32), EMU_KERNELS(f64),
+      EMU_KERNEL(normopt_finish_f32), EMU_KERNEL(normopt_finish_f64),
+      EMU_KERNEL(normopt_scales_from_norms_f32),
+      EMU_KERNEL(normopt_scales_from_norms_f64),
+  };
+  const auto it = kKernels.find(name);
+  return it == kKernels.end() ? nullptr : it->second;
+}
 
 EMU_EXPORT int emu_norms(int dtype, const void* const* tensors, const int64_t* sizes,
               int num_tensors, const int32_t* chunk_tensor,
