@@ -86,7 +86,7 @@ class Config:
         self.dry = args.dry_run
         if self.dry:
             self.chunk_sizes = [8]
-            self.kw = dict(threads=4)
+            self.kw = dict(threads=4)  # Numba CUDA only (simulator blocks)
             self.norm_cases = {"empty": [(0,)], "one": [(1,)], "odd": [(3,), (7, 5), (13,)],
                                "list_30": many(30, 12)}
             self.update_cases = {"odd": [(3,), (0,), (13,)]}
@@ -137,6 +137,10 @@ class Backend:
 
     def host(self):
         raise NotImplementedError
+
+    def kw(self, cfg):
+        """Extra keyword arguments of this backend's kernel functions."""
+        return {}
 
 
 class CupyBackend(Backend):
@@ -214,6 +218,9 @@ class NumbaBackend(Backend):
 
     def host(self):
         return self.K
+
+    def kw(self, cfg):
+        return dict(cfg.kw)
 
     def device_name(self):
         if self.K.SIMULATED:
@@ -313,7 +320,7 @@ def parity(backend, cfg, records):
                             chunk_size=chunk, detail=detail, score=err, ok=err <= 1.0))
 
     for chunk in cfg.chunk_sizes:
-        kw = dict(cfg.kw)
+        kw = backend.kw(cfg)
         if chunk:
             kw["chunk_size"] = chunk
         for dtype in cfg.dtypes:
@@ -399,7 +406,7 @@ def launches_per_step(backend, cfg):
         m = [np.zeros_like(x) for x in w]
         v = [np.zeros_like(x) for x in w]
         backend.launches.clear()
-        K.apply_adam(w, g, m, v, lr=1e-3, step=1, **cfg.kw)
+        K.apply_adam(w, g, m, v, lr=1e-3, step=1, **backend.kw(cfg))
         out[str(count)] = sum(backend.launches.values())
     return out
 
@@ -410,7 +417,7 @@ def bitwise_repeatable(backend, cfg):
     K = backend.host()
     shapes = cfg.norm_cases["list_1000" if "list_1000" in cfg.norm_cases else "list_30"]
     arrays = arrays_for(shapes, "float32", 4)
-    runs = [np.asarray(K.norms(arrays, kind, 1e-7, **cfg.kw)).tobytes()
+    runs = [np.asarray(K.norms(arrays, kind, 1e-7, **backend.kw(cfg))).tobytes()
             for kind in ("l2", "std") for _ in range(5)]
     return all(r == runs[0] for r in runs[:5]) and all(r == runs[5] for r in runs[5:])
 
@@ -420,8 +427,7 @@ def bandwidth(backend, cfg):
     dtypes = ("float32",) if cfg.dry else ("float32", "float16")
     for dtype in dtypes:
         for label, sizes in cfg.bw_lists.items():
-            work = (backend.workloads(sizes, dtype, **cfg.kw) if backend.name == "numba_cuda"
-                    else backend.workloads(sizes, dtype))
+            work = backend.workloads(sizes, dtype, **backend.kw(cfg))
             copy_fn, copy_bytes = work.pop("copy (device to device)")
             copy_bw = copy_bytes / backend.time(copy_fn, cfg)
             rows.append(dict(backend=backend.name, dtype=dtype, tensors=label,

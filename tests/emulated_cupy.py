@@ -11,6 +11,7 @@ tests using it say so in their names.
 """
 
 import ctypes
+import time
 import types
 
 import numpy as np
@@ -96,6 +97,36 @@ class _Kernel:
         launcher(int(grid[0]), int(block[0]), *cargs)
 
 
+def concatenate(arrays):
+    return _device(np.concatenate(arrays))
+
+
+def copyto(dst, src):
+    np.copyto(dst, src)
+
+
+class _Generator:
+    def __init__(self, seed):
+        self._rng = np.random.default_rng(seed)
+
+    def standard_normal(self, size, dtype=np.float64):
+        return _device(self._rng.standard_normal(size, dtype=dtype))
+
+
+class _Event:
+    """Host clock in place of a CUDA event (launches here are synchronous)."""
+
+    def record(self):
+        self.seconds = time.perf_counter()
+
+    def synchronize(self):
+        pass
+
+
+def _elapsed_ms(start, stop):
+    return 1e3 * (stop.seconds - start.seconds)
+
+
 def module(library_path):
     """A `cupy`-like module whose RawModule kernels run in the emulation
     library at `library_path` (built with 256 threads per block, as CuPy
@@ -115,8 +146,15 @@ def module(library_path):
     fake.__dict__.update(
         ndarray=ndarray, asarray=asarray, ascontiguousarray=ascontiguousarray,
         empty=empty, zeros=zeros, ones=ones, empty_like=empty_like, zeros_like=zeros_like,
-        RawModule=RawModule, uint8=np.uint8, uint16=np.uint16, float32=np.float32,
-        float64=np.float64,
-        cuda=types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=lambda: 1)),
+        concatenate=concatenate, copyto=copyto, dtype=np.dtype,
+        random=types.SimpleNamespace(default_rng=_Generator),
+        RawModule=RawModule, uint8=np.uint8, uint16=np.uint16, float16=np.float16,
+        float32=np.float32, float64=np.float64,
+        cuda=types.SimpleNamespace(
+            runtime=types.SimpleNamespace(
+                getDeviceCount=lambda: 1,
+                getDeviceProperties=lambda device: {"name": b"host emulation (no GPU)"}),
+            Device=lambda: types.SimpleNamespace(id=0),
+            Event=_Event, get_elapsed_time=_elapsed_ms),
     )
     return fake

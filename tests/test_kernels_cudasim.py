@@ -53,6 +53,39 @@ if not SIMULATOR:
         assert all(t["met"] for t in result["targets"])
         assert (tmp_path / "gpu_validate.md").read_text().startswith("# GPU validation")
 
+    def test_gpu_validate_dry_run_cupy_front_end_emulated(tmp_path):
+        """benchmarks/gpu_validate.py's CuPy backend (parity, launches,
+        bandwidth rows, table) with CuPy replaced by tests/emulated_cupy.py:
+        the script's CuPy code runs before any GPU sees it. Figures mean nothing."""
+        import json
+
+        from test_cuda_compile import build_emulation
+
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        library = build_emulation(str(tmp_path), 256)
+        runner = (
+            "import sys\n"
+            f"sys.path[:0] = [{os.path.join(root, 'tests')!r}, {os.path.join(root, 'benchmarks')!r}]\n"
+            "import emulated_cupy\n"
+            f"sys.modules['cupy'] = emulated_cupy.module({library!r})\n"
+            "import gpu_validate\n"
+            f"sys.exit(gpu_validate.main(['--dry-run', '--backends', 'cupy', '--out', {str(tmp_path)!r}]))\n"
+        )
+        done = subprocess.run([sys.executable, "-c", runner], capture_output=True, text=True,
+                              timeout=600, env={k: v for k, v in os.environ.items()
+                                                if k != "NUMBA_ENABLE_CUDASIM"})
+        assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+        result = json.loads((tmp_path / "gpu_validate.json").read_text())
+        assert result["device"] == "host emulation (no GPU)" and result["dry_run"]
+        assert result["tensorflow_imported"] is False
+        assert {r["backend"] for r in result["parity"]} == {"cupy"}
+        assert {r["op"] for r in result["parity"]} == {"norms", "scale", "sgd", "adam"}
+        assert all(r["ok"] for r in result["parity"])
+        assert result["backends"]["cupy"]["launches"] == {"1": 3, "10": 3, "40": 3}
+        assert result["backends"]["cupy"]["bitwise_identical"] is True
+        kernels = {r["kernel"] for r in result["bandwidth"]}
+        assert {"copy (device to device)", "adam", "sgd momentum", "scale"} <= kernels
+
 else:
     # The simulator busy-waits on its block threads; a short GIL switch
     # interval makes it an order of magnitude faster.

@@ -175,7 +175,7 @@ def check_momenta_with_zero_momentum(K, dtype, **kw):
     TF op does when given slots; momentum != 0 without momenta is an error."""
     shapes = [(5,), (0,), (3, 2)]
     weights = make_arrays(shapes, dtype, seed=3)
-    w0 = [np.asarray(w, np.float64) for w in weights]
+    w0 = [np.array(w, np.float64) for w in weights]
     momenta = make_arrays(shapes, dtype, seed=4)
     grads = make_arrays(shapes, dtype, seed=5)
     lr = 0.125

@@ -5,10 +5,11 @@
 //   scale_chunks  out = g * scale[t]
 //   sgd_chunks    Keras 3 SGD with g' = g * scale[t], decoupled decay first:
 //                   w -= w * decay[t] * lr
-//                   plain     w -= lr * g'                    (no momenta)
-//                   momentum  m = mu * m - lr * g';  w += m   (momenta given,
+//                   plain     w -= lr * g'                      (momenta null)
+//                   momentum  m = mu * m - lr * g';  w += m
 //                   nesterov  m = mu * m - lr * g';  w += mu * m - lr * g'
-//                                                  mu may be 0, as on the CPU)
+//                 (momenta given: the momentum rule even with mu = 0, as the
+//                 CPU op does when given slots)
 //   adam_chunks   Keras 3 Adam/AdamW/amsgrad, t = step:
 //                   w -= w * decay[t] * lr
 //                   m += (g' - m)(1 - b1);  v += (g'^2 - v)(1 - b2)
@@ -165,9 +166,8 @@ __device__ __forceinline__ void adam_chunks(
     T* v = vs[k.t] + k.lo;
     T* vh = amsgrad ? vhats[k.t] + k.lo : nullptr;
     const T* g = grads[k.t] + k.lo;
-    const AdamStep<A> op{lr,         alpha,      one_minus_beta_1,
-                         one_minus_beta_2,       epsilon,
-                         decay[k.t], scales[k.t], amsgrad != 0};
+    const AdamStep<A> op{lr,      alpha,      one_minus_beta_1, one_minus_beta_2,
+                         epsilon, decay[k.t], scales[k.t],      amsgrad != 0};
     const bool vec = aligned16(w) && aligned16(m) && aligned16(v) &&
                      aligned16(g) && (!vh || aligned16(vh));
     for_each_in_chunk<W>(

@@ -147,11 +147,14 @@ class TensorList:
         self.start_d = pad(self.table.start, np.int64)
         self.first_d = cp.asarray(self.table.first)
         self._tables = {}
+        self._owners = []  # arrays behind the cached pointer tables
         self.ptrs = self.pointers(self.arrays, "arrays")
 
     def pointers(self, arrays, what):
         """Device table of data pointers of `arrays` (same shapes as this list),
-        cached so that a reused plan copies nothing to the device per step."""
+        cached so that a reused plan copies nothing to the device per step.
+        The plan keeps the arrays alive: a launch through the table must not
+        write into memory their owner has freed."""
         arrays = list(arrays)
         key = (what, tuple(b.data.ptr for b in arrays))
         if key in self._tables:
@@ -165,6 +168,7 @@ class TensorList:
                 raise ValueError(f"{what}[{i}] is not C-contiguous")
         table = np.array(list(key[1]) or [0], dtype=np.uint64)
         self._tables[key] = cp.asarray(table)
+        self._owners.append(arrays)
         return self._tables[key]
 
     def per_tensor(self, value):

@@ -12,7 +12,6 @@ float16 and bfloat16 inputs run on float32 working copies (Numba has no
 their dtype at the end. Signatures: see `normopt.kernels`.
 """
 
-
 import numba
 import numpy as np
 from numba import prange
