@@ -34,7 +34,7 @@ using tensorflow::OpKernelContext;
 using tensorflow::Tensor;
 
 // The CPU side of what both apply ops share (ApplyOpBase in
-// op_inputs.h): per-tensor scales and decay, made before any lock.
+// op_inputs.h): per-tensor scales and weight decay, made before any lock.
 template <typename T>
 class ApplyCpuOpBase : public ApplyOpBase<T> {
  public:
@@ -47,15 +47,11 @@ class ApplyCpuOpBase : public ApplyOpBase<T> {
   // Reads and checks the inputs, then computes the scales: everything that
   // needs no variable.
   absl::Status Prepare(OpKernelContext* ctx, Inputs* in,
-                       DeferredScales<T>* scales, std::vector<Acc>* decay_lr,
+                       DeferredScales<T>* scales, std::vector<Acc>* decay,
                        std::unique_ptr<ChunkPlan>* plan) {
     TF_RETURN_IF_ERROR(this->ReadInputs(ctx, in));
-    const int n = in->grads.size();
-    decay_lr->resize(n);
     auto d = in->decay->template flat<Acc>();
-    for (int i = 0; i < n; ++i) {
-      (*decay_lr)[i] = static_cast<Acc>(static_cast<double>(d(i)) * in->lr);
-    }
+    decay->assign(d.data(), d.data() + d.size());
     *plan = std::make_unique<ChunkPlan>(in->grads.sizes);
     scales->Compute(ctx, this->source_, this->mode_, **plan, in->grads.data,
                     in->eps, in->clipnorm, *in->norms);
@@ -87,9 +83,9 @@ class ApplySgdOp : public ApplyCpuOpBase<T> {
                     "variable, got none"));
     typename ApplyCpuOpBase<T>::Inputs in;
     DeferredScales<T> scales;
-    std::vector<Acc> decay_lr;
+    std::vector<Acc> decay;
     std::unique_ptr<ChunkPlan> plan_ptr;
-    OP_REQUIRES_OK(ctx, this->Prepare(ctx, &in, &scales, &decay_lr, &plan_ptr));
+    OP_REQUIRES_OK(ctx, this->Prepare(ctx, &in, &scales, &decay, &plan_ptr));
     const GradList<T>& grads = in.grads;
     const double lr = in.lr;
 
@@ -116,11 +112,11 @@ class ApplySgdOp : public ApplyCpuOpBase<T> {
       T* wi = w[i] + ch.begin;
       T* mi = m[i] == nullptr ? nullptr : m[i] + ch.begin;
       const T* gi = grads.data[i] + ch.begin;
-      const bool decay = decay_lr[i] != Acc(0);
+      const bool decays = decay[i] != Acc(0);
       const Acc s = scales.Of(ch, gi);
 #define NORMOPT_SGD(V, D) \
-  SgdChunk<T, V, D>(wi, mi, gi, len, s, decay_lr[i], k)
-      switch (variant * 2 + (decay ? 1 : 0)) {
+  SgdChunk<T, V, D>(wi, mi, gi, len, s, decay[i], k)
+      switch (variant * 2 + (decays ? 1 : 0)) {
         case 0: NORMOPT_SGD(0, false); break;
         case 1: NORMOPT_SGD(0, true); break;
         case 2: NORMOPT_SGD(1, false); break;
@@ -165,9 +161,9 @@ class ApplyAdamOp : public ApplyCpuOpBase<T> {
 
     typename ApplyCpuOpBase<T>::Inputs in;
     DeferredScales<T> scales;
-    std::vector<Acc> decay_lr;
+    std::vector<Acc> decay;
     std::unique_ptr<ChunkPlan> plan_ptr;
-    OP_REQUIRES_OK(ctx, this->Prepare(ctx, &in, &scales, &decay_lr, &plan_ptr));
+    OP_REQUIRES_OK(ctx, this->Prepare(ctx, &in, &scales, &decay, &plan_ptr));
     const GradList<T>& grads = in.grads;
     const double lr = in.lr;
 
@@ -199,11 +195,11 @@ class ApplyAdamOp : public ApplyCpuOpBase<T> {
       T* vi = v[i] + ch.begin;
       T* hi = vhat[i] == nullptr ? nullptr : vhat[i] + ch.begin;
       const T* gi = grads.data[i] + ch.begin;
-      const bool decay = decay_lr[i] != Acc(0);
+      const bool decays = decay[i] != Acc(0);
       const Acc s = scales.Of(ch, gi);
 #define NORMOPT_ADAM(A, D) \
-  AdamChunk<T, A, D>(wi, mi, vi, hi, gi, len, s, decay_lr[i], k)
-      switch ((amsgrad ? 2 : 0) + (decay ? 1 : 0)) {
+  AdamChunk<T, A, D>(wi, mi, vi, hi, gi, len, s, decay[i], k)
+      switch ((amsgrad ? 2 : 0) + (decays ? 1 : 0)) {
         case 0: NORMOPT_ADAM(false, false); break;
         case 1: NORMOPT_ADAM(false, true); break;
         case 2: NORMOPT_ADAM(true, false); break;

@@ -4,7 +4,7 @@
 // accumulation type and rounds each stored value once. Options are template
 // parameters so every loop is branch-free and vectorizable. With g' = g * s:
 //
-//   decay (decoupled):  w = w - w * decay_lr          (decay_lr = wd * lr)
+//   decay (decoupled):  w = w - w * wd * lr            (as Keras, in Acc)
 //   SGD:                w = w - lr * g'
 //   SGD momentum:       m = momentum * m - lr * g';  w = w + m
 //   SGD nesterov:       m = momentum * m - lr * g';  w = w + momentum * m - lr * g'
@@ -28,13 +28,13 @@ namespace normopt {
 // Momentum: 0 none, 1 heavy ball, 2 nesterov.
 template <typename T, int Momentum, bool Decay>
 void SgdChunk(T* __restrict w, T* __restrict m, const T* __restrict g,
-              int64_t n, AccType<T> scale, AccType<T> decay_lr,
+              int64_t n, AccType<T> scale, AccType<T> wd,
               SgdScalars<AccType<T>> k) {
   using Acc = AccType<T>;
   for (int64_t j = 0; j < n; ++j) {
     const Acc gs = ToAcc(g[j]) * scale;
     Acc wj = ToAcc(w[j]);
-    if (Decay) wj = wj - wj * decay_lr;
+    if (Decay) wj = wj - wj * wd * k.lr;
     if (Momentum == 0) {
       wj = wj - k.lr * gs;
     } else {
@@ -49,13 +49,13 @@ void SgdChunk(T* __restrict w, T* __restrict m, const T* __restrict g,
 template <typename T, bool Amsgrad, bool Decay>
 void AdamChunk(T* __restrict w, T* __restrict m, T* __restrict v,
                T* __restrict vhat, const T* __restrict g, int64_t n,
-               AccType<T> scale, AccType<T> decay_lr,
+               AccType<T> scale, AccType<T> wd,
                AdamScalars<AccType<T>> k) {
   using Acc = AccType<T>;
   for (int64_t j = 0; j < n; ++j) {
     const Acc gs = ToAcc(g[j]) * scale;
     Acc wj = ToAcc(w[j]);
-    if (Decay) wj = wj - wj * decay_lr;
+    if (Decay) wj = wj - wj * wd * k.lr;
     Acc mj = ToAcc(m[j]);
     Acc vj = ToAcc(v[j]);
     mj = mj + (gs - mj) * k.one_minus_beta_1;
