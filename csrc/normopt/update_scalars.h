@@ -5,9 +5,9 @@
 //   SGD    lr, momentum                     (Python floats cast to Acc)
 //   Adam   lr
 //          alpha = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t)
-//                                           (in Acc: in float32, 1 - 0.999^t
-//                                            is off by ~1e-5 of its value at
-//                                            t = 1, and Keras rounds so too)
+//                                           (in Acc, as Keras: in float32,
+//                                            1 - 0.999^t is off by ~1e-5 of
+//                                            its value at t = 1)
 //          1 - beta_1, 1 - beta_2           (formed in double, then cast:
 //                                            Keras computes them in Python)
 //          epsilon
