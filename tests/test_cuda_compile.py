@@ -1,10 +1,17 @@
-"""Compile check of every csrc/cuda/*.cu with the installed nvcc (sm_80 and sm_90).
+"""The CUDA sources without a GPU.
 
-Each file is compiled once (`-c`, both architectures through -gencode pairs,
-warnings as errors, ptxas verbose), all files in parallel; the entry points
-that normopt.kernels.cupy_kernels looks up by name must be among those
-cupy_module.cu defines. Skips, printing the reason, when
-no nvcc is on PATH or in /usr/local/cuda/bin.
+- Compile check of every csrc/cuda/*.cu with the installed nvcc (sm_80 and
+  sm_90): each file compiled once (`-c`, both architectures through -gencode
+  pairs, warnings as errors, ptxas verbose), all files in parallel; the entry
+  points that normopt.kernels.cupy_kernels looks up by name must be among
+  those cupy_module.cu defines.
+- CuPy's NVRTC route: cupy_module.cu through libnvrtc with CuPy's options.
+- The kernels run on the CPU by csrc/cuda/tools/host_emulation.cpp, against
+  the NumPy reference and the TF CPU op.
+- A syntax check of the TF GPU op kernels (csrc/ops/*_gpu.cc).
+
+Each part skips, with the reason, when its tool (nvcc and the CUDA headers,
+the NVRTC wheel, a C++20 compiler) is missing.
 """
 
 import glob
