@@ -44,17 +44,22 @@ class ApplyCpuOpBase : public ApplyOpBase<T> {
   explicit ApplyCpuOpBase(OpKernelConstruction* ctx) : ApplyOpBase<T>(ctx) {}
 
  protected:
-  // Reads and checks the inputs, then computes the scales: everything that
-  // needs no variable.
-  absl::Status Prepare(OpKernelContext* ctx, Inputs* in,
-                       DeferredScales<T>* scales, std::vector<Acc>* decay,
-                       std::unique_ptr<ChunkPlan>* plan) {
-    TF_RETURN_IF_ERROR(this->ReadInputs(ctx, in));
-    auto d = in->decay->template flat<Acc>();
-    decay->assign(d.data(), d.data() + d.size());
-    *plan = std::make_unique<ChunkPlan>(in->grads.sizes);
-    scales->Compute(ctx, this->source_, this->mode_, **plan, in->grads.data,
-                    in->eps, in->clipnorm, *in->norms);
+  // Everything a step needs that needs no variable.
+  struct Prepared {
+    Inputs in;
+    std::unique_ptr<ChunkPlan> plan;
+    DeferredScales<T> scales;
+    const Acc* decay = nullptr;  // weight decay per tensor (the `decay` input)
+  };
+
+  // Reads and checks the inputs, then plans the chunks and computes the scales.
+  absl::Status Prepare(OpKernelContext* ctx, Prepared* p) {
+    TF_RETURN_IF_ERROR(this->ReadInputs(ctx, &p->in));
+    p->decay = p->in.decay->template flat<Acc>().data();
+    p->plan = std::make_unique<ChunkPlan>(p->in.grads.sizes);
+    p->scales.Compute(ctx, this->source_, this->mode_, *p->plan,
+                      p->in.grads.data, p->in.eps, p->in.clipnorm,
+                      *p->in.norms);
     return absl::OkStatus();
   }
 };
@@ -69,25 +74,15 @@ class ApplySgdOp : public ApplyCpuOpBase<T> {
   }
 
   void Compute(OpKernelContext* ctx) override {
+    int n = 0, n_slots = 0;
     double momentum;
-    OP_REQUIRES_OK(ctx, ScalarInput(ctx, "momentum", &momentum));
-    int n = 0, n_vars = 0, n_slots = 0;
-    OP_REQUIRES_OK(ctx, ListLength(*this, "grad", &n));
-    OP_REQUIRES_OK(ctx, ListLength(*this, "var", &n_vars));
-    OP_REQUIRES_OK(ctx, ListLength(*this, "momentum_slot", &n_slots));
-    OP_REQUIRES_OK(ctx, CheckVariableCount("var", n_vars, n));
-    OP_REQUIRES_OK(ctx, CheckSlotCount("momentum_slot", n_slots, n));
-    OP_REQUIRES(ctx, n_slots > 0 || momentum == 0.0,
-                absl::InvalidArgumentError(
-                    "normopt: momentum != 0 needs one momentum slot per "
-                    "variable, got none"));
-    typename ApplyCpuOpBase<T>::Inputs in;
-    DeferredScales<T> scales;
-    std::vector<Acc> decay;
-    std::unique_ptr<ChunkPlan> plan_ptr;
-    OP_REQUIRES_OK(ctx, this->Prepare(ctx, &in, &scales, &decay, &plan_ptr));
-    const GradList<T>& grads = in.grads;
-    const double lr = in.lr;
+    OP_REQUIRES_OK(ctx, this->ReadSgdInputs(ctx, &n, &momentum, &n_slots));
+    typename ApplyCpuOpBase<T>::Prepared prep;
+    OP_REQUIRES_OK(ctx, this->Prepare(ctx, &prep));
+    const GradList<T>& grads = prep.in.grads;
+    const double lr = prep.in.lr;
+    const Acc* decay = prep.decay;
+    const DeferredScales<T>& scales = prep.scales;
 
     LockedVariables locked;
     int count;
@@ -104,7 +99,7 @@ class ApplySgdOp : public ApplyCpuOpBase<T> {
 
     const SgdScalars<Acc> k = sgd_scalars<Acc>(lr, momentum);
     const int variant = n_slots == 0 ? 0 : (nesterov_ ? 2 : 1);
-    const ChunkPlan& plan = *plan_ptr;
+    const ChunkPlan& plan = *prep.plan;
     ParallelForChunks(ctx, plan, 3, [&](int64_t c) {
       const Chunk& ch = plan.chunks[c];
       const int i = ch.tensor;
@@ -140,34 +135,20 @@ class ApplyAdamOp : public ApplyCpuOpBase<T> {
   explicit ApplyAdamOp(OpKernelConstruction* ctx) : ApplyCpuOpBase<T>(ctx) {}
 
   void Compute(OpKernelContext* ctx) override {
-    double beta_1, beta_2, adam_eps, step;
-    OP_REQUIRES_OK(ctx, ScalarInput(ctx, "beta_1", &beta_1));
-    OP_REQUIRES_OK(ctx, ScalarInput(ctx, "beta_2", &beta_2));
-    OP_REQUIRES_OK(ctx, ScalarInput(ctx, "adam_epsilon", &adam_eps));
-    OP_REQUIRES_OK(ctx, ScalarInput(ctx, "step", &step));
-    OP_REQUIRES(ctx, step >= 1.0,
-                absl::InvalidArgumentError(
-                    "normopt: step (iterations + 1) must be >= 1, got " +
-                    std::to_string(step)));
-    int n = 0, count = 0;
-    OP_REQUIRES_OK(ctx, ListLength(*this, "grad", &n));
-    for (const char* name : {"var", "m", "v"}) {
-      OP_REQUIRES_OK(ctx, ListLength(*this, name, &count));
-      OP_REQUIRES_OK(ctx, CheckVariableCount(name, count, n));
-    }
-    int n_vhat = 0;
-    OP_REQUIRES_OK(ctx, ListLength(*this, "vhat", &n_vhat));
-    OP_REQUIRES_OK(ctx, CheckSlotCount("vhat", n_vhat, n));
+    typename ApplyOpBase<T>::AdamInputs adam;
+    OP_REQUIRES_OK(ctx, this->ReadAdamInputs(ctx, &adam));
+    const int n = adam.n;
+    const bool amsgrad = adam.amsgrad;
 
-    typename ApplyCpuOpBase<T>::Inputs in;
-    DeferredScales<T> scales;
-    std::vector<Acc> decay;
-    std::unique_ptr<ChunkPlan> plan_ptr;
-    OP_REQUIRES_OK(ctx, this->Prepare(ctx, &in, &scales, &decay, &plan_ptr));
-    const GradList<T>& grads = in.grads;
-    const double lr = in.lr;
+    typename ApplyCpuOpBase<T>::Prepared prep;
+    OP_REQUIRES_OK(ctx, this->Prepare(ctx, &prep));
+    const GradList<T>& grads = prep.in.grads;
+    const double lr = prep.in.lr;
+    const Acc* decay = prep.decay;
+    const DeferredScales<T>& scales = prep.scales;
 
     LockedVariables locked;
+    int count;
     for (const char* name : {"var", "m", "v", "vhat"}) {
       OP_REQUIRES_OK(ctx, locked.Add(ctx, name, &count));
     }
@@ -176,7 +157,6 @@ class ApplyAdamOp : public ApplyCpuOpBase<T> {
     OP_REQUIRES_OK(ctx, locked.Buffers<T>(ctx, "var", 0, grads, &w));
     OP_REQUIRES_OK(ctx, locked.Buffers<T>(ctx, "m", n, grads, &m));
     OP_REQUIRES_OK(ctx, locked.Buffers<T>(ctx, "v", 2 * n, grads, &v));
-    const bool amsgrad = n_vhat > 0;
     if (amsgrad) {
       OP_REQUIRES_OK(ctx, locked.Buffers<T>(ctx, "vhat", 3 * n, grads, &vhat));
     } else {
@@ -184,8 +164,9 @@ class ApplyAdamOp : public ApplyCpuOpBase<T> {
     }
 
     const AdamScalars<Acc> k =
-        adam_scalars<Acc>(lr, beta_1, beta_2, adam_eps, step);
-    const ChunkPlan& plan = *plan_ptr;
+        adam_scalars<Acc>(lr, adam.beta_1, adam.beta_2, adam.adam_epsilon,
+                          adam.step);
+    const ChunkPlan& plan = *prep.plan;
     ParallelForChunks(ctx, plan, 10, [&](int64_t c) {
       const Chunk& ch = plan.chunks[c];
       const int i = ch.tensor;

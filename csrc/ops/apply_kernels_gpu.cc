@@ -36,18 +36,9 @@ class ApplySgdGpuOp : public ApplyOpBase<T> {
   }
 
   void Compute(OpKernelContext* ctx) override {
+    int n = 0, n_slots = 0;
     double momentum;
-    OP_REQUIRES_OK(ctx, ScalarInput(ctx, "momentum", &momentum));
-    int n = 0, n_vars = 0, n_slots = 0;
-    OP_REQUIRES_OK(ctx, ListLength(*this, "grad", &n));
-    OP_REQUIRES_OK(ctx, ListLength(*this, "var", &n_vars));
-    OP_REQUIRES_OK(ctx, ListLength(*this, "momentum_slot", &n_slots));
-    OP_REQUIRES_OK(ctx, CheckVariableCount("var", n_vars, n));
-    OP_REQUIRES_OK(ctx, CheckSlotCount("momentum_slot", n_slots, n));
-    OP_REQUIRES(ctx, n_slots > 0 || momentum == 0.0,
-                absl::InvalidArgumentError(
-                    "normopt: momentum != 0 needs one momentum slot per "
-                    "variable, got none"));
+    OP_REQUIRES_OK(ctx, this->ReadSgdInputs(ctx, &n, &momentum, &n_slots));
     typename ApplyOpBase<T>::Inputs in;
     OP_REQUIRES_OK(ctx, this->ReadInputs(ctx, &in));
 
@@ -98,28 +89,15 @@ class ApplyAdamGpuOp : public ApplyOpBase<T> {
       : ApplyOpBase<T>(ctx) {}
 
   void Compute(OpKernelContext* ctx) override {
-    double beta_1, beta_2, adam_eps, step;
-    OP_REQUIRES_OK(ctx, ScalarInput(ctx, "beta_1", &beta_1));
-    OP_REQUIRES_OK(ctx, ScalarInput(ctx, "beta_2", &beta_2));
-    OP_REQUIRES_OK(ctx, ScalarInput(ctx, "adam_epsilon", &adam_eps));
-    OP_REQUIRES_OK(ctx, ScalarInput(ctx, "step", &step));
-    OP_REQUIRES(ctx, step >= 1.0,
-                absl::InvalidArgumentError(
-                    "normopt: step (iterations + 1) must be >= 1, got " +
-                    std::to_string(step)));
-    int n = 0, count = 0;
-    OP_REQUIRES_OK(ctx, ListLength(*this, "grad", &n));
-    for (const char* name : {"var", "m", "v"}) {
-      OP_REQUIRES_OK(ctx, ListLength(*this, name, &count));
-      OP_REQUIRES_OK(ctx, CheckVariableCount(name, count, n));
-    }
-    int n_vhat = 0;
-    OP_REQUIRES_OK(ctx, ListLength(*this, "vhat", &n_vhat));
-    OP_REQUIRES_OK(ctx, CheckSlotCount("vhat", n_vhat, n));
+    typename ApplyOpBase<T>::AdamInputs adam;
+    OP_REQUIRES_OK(ctx, this->ReadAdamInputs(ctx, &adam));
+    const int n = adam.n;
+    const bool amsgrad = adam.amsgrad;
     typename ApplyOpBase<T>::Inputs in;
     OP_REQUIRES_OK(ctx, this->ReadInputs(ctx, &in));
 
     LockedVariables locked;
+    int count;
     for (const char* name : {"var", "m", "v", "vhat"}) {
       OP_REQUIRES_OK(ctx, locked.Add(ctx, name, &count));
     }
@@ -131,7 +109,6 @@ class ApplyAdamGpuOp : public ApplyOpBase<T> {
                                           &PrepareOnGpu));
     OP_REQUIRES_OK(ctx, locked.Buffers<T>(ctx, "v", 2 * n, in.grads, &v,
                                           &PrepareOnGpu));
-    const bool amsgrad = n_vhat > 0;
     if (amsgrad) {
       OP_REQUIRES_OK(ctx, locked.Buffers<T>(ctx, "vhat", 3 * n, in.grads,
                                             &vhat, &PrepareOnGpu));
@@ -157,7 +134,8 @@ class ApplyAdamGpuOp : public ApplyOpBase<T> {
                 launch.template Pointers<void>(vhats), launch.grads(),
                 launch.sizes(), launch.chunk_tensor(), launch.chunk_start(),
                 launch.num_chunks(), kGpuChunkElems, scales.data(),
-                in.decay->data(), in.lr, beta_1, beta_2, adam_eps, step,
+                in.decay->data(), in.lr, adam.beta_1, adam.beta_2,
+                adam.adam_epsilon, adam.step,
                 amsgrad ? 1 : 0, launch.stream()),
             "Adam kernel"));
   }

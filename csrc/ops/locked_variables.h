@@ -107,28 +107,6 @@ class LockedVariables {
   std::vector<tsl::mutex_lock> locks_;
 };
 
-// A variable list input must hold exactly n variables (one per gradient).
-inline absl::Status CheckVariableCount(const char* name, int count, int n) {
-  if (count != n) {
-    return absl::InvalidArgumentError(
-        std::string("normopt: '") + name + "' must hold " +
-        std::to_string(n) + " variables (one per gradient), got " +
-        std::to_string(count));
-  }
-  return absl::OkStatus();
-}
-
-// An optional slot list input holds 0 or n variables.
-inline absl::Status CheckSlotCount(const char* name, int count, int n) {
-  if (count != 0 && count != n) {
-    return absl::InvalidArgumentError(
-        std::string("normopt: '") + name + "' must hold 0 or " +
-        std::to_string(n) + " variables (one per gradient), got " +
-        std::to_string(count));
-  }
-  return absl::OkStatus();
-}
-
 }  // namespace normopt
 
 #endif  // NORMOPT_OPS_LOCKED_VARIABLES_H_
