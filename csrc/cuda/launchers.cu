@@ -1,6 +1,6 @@
-// C-callable launchers (see launchers.h): dtype dispatch and grid sizes over
-// the extern "C" entry points of entry_points.cuh.
-#include "cuda/entry_points.cuh"
+// C-callable launchers (see launchers.h): grid sizes and step scalars over
+// the extern "C" entry points (entry_table.cuh dispatches on the dtype).
+#include "cuda/entry_table.cuh"
 #include "cuda/launchers.h"
 #include "normopt/update_scalars.h"
 
@@ -20,36 +20,8 @@ unsigned grid_for(int64_t num_chunks) {
 
 int last_error() { return static_cast<int>(cudaGetLastError()); }
 
-// The entry points of one element type.
-template <typename T>
-struct Entry;
-
-#define NORMOPT_ENTRY(T, SUF, ACC)                                     \
-  template <>                                                          \
-  struct Entry<T> {                                                    \
-    static constexpr auto chunk_stats = &normopt_chunk_stats_##SUF;    \
-    static constexpr auto scale = &normopt_scale_##SUF;                \
-    static constexpr auto sgd = &normopt_sgd_##SUF;                    \
-    static constexpr auto adam = &normopt_adam_##SUF;                  \
-    static constexpr auto finish = &normopt_finish_##ACC;              \
-  };
-NORMOPT_ENTRY(__half, f16, f32)
-NORMOPT_ENTRY(__nv_bfloat16, bf16, f32)
-NORMOPT_ENTRY(float, f32, f32)
-NORMOPT_ENTRY(double, f64, f64)
-#undef NORMOPT_ENTRY
-
-// Calls f(T{}) with T the element type of dtype code `dtype`.
-template <typename F>
-int dispatch(int dtype, F f) {
-  switch (dtype) {
-    case 0: return f(__half{});
-    case 1: return f(__nv_bfloat16{});
-    case 2: return f(float{});
-    case 3: return f(double{});
-  }
-  return static_cast<int>(cudaErrorInvalidValue);
-}
+static_assert(kInvalidDtype == static_cast<int>(cudaErrorInvalidValue),
+              "an unknown dtype reads as cudaErrorInvalidValue");
 
 }  // namespace
 }  // namespace cuda

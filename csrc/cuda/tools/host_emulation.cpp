@@ -51,7 +51,7 @@ inline double __longlong_as_double(long long bits) {
 #define __shared__ static
 #define __launch_bounds__(n)
 
-#include "cuda/entry_points.cuh"
+#include "cuda/entry_table.cuh"
 #include "normopt/update_scalars.h"
 
 namespace {
@@ -108,33 +108,8 @@ void launch(unsigned grid, unsigned block, const std::function<void()>& kernel) 
 constexpr unsigned kThreads = normopt::cuda::kThreads;
 constexpr unsigned kFinishThreads = 128;
 
-template <typename T>
-struct Entry;
-#define EMU_ENTRY(T, SUF, ACC)                                   \
-  template <>                                                    \
-  struct Entry<T> {                                              \
-    static constexpr auto chunk_stats = &normopt_chunk_stats_##SUF; \
-    static constexpr auto scale = &normopt_scale_##SUF;          \
-    static constexpr auto sgd = &normopt_sgd_##SUF;              \
-    static constexpr auto adam = &normopt_adam_##SUF;            \
-    static constexpr auto finish = &normopt_finish_##ACC;        \
-  };
-EMU_ENTRY(__half, f16, f32)
-EMU_ENTRY(__nv_bfloat16, bf16, f32)
-EMU_ENTRY(float, f32, f32)
-EMU_ENTRY(double, f64, f64)
-#undef EMU_ENTRY
-
-template <typename F>
-int dispatch(int dtype, F f) {
-  switch (dtype) {
-    case 0: return f(__half{});
-    case 1: return f(__nv_bfloat16{});
-    case 2: return f(float{});
-    case 3: return f(double{});
-  }
-  return 1;
-}
+using normopt::cuda::dispatch;
+using normopt::cuda::Entry;
 
 unsigned grid_for(int64_t num_chunks) { return static_cast<unsigned>(num_chunks); }
 
@@ -143,9 +118,9 @@ template <typename Fn>
 struct Launcher;
 template <typename... Args>
 struct Launcher<void (*)(Args...)> {
-  template <void (*Entry)(Args...)>
+  template <void (*Kernel)(Args...)>
   static void Launch(unsigned grid, unsigned block, Args... args) {
-    launch(grid, block, [&] { Entry(args...); });
+    launch(grid, block, [&] { Kernel(args...); });
   }
 };
 

@@ -1,0 +1,51 @@
+// The extern "C" entry points of entry_points.cuh by element type, and the
+// dispatch from the launchers' dtype codes to a type, for every host that
+// launches them itself (launchers.cu, the host emulation).
+//
+// DTYPE codes: 0 float16, 1 bfloat16, 2 float32, 3 float64.
+#ifndef NORMOPT_CUDA_ENTRY_TABLE_CUH_
+#define NORMOPT_CUDA_ENTRY_TABLE_CUH_
+
+#include "cuda/entry_points.cuh"
+
+namespace normopt {
+namespace cuda {
+
+// Returned for an unknown dtype code (cudaErrorInvalidValue).
+constexpr int kInvalidDtype = 1;
+
+// The entry points of one element type (finish: of its accumulation type).
+template <typename T>
+struct Entry;
+
+#define NORMOPT_ENTRY(T, SUF, ACC)                                     \
+  template <>                                                          \
+  struct Entry<T> {                                                    \
+    static constexpr auto chunk_stats = &normopt_chunk_stats_##SUF;    \
+    static constexpr auto scale = &normopt_scale_##SUF;                \
+    static constexpr auto sgd = &normopt_sgd_##SUF;                    \
+    static constexpr auto adam = &normopt_adam_##SUF;                  \
+    static constexpr auto finish = &normopt_finish_##ACC;              \
+  };
+NORMOPT_ENTRY(__half, f16, f32)
+NORMOPT_ENTRY(__nv_bfloat16, bf16, f32)
+NORMOPT_ENTRY(float, f32, f32)
+NORMOPT_ENTRY(double, f64, f64)
+#undef NORMOPT_ENTRY
+
+// Calls f(T{}) with T the element type of dtype code `dtype`.
+template <typename F>
+int dispatch(int dtype, F f) {
+  switch (dtype) {
+    case 0: return f(__half{});
+    case 1: return f(__nv_bfloat16{});
+    case 2: return f(float{});
+    case 3: return f(double{});
+  }
+  return kInvalidDtype;
+}
+
+}  // namespace cuda
+}  // namespace normopt
+
+#endif  // NORMOPT_CUDA_ENTRY_TABLE_CUH_
