@@ -151,3 +151,26 @@ def scale_from_norm(mode, norm, clipnorm):
     if mode == 0:
         return 1.0 / norm
     return clipnorm / norm if norm >= clipnorm else 1.0
+
+
+def tensor_finish(jit):
+    """finish(stats, lo, hi, kind, mode, clipnorm, eps) -> (norm, scale) of
+    one tensor: its chunk rows stats[lo:hi] (count, sum_abs, sum_sq, max_abs,
+    min_abs, mean, m2) merged in order, then finalize_norm and
+    scale_from_norm. Compiled, with those helpers, by `jit`: numba.njit for
+    numba_cpu, cuda.jit(device=True) for numba_cuda."""
+    merge, finalize, scale = jit(merge_stats), jit(finalize_norm), jit(scale_from_norm)
+
+    def finish(stats, lo, hi, kind, mode, clipnorm, eps):
+        count, s_abs, s_sq, mx, mn, mean, m2 = 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
+        for k in range(lo, hi):
+            count, s_abs, s_sq, mx, mn, mean, m2 = merge(
+                count, s_abs, s_sq, mx, mn, mean, m2,
+                int(stats[k, 0]), float(stats[k, 1]), float(stats[k, 2]),
+                float(stats[k, 3]), float(stats[k, 4]), float(stats[k, 5]),
+                float(stats[k, 6]),
+            )
+        norm = finalize(kind, count, s_abs, s_sq, mx, mn, m2, eps)
+        return norm, scale(mode, norm, clipnorm)
+
+    return jit(finish)

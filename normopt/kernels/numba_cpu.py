@@ -19,10 +19,7 @@ from numba import prange
 from normopt.kernels import _args, _finalize, _updates
 from normopt.kernels.chunks import DEFAULT_CHUNK_SIZE, chunk_table
 
-_merge = numba.njit(cache=True)(_finalize.merge_stats)
-_finalize_norm = numba.njit(cache=True)(_finalize.finalize_norm)
-_scale_from_norm = numba.njit(cache=True)(_finalize.scale_from_norm)
-_stats_needed = numba.njit(cache=True)(_finalize.stats_needed)
+_tensor_finish = _finalize.tensor_finish(numba.njit)
 _sgd_element = numba.njit(cache=True)(_updates.sgd_element)
 _adam_element = numba.njit(cache=True)(_updates.adam_element)
 
@@ -71,23 +68,8 @@ def _chunk_stats(arrays, tensor, start, chunk_size, moments, out):
 def _finish(stats, first, kind, mode, clipnorm, eps, norms, scales):
     """Per tensor: merge its chunks in order, then norm and scale."""
     for t in prange(first.size - 1):
-        count = 0
-        s_abs = 0.0
-        s_sq = 0.0
-        mx = 0.0
-        mn = 0.0
-        mean = 0.0
-        m2 = 0.0
-        for k in range(first[t], first[t + 1]):
-            count, s_abs, s_sq, mx, mn, mean, m2 = _merge(
-                count, s_abs, s_sq, mx, mn, mean, m2,
-                int(stats[k, 0]), float(stats[k, 1]), float(stats[k, 2]),
-                float(stats[k, 3]), float(stats[k, 4]), float(stats[k, 5]),
-                float(stats[k, 6]),
-            )
-        norm = _finalize_norm(kind, count, s_abs, s_sq, mx, mn, m2, eps)
-        norms[t] = norm
-        scales[t] = _scale_from_norm(mode, norm, clipnorm)
+        norms[t], scales[t] = _tensor_finish(stats, first[t], first[t + 1], kind, mode,
+                                             clipnorm, eps)
 
 
 @numba.njit(parallel=True, cache=True)

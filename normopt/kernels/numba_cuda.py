@@ -44,9 +44,7 @@ MAX_BLOCKS = 65535
 # Kernel launches by name since import (benchmarks report launches per step).
 LAUNCHES = collections.Counter()
 
-_merge = cuda.jit(device=True)(_finalize.merge_stats)
-_finalize_norm = cuda.jit(device=True)(_finalize.finalize_norm)
-_scale_from_norm = cuda.jit(device=True)(_finalize.scale_from_norm)
+_tensor_finish = _finalize.tensor_finish(cuda.jit(device=True))
 _sgd_element = cuda.jit(device=True)(_updates.sgd_element)
 _adam_element = cuda.jit(device=True)(_updates.adam_element)
 
@@ -141,23 +139,9 @@ def kernels(acc):
         t = cuda.grid(1)
         if t >= first.size - 1:
             return
-        count = 0
-        s_abs = 0.0
-        s_sq = 0.0
-        mx = 0.0
-        mn = 0.0
-        mean = 0.0
-        m2 = 0.0
-        for k in range(first[t], first[t + 1]):
-            count, s_abs, s_sq, mx, mn, mean, m2 = _merge(
-                count, s_abs, s_sq, mx, mn, mean, m2,
-                int(stats[k, 0]), float(stats[k, 1]), float(stats[k, 2]),
-                float(stats[k, 3]), float(stats[k, 4]), float(stats[k, 5]),
-                float(stats[k, 6]),
-            )
-        norm = _finalize_norm(kind, count, s_abs, s_sq, mx, mn, m2, eps)
+        norm, scale = _tensor_finish(stats, first[t], first[t + 1], kind, mode, clipnorm, eps)
         norms[t] = acc(norm)
-        scales[t] = acc(_scale_from_norm(mode, norm, clipnorm))
+        scales[t] = acc(scale)
 
     @cuda.jit
     def scale_kernel(flat, out, offsets, tensor, start, chunk_size, scales):
