@@ -8,7 +8,8 @@ def add_arguments(parser):
     del parser
 
 
-def _version(module):
+def package_version(module):
+    """`module.__version__`, "installed", or why it cannot be imported."""
     try:
         return getattr(importlib.import_module(module), "__version__", "installed")
     except Exception as exc:  # any import failure is information here
@@ -35,8 +36,8 @@ def collect():
         "op library loaded": status["loaded"],
         "op library path": status["path"],
         "op library reason": status["reason"],
-        "numba": _version("numba"),
-        "cupy": _version("cupy"),
+        "numba": package_version("numba"),
+        "cupy": package_version("cupy"),
         "normalizations": ", ".join(normopt.normalization_names()),
     }
 

@@ -1,9 +1,10 @@
 """Machine and library versions recorded with every benchmark run."""
 
 import datetime
-import importlib
 import os
 import platform
+
+from normopt.info import package_version
 
 
 def cpu_model():
@@ -16,13 +17,6 @@ def cpu_model():
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def _version(module):
-    try:
-        return getattr(importlib.import_module(module), "__version__", "installed")
-    except Exception as exc:  # any import failure is information here
-        return f"not available ({type(exc).__name__}: {exc})".splitlines()[0]
 
 
 def load_average():
@@ -62,8 +56,8 @@ def collect():
         "tensorflow": tf.__version__,
         "keras": keras.version(),
         "numpy": np.__version__,
-        "numba": _version("numba"),
-        "cupy": _version("cupy"),
+        "numba": package_version("numba"),
+        "cupy": package_version("cupy"),
         "tf_intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
         "tf_inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
         "gpus": gpu_names(),
