@@ -4,23 +4,59 @@
     opt = NormalizedOptimizer(keras.optimizers.Adam(1e-3), normalization="l2")
 """
 
-from normopt.normalizations import (
-    BUILTIN_NORMALIZATIONS,
-    normalization_names,
-    register_normalization,
-    unregister_normalization,
-)
-from normopt.ops.fused_step import FusedPathUnavailable
-from normopt.optimizers import ClippedOptimizer, NormalizedOptimizer
+import importlib
+import os
+import sys
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "BUILTIN_NORMALIZATIONS",
-    "ClippedOptimizer",
-    "FusedPathUnavailable",
-    "NormalizedOptimizer",
-    "normalization_names",
-    "register_normalization",
-    "unregister_normalization",
-]
+# public name -> the module that defines it
+_EXPORTS = {
+    "BUILTIN_NORMALIZATIONS": "normopt.normalizations",
+    "normalization_names": "normopt.normalizations",
+    "register_normalization": "normopt.normalizations",
+    "unregister_normalization": "normopt.normalizations",
+    "FusedPathUnavailable": "normopt.ops.fused_step",
+    "ClippedOptimizer": "normopt.optimizers",
+    "NormalizedOptimizer": "normopt.optimizers",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+def _started_as_cli():
+    """Whether this process is the `normopt` command (console script or -m)."""
+    if sys.argv and os.path.basename(sys.argv[0]) in ("normopt", "normopt.exe", "normopt-script.py"):
+        return True
+    argv = getattr(sys, "orig_argv", None) or []  # Python 3.10+
+    return any(a == "-m" and b in ("normopt", "normopt.cli") for a, b in zip(argv, argv[1:]))
+
+
+# Library use imports everything now, as before: `import normopt` alone
+# registers the optimizers with Keras serialization, so keras.models.load_model
+# finds them. The `normopt` command imports TensorFlow only in the subcommand
+# that needs it (`normopt --help` takes a fraction of a second), and only after
+# it has set TensorFlow's log level; its modules reach these names through
+# __getattr__ above.
+if not _started_as_cli():
+    from normopt.normalizations import (  # noqa: E402,F401
+        BUILTIN_NORMALIZATIONS,
+        normalization_names,
+        register_normalization,
+        unregister_normalization,
+    )
+    from normopt.ops.fused_step import FusedPathUnavailable  # noqa: E402,F401
+    from normopt.optimizers import ClippedOptimizer, NormalizedOptimizer  # noqa: E402,F401

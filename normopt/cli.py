@@ -8,11 +8,14 @@
 
 import argparse
 import importlib
+import importlib.util
 import os
 import sys
 
 # subcommand -> (module, one-line help); each module has add_arguments(parser)
-# and run(args) -> exit code.
+# and run(args) -> exit code. Importing the module and add_arguments must not
+# import TensorFlow, Keras, Numba or Matplotlib (`normopt CMD --help` stays
+# fast and quiet); run() imports what it needs.
 SUBCOMMANDS = {
     "demo": ("normopt.demo", "train a small model with plain, normalized and clipped Adam"),
     "info": ("normopt.info", "print versions, op library status, CUDA, Numba/CuPy"),
@@ -35,23 +38,57 @@ def _available():
     return found
 
 
-def build_parser():
+def _selected(argv, names):
+    """The subcommand named on the command line, or None (e.g. `normopt --help`).
+
+    The top-level parser has no options but -h, so it is the first argument
+    that is not an option.
+    """
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg if arg in names else None
+    return None
+
+
+def build_parser(argv=None):
+    """The parser; with `argv`, only the subcommand it names imports its module.
+
+    Subcommand modules are light to import (TensorFlow, Keras, Numba,
+    Matplotlib are imported inside run()), and `normopt --help` imports none
+    of them at all.
+    """
     parser = argparse.ArgumentParser(
         prog="normopt",
         description="Gradient-normalized Keras 3 optimizers with fused ops.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name, (module, help_text) in _available().items():
+    available = _available()
+    wanted = available if argv is None else {_selected(argv, available)}
+    for name, (module, help_text) in available.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(_module=module)
-        importlib.import_module(module).add_arguments(p)
+        if name in wanted:
+            importlib.import_module(module).add_arguments(p)
     return parser
 
 
-def main(argv=None):
+def quiet_tensorflow_logs():
+    """Keeps TensorFlow's C++ start-up log lines off the CLI's output.
+
+    absl's "All log messages before absl::InitializeLog()", cpu_feature_guard
+    and oneDNN notices are written to stderr while TensorFlow is imported, so
+    the level must be set before that first import. A TF_CPP_MIN_LOG_LEVEL the
+    user set is kept. Logging only: TF_ENABLE_ONEDNN_OPTS and anything else
+    that changes numerics is left alone.
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    args = build_parser().parse_args(argv)
+
+
+def main(argv=None):
+    quiet_tensorflow_logs()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
     return importlib.import_module(args._module).run(args) or 0
 
 

@@ -60,47 +60,53 @@ def _optimizers(lr):
     }
 
 
-def run(args):
+def _train(label, make, data, args, on_epoch_end):
+    """Trains one model with optimizer `make()`; returns its row of the table."""
     import keras
-    from tqdm.auto import tqdm
 
-    (x, y), (xt, yt) = load_digits_split(args.seed)
+    (x, y), (xt, yt) = data
+    model = _model(args.seed)
+    opt = make()
+    model.compile(
+        optimizer=opt,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    start = time.perf_counter()
+    hist = model.fit(
+        x,
+        y,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        verbose=0,
+        callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: on_epoch_end())],
+    )
+    seconds = time.perf_counter() - start
+    test_loss, test_acc = model.evaluate(xt, yt, verbose=0)
+    path = getattr(opt, "last_path", None)
+    return (
+        label,
+        hist.history["loss"][-1],
+        hist.history["accuracy"][-1],
+        test_loss,
+        test_acc,
+        seconds,
+        path.name if path else "keras",
+    )
+
+
+def run(args):
+    from normopt import progress
+
+    data = load_digits_split(args.seed)
+    (x, _), (xt, _) = data
     runs = _optimizers(args.lr)
     rows = []
-    bar = tqdm(total=len(runs) * args.epochs, desc="demo", unit="epoch")
-    for label, make in runs.items():
-        model = _model(args.seed)
-        opt = make()
-        model.compile(
-            optimizer=opt,
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=["accuracy"],
-        )
-        bar.set_postfix_str(label)
-        start = time.perf_counter()
-        hist = model.fit(
-            x,
-            y,
-            batch_size=args.batch_size,
-            epochs=args.epochs,
-            verbose=0,
-            callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: bar.update())],
-        )
-        seconds = time.perf_counter() - start
-        test_loss, test_acc = model.evaluate(xt, yt, verbose=0)
-        path = getattr(opt, "last_path", None)
-        rows.append(
-            (
-                label,
-                hist.history["loss"][-1],
-                hist.history["accuracy"][-1],
-                test_loss,
-                test_acc,
-                seconds,
-                path.name if path else "keras",
-            )
-        )
-    bar.close()
+    # A live bar on a terminal; one line per optimizer finished otherwise.
+    with progress.bar(len(runs) * args.epochs, "demo", "epoch") as bar:
+        for label, make in runs.items():
+            bar.set_postfix_str(label)
+            rows.append(_train(label, make, data, args, bar.update))
     print()
     header = f"{'optimizer':<32} {'train loss':>10} {'train acc':>9} {'test loss':>9} {'test acc':>8} {'time s':>7}  path"
     print(header)

@@ -127,7 +127,8 @@ def add_arguments(parser):
     g.add_argument("--json", metavar="PATH", help="JSON output (default OUT_DIR/bench-MODE.json)")
     g.add_argument("--plot", metavar="PATH", help="PNG output (default OUT_DIR/bench-MODE.png)")
     g.add_argument("--no-plot", action="store_true", help="do not write the PNG")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (there is none unless stderr is a terminal)")
     parser.set_defaults(_bench_parser=parser)
 
 
@@ -176,10 +177,13 @@ def run(args):
         args._bench_parser.error(str(exc))
     import tensorflow as tf
 
+    from normopt import progress as progress_output
     from normopt.bench import environment, norms_bench, report, timing
 
     tf.get_logger().setLevel("ERROR")  # tf.function retracing notices
-    progress = not args.no_progress
+    # norms_bench and step_bench draw tqdm bars on stderr: only on a terminal,
+    # where the carriage-return redraws do not pile up as lines.
+    progress = progress_output.live_bar_enabled(not args.no_progress, sys.stderr)
     env = environment.collect()
     probe_bytes = args.bandwidth_mib * 2**20
     probes = [timing.memory_bandwidth(probe_bytes)]

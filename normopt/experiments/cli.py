@@ -11,7 +11,6 @@ Writes <out>/<name>.json (every curve, settings, path taken) and
 """
 
 import argparse
-import contextlib
 import os
 import sys
 
@@ -61,19 +60,17 @@ def add_arguments(parser):
     parser.add_argument("--path", choices=tuple(FUSED_CHOICES), default="auto",
                         help="wrapper step path: auto (compiled op where it runs, the default), "
                              "fused (require it) or tf (pure TensorFlow)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress output (a live bar on a terminal, "
+                             "one line per finished run otherwise)")
 
 
 def _bar_factory(disabled):
-    from tqdm.auto import tqdm
+    """bar_factory(total, desc, unit) for the suite: normopt.progress bars on stderr."""
+    from normopt import progress
 
-    @contextlib.contextmanager
     def factory(total, desc, unit):
-        bar = tqdm(total=total, desc=desc, unit=unit, disable=disabled, file=sys.stderr)
-        try:
-            yield bar
-        finally:
-            bar.close()
+        return progress.bar(total, desc, unit, stream=sys.stderr, enabled=not disabled)
 
     return factory
 
