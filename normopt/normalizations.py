@@ -223,9 +223,22 @@ def tf_norm(grad, name, eps=None):
             return finalize_norm(name, stats, as_scalar(eps, acc))
     acc = accumulation_dtype(grad.dtype)
     if fn is not None:
-        return tf.cast(fn(grad), acc)
+        return _custom_norm(name, fn, grad, acc)
     stats = gradient_stats(grad, needed=STATS_NEEDED[canonical_name(name)])
     return finalize_norm(name, stats, as_scalar(eps, acc))
+
+
+def _custom_norm(name, fn, grad, acc):
+    """fn(grad) as a scalar of `acc`; a norm of any other shape is an error."""
+    norm = tf.convert_to_tensor(fn(grad))
+    if norm.shape.rank is not None and norm.shape.rank != 0:
+        raise ValueError(
+            f"The normalization {name!r} returned a tensor of shape "
+            f"{norm.shape} for a gradient of shape {grad.shape}; a norm must "
+            "be a scalar (one number per gradient tensor, e.g. "
+            "tf.reduce_sum(...))."
+        )
+    return tf.cast(tf.ensure_shape(norm, []), acc)
 
 
 def deduplicate(slices):

@@ -13,6 +13,7 @@ exists for the inner optimizer (see `normopt.ops.fused_step`).
 """
 
 import numbers
+import warnings
 
 import keras
 import tensorflow as tf
@@ -28,6 +29,13 @@ def _resolve_inner(optimizer):
         raise TypeError(
             "The inner optimizer is already a normopt wrapper; wrap a plain "
             "Keras optimizer instead."
+        )
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        raise ValueError(
+            "The inner optimizer must not be a LossScaleOptimizer: the wrapper "
+            "would measure loss-scaled gradients. Put the loss scaling outside, "
+            "LossScaleOptimizer(NormalizedOptimizer(...)) (model.compile does "
+            "this itself under a mixed_float16 policy)."
         )
     if isinstance(optimizer, keras.optimizers.Optimizer):
         return optimizer
@@ -70,6 +78,89 @@ def _check_fused(fused):
     return fused
 
 
+# Base-optimizer options that belong to the inner optimizer: the wrapper reads
+# and sets the inner optimizer's (`opt.weight_decay = 0.1` sets the inner's),
+# and refuses them as its own constructor arguments unless at their defaults
+# (as keras.optimizers.LossScaleOptimizer does).
+INNER_OPTIONS = {
+    "weight_decay": None,
+    "use_ema": False,
+    "ema_momentum": 0.99,
+    "ema_overwrite_frequency": None,
+    "gradient_accumulation_steps": None,
+}
+# Gradient clipping the wrapper would misread: it would clip the gradients the
+# wrapper then rescales. Refused on the wrapper (ClippedOptimizer's own
+# `clipnorm` is its threshold); the inner optimizer may clip its input.
+CLIP_OPTIONS = ("clipnorm", "clipvalue", "global_clipnorm")
+
+
+def _check_base_options(cls_name, kwargs):
+    """Refuses base-optimizer keyword arguments the wrapper must not take."""
+    for name, default in INNER_OPTIONS.items():
+        value = kwargs.pop(name, default)
+        if value != default:
+            raise ValueError(
+                f"{cls_name} does not take `{name}`: it belongs to the inner "
+                f"optimizer. Set it there, e.g. {cls_name}(keras.optimizers."
+                f"AdamW(..., {name}=...)); `wrapper.{name}` reads and sets the "
+                "inner optimizer's."
+            )
+    for name in CLIP_OPTIONS:
+        if kwargs.pop(name, None) is not None:
+            raise ValueError(_clip_refusal(cls_name, name))
+    if kwargs:
+        raise ValueError(f"Argument(s) not recognized: {kwargs}")
+
+
+def _clip_refusal(cls_name, name):
+    return (
+        f"{cls_name} does not support `{name}`: it would clip gradients that "
+        "the wrapper then rescales. Use ClippedOptimizer(optimizer, "
+        f"normalization, clipnorm=...) to clip by a norm, or set `{name}` on "
+        "the inner optimizer to clip the gradients it receives."
+    )
+
+
+def _inner_option(name):
+    """A property that reads and sets the inner optimizer's `name`."""
+
+    def get(self):
+        return getattr(self.inner_optimizer, name)
+
+    def set_(self, value):
+        # keras.Optimizer.__init__ assigns its defaults before the inner
+        # optimizer is attached: those are not the user's.
+        if "inner_optimizer" in self.__dict__:
+            setattr(self.inner_optimizer, name, value)
+
+    return property(get, set_, doc=f"The inner optimizer's `{name}`.")
+
+
+def _refused_option(name):
+    """A property that is None and refuses any other value."""
+
+    def get(self):
+        return None
+
+    def set_(self, value):
+        if value is not None:
+            raise ValueError(_clip_refusal(type(self).__name__, name))
+
+    return property(get, set_, doc=f"Always None: see `{name}` refusal.")
+
+
+def _unscale(grad, factor):
+    """grad / factor, keeping IndexedSlices sparse."""
+    if isinstance(grad, tf.IndexedSlices):
+        return tf.IndexedSlices(
+            grad.values / tf.cast(factor, grad.values.dtype),
+            grad.indices,
+            grad.dense_shape,
+        )
+    return grad / tf.cast(factor, grad.dtype)
+
+
 class _GradientNormWrapper(keras.optimizers.Optimizer):
     """Shared machinery of the two wrappers; `_mode` says which one."""
 
@@ -82,6 +173,8 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
         fused=None,
         skip_nonfinite=False,
         name=None,
+        loss_scale_factor=None,
+        **kwargs,
     ):
         inner = _resolve_inner(optimizer)
         normalizations.check_normalization(normalization)
@@ -90,7 +183,10 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
             raise TypeError(
                 f"`skip_nonfinite` must be True or False, got {skip_nonfinite!r}."
             )
-        super().__init__(learning_rate=0.0, name=name)
+        _check_base_options(type(self).__name__, kwargs)
+        super().__init__(
+            learning_rate=0.0, loss_scale_factor=loss_scale_factor, name=name
+        )
         self.inner_optimizer = inner
         self.normalization = normalization
         self.fused = fused
@@ -128,11 +224,69 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
             name="skipped_steps",
         )
         self.inner_optimizer.build(var_list)
-        super().build(var_list)
+        # keras.Optimizer.build would read the delegated use_ema and
+        # gradient_accumulation_steps and give the wrapper EMA and
+        # accumulator slots of its own: the inner optimizer holds those. The
+        # wrapper keeps only the variable index (for unknown-variable checks).
+        self._trainable_variables_indices = {
+            self._var_key(v): i for i, v in enumerate(var_list)
+        }
+        self._trainable_variables = list(var_list)
+        self.built = True
+
+    weight_decay = _inner_option("weight_decay")
+    use_ema = _inner_option("use_ema")
+    ema_momentum = _inner_option("ema_momentum")
+    ema_overwrite_frequency = _inner_option("ema_overwrite_frequency")
+    gradient_accumulation_steps = _inner_option("gradient_accumulation_steps")
+    clipnorm = _refused_option("clipnorm")
+    clipvalue = _refused_option("clipvalue")
+    global_clipnorm = _refused_option("global_clipnorm")
+
+    def exclude_from_weight_decay(self, var_list=None, var_names=None):
+        """The inner optimizer's `exclude_from_weight_decay`."""
+        self.inner_optimizer.exclude_from_weight_decay(
+            var_list=var_list, var_names=var_names
+        )
+
+    @property
+    def _model_variables_moving_average(self):
+        # keras.callbacks.SwapEMAWeights looks one level into a
+        # LossScaleOptimizer and finds the wrapper: point it at the EMA.
+        return self.inner_optimizer._model_variables_moving_average
 
     @property
     def variables(self):
         return self._variables + self.inner_optimizer.variables
+
+    def save_own_variables(self, store):
+        """Saves the wrapper's own variables only.
+
+        The inner optimizer is a child of the wrapper in a saved file and
+        saves its own state under `inner_optimizer/`.
+        """
+        for i, variable in enumerate(self._variables):
+            store[str(i)] = variable.numpy()
+
+    def load_own_variables(self, store):
+        if not self.built:
+            # The inner optimizer is not built either and says so itself.
+            return
+        own = self._variables
+        saved = len(store.keys())
+        # Files of normopt 0.1.0 hold the wrapper's variables followed by a
+        # copy of the inner optimizer's, which loads from inner_optimizer/.
+        legacy = len(own) + len(self.inner_optimizer.variables)
+        if saved in (len(own), legacy):
+            for i, variable in enumerate(own):
+                variable.assign(store[str(i)])
+            return
+        warnings.warn(
+            f"Skipping variable loading for optimizer '{self.name}', because "
+            f"it has {len(own)} variables whereas the saved optimizer has "
+            f"{saved} variables.",
+            stacklevel=2,
+        )
 
     @property
     def learning_rate(self):
@@ -150,7 +304,10 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
         return 1.0
 
     def scale_loss(self, loss):
-        return self.inner_optimizer.scale_loss(loss)
+        loss = self.inner_optimizer.scale_loss(loss)
+        if self.loss_scale_factor is not None:
+            loss = loss * self.loss_scale_factor
+        return loss
 
     def finalize_variable_values(self, var_list):
         self.inner_optimizer.finalize_variable_values(var_list)
@@ -179,11 +336,19 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
             with keras.name_scope(self.name, caller=self):
                 self.build(trainable_variables)
             self.built = True
-        pairs = [(g, v) for g, v in zip(grads, trainable_variables) if g is not None]
-        if not pairs:
-            return
-        gs = [g for g, _ in pairs]
-        vs = [v for _, v in pairs]
+        else:
+            self._check_variables_are_known(trainable_variables)
+        # Keras's own rules: all None raises, some None warns.
+        gs, vs = self._filter_empty_gradients(grads, trainable_variables)
+        factor = self.loss_scale_factor
+        if factor is not None:
+            # Set on the wrapper (as keras.optimizers.MultiOptimizer does):
+            # gradients of a loss scaled by scale_loss, unscaled before the
+            # norm is measured.
+            gs = [
+                g if getattr(v, "overwrite_with_gradient", False) else _unscale(g, factor)
+                for g, v in zip(gs, vs)
+            ]
         # Under tf.distribute the norm is that of the cross-replica sum: the
         # gradient of the global batch, as one replica would see it.
         replicas = _replicas_in_sync()
@@ -246,7 +411,7 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
         if factor is not None:
             # The inner optimizer unscales after us: measure the norm of the
             # true gradient, then hand back a scaled result.
-            gs = [g / factor for g in gs]
+            gs = [_unscale(g, factor) for g in gs]
         if path.name == paths.FUSED_SCALE:
             scaled = fused_step.run_fused_scale(
                 self.normalization, self._mode, self._clipnorm_value(), gs, vs
@@ -276,6 +441,7 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
             "normalization": self.normalization,
             "fused": self.fused,
             "skip_nonfinite": self.skip_nonfinite,
+            "loss_scale_factor": self.loss_scale_factor,
         }
 
     @classmethod
@@ -305,6 +471,13 @@ class NormalizedOptimizer(_GradientNormWrapper):
             gradients hold an inf or NaN (no variable or slot changes) and
             counts it in `skipped_steps`, which is saved with the model.
         name: the wrapper's name.
+        loss_scale_factor: None, or the factor `scale_loss` multiplies the
+            loss by; gradients are divided by it before their norms are
+            measured (keras.optimizers.MultiOptimizer sets it).
+
+    Options of the inner optimizer (`weight_decay`, `use_ema`, ...) are read
+    and set through the wrapper; `clipnorm`, `clipvalue` and
+    `global_clipnorm` are refused on it.
     """
 
     _mode = NORMALIZE
@@ -320,7 +493,7 @@ class ClippedOptimizer(_GradientNormWrapper):
         optimizer: a Keras 3 optimizer, or an identifier such as "adam".
         normalization: norm used for the comparison (default "l2").
         clipnorm: positive number, the largest norm a gradient keeps.
-        fused, skip_nonfinite: as for NormalizedOptimizer.
+        fused, skip_nonfinite, loss_scale_factor: as for NormalizedOptimizer.
         name: the wrapper's name.
     """
 
@@ -334,24 +507,33 @@ class ClippedOptimizer(_GradientNormWrapper):
         fused=None,
         skip_nonfinite=False,
         name=None,
+        loss_scale_factor=None,
+        **kwargs,
     ):
-        if (
-            isinstance(clipnorm, bool)
-            or not isinstance(clipnorm, numbers.Real)
-            or not clipnorm > 0
-            or clipnorm == float("inf")
-        ):
-            raise ValueError(
-                f"`clipnorm` must be a finite number > 0, got {clipnorm!r}."
-            )
+        _check_clipnorm(clipnorm)
         super().__init__(
             optimizer,
             normalization,
             fused=fused,
             skip_nonfinite=skip_nonfinite,
             name=name,
+            loss_scale_factor=loss_scale_factor,
+            **kwargs,
         )
-        self.clipnorm = float(clipnorm)
+        self.clipnorm = clipnorm
+
+    @property
+    def clipnorm(self):
+        """The largest norm a gradient keeps."""
+        return self.__dict__.get("_threshold")
+
+    @clipnorm.setter
+    def clipnorm(self, value):
+        # keras.Optimizer.__init__ sets clipnorm=None before the wrapper has
+        # its threshold.
+        if value is None and "_threshold" not in self.__dict__:
+            return
+        self.__dict__["_threshold"] = _check_clipnorm(value)
 
     def _clipnorm_value(self):
         return self.clipnorm
@@ -360,3 +542,17 @@ class ClippedOptimizer(_GradientNormWrapper):
         config = super().get_config()
         config["clipnorm"] = self.clipnorm
         return config
+
+
+def _check_clipnorm(clipnorm):
+    """A finite clipnorm > 0 as a float, else ValueError."""
+    if (
+        isinstance(clipnorm, bool)
+        or not isinstance(clipnorm, numbers.Real)
+        or not clipnorm > 0
+        or clipnorm == float("inf")
+    ):
+        raise ValueError(
+            f"`clipnorm` must be a finite number > 0, got {clipnorm!r}."
+        )
+    return float(clipnorm)

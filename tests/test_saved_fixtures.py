@@ -1,0 +1,83 @@
+"""Files written by released versions load and resume exactly.
+
+tests/fixtures holds, per release tag and case, a `.keras` model, a
+`.weights.h5` file and an `.npz` with the state they hold and the weights the
+release reached after 2 more epochs (see fixtures/make_saved_state.py).
+Loading restores every model weight and optimizer variable bit for bit;
+resuming from the file gives the same bits as resuming from that state set
+in memory; and both stay within rounding of the release's own continuation.
+"""
+
+import numpy as np
+import pytest
+
+import keras
+from fixtures import make_saved_state as F
+
+RELEASES = ("v0.1.0",)
+
+
+def _state(tag, case):
+    data = np.load(F.fixture_path(tag, case, ".npz"))
+
+    def series(prefix):
+        return [data[f"{prefix}{i}"] for i in range(sum(k.startswith(prefix) for k in data))]
+
+    return series("w"), series("o"), series("c")
+
+
+def _load(tag, case, kind):
+    if kind == ".keras":
+        return keras.models.load_model(F.fixture_path(tag, case, kind))
+    model, _, _ = F.model_and_data()
+    model.compile(optimizer=F.make_optimizer(case), loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    model.load_weights(F.fixture_path(tag, case, kind))
+    return model
+
+
+def _from_memory(case, weights, optimizer_values):
+    model, _, _ = F.model_and_data()
+    model.compile(optimizer=F.make_optimizer(case), loss="mse")
+    model.set_weights(weights)
+    model.optimizer.build(model.trainable_variables)
+    for variable, value in zip(model.optimizer.variables, optimizer_values):
+        variable.assign(value)
+    return model
+
+
+@pytest.mark.parametrize("kind", [".keras", ".weights.h5"])
+@pytest.mark.parametrize("case", F.CASES)
+@pytest.mark.parametrize("tag", RELEASES)
+def test_released_file_loads_and_resumes_exactly(tag, case, kind):
+    weights, optimizer_values, continued = _state(tag, case)
+    loaded = _load(tag, case, kind)
+    opt = loaded.optimizer
+    assert type(opt).__name__ == type(F.make_optimizer(case)).__name__
+    assert len(opt.variables) == len(optimizer_values)
+    for w, want in zip(loaded.weights, weights):
+        np.testing.assert_array_equal(w.numpy(), want)
+    for v, want in zip(opt.variables, optimizer_values):
+        np.testing.assert_array_equal(v.numpy(), want)
+
+    _, x, y = F.model_and_data()
+    F.fit(loaded, x, y)
+    assert opt.last_path.name == "tf"
+    in_memory = _from_memory(case, weights, optimizer_values)
+    F.fit(in_memory, x, y)
+    for a, b in zip(loaded.weights, in_memory.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    for a, b in zip(loaded.weights, continued):
+        np.testing.assert_allclose(a.numpy(), b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("case", F.CASES)
+def test_released_file_resumes_on_the_fused_path(case):
+    weights, _, continued = _state("v0.1.0", case)
+    loaded = _load("v0.1.0", case, ".keras")
+    loaded.optimizer.fused = True
+    _, x, y = F.model_and_data()
+    F.fit(loaded, x, y)
+    assert loaded.optimizer.last_path.name == "fused"
+    for a, b in zip(loaded.weights, continued):
+        np.testing.assert_allclose(a.numpy(), b, rtol=1e-5, atol=1e-6)
