@@ -19,6 +19,7 @@ _EXPORTS = {
     "FusedPathUnavailable": "normopt.ops.fused_step",
     "ClippedOptimizer": "normopt.optimizers",
     "NormalizedOptimizer": "normopt.optimizers",
+    "callbacks": "normopt.callbacks",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -28,7 +29,8 @@ def __getattr__(name):
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    imported = importlib.import_module(module)
+    value = imported if module == f"{__name__}.{name}" else getattr(imported, name)
     globals()[name] = value
     return value
 
@@ -60,3 +62,4 @@ if not _started_as_cli():
     )
     from normopt.ops.fused_step import FusedPathUnavailable  # noqa: E402,F401
     from normopt.optimizers import ClippedOptimizer, NormalizedOptimizer  # noqa: E402,F401
+    from normopt import callbacks  # noqa: E402,F401

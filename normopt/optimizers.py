@@ -224,6 +224,15 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
             name="skipped_steps",
         )
         self.inner_optimizer.build(var_list)
+        # Not a Keras variable and not tracked: the recorded norms are no part
+        # of the saved optimizer state, so files keep their variable count.
+        self.__dict__["_gradient_norms"] = tf.Variable(
+            tf.zeros([len(var_list)], tf.float32),
+            trainable=False,
+            name="gradient_norms",
+            synchronization=tf.VariableSynchronization.ON_READ,
+            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+        )
         # keras.Optimizer.build would read the delegated use_ema and
         # gradient_accumulation_steps and give the wrapper EMA and
         # accumulator slots of its own: the inner optimizer holds those. The
@@ -258,6 +267,42 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
     @property
     def variables(self):
         return self._variables + self.inner_optimizer.variables
+
+    @property
+    def gradient_norms(self):
+        """L2 norm of each variable's raw gradient at the latest step.
+
+        A float32 vector, one entry per variable the optimizer was built
+        with (in that order, see `gradient_norm_names`): the gradient before
+        normalization or clipping, unscaled under loss scaling, after the
+        cross-replica sum; 0 for a variable whose gradient was None. None
+        before the optimizer is built. Not saved with the optimizer.
+        """
+        norms = self.__dict__.get("_gradient_norms")
+        return None if norms is None else tf.convert_to_tensor(norms)
+
+    @property
+    def gradient_norm_names(self):
+        """The paths of the variables `gradient_norms` refers to, in order."""
+        return [
+            getattr(v, "path", v.name) for v in getattr(self, "_trainable_variables", [])
+        ]
+
+    def _record_gradient_norms(self, grads, variables):
+        """Stores the L2 norms of the raw gradients `grads` of `variables`."""
+        factor = self.inner_optimizer.loss_scale_factor
+        norms = {}
+        for g, v in zip(grads, variables):
+            norm = normalizations.tf_norm(g, "l2", eps=0.0)
+            if factor is not None:
+                norm = norm / tf.cast(factor, norm.dtype)
+            norms[self._var_key(v)] = tf.cast(norm, tf.float32)
+        zero = tf.zeros([], tf.float32)
+        self._gradient_norms.assign(
+            tf.stack(
+                [norms.get(self._var_key(v), zero) for v in self._trainable_variables]
+            )
+        )
 
     def save_own_variables(self, store):
         """Saves the wrapper's own variables only.
@@ -356,6 +401,7 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
             gs = tf.distribute.get_replica_context().all_reduce(
                 tf.distribute.ReduceOp.SUM, gs
             )
+        self._record_gradient_norms(gs, vs)
         with keras.name_scope(self.name, caller=self):
             if not self.skip_nonfinite:
                 self._step(gs, vs, replicas)

@@ -8,6 +8,7 @@ Nesterov stability bound, parameter counts).
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -205,6 +206,40 @@ def test_classifier_quick(quick, name, specs):
     if name == "mlp":
         count = _mlp_parameter_count(64, cfg["depth"], cfg["width"], 10)
         assert all(r["parameters"] == count for r in result["runs"])
+
+
+def test_mlp_layer_gradient_norms_and_heatmap(quick):
+    """Per-layer probe norms: before training they equal NumPy norms of a
+    GradientTape gradient of the same seeded model on the same probe batch."""
+    import keras
+    import tensorflow as tf
+
+    from normopt.experiments import models
+
+    result, out = quick["mlp"]
+    _assert_png(out / "mlp_grad_norms.png")
+    cfg = suite.SETTINGS["mlp"]["quick"]
+    dataset = data.load_dataset("digits", 0).subset(cfg["train_examples"], cfg["test_examples"])
+    keras.utils.set_random_seed(result["seed"])
+    model = models.deep_mlp(dataset.image_shape, dataset.num_classes,
+                            depth=cfg["depth"], width=cfg["width"])
+    trainable = [layer for layer in model.layers if layer.trainable_variables]
+    variables = [v for layer in trainable for v in layer.trainable_variables]
+    with tf.GradientTape() as tape:
+        logits = model(dataset.x_train[:256], training=False)
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(
+            dataset.y_train[:256], logits)
+    grads = [g.numpy().astype(np.float64) for g in tape.gradient(loss, variables)]
+    owners = [i for i, layer in enumerate(trainable) for _ in layer.trainable_variables]
+    want = [math.sqrt(sum(np.sum(g * g) for g, o in zip(grads, owners) if o == i))
+            for i in range(len(trainable))]
+    for run in result["runs"]:
+        probe = run["layer_grad_norms"]
+        kinds = [re.sub(r"_\d+$", "", name) for name in probe["layers"]]
+        assert kinds == [re.sub(r"_\d+$", "", layer.name) for layer in trainable]
+        assert len(probe["norms"]) == cfg["epochs"] + 1
+        np.testing.assert_allclose(probe["norms"][0], want, rtol=1e-4)
+        assert all(math.isfinite(v) and v >= 0 for row in probe["norms"] for v in row)
 
 
 def test_digits_split_is_the_whole_bundled_set():

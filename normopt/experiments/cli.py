@@ -122,10 +122,10 @@ def run(args):
         except FusedPathUnavailable as exc:  # --path fused where the op cannot run
             return _fail(f"--path fused: {exc}")
         result["environment"] = _environment(args)
-        json_path, png_path = report.save(result, args.out)
+        json_path, png_paths = report.save(result, args.out)
         print(f"\n== {name}{' (quick)' if args.quick else ''}: {_headline(result)}")
         print(report.format_table(result))
-        print(f"wrote {json_path} and {png_path}")
+        print(f"wrote {json_path} and {', '.join(png_paths)}")
     return 0
 
 

@@ -241,8 +241,42 @@ def _plot_classifier(result, path):
     plt.close(fig)
 
 
+def _plot_layer_grad_norms(result, path):
+    """Heatmaps of per-layer gradient norms (layer x epoch, log colour scale),
+    one panel per Adam run, on one shared colour scale."""
+    from matplotlib.colors import LogNorm
+
+    runs = [r for r in result["runs"]
+            if "layer_grad_norms" in r and r["optimizer"]["inner"] == "adam"]
+    grids = [np.asarray(r["layer_grad_norms"]["norms"], np.float64).T for r in runs]
+    positive = np.concatenate([g[np.isfinite(g) & (g > 0)] for g in grids] or [np.ones(1)])
+    scale = LogNorm(vmin=positive.min(), vmax=positive.max())
+    plt = _pyplot()
+    layers = runs[0]["layer_grad_norms"]["layers"] if runs else []
+    fig, axes = plt.subplots(1, max(len(runs), 1), squeeze=False,
+                             figsize=(4.2 * max(len(runs), 1), 2 + 0.12 * len(layers)))
+    image = None
+    for ax, run, grid in zip(axes[0], runs, grids):
+        shown = np.where(np.isfinite(grid) & (grid > 0), grid, np.nan)
+        image = ax.imshow(shown, aspect="auto", interpolation="nearest", norm=scale,
+                          cmap="viridis", extent=(-0.5, grid.shape[1] - 0.5,
+                                                  grid.shape[0] - 0.5, -0.5))
+        ax.set(title=run["optimizer"]["label"], xlabel="epoch (0 = before training)")
+        ax.set_yticks(range(len(layers)))
+        ax.set_yticklabels(layers, fontsize=5)
+    if image is not None:
+        fig.colorbar(image, ax=axes[0].tolist(), label="gradient L2 norm (log scale)")
+    d = result["dataset"]
+    fig.suptitle(f"{result['experiment']}: per-layer gradient norms of a {d['name']} probe "
+                 "batch (inference mode), input layer at the top")
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+
+
 PLOTTERS = {"convex": _plot_quadratic, "lr-sweep": _plot_lr_sweep,
             "mlp": _plot_classifier, "cnn": _plot_classifier}
+# Further figures per experiment: (file suffix, plotter).
+EXTRA_PLOTS = {"mlp": [("_grad_norms", _plot_layer_grad_norms)]}
 
 
 def file_stem(name):
@@ -250,10 +284,14 @@ def file_stem(name):
 
 
 def save(result, out_dir):
-    """Writes <out>/<name>.json and <out>/<name>.png; returns both paths."""
+    """Writes <out>/<name>.json, <out>/<name>.png and the experiment's extra
+    figures (<out>/<name><suffix>.png); returns the JSON path and the PNGs."""
     os.makedirs(out_dir, exist_ok=True)
     stem = os.path.join(out_dir, file_stem(result["experiment"]))
     json_path = write_json(result, stem + ".json")
-    png_path = stem + ".png"
-    PLOTTERS[result["experiment"]](result, png_path)
-    return json_path, png_path
+    pngs = [stem + ".png"]
+    PLOTTERS[result["experiment"]](result, pngs[0])
+    for suffix, plot in EXTRA_PLOTS.get(result["experiment"], []):
+        pngs.append(stem + suffix + ".png")
+        plot(result, pngs[-1])
+    return json_path, pngs

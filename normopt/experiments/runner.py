@@ -81,25 +81,75 @@ class _EpochProgress:
         self.callback = Callback()
 
 
-def train_classifier(build_model, data, spec, epochs, batch_size, seed, bar=None):
+class _LayerGradientProbe:
+    """Per-layer L2 gradient norms of a fixed probe batch at each epoch's end.
+
+    The gradient of the training loss on the first `size` training examples,
+    in inference mode (no dropout draw, no batch-norm update: the probe
+    leaves training exactly as it would be without it), once before
+    training and after every epoch. A layer's norm is the L2 norm over its
+    trainable variables. `norms[e][l]`: epoch e (0 = before training), layer l.
+    """
+
+    def __init__(self, model, loss, x, y, size=256):
+        import keras
+        import tensorflow as tf
+
+        self.layers = [layer.name for layer in model.layers if layer.trainable_variables]
+        owner = [i for i, layer in enumerate(
+            [layer for layer in model.layers if layer.trainable_variables])
+            for _ in layer.trainable_variables]
+        x, y = x[:size], y[:size]
+        variables = [v for layer in model.layers for v in layer.trainable_variables]
+        self.norms = []
+
+        @tf.function
+        def probe():
+            with tf.GradientTape() as tape:
+                value = loss(y, model(x, training=False))
+            grads = tape.gradient(value, variables)
+            squares = [tf.reduce_sum(tf.square(tf.cast(g, tf.float64))) for g in grads]
+            return tf.stack([tf.sqrt(tf.add_n([sq for sq, o in zip(squares, owner) if o == i]))
+                             for i in range(len(self.layers))])
+
+        outer = self
+
+        class Callback(keras.callbacks.Callback):
+            def on_train_begin(self, logs=None):
+                outer.norms.append([float(v) for v in probe().numpy()])
+
+            def on_epoch_end(self, epoch, logs=None):
+                outer.norms.append([float(v) for v in probe().numpy()])
+
+        self.callback = Callback()
+
+    def result(self):
+        return {"layers": self.layers, "norms": self.norms}
+
+
+def train_classifier(build_model, data, spec, epochs, batch_size, seed, bar=None,
+                     probe_gradients=False):
     """Trains `build_model()` on `data` with `spec.build()`.
 
     The model is built after `keras.utils.set_random_seed(seed)`, so every
     optimizer starts from the same weights and sees the same batch order.
     Curves per epoch: training loss/accuracy as Keras reports them (running
     mean over the epoch, dropout active) and test loss/accuracy (inference
-    mode, whole test set).
+    mode, whole test set). With `probe_gradients`, also per-layer gradient
+    norms of a probe batch per epoch (`_LayerGradientProbe`).
     """
     import keras
 
     keras.utils.set_random_seed(seed)
     model = build_model()
     optimizer = spec.build()
-    model.compile(
-        optimizer=optimizer,
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
+    callbacks = [_EpochProgress(bar).callback]
+    probe = None
+    if probe_gradients:
+        probe = _LayerGradientProbe(model, loss, data.x_train, data.y_train)
+        callbacks.append(probe.callback)
     history = model.fit(
         data.x_train,
         data.y_train,
@@ -107,10 +157,12 @@ def train_classifier(build_model, data, spec, epochs, batch_size, seed, bar=None
         epochs=epochs,
         validation_data=(data.x_test, data.y_test),
         verbose=0,
-        callbacks=[_EpochProgress(bar).callback],
+        callbacks=callbacks,
     )
     h = history.history
+    extra = {} if probe is None else {"layer_grad_norms": probe.result()}
     return {
+        **extra,
         "train_loss": [float(v) for v in h["loss"]],
         "train_accuracy": [float(v) for v in h["accuracy"]],
         "test_loss": [float(v) for v in h["val_loss"]],

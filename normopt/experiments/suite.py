@@ -158,22 +158,27 @@ def run_lr_sweep(quick, seed, overrides, bar_factory):
             "problem": _problem_record(problem), "runs": runs}
 
 
-def _classifier_runs(name, build, specs, cfg, dataset, seed, bar_factory):
+def _classifier_runs(name, build, specs, cfg, dataset, seed, bar_factory,
+                     probe_gradients=False):
     runs = []
     with bar_factory(len(specs) * cfg["epochs"], name, "epoch") as bar:
         for spec in specs:
             bar.set_postfix_str(spec.label)
             start = time.perf_counter()
             result = runner.train_classifier(build, dataset, spec, cfg["epochs"],
-                                             cfg["batch_size"], seed, bar)
+                                             cfg["batch_size"], seed, bar,
+                                             probe_gradients=probe_gradients)
             seconds = time.perf_counter() - start
             curves = {k: result[k] for k in
                       ("train_loss", "train_accuracy", "test_loss", "test_accuracy")}
             final = {k: v[-1] for k, v in curves.items()}
             final["best_test_accuracy"] = max(curves["test_accuracy"])
-            runs.append({"optimizer": spec.as_dict(), "path": result["path"],
-                         "seconds": seconds, "parameters": result["parameters"],
-                         "curves": curves, "final": final})
+            run = {"optimizer": spec.as_dict(), "path": result["path"],
+                   "seconds": seconds, "parameters": result["parameters"],
+                   "curves": curves, "final": final}
+            if "layer_grad_norms" in result:
+                run["layer_grad_norms"] = result["layer_grad_norms"]
+            runs.append(run)
     return runs
 
 
@@ -193,7 +198,8 @@ def run_mlp(quick, seed, overrides, bar_factory, dataset):
                                depth=cfg["depth"], width=cfg["width"])
 
     specs = with_fused(MLP_SPECS, overrides)
-    runs = _classifier_runs("mlp", build, specs, cfg, dataset, seed, bar_factory)
+    runs = _classifier_runs("mlp", build, specs, cfg, dataset, seed, bar_factory,
+                            probe_gradients=True)
     return {"experiment": "mlp", "quick": quick, "seed": seed, "settings": cfg,
             "dataset": dataset.describe(), "runs": runs}
 

@@ -1,0 +1,210 @@
+"""Recorded gradient norms (`wrapper.gradient_norms`) and GradientNormMonitor.
+
+The recorded norms are compared with NumPy L2 norms of the gradients a
+GradientTape gives, on every path; the callback's logs and TensorBoard event
+files are read back.
+"""
+
+import csv
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras
+import normopt
+from normopt.callbacks import GradientNormMonitor
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# path -> (fused argument, inner optimizer, expected path, XLA)
+PATHS = {
+    "fused": (True, keras.optimizers.Adam, "fused", False),
+    "fused_scale": (None, keras.optimizers.RMSprop, "fused_scale", False),
+    "tf": (False, keras.optimizers.Adam, "tf", False),
+    "xla": (None, keras.optimizers.Adam, "tf", True),
+}
+
+
+def model_and_data(seed=0, n=32):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([
+        keras.Input((6,)),
+        keras.layers.Dense(8, activation="tanh", name="hidden"),
+        keras.layers.Dense(8, activation="tanh", name="frozen"),
+        keras.layers.Dense(2, name="out"),
+    ])
+    rng = np.random.RandomState(seed)
+    x = rng.standard_normal((n, 6)).astype("float32")
+    y = rng.standard_normal((n, 2)).astype("float32")
+    return model, x, y
+
+
+def l2(g):
+    return np.sqrt(np.sum(np.square(np.asarray(g, np.float64))))
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_recorded_norms_match_the_tape(path):
+    fused, inner, expected_path, xla = PATHS[path]
+    model, x, y = model_and_data()
+    opt = normopt.NormalizedOptimizer(inner(0.01), fused=fused)
+    variables = model.trainable_variables
+    opt.build(variables)
+    assert opt.gradient_norms.shape == (len(variables),)
+
+    def step():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(model(x) - y))
+        grads = tape.gradient(loss, variables)
+        # the "frozen" layer's kernel gets no gradient: its norm is 0
+        grads[2] = None
+        opt.apply(grads, variables)
+        return grads
+
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(tf.square(model(x) - y))
+    want = [l2(g) for g in tape.gradient(loss, variables)]
+    want[2] = 0.0
+    with pytest.warns(UserWarning, match="Gradients do not exist"):
+        (tf.function(step, jit_compile=True) if xla else step)()
+    assert opt.last_path.name == expected_path
+    got = opt.gradient_norms.numpy()
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert opt.gradient_norm_names == [v.path for v in variables]
+    # not optimizer state
+    assert not any("gradient_norms" in v.name for v in opt.variables)
+
+
+def test_recorded_norms_are_unscaled_under_mixed_precision():
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model, x, y = model_and_data()
+        model.layers[-1].dtype_policy = keras.DTypePolicy("float32")
+        wrapper = normopt.NormalizedOptimizer(keras.optimizers.Adam(0.01))
+        opt = keras.optimizers.LossScaleOptimizer(wrapper, initial_scale=1024.0)
+        variables = model.trainable_variables
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(tf.cast(model(x), "float32") - y))
+            scaled = opt.scale_loss(loss)
+        scaled_grads = tape.gradient(scaled, variables)
+        opt.apply(scaled_grads, variables)
+        want = [l2(g.numpy().astype(np.float64) / 1024.0) for g in scaled_grads]
+        np.testing.assert_allclose(wrapper.gradient_norms.numpy(), want, rtol=1e-3)
+        assert wrapper.last_path.name == "fused"
+    finally:
+        keras.config.set_dtype_policy("float32")
+
+
+def test_recorded_norms_after_the_cross_replica_sum():
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [os.path.dirname(HERE), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, os.path.join(HERE, "grad_norm_worker.py"), "null"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["replicas"] == 2
+    assert result["path"] == "fused"
+    np.testing.assert_allclose(result["norms"], result["expected"], rtol=1e-5)
+
+
+class _Seen(keras.callbacks.Callback):
+    """Records the logs the callbacks after GradientNormMonitor receive."""
+
+    def __init__(self, wrapper):
+        super().__init__()
+        self.wrapper, self.batches, self.epochs, self.recorded = wrapper, [], [], []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches.append(logs.get("grad_norm"))
+        self.recorded.append(self.wrapper.gradient_norms.numpy().copy())
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs.append(logs.get("grad_norm"))
+
+
+def _scalars(event_dir):
+    """{tag: [(step, value)]} of every scalar summary under `event_dir`."""
+    found = {}
+    for path in glob.glob(os.path.join(str(event_dir), "**", "events.out.tfevents.*"),
+                          recursive=True):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.HasField("tensor"):
+                    array = tf.make_ndarray(value.tensor)
+                    if array.dtype.kind != "f" or array.size != 1:
+                        continue  # the model's config, histograms, ...
+                    number = float(array)
+                else:
+                    number = value.simple_value
+                found.setdefault(value.tag, []).append((event.step, number))
+    return found
+
+
+def test_monitor_logs_history_csv_and_tensorboard(tmp_path):
+    model, x, y = model_and_data()
+    wrapper = normopt.NormalizedOptimizer(keras.optimizers.Adam(0.01))
+    model.compile(optimizer=wrapper, loss="mse")
+    seen = _Seen(wrapper)
+    csv_path = tmp_path / "log.csv"
+    history = model.fit(
+        x, y, batch_size=8, epochs=2, verbose=0,
+        callbacks=[GradientNormMonitor(log_dir=tmp_path / "grads"), seen,
+                   keras.callbacks.CSVLogger(str(csv_path)),
+                   keras.callbacks.TensorBoard(str(tmp_path / "tb"))])
+    # batch logs: the global L2 norm of the recorded per-variable norms
+    assert len(seen.batches) == 8
+    for value, recorded in zip(seen.batches, seen.recorded):
+        assert value == pytest.approx(l2(recorded), rel=1e-6)
+    # epoch logs: the mean over that epoch's batches
+    for epoch in range(2):
+        want = np.mean(seen.batches[4 * epoch: 4 * epoch + 4])
+        assert seen.epochs[epoch] == pytest.approx(want, rel=1e-6)
+        assert history.history["grad_norm"][epoch] == pytest.approx(want, rel=1e-6)
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["grad_norm"]) for r in rows] == pytest.approx(history.history["grad_norm"])
+    # Keras's TensorBoard callback writes the epoch value
+    tb = _scalars(tmp_path / "tb")
+    assert [v for _, v in sorted(tb["epoch_grad_norm"])] == pytest.approx(
+        history.history["grad_norm"], rel=1e-6)
+    # ours writes one scalar per layer per logged batch, at the optimizer step
+    ours = _scalars(tmp_path / "grads")
+    names = wrapper.gradient_norm_names
+    layers = sorted({n.rsplit("/", 1)[0] for n in names})
+    assert sorted(ours) == [f"grad_norm/{layer}" for layer in layers]
+    last = seen.recorded[-1]
+    for layer in layers:
+        series = sorted(ours[f"grad_norm/{layer}"])
+        assert [s for s, _ in series] == list(range(1, 9))
+        want = l2([n for n, name in zip(last, names) if name.rsplit("/", 1)[0] == layer])
+        assert series[-1][1] == pytest.approx(want, rel=1e-6)
+
+
+def test_monitor_every_n_batches():
+    model, x, y = model_and_data()
+    wrapper = normopt.ClippedOptimizer(keras.optimizers.SGD(0.01), clipnorm=0.5)
+    model.compile(optimizer=wrapper, loss="mse")
+    seen = _Seen(wrapper)
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0,
+              callbacks=[GradientNormMonitor(every=3), seen])
+    assert [b is not None for b in seen.batches] == [i % 3 == 0 for i in range(8)]
+
+
+def test_monitor_with_a_plain_optimizer_says_what_it_needs():
+    model, x, y = model_and_data()
+    model.compile(optimizer=keras.optimizers.Adam(), loss="mse")
+    with pytest.raises(ValueError, match="needs a normopt wrapper.*got Adam"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[GradientNormMonitor()])
+
+
+@pytest.mark.parametrize("every", [0, -1, 1.5, True])
+def test_monitor_bad_every(every):
+    with pytest.raises(ValueError, match="every"):
+        GradientNormMonitor(every=every)
