@@ -119,3 +119,18 @@ class Adam:
             self.vhat[i] = v
         alpha = lr * np.sqrt(1 - self.b2**t) / (1 - self.b1**t)
         return w - alpha * m / (np.sqrt(v) + self.eps)
+
+
+class RMSprop:
+    """Keras 3 RMSprop without momentum or centering:
+    v = rho*v + (1 - rho)*g^2;  w -= lr * g / sqrt(v + epsilon)."""
+
+    def __init__(self, lr, rho=0.9, epsilon=1e-7):
+        self.lr, self.rho, self.eps = lr, rho, epsilon
+        self.v = {}
+
+    def step(self, i, w, g, lr=None):
+        lr = self.lr if lr is None else lr
+        v = self.rho * self.v.get(i, np.zeros_like(g)) + (1 - self.rho) * g * g
+        self.v[i] = v
+        return np.asarray(w, np.float64) - lr * g / np.sqrt(v + self.eps)

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import reference as R
+from conftest import covering
 from helpers import TOL
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -417,8 +418,7 @@ def K():
     return numba_cpu
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shapes", sorted(SHAPE_LISTS))
+@pytest.mark.parametrize("shapes,dtype", covering(sorted(SHAPE_LISTS), DTYPES))
 def test_cpu_norms(K, shapes, dtype):
     check_norms(K, SHAPE_LISTS[shapes], dtype, chunk_size=CHUNK)
 
@@ -428,20 +428,17 @@ def test_cpu_norms_many_tensors_default_chunk(K):
     check_norms(K, [(70000,), (0,), (65536,), (65537,)], "float32", kinds=("l2", "std", "min_max"))
 
 
-@pytest.mark.parametrize("mode", ["normalize", "clip"])
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype,mode", covering(DTYPES, ["normalize", "clip"]))
 def test_cpu_scale(K, dtype, mode):
     check_scale(K, SHAPE_LISTS["mixed"], dtype, mode, chunk_size=CHUNK)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("variant", sorted(SGD_VARIANTS))
+@pytest.mark.parametrize("variant,dtype", covering(sorted(SGD_VARIANTS), DTYPES))
 def test_cpu_sgd(K, variant, dtype):
     check_sgd(K, SHAPE_LISTS["chunk_edges"] + [()], dtype, variant, chunk_size=CHUNK)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("variant", sorted(ADAM_VARIANTS))
+@pytest.mark.parametrize("variant,dtype", covering(sorted(ADAM_VARIANTS), DTYPES[::-1]))
 def test_cpu_adam(K, variant, dtype):
     check_adam(K, SHAPE_LISTS["chunk_edges"] + [()], dtype, variant, chunk_size=CHUNK)
 

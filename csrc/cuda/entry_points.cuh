@@ -5,7 +5,9 @@
 // f32, f64; the finish/scales kernels exist per accumulation type (f32, f64).
 //
 //   normopt_chunk_stats_SUF   grid: one block per chunk, kThreads threads
-//   normopt_finish_ACC        grid: one thread per tensor
+//   normopt_finish_ACC        grid: one thread per tensor; also given the
+//                             tensors, sizes and dtype code (the rescue pass)
+// scales are TensorScale {pre, mult} pairs (norm_stats.h), one per tensor.
 //   normopt_scales_from_norms_ACC
 //   normopt_scale_SUF, normopt_sgd_SUF, normopt_adam_SUF  (kThreads threads)
 //
@@ -31,7 +33,7 @@
                           const int64_t* sizes, const int32_t* chunk_tensor,  \
                           const int64_t* chunk_start, int64_t num_chunks,     \
                           int64_t chunk_size,                                 \
-                          const normopt::cuda::Acc<T>* scales) {              \
+                          const normopt::TensorScale<normopt::cuda::Acc<T>>* scales) {              \
     normopt::cuda::scale_chunks<T>(grads, outs, sizes, chunk_tensor,          \
                                    chunk_start, num_chunks, chunk_size,       \
                                    scales);                                   \
@@ -42,7 +44,7 @@
                         const int32_t* chunk_tensor,                          \
                         const int64_t* chunk_start, int64_t num_chunks,       \
                         int64_t chunk_size,                                   \
-                        const normopt::cuda::Acc<T>* scales,                  \
+                        const normopt::TensorScale<normopt::cuda::Acc<T>>* scales,                  \
                         const normopt::cuda::Acc<T>* decay,                   \
                         normopt::cuda::Acc<T> lr,                             \
                         normopt::cuda::Acc<T> momentum, int nesterov) {       \
@@ -57,7 +59,7 @@
           const T* const* grads, const int64_t* sizes,                        \
           const int32_t* chunk_tensor, const int64_t* chunk_start,            \
           int64_t num_chunks, int64_t chunk_size,                             \
-          const normopt::cuda::Acc<T>* scales,                                \
+          const normopt::TensorScale<normopt::cuda::Acc<T>>* scales,                                \
           const normopt::cuda::Acc<T>* decay, normopt::cuda::Acc<T> lr,       \
           normopt::cuda::Acc<T> alpha,                                        \
           normopt::cuda::Acc<T> one_minus_beta_1,                             \
@@ -73,13 +75,16 @@
 #define NORMOPT_FINISH_ENTRY_POINTS(A, SUF)                                   \
   extern "C" __global__ void normopt_finish_##SUF(                            \
       const normopt::NormStats<A>* stats, const int64_t* first_chunk,         \
-      int num_tensors, int kind, int mode, A clipnorm, A eps, A* norms,       \
-      A* scales) {                                                            \
+      int num_tensors, int kind, int mode, A clipnorm, A eps,                 \
+      const void* const* tensors, const int64_t* sizes, int dtype, A* norms,  \
+      normopt::TensorScale<A>* scales) {                                      \
     normopt::cuda::finish<A>(stats, first_chunk, num_tensors, kind, mode,     \
-                             clipnorm, eps, norms, scales);                   \
+                             clipnorm, eps, tensors, sizes, dtype, norms,     \
+                             scales);                                         \
   }                                                                           \
   extern "C" __global__ void normopt_scales_from_norms_##SUF(                 \
-      const A* norms, int num_tensors, int mode, A clipnorm, A* scales) {     \
+      const A* norms, int num_tensors, int mode, A clipnorm,                  \
+      normopt::TensorScale<A>* scales) {                                      \
     normopt::cuda::scales_from_norms<A>(norms, num_tensors, mode, clipnorm,   \
                                         scales);                              \
   }

@@ -62,7 +62,8 @@ extern "C" int normopt_cuda_norms(
       Entry<T>::finish<<<(num_tensors + kFinishThreads - 1) / kFinishThreads,
                          kFinishThreads, 0, stream>>>(
           stats, first_chunk, num_tensors, kind, mode, A(clipnorm), A(eps),
-          static_cast<A*>(norms), static_cast<A*>(scales));
+          tensors, sizes, dtype, static_cast<A*>(norms),
+          static_cast<normopt::TensorScale<A>*>(scales));
     }
     return last_error();
   });
@@ -77,11 +78,12 @@ extern "C" int normopt_cuda_scales_from_norms(int dtype, const void* norms,
   if (dtype == 3) {
     normopt_scales_from_norms_f64<<<blocks, kFinishThreads, 0, stream>>>(
         static_cast<const double*>(norms), num_tensors, mode, clipnorm,
-        static_cast<double*>(scales));
+        static_cast<normopt::TensorScale<double>*>(scales));
   } else {
     normopt_scales_from_norms_f32<<<blocks, kFinishThreads, 0, stream>>>(
         static_cast<const float*>(norms), num_tensors, mode,
-        static_cast<float>(clipnorm), static_cast<float*>(scales));
+        static_cast<float>(clipnorm),
+        static_cast<normopt::TensorScale<float>*>(scales));
   }
   return last_error();
 }
@@ -98,7 +100,8 @@ extern "C" int normopt_cuda_scale(int dtype, const void* const* grads,
     Entry<T>::scale<<<grid_for(num_chunks), kThreads, 0, stream>>>(
         reinterpret_cast<const T* const*>(grads),
         reinterpret_cast<T* const*>(outs), sizes, chunk_tensor, chunk_start,
-        num_chunks, chunk_size, static_cast<const Acc<T>*>(scales));
+        num_chunks, chunk_size,
+        static_cast<const normopt::TensorScale<Acc<T>>*>(scales));
     return last_error();
   });
 }
@@ -120,7 +123,8 @@ extern "C" int normopt_cuda_sgd(int dtype, void* const* weights,
         reinterpret_cast<T* const*>(weights),
         reinterpret_cast<T* const*>(momenta),
         reinterpret_cast<const T* const*>(grads), sizes, chunk_tensor,
-        chunk_start, num_chunks, chunk_size, static_cast<const A*>(scales),
+        chunk_start, num_chunks, chunk_size,
+        static_cast<const normopt::TensorScale<A>*>(scales),
         static_cast<const A*>(decay), k.lr, k.momentum, nesterov);
     return last_error();
   });
@@ -143,7 +147,8 @@ extern "C" int normopt_cuda_adam(
         reinterpret_cast<T* const*>(weights), reinterpret_cast<T* const*>(ms),
         reinterpret_cast<T* const*>(vs), reinterpret_cast<T* const*>(vhats),
         reinterpret_cast<const T* const*>(grads), sizes, chunk_tensor,
-        chunk_start, num_chunks, chunk_size, static_cast<const A*>(scales),
+        chunk_start, num_chunks, chunk_size,
+        static_cast<const normopt::TensorScale<A>*>(scales),
         static_cast<const A*>(decay), k.lr, k.alpha, k.one_minus_beta_1,
         k.one_minus_beta_2, k.epsilon, amsgrad);
     return last_error();

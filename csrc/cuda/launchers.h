@@ -8,8 +8,10 @@
 // `chunk_start`, `first_chunk` the chunk table (chunk_table.h) of those
 // sizes. Launchers only enqueue work on `stream` (no synchronisation) and
 // return the cudaError_t of the launch (0 on success). DTYPE codes: 0 float16,
-// 1 bfloat16, 2 float32, 3 float64; norms, scales and decay are float for
-// 16/32-bit data and double for float64 data.
+// 1 bfloat16, 2 float32, 3 float64; norms and decay are float for 16/32-bit
+// data and double for float64 data; `scales` holds one normopt::TensorScale
+// {pre, mult} of that type per tensor (2N values: g' = (g * pre) * mult,
+// normopt/norm_stats.h).
 #ifndef NORMOPT_CUDA_LAUNCHERS_H_
 #define NORMOPT_CUDA_LAUNCHERS_H_
 
@@ -36,7 +38,7 @@ int normopt_cuda_scales_from_norms(int dtype, const void* norms,
                                    int num_tensors, int mode, double clipnorm,
                                    void* scales, cudaStream_t stream);
 
-// outs[t] = grads[t] * scales[t] (1 launch).
+// outs[t] = (grads[t] * scales[t].pre) * scales[t].mult (1 launch).
 int normopt_cuda_scale(int dtype, const void* const* grads, void* const* outs,
                        const int64_t* sizes, const int32_t* chunk_tensor,
                        const int64_t* chunk_start, int64_t num_chunks,

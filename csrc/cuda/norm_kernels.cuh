@@ -9,7 +9,10 @@
 //                       writes the chunk's NormStats via `from_block_sums`.
 //   finish              one thread per tensor merges its chunks' NormStats in
 //                       chunk order (`merge_stats`) and writes the norm
-//                       (`finalize_norm`) and scale (`scale_from_norm`).
+//                       (`finalize_norm`) and scale (`scale_from_norm`, a
+//                       TensorScale {pre, mult}). A tensor whose plain norm
+//                       overflowed with finite elements is read again by
+//                       that thread (`serial_rescue`, norm_stats.h).
 //
 // These are device bodies; entry_points.cuh wraps them in extern "C"
 // kernels (blocks of kThreads threads for chunk_stats).
@@ -114,18 +117,61 @@ __device__ __forceinline__ void chunk_stats(
   }
 }
 
+// The rescue pass (norm_stats.h) of one tensor, in the finish thread: the
+// elements are read through their dtype code (0 float16, 1 bfloat16,
+// 2 float32, 3 float64), since finish exists per accumulation type. Serial,
+// and only for a tensor whose plain norm overflowed with finite elements.
+template <typename A>
+__device__ A rescue_tensor(NormKind kind, A norm, A max_abs,
+                                        const void* data, int64_t n, int dtype,
+                                        A eps) {
+  if constexpr (sizeof(A) == 8) {
+    const double* p = static_cast<const double*>(data);
+    return serial_rescue<A>(kind, norm, max_abs,
+                            [p](int64_t i) { return p[i]; }, n, eps);
+  } else {
+    switch (dtype) {
+      case 0: {
+        const __half* p = static_cast<const __half*>(data);
+        return serial_rescue<A>(kind, norm, max_abs,
+                                [p](int64_t i) { return to_acc(p[i]); }, n, eps);
+      }
+      case 1: {
+        const __nv_bfloat16* p = static_cast<const __nv_bfloat16*>(data);
+        return serial_rescue<A>(kind, norm, max_abs,
+                                [p](int64_t i) { return to_acc(p[i]); }, n, eps);
+      }
+      default: {
+        const float* p = static_cast<const float*>(data);
+        return serial_rescue<A>(kind, norm, max_abs,
+                                [p](int64_t i) { return p[i]; }, n, eps);
+      }
+    }
+  }
+}
+
+// `tensors`, `sizes` and `dtype` are read only by the rescue pass. chunk_stats
+// gathers every statistic, so the merged max_abs is there to decide it.
 template <typename A>
 __device__ __forceinline__ void finish(const NormStats<A>* stats,
                                        const int64_t* first_chunk,
                                        int num_tensors, int kind, int mode,
-                                       A clipnorm, A eps, A* norms, A* scales) {
+                                       A clipnorm, A eps,
+                                       const void* const* tensors,
+                                       const int64_t* sizes, int dtype,
+                                       A* norms, TensorScale<A>* scales) {
   const int t = blockIdx.x * blockDim.x + threadIdx.x;
   if (t >= num_tensors) return;
   NormStats<A> s = NormStats<A>::empty();
   for (int64_t c = first_chunk[t]; c < first_chunk[t + 1]; ++c) {
     s = merge_stats(s, stats[c]);
   }
-  const A norm = finalize_norm(static_cast<NormKind>(kind), s, eps);
+  const NormKind k = static_cast<NormKind>(kind);
+  A norm = finalize_norm(k, s, eps);
+  if (needs_rescue(norm)) {
+    norm = rescue_tensor<A>(k, norm, s.max_abs, tensors[t], sizes[t], dtype,
+                            eps);
+  }
   norms[t] = norm;
   scales[t] = scale_from_norm(static_cast<ScaleMode>(mode), norm, clipnorm);
 }
@@ -134,7 +180,8 @@ __device__ __forceinline__ void finish(const NormStats<A>* stats,
 template <typename A>
 __device__ __forceinline__ void scales_from_norms(const A* norms,
                                                   int num_tensors, int mode,
-                                                  A clipnorm, A* scales) {
+                                                  A clipnorm,
+                                                  TensorScale<A>* scales) {
   const int t = blockIdx.x * blockDim.x + threadIdx.x;
   if (t >= num_tensors) return;
   scales[t] = scale_from_norm(static_cast<ScaleMode>(mode), norms[t], clipnorm);

@@ -1,5 +1,5 @@
 // Multi-tensor element-wise kernels that apply the per-tensor scale on the
-// fly (one block per chunk, grid-stride over chunks, 16-byte accesses when
+// fly (g * scale[t] below is `apply_scale`: (g * pre) * mult, norm_stats.h) (one block per chunk, grid-stride over chunks, 16-byte accesses when
 // every pointer of the chunk is aligned, scalar tail otherwise):
 //
 //   scale_chunks  out = g * scale[t]
@@ -47,32 +47,33 @@ template <typename T>
 __device__ __forceinline__ void scale_chunks(
     const T* const* grads, T* const* outs, const int64_t* sizes,
     const int32_t* chunk_tensor, const int64_t* chunk_start, int64_t num_chunks,
-    int64_t chunk_size, const Acc<T>* scales) {
+    int64_t chunk_size, const TensorScale<Acc<T>>* scales) {
   constexpr int W = Pack<T>::kWidth;
   for (int64_t c = blockIdx.x; c < num_chunks; c += gridDim.x) {
     const Chunk k = chunk_at(c, chunk_tensor, chunk_start, sizes, chunk_size);
     const T* g = grads[k.t] + k.lo;
     T* o = outs[k.t] + k.lo;
-    const Acc<T> s = scales[k.t];
+    const TensorScale<Acc<T>> s = scales[k.t];
     for_each_in_chunk<W>(
         k.n, aligned16(g) && aligned16(o),
         [&](int64_t q) {
           Pack<T> v = load_pack(g + q * W);
 #pragma unroll
-          for (int j = 0; j < W; ++j) v.v[j] = from_acc<T>(to_acc(v.v[j]) * s);
+          for (int j = 0; j < W; ++j) v.v[j] = from_acc<T>(apply_scale(to_acc(v.v[j]), s));
           store_pack(o + q * W, v);
         },
-        [&](int64_t i) { o[i] = from_acc<T>(to_acc(g[i]) * s); });
+        [&](int64_t i) { o[i] = from_acc<T>(apply_scale(to_acc(g[i]), s)); });
   }
 }
 
 template <typename A>
 struct SgdStep {
-  A lr, mu, wd, s;
+  A lr, mu, wd;
+  TensorScale<A> s;
   bool use_momentum, nesterov;
   template <typename T>
   __device__ __forceinline__ void operator()(T& w, T& m, T g) const {
-    const A gs = to_acc(g) * s;
+    const A gs = apply_scale(to_acc(g), s);
     A wi = to_acc(w);
     if (wd != A(0)) wi -= wi * wd * lr;
     if (use_momentum) {
@@ -92,7 +93,7 @@ __device__ __forceinline__ void sgd_chunks(
     T* const* weights, T* const* momenta, const T* const* grads,
     const int64_t* sizes, const int32_t* chunk_tensor,
     const int64_t* chunk_start, int64_t num_chunks, int64_t chunk_size,
-    const Acc<T>* scales, const Acc<T>* decay, Acc<T> lr, Acc<T> momentum,
+    const TensorScale<Acc<T>>* scales, const Acc<T>* decay, Acc<T> lr, Acc<T> momentum,
     int nesterov) {
   using A = Acc<T>;
   constexpr int W = Pack<T>::kWidth;
@@ -125,12 +126,13 @@ __device__ __forceinline__ void sgd_chunks(
 
 template <typename A>
 struct AdamStep {
-  A lr, alpha, one_minus_b1, one_minus_b2, eps, wd, s;
+  A lr, alpha, one_minus_b1, one_minus_b2, eps, wd;
+  TensorScale<A> s;
   bool amsgrad;
   template <typename T>
   __device__ __forceinline__ void operator()(T& w, T& m, T& v, T& vhat,
                                              T g) const {
-    const A gs = to_acc(g) * s;
+    const A gs = apply_scale(to_acc(g), s);
     A wi = to_acc(w);
     if (wd != A(0)) wi -= wi * wd * lr;
     A mi = to_acc(m);
@@ -154,7 +156,7 @@ __device__ __forceinline__ void adam_chunks(
     T* const* weights, T* const* ms, T* const* vs, T* const* vhats,
     const T* const* grads, const int64_t* sizes, const int32_t* chunk_tensor,
     const int64_t* chunk_start, int64_t num_chunks, int64_t chunk_size,
-    const Acc<T>* scales, const Acc<T>* decay, Acc<T> lr, Acc<T> alpha,
+    const TensorScale<Acc<T>>* scales, const Acc<T>* decay, Acc<T> lr, Acc<T> alpha,
     Acc<T> one_minus_beta_1, Acc<T> one_minus_beta_2, Acc<T> epsilon,
     int amsgrad) {
   using A = Acc<T>;

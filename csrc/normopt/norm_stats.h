@@ -29,6 +29,20 @@
 //   normalize: 1 / norm
 //   clip:      clipnorm / norm  if norm >= clipnorm, else 1
 //
+// Overflow (issue 11). Every norm is positively homogeneous: with norm0 the
+// norm without eps, norm0(c * g) = c * norm0(g). When the plain statistics
+// overflow although every element is finite (norm0 not finite, max|g|
+// finite), the norm is recomputed from the statistics of g * 2^-k, k =
+// `rescue_exponent(max|g|)` (a power of two, so the scaling is exact), as
+// `rescued_norm` = norm0(g * 2^-k) * 2^k + eps. Only such a tensor pays that
+// second read; every other norm is the plain formula above, bit for bit.
+//
+// The scale is a pair `TensorScale{pre, mult}` applied as (g * pre) * mult.
+// pre is 1 (so the result is g * mult, the plain product) unless the plain
+// scale would be below the smallest normal number, where a kernel run with
+// denormals flushed to zero (TensorFlow's) would make it 0; then pre = 2^-k
+// with k from the norm's exponent and mult = target / (norm * 2^-k).
+//
 // This header is plain C++17 usable from host code and from CUDA device code
 // (functions are __host__ __device__ under nvcc). It has no TensorFlow
 // dependency so the CUDA sources and CuPy can include it as is.
@@ -46,11 +60,15 @@
 #define NORMOPT_HD __host__ __device__ __forceinline__
 #include <cuda/std/cmath>
 #define NORMOPT_SQRT(x) ::sqrt(x)
+#define NORMOPT_FREXP(x, e) ::frexp(x, e)
+#define NORMOPT_LDEXP(x, k) ::ldexp(x, k)
 #else
 #define NORMOPT_HD inline
 #include <cmath>
 #include <cstring>
 #define NORMOPT_SQRT(x) std::sqrt(x)
+#define NORMOPT_FREXP(x, e) std::frexp(x, e)
+#define NORMOPT_LDEXP(x, k) std::ldexp(x, k)
 #endif
 
 namespace normopt {
@@ -232,11 +250,135 @@ NORMOPT_HD Acc finalize_norm(NormKind kind, const NormStats<Acc>& s, Acc eps) {
   return eps;
 }
 
-// Per-tensor multiplier applied to the gradient.
+// ---- Overflow rescue (see the top of this file) ----
+
+// Limits of the accumulation type, without <limits> (NVRTC has none).
 template <typename Acc>
-NORMOPT_HD Acc scale_from_norm(ScaleMode mode, Acc norm, Acc clipnorm) {
-  if (mode == ScaleMode::kNormalize) return Acc(1) / norm;
-  return norm >= clipnorm ? clipnorm / norm : Acc(1);
+struct AccLimits;
+template <>
+struct AccLimits<float> {
+  static constexpr int kMaxExp = 128;  // FLT_MAX_EXP
+  static constexpr float kMinNormal = 1.17549435082228750797e-38f;
+};
+template <>
+struct AccLimits<double> {
+  static constexpr int kMaxExp = 1024;  // DBL_MAX_EXP
+  static constexpr double kMinNormal = 2.2250738585072013830902e-308;
+};
+
+// x is neither infinite nor NaN.
+template <typename Acc>
+NORMOPT_HD bool is_finite(Acc x) {
+  return x - x == Acc(0);
+}
+
+// 2^k, exact for 0 <= k < kMaxExp.
+template <typename Acc>
+NORMOPT_HD Acc pow2(int k) {
+  return NORMOPT_LDEXP(Acc(1), k);
+}
+
+// k >= 0 such that x * 2^-k is in [0.5, 4) for a finite x > 0 that is large
+// (in [0.5, 1) unless clamped), with 2^-k normal: frexp's exponent, clamped
+// to [0, kMaxExp - 2].
+template <typename Acc>
+NORMOPT_HD int rescue_exponent(Acc x) {
+  int e = 0;
+  NORMOPT_FREXP(x, &e);
+  const int top = AccLimits<Acc>::kMaxExp - 2;
+  return e < 0 ? 0 : (e > top ? top : e);
+}
+
+// The norm needs the rescue pass: it is not finite. (The pass then reads
+// max|g|; if that is not finite either, an element is inf or NaN and the
+// plain norm stands.)
+template <typename Acc>
+NORMOPT_HD bool needs_rescue(Acc norm) {
+  return !is_finite(norm);
+}
+
+// The norm from the statistics `scaled` of g * 2^-k: norm0 * 2^k + eps.
+template <typename Acc>
+NORMOPT_HD Acc rescued_norm(NormKind kind, const NormStats<Acc>& scaled, int k,
+                            Acc eps) {
+  return NORMOPT_LDEXP(finalize_norm(kind, scaled, Acc(0)), k) + eps;
+}
+
+// Statistics of x[i] * pre for i in [0, n), in one thread, for loaders
+// `load(i) -> Acc`: sums in one pass, the centered sum of squares in a second
+// (when `moments`). The rescue pass of kernels without a parallel one.
+template <typename Acc, typename Load>
+NORMOPT_HD NormStats<Acc> serial_scaled_stats(const Load& load, int64_t n,
+                                              Acc pre, bool moments) {
+  Acc s_abs = Acc(0), s_sq = Acc(0), total = Acc(0), mx = Acc(0), mn = Acc(0);
+  for (int64_t i = 0; i < n; ++i) {
+    const Acc x = load(i) * pre;
+    const Acc a = x < Acc(0) ? -x : x;
+    s_abs += a;
+    s_sq += x * x;
+    total += x;
+    mx = i == 0 ? a : max_keep_nan(a, mx);
+    mn = i == 0 ? a : min_keep_nan(a, mn);
+  }
+  Acc centered = Acc(0);
+  if (moments && n > 0) {
+    const Acc mean = total / Acc(n);
+    for (int64_t i = 0; i < n; ++i) {
+      const Acc d = load(i) * pre - mean;
+      centered += d * d;
+    }
+  }
+  return from_block_sums<Acc>(n, s_abs, s_sq, mx, mn, total, centered);
+}
+
+// The norm of n elements `load(i)` whose plain norm is `norm`, with max|g| =
+// `max_abs`: `norm` itself unless needs_rescue(norm) and max_abs is finite,
+// else rescued_norm over serial_scaled_stats.
+template <typename Acc, typename Load>
+NORMOPT_HD Acc serial_rescue(NormKind kind, Acc norm, Acc max_abs,
+                             const Load& load, int64_t n, Acc eps) {
+  if (!needs_rescue(norm) || !is_finite(max_abs)) return norm;
+  const int k = rescue_exponent(max_abs);
+  const NormStats<Acc> s = serial_scaled_stats<Acc>(
+      load, n, pow2<Acc>(-k), (stats_needed(kind) & kStatMoments) != 0);
+  return rescued_norm(kind, s, k, eps);
+}
+
+// The per-tensor scale: g' = (g * pre) * mult.
+template <typename Acc>
+struct TensorScale {
+  Acc pre;
+  Acc mult;
+};
+
+template <typename Acc>
+NORMOPT_HD Acc apply_scale(Acc x, const TensorScale<Acc>& s) {
+  return (x * s.pre) * s.mult;
+}
+
+// The scale of a tensor of norm `norm` (see the top of this file): target
+// = 1 (normalize) or clipnorm (clip, where norm >= clipnorm; else 1).
+template <typename Acc>
+NORMOPT_HD TensorScale<Acc> scale_from_norm(ScaleMode mode, Acc norm,
+                                            Acc clipnorm) {
+  TensorScale<Acc> r;
+  r.pre = Acc(1);
+  Acc target = Acc(1);
+  if (mode == ScaleMode::kClip) {
+    if (!(norm >= clipnorm)) {
+      r.mult = Acc(1);
+      return r;
+    }
+    target = clipnorm;
+  }
+  r.mult = target / norm;
+  if (r.mult >= Acc(0) && r.mult < AccLimits<Acc>::kMinNormal &&
+      target > Acc(0) && is_finite(norm)) {
+    const int k = rescue_exponent(norm);
+    r.pre = pow2<Acc>(-k);
+    r.mult = target / (norm * r.pre);
+  }
+  return r;
 }
 
 #if !defined(__CUDACC__)

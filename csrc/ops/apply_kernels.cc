@@ -108,7 +108,7 @@ class ApplySgdOp : public ApplyCpuOpBase<T> {
       T* mi = m[i] == nullptr ? nullptr : m[i] + ch.begin;
       const T* gi = grads.data[i] + ch.begin;
       const bool decays = decay[i] != Acc(0);
-      const Acc s = scales.Of(ch, gi);
+      const TensorScale<Acc> s = scales.Of(ch, gi);
 #define NORMOPT_SGD(V, D) \
   SgdChunk<T, V, D>(wi, mi, gi, len, s, decay[i], k)
       switch (variant * 2 + (decays ? 1 : 0)) {
@@ -177,7 +177,7 @@ class ApplyAdamOp : public ApplyCpuOpBase<T> {
       T* hi = vhat[i] == nullptr ? nullptr : vhat[i] + ch.begin;
       const T* gi = grads.data[i] + ch.begin;
       const bool decays = decay[i] != Acc(0);
-      const Acc s = scales.Of(ch, gi);
+      const TensorScale<Acc> s = scales.Of(ch, gi);
 #define NORMOPT_ADAM(A, D) \
   AdamChunk<T, A, D>(wi, mi, vi, hi, gi, len, s, decay[i], k)
       switch ((amsgrad ? 2 : 0) + (decays ? 1 : 0)) {

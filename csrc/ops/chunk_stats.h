@@ -111,16 +111,24 @@ inline Vec LoadLanes(const T* x) {
   return v;
 }
 
-template <typename T, unsigned Need>
-NormStats<AccType<T>> ChunkStatsFor(const T* __restrict x, int64_t n) {
+// With Scaled, the statistics of x[i] * pre (the rescue pass of
+// norm_stats.h: pre is a power of two); without, of x[i] (pre unused).
+template <typename T, unsigned Need, bool Scaled = false>
+NormStats<AccType<T>> ChunkStatsFor(const T* __restrict x, int64_t n,
+                                    AccType<T> pre = AccType<T>(1)) {
   using Acc = AccType<T>;
   using Lanes = LaneAccumulators<Acc, Need>;
   Lanes acc;
+  auto load = [&](int64_t j) {
+    return Scaled ? ToAcc(x[j]) * pre : ToAcc(x[j]);
+  };
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
-    acc.Block(LoadLanes<T, typename Lanes::Vec>(x + i));
+    typename Lanes::Vec v = LoadLanes<T, typename Lanes::Vec>(x + i);
+    if constexpr (Scaled) v *= pre;
+    acc.Block(v);
   }
-  for (int l = 0; i + l < n; ++l) acc.Step(l, ToAcc(x[i + l]));
+  for (int l = 0; i + l < n; ++l) acc.Step(l, load(i + l));
 
   Acc mx = Acc(0), mn = std::numeric_limits<Acc>::infinity();
   if constexpr (Lanes::kMax || Lanes::kMin) {
@@ -141,12 +149,12 @@ NormStats<AccType<T>> ChunkStatsFor(const T* __restrict x, int64_t n) {
     int64_t j = 0;
     for (; j + kLanes <= n; j += kLanes) {
       for (int l = 0; l < kLanes; ++l) {
-        const Acc d = ToAcc(x[j + l]) - mean;
+        const Acc d = load(j + l) - mean;
         c[l] += d * d;
       }
     }
     for (int l = 0; j + l < n; ++l) {
-      const Acc d = ToAcc(x[j + l]) - mean;
+      const Acc d = load(j + l) - mean;
       c[l] += d * d;
     }
     centered_sq = SumLanes(c);
@@ -156,21 +164,22 @@ NormStats<AccType<T>> ChunkStatsFor(const T* __restrict x, int64_t n) {
 }
 
 // Dispatches to the instantiation gathering exactly stats_needed(kind).
-template <typename T>
-NormStats<AccType<T>> ChunkStats(NormKind kind, const T* x, int64_t n) {
+template <typename T, bool Scaled = false>
+NormStats<AccType<T>> ChunkStats(NormKind kind, const T* x, int64_t n,
+                                 AccType<T> pre = AccType<T>(1)) {
   switch (stats_needed(kind)) {
     case kStatSumAbs:
-      return ChunkStatsFor<T, kStatSumAbs>(x, n);
+      return ChunkStatsFor<T, kStatSumAbs, Scaled>(x, n, pre);
     case kStatSumSq:
-      return ChunkStatsFor<T, kStatSumSq>(x, n);
+      return ChunkStatsFor<T, kStatSumSq, Scaled>(x, n, pre);
     case kStatSumAbs | kStatSumSq:
-      return ChunkStatsFor<T, kStatSumAbs | kStatSumSq>(x, n);
+      return ChunkStatsFor<T, kStatSumAbs | kStatSumSq, Scaled>(x, n, pre);
     case kStatMaxAbs:
-      return ChunkStatsFor<T, kStatMaxAbs>(x, n);
+      return ChunkStatsFor<T, kStatMaxAbs, Scaled>(x, n, pre);
     case kStatMaxAbs | kStatMinAbs:
-      return ChunkStatsFor<T, kStatMaxAbs | kStatMinAbs>(x, n);
+      return ChunkStatsFor<T, kStatMaxAbs | kStatMinAbs, Scaled>(x, n, pre);
     default:
-      return ChunkStatsFor<T, kStatMoments>(x, n);
+      return ChunkStatsFor<T, kStatMoments, Scaled>(x, n, pre);
   }
 }
 

@@ -188,7 +188,8 @@ class GradLaunch {
   }
 
   // Norms and scales from the built-in norm `kind` (2 launches); `norms`
-  // and `scales` are device arrays of n accumulation-type values.
+  // is a device array of n accumulation-type values, `scales` of n
+  // TensorScale pairs (2n values).
   absl::Status NormsAndScales(tensorflow::OpKernelContext* ctx, NormKind kind,
                               ScaleMode mode, double clipnorm, double eps,
                               void* norms, void* scales) const {
@@ -208,7 +209,8 @@ class GradLaunch {
         "norm kernels");
   }
 
-  // The per-tensor scales ([n] of the accumulation type, device temp) of
+  // The per-tensor scales ([2n] of the accumulation type: n TensorScale
+  // pairs, device temp) of
   // the gradients: from the built-in norm, or from `precomputed_norms` (a
   // device tensor, already validated) when the source says so.
   absl::Status Scales(tensorflow::OpKernelContext* ctx,
@@ -217,7 +219,9 @@ class GradLaunch {
                       const tensorflow::Tensor& precomputed_norms,
                       tensorflow::Tensor* scales) const {
     const tensorflow::TensorShape shape({n_});
-    TF_RETURN_IF_ERROR(ctx->allocate_temp(AccDataType<T>(), shape, scales));
+    // One TensorScale {pre, mult} per tensor.
+    TF_RETURN_IF_ERROR(ctx->allocate_temp(
+        AccDataType<T>(), tensorflow::TensorShape({2 * n_}), scales));
     if (source.precomputed) {
       return CudaStatus(normopt_cuda_scales_from_norms(
                             LauncherDtype<T>(), precomputed_norms.data(), n_,

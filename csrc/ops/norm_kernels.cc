@@ -54,7 +54,7 @@ class ScaleOp : public ScalingOpBase<T> {
                                               &clipnorm, &norms_in));
 
     const ChunkPlan plan(grads.sizes);
-    std::vector<Acc> scales;
+    std::vector<TensorScale<Acc>> scales;
     ComputeScales<T>(ctx, this->source_, this->mode_, plan, grads.data, eps,
                      clipnorm, *norms_in, &scales);
 
@@ -70,9 +70,9 @@ class ScaleOp : public ScalingOpBase<T> {
       const Chunk& ch = plan.chunks[c];
       const T* __restrict g = grads.data[ch.tensor];
       T* __restrict o = out[ch.tensor];
-      const Acc s = scales[ch.tensor];
+      const TensorScale<Acc> s = scales[ch.tensor];
       for (int64_t j = ch.begin; j < ch.end; ++j) {
-        o[j] = FromAcc<T>(ToAcc(g[j]) * s);
+        o[j] = FromAcc<T>(apply_scale(ToAcc(g[j]), s));
       }
     });
   }

@@ -36,8 +36,8 @@ class NormsGpuOp : public NormsOpBase<T> {
                                              &norms));
     Tensor scales;  // made by the same finish kernel, unused here
     OP_REQUIRES_OK(ctx, ctx->allocate_temp(AccDataType<T>(),
-                                           TensorShape({grads.size()}),
-                                           &scales));
+                                           TensorShape({2 * grads.size()}),
+                                           &scales));  // TensorScale pairs
     GradLaunch<T> launch(grads);
     OP_REQUIRES_OK(ctx, launch.Upload(ctx));
     OP_REQUIRES_OK(ctx, launch.NormsAndScales(ctx, this->kind_,

@@ -2,8 +2,11 @@
 //
 // One read of each gradient: the statistics of every chunk (chunk_plan.h)
 // are gathered in parallel into an array, then merged per tensor in chunk
-// order (`merge_stats`) and finalized (`finalize_norm`). The scale is
-// `scale_from_norm` (1/norm, or clipnorm/norm where norm >= clipnorm).
+// order (`merge_stats`) and finalized (`finalize_norm`). A tensor whose
+// plain norm overflowed gets the rescue pass of norm_stats.h (`RescueNorm`).
+// The scale is `scale_from_norm`, a TensorScale {pre, mult}: g' = (g * pre)
+// * mult, with pre = 1 (the plain g * 1/norm, or g * clipnorm/norm) unless
+// that scale would be below the smallest normal number.
 // With kind "precomputed" the norms come from an input instead.
 #ifndef NORMOPT_OPS_TENSOR_SCALES_H_
 #define NORMOPT_OPS_TENSOR_SCALES_H_
@@ -97,6 +100,47 @@ Acc NormFromChunkStats(NormKind kind, const NormStats<Acc>* chunk_stats,
   return finalize_norm(kind, s, eps);
 }
 
+// The rescue pass of norm_stats.h for tensor i (its chunks in `plan`,
+// elements `data`) whose plain norm is `norm`: max|g| over its chunks, then
+// the statistics of g * 2^-k, merged in chunk order. Returns `norm` unchanged
+// when it is finite or when an element is inf or NaN. With ctx null (inside
+// a parallel pass) the chunks are read in this thread.
+template <typename T>
+AccType<T> RescueNorm(tensorflow::OpKernelContext* ctx, NormKind kind,
+                      const ChunkPlan& plan, int64_t i, const T* data,
+                      AccType<T> norm, AccType<T> eps) {
+  using Acc = AccType<T>;
+  if (!needs_rescue(norm)) return norm;
+  const int64_t first = plan.first[i];
+  const int64_t count = plan.first[i + 1] - first;
+  std::vector<NormStats<Acc>> st(count);
+  auto over_chunks = [&](const std::function<void(int64_t)>& fn) {
+    if (ctx == nullptr || count == 1) {
+      for (int64_t c = 0; c < count; ++c) fn(c);
+    } else {
+      ParallelForCount(ctx, count, kChunkElems * 4, fn);
+    }
+  };
+  over_chunks([&](int64_t c) {
+    const Chunk& ch = plan.chunks[first + c];
+    st[c] = ChunkStatsFor<T, kStatMaxAbs>(data + ch.begin, ch.end - ch.begin);
+  });
+  Acc max_abs = Acc(0);
+  for (int64_t c = 0; c < count; ++c) {
+    max_abs = max_keep_nan(st[c].max_abs, max_abs);
+  }
+  if (!is_finite(max_abs)) return norm;
+  const int k = rescue_exponent(max_abs);
+  const Acc pre = pow2<Acc>(-k);
+  over_chunks([&](int64_t c) {
+    const Chunk& ch = plan.chunks[first + c];
+    st[c] = ChunkStats<T, true>(kind, data + ch.begin, ch.end - ch.begin, pre);
+  });
+  NormStats<Acc> s = NormStats<Acc>::empty();
+  for (int64_t c = 0; c < count; ++c) s = merge_stats(s, st[c]);
+  return rescued_norm(kind, s, k, eps);
+}
+
 // Norms of the gradients data[i] (sizes in plan), built-in kind.
 template <typename T>
 void ComputeNorms(tensorflow::OpKernelContext* ctx, NormKind kind,
@@ -112,8 +156,11 @@ void ComputeNorms(tensorflow::OpKernelContext* ctx, NormKind kind,
   const int64_t n = static_cast<int64_t>(data.size());
   norms->resize(n);
   for (int64_t i = 0; i < n; ++i) {
-    (*norms)[i] = NormFromChunkStats<Acc>(kind, chunk_stats.data() + plan.first[i],
-                                          plan.first[i + 1] - plan.first[i], eps);
+    (*norms)[i] = RescueNorm<T>(
+        ctx, kind, plan, i, data[i],
+        NormFromChunkStats<Acc>(kind, chunk_stats.data() + plan.first[i],
+                                plan.first[i + 1] - plan.first[i], eps),
+        eps);
   }
 }
 
@@ -139,8 +186,9 @@ class DeferredScales {
     eps_ = static_cast<Acc>(eps);
     clipnorm_ = static_cast<Acc>(clipnorm);
     const int64_t n = static_cast<int64_t>(data.size());
-    scales_.assign(n, Acc(1));
+    scales_.assign(n, TensorScale<Acc>{Acc(1), Acc(1)});
     in_pass_.assign(n, 0);
+    plan_ = &plan;
     if (source.precomputed) {
       auto given = precomputed_norms.flat<Acc>();
       for (int64_t i = 0; i < n; ++i) {
@@ -169,19 +217,23 @@ class DeferredScales {
                      });
     for (int64_t i = 0; i < n; ++i) {
       if (in_pass_[i]) continue;
-      const Acc norm = NormFromChunkStats<Acc>(
-          kind_, chunk_stats.data() + plan.first[i],
-          plan.first[i + 1] - plan.first[i], eps_);
+      const Acc norm = RescueNorm<T>(
+          ctx, kind_, plan, i, data[i],
+          NormFromChunkStats<Acc>(kind_, chunk_stats.data() + plan.first[i],
+                                  plan.first[i + 1] - plan.first[i], eps_),
+          eps_);
       scales_[i] = scale_from_norm(mode_, norm, clipnorm_);
     }
   }
 
   // The scale of the tensor of chunk `ch`, whose gradient chunk is g[0, len).
-  Acc Of(const Chunk& ch, const T* g) const {
+  TensorScale<Acc> Of(const Chunk& ch, const T* g) const {
     if (!in_pass_[ch.tensor]) return scales_[ch.tensor];
     const NormStats<Acc> st = ChunkStats<T>(kind_, g, ch.end - ch.begin);
-    return scale_from_norm(mode_, NormFromChunkStats<Acc>(kind_, &st, 1, eps_),
-                           clipnorm_);
+    const Acc norm = RescueNorm<T>(
+        nullptr, kind_, *plan_, ch.tensor, g - ch.begin,
+        NormFromChunkStats<Acc>(kind_, &st, 1, eps_), eps_);
+    return scale_from_norm(mode_, norm, clipnorm_);
   }
 
  private:
@@ -189,7 +241,8 @@ class DeferredScales {
   ScaleMode mode_ = ScaleMode::kNormalize;
   Acc eps_ = Acc(0);
   Acc clipnorm_ = Acc(0);
-  std::vector<Acc> scales_;
+  const ChunkPlan* plan_ = nullptr;
+  std::vector<TensorScale<Acc>> scales_;
   std::vector<char> in_pass_;  // 1: single-chunk tensor, scale made in Of
 };
 
@@ -200,7 +253,7 @@ void ComputeScales(tensorflow::OpKernelContext* ctx, const NormSource& source,
                    ScaleMode mode, const ChunkPlan& plan,
                    const std::vector<const T*>& data, double eps,
                    double clipnorm, const tensorflow::Tensor& precomputed_norms,
-                   std::vector<AccType<T>>* scales) {
+                   std::vector<TensorScale<AccType<T>>>* scales) {
   using Acc = AccType<T>;
   std::vector<Acc> norms;
   if (source.precomputed) {

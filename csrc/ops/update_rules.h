@@ -2,7 +2,8 @@
 //
 // Each loop reads the gradient and the state once, computes in the
 // accumulation type and rounds each stored value once. Options are template
-// parameters so every loop is branch-free and vectorizable. With g' = g * s:
+// parameters so every loop is branch-free and vectorizable. With
+// g' = (g * s.pre) * s.mult (`apply_scale` of normopt/norm_stats.h):
 //
 //   decay (decoupled):  w = w - w * wd * lr            (as Keras, in Acc)
 //   SGD:                w = w - lr * g'
@@ -20,6 +21,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "normopt/norm_stats.h"
 #include "normopt/update_scalars.h"
 #include "ops/element_types.h"
 
@@ -28,11 +30,11 @@ namespace normopt {
 // Momentum: 0 none, 1 heavy ball, 2 nesterov.
 template <typename T, int Momentum, bool Decay>
 void SgdChunk(T* __restrict w, T* __restrict m, const T* __restrict g,
-              int64_t n, AccType<T> scale, AccType<T> wd,
+              int64_t n, TensorScale<AccType<T>> scale, AccType<T> wd,
               SgdScalars<AccType<T>> k) {
   using Acc = AccType<T>;
   for (int64_t j = 0; j < n; ++j) {
-    const Acc gs = ToAcc(g[j]) * scale;
+    const Acc gs = apply_scale(ToAcc(g[j]), scale);
     Acc wj = ToAcc(w[j]);
     if (Decay) wj = wj - wj * wd * k.lr;
     if (Momentum == 0) {
@@ -49,11 +51,11 @@ void SgdChunk(T* __restrict w, T* __restrict m, const T* __restrict g,
 template <typename T, bool Amsgrad, bool Decay>
 void AdamChunk(T* __restrict w, T* __restrict m, T* __restrict v,
                T* __restrict vhat, const T* __restrict g, int64_t n,
-               AccType<T> scale, AccType<T> wd,
+               TensorScale<AccType<T>> scale, AccType<T> wd,
                AdamScalars<AccType<T>> k) {
   using Acc = AccType<T>;
   for (int64_t j = 0; j < n; ++j) {
-    const Acc gs = ToAcc(g[j]) * scale;
+    const Acc gs = apply_scale(ToAcc(g[j]), scale);
     Acc wj = ToAcc(w[j]);
     if (Decay) wj = wj - wj * wd * k.lr;
     Acc mj = ToAcc(m[j]);

@@ -26,7 +26,14 @@ finalize_norm (eps added once; averages over an empty block are 0):
     max max_abs + eps                 min_max (max_abs + min_abs)/2 + eps
     std sqrt(m2/n) + eps
 
-scale_from_norm: normalize 1/norm; clip clipnorm/norm if norm >= clipnorm else 1.
+scale_from_norm: normalize 1/norm; clip clipnorm/norm if norm >= clipnorm else 1,
+as the pair (pre, mult) of `tensor_scale`, applied as (g * pre) * mult: pre = 1
+unless mult would be below the accumulation type's smallest normal number,
+then pre = 2^-k (k = rescue_exponent(norm)) and mult = target / (norm * pre).
+
+Overflow rescue: a tensor whose norm is not finite while max|g| is gets
+norm0(g * 2^-k) * 2^k + eps, k = rescue_exponent(max|g|), the statistics of
+g * 2^-k read again by the finishing thread (`serial_scaled_stats`).
 """
 
 import math
@@ -53,6 +60,14 @@ STAT_SUM_SQ = 2
 STAT_MAX_ABS = 4
 STAT_MIN_ABS = 8
 STAT_MOMENTS = 16
+
+# Per accumulation dtype: (smallest normal number, max exponent), the
+# header's AccLimits, and the largest finite value (the finish runs in
+# double: a rescued norm beyond it is inf in the accumulation type).
+ACC_LIMITS = {
+    "float32": (1.17549435082228750797e-38, 128, 3.4028234663852886e38),
+    "float64": (2.2250738585072013830902e-308, 1024, 1.7976931348623157e308),
+}
 
 STATS_FIELDS = ("count", "sum_abs", "sum_sq", "max_abs", "min_abs", "mean", "m2")
 NUM_STATS = len(STATS_FIELDS)
@@ -146,22 +161,82 @@ def finalize_norm(kind, count, sum_abs, sum_sq, max_abs, min_abs, m2, eps):
     return eps
 
 
+def is_finite(x):
+    """Neither inf nor NaN."""
+    return x - x == 0.0
+
+
+def rescue_exponent(x, max_exp):
+    """frexp's exponent of x, clamped to [0, max_exp - 2]."""
+    e = math.frexp(x)[1]
+    top = max_exp - 2
+    return 0 if e < 0 else (top if e > top else e)
+
+
+def tensor_scale(mode, norm, clipnorm, min_normal, max_exp):
+    """(pre, mult) of a tensor of norm `norm` (mode 0 normalize, 1 clip),
+    for an accumulation type of limits (min_normal, max_exp). (Self-contained:
+    Numba compiles it alone; the exponent is rescue_exponent's.)"""
+    target = 1.0
+    if mode != 0:
+        if not norm >= clipnorm:
+            return 1.0, 1.0
+        target = clipnorm
+    mult = target / norm
+    if mult >= 0.0 and mult < min_normal and target > 0.0 and norm - norm == 0.0:
+        e = math.frexp(norm)[1]
+        e = 0 if e < 0 else (max_exp - 2 if e > max_exp - 2 else e)
+        pre = math.ldexp(1.0, -e)
+        return pre, target / (norm * pre)
+    return 1.0, mult
+
+
 def scale_from_norm(mode, norm, clipnorm):
-    """Per-tensor multiplier of the gradient (mode 0 normalize, 1 clip)."""
-    if mode == 0:
-        return 1.0 / norm
-    return clipnorm / norm if norm >= clipnorm else 1.0
+    """The per-tensor multiplier pre * mult in double (the header probe's)."""
+    pre, mult = tensor_scale(mode, norm, clipnorm, 2.2250738585072013830902e-308, 1024)
+    return pre * mult
+
+
+def serial_scaled_stats(flat, lo, hi, pre, moments):
+    """Statistics (as the 7-tuple) of flat[lo:hi] * pre, in one thread: sums
+    in one pass, the centered sum of squares in a second (when `moments`)."""
+    s_abs = 0.0
+    s_sq = 0.0
+    total = 0.0
+    mx = 0.0
+    mn = 0.0
+    for i in range(lo, hi):
+        x = flat[i] * pre
+        a = abs(x)
+        s_abs += a
+        s_sq += x * x
+        total += x
+        mx = a if (i == lo or a > mx or a != a) else mx
+        mn = a if (i == lo or a < mn or a != a) else mn
+    n = hi - lo
+    centered = 0.0
+    mean = total / n if n > 0 else 0.0
+    if moments:
+        for i in range(lo, hi):
+            d = flat[i] * pre - mean
+            centered += d * d
+    return n, s_abs, s_sq, mx, mn, mean, centered
 
 
 def tensor_finish(jit):
-    """finish(stats, lo, hi, kind, mode, clipnorm, eps) -> (norm, scale) of
-    one tensor: its chunk rows stats[lo:hi] (count, sum_abs, sum_sq, max_abs,
-    min_abs, mean, m2) merged in order, then finalize_norm and
-    scale_from_norm. Compiled, with those helpers, by `jit`: numba.njit for
-    numba_cpu, cuda.jit(device=True) for numba_cuda."""
-    merge, finalize, scale = jit(merge_stats), jit(finalize_norm), jit(scale_from_norm)
+    """finish(stats, lo, hi, kind, mode, clipnorm, eps, flat, base, size,
+    min_normal, max_exp, max_value) -> (norm, pre, mult) of one tensor: its chunk rows
+    stats[lo:hi] (count, sum_abs, sum_sq, max_abs, min_abs, mean, m2) merged
+    in order, then finalize_norm (with the rescue pass over its elements
+    flat[base:base + size] where that overflowed) and tensor_scale. Compiled,
+    with those helpers, by `jit`: numba.njit for numba_cpu,
+    cuda.jit(device=True) for numba_cuda."""
+    merge, finalize = jit(merge_stats), jit(finalize_norm)
+    finite, exponent = jit(is_finite), jit(rescue_exponent)
+    scaled_stats, scale, needed = jit(serial_scaled_stats), jit(tensor_scale), jit(stats_needed)
 
-    def finish(stats, lo, hi, kind, mode, clipnorm, eps):
+    def finish(stats, lo, hi, kind, mode, clipnorm, eps, flat, base, size, min_normal,
+               max_exp, max_value):
         count, s_abs, s_sq, mx, mn, mean, m2 = 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
         for k in range(lo, hi):
             count, s_abs, s_sq, mx, mn, mean, m2 = merge(
@@ -171,6 +246,16 @@ def tensor_finish(jit):
                 float(stats[k, 6]),
             )
         norm = finalize(kind, count, s_abs, s_sq, mx, mn, m2, eps)
-        return norm, scale(mode, norm, clipnorm)
+        if not finite(norm) and finite(mx):
+            e = exponent(mx, max_exp)
+            c, a, q, x, n_, mu, v = scaled_stats(
+                flat, base, base + size, math.ldexp(1.0, -e),
+                (needed(kind) & STAT_MOMENTS) != 0)
+            # rescued_norm: norm0(g * 2^-e) * 2^e + eps
+            norm = math.ldexp(finalize(kind, c, a, q, x, n_, v, 0.0), e) + eps
+            if norm > max_value:
+                norm = math.inf  # as the accumulation type holds it
+        pre, mult = scale(mode, norm, clipnorm, min_normal, max_exp)
+        return norm, pre, mult
 
     return jit(finish)

@@ -41,6 +41,8 @@ MAX_BLOCKS = 1 << 20
 FINISH_THREADS = 128
 STATS_BYTES = {"float32": 32, "float64": 56}  # sizeof(NormStats<float|double>)
 SUFFIX = {"float16": "f16", "bfloat16": "bf16", "float32": "f32", "float64": "f64"}
+# The launchers' dtype codes (csrc/cuda/launchers.h), read by finish's rescue pass.
+DTYPE_CODE = {"float16": 0, "bfloat16": 1, "float32": 2, "float64": 3}
 
 # Kernel launches by name since import (benchmarks report launches per step).
 LAUNCHES = collections.Counter()
@@ -190,12 +192,13 @@ def _plan(arrays, chunk_size, dtype, plan):
 
 
 def launch_stats(plan, kind="l2", mode="normalize", clipnorm=1.0, eps=1e-7):
-    """Chunk stats + finish (2 launches); returns device (norms, scales)."""
+    """Chunk stats + finish (2 launches); returns device (norms, scales),
+    scales as (pre, mult) rows."""
     code = _finalize.kind_code(kind)
     acc_name = "float64" if plan.acc is np.float64 else "float32"
     n = len(plan.arrays)
     norms = cp.empty(max(n, 1), dtype=plan.acc)
-    scales = cp.empty(max(n, 1), dtype=plan.acc)
+    scales = cp.empty((max(n, 1), 2), dtype=plan.acc)  # TensorScale (pre, mult) rows
     work = cp.empty(STATS_BYTES[acc_name] * max(plan.num_chunks, 1), dtype=cp.uint8)
     if plan.num_chunks:
         _launch(plan.dtype, "chunk_stats", plan.grid(), THREADS, (
@@ -206,7 +209,8 @@ def launch_stats(plan, kind="l2", mode="normalize", clipnorm=1.0, eps=1e-7):
         _launch(plan.dtype, "finish", (n + FINISH_THREADS - 1) // FINISH_THREADS,
                 FINISH_THREADS, (work, plan.first_d, np.int32(n), np.int32(code),
                                  np.int32(_finalize.mode_code(mode)), plan.acc(clipnorm),
-                                 plan.acc(eps), norms, scales))
+                                 plan.acc(eps), plan.ptrs, plan.sizes_d,
+                                 np.int32(DTYPE_CODE[plan.dtype]), norms, scales))
     return norms[:n], scales[:n]
 
 
@@ -250,9 +254,10 @@ def norms(arrays, kind="l2", eps=1e-7, chunk_size=DEFAULT_CHUNK_SIZE, dtype=None
 
 def scales(arrays, kind="l2", mode="normalize", clipnorm=1.0, eps=1e-7,
            chunk_size=DEFAULT_CHUNK_SIZE, dtype=None, plan=None):
-    """Per-tensor multipliers, a CuPy array[N]."""
+    """Per-tensor multipliers (pre * mult), a CuPy array[N]."""
     _require()
-    return launch_stats(_plan(arrays, chunk_size, dtype, plan), kind, mode, clipnorm, eps)[1]
+    s = launch_stats(_plan(arrays, chunk_size, dtype, plan), kind, mode, clipnorm, eps)[1]
+    return s[:, 0] * s[:, 1]
 
 
 def scale(arrays, kind="l2", mode="normalize", clipnorm=1.0, eps=1e-7,

@@ -65,11 +65,15 @@ def _chunk_stats(arrays, tensor, start, chunk_size, moments, out):
 
 
 @numba.njit(parallel=True, cache=True)
-def _finish(stats, first, kind, mode, clipnorm, eps, norms, scales):
-    """Per tensor: merge its chunks in order, then norm and scale."""
+def _finish(stats, first, arrays, kind, mode, clipnorm, eps, min_normal, max_exp,
+            max_value, norms, scales):
+    """Per tensor: merge its chunks in order, then norm (rescued where it
+    overflowed) and scale (pre, mult)."""
     for t in prange(first.size - 1):
-        norms[t], scales[t] = _tensor_finish(stats, first[t], first[t + 1], kind, mode,
-                                             clipnorm, eps)
+        a = arrays[t]
+        norms[t], scales[t, 0], scales[t, 1] = _tensor_finish(
+            stats, first[t], first[t + 1], kind, mode, clipnorm, eps, a, 0, a.size,
+            min_normal, max_exp, max_value)
 
 
 @numba.njit(parallel=True, cache=True)
@@ -78,25 +82,27 @@ def _scale_kernel(grads, outs, tensor, start, chunk_size, scales):
         t = tensor[c]
         g = grads[t]
         o = outs[t]
-        s = scales[t]
+        pre = scales[t, 0]
+        mult = scales[t, 1]
         for i in range(start[c], min(start[c] + chunk_size, g.size)):
-            o[i] = g[i] * s
+            o[i] = (g[i] * pre) * mult
 
 
 @numba.njit(parallel=True, cache=True)
 def _sgd_kernel(weights, momenta, grads, use_momentum, nesterov, tensor, start,
                 chunk_size, scales, decay, lr, mu):
-    """Keras 3 SGD (`_updates.sgd_element`) on g' = g * scale[t]."""
+    """Keras 3 SGD (`_updates.sgd_element`) on g' = (g * pre[t]) * mult[t]."""
     for c in prange(tensor.size):
         t = tensor[c]
         w = weights[t]
         g = grads[t]
         m = momenta[t]
-        s = scales[t]
+        pre = scales[t, 0]
+        mult = scales[t, 1]
         wd = decay[t]
         for i in range(start[c], min(start[c] + chunk_size, w.size)):
-            wi, mi = _sgd_element(w[i], m[i], g[i] * s, wd, lr, mu, use_momentum,
-                                  nesterov)
+            wi, mi = _sgd_element(w[i], m[i], (g[i] * pre) * mult, wd, lr, mu,
+                                  use_momentum, nesterov)
             w[i] = wi
             if use_momentum:
                 m[i] = mi
@@ -106,7 +112,7 @@ def _sgd_kernel(weights, momenta, grads, use_momentum, nesterov, tensor, start,
 def _adam_kernel(weights, ms, vs, vhats, grads, amsgrad, tensor, start,
                  chunk_size, scales, decay, lr, alpha, one_minus_b1, one_minus_b2,
                  adam_eps):
-    """Keras 3 Adam/AdamW/amsgrad (`_updates.adam_element`) on g' = g * scale[t]."""
+    """Keras 3 Adam/AdamW/amsgrad (`_updates.adam_element`) on g' = (g * pre[t]) * mult[t]."""
     for c in prange(tensor.size):
         t = tensor[c]
         w = weights[t]
@@ -114,10 +120,12 @@ def _adam_kernel(weights, ms, vs, vhats, grads, amsgrad, tensor, start,
         m = ms[t]
         v = vs[t]
         vh = vhats[t]
-        s = scales[t]
+        pre = scales[t, 0]
+        mult = scales[t, 1]
         wd = decay[t]
         for i in range(start[c], min(start[c] + chunk_size, w.size)):
-            wi, mi, vi, hi = _adam_element(w[i], m[i], v[i], vh[i], g[i] * s, wd, lr,
+            wi, mi, vi, hi = _adam_element(w[i], m[i], v[i], vh[i], (g[i] * pre) * mult,
+                                           wd, lr,
                                            alpha, one_minus_b1, one_minus_b2,
                                            adam_eps, amsgrad)
             w[i] = wi
@@ -163,9 +171,11 @@ def _stats_and_scales(work, dtype, kind, mode, clipnorm, eps, chunk_size):
         _chunk_stats(work.typed, table.tensor, table.start, table.chunk_size,
                      moments, stats)
     norms = np.empty(len(sizes), dtype=np.float64)
-    scales = np.empty(len(sizes), dtype=np.float64)
-    _finish(stats, table.first, code, mode_code, float(clipnorm), float(eps),
-            norms, scales)
+    scales = np.empty((len(sizes), 2), dtype=np.float64)  # (pre, mult) per tensor
+    if sizes:
+        limits = _finalize.ACC_LIMITS[np.dtype(acc).name]
+        _finish(stats, table.first, work.typed, code, mode_code, float(clipnorm),
+                float(eps), *limits, norms, scales)
     return table, norms.astype(acc), scales.astype(acc)
 
 
@@ -179,11 +189,13 @@ def norms(arrays, kind="l2", eps=1e-7, chunk_size=DEFAULT_CHUNK_SIZE):
 
 def scales(arrays, kind="l2", mode="normalize", clipnorm=1.0, eps=1e-7,
            chunk_size=DEFAULT_CHUNK_SIZE):
-    """Per-tensor multipliers (1/norm, or clipnorm/norm where norm >= clipnorm)."""
+    """Per-tensor multipliers (1/norm, or clipnorm/norm where norm >= clipnorm),
+    as pre * mult of the (pre, mult) pairs the kernels apply."""
     arrays = [np.asarray(a) for a in arrays]
     dtype = _args.common_dtype(arrays)
     work = _Work(arrays, dtype)
-    return _stats_and_scales(work, dtype, kind, mode, clipnorm, eps, chunk_size)[2]
+    s = _stats_and_scales(work, dtype, kind, mode, clipnorm, eps, chunk_size)[2]
+    return s[:, 0] * s[:, 1]
 
 
 def scale(arrays, kind="l2", mode="normalize", clipnorm=1.0, eps=1e-7,

@@ -10,7 +10,7 @@ The tensor list is packed into one flat device buffer with element offsets
     finish        one thread per tensor merges its chunks in chunk order
                   (no atomics, bitwise reproducible) and applies
                   finalize_norm / scale_from_norm from `_finalize`;
-    update        one block per chunk, g' = g * scale[t] on the fly.
+    update        one block per chunk, g' = (g * pre[t]) * mult[t] on the fly.
 
 Runs on a GPU (through Numba's built-in `numba.cuda`, still shipped with
 Numba 0.68 but deprecated upstream, or the `numba-cuda` package, which
@@ -133,15 +133,22 @@ def kernels(acc):
                 out[c, 6] = acc(0)
             c += cuda.gridDim.x
 
+    min_normal, max_exp, max_value = _finalize.ACC_LIMITS[np.dtype(acc).name]
+
     @cuda.jit
-    def finish(stats, first, kind, mode, clipnorm, eps, norms, scales):
-        """One thread per tensor: merge its chunks in order, norm, scale."""
+    def finish(stats, first, flat, offsets, kind, mode, clipnorm, eps, norms, scales):
+        """One thread per tensor: merge its chunks in order, norm (the
+        rescue pass over its elements where that overflowed), scale."""
         t = cuda.grid(1)
         if t >= first.size - 1:
             return
-        norm, scale = _tensor_finish(stats, first[t], first[t + 1], kind, mode, clipnorm, eps)
+        base = offsets[t]
+        norm, pre, mult = _tensor_finish(stats, first[t], first[t + 1], kind, mode,
+                                         clipnorm, eps, flat, base, offsets[t + 1] - base,
+                                         min_normal, max_exp, max_value)
         norms[t] = acc(norm)
-        scales[t] = acc(scale)
+        scales[t, 0] = acc(pre)
+        scales[t, 1] = acc(mult)
 
     @cuda.jit
     def scale_kernel(flat, out, offsets, tensor, start, chunk_size, scales):
@@ -150,10 +157,11 @@ def kernels(acc):
             t = tensor[c]
             base = offsets[t]
             hi = min(start[c] + chunk_size, offsets[t + 1] - base)
-            s = scales[t]
+            pre = scales[t, 0]
+            mult = scales[t, 1]
             i = start[c] + cuda.threadIdx.x
             while i < hi:
-                out[base + i] = acc(flat[base + i]) * s
+                out[base + i] = (acc(flat[base + i]) * pre) * mult
                 i += cuda.blockDim.x
             c += cuda.gridDim.x
 
@@ -166,12 +174,13 @@ def kernels(acc):
             t = tensor[c]
             base = offsets[t]
             hi = min(start[c] + chunk_size, offsets[t + 1] - base)
-            s = scales[t]
+            pre = scales[t, 0]
+            mult = scales[t, 1]
             wd = decay[t]
             i = start[c] + cuda.threadIdx.x
             while i < hi:
                 j = base + i
-                wi, mi = _sgd_element(acc(w[j]), acc(m[j]), acc(g[j]) * s, wd, lr, mu,
+                wi, mi = _sgd_element(acc(w[j]), acc(m[j]), (acc(g[j]) * pre) * mult, wd, lr, mu,
                                       use_momentum, nesterov)
                 w[j] = wi
                 if use_momentum:
@@ -189,13 +198,14 @@ def kernels(acc):
             t = tensor[c]
             base = offsets[t]
             hi = min(start[c] + chunk_size, offsets[t + 1] - base)
-            s = scales[t]
+            pre = scales[t, 0]
+            mult = scales[t, 1]
             wd = decay[t]
             i = start[c] + cuda.threadIdx.x
             while i < hi:
                 j = base + i
                 wi, mi, vi, hv = _adam_element(
-                    acc(w[j]), acc(m[j]), acc(v[j]), acc(vhat[j]), acc(g[j]) * s, wd, lr,
+                    acc(w[j]), acc(m[j]), acc(v[j]), acc(vhat[j]), (acc(g[j]) * pre) * mult, wd, lr,
                     alpha, one_minus_b1, one_minus_b2, adam_eps, amsgrad)
                 w[j] = wi
                 m[j] = mi
@@ -278,7 +288,8 @@ def _grid(packed):
 
 def launch_stats(packed, kind="l2", mode="normalize", clipnorm=1.0, eps=1e-7,
                  threads=None):
-    """Two launches (chunk stats, finish); returns device (norms, scales)."""
+    """Two launches (chunk stats, finish); returns device (norms, scales),
+    scales as (pre, mult) rows."""
     threads = threads or THREADS
     code = _finalize.kind_code(kind)
     stats = cuda.device_array((max(packed.num_chunks, 1), _finalize.NUM_STATS),
@@ -290,11 +301,11 @@ def launch_stats(packed, kind="l2", mode="normalize", clipnorm=1.0, eps=1e-7,
             packed.table.chunk_size, moments, stats)
     n = packed.num_tensors
     norms = cuda.device_array(max(n, 1), dtype=packed.acc)
-    scales = cuda.device_array(max(n, 1), dtype=packed.acc)
+    scales = cuda.device_array((max(n, 1), 2), dtype=packed.acc)  # (pre, mult)
     if n:
         _launch(packed.acc, "finish", (n + threads - 1) // threads, threads,
-            stats, packed.first, code, _finalize.mode_code(mode), float(clipnorm),
-            float(eps), norms, scales)
+            stats, packed.first, packed.flat, packed.offsets, code,
+            _finalize.mode_code(mode), float(clipnorm), float(eps), norms, scales)
     return norms, scales
 
 
@@ -345,10 +356,11 @@ def norms(arrays, kind="l2", eps=1e-7, chunk_size=DEFAULT_CHUNK_SIZE, threads=No
 
 def scales(arrays, kind="l2", mode="normalize", clipnorm=1.0, eps=1e-7,
            chunk_size=DEFAULT_CHUNK_SIZE, threads=None):
-    """Per-tensor multipliers as a host array[N]."""
+    """Per-tensor multipliers (pre * mult) as a host array[N]."""
     arrays, _ = _host_list(arrays)
     packed = Packed(arrays, chunk_size)
-    return launch_stats(packed, kind, mode, clipnorm, eps, threads)[1].copy_to_host()[:len(arrays)]
+    s = launch_stats(packed, kind, mode, clipnorm, eps, threads)[1].copy_to_host()[:len(arrays)]
+    return s[:, 0] * s[:, 1]
 
 
 def scale(arrays, kind="l2", mode="normalize", clipnorm=1.0, eps=1e-7,

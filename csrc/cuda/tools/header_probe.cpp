@@ -3,7 +3,9 @@
 //
 // stdin, one query per line:
 //   finalize KIND MODE CLIPNORM EPS COUNT SUM_ABS SUM_SQ MAX_ABS MIN_ABS MEAN M2
-//     -> "NORM SCALE STATS_NEEDED"
+//     -> "NORM SCALE STATS_NEEDED"  (SCALE = pre * mult of scale_from_norm)
+//   tscale MODE CLIPNORM NORM -> "PRE MULT" (scale_from_norm in float, then
+//     in double)
 //   merge COUNT_A ... M2_A COUNT_B ... M2_B      (7 + 7 numbers)
 //     -> the 7 merged statistics
 //   chunks CHUNK_SIZE N SIZE_0 ... SIZE_N-1
@@ -62,9 +64,19 @@ int main() {
       const Stats s = read_stats(in);
       const auto k = static_cast<normopt::NormKind>(kind);
       const double norm = normopt::finalize_norm(k, s, eps);
-      const double scale = normopt::scale_from_norm(
+      const auto ts = normopt::scale_from_norm(
           static_cast<normopt::ScaleMode>(mode), norm, clipnorm);
+      const double scale = ts.pre * ts.mult;
       std::printf("%.17g %.17g %u\n", norm, scale, normopt::stats_needed(k));
+    } else if (op == "tscale") {
+      int mode;
+      in >> mode;
+      const double clipnorm = read_number(in), norm = read_number(in);
+      const auto m = static_cast<normopt::ScaleMode>(mode);
+      const auto f = normopt::scale_from_norm<float>(
+          m, static_cast<float>(norm), static_cast<float>(clipnorm));
+      const auto d = normopt::scale_from_norm<double>(m, norm, clipnorm);
+      std::printf("%.9g %.9g %.17g %.17g\n", f.pre, f.mult, d.pre, d.mult);
     } else if (op == "merge") {
       const Stats a = read_stats(in);
       const Stats b = read_stats(in);

@@ -13,11 +13,14 @@
 // entry point by name, for a CuPy stand-in.
 #include <barrier>
 #include <cmath>
+#include <condition_variable>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -32,7 +35,63 @@ thread_local EmuDim3 threadIdx;
 EmuDim3 blockIdx, blockDim, gridDim;
 std::barrier<>* emu_block_barrier = nullptr;
 
-inline void __syncthreads() { emu_block_barrier->arrive_and_wait(); }
+// At most NORMOPT_EMU_THREADS (default: the number of cores) emulated CUDA
+// threads of a block run at once; the others sleep. __syncthreads() is a
+// barrier whose waiters sleep on a condition variable: std::barrier's
+// waiters spin and yield, which put hundreds of runnable threads on a
+// 2-core machine. (Not std::counting_semaphore: GCC 12's can miss a
+// wake-up, libstdc++ PR 104928.)
+class EmuGate {
+ public:
+  EmuGate() {
+    const char* env = std::getenv("NORMOPT_EMU_THREADS");
+    free_ = env ? std::atol(env) : 0;
+    if (free_ < 1) free_ = std::thread::hardware_concurrency();
+    if (free_ < 1) free_ = 1;
+  }
+  void begin() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    take(lock);
+  }
+  void end() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    give();
+  }
+  // The barrier of `count` threads (a block), giving up the slot meanwhile.
+  void sync(unsigned count) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    give();
+    const unsigned long long phase = phase_;
+    if (++arrived_ == count) {
+      arrived_ = 0;
+      ++phase_;
+      phase_done_.notify_all();
+    } else {
+      phase_done_.wait(lock, [&] { return phase_ != phase; });
+    }
+    take(lock);
+  }
+
+ private:
+  void take(std::unique_lock<std::mutex>& lock) {
+    slot_free_.wait(lock, [this] { return free_ > 0; });
+    --free_;
+  }
+  void give() {
+    ++free_;
+    slot_free_.notify_one();
+  }
+  std::mutex mutex_;
+  std::condition_variable slot_free_, phase_done_;
+  long free_;
+  unsigned arrived_ = 0;
+  unsigned long long phase_ = 0;
+};
+EmuGate& emu_gate() {
+  static EmuGate gate;
+  return gate;
+}
+inline void __syncthreads() { emu_gate().sync(blockDim.x); }
 inline float __int_as_float(int bits) {
   float f;
   std::memcpy(&f, &bits, sizeof f);
@@ -69,7 +128,9 @@ class BlockPool {
           start_.arrive_and_wait();
           if (stop_) return;
           emu_block_barrier = &block_;
+          emu_gate().begin();
           (*kernel_)();
+          emu_gate().end();
           done_.arrive_and_wait();
         }
       });
@@ -174,8 +235,9 @@ EMU_EXPORT int emu_norms(int dtype, const void* const* tensors, const int64_t* s
     if (num_tensors > 0) {
       launch((num_tensors + kFinishThreads - 1) / kFinishThreads, kFinishThreads, [&] {
         Entry<T>::finish(stats.data(), first_chunk, num_tensors, kind, mode,
-                         A(clipnorm), A(eps), static_cast<A*>(norms),
-                         static_cast<A*>(scales));
+                         A(clipnorm), A(eps), tensors, sizes, dtype,
+                         static_cast<A*>(norms),
+                         static_cast<normopt::TensorScale<A>*>(scales));
       });
     }
     return 0;
@@ -193,7 +255,7 @@ EMU_EXPORT int emu_scale(int dtype, const void* const* grads, void* const* outs,
       Entry<T>::scale(reinterpret_cast<const T* const*>(grads),
                       reinterpret_cast<T* const*>(outs), sizes, chunk_tensor,
                       chunk_start, num_chunks, chunk_size,
-                      static_cast<const normopt::cuda::Acc<T>*>(scales));
+                      static_cast<const normopt::TensorScale<normopt::cuda::Acc<T>>*>(scales));
     });
     return 0;
   });
@@ -214,7 +276,8 @@ EMU_EXPORT int emu_sgd(int dtype, void* const* weights, void* const* momenta,
                     reinterpret_cast<T* const*>(momenta),
                     reinterpret_cast<const T* const*>(grads), sizes,
                     chunk_tensor, chunk_start, num_chunks, chunk_size,
-                    static_cast<const A*>(scales), static_cast<const A*>(decay),
+                    static_cast<const normopt::TensorScale<A>*>(scales),
+                    static_cast<const A*>(decay),
                     k.lr, k.momentum, nesterov);
     });
     return 0;
@@ -239,7 +302,8 @@ EMU_EXPORT int emu_adam(int dtype, void* const* weights, void* const* ms, void* 
                      reinterpret_cast<T* const*>(vhats),
                      reinterpret_cast<const T* const*>(grads), sizes,
                      chunk_tensor, chunk_start, num_chunks, chunk_size,
-                     static_cast<const A*>(scales), static_cast<const A*>(decay),
+                     static_cast<const normopt::TensorScale<A>*>(scales),
+                    static_cast<const A*>(decay),
                      k.lr, k.alpha, k.one_minus_beta_1, k.one_minus_beta_2,
                      k.epsilon, amsgrad);
     });
