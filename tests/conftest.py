@@ -1,17 +1,31 @@
+import itertools
 import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# No more busy threads than cores: the host emulation of the CUDA kernels
+# (csrc/cuda/tools/host_emulation.cpp) runs a block's threads at most this
+# many at a time; Numba's pool is sized the same (TF's pools already are).
+os.environ.setdefault("NORMOPT_EMU_THREADS", str(os.cpu_count() or 1))
+os.environ.setdefault("NUMBA_NUM_THREADS", str(os.cpu_count() or 1))
 sys.path.insert(0, os.path.dirname(__file__))
 
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
 # Property tests: "ci" keeps CI to a couple of minutes and draws the same
-# examples every run (a red CI is then reproducible); run deeper, with fresh
-# random draws, with pytest --hypothesis-profile=long.
+# examples every run (a red CI is then reproducible); --runslow loads
+# "ci-full" (more examples, same determinism); run deeper, with fresh random
+# draws, with pytest --hypothesis-profile=long.
 settings.register_profile(
     "ci",
+    max_examples=10,
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile(
+    "ci-full",
     max_examples=25,
     derandomize=True,
     deadline=None,
@@ -46,6 +60,26 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "slow: exhaustive sweeps, run with --runslow"
     )
+    if config.getoption("--runslow") and not config.getoption(
+        "hypothesis_profile", None
+    ):
+        settings.load_profile("ci-full")
+
+
+def covering(*axes):
+    """pytest.params over the product of `axes` (lists of values): a covering
+    subset, every value of every axis at least once (as many cases as the
+    longest axis), runs by default; the rest of the product is marked slow
+    and runs with --runslow.
+
+        @pytest.mark.parametrize("shapes,dtype", covering(SHAPES, DTYPES))
+    """
+    longest = max(len(axis) for axis in axes)
+    keep = {tuple(axis[i % len(axis)] for axis in axes) for i in range(longest)}
+    return [
+        pytest.param(*combo, marks=() if combo in keep else (pytest.mark.slow,))
+        for combo in itertools.product(*axes)
+    ]
 
 
 def pytest_addoption(parser):

@@ -1,7 +1,12 @@
-"""Runs one training scenario on 1 or 2 logical CPU replicas; prints JSON.
+"""Runs training scenarios on 1 or 2 logical CPU replicas; prints JSON.
 
-Used by test_distribute.py in a subprocess: logical devices must be set up
-before TensorFlow initializes, which an in-process test cannot guarantee.
+    dist_worker.py REPLICAS JOBS_JSON
+
+JOBS_JSON is a list of [kind, fused, skip, save_to, load_from]; one JSON line
+is printed per job, in order. Used by test_distribute.py in a subprocess:
+logical devices must be set up before TensorFlow initializes, which an
+in-process test cannot guarantee; one launch runs every job of a replica
+count (a TensorFlow start-up costs more than a job).
 """
 
 import json
@@ -73,5 +78,6 @@ def main(replicas, kind, fused, skip, save_to=None, load_from=None):
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4],
-         *(sys.argv[5:] + [None, None])[:2])
+    for job in json.loads(sys.argv[2]):
+        main(int(sys.argv[1]), *[arg or None for arg in job])
+        sys.stdout.flush()

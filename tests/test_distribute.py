@@ -15,14 +15,39 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def run_worker(*args):
+def run_worker(replicas, jobs):
+    """One process on `replicas` replicas running `jobs` in turn; a result
+    per job (dist_worker.py)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [os.path.dirname(HERE), os.environ.get("PYTHONPATH", "")]))
     out = subprocess.run(
-        [sys.executable, os.path.join(HERE, "dist_worker.py"), *map(str, args)],
-        capture_output=True, text=True, env=env, timeout=300)
+        [sys.executable, os.path.join(HERE, "dist_worker.py"), str(replicas),
+         json.dumps([[str(a) for a in job] for job in jobs])],
+        capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+    assert len(lines) == len(jobs), out.stderr[-3000:]
+    return {tuple(map(str, job)): json.loads(ln) for job, ln in zip(jobs, lines)}
+
+
+KINDS = ["normalized_adam", "clipped_nesterov"]
+FUSED = ["false", "null", "true"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Every scenario: one launch on 2 replicas, then one on 1 replica."""
+    tmp = tmp_path_factory.mktemp("distribute")
+    dist, single = str(tmp / "dist.keras"), str(tmp / "single.keras")
+    plain = [(k, f, "noskip", "", "") for k in KINDS for f in FUSED]
+    skip = [("normalized_adam", f, "skip", "", "") for f in ("false", "true")]
+    two = run_worker(2, plain + skip + [("normalized_adam", "true", "noskip", dist, "")])
+    one = run_worker(1, plain + skip + [
+        ("normalized_adam", "null", "noskip", single, ""),
+        ("normalized_adam", "false", "noskip", "", dist),
+        ("normalized_adam", "null", "noskip", "", single),
+    ])
+    return {"one": one, "two": two, "dist": dist, "single": single}
 
 
 def assert_same_training(a, b, rtol=1e-5, atol=1e-6):
@@ -34,11 +59,11 @@ def assert_same_training(a, b, rtol=1e-5, atol=1e-6):
         np.testing.assert_allclose(sa, sb, rtol=rtol, atol=atol)
 
 
-@pytest.mark.parametrize("kind", ["normalized_adam", "clipped_nesterov"])
-@pytest.mark.parametrize("fused", ["false", "null", "true"])
-def test_two_replicas_match_one(kind, fused):
-    one = run_worker(1, kind, fused, "noskip")
-    two = run_worker(2, kind, fused, "noskip")
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("fused", FUSED)
+def test_two_replicas_match_one(runs, kind, fused):
+    job = (kind, fused, "noskip", "", "")
+    one, two = runs["one"][job], runs["two"][job]
     assert two["replicas"] == 2
     # the compiled op runs per device under MirroredStrategy
     expected = "tf" if fused == "false" else "fused"
@@ -48,23 +73,23 @@ def test_two_replicas_match_one(kind, fused):
 
 
 @pytest.mark.parametrize("fused", ["false", "true"])
-def test_skip_nonfinite_under_distribution(fused):
-    one = run_worker(1, "normalized_adam", fused, "skip")
-    two = run_worker(2, "normalized_adam", fused, "skip")
+def test_skip_nonfinite_under_distribution(runs, fused):
+    job = ("normalized_adam", fused, "skip", "", "")
+    one, two = runs["one"][job], runs["two"][job]
     assert two["path"] == ("tf" if fused == "false" else "fused")
     assert one["skipped"] == 2  # the poisoned batch, once per epoch
     assert one["iterations"] == 6
     assert_same_training(one, two)
 
 
-def test_save_distributed_load_single(tmp_path):
+def test_save_distributed_load_single(runs):
     """Saved under MirroredStrategy (fused), resumed on one device (pure TF):
     the same as never distributed."""
-    dist, single = tmp_path / "dist.keras", tmp_path / "single.keras"
-    assert run_worker(2, "normalized_adam", "true", "noskip", dist)["path"] == "fused"
-    run_worker(1, "normalized_adam", "null", "noskip", single)
-    from_dist = run_worker(1, "normalized_adam", "false", "noskip", "", dist)
+    dist, single = runs["dist"], runs["single"]
+    saved = runs["two"][("normalized_adam", "true", "noskip", dist, "")]
+    assert saved["path"] == "fused"
+    from_dist = runs["one"][("normalized_adam", "false", "noskip", "", dist)]
     assert from_dist["path"] == "tf"
-    from_single = run_worker(1, "normalized_adam", "null", "noskip", "", single)
+    from_single = runs["one"][("normalized_adam", "null", "noskip", "", single)]
     assert from_dist["iterations"] == 16
     assert_same_training(from_dist, from_single)

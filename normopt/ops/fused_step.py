@@ -19,7 +19,42 @@ from normopt.ops.paths import StepPath
 
 
 class FusedPathUnavailable(RuntimeError):
-    """Raised for `fused=True` when the compiled path cannot run."""
+    """Raised for `fused=True` when the compiled path cannot run.
+
+    Catchable as itself from eager code, from inside a `tf.function` (with or
+    without autograph, with `jit_compile=True`) and from `model.fit`.
+    """
+
+    # AutoGraph re-raises an error from converted code as the same type only
+    # when it can rebuild it from one message: exactly when `__init__` is
+    # Exception's (tensorflow/python/autograph/pyct/error_utils.py); any other
+    # RuntimeError subclass arrives as autograph's StagingError.
+    __init__ = Exception.__init__
+
+
+# Strategies under which the compiled op runs (besides no strategy): the
+# replica-context, all-reduce-then-update ones. The op runs once per local
+# device on the all-reduced gradients.
+FUSED_STRATEGIES = ("MirroredStrategy", "MultiWorkerMirroredStrategy")
+
+
+def strategy_name(strategy):
+    """The name under which the user created `strategy` (tf.distribute's
+    public name, e.g. MultiWorkerMirroredStrategy for TF's internal
+    CollectiveAllReduceStrategy), else its class name."""
+    for cls in type(strategy).__mro__:
+        for module in (tf.distribute, tf.distribute.experimental):
+            for name in dir(module):
+                if name.endswith("Strategy") and getattr(module, name) is cls:
+                    return name
+    return type(strategy).__name__
+
+
+def _fused_strategy(strategy):
+    return isinstance(
+        strategy,
+        (tf.distribute.MirroredStrategy, tf.distribute.MultiWorkerMirroredStrategy),
+    )
 
 
 def update_kernel(inner):
@@ -91,10 +126,10 @@ def _blockers(grads, variables, in_step=True):
         strategy = tf.distribute.get_strategy()
         if tf.distribute.in_cross_replica_context():
             found.append("apply() was called in a cross-replica context")
-        elif not isinstance(strategy, tf.distribute.MirroredStrategy):
+        elif not _fused_strategy(strategy):
             found.append(
-                f"{type(strategy).__name__} is active (the compiled path "
-                "runs under MirroredStrategy only)"
+                f"{strategy_name(strategy)} is active (the compiled path runs "
+                f"under {' and '.join(FUSED_STRATEGIES)} only)"
             )
     if status["loaded"] and variables:
         devices = _kernel_devices()
@@ -184,9 +219,11 @@ def run_fused_scale(normalization, mode, clipnorm, grads, variables):
 def run_fused_update(inner, normalization, mode, clipnorm, grads, variables):
     """One whole inner-optimizer step through the fused update kernel.
 
-    Under MirroredStrategy (replica context, gradients already summed across
-    replicas) the op runs once per local device on that device's copies of
-    the variables and slots, the way Keras's own distributed update does.
+    Under MirroredStrategy and MultiWorkerMirroredStrategy (replica context,
+    gradients already summed across all replicas of all workers) the op runs
+    once per local device on that device's copies of the variables and
+    slots, the way Keras's own distributed update does; no collective runs
+    inside, so every worker does the same local work on the same sums.
     """
     if not tf.distribute.has_strategy():
         _update_variables(inner, normalization, mode, clipnorm, grads, variables)
