@@ -1,20 +1,41 @@
 """Build of normopt: the Python package plus the optional compiled op library.
 
-The op library (`normopt/ops/_normopt_ops*.so`) is built by CMake against the
-TensorFlow that is already installed (flags from `tf.sysconfig`), so install
-with `pip install --no-build-isolation .` after TensorFlow. A failed or
-impossible build never fails the install: the wrappers then run on pure
-TensorFlow and `normopt info` says why the library did not load.
+Metadata is in pyproject.toml; this file holds the two build steps setuptools
+cannot express there:
+
+- build_ext: the op library (`normopt/ops/_normopt_ops*.so`) is built by
+  CMake (normopt/ops/build.py) against the TensorFlow of the environment the
+  package is installed into. Under pip's default build isolation that
+  TensorFlow is hidden from the build environment; build.find_tf finds it by
+  asking the same interpreter without the isolation's PYTHONPATH. A failed or
+  impossible build (no cmake, no compiler, no TensorFlow yet) never fails the
+  install: the library is then built on first use (normopt/ops/library.py),
+  or `normopt build` builds it, and until then the wrappers run on pure
+  TensorFlow. NORMOPT_SKIP_BUILD=1 skips the build at install time.
+- build_py: CMakeLists.txt and csrc/ are copied into the package as
+  normopt/_src, so an installed normopt can rebuild its library when
+  TensorFlow changes.
 """
 
+import importlib.util
 import os
 import shutil
-import subprocess
 import sys
-import sysconfig
 
-from setuptools import Extension, find_packages, setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _build_module():
+    """normopt/ops/build.py, loaded by path (the package needs TensorFlow)."""
+    path = os.path.join(HERE, "normopt", "ops", "build.py")
+    spec = importlib.util.spec_from_file_location("_normopt_build", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class CMakeExtension(Extension):
@@ -31,9 +52,14 @@ class OptionalCMakeBuild(build_ext):
             try:
                 self._build(ext)
             except Exception as exc:  # the install must survive a failed build
+                tail = getattr(exc, "log_tail", "")
+                if tail:
+                    print(tail, file=sys.stderr)
                 print(
-                    f"normopt: op library not built ({exc}); "
-                    "the wrappers will run on pure TensorFlow.",
+                    f"normopt: op library not built at install time ({exc}); "
+                    "an installed copy builds it on first use where it can, and "
+                    "`normopt build` builds it. Until then the wrappers run on "
+                    "pure TensorFlow.",
                     file=sys.stderr,
                 )
 
@@ -41,56 +67,39 @@ class OptionalCMakeBuild(build_ext):
         return [p for p in super().get_outputs() if os.path.exists(p)]
 
     def _build(self, ext):
-        if shutil.which("cmake") is None:
-            raise RuntimeError("cmake not found")
-        if os.environ.get("NORMOPT_SKIP_BUILD"):
+        if os.environ.get("NORMOPT_SKIP_BUILD", "").strip() not in ("", "0"):
             raise RuntimeError("NORMOPT_SKIP_BUILD is set")
+        nb = _build_module()
+        missing = nb.missing_tools()
+        if missing:
+            raise RuntimeError(missing)
+        tf = nb.find_tf(sys.executable)
         target = os.path.abspath(self.get_ext_fullpath(ext.name))
-        build_dir = os.path.abspath(os.path.join(self.build_temp, "cmake"))
-        os.makedirs(build_dir, exist_ok=True)
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        configure = [
-            "cmake",
-            "-S",
-            ext.source_dir,
-            "-B",
-            build_dir,
-            f"-DPython_EXECUTABLE={sys.executable}",
-            "-DCMAKE_BUILD_TYPE=Release",
-            f"-DNORMOPT_OUTPUT_FILE={target}",
-        ]
-        subprocess.run(configure, check=True)
-        jobs = str(os.cpu_count() or 1)
-        subprocess.run(
-            ["cmake", "--build", build_dir, "--parallel", jobs], check=True
-        )
-        if not os.path.exists(target):
-            raise RuntimeError(f"CMake did not produce {target}")
+        print(f"normopt: building the op library for TensorFlow {tf['tf_version']} "
+              f"({tf['include']})", file=sys.stderr, flush=True)
+        if os.path.exists(target):
+            os.remove(target)  # a new inode: a process that loaded the old one keeps it
+        nb.build_library(target, tf, src=ext.source_dir, jobs=self.parallel or None,
+                         on_line=lambda line: print(line, file=sys.stderr, flush=True))
+
+
+class BuildPyWithSources(build_py):
+    """Also copies CMakeLists.txt and csrc/ into the package as normopt/_src."""
+
+    def run(self):
+        super().run()
+        if getattr(self, "editable_mode", False):
+            return  # an editable install rebuilds from the source tree itself
+        nb = _build_module()
+        dest = os.path.join(self.build_lib, "normopt", "_src")
+        if os.path.isdir(dest):
+            shutil.rmtree(dest)
+        for rel in nb.source_files(HERE):
+            os.makedirs(os.path.dirname(os.path.join(dest, rel)), exist_ok=True)
+            shutil.copyfile(os.path.join(HERE, rel), os.path.join(dest, rel))
 
 
 setup(
-    name="normopt",
-    version="0.1.0",
-    description=(
-        "Gradient-normalized and norm-clipped optimizer wrappers for Keras 3 "
-        "on TensorFlow, with fused C++/CUDA ops"
-    ),
-    packages=find_packages(include=["normopt", "normopt.*"]),
-    package_data={"normopt": ["py.typed"]},
-    python_requires=">=3.9",
-    # TensorFlow itself is an extra so that the package never installs a
-    # second TensorFlow distribution beside the one the user already has.
-    install_requires=["keras>=3.0", "numpy"],
-    extras_require={
-        "cpu": ["tensorflow-cpu>=2.16"],
-        "gpu": ["tensorflow[and-cuda]>=2.16"],
-        "kernels": ["numba"],
-        "bench": ["matplotlib", "tqdm"],
-        "experiments": ["matplotlib", "tqdm", "scikit-learn"],
-        "test": ["pytest", "pytest-benchmark", "hypothesis"],
-    },
-    ext_modules=[CMakeExtension("normopt.ops._normopt_ops")],
-    cmdclass={"build_ext": OptionalCMakeBuild},
-    entry_points={"console_scripts": ["normopt=normopt.cli:main"]},
-    zip_safe=False,
+    ext_modules=[CMakeExtension("normopt.ops._normopt_ops", HERE)],
+    cmdclass={"build_ext": OptionalCMakeBuild, "build_py": BuildPyWithSources},
 )

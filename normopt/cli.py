@@ -2,6 +2,7 @@
 
     normopt demo           train a small model: Adam vs normalized vs clipped
     normopt info           versions, op library, CUDA, Numba/CuPy
+    normopt build          build the op library for the installed TensorFlow
     normopt bench ...      norms per layer size and whole optimizer steps
     normopt experiments .. the original wrapper's experiments, with plots
 """
@@ -19,6 +20,7 @@ import sys
 SUBCOMMANDS = {
     "demo": ("normopt.demo", "train a small model with plain, normalized and clipped Adam"),
     "info": ("normopt.info", "print versions, op library status, CUDA, Numba/CuPy"),
+    "build": ("normopt.build_cli", "build the op library for the installed TensorFlow"),
     "bench": ("normopt.bench.cli", "benchmark norms per layer size and optimizer steps"),
     "experiments": ("normopt.experiments.cli", "reproduce the original wrapper's experiments"),
 }

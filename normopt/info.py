@@ -16,15 +16,33 @@ def package_version(module):
         return f"not available ({type(exc).__name__}: {exc})".splitlines()[0]
 
 
+def _origin(status):
+    """Where the loaded library came from: the package or the per-user cache."""
+    origin = status.get("origin")
+    if origin == "package":
+        return "package (built when normopt was installed)"
+    if origin == "cache":
+        return "per-user cache (built on first use or by `normopt build`)"
+    return None
+
+
+def _built_for(status):
+    from normopt.ops import build
+
+    if status.get("origin") is None:
+        return None
+    return build.describe(status.get("built_for"))
+
+
 def collect():
     """Everything `normopt info` prints, as a dict."""
     import keras
     import tensorflow as tf
 
     import normopt
-    from normopt.ops import library_status
+    from normopt.ops import library
 
-    status = library_status()
+    status = library.details()
     gpus = tf.config.list_physical_devices("GPU")
     return {
         "normopt": normopt.__version__,
@@ -35,7 +53,12 @@ def collect():
         "GPUs visible to TF": [g.name for g in gpus] or "none",
         "op library loaded": status["loaded"],
         "op library path": status["path"],
+        "op library from": _origin(status),
+        "op library built for": _built_for(status),
+        "op library note": status.get("note"),
         "op library reason": status["reason"],
+        "compiled path under": "no strategy, " + ", ".join(importlib.import_module(
+            "normopt.ops.fused_step").FUSED_STRATEGIES),
         "numba": package_version("numba"),
         "cupy": package_version("cupy"),
         "normalizations": ", ".join(normopt.normalization_names()),

@@ -187,3 +187,8 @@ def test_info_output_starts_with_its_own_line():
     assert lines[0].startswith("normopt:"), proc.stdout[:1000]
     assert not [line for line in lines
                 if "absl::InitializeLog" in line or "cpu_feature_guard" in line]
+
+
+def test_build_subcommand_is_covered_by_the_help_test():
+    # test_help_imports_no_heavy_module runs `normopt build --help` through this table
+    assert cli.SUBCOMMANDS["build"][0] == "normopt.build_cli"

@@ -1,0 +1,434 @@
+"""Building the op library, recording what it was built against, and the cache.
+
+Imports only the standard library: setup.py loads this file by path (in a
+build environment that may have no TensorFlow and no Keras), and `normopt
+build --help` must stay light.
+
+    build_library(out, tf)   CMake build of `_normopt_ops` into the file `out`
+    read_record(path)        what a built library records (TF version, ABI
+                             flags, CUDA, source hash), read from the file
+                             without loading it
+    compatible(record, tf)   whether that library can be loaded by `tf`
+    ensure_cached(tf)        the library for `tf` in the per-user cache,
+                             built there (under a lock, atomically) if missing
+
+Every library CMake produces carries its build record: CMakeLists.txt
+compiles a generated source holding a string that starts with RECORD_MARKER
+and continues with `key=value` lines (tf_version, tf_git_version, abi_flags,
+tf_cuda, cuda_kernels, compiler, source_hash).
+
+The per-user cache lives in $NORMOPT_CACHE_DIR, else $XDG_CACHE_HOME/normopt,
+else ~/.cache/normopt:
+
+    ops/<key>/_normopt_ops.so     one library per TF version, ABI and sources
+    ops/<key>.lock                held while that library is built
+    ops/<key>/build-failed.log    an automatic build failed: not retried
+                                  automatically (`normopt build` retries)
+    build/<tf key>/src, build     CMake trees, one per TensorFlow
+                                  installation: sources are synced into src by
+                                  content, so a rebuild recompiles only what
+                                  changed (and relinks when nothing did)
+"""
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+CACHE_ENV = "NORMOPT_CACHE_DIR"
+TREES_ENV = "NORMOPT_BUILD_TREES"  # where the CMake trees go (default: <cache>/build)
+AUTOBUILD_ENV = "NORMOPT_AUTOBUILD"  # "0": never build on first use
+RECORD_MARKER = b"NORMOPT_BUILD_RECORD\n"
+CACHE_LIB_NAME = "_normopt_ops.so"
+FAILED_NAME = "build-failed.log"
+# What a library must share with the running TensorFlow to be loadable.
+COMPAT_KEYS = ("tf_version", "tf_git_version", "abi_flags", "tf_cuda")
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_PACKAGE = os.path.dirname(_HERE)
+# Environment variables pip's isolated build environment sets to hide the
+# target environment's site-packages (and so its TensorFlow).
+_ISOLATION_VARS = ("PYTHONPATH", "PYTHONNOUSERSITE", "PYTHONHOME")
+
+# Prints what CMakeLists.txt asks of TensorFlow, plus the include directory
+# (which installation it is), as one JSON line.
+_TF_QUERY = (
+    "import json, os; os.environ['TF_CPP_MIN_LOG_LEVEL'] = '3'\n"
+    "import tensorflow as tf\n"
+    "flags = tf.sysconfig.get_compile_flags()\n"
+    "print(json.dumps(dict(tf_version=tf.__version__,"
+    " tf_git_version=str(tf.version.GIT_VERSION),"
+    " abi_flags=' '.join(f for f in flags if f.startswith('-D')),"
+    " tf_cuda=str(int(tf.test.is_built_with_cuda())),"
+    " include=tf.sysconfig.get_include())))\n"
+)
+
+
+class BuildError(RuntimeError):
+    """A build that could not run or failed; str() says why."""
+
+
+# ---- sources ---------------------------------------------------------------
+
+def sources_dir():
+    """Directory holding CMakeLists.txt and csrc/, or None.
+
+    An installed package carries them in normopt/_src (setup.py copies them
+    there); a source checkout or editable install has them at the root.
+    """
+    for candidate in (os.path.join(_PACKAGE, "_src"), os.path.dirname(_PACKAGE)):
+        if (os.path.isfile(os.path.join(candidate, "CMakeLists.txt"))
+                and os.path.isdir(os.path.join(candidate, "csrc"))):
+            return candidate
+    return None
+
+
+def sources_are_packaged():
+    """Whether this is an installed copy carrying its sources in normopt/_src."""
+    return os.path.isfile(os.path.join(_PACKAGE, "_src", "CMakeLists.txt"))
+
+
+def source_files(src):
+    """Relative paths of everything the build reads: CMakeLists.txt, csrc/**."""
+    files = ["CMakeLists.txt"]
+    for root, dirs, names in os.walk(os.path.join(src, "csrc")):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        for name in sorted(names):
+            if name.endswith((".pyc", ".o", ".so")):
+                continue
+            files.append(os.path.relpath(os.path.join(root, name), src))
+    return sorted(f.replace(os.sep, "/") for f in files)
+
+
+def source_hash(src):
+    """sha256 over the relative path and bytes of every source file."""
+    digest = hashlib.sha256()
+    for rel in source_files(src):
+        digest.update(rel.encode() + b"\0")
+        with open(os.path.join(src, rel), "rb") as f:
+            digest.update(f.read())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+# ---- TensorFlow --------------------------------------------------------------
+
+def current_tf():
+    """The build-relevant facts of the TensorFlow imported in this process."""
+    import tensorflow as tf
+
+    flags = tf.sysconfig.get_compile_flags()
+    return {
+        "tf_version": tf.__version__,
+        "tf_git_version": str(tf.version.GIT_VERSION),
+        "abi_flags": " ".join(f for f in flags if f.startswith("-D")),
+        "tf_cuda": str(int(tf.test.is_built_with_cuda())),
+        "include": tf.sysconfig.get_include(),
+        "python": sys.executable,
+        "env": None,
+    }
+
+
+def find_tf(python=None):
+    """The TensorFlow `python` imports, as current_tf() describes it.
+
+    Under pip's default build isolation the build backend runs with the target
+    environment's interpreter, but PYTHONPATH/PYTHONNOUSERSITE hide that
+    environment's site-packages. When TensorFlow is not importable as is, the
+    query is retried without those variables; "env" is the environment that
+    worked (None: the current one), to be used for CMake as well. Raises
+    BuildError saying why when neither finds TensorFlow.
+    """
+    python = python or sys.executable
+    attempts = [None]
+    if any(var in os.environ for var in _ISOLATION_VARS):
+        attempts.append({k: v for k, v in os.environ.items() if k not in _ISOLATION_VARS})
+    last = ""
+    for env in attempts:
+        proc = subprocess.run([python, "-c", _TF_QUERY], env=env, capture_output=True,
+                              text=True, timeout=300)
+        if proc.returncode == 0 and proc.stdout.strip():
+            info = json.loads(proc.stdout.strip().splitlines()[-1])
+            info.update(python=python, env=env)
+            return info
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    raise BuildError(f"TensorFlow is not importable by {python} ({last})")
+
+
+def compatible(record, tf):
+    """Whether a library with build `record` can be loaded by TensorFlow `tf`."""
+    return all(record.get(key) == tf.get(key) for key in COMPAT_KEYS)
+
+
+def describe(record):
+    """'TensorFlow 2.21.0 (v2.21.0-..., CPU, -D_GLIBCXX_USE_CXX11_ABI=1 ...)'."""
+    if not record:
+        return "not recorded"
+    kind = "CUDA kernels" if record.get("cuda_kernels") in ("1", "ON") else "CPU kernels"
+    tf_kind = "CUDA build" if record.get("tf_cuda") == "1" else "CPU build"
+    return (f"TensorFlow {record.get('tf_version')} ({record.get('tf_git_version')}, "
+            f"{tf_kind}, ABI flags: {record.get('abi_flags') or 'none'}); {kind}; "
+            f"{record.get('compiler', '?')}; sources {record.get('source_hash', '')[:12] or '?'}")
+
+
+# ---- the build record --------------------------------------------------------
+
+def read_record(path):
+    """The build record a library file carries, as a dict, or None.
+
+    Read from the file's bytes (a string in its read-only data), so a library
+    built for another TensorFlow is never loaded to find that out.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    start = data.find(RECORD_MARKER)
+    if start < 0:
+        return None
+    start += len(RECORD_MARKER)
+    end = data.find(b"\0", start)
+    text = data[start:end if end >= 0 else len(data)].decode("utf-8", "replace")
+    record = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            record[key.strip()] = value.strip()
+    return record or None
+
+
+# ---- tools ---------------------------------------------------------------------
+
+def missing_tools():
+    """Why no build can run here (no cmake, no C++ compiler), or None."""
+    if shutil.which("cmake") is None:
+        return "cmake is not installed (or not on PATH)"
+    cxx = os.environ.get("CXX")
+    candidates = [cxx.split()[0]] if cxx else ["c++", "g++", "clang++"]
+    if not any(shutil.which(c) for c in candidates):
+        return f"no C++ compiler found ({', '.join(candidates)})"
+    return None
+
+
+def default_jobs():
+    return max(1, os.cpu_count() or 1)
+
+
+# ---- the cache ---------------------------------------------------------------
+
+def cache_root():
+    root = os.environ.get(CACHE_ENV)
+    if not root:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        root = os.path.join(base, "normopt")
+    return os.path.abspath(root)
+
+
+def _short(text, n=8):
+    return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+
+def tf_key(tf):
+    """Names one TensorFlow installation: version, ABI, CUDA, where it lives."""
+    compat = "|".join(str(tf.get(k)) for k in COMPAT_KEYS)
+    return (f"tf{tf['tf_version']}-{'cuda' if tf.get('tf_cuda') == '1' else 'cpu'}-"
+            f"{_short(compat + '|' + platform.machine() + '|' + str(tf.get('include')))}")
+
+
+def entry_key(tf, src_hash):
+    """Cache entry of the library for `tf` built from sources `src_hash`."""
+    compat = "|".join(str(tf.get(k)) for k in COMPAT_KEYS)
+    return (f"tf{tf['tf_version']}-{'cuda' if tf.get('tf_cuda') == '1' else 'cpu'}-"
+            f"{_short(compat + '|' + platform.machine())}-src{src_hash[:12]}")
+
+
+def cache_entry(tf, src=None):
+    """(directory, library path) of the cache entry for `tf`; None, None without sources."""
+    src = src or sources_dir()
+    if src is None:
+        return None, None
+    entry = os.path.join(cache_root(), "ops", entry_key(tf, source_hash(src)))
+    return entry, os.path.join(entry, CACHE_LIB_NAME)
+
+
+@contextlib.contextmanager
+def file_lock(path):
+    """An exclusive lock held by this process while the block runs."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no inter-process lock
+            yield
+            return
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def valid_library(path, tf):
+    record = read_record(path) if os.path.isfile(path) else None
+    return record is not None and compatible(record, tf)
+
+
+def ensure_cached(tf, *, src=None, force=False, retry_failed=False, builder=None,
+                  on_line=None, jobs=None, on_start=None):
+    """Path of a library for `tf` in the per-user cache, building it if needed.
+
+    Returns (path, built, waited_s, build_s): `built` is True when this call
+    built it. Two processes may call this at once: the build runs under a file
+    lock, the second waits and then finds the finished library, and the
+    library appears under its final name only complete (built under a
+    temporary name, then renamed). A failed automatic build leaves
+    build-failed.log and is not retried unless `retry_failed` (what
+    `normopt build` passes). `on_start()` is called when this call starts a
+    build. Raises BuildError.
+    """
+    src = src or sources_dir()
+    if src is None:
+        raise BuildError("the op library's sources (CMakeLists.txt, csrc/) are not "
+                         "installed with this copy of normopt")
+    entry, lib = cache_entry(tf, src)
+    if not force and valid_library(lib, tf):
+        return lib, False, 0.0, 0.0
+    failed = os.path.join(entry, FAILED_NAME)
+    t0 = time.perf_counter()
+    with file_lock(entry + ".lock"):
+        waited = time.perf_counter() - t0
+        if not force and valid_library(lib, tf):
+            return lib, False, waited, 0.0  # another process built it meanwhile
+        if os.path.exists(failed) and not (retry_failed or force):
+            raise BuildError(f"an earlier build for TensorFlow {tf['tf_version']} failed "
+                             f"(log: {failed}); run `normopt build` to try again")
+        os.makedirs(entry, exist_ok=True)
+        tmp = os.path.join(entry, f".tmp-{os.getpid()}-{CACHE_LIB_NAME}")
+        if on_start is not None:
+            on_start()
+        start = time.perf_counter()
+        try:
+            (builder or build_library)(tmp, tf, src=src, on_line=on_line, jobs=jobs)
+            if not valid_library(tmp, tf):
+                raise BuildError(f"the library built at {tmp} does not record "
+                                 f"TensorFlow {tf['tf_version']}")
+            os.replace(tmp, lib)  # atomic: readers see no file or a whole one
+        except BuildError as exc:
+            with open(failed, "w") as f:
+                f.write(f"{exc}\n{getattr(exc, 'log_tail', '')}")
+            raise
+        finally:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+        with contextlib.suppress(OSError):
+            os.remove(failed)
+        return lib, True, waited, time.perf_counter() - start
+
+
+# ---- the build -------------------------------------------------------------------
+
+def _sync_tree(src, dst):
+    """Makes dst hold exactly src's source files, writing only those that differ.
+
+    Unchanged files keep their modification time, so CMake recompiles only
+    the sources that changed since the tree's last build.
+    """
+    wanted = set(source_files(src))
+    for rel in sorted(wanted):
+        a, b = os.path.join(src, rel), os.path.join(dst, rel)
+        with open(a, "rb") as f:
+            data = f.read()
+        try:
+            with open(b, "rb") as f:
+                if f.read() == data:
+                    continue
+        except OSError:
+            pass
+        os.makedirs(os.path.dirname(b), exist_ok=True)
+        with open(b, "wb") as f:
+            f.write(data)
+    if os.path.isdir(os.path.join(dst, "csrc")):
+        for rel in source_files(dst):
+            if rel not in wanted:
+                os.remove(os.path.join(dst, rel))
+
+
+def _run(cmd, env, log, on_line):
+    log.write("$ " + " ".join(cmd) + "\n")
+    log.flush()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, errors="replace")
+    for line in proc.stdout:
+        log.write(line)
+        if on_line is not None:
+            on_line(line.rstrip("\n"))
+    return proc.wait()
+
+
+def build_library(out, tf, *, src=None, jobs=None, on_line=None, cmake_args=()):
+    """Builds the op library for TensorFlow `tf` (find_tf/current_tf) into `out`.
+
+    The CMake tree is build/<tf_key> in the cache; its log is build.log
+    there. `on_line(text)` gets every line CMake prints. Raises BuildError
+    (with `.log_tail`) when a tool is missing or the build fails.
+    """
+    reason = missing_tools()
+    if reason:
+        raise BuildError(reason)
+    src = src or sources_dir()
+    if src is None:
+        raise BuildError("the op library's sources (CMakeLists.txt, csrc/) were not found")
+    out = os.path.abspath(out)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    trees = os.environ.get(TREES_ENV) or os.path.join(cache_root(), "build")
+    tree = os.path.join(os.path.abspath(trees), tf_key(tf))
+    env = dict(tf["env"]) if tf.get("env") is not None else dict(os.environ)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    with file_lock(tree + ".lock"):
+        _sync_tree(src, os.path.join(tree, "src"))
+        log_path = os.path.join(tree, "build.log")
+        with open(log_path, "w") as log:
+            configure = [
+                "cmake", "-S", os.path.join(tree, "src"), "-B", os.path.join(tree, "build"),
+                f"-DPython_EXECUTABLE={tf['python']}", "-DCMAKE_BUILD_TYPE=Release",
+                f"-DNORMOPT_OUTPUT_FILE={out}", f"-DNORMOPT_SOURCE_HASH={source_hash(src)}",
+                *cmake_args,
+            ]
+            compile_ = ["cmake", "--build", os.path.join(tree, "build"),
+                        "--parallel", str(jobs or default_jobs())]
+            for cmd in (configure, compile_):
+                if _run(cmd, env, log, on_line) != 0:
+                    log.close()
+                    with open(log_path, errors="replace") as f:
+                        tail = "".join(f.readlines()[-30:])
+                    err = BuildError(f"`{' '.join(cmd[:2])}` failed (log: {log_path})")
+                    err.log_tail = tail
+                    raise err
+    if not os.path.isfile(out):
+        raise BuildError(f"CMake did not produce {out} (log: {log_path})")
+    return out
+
+
+_PROGRESS_RE = re.compile(r"^\[\s*(\d+)%\]\s+(.*)$|^\[(\d+)/(\d+)\]\s+(.*)$")
+
+
+def progress_stage(line):
+    """The stage a CMake output line starts ("compile x.cc", "link"), or None."""
+    m = _PROGRESS_RE.match(line.strip())
+    if not m:
+        return None
+    what = m.group(2) or m.group(5) or ""
+    if what.startswith(("Building", "Compiling")):
+        source = what.split()[-1]
+        name = os.path.basename(source)
+        return "compile " + (name[:-2] if name.endswith(".o") else name)
+    if what.startswith("Linking"):
+        return "link"
+    return None
