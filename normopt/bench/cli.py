@@ -1,8 +1,11 @@
-"""`normopt bench [quick|norms|step]`: argument parsing and the run.
+"""`normopt bench [quick|norms|step|fit]`: argument parsing and the run.
 
     normopt bench                  quick default of both (well under 2 min here)
     normopt bench norms            norms per layer size, every implementation
     normopt bench step             whole optimizer steps on realistic variable sets
+    normopt bench fit              whole model.fit steps of five reference models
+    normopt bench fit --quick      the same five models, Adam only, few samples
+    normopt bench fit --model M.keras --inners adam   a saved model of yours
 
 Tables go to the terminal, every figure to `--json` and a PNG to `--plot`
 (both default to files in `--out-dir`). Options a mode does not use are
@@ -13,9 +16,9 @@ import argparse
 import os
 import sys
 
-from normopt.bench import cases, norm_impls, step_bench
+from normopt.bench import cases, fit_bench, fit_models, norm_impls, step_bench
 
-MODES = ("quick", "norms", "step")
+MODES = ("quick", "norms", "step", "fit")
 MAX_EXP = 30
 
 # mode -> defaults of the options left unset on the command line.
@@ -27,7 +30,16 @@ DEFAULTS = {
     "norms": dict(min_exp=8, max_exp=20, exp_step=2, repeats=7, warmup=2,
                   bandwidth_mib=256),
     "step": dict(repeats=20, warmup=3, bandwidth_mib=256),
+    "fit": dict(),  # FIT_FULL / FIT_QUICK below
 }
+# `normopt bench fit` (full) and `--quick`. inners=None: every inner
+# optimizer whose normalized step takes the fused path here
+# (fit_bench.default_inners(): SGD with momentum, Adam, AdamW today).
+FIT_FULL = dict(models=fit_models.MODELS, inners=None, repeats=15,
+                steps_per_sample=3, warmup=3)
+FIT_QUICK = dict(models=fit_models.MODELS, inners=("adam",), repeats=5,
+                 steps_per_sample=2, warmup=1)
+INNER_NAMES = tuple(dict.fromkeys(step_bench.INNERS + tuple(fit_bench.INNER_CANDIDATES)))
 COMMON = dict(
     min_exp=8, max_exp=20, exp_step=2, repeats=7, warmup=2, bandwidth_mib=256,
     norms=None, sets=cases.STEP_SETS, inners=step_bench.INNERS,
@@ -87,7 +99,8 @@ def _size_list(text):
 
 def add_arguments(parser):
     parser.add_argument("mode", nargs="?", default="quick", choices=MODES,
-                        help="quick (default): a short run of both; norms; step")
+                        help="quick (default): a short run of both; norms; step; "
+                        "fit: whole model.fit steps")
     g = parser.add_argument_group("norms benchmark")
     g.add_argument("--norms", type=_norm_list,
                    help="comma-separated built-in norms (default: all; quick: "
@@ -107,19 +120,48 @@ def add_arguments(parser):
     g.add_argument("--sets", type=_choices("variable set", cases.STEP_SETS),
                    help=f"comma-separated variable sets (default: all of {','.join(cases.STEP_SETS)}; "
                    "quick: eight_1k,mlp)")
-    g.add_argument("--inners", type=_choices("inner optimizer", step_bench.INNERS),
-                   help="comma-separated inner optimizers (default: adam,sgd_nesterov; quick: adam)")
+    g.add_argument("--inners", type=_choices("inner optimizer", INNER_NAMES),
+                   help="comma-separated inner optimizers. step: from "
+                   f"{','.join(step_bench.INNERS)} (default: both; quick: adam). fit: "
+                   f"from {','.join(fit_bench.INNER_CANDIDATES)} (default: every one "
+                   "whose normalized step takes the fused path here; --quick: adam)")
     g.add_argument("--wrappers", type=_choices("wrapper", step_bench.WRAPPERS),
                    help="comma-separated wrappers (default: normalized,clipped; quick: normalized)")
     g.add_argument("--paths", type=_choices("path", step_bench.PATHS),
                    help="comma-separated paths (default: plain,tf_graph,tf_xla,fused)")
     g.add_argument("--step-norm", type=_norm_list, default=("l2",),
                    help="the norm the wrappers use (default l2)")
+    g = parser.add_argument_group(
+        "fit benchmark",
+        "full (default): the five reference models x every fused inner "
+        "optimizer, 15 samples of 3 steps after 3 warm-up steps; --quick: "
+        "the five models x adam, 5 samples of 2 steps after 1 (see "
+        "docs/PERFORMANCE.md for runtimes)")
+    g.add_argument("--quick", action="store_true",
+                   help="fit: the short run (CI smoke tests: add --scale tiny)")
+    g.add_argument("--models", type=_choices("model", fit_models.MODELS),
+                   help=f"comma-separated reference models (default: {','.join(fit_models.MODELS)})")
+    g.add_argument("--scale", choices=fit_models.SCALES, default="reference",
+                   help="reference (default): the documented sizes; tiny: the same "
+                   "architectures a few hundred times smaller, for smoke tests")
+    g.add_argument("--model", metavar="PATH", dest="model_path",
+                   help="time a saved .keras model on synthetic data of its input "
+                   "shapes and dtypes instead of the reference models")
+    g.add_argument("--batch-size", type=_int_at_least(1),
+                   help="batch size (default: each reference model's own; --model: 32)")
+    g.add_argument("--vocabulary", type=_int_at_least(1),
+                   help="--model: integer inputs draw from [0, VOCABULARY) (default: "
+                   "the first Embedding layer's input_dim, else "
+                   f"{fit_models.DEFAULT_INT_BOUND})")
+    g.add_argument("--steps-per-sample", type=_int_at_least(1),
+                   help="fit: back-to-back steps per timed sample (default 3; quick 2)")
     g = parser.add_argument_group("timing and output")
     g.add_argument("--repeats", type=_int_at_least(1),
-                   help="timed samples per case (default: norms 7, step 20, quick 5)")
+                   help="timed samples per case (default: norms 7, step 20, quick 5, "
+                   "fit 15, fit --quick 5)")
     g.add_argument("--warmup", type=_int_at_least(0),
-                   help="untimed calls first (default: norms 2, step 3, quick 1)")
+                   help="untimed calls first (default: norms 2, step 3, quick 1; fit: "
+                   "warm-up steps through model.fit, 3, --quick 1)")
     g.add_argument("--bandwidth-mib", type=_int_at_least(1),
                    help="array size of the copy-bandwidth probe in MiB (default 256; quick 128)")
     g.add_argument("--out-dir", default="normopt-out",
@@ -132,8 +174,38 @@ def add_arguments(parser):
     parser.set_defaults(_bench_parser=parser)
 
 
+def _resolve_fit(args):
+    defaults = FIT_QUICK if args.quick else FIT_FULL
+    for key, value in defaults.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    if args.inners is not None:
+        bad = [i for i in args.inners if i not in fit_bench.INNER_CANDIDATES]
+        if bad:
+            raise ValueError(
+                f"fit: unknown inner optimizer {', '.join(map(repr, bad))}; choose "
+                f"from {', '.join(fit_bench.INNER_CANDIDATES)}")
+    if args.model_path is not None:
+        if not args.model_path.endswith(".keras"):
+            raise ValueError(f"--model {args.model_path!r}: not a .keras file")
+        if not os.path.isfile(args.model_path):
+            raise ValueError(f"--model {args.model_path!r}: no such file")
+    for name in ("json", "plot"):
+        if getattr(args, name) is None:
+            setattr(args, name, os.path.join(args.out_dir, f"bench-fit.{'json' if name == 'json' else 'png'}"))
+    return args
+
+
 def resolve(args):
     """Fills unset options from the mode's defaults and checks the ranges."""
+    if args.mode == "fit":
+        return _resolve_fit(args)
+    if args.inners is not None:
+        bad = [i for i in args.inners if i not in step_bench.INNERS]
+        if bad:
+            raise ValueError(
+                f"{args.mode}: unknown inner optimizer {', '.join(map(repr, bad))}; "
+                f"choose from {', '.join(step_bench.INNERS)}")
     defaults = {**COMMON, **DEFAULTS[args.mode]}
     for key, value in defaults.items():
         if getattr(args, key, None) is None:
@@ -170,11 +242,67 @@ def _command_line():
     return None
 
 
+def _fit_settings(args):
+    keys = ("mode", "quick", "models", "scale", "model_path", "inners", "batch_size",
+            "vocabulary", "step_norm", "repeats", "steps_per_sample", "warmup")
+    settings = {k: getattr(args, k) for k in keys}
+    settings["jit_compile"] = False
+    return settings
+
+
+def run_fit(args):
+    """`normopt bench fit`: table on stdout, JSON and PNG (see fit_bench)."""
+    import time
+
+    import tensorflow as tf
+
+    from normopt import progress as progress_output
+    from normopt.bench import environment, fit_report, report
+
+    tf.get_logger().setLevel("ERROR")
+    started = time.perf_counter()
+    env = environment.collect()
+    print(f"normopt bench fit{' --quick' if args.quick else ''}: {env['cpu_model']}, "
+          f"{env['cpu_count']} CPUs, TF {env['tensorflow']}, Keras {env['keras']}, op "
+          f"library {'loaded' if env['op_library']['loaded'] else 'not loaded'}")
+    probes = {}
+    inners = args.inners or fit_bench.default_inners(args.step_norm[0], probes)
+    settings = _fit_settings(args)
+    settings["inners"] = inners
+    payload = {"command": _command_line(), "settings": settings, "environment": env,
+               "inner_probes": probes}
+    models = [args.model_path] if args.model_path else args.models
+    total = fit_bench.progress_total(len(models), len(inners), args.repeats)
+    with progress_output.bar(total, "fit", "task", enabled=not args.no_progress) as bar:
+        common = dict(norm=args.step_norm[0], repeats=args.repeats,
+                      steps_per_sample=args.steps_per_sample, warmup=args.warmup)
+        if args.model_path:
+            result = fit_bench.fit(args.model_path, inners, batch_size=args.batch_size or 32,
+                                   vocabulary=args.vocabulary, progress=bar, **common)
+        else:
+            result = fit_bench.run(args.models, inners, scale=args.scale,
+                                   batch_size=args.batch_size, progress=bar, **common)
+    payload["fit"] = result
+    payload["runtime_s"] = time.perf_counter() - started
+    payload["load_average_1_5_15_min_after"] = environment.load_average()
+    print("\n" + fit_report.table(result))
+    report.write_json(args.json, payload)
+    print(f"\nJSON: {args.json}")
+    if not args.no_plot:
+        fit_report.plot(args.plot, result,
+                        title=f"{env['cpu_model']}, {env['cpu_count']} CPUs, {env['date_utc']}")
+        print(f"plot: {args.plot}")
+    print(f"runtime: {payload['runtime_s']:.0f} s")
+    return 0
+
+
 def run(args):
     try:
         resolve(args)
     except ValueError as exc:
         args._bench_parser.error(str(exc))
+    if args.mode == "fit":
+        return run_fit(args)
     import tensorflow as tf
 
     from normopt import progress as progress_output

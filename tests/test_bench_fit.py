@@ -1,0 +1,209 @@
+"""`normopt bench fit`: outputs, recorded paths, the Python entry, bad arguments.
+
+Tiny models only (`--scale tiny`, a few samples of one step): what is checked
+is that every model x call is measured and recorded with the path it took,
+never how fast (no timing asserts).
+"""
+
+import contextlib
+import io
+import json
+import math
+
+import keras
+import numpy as np
+import pytest
+
+import normopt.bench
+from normopt.bench import fit_bench, fit_models
+from normopt.cli import main
+from normopt.ops import library_status
+
+MODELS = ["wide_mlp", "transformer"]
+CALLS = ["fwd_bwd", "plain", "normalized_tf", "normalized_fused"]
+REPEATS = 2
+op_library = pytest.mark.skipif(
+    not library_status()["loaded"], reason="the op library is not loaded"
+)
+
+
+def _run_cli(argv):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(argv)
+    return code, out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fit")
+    json_path, plot_path = out / "fit.json", out / "fit.png"
+    code, stdout = _run_cli([
+        "bench", "fit", "--quick", "--scale", "tiny", "--models", ",".join(MODELS),
+        "--inners", "adam", "--repeats", str(REPEATS), "--steps-per-sample", "1",
+        "--warmup", "1", "--no-progress", "--json", str(json_path),
+        "--plot", str(plot_path),
+    ])
+    with open(json_path) as f:
+        return code, stdout, json.load(f), plot_path
+
+
+def _check_time(record, repeats=REPEATS):
+    assert record["status"] == "ok", record.get("error")
+    assert len(record["samples_s"]) == repeats
+    assert all(math.isfinite(s) and s > 0 for s in record["samples_s"])
+    t = record["time"]
+    assert t["min_s"] <= t["q1_s"] <= t["median_s"] <= t["q3_s"] <= t["max_s"]
+    assert t["repeats"] == repeats
+
+
+def test_cli_exits_zero_and_writes_table_json_plot(cli_run):
+    code, stdout, _, plot_path = cli_run
+    assert code == 0
+    with open(plot_path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    for heading in ("fwd+bwd only", "plain inner", "normalized TF", "normalized fused",
+                    "fused vs TF", "opt share plain/TF/fused", "fused path"):
+        assert heading in stdout
+    table_rows = [line.split()[0] for line in stdout.splitlines() if line.split()[:1]]
+    for model in MODELS:
+        assert model in table_rows
+
+
+def test_json_holds_every_model_and_call_with_its_path(cli_run):
+    _, _, data, _ = cli_run
+    cases = data["fit"]["cases"]
+    assert sorted((c["model"], c["variant"]) for c in cases) == sorted(
+        (m, v) for m in MODELS for v in CALLS
+    )
+    for c in cases:
+        _check_time(c)
+        assert c["inner"] == "adam"
+        assert c["batch_size"] == 8 and c["params"] > 0
+    by = {(c["model"], c["variant"]): c for c in cases}
+    for model in MODELS:
+        assert by[(model, "fwd_bwd")]["path_ran"] == "none"
+        assert by[(model, "plain")]["path_ran"] == "plain"
+        assert by[(model, "normalized_tf")]["path_ran"] == "tf"
+        fused = by[(model, "normalized_fused")]
+        assert fused["path_ran"] in ("fused", "tf")
+        if fused["path_ran"] == "tf":
+            assert fused["path_reason"]
+        assert fused["fused_vs_tf"] > 0 and fused["fused_vs_plain"] > 0
+        assert "optimizer_share" in fused
+    # The transformer's token ids are integers below the Embedding's vocabulary.
+    (spec,) = by[("transformer", "plain")]["inputs"]
+    assert spec["dtype"] == "int32" and spec["int_bound"] == 50
+
+
+@op_library
+def test_fused_variant_of_a_dense_model_ran_fused(cli_run):
+    _, _, data, _ = cli_run
+    (fused,) = [c for c in data["fit"]["cases"]
+                if c["model"] == "wide_mlp" and c["variant"] == "normalized_fused"]
+    assert fused["path_ran"] == "fused", fused["path_reason"]
+
+
+def test_json_records_environment_and_settings(cli_run):
+    _, _, data, _ = cli_run
+    for key in ("date_utc", "tensorflow", "keras", "cpu_count", "op_library",
+                "load_average_1_5_15_min"):
+        assert key in data["environment"]
+    settings = data["settings"]
+    assert settings["mode"] == "fit" and settings["quick"] is True
+    assert list(settings["inners"]) == ["adam"] and settings["jit_compile"] is False
+    assert data["runtime_s"] > 0
+
+
+@op_library
+def test_fused_inners_come_from_the_probe():
+    probes = {}
+    found = fit_bench.fused_inners(probes=probes)
+    assert {"sgd_momentum", "adam", "adamw"} <= set(found)
+    assert all(probes[name]["path"] == "fused" for name in found)
+    # Those without a fused update kernel are probed and left out.
+    assert probes["rmsprop"]["path"] != "fused" and "rmsprop" not in found
+    assert fit_bench.default_inners() == found
+
+
+def _tiny_dense():
+    return keras.Sequential(
+        [keras.Input((3,)), keras.layers.Dense(4, activation="relu"),
+         keras.layers.Dense(2)], name="tiny_dense")
+
+
+def test_python_entry_times_a_model_object():
+    assert normopt.bench.fit is fit_bench.fit
+    model = _tiny_dense()
+    before = [w.copy() for w in model.get_weights()]
+    result = normopt.bench.fit(model, ["sgd_momentum"], batch_size=4, repeats=2,
+                               steps_per_sample=1, warmup=1)
+    cases = result["cases"]
+    assert [c["variant"] for c in cases] == CALLS
+    for c in cases:
+        _check_time(c)
+        assert c["model"] == "tiny_dense" and c["inner"] == "sgd_momentum"
+        assert c["inputs"] == [{"shape": [4, 3], "dtype": "float32", "int_bound": None}]
+    if library_status()["loaded"]:
+        assert cases[-1]["path_ran"] == "fused"
+    # The model passed in is copied, never trained.
+    for w0, w1 in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(w0, w1)
+
+
+def test_model_path_times_a_saved_token_model(tmp_path):
+    ids = keras.Input((5,), dtype="int32")
+    x = keras.layers.Embedding(13, 4)(ids)
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    model = keras.Model(ids, keras.layers.Dense(2)(x), name="tokens")
+    path = tmp_path / "tokens.keras"
+    model.save(path)
+    json_path = tmp_path / "out.json"
+    code, stdout = _run_cli([
+        "bench", "fit", "--model", str(path), "--inners", "adam", "--batch-size", "4",
+        "--repeats", "2", "--steps-per-sample", "1", "--warmup", "1", "--no-progress",
+        "--no-plot", "--json", str(json_path),
+    ])
+    assert code == 0
+    assert "tokens.keras" in stdout
+    with open(json_path) as f:
+        data = json.load(f)
+    cases = data["fit"]["cases"]
+    assert [c["variant"] for c in cases] == CALLS
+    for c in cases:
+        _check_time(c)
+        assert c["inputs"] == [{"shape": [4, 5], "dtype": "int32", "int_bound": 13}]
+    assert data["settings"]["model_path"] == str(path)
+
+
+def test_input_specs_of_unknown_dims_and_int_inputs_without_embedding():
+    inp = keras.Input((None, 2), dtype="int32")
+    model = keras.Model(inp, keras.layers.Dense(1)(keras.ops.cast(inp, "float32")))
+    (spec,) = fit_models.input_specs(model, 3)
+    assert spec == ((3, fit_models.DEFAULT_UNKNOWN_DIM, 2), "int32", fit_models.DEFAULT_INT_BOUND)
+    x = fit_models.synthetic_inputs([spec])
+    assert x.dtype == np.int32 and x.min() >= 0 and x.max() < fit_models.DEFAULT_INT_BOUND
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--models", "mlp30,nope"], "unknown model 'nope'"),
+    (["--inners", "sgd_momentum,bogus"], "unknown inner optimizer 'bogus'"),
+    (["--scale", "huge"], "invalid choice: 'huge'"),
+    (["--repeats", "0"], "below the minimum 1"),
+    (["--steps-per-sample", "x"], "'x' is not an integer"),
+    (["--batch-size", "0"], "below the minimum 1"),
+    (["--model", "missing.keras"], "no such file"),
+    (["--model", "model.h5"], "not a .keras file"),
+], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_bad_arguments_are_argparse_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "fit", *argv])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_step_mode_refuses_fit_only_inner(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "step", "--inners", "adamw"])
+    assert exc.value.code == 2
+    assert "unknown inner optimizer 'adamw'" in capsys.readouterr().err
