@@ -17,6 +17,7 @@ _EXPORTS = {
     "register_normalization": "normopt.normalizations",
     "unregister_normalization": "normopt.normalizations",
     "FusedPathUnavailable": "normopt.ops.fused_step",
+    "AdaptiveClippedOptimizer": "normopt.optimizers",
     "ClippedOptimizer": "normopt.optimizers",
     "NormalizedOptimizer": "normopt.optimizers",
     "callbacks": "normopt.callbacks",
@@ -61,5 +62,9 @@ if not _started_as_cli():
         unregister_normalization,
     )
     from normopt.ops.fused_step import FusedPathUnavailable  # noqa: E402,F401
-    from normopt.optimizers import ClippedOptimizer, NormalizedOptimizer  # noqa: E402,F401
+    from normopt.optimizers import (  # noqa: E402,F401
+        AdaptiveClippedOptimizer,
+        ClippedOptimizer,
+        NormalizedOptimizer,
+    )
     from normopt import callbacks  # noqa: E402,F401

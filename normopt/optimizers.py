@@ -13,6 +13,7 @@ exists for the inner optimizer (see `normopt.ops.fused_step`).
 """
 
 import numbers
+import re
 import warnings
 
 import keras
@@ -21,7 +22,7 @@ from keras.src.utils import tracking
 
 from normopt import normalizations
 from normopt.ops import fused_step, paths
-from normopt.ops.tf_reference import CLIP, NORMALIZE, scale_gradients
+from normopt.ops.tf_reference import ADAPTIVE, CLIP, NORMALIZE, scale_gradients
 
 
 def _resolve_inner(optimizer):
@@ -70,6 +71,17 @@ def _all_finite(grads):
         values = g.values if isinstance(g, tf.IndexedSlices) else g
         checks.append(tf.reduce_all(tf.math.is_finite(values)))
     return tf.reduce_all(tf.stack(checks))
+
+
+GRANULARITIES = ("tensor", "unit", "global")
+
+
+def _check_granularity(granularity):
+    if granularity not in GRANULARITIES:
+        raise ValueError(
+            f"`granularity` must be one of {', '.join(map(repr, GRANULARITIES))}, "
+            f"got {granularity!r}."
+        )
 
 
 def _check_fused(fused):
@@ -174,10 +186,17 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
         skip_nonfinite=False,
         name=None,
         loss_scale_factor=None,
+        granularity="tensor",
         **kwargs,
     ):
         inner = _resolve_inner(optimizer)
         normalizations.check_normalization(normalization)
+        _check_granularity(granularity)
+        if granularity != "tensor" and normalizations.custom_function(normalization):
+            raise ValueError(
+                f"The custom normalization {normalization!r} measures whole "
+                f"tensors: granularity={granularity!r} needs a built-in norm."
+            )
         _check_fused(fused)
         if not isinstance(skip_nonfinite, bool):
             raise TypeError(
@@ -189,17 +208,74 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
         )
         self.inner_optimizer = inner
         self.normalization = normalization
+        self.granularity = granularity
         self.fused = fused
         self.skip_nonfinite = skip_nonfinite
         self.last_path = None
         if fused:
             self._check_fused_possible()
 
+    def exclude_from_normalization(self, var_list=None, var_names=None):
+        """Leaves variables' gradients to the inner optimizer unchanged.
+
+        As keras.optimizers.Optimizer.exclude_from_weight_decay: call it
+        before the optimizer is built; `var_list` names variables, and a
+        variable is also excluded when any of `var_names` matches its name
+        (`re.search`). Excluded gradients are not normalized or clipped and
+        do not count in a global norm. `var_names` are saved in the config.
+        """
+        if self.built:
+            raise ValueError(
+                "`exclude_from_normalization()` can only be configured before "
+                "the optimizer is built."
+            )
+        self._excluded_keys = {self._var_key(v) for v in var_list or ()}
+        names = list(var_names or ())
+        for name in names:
+            if not isinstance(name, str):
+                raise TypeError(
+                    f"`var_names` must be strings (regular expressions), got {name!r}."
+                )
+        self._exclusion_names = names
+        self._exclusion_pattern = re.compile("|".join(names)) if names else None
+
+    def _is_excluded(self, variable):
+        if self._var_key(variable) in getattr(self, "_excluded_keys", ()):
+            return True
+        pattern = getattr(self, "_exclusion_pattern", None)
+        return pattern is not None and pattern.search(variable.name) is not None
+
+    def _beyond_per_tensor(self, variables):
+        """Why the compiled op cannot do this wrapper's scaling, or None.
+
+        The op scales each tensor by its own norm (normalize or clip); unit
+        and global norms, adaptive clipping and exclusions run in TF for now.
+        """
+        found = []
+        if self.granularity != "tensor":
+            found.append(f"granularity={self.granularity!r}")
+        if self._mode == ADAPTIVE:
+            found.append("adaptive clipping")
+        if any(self._is_excluded(v) for v in variables):
+            found.append("variables excluded from normalization")
+        if not found:
+            return None
+        return (
+            "the compiled op implements per-tensor normalize/clip only, not "
+            + ", ".join(found)
+        )
+
     def _check_fused_possible(self):
         """fused=True: fail at construction for what is known already."""
         fused_step.choose_path(
             True, self.normalization, self.inner_optimizer, [], [], in_step=False
         )
+        beyond = self._beyond_per_tensor([])
+        if beyond:
+            raise fused_step.FusedPathUnavailable(
+                f"fused=True but the compiled path cannot run: {beyond}. "
+                "Use fused=None to fall back to pure TensorFlow."
+            )
 
     # Registry access under the names users of the old Keras 2 wrapper know.
     @staticmethod
@@ -442,6 +518,14 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
         path = fused_step.choose_path(
             self.fused, self.normalization, inner, gs, vs
         )
+        beyond = self._beyond_per_tensor(vs)
+        if beyond and path.name in paths.COMPILED:
+            if self.fused:
+                raise fused_step.FusedPathUnavailable(
+                    f"fused=True but the compiled path cannot run: {beyond}. "
+                    "Use fused=None to fall back to pure TensorFlow."
+                )
+            path = paths.StepPath(paths.TF, beyond)
         self.last_path = path
         if path.name in (paths.FUSED, paths.FUSED_TF_NORMS):
             fused_step.run_fused_update(
@@ -458,18 +542,35 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
             # The inner optimizer unscales after us: measure the norm of the
             # true gradient, then hand back a scaled result.
             gs = [_unscale(g, factor) for g in gs]
-        if path.name == paths.FUSED_SCALE:
-            scaled = fused_step.run_fused_scale(
-                self.normalization, self._mode, self._clipnorm_value(), gs, vs
+        # Gradients overwriting their variable, and excluded ones, pass.
+        keep = [
+            i
+            for i, v in enumerate(vs)
+            if not getattr(v, "overwrite_with_gradient", False)
+            and not self._is_excluded(v)
+        ]
+        kept_gs = [gs[i] for i in keep]
+        kept_vs = [vs[i] for i in keep]
+        if not keep:
+            scaled_kept = []
+        elif path.name == paths.FUSED_SCALE:
+            scaled_kept = fused_step.run_fused_scale(
+                self.normalization, self._mode, self._clipnorm_value(), kept_gs, kept_vs
             )
         else:
-            scaled = scale_gradients(
-                gs, self.normalization, self._mode, self._clipnorm_value()
+            scaled_kept = scale_gradients(
+                kept_gs,
+                self.normalization,
+                self._mode,
+                self._clipnorm_value(),
+                granularity=self.granularity,
+                weights=kept_vs,
+                clip_factor=getattr(self, "clip_factor", None),
+                weight_eps=getattr(self, "eps", None),
             )
-        scaled = [
-            g if getattr(v, "overwrite_with_gradient", False) else s
-            for g, s, v in zip(gs, scaled, vs)
-        ]
+        scaled = list(gs)
+        for i, s in zip(keep, scaled_kept):
+            scaled[i] = s
         if factor is not None:
             scaled = [g * factor for g in scaled]
         if replicas > 1:
@@ -485,9 +586,11 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
                 self.inner_optimizer
             ),
             "normalization": self.normalization,
+            "granularity": self.granularity,
             "fused": self.fused,
             "skip_nonfinite": self.skip_nonfinite,
             "loss_scale_factor": self.loss_scale_factor,
+            "exclude_from_normalization": list(getattr(self, "_exclusion_names", [])),
         }
 
     @classmethod
@@ -496,7 +599,11 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
         inner = keras.saving.deserialize_keras_object(
             config.pop("optimizer"), custom_objects=custom_objects
         )
-        return cls(inner, **config)
+        excluded = config.pop("exclude_from_normalization", None)
+        optimizer = cls(inner, **config)
+        if excluded:
+            optimizer.exclude_from_normalization(var_names=excluded)
+        return optimizer
 
 
 @keras.saving.register_keras_serializable(package="normopt")
@@ -602,3 +709,95 @@ def _check_clipnorm(clipnorm):
             f"`clipnorm` must be a finite number > 0, got {clipnorm!r}."
         )
     return float(clipnorm)
+
+
+@keras.saving.register_keras_serializable(package="normopt")
+class AdaptiveClippedOptimizer(_GradientNormWrapper):
+    """Adaptive gradient clipping (NFNets): clips relative to the weights' norm.
+
+    Per unit (or per tensor, or globally, by `granularity`), with `norm` the
+    chosen normalization and w the variable's current value:
+
+        wn = max(norm(w), eps),  gn = norm(g)
+        g' = g * clip_factor * wn / gn   if gn > clip_factor * wn
+        g' = g                           otherwise
+
+    Args:
+        optimizer: a Keras 3 optimizer, or an identifier such as "adam".
+        clip_factor: finite number > 0, the largest gradient-to-weight norm
+            ratio a unit keeps.
+        eps: finite number >= 0, the smallest weight norm used (so units
+            whose weights are zero still get a threshold).
+        normalization: the norm of g and w (default "l2").
+        granularity: "unit" (default: one norm per index of the last axis),
+            "tensor" or "global".
+        fused, skip_nonfinite, name, loss_scale_factor: as for
+            NormalizedOptimizer.
+    """
+
+    _mode = ADAPTIVE
+
+    def __init__(
+        self,
+        optimizer,
+        clip_factor=0.01,
+        eps=1e-3,
+        normalization="l2",
+        granularity="unit",
+        fused=None,
+        skip_nonfinite=False,
+        name=None,
+        loss_scale_factor=None,
+        **kwargs,
+    ):
+        self_name = type(self).__name__
+        clip_factor = _check_finite(clip_factor, "clip_factor", self_name, low=0.0, strict=True)
+        eps = _check_finite(eps, "eps", self_name, low=0.0, strict=False)
+        super().__init__(
+            optimizer,
+            normalization,
+            fused=fused,
+            skip_nonfinite=skip_nonfinite,
+            name=name,
+            loss_scale_factor=loss_scale_factor,
+            granularity=granularity,
+            **kwargs,
+        )
+        self.clip_factor = clip_factor
+        self.eps = eps
+
+    @tracking.no_automatic_dependency_tracking
+    def build(self, var_list):
+        if self.granularity == "global" and not [
+            v for v in var_list if not self._is_excluded(v)
+        ]:
+            raise ValueError(
+                "AdaptiveClippedOptimizer(granularity='global') needs at least "
+                f"one variable to clip; got {len(var_list)} variables, all "
+                "excluded from normalization."
+                if var_list
+                else "AdaptiveClippedOptimizer(granularity='global') needs at "
+                "least one variable to clip; it was built with none."
+            )
+        super().build(var_list)
+
+    def get_config(self):
+        config = super().get_config()
+        config["clip_factor"] = self.clip_factor
+        config["eps"] = self.eps
+        return config
+
+
+def _check_finite(value, name, owner, low, strict):
+    """`value` as a float if finite and > low (strict) or >= low, else ValueError."""
+    ok = (
+        not isinstance(value, bool)
+        and isinstance(value, numbers.Real)
+        and value == value
+        and value != float("inf")
+        and (value > low if strict else value >= low)
+    )
+    if not ok:
+        bound = f"> {low:g}" if strict else f">= {low:g}"
+        raise ValueError(f"{owner}: `{name}` must be a finite number {bound}, got {value!r}.")
+    return float(value)

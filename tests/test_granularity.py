@@ -1,0 +1,268 @@
+"""Unit-wise and global norms, exclusions and adaptive gradient clipping.
+
+Every granularity x every built-in norm x NormalizedOptimizer /
+ClippedOptimizer / AdaptiveClippedOptimizer, one SGD(lr=1) step (so the
+variable moves by exactly -g'), against a NumPy reference written here from
+the definitions (DESIGN.md, "Beyond per-tensor"): per unit the norm is taken
+over all axes but the last; a tensor of at most one axis is one unit; the
+global norm is that of all non-excluded gradients concatenated.
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras
+import normopt
+import reference as R
+from conftest import covering
+
+NORMS = list(R.NORM_NAMES)
+GRANULARITIES = ["tensor", "unit", "global"]
+SHAPES = [(4, 3), (3,), (2, 2, 3, 5), ()]
+EPS = 1e-7
+CLIPNORM = 0.75
+CLIP_FACTOR = 0.05
+WEIGHT_EPS = 1e-3
+
+
+def units_of(a):
+    """The units of an array as rows: (units, elements per unit)."""
+    a = np.asarray(a, np.float64)
+    if a.ndim <= 1:
+        return a.reshape(1, -1)
+    return a.reshape(-1, a.shape[-1]).T
+
+
+def per_unit(a, values):
+    """`values` (one per unit) laid out to multiply `a` elementwise."""
+    a = np.asarray(a)
+    return np.full(a.shape, values[0]) if a.ndim <= 1 else np.broadcast_to(values, a.shape)
+
+
+def reference_norms(arrays, name, granularity, excluded=()):
+    """Per array: the norm of each element's unit (an array of its shape)."""
+    if granularity == "global":
+        kept = [a for i, a in enumerate(arrays) if i not in excluded]
+        n = R.norm(np.concatenate([np.ravel(a) for a in kept]), name, EPS)
+        return [np.full(np.shape(a), n) for a in arrays]
+    out = []
+    for a in arrays:
+        if granularity == "tensor":
+            out.append(np.full(np.shape(a), R.norm(a, name, EPS)))
+        else:
+            out.append(per_unit(a, [R.norm(u, name, EPS) for u in units_of(a)]))
+    return out
+
+
+def reference_step(kind, grads, weights, name, granularity, excluded=()):
+    """g' of each gradient (excluded ones unchanged)."""
+    gn = reference_norms(grads, name, granularity, excluded)
+    out = []
+    if kind == "adaptive":
+        wn = reference_norms(weights, name, granularity, excluded)
+    for i, (g, n) in enumerate(zip(grads, gn)):
+        g = np.asarray(g, np.float64)
+        if i in excluded:
+            out.append(g)
+        elif kind == "normalized":
+            out.append(g / n)
+        elif kind == "clipped":
+            out.append(np.where(n >= CLIPNORM, g * CLIPNORM / n, g))
+        else:
+            threshold = CLIP_FACTOR * np.maximum(wn[i], WEIGHT_EPS)
+            out.append(np.where(n > threshold, g * threshold / n, g))
+    return out
+
+
+def make_wrapper(kind, name, granularity, fused, lr=1.0):
+    inner = keras.optimizers.SGD(lr)
+    if kind == "normalized":
+        return normopt.NormalizedOptimizer(inner, name, fused=fused, granularity=granularity)
+    if kind == "clipped":
+        return normopt.ClippedOptimizer(inner, name, clipnorm=CLIPNORM, fused=fused,
+                                        granularity=granularity)
+    return normopt.AdaptiveClippedOptimizer(inner, clip_factor=CLIP_FACTOR, eps=WEIGHT_EPS,
+                                            normalization=name, granularity=granularity,
+                                            fused=fused)
+
+
+def data(seed=0, dtype="float64"):
+    rng = np.random.RandomState(seed)
+    grads = [rng.standard_normal(s) * 10.0 ** rng.uniform(-1, 1, s[-1:] if s else ())
+             for s in SHAPES]
+    weights = [rng.standard_normal(s) * 0.3 for s in SHAPES]
+    # a unit of zero weights: the adaptive threshold falls back to eps
+    weights[0][:, 1] = 0.0
+    return [np.asarray(g, dtype) for g in grads], [np.asarray(w, dtype) for w in weights]
+
+
+def one_step(opt, grads, weights, dtype, xla=False, exclude=None):
+    variables = [keras.Variable(w, dtype=dtype, name=f"v{i}") for i, w in enumerate(weights)]
+    if exclude is not None:
+        exclude(opt, variables)
+    tensors = [tf.constant(g, dtype) for g in grads]
+    step = lambda: opt.apply(tensors, variables)  # noqa: E731
+    (tf.function(step, jit_compile=True) if xla else step)()
+    return [w - v.numpy().astype(np.float64) for v, w in zip(variables, weights)]
+
+
+TOL = {"float64": dict(rtol=1e-9, atol=1e-12), "float32": dict(rtol=2e-5, atol=1e-6)}
+
+
+KINDS = ["normalized", "clipped", "adaptive"]
+# Every granularity x norm of NormalizedOptimizer on the pure-TF path; the
+# other wrappers, and fused=None (the compiled op where it applies), on a
+# covering subset by default and in full with --runslow.
+CASES = [
+    pytest.param(*p.values, fused, id="-".join(p.values) + ("-tf" if fused is False else "-auto"),
+                 marks=() if fused is False and p.values[0] == "normalized" else p.marks)
+    for fused in (False, None) for p in covering(KINDS, GRANULARITIES, NORMS)]
+
+
+@pytest.mark.parametrize("kind,granularity,name,fused", CASES)
+def test_matches_numpy(kind, granularity, name, fused):
+    grads, weights = data()
+    opt = make_wrapper(kind, name, granularity, fused)
+    got = one_step(opt, grads, weights, "float64")
+    want = reference_step(kind, grads, weights, name, granularity)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, **TOL["float64"])
+    if fused is False:
+        assert opt.last_path.name == "tf"
+
+
+@pytest.mark.parametrize("kind,granularity,name",
+                         covering(["normalized", "adaptive"], GRANULARITIES, ["l2", "std", "min_max"]))
+def test_xla_matches_numpy(kind, granularity, name):
+    grads, weights = data(1, "float32")
+    opt = make_wrapper(kind, name, granularity, None)
+    got = one_step(opt, grads, weights, "float32", xla=True)
+    assert opt.last_path.name == "tf" and "XLA" in opt.last_path.reason
+    want = reference_step(kind, grads, weights, name, granularity)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, **TOL["float32"])
+
+
+@pytest.mark.parametrize("how,granularity,fused", covering(["list", "names"], GRANULARITIES,
+                                                         [False, None]))
+def test_exclusions(how, granularity, fused):
+    grads, weights = data(2)
+    opt = make_wrapper("normalized", "l2", granularity, fused)
+
+    def exclude(opt, variables):
+        if how == "list":
+            opt.exclude_from_normalization(var_list=[variables[1], variables[3]])
+        else:
+            opt.exclude_from_normalization(var_names=["v1", "^v3$"])
+
+    got = one_step(opt, grads, weights, "float64", exclude=exclude)
+    want = reference_step("normalized", grads, weights, "l2", granularity, excluded=(1, 3))
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, **TOL["float64"])
+    # handed on untouched: only the rounding of w - g remains
+    np.testing.assert_allclose(got[1], grads[1], rtol=0, atol=1e-15)
+
+
+def test_exclusion_after_build_is_refused():
+    opt = normopt.NormalizedOptimizer("sgd")
+    opt.build([keras.Variable(np.zeros(2))])
+    with pytest.raises(ValueError, match="before the optimizer is built"):
+        opt.exclude_from_normalization(var_names=["bias"])
+
+
+def test_sparse_gradient_uses_the_dense_equivalent_per_unit():
+    table = np.zeros((50, 4))
+    values = np.arange(12, dtype=np.float64).reshape(3, 4) - 5
+    indices = np.array([7, 3, 7])
+    dense = np.zeros((50, 4))
+    np.add.at(dense, indices, values)
+    for kind, name in [("normalized", "l2"), ("normalized", "min_max"), ("clipped", "std"),
+                       ("adaptive", "avg_l1")]:
+        for granularity in GRANULARITIES:
+            opt = make_wrapper(kind, name, granularity, None)
+            var = keras.Variable(table + 0.25, dtype="float64")
+            opt.apply([tf.IndexedSlices(tf.constant(values), tf.constant(indices),
+                                        tf.constant([50, 4]))], [var])
+            want = reference_step(kind, [dense], [table + 0.25], name, granularity)[0]
+            np.testing.assert_allclose(0.25 + table - var.numpy(), want, rtol=1e-9, atol=1e-12,
+                                       err_msg=f"{kind} {name} {granularity}")
+
+
+@pytest.mark.parametrize("granularity", ["unit"])
+def test_mixed_precision_trains(granularity):
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(16, activation="relu"),
+                                  keras.layers.Dense(2, dtype="float32")])
+        opt = normopt.AdaptiveClippedOptimizer(keras.optimizers.Adam(1e-2),
+                                               granularity=granularity)
+        model.compile(optimizer=opt, loss="mse")
+        rng = np.random.RandomState(0)
+        x = rng.standard_normal((128, 6)).astype("float32")
+        y = np.stack([x.sum(1), x[:, 0] * 2], 1).astype("float32")
+        hist = model.fit(x, y, batch_size=32, epochs=6, verbose=0)
+        assert np.all(np.isfinite(hist.history["loss"]))
+        assert hist.history["loss"][-1] < hist.history["loss"][0]
+    finally:
+        keras.config.set_dtype_policy("float32")
+
+
+def test_mixed_precision_step_matches_numpy():
+    """Unit norms of an unscaled float16 gradient under a LossScaleOptimizer."""
+    grads, weights = data(3, "float16")
+    wrapper = make_wrapper("normalized", "l2", "unit", None)
+    lso = keras.optimizers.LossScaleOptimizer(wrapper, initial_scale=256.0)
+    variables = [keras.Variable(w, dtype="float32") for w in weights]
+    lso.apply([tf.constant(g.astype(np.float32) * 256.0) for g in grads], variables)
+    want = reference_step("normalized", [g.astype(np.float64) for g in grads], weights,
+                          "l2", "unit")
+    for v, w0, g in zip(variables, weights, want):
+        np.testing.assert_allclose(w0.astype(np.float64) - v.numpy(), g, rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("kind,granularity", covering(KINDS, GRANULARITIES))
+def test_save_load_keeps_every_argument(tmp_path, kind, granularity):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(4), keras.layers.Dense(1)])
+    opt = make_wrapper(kind, "avg_l2", granularity, None, lr=0.01)
+    opt.exclude_from_normalization(var_names=["bias"])
+    model.compile(optimizer=opt, loss="mse")
+    x = np.random.RandomState(0).standard_normal((32, 5)).astype("float32")
+    model.fit(x, x[:, :1], epochs=1, verbose=0)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras").optimizer
+    assert type(loaded) is type(opt)
+    assert loaded.get_config() == opt.get_config()
+    assert loaded.granularity == granularity
+    assert loaded._exclusion_names == ["bias"]
+    if kind == "adaptive":
+        assert (loaded.clip_factor, loaded.eps) == (CLIP_FACTOR, WEIGHT_EPS)
+
+
+@pytest.mark.parametrize("bad", [dict(granularity="layer"), dict(granularity=None)])
+def test_bad_granularity(bad):
+    with pytest.raises(ValueError, match="granularity"):
+        normopt.NormalizedOptimizer("sgd", **bad)
+
+
+@pytest.mark.parametrize("clip_factor", [0, -1.0, float("nan"), float("inf"), "0.1", True])
+def test_bad_clip_factor(clip_factor):
+    with pytest.raises(ValueError, match="clip_factor"):
+        normopt.AdaptiveClippedOptimizer("sgd", clip_factor=clip_factor)
+
+
+@pytest.mark.parametrize("eps", [-1e-3, float("nan"), float("inf"), None])
+def test_bad_eps(eps):
+    with pytest.raises(ValueError, match="eps"):
+        normopt.AdaptiveClippedOptimizer("sgd", eps=eps)
+
+
+def test_adaptive_global_without_variables():
+    opt = normopt.AdaptiveClippedOptimizer("sgd", granularity="global")
+    opt.exclude_from_normalization(var_names=["."])
+    with pytest.raises(ValueError, match="needs at least one variable"):
+        opt.build([keras.Variable(np.zeros(2))])
+    with pytest.raises(ValueError, match="needs at least one variable"):
+        normopt.AdaptiveClippedOptimizer("sgd", granularity="global").build([])
