@@ -699,16 +699,7 @@ class ClippedOptimizer(_GradientNormWrapper):
 
 def _check_clipnorm(clipnorm):
     """A finite clipnorm > 0 as a float, else ValueError."""
-    if (
-        isinstance(clipnorm, bool)
-        or not isinstance(clipnorm, numbers.Real)
-        or not clipnorm > 0
-        or clipnorm == float("inf")
-    ):
-        raise ValueError(
-            f"`clipnorm` must be a finite number > 0, got {clipnorm!r}."
-        )
-    return float(clipnorm)
+    return _check_finite(clipnorm, "clipnorm", "ClippedOptimizer", low=0.0, strict=True)
 
 
 @keras.saving.register_keras_serializable(package="normopt")
