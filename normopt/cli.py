@@ -12,6 +12,7 @@ import importlib
 import importlib.util
 import os
 import sys
+import tempfile
 
 # subcommand -> (module, one-line help); each module has add_arguments(parser)
 # and run(args) -> exit code. Importing the module and add_arguments must not
@@ -87,10 +88,38 @@ def quiet_tensorflow_logs():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+# TensorFlow's start-up lines that TF_CPP_MIN_LOG_LEVEL no longer silences
+# (TensorFlow 2.21 logs them through absl before absl is initialised).
+STARTUP_NOISE = ("absl::InitializeLog()", "cpu_feature_guard", "oneDNN custom operations")
+
+
+def import_tensorflow_quietly():
+    """Imports TensorFlow with file descriptor 2 sent to a temporary file,
+    then writes back to stderr every line but the start-up notices in
+    STARTUP_NOISE, so errors and warnings of the import still show."""
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines(True):
+                if not any(noise in line for noise in STARTUP_NOISE):
+                    sys.stderr.write(line)
+
+
 def main(argv=None):
     quiet_tensorflow_logs()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(argv).parse_args(argv)
+    import_tensorflow_quietly()
     return importlib.import_module(args._module).run(args) or 0
 
 
