@@ -61,7 +61,7 @@ def run(args):
 
     in_place = args.in_place or not (args.cache or build.sources_are_packaged())
     target = _package_target() if in_place else build.cache_entry(tf, src)[1]
-    if not args.force and build.valid_library(target, tf):
+    if not args.force and build.valid_library(target, tf, src):
         _say(f"up to date: {target} (--force rebuilds it)")
         return 0
 

@@ -275,9 +275,13 @@ def file_lock(path):
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
-def valid_library(path, tf):
+def valid_library(path, tf, src=None):
+    """`path` holds a library `tf` can load; given `src`, built from those
+    sources as they are now (the record's source hash)."""
     record = read_record(path) if os.path.isfile(path) else None
-    return record is not None and compatible(record, tf)
+    if record is None or not compatible(record, tf):
+        return False
+    return src is None or record.get("source_hash") == source_hash(src)
 
 
 def ensure_cached(tf, *, src=None, force=False, retry_failed=False, builder=None,
