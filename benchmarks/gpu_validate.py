@@ -185,7 +185,8 @@ class CupyBackend(Backend):
         g, w, m, v = make(), make(), [cp.zeros(n, np_dtype) for n in sizes], [cp.zeros(n, np_dtype) for n in sizes]
         outs = [cp.empty_like(x) for x in g]
         plan = C.TensorList(g)
-        wp, mp, vp = plan.pointers(w, "w"), plan.pointers(m, "m"), plan.pointers(v, "v")
+        sgd_state, adam_state = C.state_pointers(plan, w + m), C.state_pointers(plan, w + m + v)
+        adam_hyper = (0.9, 0.999, 1e-7)
         decay = plan.per_tensor(None)
         _, s = C.launch_stats(plan, "l2")
         e = sum(sizes)
@@ -196,13 +197,16 @@ class CupyBackend(Backend):
             "norms (stats + finish)": (lambda: C.launch_stats(plan, "l2"), item * e),
             "norms std (two-pass chunks)": (lambda: C.launch_stats(plan, "std"), 2 * item * e),
             "scale": (lambda: C.launch_scale(plan, s, outs), 2 * item * e),
-            "sgd momentum": (lambda: C.launch_sgd(plan, wp, mp, s, decay, lr=1e-3, momentum=0.9),
+            "sgd momentum": (lambda: C.launch_apply(plan, "sgd_momentum", sgd_state, s, decay,
+                                                    lr=1e-3, hyper=(0.9,)),
                              5 * item * e),
-            "adam": (lambda: C.launch_adam(plan, wp, mp, vp, None, s, decay, lr=1e-3, step=1),
+            "adam": (lambda: C.launch_apply(plan, "adam", adam_state, s, decay, lr=1e-3,
+                                            hyper=adam_hyper),
                      7 * item * e),
             "adam step (norms + adam)": (
                 lambda: (C.launch_stats(plan, "l2"),
-                         C.launch_adam(plan, wp, mp, vp, None, s, decay, lr=1e-3, step=1)),
+                         C.launch_apply(plan, "adam", adam_state, s, decay, lr=1e-3,
+                                        hyper=adam_hyper)),
                 8 * item * e),
         }
 

@@ -21,7 +21,7 @@ import tensorflow as tf
 from keras.src.utils import tracking
 
 from normopt import normalizations
-from normopt.ops import fused_step, paths
+from normopt.ops import fused_step, keras_adapters, paths
 from normopt.ops.tf_reference import ADAPTIVE, CLIP, NORMALIZE, scale_gradients
 
 
@@ -338,7 +338,7 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
     def _model_variables_moving_average(self):
         # keras.callbacks.SwapEMAWeights looks one level into a
         # LossScaleOptimizer and finds the wrapper: point it at the EMA.
-        return self.inner_optimizer._model_variables_moving_average
+        return keras_adapters.model_variables_moving_average(self.inner_optimizer)
 
     @property
     def variables(self):

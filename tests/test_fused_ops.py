@@ -361,10 +361,11 @@ def test_scale_bad_input(over, match):
     (dict(grads=[f32(3), f32(4)]), r"var\[1\] has shape \[2,2\] but its gradient has shape \[4\]"),
     (dict(variables=[tf.Variable(tf.ones([3], tf.float64)), tf.Variable(f32(2, 2))]),
      r"var\[0\] has dtype double but the gradients are float"),
-    (dict(momentum=0.9), "momentum != 0 needs one momentum slot"),
-    (dict(momentum=0.9, momenta=[tf.Variable(f32(3))]), "'momentum_slot' must hold 0 or 2"),
+    (dict(momentum=0.9, momenta=[tf.Variable(f32(3))]),
+     r"rule 'sgd_momentum' takes 1 slots per variable \(momentum\): 'slots' must hold 2 "
+     "variables, got 1"),
     (dict(momentum=0.9, momenta=[tf.Variable(f32(3)), tf.Variable(f32(3))]),
-     r"momentum_slot\[1\] has shape \[3\]"),
+     r"momentum\[1\] has shape \[3\]"),
     (dict(decay=tf.zeros([3])), r"'decay' must have shape \[2\]"),
     (dict(kind="precomputed", norms=tf.ones([1])), r"'norms' must have shape \[2\]"),
     (dict(kind="l7"), "unknown norm kind"),
@@ -376,10 +377,32 @@ def test_apply_sgd_bad_input(over, match):
         call_sgd(**over)
 
 
+def test_apply_sgd_momentum_without_slots():
+    with pytest.raises(ValueError, match="momentum=0.9 needs one momentum slot"):
+        call_sgd(momentum=0.9)
+
+
 @pytest.mark.parametrize("over, match", [
-    (dict(ms=[tf.Variable(f32(3))]), "'m' must hold 2 variables"),
-    (dict(vs=[]), "'v' must hold 2 variables"),
-    (dict(vhats=[tf.Variable(f32(3))]), "'vhat' must hold 0 or 2"),
+    (dict(rule="adamw"), "unknown update rule 'adamw'; expected one of sgd, sgd_momentum, "
+                         "sgd_nesterov, adam, adam_amsgrad"),
+    (dict(hyper=[0.9, 0.999]), r"rule 'adam' takes 3 hyperparameters in 'hyper', got shape \[2\]"),
+])
+def test_apply_bad_rule_input(over, match):
+    a = adam_args()
+    args = dict(rule="adam", variables=a["variables"], slots=[a["ms"], a["vs"]],
+                grads=a["grads"], lr=a["lr"], step=a["step"], hyper=[0.9, 0.999, 1e-7],
+                decay=a["decay"], kind="l2", mode="normalize", clipnorm=1.0, epsilon=EPS)
+    args.update(over)
+    with pytest.raises(BAD, match=match):
+        fused.apply(args.pop("rule"), args.pop("variables"), args.pop("slots"),
+                    args.pop("grads"), **args)
+
+
+@pytest.mark.parametrize("over, match", [
+    (dict(ms=[tf.Variable(f32(3))]), r"rule 'adam' takes 2 slots per variable \(m,v\): "
+     "'slots' must hold 4 variables, got 3"),
+    (dict(vs=[]), "'slots' must hold 4 variables, got 2"),
+    (dict(vhats=[tf.Variable(f32(3))]), "rule 'adam_amsgrad' .* must hold 6 variables, got 5"),
     (dict(grads=[f32(3), f32(2, 3)]), r"var\[1\] has shape"),
     (dict(ms=[tf.Variable(f32(3)), tf.Variable(f32(4))]), r"m\[1\] has shape \[4\]"),
     (dict(vs=[tf.Variable(tf.ones([3], tf.float16)), tf.Variable(f32(2, 2))]),

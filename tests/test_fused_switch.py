@@ -10,6 +10,7 @@ import pytest
 
 import keras
 import normopt
+from conftest import covering
 from normopt.ops import library
 
 EPOCHS = 2  # per phase; 3 batches per epoch
@@ -38,25 +39,32 @@ def model_and_data(seed=3):
     return model, x, y
 
 
+# The inner optimizers of every fused rule family, with their slots and
+# options on (the rules' variants are checked against plain Keras in
+# test_fused_rules.py).
+INNER = {
+    "adamw": lambda: keras.optimizers.AdamW(
+        keras.optimizers.schedules.ExponentialDecay(1e-2, 2, 0.9),
+        weight_decay=0.01, amsgrad=True),
+    "nesterov": lambda: keras.optimizers.SGD(0.05, momentum=0.9, nesterov=True),
+}
+CLIPPED = ("nesterov",)
+
+
 def make_opt(inner, fused):
-    if inner == "adamw":
-        return normopt.NormalizedOptimizer(
-            keras.optimizers.AdamW(
-                keras.optimizers.schedules.ExponentialDecay(1e-2, 2, 0.9),
-                weight_decay=0.01, amsgrad=True),
-            "l2", fused=fused)
-    return normopt.ClippedOptimizer(
-        keras.optimizers.SGD(0.05, momentum=0.9, nesterov=True),
-        "std", clipnorm=0.2, fused=fused)
+    if inner in CLIPPED:
+        return normopt.ClippedOptimizer(INNER[inner](), "std", clipnorm=0.2, fused=fused)
+    return normopt.NormalizedOptimizer(INNER[inner](), "l2", fused=fused)
 
 
 def fit(model, x, y):
     model.fit(x, y, batch_size=32, epochs=EPOCHS, shuffle=False, verbose=0)
 
 
-@pytest.mark.parametrize("inner", ["adamw", "nesterov"])
-@pytest.mark.parametrize("first, second", [(True, False), (False, True), (True, True)])
-def test_switch_after_save_and_load(tmp_path, inner, first, second):
+@pytest.mark.parametrize("inner, switch", covering(
+    list(INNER), [(True, False), (False, True), (True, True)]))
+def test_switch_after_save_and_load(tmp_path, inner, switch):
+    first, second = switch
     model, x, y = model_and_data()
     model.compile(optimizer=make_opt(inner, first), loss="mse")
     fit(model, x, y)

@@ -137,4 +137,4 @@ def test_cupy_launches_do_not_depend_on_tensor_count(K):
         zeros = [C.cp.zeros_like(a) for a in arrays]
         C.LAUNCHES.clear()
         C.apply_adam(arrays, arrays, zeros, [z.copy() for z in zeros], lr=0.1, step=1)
-        assert dict(C.LAUNCHES) == {"chunk_stats": 1, "finish": 1, "adam": 1}
+        assert dict(C.LAUNCHES) == {"chunk_stats": 1, "finish": 1, "apply_adam": 1}

@@ -9,7 +9,9 @@
 //                             tensors, sizes and dtype code (the rescue pass)
 // scales are TensorScale {pre, mult} pairs (norm_stats.h), one per tensor.
 //   normopt_scales_from_norms_ACC
-//   normopt_scale_SUF, normopt_sgd_SUF, normopt_adam_SUF  (kThreads threads)
+//   normopt_scale_SUF                    (kThreads threads)
+//   normopt_apply_RULE_SUF               (kThreads threads) for every RULE of
+//                                        NORMOPT_UPDATE_RULES (update_rules.h)
 //
 // Include this header in exactly one translation unit of a program.
 #ifndef NORMOPT_CUDA_ENTRY_POINTS_CUH_
@@ -37,40 +39,26 @@
     normopt::cuda::scale_chunks<T>(grads, outs, sizes, chunk_tensor,          \
                                    chunk_start, num_chunks, chunk_size,       \
                                    scales);                                   \
-  }                                                                           \
-  extern "C" __global__ void __launch_bounds__(normopt::cuda::kThreads)       \
-      normopt_sgd_##SUF(T* const* weights, T* const* momenta,                 \
-                        const T* const* grads, const int64_t* sizes,          \
-                        const int32_t* chunk_tensor,                          \
-                        const int64_t* chunk_start, int64_t num_chunks,       \
-                        int64_t chunk_size,                                   \
-                        const normopt::TensorScale<normopt::cuda::Acc<T>>* scales,                  \
-                        const normopt::cuda::Acc<T>* decay,                   \
-                        normopt::cuda::Acc<T> lr,                             \
-                        normopt::cuda::Acc<T> momentum, int nesterov) {       \
-    normopt::cuda::sgd_chunks<T>(weights, momenta, grads, sizes,              \
-                                 chunk_tensor, chunk_start, num_chunks,       \
-                                 chunk_size, scales, decay, lr, momentum,     \
-                                 nesterov);                                   \
-  }                                                                           \
-  extern "C" __global__ void __launch_bounds__(normopt::cuda::kThreads)       \
-      normopt_adam_##SUF(                                                     \
-          T* const* weights, T* const* ms, T* const* vs, T* const* vhats,     \
-          const T* const* grads, const int64_t* sizes,                        \
-          const int32_t* chunk_tensor, const int64_t* chunk_start,            \
-          int64_t num_chunks, int64_t chunk_size,                             \
-          const normopt::TensorScale<normopt::cuda::Acc<T>>* scales,                                \
-          const normopt::cuda::Acc<T>* decay, normopt::cuda::Acc<T> lr,       \
-          normopt::cuda::Acc<T> alpha,                                        \
-          normopt::cuda::Acc<T> one_minus_beta_1,                             \
-          normopt::cuda::Acc<T> one_minus_beta_2,                             \
-          normopt::cuda::Acc<T> epsilon, int amsgrad) {                       \
-    normopt::cuda::adam_chunks<T>(weights, ms, vs, vhats, grads, sizes,       \
-                                  chunk_tensor, chunk_start, num_chunks,      \
-                                  chunk_size, scales, decay, lr, alpha,       \
-                                  one_minus_beta_1, one_minus_beta_2,         \
-                                  epsilon, amsgrad);                          \
   }
+
+// normopt_apply_<name>_<SUF>: one step of update rule `name` (update_rules.h).
+#define NORMOPT_APPLY_ENTRY_POINT(T, SUF, name, Rule)                        \
+  extern "C" __global__ void __launch_bounds__(normopt::cuda::kThreads)       \
+      normopt_apply_##name##_##SUF(                                           \
+          T* const* state, int num_tensors, const T* const* grads,            \
+          const int64_t* sizes, const int32_t* chunk_tensor,                  \
+          const int64_t* chunk_start, int64_t num_chunks, int64_t chunk_size, \
+          const normopt::TensorScale<normopt::cuda::Acc<T>>* scales,          \
+          const normopt::cuda::Acc<T>* decay, const double* args) {           \
+    normopt::cuda::apply_rule_chunks<T, normopt::Rule>(                       \
+        state, num_tensors, grads, sizes, chunk_tensor, chunk_start,          \
+        num_chunks, chunk_size, scales, decay, args);                         \
+  }
+#define NORMOPT_APPLY_F16(name, Rule) NORMOPT_APPLY_ENTRY_POINT(__half, f16, name, Rule)
+#define NORMOPT_APPLY_BF16(name, Rule) \
+  NORMOPT_APPLY_ENTRY_POINT(__nv_bfloat16, bf16, name, Rule)
+#define NORMOPT_APPLY_F32(name, Rule) NORMOPT_APPLY_ENTRY_POINT(float, f32, name, Rule)
+#define NORMOPT_APPLY_F64(name, Rule) NORMOPT_APPLY_ENTRY_POINT(double, f64, name, Rule)
 
 #define NORMOPT_FINISH_ENTRY_POINTS(A, SUF)                                   \
   extern "C" __global__ void normopt_finish_##SUF(                            \
@@ -95,8 +83,16 @@ NORMOPT_ENTRY_POINTS(float, f32)
 NORMOPT_ENTRY_POINTS(double, f64)
 NORMOPT_FINISH_ENTRY_POINTS(float, f32)
 NORMOPT_FINISH_ENTRY_POINTS(double, f64)
+NORMOPT_UPDATE_RULES(NORMOPT_APPLY_F16)
+NORMOPT_UPDATE_RULES(NORMOPT_APPLY_BF16)
+NORMOPT_UPDATE_RULES(NORMOPT_APPLY_F32)
+NORMOPT_UPDATE_RULES(NORMOPT_APPLY_F64)
 
 #undef NORMOPT_ENTRY_POINTS
 #undef NORMOPT_FINISH_ENTRY_POINTS
+#undef NORMOPT_APPLY_F16
+#undef NORMOPT_APPLY_BF16
+#undef NORMOPT_APPLY_F32
+#undef NORMOPT_APPLY_F64
 
 #endif  // NORMOPT_CUDA_ENTRY_POINTS_CUH_

@@ -23,8 +23,6 @@ struct Entry;
   struct Entry<T> {                                                    \
     static constexpr auto chunk_stats = &normopt_chunk_stats_##SUF;    \
     static constexpr auto scale = &normopt_scale_##SUF;                \
-    static constexpr auto sgd = &normopt_sgd_##SUF;                    \
-    static constexpr auto adam = &normopt_adam_##SUF;                  \
     static constexpr auto finish = &normopt_finish_##ACC;              \
   };
 NORMOPT_ENTRY(__half, f16, f32)
@@ -32,6 +30,39 @@ NORMOPT_ENTRY(__nv_bfloat16, bf16, f32)
 NORMOPT_ENTRY(float, f32, f32)
 NORMOPT_ENTRY(double, f64, f64)
 #undef NORMOPT_ENTRY
+
+// The apply entry point of rule `id` for element type T (null: unknown id).
+template <typename T>
+using ApplyEntry = void (*)(T* const*, int, const T* const*, const int64_t*,
+                            const int32_t*, const int64_t*, int64_t, int64_t,
+                            const TensorScale<Acc<T>>*, const Acc<T>*,
+                            const double*);
+template <typename T>
+ApplyEntry<T> apply_entry(RuleId id);
+
+#define NORMOPT_APPLY_CASE(name, Rule) \
+  case RuleId::k_##name:               \
+    return &NORMOPT_APPLY_NAME(name);
+#define NORMOPT_APPLY_ENTRY(T, SUF)                          \
+  template <>                                                \
+  inline ApplyEntry<T> apply_entry<T>(RuleId id) {           \
+    switch (id) { NORMOPT_UPDATE_RULES(NORMOPT_APPLY_CASE) } \
+    return nullptr;                                          \
+  }
+#define NORMOPT_APPLY_NAME(name) normopt_apply_##name##_f16
+NORMOPT_APPLY_ENTRY(__half, f16)
+#undef NORMOPT_APPLY_NAME
+#define NORMOPT_APPLY_NAME(name) normopt_apply_##name##_bf16
+NORMOPT_APPLY_ENTRY(__nv_bfloat16, bf16)
+#undef NORMOPT_APPLY_NAME
+#define NORMOPT_APPLY_NAME(name) normopt_apply_##name##_f32
+NORMOPT_APPLY_ENTRY(float, f32)
+#undef NORMOPT_APPLY_NAME
+#define NORMOPT_APPLY_NAME(name) normopt_apply_##name##_f64
+NORMOPT_APPLY_ENTRY(double, f64)
+#undef NORMOPT_APPLY_NAME
+#undef NORMOPT_APPLY_ENTRY
+#undef NORMOPT_APPLY_CASE
 
 // Calls f(T{}) with T the element type of dtype code `dtype`.
 template <typename F>

@@ -1,8 +1,9 @@
-// C-callable launchers (see launchers.h): grid sizes and step scalars over
-// the extern "C" entry points (entry_table.cuh dispatches on the dtype).
+// C-callable launchers (see launchers.h): grid sizes over
+// the extern "C" entry points (entry_table.cuh dispatches on the dtype and
+// the update rule).
 #include "cuda/entry_table.cuh"
 #include "cuda/launchers.h"
-#include "normopt/update_scalars.h"
+#include "normopt/update_rules.h"
 
 namespace normopt {
 namespace cuda {
@@ -106,51 +107,27 @@ extern "C" int normopt_cuda_scale(int dtype, const void* const* grads,
   });
 }
 
-extern "C" int normopt_cuda_sgd(int dtype, void* const* weights,
-                                void* const* momenta, const void* const* grads,
-                                const int64_t* sizes,
-                                const int32_t* chunk_tensor,
-                                const int64_t* chunk_start, int64_t num_chunks,
-                                int64_t chunk_size, const void* scales,
-                                const void* decay, double lr, double momentum,
-                                int nesterov, cudaStream_t stream) {
-  if (num_chunks <= 0) return 0;
+extern "C" int normopt_cuda_apply(int dtype, int rule, void* const* state,
+                                  int num_tensors, const void* const* grads,
+                                  const int64_t* sizes,
+                                  const int32_t* chunk_tensor,
+                                  const int64_t* chunk_start,
+                                  int64_t num_chunks, int64_t chunk_size,
+                                  const void* scales, const void* decay,
+                                  const double* args, cudaStream_t stream) {
   return dispatch(dtype, [&](auto zero) {
     using T = decltype(zero);
     using A = Acc<T>;
-    const auto k = normopt::sgd_scalars<A>(lr, momentum);
-    Entry<T>::sgd<<<grid_for(num_chunks), kThreads, 0, stream>>>(
-        reinterpret_cast<T* const*>(weights),
-        reinterpret_cast<T* const*>(momenta),
+    const auto kernel =
+        normopt::cuda::apply_entry<T>(static_cast<normopt::RuleId>(rule));
+    if (kernel == nullptr) return static_cast<int>(cudaErrorInvalidValue);
+    if (num_chunks <= 0) return 0;
+    kernel<<<grid_for(num_chunks), kThreads, 0, stream>>>(
+        reinterpret_cast<T* const*>(state), num_tensors,
         reinterpret_cast<const T* const*>(grads), sizes, chunk_tensor,
         chunk_start, num_chunks, chunk_size,
         static_cast<const normopt::TensorScale<A>*>(scales),
-        static_cast<const A*>(decay), k.lr, k.momentum, nesterov);
-    return last_error();
-  });
-}
-
-extern "C" int normopt_cuda_adam(
-    int dtype, void* const* weights, void* const* ms, void* const* vs,
-    void* const* vhats, const void* const* grads, const int64_t* sizes,
-    const int32_t* chunk_tensor, const int64_t* chunk_start,
-    int64_t num_chunks, int64_t chunk_size, const void* scales,
-    const void* decay, double lr, double beta_1, double beta_2, double epsilon,
-    double step, int amsgrad, cudaStream_t stream) {
-  if (num_chunks <= 0) return 0;
-  return dispatch(dtype, [&](auto zero) {
-    using T = decltype(zero);
-    using A = Acc<T>;
-    const auto k =
-        normopt::adam_scalars<A>(lr, beta_1, beta_2, epsilon, step);
-    Entry<T>::adam<<<grid_for(num_chunks), kThreads, 0, stream>>>(
-        reinterpret_cast<T* const*>(weights), reinterpret_cast<T* const*>(ms),
-        reinterpret_cast<T* const*>(vs), reinterpret_cast<T* const*>(vhats),
-        reinterpret_cast<const T* const*>(grads), sizes, chunk_tensor,
-        chunk_start, num_chunks, chunk_size,
-        static_cast<const normopt::TensorScale<A>*>(scales),
-        static_cast<const A*>(decay), k.lr, k.alpha, k.one_minus_beta_1,
-        k.one_minus_beta_2, k.epsilon, amsgrad);
+        static_cast<const A*>(decay), args);
     return last_error();
   });
 }

@@ -45,27 +45,18 @@ int normopt_cuda_scale(int dtype, const void* const* grads, void* const* outs,
                        int64_t chunk_size, const void* scales,
                        cudaStream_t stream);
 
-// Fused SGD / momentum / nesterov (1 launch). momenta null: plain SGD (then
-// momentum must be 0); given: the momentum rule, even with momentum 0, as the
-// CPU op does when it is given slots.
-int normopt_cuda_sgd(int dtype, void* const* weights, void* const* momenta,
-                     const void* const* grads, const int64_t* sizes,
-                     const int32_t* chunk_tensor, const int64_t* chunk_start,
-                     int64_t num_chunks, int64_t chunk_size,
-                     const void* scales, const void* decay, double lr,
-                     double momentum, int nesterov, cudaStream_t stream);
-
-// Fused Adam / AdamW / amsgrad (1 launch); vhats may be null unless amsgrad.
-// `step` is the 1-based step t; the step's scalars are formed in the
-// accumulation type by normopt/update_scalars.h, as on the CPU.
-int normopt_cuda_adam(int dtype, void* const* weights, void* const* ms,
-                      void* const* vs, void* const* vhats,
-                      const void* const* grads, const int64_t* sizes,
-                      const int32_t* chunk_tensor, const int64_t* chunk_start,
-                      int64_t num_chunks, int64_t chunk_size,
-                      const void* scales, const void* decay, double lr,
-                      double beta_1, double beta_2, double epsilon,
-                      double step, int amsgrad, cudaStream_t stream);
+// One step of update rule `rule` (a normopt::RuleId of update_rules.h) on
+// N variables and their slots (1 launch). `state` is the device table of
+// (1 + slots) * N pointers, slot-major (variables, then slot 0 of every
+// variable, ...); `args` a device array of [lr, t, hyper...] doubles (t =
+// iterations + 1). An unknown rule returns cudaErrorInvalidValue.
+int normopt_cuda_apply(int dtype, int rule, void* const* state,
+                       int num_tensors, const void* const* grads,
+                       const int64_t* sizes, const int32_t* chunk_tensor,
+                       const int64_t* chunk_start, int64_t num_chunks,
+                       int64_t chunk_size, const void* scales,
+                       const void* decay, const double* args,
+                       cudaStream_t stream);
 
 }  // extern "C"
 

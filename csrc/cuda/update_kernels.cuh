@@ -1,30 +1,27 @@
 // Multi-tensor element-wise kernels that apply the per-tensor scale on the
-// fly (g * scale[t] below is `apply_scale`: (g * pre) * mult, norm_stats.h) (one block per chunk, grid-stride over chunks, 16-byte accesses when
-// every pointer of the chunk is aligned, scalar tail otherwise):
+// fly, g' = (g * pre) * mult (`apply_scale`, norm_stats.h); one block per
+// chunk, grid-stride over chunks, 16-byte accesses when every pointer of the
+// chunk is aligned, scalar tail otherwise:
 //
-//   scale_chunks  out = g * scale[t]
-//   sgd_chunks    Keras 3 SGD with g' = g * scale[t], decoupled decay first:
-//                   w -= w * decay[t] * lr
-//                   plain     w -= lr * g'                      (momenta null)
-//                   momentum  m = mu * m - lr * g';  w += m
-//                   nesterov  m = mu * m - lr * g';  w += mu * m - lr * g'
-//                 (momenta given: the momentum rule even with mu = 0, as the
-//                 CPU op does when given slots)
-//   adam_chunks   Keras 3 Adam/AdamW/amsgrad, t = step:
-//                   w -= w * decay[t] * lr
-//                   m += (g' - m)(1 - b1);  v += (g'^2 - v)(1 - b2)
-//                   amsgrad: vhat = max(vhat, v), used in place of v
-//                   w -= alpha * m / (sqrt(v) + eps),
-//                 with alpha, 1 - b1 and 1 - b2 formed on the host
-//                 (normopt/update_scalars.h)
+//   scale_chunks       out = g'
+//   apply_rule_chunks  one step of an update rule of normopt/update_rules.h
+//                      on every variable and its slots in place: decoupled
+//                      decay w -= w * decay[t] * lr, then the rule with g'
+//
+// `state` is one pointer table of (1 + kSlots) * N entries, slot-major:
+// state[t] is variable t, state[(1 + q) * N + t] its slot q. `args` (device
+// memory) holds [lr, t, hyper...] as doubles; every thread forms the rule's
+// step scalars from it (the rule's constructor), so no host code repeats a
+// rule's formulas.
 //
 // Device bodies, run by blocks of kThreads threads; entry_points.cuh wraps
-// them in extern "C" kernels. Arithmetic in Acc<T> (float for 16-bit data); variables and slots are
-// stored in T, as Keras keeps them.
+// them in extern "C" kernels. Arithmetic in Acc<T> (float for 16-bit data);
+// variables and slots are stored in T, as Keras keeps them.
 #ifndef NORMOPT_CUDA_UPDATE_KERNELS_CUH_
 #define NORMOPT_CUDA_UPDATE_KERNELS_CUH_
 
 #include "cuda/tensor_list.cuh"
+#include "normopt/update_rules.h"
 
 namespace normopt {
 namespace cuda {
@@ -66,130 +63,66 @@ __device__ __forceinline__ void scale_chunks(
   }
 }
 
-template <typename A>
-struct SgdStep {
-  A lr, mu, wd;
-  TensorScale<A> s;
-  bool use_momentum, nesterov;
-  template <typename T>
-  __device__ __forceinline__ void operator()(T& w, T& m, T g) const {
-    const A gs = apply_scale(to_acc(g), s);
-    A wi = to_acc(w);
-    if (wd != A(0)) wi -= wi * wd * lr;
-    if (use_momentum) {
-      const A mi = mu * to_acc(m) - lr * gs;
-      m = from_acc<T>(mi);
-      wi += nesterov ? mu * mi - lr * gs : mi;
-    } else {
-      wi -= lr * gs;
-    }
-    w = from_acc<T>(wi);
-  }
-};
-
-// `momenta` null: plain SGD; otherwise the momentum rule, whatever `momentum`.
-template <typename T>
-__device__ __forceinline__ void sgd_chunks(
-    T* const* weights, T* const* momenta, const T* const* grads,
+template <typename T, template <typename> class RuleT>
+__device__ __forceinline__ void apply_rule_chunks(
+    T* const* state, int num_tensors, const T* const* grads,
     const int64_t* sizes, const int32_t* chunk_tensor,
     const int64_t* chunk_start, int64_t num_chunks, int64_t chunk_size,
-    const TensorScale<Acc<T>>* scales, const Acc<T>* decay, Acc<T> lr, Acc<T> momentum,
-    int nesterov) {
+    const TensorScale<Acc<T>>* scales, const Acc<T>* decay,
+    const double* args) {
   using A = Acc<T>;
+  using Rule = RuleT<A>;
+  constexpr int K = Rule::kSlots;
+  constexpr int KS = K > 0 ? K : 1;
   constexpr int W = Pack<T>::kWidth;
-  const bool use_momentum = momenta != nullptr;
+  const Rule rule(args);
+  const A lr = A(args[0]);
   for (int64_t c = blockIdx.x; c < num_chunks; c += gridDim.x) {
     const Chunk k = chunk_at(c, chunk_tensor, chunk_start, sizes, chunk_size);
-    T* w = weights[k.t] + k.lo;
-    T* m = use_momentum ? momenta[k.t] + k.lo : nullptr;
+    T* w = state[k.t] + k.lo;
     const T* g = grads[k.t] + k.lo;
-    const SgdStep<A> op{lr, momentum, decay[k.t], scales[k.t], use_momentum,
-                        nesterov != 0};
-    const bool vec = aligned16(w) && aligned16(g) && (!m || aligned16(m));
-    for_each_in_chunk<W>(
-        k.n, vec,
-        [&](int64_t q) {
-          Pack<T> wv = load_pack(w + q * W);
-          const Pack<T> gv = load_pack(g + q * W);
-          Pack<T> mv = m ? load_pack(m + q * W) : wv;
+    T* s[KS];
+    bool vec = aligned16(w) && aligned16(g);
 #pragma unroll
-          for (int j = 0; j < W; ++j) op(wv.v[j], mv.v[j], gv.v[j]);
-          store_pack(w + q * W, wv);
-          if (m) store_pack(m + q * W, mv);
-        },
-        [&](int64_t i) {
-          T unused = w[i];
-          op(w[i], m ? m[i] : unused, g[i]);
-        });
-  }
-}
-
-template <typename A>
-struct AdamStep {
-  A lr, alpha, one_minus_b1, one_minus_b2, eps, wd;
-  TensorScale<A> s;
-  bool amsgrad;
-  template <typename T>
-  __device__ __forceinline__ void operator()(T& w, T& m, T& v, T& vhat,
-                                             T g) const {
-    const A gs = apply_scale(to_acc(g), s);
-    A wi = to_acc(w);
-    if (wd != A(0)) wi -= wi * wd * lr;
-    A mi = to_acc(m);
-    A vi = to_acc(v);
-    mi += (gs - mi) * one_minus_b1;
-    vi += (gs * gs - vi) * one_minus_b2;
-    m = from_acc<T>(mi);
-    v = from_acc<T>(vi);
-    if (amsgrad) {
-      const A vh = to_acc(vhat);
-      vi = vh > vi ? vh : vi;
-      vhat = from_acc<T>(vi);
+    for (int q = 0; q < K; ++q) {
+      s[q] = state[(1 + q) * int64_t{num_tensors} + k.t] + k.lo;
+      vec = vec && aligned16(s[q]);
     }
-    w = from_acc<T>(wi - alpha * mi / (sqrt(vi) + eps));
-  }
-};
-
-// `vhats` may be null when amsgrad == 0.
-template <typename T>
-__device__ __forceinline__ void adam_chunks(
-    T* const* weights, T* const* ms, T* const* vs, T* const* vhats,
-    const T* const* grads, const int64_t* sizes, const int32_t* chunk_tensor,
-    const int64_t* chunk_start, int64_t num_chunks, int64_t chunk_size,
-    const TensorScale<Acc<T>>* scales, const Acc<T>* decay, Acc<T> lr, Acc<T> alpha,
-    Acc<T> one_minus_beta_1, Acc<T> one_minus_beta_2, Acc<T> epsilon,
-    int amsgrad) {
-  using A = Acc<T>;
-  constexpr int W = Pack<T>::kWidth;
-  for (int64_t c = blockIdx.x; c < num_chunks; c += gridDim.x) {
-    const Chunk k = chunk_at(c, chunk_tensor, chunk_start, sizes, chunk_size);
-    T* w = weights[k.t] + k.lo;
-    T* m = ms[k.t] + k.lo;
-    T* v = vs[k.t] + k.lo;
-    T* vh = amsgrad ? vhats[k.t] + k.lo : nullptr;
-    const T* g = grads[k.t] + k.lo;
-    const AdamStep<A> op{lr,      alpha,      one_minus_beta_1, one_minus_beta_2,
-                         epsilon, decay[k.t], scales[k.t],      amsgrad != 0};
-    const bool vec = aligned16(w) && aligned16(m) && aligned16(v) &&
-                     aligned16(g) && (!vh || aligned16(vh));
+    const A wd = decay[k.t];
+    const TensorScale<A> sc = scales[k.t];
     for_each_in_chunk<W>(
         k.n, vec,
-        [&](int64_t q) {
-          const int64_t i = q * W;
-          Pack<T> wv = load_pack(w + i), mv = load_pack(m + i);
-          Pack<T> vv = load_pack(v + i);
-          Pack<T> hv = vh ? load_pack(vh + i) : vv;
+        [&](int64_t p) {
+          const int64_t i = p * W;
+          Pack<T> wv = load_pack(w + i);
           const Pack<T> gv = load_pack(g + i);
+          Pack<T> sv[KS];
 #pragma unroll
-          for (int j = 0; j < W; ++j) op(wv.v[j], mv.v[j], vv.v[j], hv.v[j], gv.v[j]);
+          for (int q = 0; q < K; ++q) sv[q] = load_pack(s[q] + i);
+#pragma unroll
+          for (int j = 0; j < W; ++j) {
+            A wa = to_acc(wv.v[j]);
+            A sa[KS];
+#pragma unroll
+            for (int q = 0; q < K; ++q) sa[q] = to_acc(sv[q].v[j]);
+            update_element<true>(rule, lr, wd, sc, wa, sa, to_acc(gv.v[j]));
+            wv.v[j] = from_acc<T>(wa);
+#pragma unroll
+            for (int q = 0; q < K; ++q) sv[q].v[j] = from_acc<T>(sa[q]);
+          }
           store_pack(w + i, wv);
-          store_pack(m + i, mv);
-          store_pack(v + i, vv);
-          if (vh) store_pack(vh + i, hv);
+#pragma unroll
+          for (int q = 0; q < K; ++q) store_pack(s[q] + i, sv[q]);
         },
         [&](int64_t i) {
-          T unused = v[i];
-          op(w[i], m[i], v[i], vh ? vh[i] : unused, g[i]);
+          A wa = to_acc(w[i]);
+          A sa[KS];
+#pragma unroll
+          for (int q = 0; q < K; ++q) sa[q] = to_acc(s[q][i]);
+          update_element<true>(rule, lr, wd, sc, wa, sa, to_acc(g[i]));
+          w[i] = from_acc<T>(wa);
+#pragma unroll
+          for (int q = 0; q < K; ++q) s[q][i] = from_acc<T>(sa[q]);
         });
   }
 }

@@ -1,212 +1,123 @@
-// CPU kernels of NormoptApplySgd and NormoptApplyAdam.
+// CPU kernel of NormoptApply: the generic multi-tensor apply on the CPU.
 //
-// One step: validate, gather the statistics of the gradients that span
-// several chunks (or take the precomputed norms), lock the variables, then
-// one parallel pass over the fixed chunks that scales the gradient on the fly
-// and updates the variable and its slots in place (update_rules.h). A
+// Before any lock, the statistics of the gradients that span several chunks
+// (or the given norms) become per-tensor scales; then one parallel pass over
+// the fixed chunks (chunk_plan.h) scales each gradient on the fly and applies
+// the rule (normopt/update_rules.h) to the variable and its slots in place. A
 // gradient of one chunk gets its statistics in that same pass, on the chunk
 // it is about to update (DeferredScales in tensor_scales.h).
 
 // PrepareToUpdateVariable copies on the CPU (ThreadPoolDevice) with Eigen.
 #define EIGEN_USE_THREADS
 
-#include <cmath>
 #include <memory>
-#include <string>
-#include <vector>
 
-#include "ops/op_inputs.h"
+#include "normopt/update_rules.h"
+#include "ops/apply_op.h"
 #include "ops/chunk_plan.h"
 #include "ops/element_types.h"
-#include "ops/grad_list.h"
-#include "ops/locked_variables.h"
 #include "ops/tensor_scales.h"
-#include "ops/update_rules.h"
 #include "tensorflow/core/framework/op_kernel.h"
-#include "tensorflow/core/framework/tensor.h"
 
 namespace normopt {
+
+using CpuDevice = Eigen::ThreadPoolDevice;
+
 namespace {
 
-using tensorflow::OpKernel;
-using tensorflow::OpKernelConstruction;
-using tensorflow::OpKernelContext;
-using tensorflow::Tensor;
+// One chunk of n elements: w, the rule's slots s[q] and g, read once and
+// written once each. Decay is a template argument so the loop is
+// branch-free; ivdep because the slot pointers come from an array, which
+// the compiler cannot prove disjoint.
+template <typename T, typename Rule, bool Decay>
+void ApplyRuleChunk(const Rule& rule, AccType<T> lr, AccType<T> wd,
+                    TensorScale<AccType<T>> scale, T* __restrict w,
+                    T* const* slots, const T* __restrict g, int64_t n) {
+  using A = AccType<T>;
+  constexpr int K = Rule::kSlots;
+  constexpr int KS = K > 0 ? K : 1;
+  T* s[KS] = {};
+  for (int q = 0; q < K; ++q) s[q] = slots[q];
+#pragma GCC ivdep
+  for (int64_t j = 0; j < n; ++j) {
+    A wa = ToAcc(w[j]);
+    A sa[KS];
+    for (int q = 0; q < K; ++q) sa[q] = ToAcc(s[q][j]);
+    update_element<Decay>(rule, lr, wd, scale, wa, sa, ToAcc(g[j]));
+    w[j] = FromAcc<T>(wa);
+    for (int q = 0; q < K; ++q) s[q][j] = FromAcc<T>(sa[q]);
+  }
+}
 
-// The CPU side of what both apply ops share (ApplyOpBase in
-// op_inputs.h): per-tensor scales and weight decay, made before any lock.
+}  // namespace
+
 template <typename T>
-class ApplyCpuOpBase : public ApplyOpBase<T> {
+class ApplyOnDevice<CpuDevice, T> {
  public:
   using Acc = AccType<T>;
-  using Inputs = typename ApplyOpBase<T>::Inputs;
 
-  explicit ApplyCpuOpBase(OpKernelConstruction* ctx) : ApplyOpBase<T>(ctx) {}
+  static absl::Status Prepare(tensorflow::OpKernelContext* ctx,
+                              tensorflow::Tensor* tensor,
+                              bool copy_on_read_mode) {
+    return LockedVariables::PrepareOnCpu<T>(ctx, tensor, copy_on_read_mode);
+  }
 
- protected:
-  // Everything a step needs that needs no variable.
-  struct Prepared {
-    Inputs in;
-    std::unique_ptr<ChunkPlan> plan;
-    DeferredScales<T> scales;
-    const Acc* decay = nullptr;  // weight decay per tensor (the `decay` input)
-  };
-
-  // Reads and checks the inputs, then plans the chunks and computes the scales.
-  absl::Status Prepare(OpKernelContext* ctx, Prepared* p) {
-    TF_RETURN_IF_ERROR(this->ReadInputs(ctx, &p->in));
-    p->decay = p->in.decay->template flat<Acc>().data();
-    p->plan = std::make_unique<ChunkPlan>(p->in.grads.sizes);
-    p->scales.Compute(ctx, this->source_, this->mode_, *p->plan,
-                      p->in.grads.data, p->in.eps, p->in.clipnorm,
-                      *p->in.norms);
+  // Plans the chunks and computes the scales.
+  absl::Status BeforeLock(tensorflow::OpKernelContext* ctx,
+                          const ApplyStep<T>& step) {
+    const auto& in = step.in;
+    plan_ = std::make_unique<ChunkPlan>(in.grads.sizes);
+    scales_.Compute(ctx, step.source, step.mode, *plan_, in.grads.data,
+                    in.eps, in.clipnorm, *in.norms);
     return absl::OkStatus();
   }
-};
 
-template <typename T>
-class ApplySgdOp : public ApplyCpuOpBase<T> {
- public:
-  using Acc = AccType<T>;
-
-  explicit ApplySgdOp(OpKernelConstruction* ctx) : ApplyCpuOpBase<T>(ctx) {
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("nesterov", &nesterov_));
-  }
-
-  void Compute(OpKernelContext* ctx) override {
-    int n = 0, n_slots = 0;
-    double momentum;
-    OP_REQUIRES_OK(ctx, this->ReadSgdInputs(ctx, &n, &momentum, &n_slots));
-    typename ApplyCpuOpBase<T>::Prepared prep;
-    OP_REQUIRES_OK(ctx, this->Prepare(ctx, &prep));
-    const GradList<T>& grads = prep.in.grads;
-    const double lr = prep.in.lr;
-    const Acc* decay = prep.decay;
-    const DeferredScales<T>& scales = prep.scales;
-
-    LockedVariables locked;
-    int count;
-    OP_REQUIRES_OK(ctx, locked.Add(ctx, "var", &count));
-    OP_REQUIRES_OK(ctx, locked.Add(ctx, "momentum_slot", &count));
-    locked.LockAll();
-    std::vector<T*> w, m;
-    OP_REQUIRES_OK(ctx, locked.Buffers<T>(ctx, "var", 0, grads, &w));
-    if (n_slots > 0) {
-      OP_REQUIRES_OK(ctx, locked.Buffers<T>(ctx, "momentum_slot", n, grads, &m));
-    } else {
-      m.assign(n, nullptr);
-    }
-
-    const SgdScalars<Acc> k = sgd_scalars<Acc>(lr, momentum);
-    const int variant = n_slots == 0 ? 0 : (nesterov_ ? 2 : 1);
-    const ChunkPlan& plan = *prep.plan;
-    ParallelForChunks(ctx, plan, 3, [&](int64_t c) {
-      const Chunk& ch = plan.chunks[c];
-      const int i = ch.tensor;
-      const int64_t len = ch.end - ch.begin;
-      T* wi = w[i] + ch.begin;
-      T* mi = m[i] == nullptr ? nullptr : m[i] + ch.begin;
-      const T* gi = grads.data[i] + ch.begin;
-      const bool decays = decay[i] != Acc(0);
-      const TensorScale<Acc> s = scales.Of(ch, gi);
-#define NORMOPT_SGD(V, D) \
-  SgdChunk<T, V, D>(wi, mi, gi, len, s, decay[i], k)
-      switch (variant * 2 + (decays ? 1 : 0)) {
-        case 0: NORMOPT_SGD(0, false); break;
-        case 1: NORMOPT_SGD(0, true); break;
-        case 2: NORMOPT_SGD(1, false); break;
-        case 3: NORMOPT_SGD(1, true); break;
-        case 4: NORMOPT_SGD(2, false); break;
-        default: NORMOPT_SGD(2, true); break;
-      }
-#undef NORMOPT_SGD
+  absl::Status Run(tensorflow::OpKernelContext* ctx, const ApplyStep<T>& step) {
+    with_rule(step.rule, [&](auto tag) {
+      using Rule = typename decltype(tag)::template type<Acc>;
+      constexpr int K = Rule::kSlots;
+      const Rule rule(step.args);
+      const Acc lr = static_cast<Acc>(step.args[0]);
+      const Acc* decay = step.in.decay->template flat<Acc>().data();
+      const ChunkPlan& plan = *plan_;
+      const int n = step.n;
+      ParallelForChunks(ctx, plan, 4 + 3 * K, [&](int64_t c) {
+        const Chunk& ch = plan.chunks[c];
+        const int i = ch.tensor;
+        T* slots[K > 0 ? K : 1] = {};
+        for (int q = 0; q < K; ++q) slots[q] = step.state[(1 + q) * n + i] + ch.begin;
+        T* w = step.state[i] + ch.begin;
+        const T* g = step.in.grads.data[i] + ch.begin;
+        const TensorScale<Acc> s = scales_.Of(ch, g);
+        const int64_t len = ch.end - ch.begin;
+        if (decay[i] != Acc(0)) {
+          ApplyRuleChunk<T, Rule, true>(rule, lr, decay[i], s, w, slots, g, len);
+        } else {
+          ApplyRuleChunk<T, Rule, false>(rule, lr, decay[i], s, w, slots, g, len);
+        }
+      });
     });
+    return absl::OkStatus();
   }
 
  private:
-  bool nesterov_;
+  std::unique_ptr<ChunkPlan> plan_;
+  DeferredScales<T> scales_;
 };
 
-template <typename T>
-class ApplyAdamOp : public ApplyCpuOpBase<T> {
- public:
-  using Acc = AccType<T>;
+namespace {
 
-  explicit ApplyAdamOp(OpKernelConstruction* ctx) : ApplyCpuOpBase<T>(ctx) {}
+#define NORMOPT_REGISTER_APPLY_KERNEL(T)                                  \
+  REGISTER_KERNEL_BUILDER(                                                \
+      Name("NormoptApply").Device(tensorflow::DEVICE_CPU).TypeConstraint<T>("T"), \
+      ApplyOp<CpuDevice, T>);
 
-  void Compute(OpKernelContext* ctx) override {
-    typename ApplyOpBase<T>::AdamInputs adam;
-    OP_REQUIRES_OK(ctx, this->ReadAdamInputs(ctx, &adam));
-    const int n = adam.n;
-    const bool amsgrad = adam.amsgrad;
+NORMOPT_REGISTER_APPLY_KERNEL(Eigen::half)
+NORMOPT_REGISTER_APPLY_KERNEL(Eigen::bfloat16)
+NORMOPT_REGISTER_APPLY_KERNEL(float)
+NORMOPT_REGISTER_APPLY_KERNEL(double)
 
-    typename ApplyCpuOpBase<T>::Prepared prep;
-    OP_REQUIRES_OK(ctx, this->Prepare(ctx, &prep));
-    const GradList<T>& grads = prep.in.grads;
-    const double lr = prep.in.lr;
-    const Acc* decay = prep.decay;
-    const DeferredScales<T>& scales = prep.scales;
-
-    LockedVariables locked;
-    int count;
-    for (const char* name : {"var", "m", "v", "vhat"}) {
-      OP_REQUIRES_OK(ctx, locked.Add(ctx, name, &count));
-    }
-    locked.LockAll();
-    std::vector<T*> w, m, v, vhat;
-    OP_REQUIRES_OK(ctx, locked.Buffers<T>(ctx, "var", 0, grads, &w));
-    OP_REQUIRES_OK(ctx, locked.Buffers<T>(ctx, "m", n, grads, &m));
-    OP_REQUIRES_OK(ctx, locked.Buffers<T>(ctx, "v", 2 * n, grads, &v));
-    if (amsgrad) {
-      OP_REQUIRES_OK(ctx, locked.Buffers<T>(ctx, "vhat", 3 * n, grads, &vhat));
-    } else {
-      vhat.assign(n, nullptr);
-    }
-
-    const AdamScalars<Acc> k =
-        adam_scalars<Acc>(lr, adam.beta_1, adam.beta_2, adam.adam_epsilon,
-                          adam.step);
-    const ChunkPlan& plan = *prep.plan;
-    ParallelForChunks(ctx, plan, 10, [&](int64_t c) {
-      const Chunk& ch = plan.chunks[c];
-      const int i = ch.tensor;
-      const int64_t len = ch.end - ch.begin;
-      T* wi = w[i] + ch.begin;
-      T* mi = m[i] + ch.begin;
-      T* vi = v[i] + ch.begin;
-      T* hi = vhat[i] == nullptr ? nullptr : vhat[i] + ch.begin;
-      const T* gi = grads.data[i] + ch.begin;
-      const bool decays = decay[i] != Acc(0);
-      const TensorScale<Acc> s = scales.Of(ch, gi);
-#define NORMOPT_ADAM(A, D) \
-  AdamChunk<T, A, D>(wi, mi, vi, hi, gi, len, s, decay[i], k)
-      switch ((amsgrad ? 2 : 0) + (decays ? 1 : 0)) {
-        case 0: NORMOPT_ADAM(false, false); break;
-        case 1: NORMOPT_ADAM(false, true); break;
-        case 2: NORMOPT_ADAM(true, false); break;
-        default: NORMOPT_ADAM(true, true); break;
-      }
-#undef NORMOPT_ADAM
-    });
-  }
-};
-
-#define NORMOPT_REGISTER_APPLY_KERNELS(T)                                   \
-  REGISTER_KERNEL_BUILDER(Name("NormoptApplySgd")                           \
-                              .Device(tensorflow::DEVICE_CPU)               \
-                              .TypeConstraint<T>("T"),                      \
-                          ApplySgdOp<T>);                                   \
-  REGISTER_KERNEL_BUILDER(Name("NormoptApplyAdam")                          \
-                              .Device(tensorflow::DEVICE_CPU)               \
-                              .TypeConstraint<T>("T"),                      \
-                          ApplyAdamOp<T>);
-
-NORMOPT_REGISTER_APPLY_KERNELS(Eigen::half)
-NORMOPT_REGISTER_APPLY_KERNELS(Eigen::bfloat16)
-NORMOPT_REGISTER_APPLY_KERNELS(float)
-NORMOPT_REGISTER_APPLY_KERNELS(double)
-
-#undef NORMOPT_REGISTER_APPLY_KERNELS
+#undef NORMOPT_REGISTER_APPLY_KERNEL
 
 }  // namespace
 }  // namespace normopt

@@ -235,6 +235,17 @@ class GradLaunch {
                           scales->data());
   }
 
+  // A table of plain values (the rule's args).
+  template <typename E>
+  size_t AddArray(const std::vector<E>& values) {
+    return tables_.Add(values);
+  }
+
+  template <typename E>
+  const E* Array(size_t offset) const {
+    return tables_.At<const E>(offset);
+  }
+
   template <typename P>
   P* const* Pointers(size_t offset) const {
     return tables_.At<P* const>(offset);

@@ -84,80 +84,40 @@ g_i * s_i, formed in Tacc and rounded back to T, with s_i = 1/norm_i
 (mode "clip").
 )doc");
 
-REGISTER_OP("NormoptApplySgd")
+REGISTER_OP("NormoptApply")
     .Input("var: num_vars * resource")
-    .Input("momentum_slot: num_momenta * resource")
+    .Input("slots: num_slots * resource")
     .Input("grad: N * T")
     .Input("lr: double")
-    .Input("momentum: double")
-    .Input("decay: Tacc")
-    .Input("norms: Tacc")
-    .Input("clipnorm: double")
-    .Input("epsilon: double")
-    .Attr("kind: string")
-    .Attr("mode: string")
-    .Attr("nesterov: bool = false")
-    .Attr("N: int >= 1")
-    .Attr("num_vars: int >= 0")
-    .Attr("num_momenta: int >= 0")
-    .Attr("T: {half, bfloat16, float, double}")
-    .Attr("Tacc: {float, double}")
-    .SetIsStateful()
-    .SetShapeFn([](InferenceContext* c) {
-      TF_RETURN_IF_ERROR(
-          ScalarsAre(c, {"lr", "momentum", "clipnorm", "epsilon"}));
-      TF_RETURN_IF_ERROR(PerTensorVector(c, "decay"));
-      return PerTensorVector(c, "norms");
-    })
-    .Doc(R"doc(
-Keras 3 SGD step on N resource variables in place, each gradient scaled on
-the fly by its per-tensor scale g' = g * s:
-  w -= w * decay * lr                    (decoupled weight decay)
-  no momentum slots:  w -= lr * g'
-  N momentum slots:   m = momentum * m - lr * g'; w += m
-           (nesterov: w += momentum * m - lr * g')
-)doc");
-
-REGISTER_OP("NormoptApplyAdam")
-    .Input("var: num_vars * resource")
-    .Input("m: num_m * resource")
-    .Input("v: num_v * resource")
-    .Input("vhat: num_vhat * resource")
-    .Input("grad: N * T")
-    .Input("lr: double")
-    .Input("beta_1: double")
-    .Input("beta_2: double")
-    .Input("adam_epsilon: double")
     .Input("step: double")
+    .Input("hyper: double")
     .Input("decay: Tacc")
     .Input("norms: Tacc")
     .Input("clipnorm: double")
     .Input("epsilon: double")
+    .Attr("rule: string")
     .Attr("kind: string")
     .Attr("mode: string")
     .Attr("N: int >= 1")
     .Attr("num_vars: int >= 0")
-    .Attr("num_m: int >= 0")
-    .Attr("num_v: int >= 0")
-    .Attr("num_vhat: int >= 0")
+    .Attr("num_slots: int >= 0")
     .Attr("T: {half, bfloat16, float, double}")
     .Attr("Tacc: {float, double}")
     .SetIsStateful()
     .SetShapeFn([](InferenceContext* c) {
-      TF_RETURN_IF_ERROR(ScalarsAre(
-          c, {"lr", "beta_1", "beta_2", "adam_epsilon", "step", "clipnorm",
-              "epsilon"}));
+      TF_RETURN_IF_ERROR(ScalarsAre(c, {"lr", "step", "clipnorm", "epsilon"}));
+      TF_RETURN_IF_ERROR(PerTensorVector(c, "hyper"));
       TF_RETURN_IF_ERROR(PerTensorVector(c, "decay"));
       return PerTensorVector(c, "norms");
     })
     .Doc(R"doc(
-Keras 3 Adam/AdamW step (amsgrad when vhat holds N slots) on N resource variables in
-place, each gradient scaled on the fly, g' = g * s; t = step:
-  w -= w * decay * lr
-  alpha = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t)
-  m += (g' - m) * (1 - beta_1);  v += (g'^2 - v) * (1 - beta_2)
-  amsgrad: vhat = max(vhat, v), used in place of v
-  w -= alpha * m / (sqrt(v) + adam_epsilon)
+One Keras 3 optimizer step of update rule `rule` (a row of the table
+NORMOPT_UPDATE_RULES in csrc/normopt/update_rules.h) on N resource variables
+and their slots in place, each gradient scaled on the fly by its per-tensor
+scale, g' = g * s:
+  w -= w * decay * lr                    (decoupled weight decay)
+  then the rule with g', lr, t = step (iterations + 1) and `hyper`.
+`slots` is slot-major: slot 0 of every variable, then slot 1, ...
 )doc");
 
 }  // namespace normopt

@@ -3,11 +3,12 @@
 `csrc/cuda/cupy_module.cu` (the extern "C" entry points of
 entry_points.cuh, no host code) is compiled once by `cupy.RawModule` with
 `csrc/` on the include path; kernels are looked up by their plain names
-(normopt_adam_f32, ...), which both of CuPy's compilers resolve alike. The
-functions take CuPy arrays and follow `normopt.kernels`'s signatures; they
-return CuPy arrays and never synchronise the device. Launches per call:
-norms/scales 2, scale 3, apply_sgd and apply_adam 3, whatever the number of
-tensors.
+(normopt_apply_adam_f32, ...), which both of CuPy's compilers resolve
+alike; the update rules and their kernels' names come from the table in
+csrc/normopt/update_rules.h, read by `rule_names`. The functions take CuPy
+arrays and follow `normopt.kernels`'s signatures; they return CuPy arrays and
+never synchronise the device. Launches per call: norms/scales 2, scale 3,
+apply (and apply_sgd, apply_adam) 3, whatever the number of tensors.
 
 Compiler: `nvcc` when found, else NVRTC (CuPy's default, no jitify); set
 NORMOPT_CUPY_BACKEND=nvrtc|nvcc to choose. The tests compile both routes
@@ -24,6 +25,7 @@ Importing this module needs neither CuPy nor a GPU; calling it does.
 import collections
 import functools
 import os
+import re
 import shutil
 
 import numpy as np
@@ -82,18 +84,32 @@ def _backend():
     return "nvcc" if (shutil.which("nvcc") or os.path.exists("/usr/local/cuda/bin/nvcc")) else "nvrtc"
 
 
+@functools.lru_cache(maxsize=None)
+def rule_names(csrc=None):
+    """The update rules of the table NORMOPT_UPDATE_RULES in
+    csrc/normopt/update_rules.h, in table order."""
+    path = os.path.join(csrc or csrc_dir(), "normopt", "update_rules.h")
+    with open(path) as f:
+        text = f.read()
+    table = text[text.index("#define NORMOPT_UPDATE_RULES(X)"):]
+    table = table[:table.index("\n\n")]
+    return tuple(re.findall(r"X\((\w+),\s*\w+\)", table))
+
+
 def entry_names(dtype):
-    """Short name -> entry point in csrc/cuda/entry_points.cuh, for one dtype."""
+    """Short name -> entry point in csrc/cuda/entry_points.cuh, for one dtype;
+    update rule R's kernel is under "apply_R"."""
     suf = SUFFIX[dtype]
     acc = "f64" if dtype == "float64" else "f32"
-    return {
+    names = {
         "chunk_stats": f"normopt_chunk_stats_{suf}",
         "finish": f"normopt_finish_{acc}",
         "scales_from_norms": f"normopt_scales_from_norms_{acc}",
         "scale": f"normopt_scale_{suf}",
-        "sgd": f"normopt_sgd_{suf}",
-        "adam": f"normopt_adam_{suf}",
     }
+    for rule in rule_names():
+        names[f"apply_{rule}"] = f"normopt_apply_{rule}_{suf}"
+    return names
 
 
 def nvrtc_options(csrc):
@@ -181,6 +197,13 @@ class TensorList:
             self._tables[key] = cp.asarray(host)
         return self._tables[key]
 
+    def values(self, host):
+        """A host array on the device, cached by content (the rules' args)."""
+        key = ("values", host.dtype.str, host.tobytes())
+        if key not in self._tables:
+            self._tables[key] = cp.asarray(host)
+        return self._tables[key]
+
     def grid(self):
         return min(max(self.num_chunks, 1), MAX_BLOCKS)
 
@@ -222,28 +245,19 @@ def launch_scale(plan, scales, outs):
             scales))
 
 
-def launch_sgd(plan, weights_ptrs, momenta_ptrs, scales, decay, *, lr, momentum=0.0,
-               nesterov=False):
-    """One SGD launch; `*_ptrs` from plan.pointers (momenta None: plain SGD,
-    a null table for the kernel)."""
-    if plan.num_chunks:
-        _launch(plan.dtype, "sgd", plan.grid(), THREADS, (
-            weights_ptrs, momenta_ptrs if momenta_ptrs is not None else np.uintp(0),
-            plan.ptrs, plan.sizes_d, plan.tensor_d, plan.start_d,
-            np.int64(plan.num_chunks), np.int64(plan.table.chunk_size), scales, decay,
-            plan.acc(lr), plan.acc(momentum), np.int32(bool(nesterov))))
+MAX_RULE_ARGS = 8  # update_rules.h: kMaxRuleArgs
 
 
-def launch_adam(plan, weights_ptrs, m_ptrs, v_ptrs, vhat_ptrs, scales, decay, *, lr, step,
-                beta_1=0.9, beta_2=0.999, adam_epsilon=1e-7):
-    """One Adam launch (amsgrad when vhat_ptrs is not None)."""
-    scalars = _args.adam_scalars(lr, beta_1, beta_2, adam_epsilon, step, plan.acc)
+def launch_apply(plan, rule, state_ptrs, scales, decay, *, lr, step=1, hyper=()):
+    """One launch of update rule `rule`; `state_ptrs` from plan.pointers over
+    the weights then each slot's arrays (slot-major)."""
+    args = np.zeros(MAX_RULE_ARGS, np.float64)
+    args[:2 + len(hyper)] = [lr, step, *hyper]
     if plan.num_chunks:
-        _launch(plan.dtype, "adam", plan.grid(), THREADS, (
-            weights_ptrs, m_ptrs, v_ptrs, vhat_ptrs if vhat_ptrs is not None else v_ptrs,
-            plan.ptrs, plan.sizes_d, plan.tensor_d, plan.start_d,
-            np.int64(plan.num_chunks), np.int64(plan.table.chunk_size), scales, decay,
-            *scalars, np.int32(vhat_ptrs is not None)))
+        _launch(plan.dtype, f"apply_{rule}", plan.grid(), THREADS, (
+            state_ptrs, np.int32(len(plan.arrays)), plan.ptrs, plan.sizes_d,
+            plan.tensor_d, plan.start_d, np.int64(plan.num_chunks),
+            np.int64(plan.table.chunk_size), scales, decay, plan.values(args)))
 
 
 def norms(arrays, kind="l2", eps=1e-7, chunk_size=DEFAULT_CHUNK_SIZE, dtype=None, plan=None):
@@ -271,29 +285,48 @@ def scale(arrays, kind="l2", mode="normalize", clipnorm=1.0, eps=1e-7,
     return outs
 
 
-def apply_sgd(weights, grads, momenta=None, *, lr, momentum=0.0, nesterov=False,
-              decay=None, kind="l2", mode="normalize", clipnorm=1.0, eps=1e-7,
-              chunk_size=DEFAULT_CHUNK_SIZE, dtype=None, plan=None):
-    """One Keras SGD step on CuPy arrays, in place. Returns the norms."""
+def apply(rule, weights, grads, slots, *, lr, step=1, hyper=(), decay=None, kind="l2",
+          mode="normalize", clipnorm=1.0, eps=1e-7, chunk_size=DEFAULT_CHUNK_SIZE,
+          dtype=None, plan=None):
+    """One step of update rule `rule` on CuPy arrays, in place; `slots`
+    slot-major (one list per slot of the rule). Returns the norms."""
     _require()
-    _args.check_momenta(weights, momenta, momentum)
+    if rule not in rule_names():
+        raise ValueError(f"unknown update rule {rule!r}; expected one of {rule_names()}")
     plan = _plan(grads, chunk_size, dtype, plan)
     n, s = launch_stats(plan, kind, mode, clipnorm, eps)
-    launch_sgd(plan, plan.pointers(weights, "weights"),
-               plan.pointers(momenta, "momenta") if momenta is not None else None,
-               s, plan.per_tensor(decay), lr=lr, momentum=momentum, nesterov=nesterov)
+    state = [a for group in [weights, *slots] for a in group]
+    launch_apply(plan, rule, state_pointers(plan, state), s, plan.per_tensor(decay),
+                 lr=lr, step=step, hyper=hyper)
     return n
+
+
+def state_pointers(plan, state):
+    """Device table of the (1 + slots) * N state arrays' pointers, each
+    checked against its gradient; cached like `TensorList.pointers`."""
+    n = len(plan.arrays)
+    groups = [plan.pointers(state[k:k + n], "state") for k in range(0, len(state), n)]
+    key = ("state", tuple(int(g.data.ptr) for g in groups))
+    if key not in plan._tables:
+        plan._tables[key] = cp.concatenate([g[:n] for g in groups]) if n else groups[0]
+    return plan._tables[key]
+
+
+def apply_sgd(weights, grads, momenta=None, *, lr, momentum=0.0, nesterov=False, **kw):
+    """One Keras SGD step on CuPy arrays, in place (rule sgd, sgd_momentum or
+    sgd_nesterov). Returns the norms."""
+    _args.check_momenta(weights, momenta, momentum)
+    if momenta is None:
+        return apply("sgd", weights, grads, [], lr=lr, **kw)
+    return apply("sgd_nesterov" if nesterov else "sgd_momentum", weights, grads, [momenta],
+                 lr=lr, hyper=(momentum,), **kw)
 
 
 def apply_adam(weights, grads, m, v, vhat=None, *, lr, step, beta_1=0.9, beta_2=0.999,
-               adam_epsilon=1e-7, decay=None, kind="l2", mode="normalize", clipnorm=1.0,
-               eps=1e-7, chunk_size=DEFAULT_CHUNK_SIZE, dtype=None, plan=None):
+               adam_epsilon=1e-7, **kw):
     """One Keras Adam/AdamW/amsgrad step on CuPy arrays, in place. Returns the norms."""
-    _require()
-    plan = _plan(grads, chunk_size, dtype, plan)
-    n, s = launch_stats(plan, kind, mode, clipnorm, eps)
-    launch_adam(plan, plan.pointers(weights, "weights"), plan.pointers(m, "m"),
-                plan.pointers(v, "v"), plan.pointers(vhat, "vhat") if vhat is not None else None,
-                s, plan.per_tensor(decay), lr=lr, step=step, beta_1=beta_1, beta_2=beta_2,
-                adam_epsilon=adam_epsilon)
-    return n
+    if step < 1:
+        raise ValueError(f"step must be >= 1 (iterations + 1), got {step}")
+    rule, slots = ("adam", [m, v]) if vhat is None else ("adam_amsgrad", [m, v, vhat])
+    return apply(rule, weights, grads, slots, lr=lr, step=step,
+                 hyper=(beta_1, beta_2, adam_epsilon), **kw)

@@ -9,8 +9,9 @@ them unrounded, and new values never retrace. With s the per-tensor scale,
     clip:      s = clipnorm / norm(g) if norm(g) >= clipnorm else 1
 
 `kind` is a built-in norm name or alias, or "precomputed" (scale and apply
-only): then `norms` (Tensor[N] of acc) holds the norms to use. The norms and
-update formulas themselves are documented on the ops (register_ops.cc).
+only): then `norms` (Tensor[N] of acc) holds the norms to use. The norms are
+defined in csrc/normopt/norm_stats.h, the update rules in
+csrc/normopt/update_rules.h.
 """
 
 import tensorflow as tf
@@ -85,57 +86,62 @@ def scale(grads, kind, mode, clipnorm, epsilon, norms=None):
     )
 
 
-def apply_sgd(variables, momenta, grads, *, lr, momentum, nesterov, decay,
-              kind, mode, clipnorm, epsilon, norms=None):
-    """Keras SGD step in place; `momenta` empty when momentum == 0.
+def apply(rule, variables, slots, grads, *, lr, step, hyper, decay, kind,
+          mode, clipnorm, epsilon, norms=None):
+    """One step of update `rule` (csrc/normopt/update_rules.h) in place.
 
-    w -= w * decay_i * lr; then w -= lr * g', or with momentum
-    m = momentum * m - lr * g' and w += m (nesterov: w += momentum * m - lr * g').
+    `slots` is slot-major: one list per slot of the rule, each holding that
+    slot of every variable (Adam: [ms, vs]). `hyper` is the rule's
+    hyperparameters after lr and step (Adam: beta_1, beta_2, epsilon), as
+    Python floats or scalar tensors; `step` is t = iterations + 1. First
+    w -= w * decay_i * lr, then the rule with g' = g * s_i.
     """
     grads, dtype = _common_dtype(grads)
     acc = normalizations.accumulation_dtype(dtype)
-    return _ops().normopt_apply_sgd(
+    hyper = [_f64(h) for h in hyper]
+    return _ops().normopt_apply(
         var=[_handle(v) for v in variables],
-        momentum_slot=[_handle(m) for m in momenta],
+        slots=[_handle(s) for slot in slots for s in slot],
         grad=grads,
         lr=_f64(lr),
-        momentum=_f64(momentum),
+        step=_f64(step),
+        hyper=tf.stack(hyper) if hyper else tf.zeros([0], tf.float64),
         decay=tf.cast(decay, acc),
         norms=_norms_input(kind, norms, acc),
         clipnorm=_f64(clipnorm),
         epsilon=_f64(epsilon),
+        rule=rule,
         kind=_kind_name(kind),
         mode=mode,
-        nesterov=bool(nesterov),
     )
+
+
+def apply_sgd(variables, momenta, grads, *, lr, momentum, nesterov, decay,
+              kind, mode, clipnorm, epsilon, norms=None):
+    """Keras SGD step in place (`apply` with sgd, sgd_momentum or
+    sgd_nesterov); `momenta` empty for plain SGD, which needs momentum == 0.
+    """
+    if not momenta:
+        if isinstance(momentum, (int, float)) and momentum != 0:
+            raise ValueError(
+                f"normopt: momentum={momentum} needs one momentum slot per "
+                "variable, got none")
+        rule, slots, hyper = "sgd", [], []
+    else:
+        rule = "sgd_nesterov" if nesterov else "sgd_momentum"
+        slots, hyper = [momenta], [momentum]
+    return apply(rule, variables, slots, grads, lr=lr, step=1.0, hyper=hyper,
+                 decay=decay, kind=kind, mode=mode, clipnorm=clipnorm,
+                 epsilon=epsilon, norms=norms)
 
 
 def apply_adam(variables, ms, vs, vhats, grads, *, lr, beta_1, beta_2,
                adam_epsilon, step, decay, kind, mode, clipnorm, epsilon,
                norms=None):
-    """Keras Adam/AdamW step in place; `vhats` empty unless amsgrad.
-
-    w -= w * decay_i * lr; alpha = lr * sqrt(1 - b2^t) / (1 - b1^t), t = step;
-    m += (g' - m)(1 - b1); v += (g'^2 - v)(1 - b2); amsgrad vhat = max(vhat, v);
-    w -= alpha * m / (sqrt(v or vhat) + adam_epsilon).
-    """
-    grads, dtype = _common_dtype(grads)
-    acc = normalizations.accumulation_dtype(dtype)
-    return _ops().normopt_apply_adam(
-        var=[_handle(v) for v in variables],
-        m=[_handle(m) for m in ms],
-        v=[_handle(v) for v in vs],
-        vhat=[_handle(h) for h in vhats],
-        grad=grads,
-        lr=_f64(lr),
-        beta_1=_f64(beta_1),
-        beta_2=_f64(beta_2),
-        adam_epsilon=_f64(adam_epsilon),
-        step=_f64(step),
-        decay=tf.cast(decay, acc),
-        norms=_norms_input(kind, norms, acc),
-        clipnorm=_f64(clipnorm),
-        epsilon=_f64(epsilon),
-        kind=_kind_name(kind),
-        mode=mode,
-    )
+    """Keras Adam/AdamW step in place (`apply` with adam, or adam_amsgrad
+    when `vhats` is not empty)."""
+    rule = "adam_amsgrad" if vhats else "adam"
+    slots = [ms, vs] + ([vhats] if vhats else [])
+    return apply(rule, variables, slots, grads, lr=lr, step=step,
+                 hyper=[beta_1, beta_2, adam_epsilon], decay=decay, kind=kind,
+                 mode=mode, clipnorm=clipnorm, epsilon=epsilon, norms=norms)

@@ -14,7 +14,7 @@ import keras
 import tensorflow as tf
 
 from normopt import normalizations
-from normopt.ops import paths
+from normopt.ops import keras_adapters, paths
 from normopt.ops.paths import StepPath
 
 
@@ -58,29 +58,9 @@ def _fused_strategy(strategy):
 
 
 def update_kernel(inner):
-    """'sgd' or 'adam' when a fused update kernel exists for `inner`, else None.
-
-    The type must match exactly: a subclass may change `update_step`.
-    """
-    kind = type(inner)
-    if kind is keras.optimizers.SGD:
-        return "sgd"
-    if kind in (keras.optimizers.Adam, keras.optimizers.AdamW):
-        return "adam"
-    return None
-
-
-def unsupported_options(inner):
-    """Inner-optimizer options the fused update kernels do not implement."""
-    found = []
-    if inner.use_ema:
-        found.append("use_ema")
-    if inner.gradient_accumulation_steps:
-        found.append("gradient_accumulation_steps")
-    for name in ("clipnorm", "clipvalue", "global_clipnorm", "loss_scale_factor"):
-        if getattr(inner, name, None) is not None:
-            found.append(name)
-    return found
+    """The fused update rule for `inner`'s class and options, else None."""
+    adapter = keras_adapters.adapter_for(inner)
+    return adapter.rule(inner) if adapter is not None else None
 
 
 # The GPU kernels (csrc/ops/*_gpu.cc) compile and link but have not yet run
@@ -92,7 +72,7 @@ def _kernel_devices():
     """Device types the loaded op library has kernels for, and may use."""
     from tensorflow.python.framework import kernels
 
-    registered = kernels.get_registered_kernels_for_op("NormoptApplyAdam")
+    registered = kernels.get_registered_kernels_for_op("NormoptApply")
     devices = {k.device_type for k in registered.kernel}
     if os.environ.get(GPU_OPT_IN_ENV, "").strip() != "1":
         devices.discard("GPU")
@@ -165,10 +145,10 @@ def choose_path(fused, normalization, inner, grads, variables, in_step=True):
         return StepPath(paths.TF, "fused=False")
     reasons = _blockers(grads, variables, in_step)
     kernel = update_kernel(inner)
-    options = unsupported_options(inner)
+    options = keras_adapters.unsupported_options(inner)
     if not reasons and kernel is not None and options:
         reasons.append(
-            f"the fused {kernel} kernel does not implement the inner "
+            f"the fused {kernel} rule does not implement the inner "
             f"optimizer's {', '.join(options)}"
         )
     if reasons:
@@ -225,6 +205,7 @@ def run_fused_update(inner, normalization, mode, clipnorm, grads, variables):
     slots, the way Keras's own distributed update does; no collective runs
     inside, so every worker does the same local work on the same sums.
     """
+    keras_adapters.adapter_for(inner).before_update(inner)
     if not tf.distribute.has_strategy():
         _update_variables(inner, normalization, mode, clipnorm, grads, variables)
         _finish_step(inner, variables)
@@ -262,7 +243,9 @@ def _update_variables(inner, normalization, mode, clipnorm, grads, variables,
     from normopt.ops import fused
 
     local = on_device or (lambda v: v)
-    kernel = update_kernel(inner)
+    adapter = keras_adapters.adapter_for(inner)
+    rule = adapter.rule(inner)
+    hyper = adapter.hyper(inner)
     eps = keras.config.epsilon()
     lr = tf.cast(inner.learning_rate, tf.float64)
     step = tf.cast(inner.iterations + 1, tf.float64)
@@ -271,18 +254,16 @@ def _update_variables(inner, normalization, mode, clipnorm, grads, variables,
         vs = [v for _, v in group]
         kind, norms = _norm_args(normalization, gs)
         acc = normalizations.accumulation_dtype(gs[0].dtype)
-        decay = tf.constant(
-            [
-                float(inner.weight_decay)
-                if inner.weight_decay and inner._use_weight_decay(v)
-                else 0.0
-                for v in vs
-            ],
-            dtype=acc,
-        )
-        index = [inner._get_variable_index(v) for v in vs]
-        common = dict(
+        decay = tf.constant([keras_adapters.weight_decay(inner, v) for v in vs], dtype=acc)
+        slots = adapter.slots(inner, keras_adapters.variable_indices(inner, vs))
+        fused.apply(
+            rule,
+            [local(v) for v in vs],
+            [[local(s) for s in slot] for slot in slots],
+            gs,
             lr=lr,
+            step=step,
+            hyper=hyper,
             decay=decay,
             kind=kind,
             mode=mode,
@@ -290,36 +271,6 @@ def _update_variables(inner, normalization, mode, clipnorm, grads, variables,
             epsilon=eps,
             norms=norms,
         )
-        if kernel == "sgd":
-            momenta = (
-                [inner.momentums[i] for i in index] if inner.momentum else []
-            )
-            fused.apply_sgd(
-                [local(v) for v in vs],
-                [local(m) for m in momenta],
-                gs,
-                momentum=inner.momentum,
-                nesterov=inner.nesterov,
-                **common,
-            )
-        else:
-            vhat = (
-                [inner._velocity_hats[i] for i in index]
-                if inner.amsgrad
-                else []
-            )
-            fused.apply_adam(
-                [local(v) for v in vs],
-                [local(inner._momentums[i]) for i in index],
-                [local(inner._velocities[i]) for i in index],
-                [local(h) for h in vhat],
-                gs,
-                beta_1=inner.beta_1,
-                beta_2=inner.beta_2,
-                adam_epsilon=inner.epsilon,
-                step=step,
-                **common,
-            )
 
 
 def _finish_step(inner, variables):
@@ -327,4 +278,4 @@ def _finish_step(inner, variables):
     for v in variables:
         if v.constraint is not None:
             v.assign(v.constraint(v))
-    inner._iterations.assign_add(1)
+    keras_adapters.advance_iterations(inner)

@@ -8,9 +8,9 @@
 // chunking, vector/tail paths, block reductions and per-tensor finish are
 // exercised with real data. (Warp timing and memory-model effects are not.)
 //
-// The emu_* functions take host pointers and mirror launchers.h, step scalars
-// included (normopt/update_scalars.h); emu_kernel gives a launcher of any
-// entry point by name, for a CuPy stand-in.
+// The emu_* functions take host pointers and mirror launchers.h (emu_apply
+// takes the rule by name); emu_kernel gives a launcher of any entry point by
+// name, for a CuPy stand-in.
 #include <barrier>
 #include <cmath>
 #include <condition_variable>
@@ -111,7 +111,7 @@ inline double __longlong_as_double(long long bits) {
 #define __launch_bounds__(n)
 
 #include "cuda/entry_table.cuh"
-#include "normopt/update_scalars.h"
+#include "normopt/update_rules.h"
 
 namespace {
 
@@ -187,9 +187,12 @@ struct Launcher<void (*)(Args...)> {
 
 #define EMU_KERNEL(NAME) \
   {#NAME, reinterpret_cast<void*>(&Launcher<decltype(&NAME)>::Launch<&NAME>)}
-#define EMU_KERNELS(SUF)                                                   \
-  EMU_KERNEL(normopt_chunk_stats_##SUF), EMU_KERNEL(normopt_scale_##SUF), \
-      EMU_KERNEL(normopt_sgd_##SUF), EMU_KERNEL(normopt_adam_##SUF)
+#define EMU_KERNELS(SUF) \
+  EMU_KERNEL(normopt_chunk_stats_##SUF), EMU_KERNEL(normopt_scale_##SUF)
+#define EMU_APPLY_F16(name, Rule) EMU_KERNEL(normopt_apply_##name##_f16),
+#define EMU_APPLY_BF16(name, Rule) EMU_KERNEL(normopt_apply_##name##_bf16),
+#define EMU_APPLY_F32(name, Rule) EMU_KERNEL(normopt_apply_##name##_f32),
+#define EMU_APPLY_F64(name, Rule) EMU_KERNEL(normopt_apply_##name##_f64),
 
 }  // namespace
 
@@ -209,6 +212,8 @@ EMU_EXPORT void* emu_kernel(const char* name) {
       EMU_KERNEL(normopt_finish_f32), EMU_KERNEL(normopt_finish_f64),
       EMU_KERNEL(normopt_scales_from_norms_f32),
       EMU_KERNEL(normopt_scales_from_norms_f64),
+      NORMOPT_UPDATE_RULES(EMU_APPLY_F16) NORMOPT_UPDATE_RULES(EMU_APPLY_BF16)
+      NORMOPT_UPDATE_RULES(EMU_APPLY_F32) NORMOPT_UPDATE_RULES(EMU_APPLY_F64)
   };
   const auto it = kKernels.find(name);
   return it == kKernels.end() ? nullptr : it->second;
@@ -261,51 +266,27 @@ EMU_EXPORT int emu_scale(int dtype, const void* const* grads, void* const* outs,
   });
 }
 
-EMU_EXPORT int emu_sgd(int dtype, void* const* weights, void* const* momenta,
-            const void* const* grads, const int64_t* sizes,
-            const int32_t* chunk_tensor, const int64_t* chunk_start,
-            int64_t num_chunks, int64_t chunk_size, const void* scales,
-            const void* decay, double lr, double momentum, int nesterov) {
+// launchers.h's normopt_cuda_apply, the rule given by name; -1 for an
+// unknown rule.
+EMU_EXPORT int emu_apply(int dtype, const char* rule, void* const* state,
+                         int num_tensors, const void* const* grads,
+                         const int64_t* sizes, const int32_t* chunk_tensor,
+                         const int64_t* chunk_start, int64_t num_chunks,
+                         int64_t chunk_size, const void* scales,
+                         const void* decay, const double* args) {
+  normopt::RuleId id;
+  if (!normopt::parse_rule(rule, &id)) return -1;
   if (num_chunks <= 0) return 0;
   return dispatch(dtype, [&](auto zero) {
     using T = decltype(zero);
     using A = normopt::cuda::Acc<T>;
-    const auto k = normopt::sgd_scalars<A>(lr, momentum);
+    const auto kernel = normopt::cuda::apply_entry<T>(id);
     launch(grid_for(num_chunks), kThreads, [&] {
-      Entry<T>::sgd(reinterpret_cast<T* const*>(weights),
-                    reinterpret_cast<T* const*>(momenta),
-                    reinterpret_cast<const T* const*>(grads), sizes,
-                    chunk_tensor, chunk_start, num_chunks, chunk_size,
-                    static_cast<const normopt::TensorScale<A>*>(scales),
-                    static_cast<const A*>(decay),
-                    k.lr, k.momentum, nesterov);
-    });
-    return 0;
-  });
-}
-
-EMU_EXPORT int emu_adam(int dtype, void* const* weights, void* const* ms, void* const* vs,
-             void* const* vhats, const void* const* grads, const int64_t* sizes,
-             const int32_t* chunk_tensor, const int64_t* chunk_start,
-             int64_t num_chunks, int64_t chunk_size, const void* scales,
-             const void* decay, double lr, double beta_1, double beta_2,
-             double epsilon, double step, int amsgrad) {
-  if (num_chunks <= 0) return 0;
-  return dispatch(dtype, [&](auto zero) {
-    using T = decltype(zero);
-    using A = normopt::cuda::Acc<T>;
-    const auto k = normopt::adam_scalars<A>(lr, beta_1, beta_2, epsilon, step);
-    launch(grid_for(num_chunks), kThreads, [&] {
-      Entry<T>::adam(reinterpret_cast<T* const*>(weights),
-                     reinterpret_cast<T* const*>(ms),
-                     reinterpret_cast<T* const*>(vs),
-                     reinterpret_cast<T* const*>(vhats),
-                     reinterpret_cast<const T* const*>(grads), sizes,
-                     chunk_tensor, chunk_start, num_chunks, chunk_size,
-                     static_cast<const normopt::TensorScale<A>*>(scales),
-                    static_cast<const A*>(decay),
-                     k.lr, k.alpha, k.one_minus_beta_1, k.one_minus_beta_2,
-                     k.epsilon, amsgrad);
+      kernel(reinterpret_cast<T* const*>(state), num_tensors,
+             reinterpret_cast<const T* const*>(grads), sizes, chunk_tensor,
+             chunk_start, num_chunks, chunk_size,
+             static_cast<const normopt::TensorScale<A>*>(scales),
+             static_cast<const A*>(decay), args);
     });
     return 0;
   });

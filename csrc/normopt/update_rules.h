@@ -1,0 +1,214 @@
+// The one definition of every fused update rule (Keras 3's update_step).
+//
+// A rule updates one element. The generic multi-tensor apply (the CPU op's
+// chunk loop in csrc/ops/apply_op.h, the CUDA kernel template in
+// csrc/cuda/update_kernels.cuh, which the host emulation also runs) loads
+// the variable w, the rule's slots s[0..kSlots) and the gradient g into the
+// accumulation type A (float for 16/32-bit data, double for float64), forms
+// g' = (g * pre) * mult (`apply_scale`, norm_stats.h), applies decoupled
+// weight decay when the variable has one,
+//
+//   w = w - w * wd * lr                       (Keras's _apply_weight_decay)
+//
+// then calls the rule and rounds each stored value once. A rule is a struct
+// template over A with
+//
+//   static constexpr int kSlots, kHypers;
+//   static constexpr const char* kSlotNames;   "m,v": the slots' names
+//   explicit Rule(const double* args)   args = [lr, t, hyper[0..kHypers)],
+//                                       t = iterations + 1 >= 1; forms the
+//                                       step's scalars in A, once per
+//                                       thread, as Keras forms them
+//   void operator()(A& w, A* s, A g) const
+//
+// Variants are compile-time template arguments, so every loop is branch-free.
+// The rules, their slots in the order of the op's slot list, and their
+// hyperparameters (after lr and t):
+//
+//   sgd            -                        w -= lr*g
+//   sgd_momentum   momentum | mu            m = mu*m - lr*g;  w += m
+//   sgd_nesterov   momentum | mu            m = mu*m - lr*g;  w += mu*m - lr*g
+//   adam           m, v | beta_1, beta_2, epsilon
+//                    alpha = lr*sqrt(1 - b2^t)/(1 - b1^t)            (in A)
+//                    m += (g - m)(1 - b1);  v += (g^2 - v)(1 - b2)
+//                                          (1 - b formed in double: Keras
+//                                           computes them in Python)
+//                    w -= m*alpha/(sqrt(v) + epsilon)
+//   adam_amsgrad   m, v, vhat | as adam     vhat = max(vhat, v) replaces v
+//
+// NORMOPT_UPDATE_RULES is the table of them: adding a rule is a struct here
+// and a row there; the op's `rule` attr, the CUDA entry points and the host
+// emulation all come from the table.
+//
+// Plain C++17 for host code and CUDA device code (NVRTC included), like
+// norm_stats.h.
+#ifndef NORMOPT_UPDATE_RULES_H_
+#define NORMOPT_UPDATE_RULES_H_
+
+#include "normopt/norm_stats.h"
+
+#if defined(__CUDACC__)
+#define NORMOPT_POW(x, y) ::pow(x, y)
+#else
+#define NORMOPT_POW(x, y) std::pow(x, y)
+#endif
+
+namespace normopt {
+
+// The most args any rule reads: lr, t and up to 6 hyperparameters.
+constexpr int kMaxRuleArgs = 8;
+
+// Decay, then the rule, on one element already in A (g unscaled).
+template <bool MayDecay, typename Rule, typename A>
+NORMOPT_HD void update_element(const Rule& rule, A lr, A wd,
+                               const TensorScale<A>& scale, A& w, A* s, A g) {
+  const A gs = apply_scale(g, scale);
+  if (MayDecay && wd != A(0)) w = w - w * wd * lr;
+  rule(w, s, gs);
+}
+
+// Momentum: 0 none, 1 heavy ball, 2 nesterov.
+template <typename A, int Momentum>
+struct SgdRule {
+  static constexpr int kSlots = Momentum == 0 ? 0 : 1;
+  static constexpr const char* kSlotNames = Momentum == 0 ? "" : "momentum";
+  static constexpr int kHypers = Momentum == 0 ? 0 : 1;
+  A lr, mu;
+  NORMOPT_HD explicit SgdRule(const double* args)
+      : lr(A(args[0])), mu(Momentum == 0 ? A(0) : A(args[2])) {}
+  NORMOPT_HD void operator()(A& w, A* s, A g) const {
+    if (Momentum == 0) {
+      w = w - lr * g;
+      return;
+    }
+    const A m = mu * s[0] - lr * g;
+    s[0] = m;
+    w = Momentum == 1 ? w + m : w + (mu * m - lr * g);
+  }
+};
+template <typename A>
+using Sgd = SgdRule<A, 0>;
+template <typename A>
+using SgdMomentum = SgdRule<A, 1>;
+template <typename A>
+using SgdNesterov = SgdRule<A, 2>;
+
+template <typename A, bool Amsgrad>
+struct AdamRule {
+  static constexpr int kSlots = Amsgrad ? 3 : 2;
+  static constexpr const char* kSlotNames = Amsgrad ? "m,v,vhat" : "m,v";
+  static constexpr int kHypers = 3;
+  A alpha, one_minus_b1, one_minus_b2, epsilon;
+  NORMOPT_HD explicit AdamRule(const double* args)
+      : one_minus_b1(A(1.0 - args[2])),
+        one_minus_b2(A(1.0 - args[3])),
+        epsilon(A(args[4])) {
+    const A t = A(args[1]);
+    alpha = A(args[0]) * NORMOPT_SQRT(A(1) - NORMOPT_POW(A(args[3]), t)) /
+            (A(1) - NORMOPT_POW(A(args[2]), t));
+  }
+  NORMOPT_HD void operator()(A& w, A* s, A g) const {
+    s[0] = s[0] + (g - s[0]) * one_minus_b1;
+    s[1] = s[1] + (g * g - s[1]) * one_minus_b2;
+    A v = s[1];
+    if (Amsgrad) {
+      v = s[2] > v ? s[2] : v;
+      s[2] = v;
+    }
+    w = w - (s[0] * alpha) / (NORMOPT_SQRT(v) + epsilon);
+  }
+};
+template <typename A>
+using Adam = AdamRule<A, false>;
+template <typename A>
+using AdamAmsgrad = AdamRule<A, true>;
+
+// The table: X(name, Rule template).
+#define NORMOPT_UPDATE_RULES(X)                          \
+  X(sgd, Sgd)                                            \
+  X(sgd_momentum, SgdMomentum)                           \
+  X(sgd_nesterov, SgdNesterov)                           \
+  X(adam, Adam)                                          \
+  X(adam_amsgrad, AdamAmsgrad)
+
+enum class RuleId : int {
+#define NORMOPT_RULE_ID(name, Rule) k_##name,
+  NORMOPT_UPDATE_RULES(NORMOPT_RULE_ID)
+#undef NORMOPT_RULE_ID
+};
+
+// A rule template as a value: f(RuleTag<Rule>{}) sees Rule as a template.
+template <template <typename> class Rule>
+struct RuleTag {
+  template <typename A>
+  using type = Rule<A>;
+};
+
+#if !defined(__CUDACC_RTC__)
+// Calls f(RuleTag<Rule>{}) for the rule `id` (host code); returns f's result.
+template <typename F>
+inline auto with_rule(RuleId id, F f) -> decltype(f(RuleTag<Sgd>{})) {
+  switch (id) {
+#define NORMOPT_RULE_CASE(name, Rule) \
+  case RuleId::k_##name:              \
+    return f(RuleTag<Rule>{});
+    NORMOPT_UPDATE_RULES(NORMOPT_RULE_CASE)
+#undef NORMOPT_RULE_CASE
+  }
+  return f(RuleTag<Sgd>{});  // unreachable: every RuleId has a case
+}
+
+// Host-side name lookup; false for an unknown name.
+inline bool parse_rule(const char* name, RuleId* out) {
+  struct Entry {
+    const char* name;
+    RuleId id;
+  };
+  static const Entry kEntries[] = {
+#define NORMOPT_RULE_ENTRY(rule_name, Rule) {#rule_name, RuleId::k_##rule_name},
+      NORMOPT_UPDATE_RULES(NORMOPT_RULE_ENTRY)
+#undef NORMOPT_RULE_ENTRY
+  };
+  for (const Entry& e : kEntries) {
+    const char* a = e.name;
+    const char* b = name;
+    while (*a != '\0' && *a == *b) ++a, ++b;
+    if (*a == *b) {
+      *out = e.id;
+      return true;
+    }
+  }
+  return false;
+}
+
+// "sgd, sgd_momentum, ..., adam_amsgrad", for error messages.
+inline const char* rule_names() {
+  static const char kNames[] =
+#define NORMOPT_RULE_NAME(name, Rule) ", " #name
+      NORMOPT_UPDATE_RULES(NORMOPT_RULE_NAME)
+#undef NORMOPT_RULE_NAME
+      ;
+  return kNames + 2;
+}
+
+// Slot names ("m,v"), slot and hyperparameter counts of rule `id`.
+inline const char* rule_slot_names(RuleId id) {
+  return with_rule(id, [](auto tag) {
+    return decltype(tag)::template type<float>::kSlotNames;
+  });
+}
+inline int rule_slots(RuleId id) {
+  return with_rule(id, [](auto tag) {
+    return decltype(tag)::template type<float>::kSlots;
+  });
+}
+inline int rule_hypers(RuleId id) {
+  return with_rule(id, [](auto tag) {
+    return decltype(tag)::template type<float>::kHypers;
+  });
+}
+#endif
+
+}  // namespace normopt
+
+#endif  // NORMOPT_UPDATE_RULES_H_

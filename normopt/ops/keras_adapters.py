@@ -1,0 +1,137 @@
+"""Everything the fused path reads of a Keras optimizer's internals.
+
+One adapter per inner optimizer class maps it onto an update rule of
+csrc/normopt/update_rules.h: the rule's name, the slot variables in the
+rule's order, and its hyperparameters after lr and t. The module-level
+functions hold the reads every optimizer shares (weight decay, the variable
+index, the iteration counter, EMA). Nothing else in normopt touches a
+private Keras attribute; `READS` lists them, and tests/test_keras_adapters.py
+checks each against the installed Keras, naming the one a release renamed.
+
+    SGD      sgd | sgd_momentum | sgd_nesterov   momentums           mu
+    Adam     adam | adam_amsgrad                 _momentums, _velocities,
+    AdamW                                        [_velocity_hats]    b1, b2, eps
+"""
+
+import keras
+
+# (owner, attribute): the private Keras attributes read here. owner "*" is
+# keras.optimizers.Optimizer, read on every inner optimizer.
+READS = (
+    ("*", "_iterations"),
+    ("*", "_use_weight_decay"),
+    ("*", "_get_variable_index"),
+    ("*", "_model_variables_moving_average"),
+    ("Adam", "_momentums"),
+    ("Adam", "_velocities"),
+    ("Adam", "_velocity_hats"),
+    ("AdamW", "_momentums"),
+    ("AdamW", "_velocities"),
+    ("AdamW", "_velocity_hats"),
+)
+
+
+class Adapter:
+    """How one Keras optimizer class runs as a fused update rule."""
+
+    optimizer = None  # the exact Keras class (a subclass may change update_step)
+
+    def rule(self, inner):
+        """The update rule's name for `inner`'s options."""
+        raise NotImplementedError
+
+    def slots(self, inner, index):
+        """Slot-major lists of slot variables of the variables at `index`."""
+        raise NotImplementedError
+
+    def hyper(self, inner):
+        """The rule's hyperparameters after lr and t (floats or tensors)."""
+        raise NotImplementedError
+
+    def before_update(self, inner):
+        """State Keras advances once per step before the variable updates."""
+
+
+def _pick(slot_list, index):
+    return [slot_list[i] for i in index]
+
+
+class SgdAdapter(Adapter):
+    optimizer = keras.optimizers.SGD
+
+    def rule(self, inner):
+        if not inner.momentum:
+            return "sgd"
+        return "sgd_nesterov" if inner.nesterov else "sgd_momentum"
+
+    def slots(self, inner, index):
+        return [_pick(inner.momentums, index)] if inner.momentum else []
+
+    def hyper(self, inner):
+        return [inner.momentum] if inner.momentum else []
+
+
+class AdamAdapter(Adapter):
+    optimizer = keras.optimizers.Adam
+
+    def rule(self, inner):
+        return "adam_amsgrad" if inner.amsgrad else "adam"
+
+    def slots(self, inner, index):
+        found = [_pick(inner._momentums, index), _pick(inner._velocities, index)]
+        if inner.amsgrad:
+            found.append(_pick(inner._velocity_hats, index))
+        return found
+
+    def hyper(self, inner):
+        return [inner.beta_1, inner.beta_2, inner.epsilon]
+
+
+class AdamWAdapter(AdamAdapter):
+    optimizer = keras.optimizers.AdamW
+
+
+ADAPTERS = {
+    a.optimizer: a
+    for a in (SgdAdapter(), AdamAdapter(), AdamWAdapter())
+}
+
+
+def adapter_for(inner):
+    """The Adapter of `inner`'s exact class, or None (no fused rule)."""
+    return ADAPTERS.get(type(inner))
+
+
+def unsupported_options(inner):
+    """Inner-optimizer options the fused rules do not implement."""
+    found = []
+    if inner.use_ema:
+        found.append("use_ema")
+    if inner.gradient_accumulation_steps:
+        found.append("gradient_accumulation_steps")
+    for name in ("clipnorm", "clipvalue", "global_clipnorm", "loss_scale_factor"):
+        if getattr(inner, name, None) is not None:
+            found.append(name)
+    return found
+
+
+def weight_decay(inner, variable):
+    """The decoupled weight decay `inner` applies to `variable` (0 for none)."""
+    if inner.weight_decay and inner._use_weight_decay(variable):
+        return float(inner.weight_decay)
+    return 0.0
+
+
+def variable_indices(inner, variables):
+    """Each variable's index in `inner`'s slot lists."""
+    return [inner._get_variable_index(v) for v in variables]
+
+
+def advance_iterations(inner):
+    """iterations += 1, as Keras does after a step."""
+    inner._iterations.assign_add(1)
+
+
+def model_variables_moving_average(inner):
+    """`inner`'s EMA of the model variables (SwapEMAWeights reads it)."""
+    return inner._model_variables_moving_average

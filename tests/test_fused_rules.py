@@ -1,0 +1,102 @@
+"""Every fused update rule under the wrappers, against plain Keras.
+
+For each rule of csrc/normopt/update_rules.h: a wrapper around the Keras
+optimizer takes the fused path (asserted), and its variables match the same
+Keras optimizer, unwrapped, applied to gradients normalized (or clipped) in
+NumPy from the formula (tests/reference.py), over several steps; float32,
+float64, float16 and bfloat16 variables, with decoupled weight decay where
+the configuration sets one.
+"""
+
+import numpy as np
+import pytest
+
+import keras
+import normopt
+import reference as R
+from conftest import covering
+from helpers import TOL
+from normopt.ops import fused_step, library
+
+EPS = 1e-7
+SHAPES = [(5,), (3, 4), (), (2, 3, 2)]
+STEPS = 3
+
+# Hyperparameters exactly representable in float32: Keras rounds Python
+# floats through float32 in places (ops.cast of a Python float), which float64
+# parity cannot afford.
+B1, B2, RHO, EPS_OPT, WD = 0.875, 0.96875, 0.75, 2.0**-20, 2.0**-7
+
+# rule -> the Keras optimizer configuration that runs it
+CONFIGS = {
+    "sgd": lambda: keras.optimizers.SGD(0.05),
+    "sgd_momentum": lambda: keras.optimizers.SGD(0.05, momentum=B1, weight_decay=WD),
+    "sgd_nesterov": lambda: keras.optimizers.SGD(0.05, momentum=B1, nesterov=True),
+    "adam": lambda: keras.optimizers.Adam(0.01, B1, B2, EPS_OPT, weight_decay=WD),
+    "adam_amsgrad": lambda: keras.optimizers.AdamW(0.01, beta_1=B1, beta_2=B2,
+                                                   epsilon=EPS_OPT, amsgrad=True),
+}
+DTYPES = ["float32", "float64", "float16", "bfloat16"]
+WRAPPERS = {
+    "normalized": (lambda inner: normopt.NormalizedOptimizer(inner, "l2", fused=True),
+                   lambda g: R.transform(g, "l2", "normalize", 1.0, EPS)),
+    "clipped": (lambda inner: normopt.ClippedOptimizer(inner, "avg_l1", clipnorm=0.3,
+                                                       fused=True),
+                lambda g: R.transform(g, "avg_l1", "clip", 0.3, EPS)),
+}
+
+
+@pytest.fixture(autouse=True)
+def require_library():
+    status = library.status()
+    if not status["loaded"]:
+        pytest.fail(f"the op library is not loaded: {status['reason']}")
+
+
+def test_every_rule_of_the_header_has_a_configuration():
+    from normopt.kernels import cupy_kernels
+
+    assert set(cupy_kernels.rule_names()) == set(CONFIGS)
+    for rule, make in CONFIGS.items():
+        assert fused_step.update_kernel(make()) == rule
+
+
+def tolerance(rule, dtype, lr):
+    tol = dict(TOL[dtype])
+    if dtype in ("float16", "bfloat16"):
+        # Keras runs 16-bit variables' updates in 16 bits, the fused rule in
+        # float32: a few 16-bit roundings per step apart.
+        tol = dict(rtol=3 * tol["rtol"], atol=3 * tol["atol"])
+        if rule == "lion":
+            # sign() of a sum that rounds to either side of 0 moves w by 2 lr.
+            tol["atol"] = max(tol["atol"], 2 * lr * STEPS)
+    return tol
+
+
+@pytest.mark.parametrize("rule, dtype, wrapper", covering(list(CONFIGS), DTYPES, list(WRAPPERS)))
+def test_fused_rule_matches_keras_on_transformed_gradients(rule, dtype, wrapper):
+    wrap, transform = WRAPPERS[wrapper]
+    rng = np.random.RandomState(7)
+    init = [rng.standard_normal(s) for s in SHAPES]
+    fused_vars = [keras.Variable(w.astype(dtype), dtype=dtype) for w in init]
+    plain_vars = [keras.Variable(w.astype(dtype), dtype=dtype) for w in init]
+    opt = wrap(CONFIGS[rule]())
+    plain = CONFIGS[rule]()
+    for step in range(STEPS):
+        grads = [rng.standard_normal(s) * 10.0 ** rng.uniform(-1, 1) for s in SHAPES]
+        grads = [g.astype(dtype).astype(np.float64) for g in grads]
+        opt.apply([keras.ops.convert_to_tensor(g, dtype) for g in grads], fused_vars)
+        assert opt.last_path.name == "fused", opt.last_path.reason
+        plain.apply([keras.ops.convert_to_tensor(transform(g), dtype) for g in grads],
+                    plain_vars)
+    lr = float(keras.ops.convert_to_numpy(plain.learning_rate))
+    for a, b in zip(fused_vars, plain_vars):
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(keras.ops.cast(a, "float64")),
+            keras.ops.convert_to_numpy(keras.ops.cast(b, "float64")),
+            **tolerance(rule, dtype, lr))
+    for a, b in zip(opt.inner_optimizer.variables, plain.variables):
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(keras.ops.cast(a, "float64")),
+            keras.ops.convert_to_numpy(keras.ops.cast(b, "float64")),
+            **tolerance(rule, dtype, lr), err_msg=a.path)

@@ -1,0 +1,61 @@
+"""The Keras internals the fused path reads, against the installed Keras.
+
+normopt.ops.keras_adapters is the only module that reads private attributes
+of a Keras optimizer; its READS lists them. Each is checked on a built
+optimizer with every option that creates slots switched on, so a Keras
+release that renames one fails here, naming it, instead of sending every
+step silently down another path.
+"""
+
+import pytest
+
+import keras
+from normopt.ops import keras_adapters
+
+# Options that make an optimizer create all the slots an adapter may read.
+ALL_SLOTS = {
+    "SGD": dict(momentum=0.5),
+    "Adam": dict(amsgrad=True),
+    "AdamW": dict(amsgrad=True),
+    "RMSprop": dict(momentum=0.5, centered=True),
+}
+
+
+def built(name, **options):
+    opt = getattr(keras.optimizers, name)(**ALL_SLOTS.get(name, {}), **options)
+    opt.build([keras.Variable([1.0, 2.0])])
+    return opt
+
+
+@pytest.mark.parametrize("owner, attribute", keras_adapters.READS)
+def test_read_attribute_exists(owner, attribute):
+    names = ["SGD"] if owner == "*" else [owner]
+    for name in names:
+        # use_ema: the EMA variables exist only then.
+        opt = built(name, use_ema=owner == "*")
+        assert hasattr(opt, attribute), (
+            f"keras.optimizers.{name} (Keras {keras.__version__}) has no attribute "
+            f"{attribute!r}, which normopt/ops/keras_adapters.py reads")
+
+
+@pytest.mark.parametrize("name", sorted({a.optimizer.__name__ for a in keras_adapters.ADAPTERS.values()}))
+def test_adapter_slots_are_the_optimizers_variables(name):
+    """Every slot an adapter hands the op is one of the optimizer's own
+    variables, in shape and dtype of the variable it belongs to."""
+    opt = built(name)
+    adapter = keras_adapters.adapter_for(opt)
+    assert adapter is not None and adapter.rule(opt)
+    slots = adapter.slots(opt, [0])
+    own = {id(v) for v in opt.variables}
+    for slot in slots:
+        assert len(slot) == 1 and id(slot[0]) in own
+        assert tuple(slot[0].shape) == (2,)
+    assert all(isinstance(h, (int, float)) or hasattr(h, "dtype") for h in adapter.hyper(opt))
+
+
+def test_subclass_gets_no_adapter():
+    class Mine(keras.optimizers.Adam):
+        pass
+
+    assert keras_adapters.adapter_for(Mine()) is None
+    assert keras_adapters.adapter_for(keras.optimizers.Adadelta()) is None
