@@ -35,6 +35,13 @@ CONFIGS = {
     "adam": lambda: keras.optimizers.Adam(0.01, B1, B2, EPS_OPT, weight_decay=WD),
     "adam_amsgrad": lambda: keras.optimizers.AdamW(0.01, beta_1=B1, beta_2=B2,
                                                    epsilon=EPS_OPT, amsgrad=True),
+    "rmsprop": lambda: keras.optimizers.RMSprop(0.01, rho=RHO, epsilon=EPS_OPT),
+    "rmsprop_momentum": lambda: keras.optimizers.RMSprop(
+        0.01, rho=RHO, momentum=0.5, epsilon=EPS_OPT, weight_decay=WD),
+    "rmsprop_centered": lambda: keras.optimizers.RMSprop(
+        0.01, rho=RHO, epsilon=EPS_OPT, centered=True),
+    "rmsprop_centered_momentum": lambda: keras.optimizers.RMSprop(
+        0.01, rho=RHO, momentum=0.5, epsilon=EPS_OPT, centered=True),
 }
 DTYPES = ["float32", "float64", "float16", "bfloat16"]
 WRAPPERS = {

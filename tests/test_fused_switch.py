@@ -47,6 +47,8 @@ INNER = {
         keras.optimizers.schedules.ExponentialDecay(1e-2, 2, 0.9),
         weight_decay=0.01, amsgrad=True),
     "nesterov": lambda: keras.optimizers.SGD(0.05, momentum=0.9, nesterov=True),
+    "rmsprop": lambda: keras.optimizers.RMSprop(0.01, momentum=0.5, centered=True,
+                                                weight_decay=0.01),
 }
 CLIPPED = ("nesterov",)
 

@@ -35,6 +35,15 @@
 //                                           computes them in Python)
 //                    w -= m*alpha/(sqrt(v) + epsilon)
 //   adam_amsgrad   m, v, vhat | as adam     vhat = max(vhat, v) replaces v
+//   rmsprop        velocity | rho, epsilon
+//                    v = rho*v + (1 - rho)*g^2;  w -= lr*g/sqrt(v + epsilon)
+//   rmsprop_momentum  velocity, momentum | rho, epsilon, momentum
+//                    inc = lr*g/sqrt(v + epsilon); mom = momentum*mom + inc;
+//                    w -= mom
+//   rmsprop_centered  velocity, average_gradient | rho, epsilon
+//                    a = rho*a + (1 - rho)*g; inc = lr*g/sqrt(v - a^2 + epsilon)
+//   rmsprop_centered_momentum  velocity, average_gradient, momentum
+//                  | rho, epsilon, momentum
 //
 // NORMOPT_UPDATE_RULES is the table of them: adding a rule is a struct here
 // and a row there; the op's `rule` attr, the CUDA entry points and the host
@@ -123,13 +132,59 @@ using Adam = AdamRule<A, false>;
 template <typename A>
 using AdamAmsgrad = AdamRule<A, true>;
 
+// Slots: velocity, [average_gradient], [momentum].
+template <typename A, bool Centered, bool Momentum>
+struct RmspropRule {
+  static constexpr int kSlots = 1 + (Centered ? 1 : 0) + (Momentum ? 1 : 0);
+  static constexpr const char* kSlotNames =
+      Centered ? (Momentum ? "velocity,average_gradient,momentum"
+                           : "velocity,average_gradient")
+               : (Momentum ? "velocity,momentum" : "velocity");
+  static constexpr int kHypers = Momentum ? 3 : 2;
+  A lr, rho, one_minus_rho, epsilon, momentum;
+  NORMOPT_HD explicit RmspropRule(const double* args)
+      : lr(A(args[0])),
+        rho(A(args[2])),
+        one_minus_rho(A(1.0 - args[2])),
+        epsilon(A(args[3])),
+        momentum(Momentum ? A(args[4]) : A(0)) {}
+  NORMOPT_HD void operator()(A& w, A* s, A g) const {
+    s[0] = rho * s[0] + one_minus_rho * (g * g);
+    A denominator = s[0] + epsilon;
+    if (Centered) {
+      s[1] = rho * s[1] + one_minus_rho * g;
+      denominator = s[0] - s[1] * s[1] + epsilon;
+    }
+    const A increment = (lr * g) / NORMOPT_SQRT(denominator);
+    if (Momentum) {
+      A& mom = s[Centered ? 2 : 1];
+      mom = momentum * mom + increment;
+      w = w - mom;
+    } else {
+      w = w - increment;
+    }
+  }
+};
+template <typename A>
+using Rmsprop = RmspropRule<A, false, false>;
+template <typename A>
+using RmspropMomentum = RmspropRule<A, false, true>;
+template <typename A>
+using RmspropCentered = RmspropRule<A, true, false>;
+template <typename A>
+using RmspropCenteredMomentum = RmspropRule<A, true, true>;
+
 // The table: X(name, Rule template).
 #define NORMOPT_UPDATE_RULES(X)                          \
   X(sgd, Sgd)                                            \
   X(sgd_momentum, SgdMomentum)                           \
   X(sgd_nesterov, SgdNesterov)                           \
   X(adam, Adam)                                          \
-  X(adam_amsgrad, AdamAmsgrad)
+  X(adam_amsgrad, AdamAmsgrad)                           \
+  X(rmsprop, Rmsprop)                                    \
+  X(rmsprop_momentum, RmspropMomentum)                   \
+  X(rmsprop_centered, RmspropCentered)                   \
+  X(rmsprop_centered_momentum, RmspropCenteredMomentum)
 
 enum class RuleId : int {
 #define NORMOPT_RULE_ID(name, Rule) k_##name,
@@ -181,7 +236,7 @@ inline bool parse_rule(const char* name, RuleId* out) {
   return false;
 }
 
-// "sgd, sgd_momentum, ..., adam_amsgrad", for error messages.
+// "sgd, sgd_momentum, ..., rmsprop_centered_momentum", for error messages.
 inline const char* rule_names() {
   static const char kNames[] =
 #define NORMOPT_RULE_NAME(name, Rule) ", " #name

@@ -11,6 +11,9 @@ checks each against the installed Keras, naming the one a release renamed.
     SGD      sgd | sgd_momentum | sgd_nesterov   momentums           mu
     Adam     adam | adam_amsgrad                 _momentums, _velocities,
     AdamW                                        [_velocity_hats]    b1, b2, eps
+    RMSprop  rmsprop[_centered][_momentum]       _velocities,
+                                                 [_average_gradients],
+                                                 [_momentums]        rho, eps, [mu]
 """
 
 import keras
@@ -28,6 +31,9 @@ READS = (
     ("AdamW", "_momentums"),
     ("AdamW", "_velocities"),
     ("AdamW", "_velocity_hats"),
+    ("RMSprop", "_velocities"),
+    ("RMSprop", "_average_gradients"),
+    ("RMSprop", "_momentums"),
 )
 
 
@@ -91,9 +97,28 @@ class AdamWAdapter(AdamAdapter):
     optimizer = keras.optimizers.AdamW
 
 
+class RmspropAdapter(Adapter):
+    optimizer = keras.optimizers.RMSprop
+
+    def rule(self, inner):
+        return ("rmsprop" + ("_centered" if inner.centered else "")
+                + ("_momentum" if inner.momentum > 0 else ""))
+
+    def slots(self, inner, index):
+        found = [_pick(inner._velocities, index)]
+        if inner.centered:
+            found.append(_pick(inner._average_gradients, index))
+        if inner.momentum > 0:
+            found.append(_pick(inner._momentums, index))
+        return found
+
+    def hyper(self, inner):
+        return [inner.rho, inner.epsilon] + ([inner.momentum] if inner.momentum > 0 else [])
+
+
 ADAPTERS = {
     a.optimizer: a
-    for a in (SgdAdapter(), AdamAdapter(), AdamWAdapter())
+    for a in (SgdAdapter(), AdamAdapter(), AdamWAdapter(), RmspropAdapter())
 }
 
 
