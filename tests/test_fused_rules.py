@@ -42,6 +42,7 @@ CONFIGS = {
         0.01, rho=RHO, epsilon=EPS_OPT, centered=True),
     "rmsprop_centered_momentum": lambda: keras.optimizers.RMSprop(
         0.01, rho=RHO, momentum=0.5, epsilon=EPS_OPT, centered=True),
+    "adagrad": lambda: keras.optimizers.Adagrad(0.05, epsilon=EPS_OPT, weight_decay=WD),
 }
 DTYPES = ["float32", "float64", "float16", "bfloat16"]
 WRAPPERS = {

@@ -49,8 +49,9 @@ INNER = {
     "nesterov": lambda: keras.optimizers.SGD(0.05, momentum=0.9, nesterov=True),
     "rmsprop": lambda: keras.optimizers.RMSprop(0.01, momentum=0.5, centered=True,
                                                 weight_decay=0.01),
+    "adagrad": lambda: keras.optimizers.Adagrad(0.05),
 }
-CLIPPED = ("nesterov",)
+CLIPPED = ("nesterov", "adagrad")
 
 
 def make_opt(inner, fused):

@@ -44,6 +44,8 @@
 //                    a = rho*a + (1 - rho)*g; inc = lr*g/sqrt(v - a^2 + epsilon)
 //   rmsprop_centered_momentum  velocity, average_gradient, momentum
 //                  | rho, epsilon, momentum
+//   adagrad        accumulator | epsilon    acc += g^2;
+//                                           w -= lr*g/sqrt(acc + epsilon)
 //
 // NORMOPT_UPDATE_RULES is the table of them: adding a rule is a struct here
 // and a row there; the op's `rule` attr, the CUDA entry points and the host
@@ -174,6 +176,20 @@ using RmspropCentered = RmspropRule<A, true, false>;
 template <typename A>
 using RmspropCenteredMomentum = RmspropRule<A, true, true>;
 
+template <typename A>
+struct Adagrad {
+  static constexpr int kSlots = 1;
+  static constexpr const char* kSlotNames = "accumulator";
+  static constexpr int kHypers = 1;
+  A lr, epsilon;
+  NORMOPT_HD explicit Adagrad(const double* args)
+      : lr(A(args[0])), epsilon(A(args[2])) {}
+  NORMOPT_HD void operator()(A& w, A* s, A g) const {
+    s[0] = s[0] + g * g;
+    w = w - (lr * g) / NORMOPT_SQRT(s[0] + epsilon);
+  }
+};
+
 // The table: X(name, Rule template).
 #define NORMOPT_UPDATE_RULES(X)                          \
   X(sgd, Sgd)                                            \
@@ -184,7 +200,8 @@ using RmspropCenteredMomentum = RmspropRule<A, true, true>;
   X(rmsprop, Rmsprop)                                    \
   X(rmsprop_momentum, RmspropMomentum)                   \
   X(rmsprop_centered, RmspropCentered)                   \
-  X(rmsprop_centered_momentum, RmspropCenteredMomentum)
+  X(rmsprop_centered_momentum, RmspropCenteredMomentum)  \
+  X(adagrad, Adagrad)
 
 enum class RuleId : int {
 #define NORMOPT_RULE_ID(name, Rule) k_##name,
@@ -236,7 +253,7 @@ inline bool parse_rule(const char* name, RuleId* out) {
   return false;
 }
 
-// "sgd, sgd_momentum, ..., rmsprop_centered_momentum", for error messages.
+// "sgd, sgd_momentum, ..., adagrad", for error messages.
 inline const char* rule_names() {
   static const char kNames[] =
 #define NORMOPT_RULE_NAME(name, Rule) ", " #name

@@ -14,6 +14,7 @@ checks each against the installed Keras, naming the one a release renamed.
     RMSprop  rmsprop[_centered][_momentum]       _velocities,
                                                  [_average_gradients],
                                                  [_momentums]        rho, eps, [mu]
+    Adagrad  adagrad                             _accumulators       eps
 """
 
 import keras
@@ -34,6 +35,7 @@ READS = (
     ("RMSprop", "_velocities"),
     ("RMSprop", "_average_gradients"),
     ("RMSprop", "_momentums"),
+    ("Adagrad", "_accumulators"),
 )
 
 
@@ -116,9 +118,23 @@ class RmspropAdapter(Adapter):
         return [inner.rho, inner.epsilon] + ([inner.momentum] if inner.momentum > 0 else [])
 
 
+class AdagradAdapter(Adapter):
+    optimizer = keras.optimizers.Adagrad
+
+    def rule(self, inner):
+        return "adagrad"
+
+    def slots(self, inner, index):
+        return [_pick(inner._accumulators, index)]
+
+    def hyper(self, inner):
+        return [inner.epsilon]
+
+
 ADAPTERS = {
     a.optimizer: a
-    for a in (SgdAdapter(), AdamAdapter(), AdamWAdapter(), RmspropAdapter())
+    for a in (SgdAdapter(), AdamAdapter(), AdamWAdapter(), RmspropAdapter(),
+              AdagradAdapter())
 }
 
 
