@@ -50,6 +50,7 @@ INNER = {
     "rmsprop": lambda: keras.optimizers.RMSprop(0.01, momentum=0.5, centered=True,
                                                 weight_decay=0.01),
     "adagrad": lambda: keras.optimizers.Adagrad(0.05),
+    "adamax": lambda: keras.optimizers.Adamax(0.01, weight_decay=0.01),
 }
 CLIPPED = ("nesterov", "adagrad")
 

@@ -46,6 +46,9 @@
 //                  | rho, epsilon, momentum
 //   adagrad        accumulator | epsilon    acc += g^2;
 //                                           w -= lr*g/sqrt(acc + epsilon)
+//   adamax         m, u | beta_1, beta_2, epsilon
+//                    m += (g - m)(1 - b1);  u = max(b2*u, |g|)
+//                    w -= lr*m/((1 - b1^t)(u + epsilon))
 //
 // NORMOPT_UPDATE_RULES is the table of them: adding a rule is a struct here
 // and a row there; the op's `rule` attr, the CUDA entry points and the host
@@ -190,6 +193,25 @@ struct Adagrad {
   }
 };
 
+template <typename A>
+struct Adamax {
+  static constexpr int kSlots = 2;
+  static constexpr const char* kSlotNames = "m,u";
+  static constexpr int kHypers = 3;
+  A lr, one_minus_b1, b2, epsilon, one_minus_b1_power;
+  NORMOPT_HD explicit Adamax(const double* args)
+      : lr(A(args[0])),
+        one_minus_b1(A(1.0 - args[2])),
+        b2(A(args[3])),
+        epsilon(A(args[4])),
+        one_minus_b1_power(A(1) - NORMOPT_POW(A(args[2]), A(args[1]))) {}
+  NORMOPT_HD void operator()(A& w, A* s, A g) const {
+    s[0] = s[0] + (g - s[0]) * one_minus_b1;
+    s[1] = max_keep_nan(b2 * s[1], g < A(0) ? -g : g);
+    w = w - (lr * s[0]) / (one_minus_b1_power * (s[1] + epsilon));
+  }
+};
+
 // The table: X(name, Rule template).
 #define NORMOPT_UPDATE_RULES(X)                          \
   X(sgd, Sgd)                                            \
@@ -201,7 +223,8 @@ struct Adagrad {
   X(rmsprop_momentum, RmspropMomentum)                   \
   X(rmsprop_centered, RmspropCentered)                   \
   X(rmsprop_centered_momentum, RmspropCenteredMomentum)  \
-  X(adagrad, Adagrad)
+  X(adagrad, Adagrad)                                    \
+  X(adamax, Adamax)
 
 enum class RuleId : int {
 #define NORMOPT_RULE_ID(name, Rule) k_##name,
@@ -253,7 +276,7 @@ inline bool parse_rule(const char* name, RuleId* out) {
   return false;
 }
 
-// "sgd, sgd_momentum, ..., adagrad", for error messages.
+// "sgd, sgd_momentum, ..., adamax", for error messages.
 inline const char* rule_names() {
   static const char kNames[] =
 #define NORMOPT_RULE_NAME(name, Rule) ", " #name

@@ -15,6 +15,7 @@ checks each against the installed Keras, naming the one a release renamed.
                                                  [_average_gradients],
                                                  [_momentums]        rho, eps, [mu]
     Adagrad  adagrad                             _accumulators       eps
+    Adamax   adamax                              _m, _u              b1, b2, eps
 """
 
 import keras
@@ -36,6 +37,8 @@ READS = (
     ("RMSprop", "_average_gradients"),
     ("RMSprop", "_momentums"),
     ("Adagrad", "_accumulators"),
+    ("Adamax", "_m"),
+    ("Adamax", "_u"),
 )
 
 
@@ -131,10 +134,23 @@ class AdagradAdapter(Adapter):
         return [inner.epsilon]
 
 
+class AdamaxAdapter(Adapter):
+    optimizer = keras.optimizers.Adamax
+
+    def rule(self, inner):
+        return "adamax"
+
+    def slots(self, inner, index):
+        return [_pick(inner._m, index), _pick(inner._u, index)]
+
+    def hyper(self, inner):
+        return [inner.beta_1, inner.beta_2, inner.epsilon]
+
+
 ADAPTERS = {
     a.optimizer: a
     for a in (SgdAdapter(), AdamAdapter(), AdamWAdapter(), RmspropAdapter(),
-              AdagradAdapter())
+              AdagradAdapter(), AdamaxAdapter())
 }
 
 
