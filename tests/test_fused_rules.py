@@ -44,6 +44,7 @@ CONFIGS = {
         0.01, rho=RHO, momentum=0.5, epsilon=EPS_OPT, centered=True),
     "adagrad": lambda: keras.optimizers.Adagrad(0.05, epsilon=EPS_OPT, weight_decay=WD),
     "adamax": lambda: keras.optimizers.Adamax(0.01, B1, B2, EPS_OPT),
+    "nadam": lambda: keras.optimizers.Nadam(0.01, B1, B2, EPS_OPT, weight_decay=WD),
 }
 DTYPES = ["float32", "float64", "float16", "bfloat16"]
 WRAPPERS = {

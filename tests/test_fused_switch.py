@@ -51,6 +51,7 @@ INNER = {
                                                 weight_decay=0.01),
     "adagrad": lambda: keras.optimizers.Adagrad(0.05),
     "adamax": lambda: keras.optimizers.Adamax(0.01, weight_decay=0.01),
+    "nadam": lambda: keras.optimizers.Nadam(0.01),
 }
 CLIPPED = ("nesterov", "adagrad")
 

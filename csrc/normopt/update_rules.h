@@ -49,6 +49,13 @@
 //   adamax         m, u | beta_1, beta_2, epsilon
 //                    m += (g - m)(1 - b1);  u = max(b2*u, |g|)
 //                    w -= lr*m/((1 - b1^t)(u + epsilon))
+//   nadam          m, v | beta_1, beta_2, epsilon, u_product
+//                    u_t = b1(1 - 0.5*0.96^t), u_t1 = b1(1 - 0.5*0.96^(t+1)),
+//                    u_product = prod_{s<=t} u_s (Keras's _u_product after
+//                    this step's update), u_product1 = u_product*u_t1
+//                    m += (g - m)(1 - b1);  v += (g^2 - v)(1 - b2)   (in A)
+//                    m_hat = u_t1*m/(1 - u_product1) + (1 - u_t)*g/(1 - u_product)
+//                    w -= m_hat*lr/(sqrt(v/(1 - b2^t)) + epsilon)
 //
 // NORMOPT_UPDATE_RULES is the table of them: adding a rule is a struct here
 // and a row there; the op's `rule` attr, the CUDA entry points and the host
@@ -212,6 +219,40 @@ struct Adamax {
   }
 };
 
+template <typename A>
+struct Nadam {
+  static constexpr int kSlots = 2;
+  static constexpr const char* kSlotNames = "m,v";
+  static constexpr int kHypers = 4;
+  A lr, one_minus_b1, one_minus_b2, epsilon, u_t1, one_minus_u_t;
+  A one_minus_u_product, one_minus_u_product1, one_minus_b2_power;
+  NORMOPT_HD explicit Nadam(const double* args)
+      : lr(A(args[0])), epsilon(A(args[4])) {
+    const A t = A(args[1]);
+    const A b1 = A(args[2]);
+    const A b2 = A(args[3]);
+    // 0.96 rounded through float32, as Keras's ops.cast(0.96, dtype) does.
+    const A decay = A(0.96f);
+    const A u_t = b1 * (A(1) - A(0.5) * NORMOPT_POW(decay, t));
+    u_t1 = b1 * (A(1) - A(0.5) * NORMOPT_POW(decay, t + A(1)));
+    const A u_product = A(args[5]);
+    one_minus_b1 = A(1) - b1;
+    one_minus_b2 = A(1) - b2;
+    one_minus_u_t = A(1) - u_t;
+    one_minus_u_product = A(1) - u_product;
+    one_minus_u_product1 = A(1) - u_product * u_t1;
+    one_minus_b2_power = A(1) - NORMOPT_POW(b2, t);
+  }
+  NORMOPT_HD void operator()(A& w, A* s, A g) const {
+    s[0] = s[0] + (g - s[0]) * one_minus_b1;
+    s[1] = s[1] + (g * g - s[1]) * one_minus_b2;
+    const A m_hat = (u_t1 * s[0]) / one_minus_u_product1 +
+                    (one_minus_u_t * g) / one_minus_u_product;
+    const A v_hat = s[1] / one_minus_b2_power;
+    w = w - (m_hat * lr) / (NORMOPT_SQRT(v_hat) + epsilon);
+  }
+};
+
 // The table: X(name, Rule template).
 #define NORMOPT_UPDATE_RULES(X)                          \
   X(sgd, Sgd)                                            \
@@ -224,7 +265,8 @@ struct Adamax {
   X(rmsprop_centered, RmspropCentered)                   \
   X(rmsprop_centered_momentum, RmspropCenteredMomentum)  \
   X(adagrad, Adagrad)                                    \
-  X(adamax, Adamax)
+  X(adamax, Adamax)                                      \
+  X(nadam, Nadam)
 
 enum class RuleId : int {
 #define NORMOPT_RULE_ID(name, Rule) k_##name,
@@ -276,7 +318,7 @@ inline bool parse_rule(const char* name, RuleId* out) {
   return false;
 }
 
-// "sgd, sgd_momentum, ..., adamax", for error messages.
+// "sgd, sgd_momentum, ..., nadam", for error messages.
 inline const char* rule_names() {
   static const char kNames[] =
 #define NORMOPT_RULE_NAME(name, Rule) ", " #name

@@ -16,6 +16,8 @@ checks each against the installed Keras, naming the one a release renamed.
                                                  [_momentums]        rho, eps, [mu]
     Adagrad  adagrad                             _accumulators       eps
     Adamax   adamax                              _m, _u              b1, b2, eps
+    Nadam    nadam                               _momentums, _velocities
+                                                 b1, b2, eps, u_product
 """
 
 import keras
@@ -39,6 +41,9 @@ READS = (
     ("Adagrad", "_accumulators"),
     ("Adamax", "_m"),
     ("Adamax", "_u"),
+    ("Nadam", "_momentums"),
+    ("Nadam", "_velocities"),
+    ("Nadam", "_u_product"),
 )
 
 
@@ -147,10 +152,33 @@ class AdamaxAdapter(Adapter):
         return [inner.beta_1, inner.beta_2, inner.epsilon]
 
 
+class NadamAdapter(Adapter):
+    optimizer = keras.optimizers.Nadam
+
+    def rule(self, inner):
+        return "nadam"
+
+    def slots(self, inner, index):
+        return [_pick(inner._momentums, index), _pick(inner._velocities, index)]
+
+    def hyper(self, inner):
+        return [inner.beta_1, inner.beta_2, inner.epsilon, inner._u_product.value]
+
+    def before_update(self, inner):
+        # Keras's Nadam._backend_update_step, in the same ops and dtype:
+        # u_product *= beta_1 * (1 - 0.5 * 0.96^t).
+        dtype = inner._u_product.dtype
+        inner._u_product.assign(
+            inner._u_product
+            * inner.beta_1
+            * (1.0 - 0.5 * keras.ops.power(0.96, keras.ops.cast(inner.iterations + 1, dtype)))
+        )
+
+
 ADAPTERS = {
     a.optimizer: a
     for a in (SgdAdapter(), AdamAdapter(), AdamWAdapter(), RmspropAdapter(),
-              AdagradAdapter(), AdamaxAdapter())
+              AdagradAdapter(), AdamaxAdapter(), NadamAdapter())
 }
 
 
