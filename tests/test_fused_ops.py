@@ -384,7 +384,7 @@ def test_apply_sgd_momentum_without_slots():
 
 @pytest.mark.parametrize("over, match", [
     (dict(rule="adamw"), "unknown update rule 'adamw'; expected one of sgd, sgd_momentum, "
-                         "sgd_nesterov, adam, adam_amsgrad"),
+                         "sgd_nesterov, adam, adam_amsgrad, rmsprop"),
     (dict(hyper=[0.9, 0.999]), r"rule 'adam' takes 3 hyperparameters in 'hyper', got shape \[2\]"),
 ])
 def test_apply_bad_rule_input(over, match):

@@ -45,6 +45,7 @@ CONFIGS = {
     "adagrad": lambda: keras.optimizers.Adagrad(0.05, epsilon=EPS_OPT, weight_decay=WD),
     "adamax": lambda: keras.optimizers.Adamax(0.01, B1, B2, EPS_OPT),
     "nadam": lambda: keras.optimizers.Nadam(0.01, B1, B2, EPS_OPT, weight_decay=WD),
+    "lion": lambda: keras.optimizers.Lion(1e-3, B1, B2, weight_decay=WD),
 }
 DTYPES = ["float32", "float64", "float16", "bfloat16"]
 WRAPPERS = {

@@ -52,8 +52,9 @@ INNER = {
     "adagrad": lambda: keras.optimizers.Adagrad(0.05),
     "adamax": lambda: keras.optimizers.Adamax(0.01, weight_decay=0.01),
     "nadam": lambda: keras.optimizers.Nadam(0.01),
+    "lion": lambda: keras.optimizers.Lion(1e-3, weight_decay=0.01),
 }
-CLIPPED = ("nesterov", "adagrad")
+CLIPPED = ("nesterov", "adagrad", "lion")
 
 
 def make_opt(inner, fused):

@@ -56,6 +56,9 @@
 //                    m += (g - m)(1 - b1);  v += (g^2 - v)(1 - b2)   (in A)
 //                    m_hat = u_t1*m/(1 - u_product1) + (1 - u_t)*g/(1 - u_product)
 //                    w -= m_hat*lr/(sqrt(v/(1 - b2^t)) + epsilon)
+//   lion           m | beta_1, beta_2
+//                    w -= lr*sign(m*b1 + g*(1 - b1));  m = m*b2 + g*(1 - b2)
+//                                                           (1 - b in A)
 //
 // NORMOPT_UPDATE_RULES is the table of them: adding a rule is a struct here
 // and a row there; the op's `rule` attr, the CUDA entry points and the host
@@ -253,6 +256,28 @@ struct Nadam {
   }
 };
 
+template <typename A>
+struct Lion {
+  static constexpr int kSlots = 1;
+  static constexpr const char* kSlotNames = "m";
+  static constexpr int kHypers = 2;
+  A lr, b1, one_minus_b1, b2, one_minus_b2;
+  NORMOPT_HD explicit Lion(const double* args)
+      : lr(A(args[0])),
+        b1(A(args[2])),
+        one_minus_b1(A(1) - A(args[2])),
+        b2(A(args[3])),
+        one_minus_b2(A(1) - A(args[3])) {}
+  // sign(x), NaN kept (as tf.sign).
+  NORMOPT_HD static A sign(A x) {
+    return x > A(0) ? A(1) : (x < A(0) ? A(-1) : x);
+  }
+  NORMOPT_HD void operator()(A& w, A* s, A g) const {
+    w = w - lr * sign(s[0] * b1 + g * one_minus_b1);
+    s[0] = s[0] * b2 + g * one_minus_b2;
+  }
+};
+
 // The table: X(name, Rule template).
 #define NORMOPT_UPDATE_RULES(X)                          \
   X(sgd, Sgd)                                            \
@@ -266,7 +291,8 @@ struct Nadam {
   X(rmsprop_centered_momentum, RmspropCenteredMomentum)  \
   X(adagrad, Adagrad)                                    \
   X(adamax, Adamax)                                      \
-  X(nadam, Nadam)
+  X(nadam, Nadam)                                        \
+  X(lion, Lion)
 
 enum class RuleId : int {
 #define NORMOPT_RULE_ID(name, Rule) k_##name,
@@ -318,7 +344,7 @@ inline bool parse_rule(const char* name, RuleId* out) {
   return false;
 }
 
-// "sgd, sgd_momentum, ..., nadam", for error messages.
+// "sgd, sgd_momentum, ..., lion", for error messages.
 inline const char* rule_names() {
   static const char kNames[] =
 #define NORMOPT_RULE_NAME(name, Rule) ", " #name

@@ -18,6 +18,7 @@ checks each against the installed Keras, naming the one a release renamed.
     Adamax   adamax                              _m, _u              b1, b2, eps
     Nadam    nadam                               _momentums, _velocities
                                                  b1, b2, eps, u_product
+    Lion     lion                                _momentums          b1, b2
 """
 
 import keras
@@ -44,6 +45,7 @@ READS = (
     ("Nadam", "_momentums"),
     ("Nadam", "_velocities"),
     ("Nadam", "_u_product"),
+    ("Lion", "_momentums"),
 )
 
 
@@ -175,10 +177,23 @@ class NadamAdapter(Adapter):
         )
 
 
+class LionAdapter(Adapter):
+    optimizer = keras.optimizers.Lion
+
+    def rule(self, inner):
+        return "lion"
+
+    def slots(self, inner, index):
+        return [_pick(inner._momentums, index)]
+
+    def hyper(self, inner):
+        return [inner.beta_1, inner.beta_2]
+
+
 ADAPTERS = {
     a.optimizer: a
     for a in (SgdAdapter(), AdamAdapter(), AdamWAdapter(), RmspropAdapter(),
-              AdagradAdapter(), AdamaxAdapter(), NadamAdapter())
+              AdagradAdapter(), AdamaxAdapter(), NadamAdapter(), LionAdapter())
 }
 
 
