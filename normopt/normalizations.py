@@ -32,18 +32,12 @@ import threading
 import keras
 import tensorflow as tf
 
-BUILTIN_NORMALIZATIONS = (
-    "l1",
-    "l2",
-    "l1_l2",
-    "avg_l1",
-    "avg_l2",
-    "avg_l1_l2",
-    "max",
-    "min_max",
-    "std",
-)
-ALIASES = {"linf": "max"}
+from normopt.kernels import _finalize
+
+# The header's norm table (via normopt.kernels._finalize): names in code
+# order, and aliases.
+BUILTIN_NORMALIZATIONS = _finalize.NORM_KINDS
+ALIASES = _finalize.ALIASES
 
 _lock = threading.Lock()
 _custom = {}
@@ -135,18 +129,8 @@ def check_normalization(name):
     return name
 
 
-# The statistics each norm reads; mirrors stats_needed in norm_stats.h.
-STATS_NEEDED = {
-    "l1": ("sum_abs",),
-    "avg_l1": ("sum_abs",),
-    "l2": ("sum_sq",),
-    "avg_l2": ("sum_sq",),
-    "l1_l2": ("sum_abs", "sum_sq"),
-    "avg_l1_l2": ("sum_abs", "sum_sq"),
-    "max": ("max_abs",),
-    "min_max": ("max_abs", "min_abs"),
-    "std": ("mean", "m2"),
-}
+# The statistics each norm reads: stats_needed of norm_stats.h, as field names.
+STATS_NEEDED = {name: _finalize.stats_fields(name) for name in BUILTIN_NORMALIZATIONS}
 
 
 # Bit layout of the accumulation dtypes, for exact powers of two and

@@ -24,6 +24,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from normopt.kernels._finalize import DEFAULT_CHUNK_SIZE
+from normopt.kernels._finalize import DTYPE_CODES as DTYPE_CODE
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCES = sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
 ARCHS = ("80", "90")
@@ -179,9 +182,6 @@ def test_cupy_module_compiles_with_nvrtc(arch):
 
 # ---- the CUDA kernels executed on the CPU (csrc/cuda/tools/host_emulation.cpp) ----
 
-DTYPE_CODE = {"float16": 0, "bfloat16": 1, "float32": 2, "float64": 3}
-
-
 def build_emulation(tmp_dir, block_threads):
     """Builds the host emulation of csrc/cuda with `block_threads` per block."""
     cxx = shutil.which("g++") or shutil.which("clang++")
@@ -250,16 +250,16 @@ class HostEmulated:
         assert rc == 0
         return arrays, dtype, sizes, table, norms, scales
 
-    def norms(self, arrays, kind="l2", eps=1e-7, chunk_size=65536):
+    def norms(self, arrays, kind="l2", eps=1e-7, chunk_size=DEFAULT_CHUNK_SIZE):
         return self._stats(arrays, kind, "normalize", 1.0, eps, chunk_size)[4][:len(arrays)]
 
     def scales(self, arrays, kind="l2", mode="normalize", clipnorm=1.0, eps=1e-7,
-               chunk_size=65536):
+               chunk_size=DEFAULT_CHUNK_SIZE):
         s = self._stats(arrays, kind, mode, clipnorm, eps, chunk_size)[5][:len(arrays)]
         return s[:, 0] * s[:, 1]
 
     def scale(self, arrays, kind="l2", mode="normalize", clipnorm=1.0, eps=1e-7,
-              chunk_size=65536):
+              chunk_size=DEFAULT_CHUNK_SIZE):
         import numpy as np
 
         arrays, dtype, sizes, table, _, s = self._stats(arrays, kind, mode, clipnorm, eps,
@@ -274,7 +274,8 @@ class HostEmulated:
         return outs
 
     def apply(self, rule, weights, grads, slots, *, lr, step=1, hyper=(), decay=None,
-              kind="l2", mode="normalize", clipnorm=1.0, eps=1e-7, chunk_size=65536):
+              kind="l2", mode="normalize", clipnorm=1.0, eps=1e-7,
+              chunk_size=DEFAULT_CHUNK_SIZE):
         """Update rule `rule` through emu_apply; `slots` slot-major."""
         import numpy as np
         from normopt.kernels import _args

@@ -340,6 +340,24 @@ def test_norms_bad_input(case, match):
         case()
 
 
+def test_unknown_norm_error_lists_the_header_names():
+    """The op's error text lists every accepted name from the header's table
+    (normopt.kernels._finalize mirrors it; test_header_tables.py), each alias
+    after its norm, plus "precomputed" where an op takes given norms."""
+    import re
+
+    from normopt.kernels import _finalize as F
+
+    names = ", ".join(F.accepted_names())
+    want = f"normopt: unknown norm kind 'l3'; expected one of {names}"
+    with pytest.raises(BAD) as err:
+        fused.norms([f32(3)], "l3", EPS)
+    assert re.search(re.escape(want) + r"(?! or)", str(err.value)), str(err.value)
+    with pytest.raises(BAD) as err:
+        fused.scale([f32(3)], kind="l3", mode="normalize", clipnorm=1.0, epsilon=EPS)
+    assert want + " or precomputed" in str(err.value), str(err.value)
+
+
 @pytest.mark.parametrize("over, match", [
     (dict(kind="nope"), "unknown norm kind"),
     (dict(mode="squash"), "unknown scale mode"),

@@ -365,6 +365,28 @@ def test_finalize_matches_header():
         assert int(got_bits) == bits
 
 
+def test_norm_names_match_header():
+    """The functions the header generates from its norm table, compiled:
+    kNumNormKinds, accepted_norm_names (the error text's list), and
+    parse_norm_kind + stats_needed of every accepted name, against _finalize;
+    unknown names are refused."""
+    from normopt.kernels import _finalize as F
+
+    names = F.accepted_names()
+    unknown = ("l3", "precomputed", "LINF", "max ")
+    lines = run_probe(["names"] + [f"parse {n}" for n in names + unknown[:3]])
+    count, accepted = lines[0].split()
+    assert int(count) == F.NUM_KINDS == len(F.NORMS)
+    assert accepted.split(",") == list(names)
+    for name, line in zip(names, lines[1:]):
+        code = F.kind_code(name)
+        assert line.split() == [str(code), str(F.stats_needed(code))], name
+    assert lines[1 + len(names):] == ["unknown"] * 3
+    for name in unknown:
+        with pytest.raises(ValueError, match="unknown norm kind"):
+            F.kind_code(name)
+
+
 def test_merge_and_chunk_table_match_header():
     from normopt.kernels import _finalize as F
     from normopt.kernels.chunks import chunk_table

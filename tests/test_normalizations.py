@@ -51,6 +51,28 @@ def test_indexed_slices_norm_is_norm_of_dense_gradient(name):
     np.testing.assert_allclose(got, R.norm(dense, name), rtol=1e-12)
 
 
+def test_builtins_are_the_header_table():
+    """The built-in names, aliases and statistics of the TF path are the
+    header's norm table (normopt.kernels._finalize, checked against the
+    header by test_header_tables.py), with each norm's statistics bits as
+    NormStats field names."""
+    from normopt.kernels import _finalize as F
+
+    assert N.BUILTIN_NORMALIZATIONS == F.NORM_KINDS
+    assert N.ALIASES == F.ALIASES
+    assert set(N.STATS_NEEDED) == set(F.NORM_KINDS)
+    assert N.STATS_NEEDED["l1_l2"] == ("sum_abs", "sum_sq")
+    assert N.STATS_NEEDED["min_max"] == ("max_abs", "min_abs")
+    assert N.STATS_NEEDED["std"] == ("mean", "m2")
+    for name, code, bits in F.NORMS:
+        fields = N.STATS_NEEDED[name]
+        assert bool(bits & F.STAT_SUM_ABS) == ("sum_abs" in fields), name
+        assert bool(bits & F.STAT_SUM_SQ) == ("sum_sq" in fields), name
+        assert bool(bits & F.STAT_MAX_ABS) == ("max_abs" in fields), name
+        assert bool(bits & F.STAT_MIN_ABS) == ("min_abs" in fields), name
+        assert bool(bits & F.STAT_MOMENTS) == ("m2" in fields) == ("mean" in fields), name
+
+
 def test_registry_lists_builtins_sorted():
     names = normopt.NormalizedOptimizer.get_normalization_functions()
     assert names == sorted(names)

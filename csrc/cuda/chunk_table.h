@@ -21,6 +21,11 @@
 namespace normopt {
 namespace cuda {
 
+// Elements per full chunk of a GPU launch (the TF GPU op's, and the default
+// of the CuPy and Numba paths: DEFAULT_CHUNK_SIZE in
+// normopt/kernels/_finalize.py, checked against this by the tests).
+constexpr int64_t kDefaultChunkElems = int64_t{1} << 16;
+
 struct ChunkTable {
   std::vector<int32_t> tensor;  // [C] owner of each chunk
   std::vector<int64_t> start;   // [C] first element of each chunk

@@ -2,11 +2,12 @@
 // dispatch from the launchers' dtype codes to a type, for every host that
 // launches them itself (launchers.cu, the host emulation).
 //
-// DTYPE codes: 0 float16, 1 bfloat16, 2 float32, 3 float64.
+// DTYPE codes: normopt/dtype_codes.h.
 #ifndef NORMOPT_CUDA_ENTRY_TABLE_CUH_
 #define NORMOPT_CUDA_ENTRY_TABLE_CUH_
 
 #include "cuda/entry_points.cuh"
+#include "normopt/dtype_codes.h"
 
 namespace normopt {
 namespace cuda {
@@ -68,10 +69,10 @@ NORMOPT_APPLY_ENTRY(double, f64)
 template <typename F>
 int dispatch(int dtype, F f) {
   switch (dtype) {
-    case 0: return f(__half{});
-    case 1: return f(__nv_bfloat16{});
-    case 2: return f(float{});
-    case 3: return f(double{});
+    case kDtypeFloat16: return f(__half{});
+    case kDtypeBFloat16: return f(__nv_bfloat16{});
+    case kDtypeFloat32: return f(float{});
+    case kDtypeFloat64: return f(double{});
   }
   return kInvalidDtype;
 }

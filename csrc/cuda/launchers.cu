@@ -38,8 +38,9 @@ using normopt::cuda::last_error;
 
 extern "C" int64_t normopt_cuda_stats_workspace_bytes(int dtype,
                                                       int64_t num_chunks) {
-  const int64_t per = dtype == 3 ? sizeof(normopt::NormStats<double>)
-                                 : sizeof(normopt::NormStats<float>);
+  const int64_t per = dtype == normopt::kDtypeFloat64
+                          ? sizeof(normopt::NormStats<double>)
+                          : sizeof(normopt::NormStats<float>);
   return per * (num_chunks > 0 ? num_chunks : 1);
 }
 
@@ -76,7 +77,7 @@ extern "C" int normopt_cuda_scales_from_norms(int dtype, const void* norms,
                                               cudaStream_t stream) {
   if (num_tensors <= 0) return 0;
   const unsigned blocks = (num_tensors + kFinishThreads - 1) / kFinishThreads;
-  if (dtype == 3) {
+  if (dtype == normopt::kDtypeFloat64) {
     normopt_scales_from_norms_f64<<<blocks, kFinishThreads, 0, stream>>>(
         static_cast<const double*>(norms), num_tensors, mode, clipnorm,
         static_cast<normopt::TensorScale<double>*>(scales));

@@ -7,8 +7,8 @@
 // device arrays of N device pointers, `sizes` int64[N], and `chunk_tensor`,
 // `chunk_start`, `first_chunk` the chunk table (chunk_table.h) of those
 // sizes. Launchers only enqueue work on `stream` (no synchronisation) and
-// return the cudaError_t of the launch (0 on success). DTYPE codes: 0 float16,
-// 1 bfloat16, 2 float32, 3 float64; norms and decay are float for 16/32-bit
+// return the cudaError_t of the launch (0 on success). DTYPE codes:
+// normopt/dtype_codes.h; norms and decay are float for 16/32-bit
 // data and double for float64 data; `scales` holds one normopt::TensorScale
 // {pre, mult} of that type per tensor (2N values: g' = (g * pre) * mult,
 // normopt/norm_stats.h).

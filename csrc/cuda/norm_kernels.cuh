@@ -25,6 +25,7 @@
 #define NORMOPT_CUDA_NORM_KERNELS_CUH_
 
 #include "cuda/tensor_list.cuh"
+#include "normopt/dtype_codes.h"
 
 namespace normopt {
 namespace cuda {
@@ -118,9 +119,9 @@ __device__ __forceinline__ void chunk_stats(
 }
 
 // The rescue pass (norm_stats.h) of one tensor, in the finish thread: the
-// elements are read through their dtype code (0 float16, 1 bfloat16,
-// 2 float32, 3 float64), since finish exists per accumulation type. Serial,
-// and only for a tensor whose plain norm overflowed with finite elements.
+// elements are read through their dtype code (normopt/dtype_codes.h), since
+// finish exists per accumulation type. Serial, and only for a tensor whose
+// plain norm overflowed with finite elements.
 template <typename A>
 __device__ A rescue_tensor(NormKind kind, A norm, A max_abs,
                                         const void* data, int64_t n, int dtype,
@@ -131,12 +132,12 @@ __device__ A rescue_tensor(NormKind kind, A norm, A max_abs,
                             [p](int64_t i) { return p[i]; }, n, eps);
   } else {
     switch (dtype) {
-      case 0: {
+      case kDtypeFloat16: {
         const __half* p = static_cast<const __half*>(data);
         return serial_rescue<A>(kind, norm, max_abs,
                                 [p](int64_t i) { return to_acc(p[i]); }, n, eps);
       }
-      case 1: {
+      case kDtypeBFloat16: {
         const __nv_bfloat16* p = static_cast<const __nv_bfloat16*>(data);
         return serial_rescue<A>(kind, norm, max_abs,
                                 [p](int64_t i) { return to_acc(p[i]); }, n, eps);

@@ -25,6 +25,21 @@
 //
 // Averages over an empty tensor are 0, so every norm of an empty tensor is eps.
 //
+// The norms are listed once, in NORMOPT_NORM_KINDS below (enumerator, code,
+// name, statistics read), with their aliases in NORMOPT_NORM_ALIASES; the
+// NormKind enum, kNumNormKinds, stats_needed, the name lookup and the list of
+// accepted names in error messages are generated from it. The formula of
+// each norm is its case in finalize_norm (no default: -Wswitch flags a row
+// without one). normopt/kernels/_finalize.py holds the same table for
+// Python; tests/test_header_tables.py checks the two against each other.
+//
+// A new built-in norm is therefore: its row in NORMOPT_NORM_KINDS, its case
+// in finalize_norm (and its line in the list above); in Python its row in
+// _finalize.NORMS and its formula in _finalize.finalize_norm (Numba) and
+// normalizations.finalize_norm (TensorFlow); and its formula in the tests'
+// independent reference (tests/reference.py). The compiler (-Wswitch) and
+// the tests name whichever of those is missing.
+//
 // The per-tensor scale applied to the gradient is
 //   normalize: 1 / norm
 //   clip:      clipnorm / norm  if norm >= clipnorm, else 1
@@ -66,28 +81,13 @@
 #define NORMOPT_HD inline
 #include <cmath>
 #include <cstring>
+#include <string>
 #define NORMOPT_SQRT(x) std::sqrt(x)
 #define NORMOPT_FREXP(x, e) std::frexp(x, e)
 #define NORMOPT_LDEXP(x, k) std::ldexp(x, k)
 #endif
 
 namespace normopt {
-
-enum class NormKind : int {
-  kL1 = 0,
-  kL2 = 1,
-  kL1L2 = 2,
-  kAvgL1 = 3,
-  kAvgL2 = 4,
-  kAvgL1L2 = 5,
-  kMax = 6,
-  kMinMax = 7,
-  kStd = 8,
-};
-
-constexpr int kNumNormKinds = 9;
-
-enum class ScaleMode : int { kNormalize = 0, kClip = 1 };
 
 // Bit flags naming the statistics a norm reads, so kernels can skip the rest.
 enum StatBits : unsigned {
@@ -98,23 +98,60 @@ enum StatBits : unsigned {
   kStatMoments = 1u << 4,  // mean and m2
 };
 
+// The table of built-in norms: X(enumerator, code, name, statistics bits),
+// one row per norm, codes 0, 1, ... in row order (checked below). The codes
+// cross the C ABI (CUDA launchers, CuPy, Numba), so a row keeps its code.
+#define NORMOPT_NORM_KINDS(X)                              \
+  X(kL1, 0, "l1", kStatSumAbs)                             \
+  X(kL2, 1, "l2", kStatSumSq)                              \
+  X(kL1L2, 2, "l1_l2", kStatSumAbs | kStatSumSq)           \
+  X(kAvgL1, 3, "avg_l1", kStatSumAbs)                      \
+  X(kAvgL2, 4, "avg_l2", kStatSumSq)                       \
+  X(kAvgL1L2, 5, "avg_l1_l2", kStatSumAbs | kStatSumSq)    \
+  X(kMax, 6, "max", kStatMaxAbs)                           \
+  X(kMinMax, 7, "min_max", kStatMaxAbs | kStatMinAbs)      \
+  X(kStd, 8, "std", kStatMoments)
+
+// Other names of a row: A(alias, enumerator). Error messages list an alias
+// right after the name of its row.
+#define NORMOPT_NORM_ALIASES(A) A("linf", kMax)
+
+enum class NormKind : int {
+#define NORMOPT_NORM_ENUMERATOR(e, code, name, stats) e = code,
+  NORMOPT_NORM_KINDS(NORMOPT_NORM_ENUMERATOR)
+#undef NORMOPT_NORM_ENUMERATOR
+};
+
+namespace norm_table_detail {
+// The rows numbered by position, to check that the codes are 0, 1, ...
+enum RowIndex : int {
+#define NORMOPT_NORM_ROW(e, code, name, stats) kRow##e,
+  NORMOPT_NORM_KINDS(NORMOPT_NORM_ROW)
+#undef NORMOPT_NORM_ROW
+  kRowCount
+};
+#define NORMOPT_NORM_CODE_CHECK(e, code, name, stats)                \
+  static_assert(static_cast<int>(NormKind::e) == kRow##e,            \
+                "NORMOPT_NORM_KINDS: the codes must be 0, 1, ... in " \
+                "row order (" name ")");
+NORMOPT_NORM_KINDS(NORMOPT_NORM_CODE_CHECK)
+#undef NORMOPT_NORM_CODE_CHECK
+}  // namespace norm_table_detail
+
+constexpr int kNumNormKinds = norm_table_detail::kRowCount;
+
+enum class ScaleMode : int { kNormalize = 0, kClip = 1 };
+
+// The statistics norm `kind` reads (its row's bits). Every NormKind comes
+// from the table, so the switch covers them all; 0 only for a value cast
+// from an int outside the table.
 NORMOPT_HD unsigned stats_needed(NormKind kind) {
   switch (kind) {
-    case NormKind::kL1:
-    case NormKind::kAvgL1:
-      return kStatSumAbs;
-    case NormKind::kL2:
-    case NormKind::kAvgL2:
-      return kStatSumSq;
-    case NormKind::kL1L2:
-    case NormKind::kAvgL1L2:
-      return kStatSumAbs | kStatSumSq;
-    case NormKind::kMax:
-      return kStatMaxAbs;
-    case NormKind::kMinMax:
-      return kStatMaxAbs | kStatMinAbs;
-    case NormKind::kStd:
-      return kStatMoments;
+#define NORMOPT_NORM_STATS_CASE(e, code, name, stats) \
+  case NormKind::e:                                   \
+    return stats;
+    NORMOPT_NORM_KINDS(NORMOPT_NORM_STATS_CASE)
+#undef NORMOPT_NORM_STATS_CASE
   }
   return 0;
 }
@@ -221,6 +258,10 @@ NORMOPT_HD NormStats<Acc> from_block_sums(int64_t count, Acc sum_abs,
   return s;
 }
 
+// The norm from the statistics (formulas at the top of this file): one case
+// per row of NORMOPT_NORM_KINDS and no default, so -Wswitch names a row
+// without its formula. eps only for a value cast from an int outside the
+// table.
 template <typename Acc>
 NORMOPT_HD Acc finalize_norm(NormKind kind, const NormStats<Acc>& s, Acc eps) {
   const Acc n = Acc(s.count);
@@ -382,27 +423,60 @@ NORMOPT_HD TensorScale<Acc> scale_from_norm(ScaleMode mode, Acc norm,
 }
 
 #if !defined(__CUDACC__)
-// Host-side name lookup; `linf` is an alias of `max`. Returns false for an
-// unknown name.
+// Host-side name lookup, from NORMOPT_NORM_KINDS and NORMOPT_NORM_ALIASES.
+struct NormName {
+  const char* name;
+  NormKind kind;
+};
+
+// Every row's name, in code order.
+inline constexpr NormName kNormNames[] = {
+#define NORMOPT_NORM_NAME(e, code, name, stats) {name, NormKind::e},
+    NORMOPT_NORM_KINDS(NORMOPT_NORM_NAME)
+#undef NORMOPT_NORM_NAME
+};
+static_assert(sizeof(kNormNames) / sizeof(kNormNames[0]) == kNumNormKinds,
+              "one name per norm");
+
+inline constexpr NormName kNormAliases[] = {
+#define NORMOPT_NORM_ALIAS(alias, e) {alias, NormKind::e},
+    NORMOPT_NORM_ALIASES(NORMOPT_NORM_ALIAS)
+#undef NORMOPT_NORM_ALIAS
+};
+
+// Sets *out to the norm called `name` (a row's name or an alias). Returns
+// false for an unknown name.
 inline bool parse_norm_kind(const char* name, NormKind* out) {
-  struct Entry {
-    const char* name;
-    NormKind kind;
-  };
-  static const Entry kEntries[] = {
-      {"l1", NormKind::kL1},           {"l2", NormKind::kL2},
-      {"l1_l2", NormKind::kL1L2},      {"avg_l1", NormKind::kAvgL1},
-      {"avg_l2", NormKind::kAvgL2},    {"avg_l1_l2", NormKind::kAvgL1L2},
-      {"max", NormKind::kMax},         {"linf", NormKind::kMax},
-      {"min_max", NormKind::kMinMax},  {"std", NormKind::kStd},
-  };
-  for (const Entry& e : kEntries) {
+  for (const NormName& e : kNormNames) {
+    if (std::strcmp(e.name, name) == 0) {
+      *out = e.kind;
+      return true;
+    }
+  }
+  for (const NormName& e : kNormAliases) {
     if (std::strcmp(e.name, name) == 0) {
       *out = e.kind;
       return true;
     }
   }
   return false;
+}
+
+// Every accepted name, joined by `sep`: the rows in code order, each alias
+// right after its row ("l1, l2, ..., max, linf, min_max, std").
+inline std::string accepted_norm_names(const char* sep = ", ") {
+  std::string out;
+  for (const NormName& e : kNormNames) {
+    if (!out.empty()) out += sep;
+    out += e.name;
+    for (const NormName& a : kNormAliases) {
+      if (a.kind == e.kind) {
+        out += sep;
+        out += a.name;
+      }
+    }
+  }
+  return out;
 }
 
 inline bool parse_scale_mode(const char* name, ScaleMode* out) {

@@ -163,24 +163,24 @@ NormStats<AccType<T>> ChunkStatsFor(const T* __restrict x, int64_t n,
                               mx, mn, total, centered_sq);
 }
 
-// Dispatches to the instantiation gathering exactly stats_needed(kind).
+// Dispatches to the instantiation gathering exactly stats_needed(kind): one
+// case per row of NORMOPT_NORM_KINDS, its statistics bits as the template
+// argument (rows with the same bits share an instantiation). Every NormKind
+// comes from the table; a value cast from an int outside it gets NaN
+// statistics, hence a NaN norm, rather than some other norm's.
 template <typename T, bool Scaled = false>
 NormStats<AccType<T>> ChunkStats(NormKind kind, const T* x, int64_t n,
                                  AccType<T> pre = AccType<T>(1)) {
-  switch (stats_needed(kind)) {
-    case kStatSumAbs:
-      return ChunkStatsFor<T, kStatSumAbs, Scaled>(x, n, pre);
-    case kStatSumSq:
-      return ChunkStatsFor<T, kStatSumSq, Scaled>(x, n, pre);
-    case kStatSumAbs | kStatSumSq:
-      return ChunkStatsFor<T, kStatSumAbs | kStatSumSq, Scaled>(x, n, pre);
-    case kStatMaxAbs:
-      return ChunkStatsFor<T, kStatMaxAbs, Scaled>(x, n, pre);
-    case kStatMaxAbs | kStatMinAbs:
-      return ChunkStatsFor<T, kStatMaxAbs | kStatMinAbs, Scaled>(x, n, pre);
-    default:
-      return ChunkStatsFor<T, kStatMoments, Scaled>(x, n, pre);
+  switch (kind) {
+#define NORMOPT_CHUNK_STATS_CASE(e, code, name, stats) \
+  case NormKind::e:                                    \
+    return ChunkStatsFor<T, (stats), Scaled>(x, n, pre);
+    NORMOPT_NORM_KINDS(NORMOPT_CHUNK_STATS_CASE)
+#undef NORMOPT_CHUNK_STATS_CASE
   }
+  using Acc = AccType<T>;
+  const Acc nan = std::numeric_limits<Acc>::quiet_NaN();
+  return from_block_sums<Acc>(n, nan, nan, nan, nan, nan, nan);
 }
 
 }  // namespace normopt

@@ -21,6 +21,7 @@
 
 #include "cuda/chunk_table.h"
 #include "cuda/launchers.h"
+#include "normopt/dtype_codes.h"
 #include "normopt/norm_stats.h"
 #include "ops/element_types.h"
 #include "ops/grad_list.h"
@@ -33,23 +34,22 @@
 
 namespace normopt {
 
-// Elements per chunk of a GPU launch; the same default as the CuPy/Numba
-// path (normopt/kernels/chunks.py, DEFAULT_CHUNK_SIZE).
-constexpr int64_t kGpuChunkElems = int64_t{1} << 16;
+// Elements per chunk of a GPU launch (csrc/cuda/chunk_table.h).
+constexpr int64_t kGpuChunkElems = cuda::kDefaultChunkElems;
 
-// The launchers' dtype code of T (0 float16, 1 bfloat16, 2 float32,
-// 3 float64). Eigen::half / Eigen::bfloat16 have the bit layout of
-// __half / __nv_bfloat16, which the launchers read.
+// The launchers' dtype code of T (normopt/dtype_codes.h). Eigen::half /
+// Eigen::bfloat16 have the bit layout of __half / __nv_bfloat16, which the
+// launchers read.
 template <typename T>
 constexpr int LauncherDtype();
 template <>
-constexpr int LauncherDtype<Eigen::half>() { return 0; }
+constexpr int LauncherDtype<Eigen::half>() { return kDtypeFloat16; }
 template <>
-constexpr int LauncherDtype<Eigen::bfloat16>() { return 1; }
+constexpr int LauncherDtype<Eigen::bfloat16>() { return kDtypeBFloat16; }
 template <>
-constexpr int LauncherDtype<float>() { return 2; }
+constexpr int LauncherDtype<float>() { return kDtypeFloat32; }
 template <>
-constexpr int LauncherDtype<double>() { return 3; }
+constexpr int LauncherDtype<double>() { return kDtypeFloat64; }
 static_assert(sizeof(Eigen::half) == 2 && sizeof(Eigen::bfloat16) == 2,
               "16-bit element types must be 2 bytes");
 

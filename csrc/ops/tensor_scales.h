@@ -42,10 +42,9 @@ inline absl::Status ParseNormSource(const std::string& name,
   out->precomputed = false;
   if (parse_norm_kind(name.c_str(), &out->kind)) return absl::OkStatus();
   return absl::InvalidArgumentError(
-      "normopt: unknown norm kind '" + name +
-      "'; expected one of l1, l2, l1_l2, avg_l1, avg_l2, avg_l1_l2, max, "
-      "linf, min_max, std" +
-      (allow_precomputed ? std::string(" or precomputed") : std::string()));
+      "normopt: unknown norm kind '" + name + "'; expected one of " +
+      accepted_norm_names() +
+      (allow_precomputed ? std::string(" or ") + kPrecomputed : std::string()));
 }
 
 inline absl::Status ParseMode(const std::string& name, ScaleMode* out) {
@@ -141,6 +140,12 @@ AccType<T> RescueNorm(tensorflow::OpKernelContext* ctx, NormKind kind,
   return rescued_norm(kind, s, k, eps);
 }
 
+// Relative cost per element of ChunkStats for `kind`, for the thread pool's
+// sharding: a norm reading the moments makes a second pass over each chunk.
+inline int ChunkStatsCost(NormKind kind) {
+  return (stats_needed(kind) & kStatMoments) != 0 ? 6 : 2;
+}
+
 // Norms of the gradients data[i] (sizes in plan), built-in kind.
 template <typename T>
 void ComputeNorms(tensorflow::OpKernelContext* ctx, NormKind kind,
@@ -148,7 +153,7 @@ void ComputeNorms(tensorflow::OpKernelContext* ctx, NormKind kind,
                   AccType<T> eps, std::vector<AccType<T>>* norms) {
   using Acc = AccType<T>;
   std::vector<NormStats<Acc>> chunk_stats(plan.size());
-  ParallelForChunks(ctx, plan, kind == NormKind::kStd ? 6 : 2, [&](int64_t c) {
+  ParallelForChunks(ctx, plan, ChunkStatsCost(kind), [&](int64_t c) {
     const Chunk& ch = plan.chunks[c];
     chunk_stats[c] = ChunkStats<T>(kind, data[ch.tensor] + ch.begin,
                                    ch.end - ch.begin);
@@ -209,7 +214,7 @@ class DeferredScales {
     }
     std::vector<NormStats<Acc>> chunk_stats(plan.size());
     ParallelForCount(ctx, static_cast<int64_t>(merged_chunks.size()),
-                     kChunkElems * (kind_ == NormKind::kStd ? 6 : 2),
+                     kChunkElems * ChunkStatsCost(kind_),
                      [&](int64_t k) {
                        const Chunk& ch = plan.chunks[merged_chunks[k]];
                        chunk_stats[merged_chunks[k]] = ChunkStats<T>(

@@ -2,8 +2,10 @@
 
 import numpy as np
 
+from normopt.kernels._finalize import DTYPE_CODES
+
 NARROW = ("float16", "bfloat16")
-SUPPORTED = ("float16", "bfloat16", "float32", "float64")
+SUPPORTED = tuple(DTYPE_CODES)
 
 
 def dtype_name(array):

@@ -6,6 +6,15 @@ compile the same plain-Python functions instead of restating the norms. The
 tests check it against the header (a compiled probe) and against the NumPy
 reference.
 
+It is also the one Python copy of the tables the C++ headers define, which
+the rest of the package (normalizations, chunks, cupy_kernels, _args) and the tests
+import: the norm table `NORMS` (name, code, statistics bits; NORMOPT_NORM_KINDS
+in norm_stats.h) with `ALIASES`, the statistics bits `STAT_*` (StatBits), the
+launchers' `DTYPE_CODES` (NORMOPT_DTYPE_CODES in csrc/normopt/dtype_codes.h)
+and the GPU chunk size `DEFAULT_CHUNK_SIZE` (kDefaultChunkElems in
+csrc/cuda/chunk_table.h). tests/test_header_tables.py reads those tables out
+of the headers and checks that these values equal them.
+
 Statistics of a block of n elements g_i, as a 7-tuple:
 
     (count, sum_abs, sum_sq, max_abs, min_abs, mean, m2)
@@ -38,28 +47,50 @@ g * 2^-k read again by the finishing thread (`serial_scaled_stats`).
 
 import math
 
-# NormKind codes, as in the header's enum (linf is an alias of max).
-KIND_CODES = {
-    "l1": 0,
-    "l2": 1,
-    "l1_l2": 2,
-    "avg_l1": 3,
-    "avg_l2": 4,
-    "avg_l1_l2": 5,
-    "max": 6,
-    "min_max": 7,
-    "std": 8,
-}
-ALIASES = {"linf": "max"}
-NORM_KINDS = tuple(KIND_CODES)
-MODE_CODES = {"normalize": 0, "clip": 1}
-
 # StatBits, as in the header.
 STAT_SUM_ABS = 1
 STAT_SUM_SQ = 2
 STAT_MAX_ABS = 4
 STAT_MIN_ABS = 8
 STAT_MOMENTS = 16
+
+# The statistics (NormStats fields) each bit stands for.
+STAT_FIELDS = {
+    STAT_SUM_ABS: ("sum_abs",),
+    STAT_SUM_SQ: ("sum_sq",),
+    STAT_MAX_ABS: ("max_abs",),
+    STAT_MIN_ABS: ("min_abs",),
+    STAT_MOMENTS: ("mean", "m2"),
+}
+
+# The header's norm table (NORMOPT_NORM_KINDS): (name, NormKind code,
+# statistics bits), in code order; and its aliases (NORMOPT_NORM_ALIASES).
+NORMS = (
+    ("l1", 0, STAT_SUM_ABS),
+    ("l2", 1, STAT_SUM_SQ),
+    ("l1_l2", 2, STAT_SUM_ABS | STAT_SUM_SQ),
+    ("avg_l1", 3, STAT_SUM_ABS),
+    ("avg_l2", 4, STAT_SUM_SQ),
+    ("avg_l1_l2", 5, STAT_SUM_ABS | STAT_SUM_SQ),
+    ("max", 6, STAT_MAX_ABS),
+    ("min_max", 7, STAT_MAX_ABS | STAT_MIN_ABS),
+    ("std", 8, STAT_MOMENTS),
+)
+ALIASES = {"linf": "max"}
+
+KIND_CODES = {name: code for name, code, _ in NORMS}
+NORM_KINDS = tuple(KIND_CODES)
+NUM_KINDS = len(NORMS)
+# stats_needed by code (a tuple: Numba compiles the lookup as a constant).
+STATS_BY_CODE = tuple(bits for _, _, bits in NORMS)
+MODE_CODES = {"normalize": 0, "clip": 1}
+
+# The launchers' element dtype codes (NORMOPT_DTYPE_CODES).
+DTYPE_CODES = {"float16": 0, "bfloat16": 1, "float32": 2, "float64": 3}
+
+# Elements per full chunk of a GPU launch, the TF GPU op's and the default of
+# the CuPy and Numba paths (kDefaultChunkElems).
+DEFAULT_CHUNK_SIZE = 65536
 
 # Per accumulation dtype: (smallest normal number, max exponent), the
 # header's AccLimits, and the largest finite value (the finish runs in
@@ -73,13 +104,22 @@ STATS_FIELDS = ("count", "sum_abs", "sum_sq", "max_abs", "min_abs", "mean", "m2"
 NUM_STATS = len(STATS_FIELDS)
 
 
+def accepted_names():
+    """Every accepted norm name, in the header's order (`accepted_norm_names`:
+    the rows in code order, each alias right after its row)."""
+    out = []
+    for name in NORM_KINDS:
+        out.append(name)
+        out.extend(alias for alias, target in ALIASES.items() if target == name)
+    return tuple(out)
+
+
 def kind_code(kind):
     """The header's NormKind code of a norm name (alias `linf` accepted)."""
     name = ALIASES.get(kind, kind)
     if name not in KIND_CODES:
         raise ValueError(
-            f"unknown norm kind {kind!r}; expected one of "
-            f"{sorted(set(KIND_CODES) | set(ALIASES))}"
+            f"unknown norm kind {kind!r}; expected one of {', '.join(accepted_names())}"
         )
     return KIND_CODES[name]
 
@@ -91,20 +131,18 @@ def mode_code(mode):
 
 
 def stats_needed(kind):
-    """Bit mask of the statistics norm `kind` (a code) reads."""
-    if kind == 0 or kind == 3:
-        return STAT_SUM_ABS
-    if kind == 1 or kind == 4:
-        return STAT_SUM_SQ
-    if kind == 2 or kind == 5:
-        return STAT_SUM_ABS | STAT_SUM_SQ
-    if kind == 6:
-        return STAT_MAX_ABS
-    if kind == 7:
-        return STAT_MAX_ABS | STAT_MIN_ABS
-    if kind == 8:
-        return STAT_MOMENTS
+    """Bit mask of the statistics norm `kind` (a code) reads: its row's bits
+    (0 for a code outside the table, as the header's)."""
+    if 0 <= kind < NUM_KINDS:
+        return STATS_BY_CODE[kind]
     return 0
+
+
+def stats_fields(name):
+    """The NormStats fields norm `name` (alias accepted) reads, in field
+    order (e.g. ("mean", "m2") for std)."""
+    bits = STATS_BY_CODE[kind_code(name)]
+    return tuple(f for bit, fields in STAT_FIELDS.items() if bits & bit for f in fields)
 
 
 def merge_stats(ca, sa, qa, xa, na_, ma, m2a, cb, sb, qb, xb, nb_, mb, m2b):

@@ -12,14 +12,15 @@ element order, so a per-tensor finish pass merges them in a fixed order.
     start[c]  = (c - first[t]) * chunk_size
 
 The CUDA launchers build the same table with `csrc/cuda/chunk_table.h`; the
-Numba and CuPy paths build it here.
+Numba and CuPy paths build it here. DEFAULT_CHUNK_SIZE is the GPU op's
+(kDefaultChunkElems there; defined for Python in `_finalize`).
 """
 
 import collections
 
 import numpy as np
 
-DEFAULT_CHUNK_SIZE = 65536
+from normopt.kernels._finalize import DEFAULT_CHUNK_SIZE  # noqa: F401 - re-exported
 
 ChunkTable = collections.namedtuple("ChunkTable", "tensor start first chunk_size")
 ChunkTable.__doc__ = (

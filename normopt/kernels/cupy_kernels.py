@@ -43,8 +43,8 @@ MAX_BLOCKS = 1 << 20
 FINISH_THREADS = 128
 STATS_BYTES = {"float32": 32, "float64": 56}  # sizeof(NormStats<float|double>)
 SUFFIX = {"float16": "f16", "bfloat16": "bf16", "float32": "f32", "float64": "f64"}
-# The launchers' dtype codes (csrc/cuda/launchers.h), read by finish's rescue pass.
-DTYPE_CODE = {"float16": 0, "bfloat16": 1, "float32": 2, "float64": 3}
+# The launchers' dtype codes (csrc/normopt/dtype_codes.h), read by finish's rescue pass.
+DTYPE_CODE = _finalize.DTYPE_CODES
 
 # Kernel launches by name since import (benchmarks report launches per step).
 LAUNCHES = collections.Counter()

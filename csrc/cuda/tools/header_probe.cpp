@@ -10,6 +10,8 @@
 //     -> the 7 merged statistics
 //   chunks CHUNK_SIZE N SIZE_0 ... SIZE_N-1
 //     -> "FIRST..." / "TENSOR..." / "START..." on three lines
+//   names -> "NUM_KINDS ACCEPTED" (kNumNormKinds, accepted_norm_names(","))
+//   parse NAME -> "CODE STATS_NEEDED" (parse_norm_kind), or "unknown"
 // Numbers are printed with 17 significant digits (double accumulation);
 // statistics may be nan or inf.
 #include <cstdio>
@@ -95,6 +97,18 @@ int main() {
       std::printf("\n");
       for (auto s : table.start) std::printf("%lld ", static_cast<long long>(s));
       std::printf("\n");
+    } else if (op == "names") {
+      std::printf("%d %s\n", normopt::kNumNormKinds,
+                  normopt::accepted_norm_names(",").c_str());
+    } else if (op == "parse") {
+      std::string name;
+      in >> name;
+      normopt::NormKind k;
+      if (normopt::parse_norm_kind(name.c_str(), &k)) {
+        std::printf("%d %u\n", static_cast<int>(k), normopt::stats_needed(k));
+      } else {
+        std::printf("unknown\n");
+      }
     } else if (!op.empty()) {
       std::fprintf(stderr, "unknown query: %s\n", op.c_str());
       return 2;
