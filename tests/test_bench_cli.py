@@ -161,3 +161,18 @@ def test_benchmark_suite_collects():
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "test_norm_call" in proc.stdout and "test_optimizer_step" in proc.stdout
+
+
+def test_every_step_inner_takes_the_fused_path_and_counts_its_slots():
+    from normopt.bench import fit_bench, inners
+    from normopt.ops import fused_step, library
+
+    if not library.status()["loaded"]:
+        pytest.fail(f"the op library is not loaded: {library.status()['reason']}")
+    for name in inners.STEP_INNERS:
+        assert fit_bench.probe_path(name) == ("fused", None), name
+        opt = inners.make_inner(name)
+        slots = {"adam": 2, "adamw": 2, "sgd_nesterov": 1, "rmsprop": 1, "adagrad": 1,
+                 "adamax": 2, "nadam": 2, "lion": 1}[name]
+        assert inners.bytes_per_param(name, True) == 12 + 8 * slots + 4
+        assert fused_step.update_kernel(opt) is not None

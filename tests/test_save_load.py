@@ -6,6 +6,7 @@ import tensorflow as tf
 
 import keras
 import normopt
+from conftest import covering
 
 
 def model_and_data(seed=0):
@@ -37,9 +38,10 @@ def fit(model, x, y, epochs):
     model.fit(x, y, batch_size=32, epochs=epochs, shuffle=False, verbose=0)
 
 
-@pytest.mark.parametrize("kind", ["normalized", "clipped"])
-@pytest.mark.parametrize("fused_save,fused_load", [(False, False), (None, False), (False, None)])
-def test_save_load_continue_is_identical(tmp_path, kind, fused_save, fused_load):
+@pytest.mark.parametrize("kind, paths", covering(
+    ["normalized", "clipped"], [(False, False), (None, False), (False, None)]))
+def test_save_load_continue_is_identical(tmp_path, kind, paths):
+    fused_save, fused_load = paths
     # uninterrupted: 4 epochs
     model, x, y = model_and_data()
     model.compile(optimizer=make_opt(kind, fused_load), loss="mse")
@@ -115,11 +117,11 @@ TRAIN_PATHS = {"fused": (True, False), "tf": (False, False), "xla": (None, True)
 EXPECTED_PATH = {"fused": "fused", "tf": "tf", "xla": "tf"}
 
 
-@pytest.mark.parametrize("kind", ["normalized", "clipped"])
-@pytest.mark.parametrize("save_path,load_path", [("fused", "xla"), ("xla", "fused"),
-                                                 ("xla", "tf"), ("tf", "xla")])
-def test_save_under_one_path_load_under_another(tmp_path, kind, save_path, load_path):
+@pytest.mark.parametrize("kind, paths", covering(
+    ["normalized", "clipped"], [("fused", "xla"), ("xla", "fused"), ("xla", "tf"), ("tf", "xla")]))
+def test_save_under_one_path_load_under_another(tmp_path, kind, paths):
     """Saved after training on one path, resumed on another: continues like pure TF."""
+    save_path, load_path = paths
     model, x, y = model_and_data()
     model.compile(optimizer=make_opt(kind, False), loss="mse")
     fit(model, x, y, 4)

@@ -34,7 +34,7 @@ DEFAULTS = {
 }
 # `normopt bench fit` (full) and `--quick`. inners=None: every inner
 # optimizer whose normalized step takes the fused path here
-# (fit_bench.default_inners(): SGD with momentum, Adam, AdamW today).
+# (fit_bench.default_inners()).
 FIT_FULL = dict(models=fit_models.MODELS, inners=None, repeats=15,
                 steps_per_sample=3, warmup=3)
 FIT_QUICK = dict(models=fit_models.MODELS, inners=("adam",), repeats=5,
@@ -122,7 +122,7 @@ def add_arguments(parser):
                    "quick: eight_1k,mlp)")
     g.add_argument("--inners", type=_choices("inner optimizer", INNER_NAMES),
                    help="comma-separated inner optimizers. step: from "
-                   f"{','.join(step_bench.INNERS)} (default: both; quick: adam). fit: "
+                   f"{','.join(step_bench.INNERS)} (default: every one; quick: adam). fit: "
                    f"from {','.join(fit_bench.INNER_CANDIDATES)} (default: every one "
                    "whose normalized step takes the fused path here; --quick: adam)")
     g.add_argument("--wrappers", type=_choices("wrapper", step_bench.WRAPPERS),

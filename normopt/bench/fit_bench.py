@@ -45,50 +45,19 @@ import time
 import numpy as np
 
 from normopt.bench import fit_models, timing
+from normopt.bench.inners import INNER_CANDIDATES, make_inner
 
 VARIANTS = ("plain", "normalized_tf", "normalized_fused")
 BASELINE = "fwd_bwd"
 CALLS = (BASELINE,) + VARIANTS
 
 
-def _sgd_momentum(keras):
-    return keras.optimizers.SGD(1e-2, momentum=0.9)
-
-
-def _sgd_nesterov(keras):
-    return keras.optimizers.SGD(1e-2, momentum=0.9, nesterov=True)
-
-
-# name -> factory(keras) of an inner optimizer. fused_inners() probes the
-# whole list; add a candidate here when a fused kernel is planned for it.
-INNER_CANDIDATES = {
-    "sgd_momentum": _sgd_momentum,
-    "adam": lambda keras: keras.optimizers.Adam(1e-3),
-    "adamw": lambda keras: keras.optimizers.AdamW(1e-3, weight_decay=4e-3),
-    "sgd_nesterov": _sgd_nesterov,
-    "nadam": lambda keras: keras.optimizers.Nadam(1e-3),
-    "rmsprop": lambda keras: keras.optimizers.RMSprop(1e-3),
-    "adagrad": lambda keras: keras.optimizers.Adagrad(1e-2),
-    "adamax": lambda keras: keras.optimizers.Adamax(1e-3),
-    "lion": lambda keras: keras.optimizers.Lion(1e-4),
-    "lamb": lambda keras: keras.optimizers.Lamb(1e-3),
-}
 # Candidates that are the same fused kernel as one listed before them, left
 # out of the default list (still selectable by name).
 SAME_KERNEL_AS = {"sgd_nesterov": "sgd_momentum"}
 # When no candidate takes the fused path (op library not loaded), these are
 # timed anyway; their normalized_fused variant then records path "tf".
 FALLBACK_INNERS = ("sgd_momentum", "adam", "adamw")
-
-
-def make_inner(name):
-    import keras
-
-    if name not in INNER_CANDIDATES:
-        raise KeyError(
-            f"unknown inner optimizer {name!r}; known: {', '.join(INNER_CANDIDATES)}"
-        )
-    return INNER_CANDIDATES[name](keras)
 
 
 def probe_path(name, norm="l2"):

@@ -26,32 +26,20 @@ fp32 parameter (B/param below), over the median step time:
 
 import numpy as np
 
-from normopt.bench import cases, timing
+from normopt.bench import cases, inners, timing
 
-INNERS = ("adam", "sgd_nesterov")
+# One inner optimizer per fused rule family.
+INNERS = inners.STEP_INNERS
 WRAPPERS = ("normalized", "clipped")
 PATHS = ("plain", "tf_graph", "tf_xla", "fused")
-BYTES_PER_PARAM = {
-    ("adam", "plain"): 28,
-    ("adam", "normalized"): 32,
-    ("sgd_nesterov", "plain"): 20,
-    ("sgd_nesterov", "normalized"): 24,
-}
 CLIPNORM = 1.0
 
 
 def bytes_per_param(inner, path):
-    return BYTES_PER_PARAM[(inner, "plain" if path == "plain" else "normalized")]
+    return inners.bytes_per_param(inner, path != "plain")
 
 
-def make_inner(inner):
-    import keras
-
-    if inner == "adam":
-        return keras.optimizers.Adam(1e-3)
-    if inner == "sgd_nesterov":
-        return keras.optimizers.SGD(1e-2, momentum=0.9, nesterov=True)
-    raise KeyError(f"unknown inner optimizer {inner!r}; known: {INNERS}")
+make_inner = inners.make_inner
 
 
 def make_optimizer(inner, wrapper, path, norm):
