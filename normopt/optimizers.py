@@ -515,6 +515,7 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
     def _step(self, gs, vs, replicas):
         """One step on gradients already summed across replicas."""
         inner = self.inner_optimizer
+        keras_adapters.restore_unsaved_state(inner)
         path = fused_step.choose_path(
             self.fused, self.normalization, inner, gs, vs
         )

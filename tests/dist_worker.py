@@ -34,6 +34,9 @@ def build(kind, fused, skip):
     if kind == "normalized_adam":
         return normopt.NormalizedOptimizer(keras.optimizers.Adam(1e-2), "l2",
                                            fused=fused, skip_nonfinite=skip)
+    if kind == "normalized_nadam":  # state outside the slots: Keras's _u_product
+        return normopt.NormalizedOptimizer(keras.optimizers.Nadam(1e-2), "l2",
+                                           fused=fused, skip_nonfinite=skip)
     return normopt.ClippedOptimizer(
         keras.optimizers.SGD(0.05, momentum=0.9, nesterov=True), "std",
         clipnorm=0.05, fused=fused, skip_nonfinite=skip)

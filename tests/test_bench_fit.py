@@ -119,10 +119,10 @@ def test_json_records_environment_and_settings(cli_run):
 def test_fused_inners_come_from_the_probe():
     probes = {}
     found = fit_bench.fused_inners(probes=probes)
-    assert {"sgd_momentum", "adam", "adamw"} <= set(found)
+    assert {"sgd_momentum", "adam", "adamw", "rmsprop", "nadam", "lion"} <= set(found)
     assert all(probes[name]["path"] == "fused" for name in found)
-    # Those without a fused update kernel are probed and left out.
-    assert probes["rmsprop"]["path"] != "fused" and "rmsprop" not in found
+    # Those without a fused update rule are probed and left out.
+    assert probes["lamb"]["path"] != "fused" and "lamb" not in found
     assert fit_bench.default_inners() == found
 
 
@@ -204,6 +204,6 @@ def test_bad_arguments_are_argparse_errors(argv, message, capsys):
 
 def test_step_mode_refuses_fit_only_inner(capsys):
     with pytest.raises(SystemExit) as exc:
-        main(["bench", "step", "--inners", "adamw"])
+        main(["bench", "step", "--inners", "lamb"])
     assert exc.value.code == 2
-    assert "unknown inner optimizer 'adamw'" in capsys.readouterr().err
+    assert "unknown inner optimizer 'lamb'" in capsys.readouterr().err

@@ -30,7 +30,7 @@ def run_worker(replicas, jobs):
     return {tuple(map(str, job)): json.loads(ln) for job, ln in zip(jobs, lines)}
 
 
-KINDS = ["normalized_adam", "clipped_nesterov"]
+KINDS = ["normalized_adam", "clipped_nesterov", "normalized_nadam"]
 FUSED = ["false", "null", "true"]
 
 

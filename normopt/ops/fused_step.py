@@ -205,13 +205,15 @@ def run_fused_update(inner, normalization, mode, clipnorm, grads, variables):
     slots, the way Keras's own distributed update does; no collective runs
     inside, so every worker does the same local work on the same sums.
     """
-    keras_adapters.adapter_for(inner).before_update(inner)
+    adapter = keras_adapters.adapter_for(inner)
     if not tf.distribute.has_strategy():
+        adapter.before_update(inner)
         _update_variables(inner, normalization, mode, clipnorm, grads, variables)
         _finish_step(inner, variables)
         return
 
     def update(distribution, grads):
+        adapter.before_update(inner)
         local_grads = [distribution.experimental_local_results(g) for g in grads]
         for i, device in enumerate(distribution.extended.worker_devices):
 

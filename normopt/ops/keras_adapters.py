@@ -22,6 +22,7 @@ checks each against the installed Keras, naming the one a release renamed.
 """
 
 import keras
+import tensorflow as tf
 
 # (owner, attribute): the private Keras attributes read here. owner "*" is
 # keras.optimizers.Optimizer, read on every inner optimizer.
@@ -67,7 +68,12 @@ class Adapter:
         raise NotImplementedError
 
     def before_update(self, inner):
-        """State Keras advances once per step before the variable updates."""
+        """State Keras advances once per step before the variable updates
+        (called where variables can be assigned: outside a replica context)."""
+
+    def restore(self, inner):
+        """Brings back state Keras does not save (called at every step, on
+        every path, before the update)."""
 
 
 def _pick(slot_list, index):
@@ -166,15 +172,41 @@ class NadamAdapter(Adapter):
     def hyper(self, inner):
         return [inner.beta_1, inner.beta_2, inner.epsilon, inner._u_product.value]
 
-    def before_update(self, inner):
+    @staticmethod
+    def _advanced(inner, u_product, step):
         # Keras's Nadam._backend_update_step, in the same ops and dtype:
         # u_product *= beta_1 * (1 - 0.5 * 0.96^t).
         dtype = inner._u_product.dtype
+        return u_product * inner.beta_1 * (
+            1.0 - 0.5 * keras.ops.power(0.96, keras.ops.cast(step, dtype)))
+
+    def before_update(self, inner):
         inner._u_product.assign(
-            inner._u_product
-            * inner.beta_1
-            * (1.0 - 0.5 * keras.ops.power(0.96, keras.ops.cast(inner.iterations + 1, dtype)))
-        )
+            self._advanced(inner, inner._u_product, inner.iterations + 1))
+
+    def restore(self, inner):
+        """Keras does not save `_u_product` (it is no optimizer variable), so
+        a loaded Nadam restarts it at 1 while `iterations` resumes. It is 1
+        only before the first step; at iterations > 0 it is recomputed here,
+        step by step in the same ops and order as Keras accumulated it, so a
+        resumed run continues bit for bit."""
+        u_product = inner._u_product
+        iterations = inner.iterations
+
+        def recomputed():
+            def advance(step, value):
+                return step + 1, self._advanced(inner, value, step)
+
+            _, value = tf.while_loop(
+                lambda step, _: step <= iterations, advance,
+                (tf.ones([], iterations.dtype), tf.ones([], u_product.dtype)))
+            return value
+
+        def assign():
+            lost = tf.logical_and(iterations > 0, tf.equal(u_product.value, 1.0))
+            u_product.assign(tf.cond(lost, recomputed, lambda: tf.identity(u_product.value)))
+
+        _outside_replicas(assign)
 
 
 class LionAdapter(Adapter):
@@ -200,6 +232,22 @@ ADAPTERS = {
 def adapter_for(inner):
     """The Adapter of `inner`'s exact class, or None (no fused rule)."""
     return ADAPTERS.get(type(inner))
+
+
+def _outside_replicas(fn):
+    """fn(), through a merge_call when in a replica context: a mirrored
+    variable is assigned in the cross-replica context."""
+    if tf.distribute.has_strategy() and not tf.distribute.in_cross_replica_context():
+        tf.distribute.get_replica_context().merge_call(lambda _: fn())
+    else:
+        fn()
+
+
+def restore_unsaved_state(inner):
+    """What `inner` lost in a save/load, brought back before a step."""
+    adapter = adapter_for(inner)
+    if adapter is not None:
+        adapter.restore(inner)
 
 
 def unsupported_options(inner):
