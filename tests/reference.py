@@ -119,3 +119,100 @@ class RMSprop:
         v = self.rho * self.v.get(i, np.zeros_like(g)) + (1 - self.rho) * g * g
         self.v[i] = v
         return np.asarray(w, np.float64) - lr * g / np.sqrt(v + self.eps)
+
+
+# ---- every update rule of normopt.kernels' generic apply, one step -------
+
+RULE_SLOTS = {
+    "sgd": (),
+    "sgd_momentum": ("momentum",),
+    "sgd_nesterov": ("momentum",),
+    "adam": ("m", "v"),
+    "adam_amsgrad": ("m", "v", "vhat"),
+    "rmsprop": ("velocity",),
+    "rmsprop_momentum": ("velocity", "momentum"),
+    "rmsprop_centered": ("velocity", "average_gradient"),
+    "rmsprop_centered_momentum": ("velocity", "average_gradient", "momentum"),
+    "adagrad": ("accumulator",),
+    "adamax": ("m", "u"),
+    "nadam": ("m", "v"),
+    "lion": ("m",),
+}
+
+
+def nadam_u_product(beta_1, step):
+    """Keras Nadam's `_u_product` after step t's update:
+    prod over s = 1..t of beta_1 * (1 - 0.5 * 0.96^s)."""
+    return float(np.prod([beta_1 * (1.0 - 0.5 * 0.96**s) for s in range(1, step + 1)]))
+
+
+def rule_step(rule, w, slots, g, lr, step, hyper, wd=0.0):
+    """One step of update rule `rule` (Keras 3's update_step) on one tensor,
+    in float64: returns (new w, [new slots in the rule's order]). `g` is the
+    already normalized/clipped gradient; wd != 0 applies the decoupled decay
+    w - w * wd * lr first; `step` is t = iterations + 1."""
+    w = np.asarray(w, np.float64)
+    g = np.asarray(g, np.float64)
+    s = [np.asarray(x, np.float64) for x in slots]
+    assert len(s) == len(RULE_SLOTS[rule]), (rule, len(s))
+    t = step
+    if wd:
+        w = w - w * wd * lr
+    if rule == "sgd":
+        return w - lr * g, []
+    if rule in ("sgd_momentum", "sgd_nesterov"):
+        (mu,) = hyper
+        m = mu * s[0] - lr * g
+        if rule == "sgd_nesterov":
+            return w + mu * m - lr * g, [m]
+        return w + m, [m]
+    if rule in ("adam", "adam_amsgrad"):
+        b1, b2, eps = hyper
+        m = s[0] + (g - s[0]) * (1 - b1)
+        v = s[1] + (g * g - s[1]) * (1 - b2)
+        new = [m, v]
+        denom = v
+        if rule == "adam_amsgrad":
+            denom = np.maximum(s[2], v)
+            new.append(denom)
+        alpha = lr * np.sqrt(1 - b2**t) / (1 - b1**t)
+        return w - m * alpha / (np.sqrt(denom) + eps), new
+    if rule.startswith("rmsprop"):
+        rho, eps = hyper[:2]
+        centered = "centered" in rule
+        v = rho * s[0] + (1 - rho) * g * g
+        new = [v]
+        if centered:
+            ag = rho * s[1] + (1 - rho) * g
+            new.append(ag)
+            inc = lr * g / np.sqrt(v - ag * ag + eps)
+        else:
+            inc = lr * g / np.sqrt(v + eps)
+        if rule.endswith("momentum"):
+            mom = hyper[2] * s[-1] + inc
+            new.append(mom)
+            return w - mom, new
+        return w - inc, new
+    if rule == "adagrad":
+        (eps,) = hyper
+        acc = s[0] + g * g
+        return w - lr * g / np.sqrt(acc + eps), [acc]
+    if rule == "adamax":
+        b1, b2, eps = hyper
+        m = s[0] + (g - s[0]) * (1 - b1)
+        u = np.maximum(b2 * s[1], np.abs(g))
+        return w - lr * m / ((1 - b1**t) * (u + eps)), [m, u]
+    if rule == "nadam":
+        b1, b2, eps, u_product = hyper
+        u_t = b1 * (1 - 0.5 * 0.96**t)
+        u_t1 = b1 * (1 - 0.5 * 0.96 ** (t + 1))
+        up1 = u_product * u_t1
+        m = s[0] + (g - s[0]) * (1 - b1)
+        v = s[1] + (g * g - s[1]) * (1 - b2)
+        m_hat = u_t1 * m / (1 - up1) + (1 - u_t) * g / (1 - u_product)
+        v_hat = v / (1 - b2**t)
+        return w - m_hat * lr / (np.sqrt(v_hat) + eps), [m, v]
+    if rule == "lion":
+        b1, b2 = hyper
+        return w - lr * np.sign(s[0] * b1 + g * (1 - b1)), [s[0] * b2 + g * (1 - b2)]
+    raise KeyError(rule)

@@ -5,7 +5,9 @@ suite shares this pytest process, so by default this module holds one test
 that re-runs this file in a child pytest with the variable set; in that
 child (or whenever the variable is already set) the real tests below run.
 Cases are the shared checks of test_kernels_numba.py, on tiny chunks and
-4-thread blocks so the simulator's Python threads stay cheap.
+4-thread blocks so the simulator's Python threads stay cheap; the generic
+apply runs every rule for 2 steps on a few shapes (against the reference and
+against numba_cpu), its full dtype/mode/decay sweep with --runslow.
 """
 
 import os
@@ -19,18 +21,25 @@ KW = dict(chunk_size=8, threads=4)
 
 if not SIMULATOR:
 
-    def test_simulator_suite():
+    def test_simulator_suite(request):
+        """The child run gets --runslow when this one has it; the only skips
+        allowed are the slow sweeps without it."""
         env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+        runslow = ["--runslow"] if request.config.getoption("--runslow") else []
         done = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+            [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", __file__]
+            + runslow,
             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-            env=env, capture_output=True, text=True, timeout=600,
+            env=env, capture_output=True, text=True, timeout=600 if not runslow else 3600,
         )
         print(done.stdout[-4000:])
         assert done.returncode == 0, (
             "simulator tests failed:\n" + done.stdout[-8000:] + done.stderr[-4000:]
         )
-        assert " passed" in done.stdout and "skipped" not in done.stdout
+        assert " passed" in done.stdout
+        skips = [line for line in done.stdout.splitlines() if line.startswith("SKIPPED")]
+        assert all("slow sweep; run with --runslow" in line for line in skips), skips
+        assert bool(skips) != bool(runslow), skips
 
     def test_gpu_validate_dry_run(tmp_path):
         """benchmarks/gpu_validate.py runs its whole logic under the simulator."""
@@ -96,9 +105,16 @@ else:
 
     from test_kernels_numba import (  # noqa: E402
         ADAM_VARIANTS,
+        DTYPES,
+        MODES,
+        RULES,
         SGD_VARIANTS,
         SHAPE_LISTS,
         check_adam,
+        check_apply_rejects,
+        check_rule,
+        check_rule_against,
+        rule_cases,
         check_bitwise_repeatable,
         check_matches_tf_op,
         check_momenta_with_zero_momentum,
@@ -178,3 +194,39 @@ else:
             zeros = [K.np.zeros_like(a) for a in arrays]
             K.apply_adam(arrays, arrays, zeros, [z.copy() for z in zeros], lr=0.1, step=1, **KW)
             assert dict(K.LAUNCHES) == {"chunk_stats": 1, "finish": 1, "adam": 1}
+
+    # ---- generic apply, every rule: few shapes and steps (slow simulator);
+    # the full sweep with --runslow.
+
+    RULE_SHAPES = SHAPE_LISTS["chunk_edges"][:5] + [()]
+
+    @pytest.fixture(scope="module")
+    def cpu():
+        from normopt.kernels import numba_cpu
+
+        return numba_cpu
+
+    @pytest.mark.parametrize("rule", RULES)
+    def test_sim_rule(K, rule):
+        check_rule(K, rule, RULE_SHAPES, "float32", steps=2, **KW)
+
+    @pytest.mark.parametrize("rule", RULES)
+    def test_sim_rule_matches_numba_cpu(K, cpu, rule):
+        """Simulator and numba_cpu from the same state, a dtype and mode per
+        rule in turn (float16 stays float16 on the device, bfloat16 does not)."""
+        i = RULES.index(rule)
+        check_rule_against(cpu, K, rule, RULE_SHAPES[:4], DTYPES[(i + 2) % len(DTYPES)],
+                           mode=MODES[i % 2], decay=bool(i % 3), steps=2,
+                           kw=dict(chunk_size=8), other_kw=KW)
+
+    def test_sim_apply_rejects_bad_arguments(K):
+        check_apply_rejects(K, **KW)
+
+    @pytest.mark.slow
+    @pytest.mark.parametrize("rule,dtype,mode,decay", [
+        p.values for p in rule_cases()])
+    def test_sim_rule_sweep(K, cpu, rule, dtype, mode, decay):
+        check_rule(K, rule, SHAPE_LISTS["chunk_edges"] + [()], dtype, mode=mode, decay=decay,
+                   steps=2, **KW)
+        check_rule_against(cpu, K, rule, RULE_SHAPES, dtype, mode=mode, decay=decay,
+                           steps=2, kw=dict(chunk_size=8), other_kw=KW)

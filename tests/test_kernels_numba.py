@@ -6,9 +6,16 @@ the same cases: all norms, both modes, SGD/momentum/nesterov and
 Adam/amsgrad/AdamW, every dtype, empty/0-D/1/odd shapes, chunk boundaries
 and long lists with empties mixed in. Expected values come from
 tests/reference.py (NumPy float64, written from the formulas).
+
+`check_rule(K, rule, shapes, dtype, ...)` holds any module with the generic
+`apply(rule, weights, grads, slots, ...)` to every update rule
+(reference.rule_step), `check_rule_against` two modules to each other, and
+`check_rule_matches_tf_op` a module to the TF op's generic apply
+(normopt.ops.fused.apply, not on every branch yet: no test here calls it).
 """
 
 import functools
+import itertools
 import os
 import shutil
 import subprocess
@@ -61,6 +68,10 @@ def make_arrays(shapes, dtype, seed=0, away_from_zero=False):
             x = rng.standard_normal(shape) * 10.0 ** rng.uniform(-2, 1)
         out.append(np.asarray(x).astype(np_dtype(dtype)))
     return out
+
+
+def dtype_name(array):
+    return np.dtype(array.dtype).name
 
 
 def assert_close(got, want, dtype, what=""):
@@ -287,6 +298,250 @@ def check_bitwise_repeatable(K, shapes, **kw):
     for kind in ("l2", "std"):
         first = np.asarray(K.norms(arrays, kind, 1e-7, **kw))
         np.testing.assert_array_equal(first, np.asarray(K.norms(arrays, kind, 1e-7, **kw)))
+
+
+# ---- generic apply(rule, ...): every update rule ---------------------------
+#
+# check_rule runs any implementation with `apply(rule, weights, grads, slots,
+# *, lr, step, hyper, decay, kind, mode, clipnorm, eps, **kw)` (slot-major
+# slots[q][t]) against reference.rule_step: each step from the state the
+# implementation stored (so 16-bit slots do not make the two drift apart),
+# every weight and slot checked after every step.
+
+RULES = tuple(R.RULE_SLOTS)
+MODES = ("normalize", "clip")
+# Hyperparameters exactly representable in float32 (helpers.py), by rule;
+# nadam's u_product is the one of the step.
+B1, B2, RHO, MU, RMS_MOMENTUM, LION_B2 = 0.875, 0.998046875, 0.875, 0.875, 0.75, 0.9921875
+RULE_HYPER = {
+    "sgd": (),
+    "sgd_momentum": (MU,),
+    "sgd_nesterov": (MU,),
+    "adam": (B1, B2, 1e-7),
+    "adam_amsgrad": (B1, B2, 1e-7),
+    "rmsprop": (RHO, 1e-7),
+    "rmsprop_momentum": (RHO, 1e-7, RMS_MOMENTUM),
+    "rmsprop_centered": (RHO, 1e-7),
+    "rmsprop_centered_momentum": (RHO, 1e-7, RMS_MOMENTUM),
+    "adagrad": (1e-7,),
+    "adamax": (B1, B2, 1e-7),
+    "nadam": (B1, B2, 1e-7),
+    "lion": (B1, LION_B2),
+}
+# Relative error allowed against the float64 reference, in units of the
+# terms an element's update sums (the kernels compute in the accumulation
+# type, float32 for 16/32-bit data), plus 1 ulp of the stored dtype (each
+# stored value is rounded once).
+RULE_RTOL = {"float64": 1e-12, "float32": 1e-5, "float16": 1e-5, "bfloat16": 1e-5}
+RULE_LR, RULE_WD = 0.0625, 0.0625
+
+
+def rule_hyper(rule, step):
+    """The test hyperparameters of `rule` at step t (nadam: u_product of t)."""
+    hyper = RULE_HYPER[rule]
+    if rule == "nadam":
+        return hyper + (R.nadam_u_product(hyper[0], step),)
+    return hyper
+
+
+def initial_slots(rule, shapes, dtype, warm, seed):
+    """The rule's slot lists (slot-major). Cold: Keras's initial values (zeros;
+    adagrad's accumulator 0.1). Warm: a random state the rule can reach
+    (second moments >= 0, velocity above average_gradient^2)."""
+    rng = np.random.default_rng(seed)
+    slots = []
+    for name in R.RULE_SLOTS[rule]:
+        arrays = []
+        for shape in shapes:
+            if not warm:
+                x = np.full(shape, 0.1 if name == "accumulator" else 0.0)
+            elif name in ("v", "vhat", "u", "velocity", "accumulator"):
+                x = rng.uniform(1e-3, 0.05, shape)
+            elif name == "average_gradient":
+                x = rng.uniform(-0.02, 0.02, shape)
+            else:
+                x = rng.standard_normal(shape) * 0.05
+            arrays.append(np.asarray(x).astype(np_dtype(dtype)))
+        slots.append(arrays)
+    return slots
+
+
+def assert_step_close(got, want, terms, dtype, what, rtol=None):
+    """|got - want| <= rtol * terms + 1 ulp(want in dtype), elementwise (a
+    NaN anywhere fails)."""
+    rtol = RULE_RTOL[dtype] if rtol is None else rtol
+    got64 = np.asarray(got, np.float64)
+    want64 = np.asarray(want, np.float64)
+    assert got64.shape == want64.shape, (what, got64.shape, want64.shape)
+    ulp = np.spacing(np.abs(want64).astype(np_dtype(dtype))).astype(np.float64)
+    bound = rtol * terms + ulp
+    bad = ~(np.abs(got64 - want64) <= bound)
+    assert not bad.any(), (
+        f"{what} {dtype}: got {got64[bad][:5].tolist()}, want {want64[bad][:5].tolist()} "
+        f"(bound {np.broadcast_to(bound, got64.shape)[bad][:5].tolist()}, "
+        f"{int(bad.sum())} of {bad.size} off)")
+
+
+def _rule_decay(decay, count):
+    if decay is True:
+        return [RULE_WD if i % 2 == 0 else 0.0 for i in range(count)]
+    return decay or None
+
+
+def check_rule(K, rule, shapes, dtype, *, kind="l2", mode="normalize", decay=True, steps=3,
+               warm=True, first_step=1, lr=RULE_LR, clipnorm=1.5, seed=0, **kw):
+    """`steps` steps of K.apply(rule, ...) from step t = first_step, each
+    against reference.rule_step from the state K stored; norms against
+    reference.norm. decay: True (RULE_WD on every other tensor), None/False
+    or what `apply` takes. kw goes to K.apply (chunk_size, threads, ...)."""
+    decay = _rule_decay(decay, len(shapes))
+    wds = [0.0] * len(shapes) if decay is None else list(np.broadcast_to(decay, len(shapes)))
+    weights = make_arrays(shapes, dtype, seed=seed + 1)
+    slots = initial_slots(rule, shapes, dtype, warm, seed + 2)
+    for step in range(first_step, first_step + steps):
+        grads = make_arrays(shapes, dtype, seed=seed + 100 + step)
+        hyper = rule_hyper(rule, step)
+        w0 = [np.array(w, np.float64) for w in weights]
+        s0 = [[np.array(x, np.float64) for x in q] for q in slots]
+        norms = K.apply(rule, weights, grads, slots, lr=lr, step=step, hyper=hyper,
+                        decay=decay, kind=kind, mode=mode, clipnorm=clipnorm, eps=1e-7, **kw)
+        what = f"{rule} {kind} {mode} step {step}"
+        assert np.asarray(norms).shape == (len(shapes),)
+        assert_close(norms, [R.norm(g, kind) for g in grads], dtype, what + " norms")
+        for i, g in enumerate(grads):
+            gs = R.transform(g, kind, mode, clipnorm)
+            want_w, want_s = R.rule_step(rule, w0[i], [q[i] for q in s0], gs, lr, step,
+                                         hyper, wds[i])
+            assert weights[i].shape == shapes[i] and dtype_name(weights[i]) == dtype
+            assert_step_close(weights[i], want_w,
+                              2 * np.abs(w0[i]) + np.abs(want_w - w0[i]) + lr * np.abs(gs),
+                              dtype, f"{what} w[{i}]")
+            for name, q, before, want in zip(R.RULE_SLOTS[rule], slots, s0, want_s):
+                assert q[i].shape == shapes[i] and dtype_name(q[i]) == dtype
+                assert_step_close(q[i], want, np.abs(before[i]) + np.abs(want - before[i]),
+                                  dtype, f"{what} {name}[{i}]")
+
+
+def check_rule_against(K, other, rule, shapes, dtype, *, kind="l2", mode="normalize",
+                       decay=True, steps=2, warm=True, lr=RULE_LR, clipnorm=1.5, seed=0,
+                       kw=None, other_kw=None):
+    """K.apply and other.apply, from the same state each step (other's
+    results are copied into K's arrays after the comparison), agree within
+    RULE_RTOL: both compute in the accumulation type, only the norms'
+    summation order differs."""
+    decay = _rule_decay(decay, len(shapes))
+    weights = make_arrays(shapes, dtype, seed=seed + 1)
+    slots = initial_slots(rule, shapes, dtype, warm, seed + 2)
+    o_weights = [w.copy() for w in weights]
+    o_slots = [[x.copy() for x in q] for q in slots]
+    for step in range(1, steps + 1):
+        grads = make_arrays(shapes, dtype, seed=seed + 100 + step)
+        args = dict(lr=lr, step=step, hyper=rule_hyper(rule, step), decay=decay, kind=kind,
+                    mode=mode, clipnorm=clipnorm, eps=1e-7)
+        w0 = [np.array(w, np.float64) for w in weights]
+        s0 = [[np.array(x, np.float64) for x in q] for q in slots]
+        ours = K.apply(rule, weights, grads, slots, **args, **(kw or {}))
+        theirs = other.apply(rule, o_weights, grads, o_slots, **args, **(other_kw or {}))
+        what = f"{rule} {mode} step {step}"
+        assert_close(ours, theirs, dtype, what + " norms")
+        for i, g in enumerate(grads):
+            gs = np.abs(R.transform(g, kind, mode, clipnorm))
+            assert_step_close(weights[i], o_weights[i],
+                              2 * np.abs(w0[i]) + np.abs(o_weights[i] - w0[i]) + lr * gs,
+                              dtype, f"{what} w[{i}]")
+            weights[i][...] = o_weights[i]
+            for name, q, oq, before in zip(R.RULE_SLOTS[rule], slots, o_slots, s0):
+                assert_step_close(q[i], oq[i], np.abs(before[i]) + np.abs(oq[i] - before[i]),
+                                  dtype, f"{what} {name}[{i}]")
+                q[i][...] = oq[i]
+
+
+def check_rule_matches_tf_op(K, rule, dtype, shapes, steps=3, *, kind="l2", mode="normalize",
+                             warm=True, lr=RULE_LR, clipnorm=1.5, **kw):
+    """K.apply(rule, ...) against the compiled TF op's generic apply,
+    normopt.ops.fused.apply(rule, variables, slots, grads, *, lr, step,
+    hyper, decay, kind, mode, clipnorm, epsilon) (slots: slot-major lists of
+    tf.Variables), step by step from the same state (MATCH_RTOL, as
+    check_matches_tf_op), decay on every other tensor."""
+    import tensorflow as tf
+
+    from normopt.ops import fused, library
+
+    status = library.status()
+    assert status["loaded"], f"op library not loaded: {status['reason']}"
+    acc = np.float64 if dtype == "float64" else np.float32
+    decay = _rule_decay(True, len(shapes))
+    w = make_arrays(shapes, dtype, seed=8)
+    slots = initial_slots(rule, shapes, dtype, warm, 9)
+    tw, tslots = _tf_vars(w, dtype), [_tf_vars(q, dtype) for q in slots]
+    for step in range(1, steps + 1):
+        grads = make_arrays(shapes, dtype, seed=40 + step)
+        grads_tf = [tf.constant(np.asarray(a, np.float32) if dtype == "bfloat16" else a,
+                                dtype=dtype) for a in grads]
+        hyper = rule_hyper(rule, step)
+        before = [np.array(a, np.float64) for a in w]
+        slots_before = [[np.array(a, np.float64) for a in q] for q in slots]
+        K.apply(rule, w, grads, slots, lr=lr, step=step, hyper=hyper, decay=decay, kind=kind,
+                mode=mode, clipnorm=clipnorm, eps=1e-7, **kw)
+        fused.apply(rule, tw, tslots, grads_tf, lr=lr, step=step, hyper=hyper,
+                    decay=tf.constant(decay, acc), kind=kind, mode=mode, clipnorm=clipnorm,
+                    epsilon=1e-7)
+        what = f"{rule} step {step}"
+        terms = [2 * np.abs(b) + lr * np.abs(R.transform(g, kind, mode, clipnorm))
+                 for b, g in zip(before, grads)]
+        _match_and_sync(w, tw, before, dtype, what + " w", terms)
+        for name, ours, theirs, prev in zip(R.RULE_SLOTS[rule], slots, tslots, slots_before):
+            _match_and_sync(ours, theirs, prev, dtype, f"{what} {name}",
+                            [np.abs(p) for p in prev])
+
+
+def check_apply_rejects(K, **kw):
+    """Bad rule names, slot counts and shapes, hyper lengths and steps are
+    ValueErrors naming the rule."""
+    w = [np.ones(3, np.float32), np.ones((2, 2), np.float32)]
+    g = [np.ones(3, np.float32), np.ones((2, 2), np.float32)]
+    mv = [[np.zeros(3, np.float32), np.zeros((2, 2), np.float32)] for _ in range(2)]
+    hyper = (0.9, 0.999, 1e-7)
+    with pytest.raises(ValueError, match="unknown update rule 'adamw'"):
+        K.apply("adamw", w, g, mv, lr=0.1, hyper=hyper, **kw)
+    with pytest.raises(ValueError, match="rule 'adam_amsgrad' takes 3 slot lists"):
+        K.apply("adam_amsgrad", w, g, mv, lr=0.1, hyper=hyper, **kw)
+    with pytest.raises(ValueError, match="rule 'sgd' takes 0 slot lists"):
+        K.apply("sgd", w, g, mv[:1], lr=0.1, **kw)
+    with pytest.raises(ValueError, match="rule 'lion' takes 1 slot lists"):
+        K.apply("lion", w, g, mv[0], lr=0.1, hyper=(0.9, 0.99), **kw)  # not slot-major
+    with pytest.raises(ValueError, match="rule 'lion': slot 'm' must be a list of arrays"):
+        K.apply("lion", w[:1], g[:1], [mv[0][0]], lr=0.1, hyper=(0.9, 0.99), **kw)
+    with pytest.raises(ValueError, match=r"rule 'adam': v\[1\] is float32\(2, 3\)"):
+        K.apply("adam", w, g, [mv[0], [mv[1][0], np.zeros((2, 3), np.float32)]], lr=0.1,
+                hyper=hyper, **kw)
+    with pytest.raises(ValueError, match=r"rule 'adam': m\[0\] is float64"):
+        K.apply("adam", w, g, [[np.zeros(3), mv[0][1]], mv[1]], lr=0.1, hyper=hyper, **kw)
+    with pytest.raises(ValueError, match="rule 'adam': weights and m differ in length"):
+        K.apply("adam", w, g, [mv[0][:1], mv[1]], lr=0.1, hyper=hyper, **kw)
+    with pytest.raises(ValueError, match="rule 'adagrad': weights and grads differ"):
+        K.apply("adagrad", w, g[:1], mv[:1], lr=0.1, hyper=(1e-7,), **kw)
+    with pytest.raises(ValueError, match=r"rule 'nadam' takes 4 hyperparameters"):
+        K.apply("nadam", w, g, mv, lr=0.1, hyper=hyper, **kw)
+    with pytest.raises(ValueError, match=r"rule 'sgd_momentum' takes 1 hyperparameters"):
+        K.apply("sgd_momentum", w, g, mv[:1], lr=0.1, **kw)
+    for step in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="rule 'adam': step must be an integer >= 1"):
+            K.apply("adam", w, g, mv, lr=0.1, step=step, hyper=hyper, **kw)
+    # nothing was written by the rejected calls
+    assert all((a == 1).all() for a in w) and all((x == 0).all() for q in mv for x in q)
+
+
+def rule_cases(dtypes=DTYPES):
+    """(rule, dtype, mode, decay) params: every rule with every dtype by
+    default, modes and decay alternating over those; the rest of the product
+    is marked slow (--runslow)."""
+    keep = {}
+    for i, (rule, dtype) in enumerate(itertools.product(RULES, dtypes)):
+        keep[(rule, dtype)] = (MODES[i % 2], bool((i // 2) % 2))
+    return [pytest.param(rule, dtype, mode, decay,
+                         marks=() if keep[(rule, dtype)] == (mode, decay) else (pytest.mark.slow,))
+            for rule, dtype, mode, decay in itertools.product(RULES, dtypes, MODES, (False, True))]
 
 
 # ---- _finalize against the NumPy reference and the header -----------------
@@ -520,3 +775,154 @@ def test_cpu_norms_match_tf_op(K, dtype):
         theirs = fused.norms(tensors, kind, 1e-7).numpy()
         assert_close(ours, theirs, dtype, f"{kind}: numba_cpu vs TF op")
         assert_close(theirs, [R.norm(a, kind) for a in arrays], dtype, f"{kind}: TF op")
+
+
+# ---- Numba CPU: generic apply, every rule --------------------------------
+
+RULE_SHAPES = SHAPE_LISTS["chunk_edges"] + [()]
+
+
+@pytest.mark.parametrize("rule,dtype,mode,decay", rule_cases())
+def test_cpu_rule(K, rule, dtype, mode, decay):
+    check_rule(K, rule, RULE_SHAPES, dtype, mode=mode, decay=decay, chunk_size=CHUNK)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_cpu_rule_cold_start_other_norms(K, rule):
+    """From Keras's initial slots, later steps (t = 5..7), std / l1_l2 norms,
+    one decay for all tensors, default chunks, mixed shapes."""
+    check_rule(K, rule, SHAPE_LISTS["mixed"], "float32", kind="std", mode="clip",
+               warm=False, first_step=5, decay=0.03125, clipnorm=0.25)
+    check_rule(K, rule, SHAPE_LISTS["mixed"] + [(300,)], "float64", kind="l1_l2",
+               warm=False, decay=None, chunk_size=CHUNK)
+
+
+def test_cpu_rule_many_tensors(K):
+    for rule in ("adam_amsgrad", "rmsprop_centered_momentum", "nadam"):
+        check_rule(K, rule, many_shapes(120, 40), "float32", steps=2, chunk_size=16)
+
+
+def test_cpu_apply_rejects_bad_arguments(K):
+    check_apply_rejects(K, chunk_size=CHUNK)
+
+
+def test_cpu_wrappers_are_apply(K):
+    """apply_sgd / apply_adam give apply's bits (rules sgd*, adam*)."""
+    shapes = RULE_SHAPES
+    for rule, call in (
+        ("sgd", lambda w, g, s: K.apply_sgd(w, g, None, lr=0.125, decay=0.0625)),
+        ("sgd_momentum", lambda w, g, s: K.apply_sgd(w, g, s[0], lr=0.125, momentum=0.875,
+                                                     decay=0.0625)),
+        ("sgd_nesterov", lambda w, g, s: K.apply_sgd(w, g, s[0], lr=0.125, momentum=0.875,
+                                                     nesterov=True, decay=0.0625)),
+        ("adam", lambda w, g, s: K.apply_adam(w, g, s[0], s[1], lr=0.125, step=3, beta_1=0.8,
+                                              beta_2=0.99, adam_epsilon=1e-6, decay=0.0625)),
+        ("adam_amsgrad", lambda w, g, s: K.apply_adam(w, g, *s, lr=0.125, step=3, beta_1=0.8,
+                                                      beta_2=0.99, adam_epsilon=1e-6,
+                                                      decay=0.0625)),
+    ):
+        hyper = {"sgd": (), "sgd_momentum": (0.875,), "sgd_nesterov": (0.875,)}.get(
+            rule, (0.8, 0.99, 1e-6))
+        grads = make_arrays(shapes, "float32", seed=50)
+        a_w, b_w = make_arrays(shapes, "float32", seed=51), make_arrays(shapes, "float32", seed=51)
+        a_s = initial_slots(rule, shapes, "float32", True, 52)
+        b_s = initial_slots(rule, shapes, "float32", True, 52)
+        call(a_w, grads, a_s)
+        K.apply(rule, b_w, grads, b_s, lr=0.125, step=3 if rule.startswith("adam") else 1,
+                hyper=hyper, decay=0.0625)
+        for x, y in zip(a_w + sum(a_s, []), b_w + sum(b_s, [])):
+            np.testing.assert_array_equal(x, y, rule)
+        assert any((x != y).any() for x, y in zip(a_w, make_arrays(shapes, "float32", seed=51)))
+
+
+def test_cpu_lion_sign_of_zero(K):
+    """sign(0) = 0: a zero gradient on a zero momentum leaves w (decay aside)."""
+    w = [np.array([1.0, -2.0, 0.5], np.float32), np.array([3.0, 4.0], np.float32)]
+    m = [np.zeros(3, np.float32), np.array([0.5, -0.5], np.float32)]
+    g = [np.zeros(3, np.float32), np.zeros(2, np.float32)]
+    K.apply("lion", w, g, [m], lr=0.25, hyper=(0.875, 0.99), decay=[0.0, 0.0])
+    np.testing.assert_array_equal(w[0], [1.0, -2.0, 0.5])
+    np.testing.assert_array_equal(w[1], [3.0 - 0.25, 4.0 + 0.25])
+    np.testing.assert_array_equal(m[1], np.float32([0.5, -0.5]) * np.float32(0.99))
+
+
+@pytest.mark.parametrize("family", ["sgd", "adam", "rmsprop", "adagrad", "adamax", "nadam",
+                                    "lion"])
+def test_rules_compute_in_float32(family):
+    """Every element rule, compiled on float32 arguments, has no float64
+    value anywhere (a Python float literal would promote it)."""
+    import inspect
+    import io
+
+    import numba
+
+    from normopt.kernels import _updates as U
+
+    fn = {"sgd": U.sgd_element, "adam": U.adam_element, "rmsprop": U.rmsprop_element,
+          "adagrad": U.adagrad_element, "adamax": U.adamax_element,
+          "nadam": U.nadam_element, "lion": U.lion_element}[family]
+
+    params = list(inspect.signature(fn).parameters)
+    flags = {"use_momentum", "nesterov", "amsgrad", "centered"}
+    args = [True if p in flags else np.float32(0.5 + 0.125 * i) for i, p in enumerate(params)]
+    jitted = numba.njit(fn)
+    jitted(*args)
+    buf = io.StringIO()
+    jitted.inspect_types(file=buf)
+    text = buf.getvalue()
+    assert "float32" in text and "float64" not in text, [
+        line for line in text.splitlines() if "float64" in line][:5]
+    decay = numba.njit(U.decay_element)
+    decay(np.float32(1), np.float32(0.1), np.float32(0.1))
+    buf = io.StringIO()
+    decay.inspect_types(file=buf)
+    assert "float64" not in buf.getvalue()
+
+
+@pytest.mark.parametrize("acc", [np.float32, np.float64])
+def test_step_scalars_follow_the_table(acc):
+    """Each rule's step scalars, bit for bit, from the table: 1 - beta formed
+    from the Python float (double) then cast for adam, rmsprop and adamax's
+    beta_1, in the accumulation type A for nadam and lion, powers in A.
+    Keras's default betas (not exact in float32) tell the two apart."""
+    from normopt.kernels import _updates as U
+
+    A = acc
+    lr, t, b1, b2, eps, rho, mu = 0.01, 7, 0.9, 0.999, 1e-7, 0.9, 0.8
+    one = A(1)
+    up = R.nadam_u_product(b1, t)
+    u_t = A(b1) * (one - A(0.5) * A(0.96) ** A(t))
+    u_t1 = A(b1) * (one - A(0.5) * A(0.96) ** A(t + 1))
+    want = {
+        "sgd": [A(lr)],
+        "sgd_momentum": [A(lr), A(mu)],
+        "sgd_nesterov": [A(lr), A(mu)],
+        "adam": [A(lr), A(lr) * np.sqrt(one - A(b2) ** A(t)) / (one - A(b1) ** A(t)),
+                 A(1 - b1), A(1 - b2), A(eps)],
+        "rmsprop": [A(lr), A(rho), A(1 - rho), A(eps), A(0)],
+        "rmsprop_momentum": [A(lr), A(rho), A(1 - rho), A(eps), A(mu)],
+        "adagrad": [A(lr), A(eps)],
+        "adamax": [A(lr), A(1 - b1), A(b2), one - A(b1) ** A(t), A(eps)],
+        "nadam": [A(lr), one - A(b1), one - A(b2), u_t1, one - A(up) * u_t1, one - u_t,
+                  one - A(up), one - A(b2) ** A(t), A(eps)],
+        "lion": [A(lr), A(b1), one - A(b1), A(b2), one - A(b2)],
+    }
+    want["adam_amsgrad"] = want["adam"]
+    want["rmsprop_centered"] = want["rmsprop"]
+    want["rmsprop_centered_momentum"] = want["rmsprop_momentum"]
+    hyper = {"sgd": (), "sgd_momentum": (mu,), "sgd_nesterov": (mu,), "adagrad": (eps,),
+             "nadam": (b1, b2, eps, up), "lion": (b1, b2)}
+    assert set(want) == set(U.RULES) == set(RULES)
+    for rule, values in want.items():
+        h = hyper.get(rule, (rho, eps, mu) if "momentum" in rule else (rho, eps)
+                      if rule.startswith("rmsprop") else (b1, b2, eps))
+        spec, scalars = U.step_scalars(rule, lr, t, h, A)
+        assert len(scalars) == U.NUM_SCALARS and all(type(x) is A for x in scalars)
+        sc = np.array(scalars, A)
+        assert spec.name == rule and len(spec.hyper) == len(h)
+        assert spec.slots == R.RULE_SLOTS[rule]
+        np.testing.assert_array_equal(sc[:len(values)], np.array(values, A), rule)
+        assert not sc[len(values):].any(), rule
+    if A is np.float32:  # the test tells "in double" from "in A" apart
+        assert np.float32(1 - b1) != one - np.float32(b1)
+        assert np.float32(1 - b2) != one - np.float32(b2)

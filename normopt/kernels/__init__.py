@@ -16,32 +16,80 @@ float32 or float64; 16-bit inputs accumulate in float32, float64 in float64):
     scales(arrays, kind="l2", mode="normalize", clipnorm=1.0, eps=1e-7, ...)
         -> array[N]: 1/norm, or clipnorm/norm where norm >= clipnorm, else 1
     scale(arrays, kind, mode, clipnorm, eps, ...) -> list of g * scale[t]
+    apply(rule, weights, grads, slots, *, lr, step=1, hyper=(), decay=None,
+          kind, mode, clipnorm, eps, ...)
+        -> norms; one step of update rule `rule` (table below), in place on
+        the weights and slots. slots: the rule's K slot lists, slot-major
+        (slots[q][t] is slot q of weight t, shaped and typed like it; [] or
+        None for K = 0); hyper: its hyperparameters in order (floats);
+        step: t = iterations + 1 >= 1. Bad rule names, slot counts or
+        shapes, hyper lengths and steps are ValueErrors naming the rule
     apply_sgd(weights, grads, momenta=None, *, lr, momentum=0.0,
               nesterov=False, decay=None, kind, mode, clipnorm, eps, ...)
-        -> norms; updates weights (and momenta) in place. Momenta given:
-        the momentum rule (even with momentum 0, as the TF op with slots);
-        None: plain SGD (momentum must be 0)
+        -> norms; `apply` with rule sgd (momenta None: momentum must be 0),
+        sgd_momentum or sgd_nesterov (momenta given: the momentum rule even
+        with momentum 0, as the TF op with slots)
     apply_adam(weights, grads, m, v, vhat=None, *, lr, step, beta_1=0.9,
                beta_2=0.999, adam_epsilon=1e-7, decay=None, kind, mode,
                clipnorm, eps, ...)
-        -> norms; updates weights, m, v (and vhat: amsgrad) in place
+        -> norms; `apply` with rule adam, or adam_amsgrad when vhat is given
 
 kind: "l1", "l2", "l1_l2", "avg_l1", "avg_l2", "avg_l1_l2", "max" (alias
 "linf"), "min_max", "std" (definitions: csrc/normopt/norm_stats.h). mode:
 "normalize" or "clip". decay: None, a scalar or one value per tensor
-(decoupled weight decay, w -= w * decay * lr before the step). step: the
-1-based Adam step t (iterations + 1). Update rules are Keras 3's:
+(decoupled weight decay, w = w - w * decay * lr before the rule, in the
+accumulation type A: float32 for 16/32-bit data, float64 for float64). Each
+update loads its elements into A, computes there and rounds each stored
+value once to the element type. Update rules are Keras 3's update_steps
+(keras/src/optimizers/*.py), g = the scaled gradient g', t = step:
 
-    SGD       w -= lr*g'; momentum m = mu*m - lr*g', w += m;
-              nesterov m = mu*m - lr*g', w += mu*m - lr*g'
-    Adam      alpha = lr*sqrt(1-b2^t)/(1-b1^t) (formed in the accumulation
-              type, as Keras does); m += (g'-m)(1-b1);
-              v += (g'^2-v)(1-b2); amsgrad vhat = max(vhat, v) replaces v;
-              w -= alpha*m/(sqrt(v)+adam_epsilon)
+    rule                       slots (order)             hyper (order)
+    sgd                        -                         -
+    sgd_momentum               momentum                  momentum
+    sgd_nesterov               momentum                  momentum
+    adam                       m, v                      beta_1, beta_2, epsilon
+    adam_amsgrad               m, v, vhat                beta_1, beta_2, epsilon
+    rmsprop                    velocity                  rho, epsilon
+    rmsprop_momentum           velocity, momentum        rho, epsilon, momentum
+    rmsprop_centered           velocity,                 rho, epsilon
+                               average_gradient
+    rmsprop_centered_momentum  velocity,                 rho, epsilon, momentum
+                               average_gradient, momentum
+    adagrad                    accumulator               epsilon
+    adamax                     m, u                      beta_1, beta_2, epsilon
+    nadam                      m, v                      beta_1, beta_2, epsilon,
+                                                         u_product
+    lion                       m                         beta_1, beta_2
 
-with g' = g * scale[t]. Every module computes chunk statistics, merges them
-per tensor in chunk order (deterministic) and finalizes with the header's
-formulas (`_finalize` for Numba, the header itself for CuPy).
+    sgd        w -= lr*g
+    momentum   m = mu*m - lr*g; w += m        nesterov: w += mu*m - lr*g
+    adam       alpha = lr*sqrt(1-b2^t)/(1-b1^t) (in A); m += (g-m)(1-b1);
+               v += (g^2-v)(1-b2); amsgrad vhat = max(vhat, v) replaces v;
+               w -= m*alpha/(sqrt(v)+epsilon)
+    rmsprop    v = rho*v + (1-rho)*g^2; centered ag = rho*ag + (1-rho)*g;
+               inc = lr*g/sqrt(v + eps), centered lr*g/sqrt(v - ag^2 + eps);
+               momentum mom = momentum*mom + inc, w -= mom; else w -= inc
+    adagrad    acc += g^2; w -= lr*g/sqrt(acc + eps)
+    adamax     m += (g-m)(1-b1); u = max(b2*u, |g|);
+               w -= lr*m/((1-b1^t)(u+eps))
+    nadam      u_t = b1(1 - 0.5*0.96^t), u_t1 = b1(1 - 0.5*0.96^(t+1)),
+               up = u_product (Keras's _u_product after this step's update),
+               up1 = up*u_t1; m += (g-m)(1-b1); v += (g^2-v)(1-b2);
+               m_hat = u_t1*m/(1-up1) + (1-u_t)*g/(1-up);
+               w -= m_hat*lr/(sqrt(v/(1-b2^t)) + eps)
+    lion       w -= lr*sign(m*b1 + g(1-b1)); m = m*b2 + g(1-b2)
+
+The step scalars are formed on the host in A as Keras forms them (1 - beta of
+a Python float in double then cast for adam, rmsprop's rho and adamax's
+beta_1; in A where Keras casts beta first: nadam, lion); the element rules
+and their exact operation order: `_updates` (shared by numba_cpu and
+numba_cuda), the scalars: its `*_scalars` functions. The generic `apply`
+is in numba_cpu and numba_cuda; cupy_kernels has apply_sgd and apply_adam.
+
+g' = g * scale[t], applied as (g * pre[t]) * mult[t]. Every module
+computes chunk statistics, merges them per tensor in chunk order
+(deterministic) and finalizes with the header's formulas (`_finalize` for
+Numba, the header itself for CuPy).
 """
 
 MODULES = ("numba_cpu", "numba_cuda", "cupy_kernels")

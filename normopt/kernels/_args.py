@@ -78,3 +78,42 @@ def adam_scalars(lr, beta_1, beta_2, adam_epsilon, step, acc):
     one, b1, b2, t = acc(1), acc(beta_1), acc(beta_2), acc(step)
     alpha = acc(lr) * np.sqrt(one - b2**t) / (one - b1**t)
     return acc(lr), acc(alpha), acc(1.0 - beta_1), acc(1.0 - beta_2), acc(adam_epsilon)
+
+
+def sgd_rule(weights, momenta, momentum, nesterov):
+    """(rule, slots, hyper) of an `apply_sgd` call: plain sgd without momenta,
+    else sgd_momentum or sgd_nesterov on the one slot list `momenta`."""
+    check_momenta(weights, momenta, momentum)
+    if momenta is None:
+        return "sgd", [], ()
+    return ("sgd_nesterov" if nesterov else "sgd_momentum"), [momenta], (momentum,)
+
+
+def check_apply(rule, weights, grads, slots, lr, step, hyper):
+    """Checks the arguments of a generic `apply(rule, weights, grads, slots, ...)`
+    (ValueErrors name the rule) and returns (Rule, step scalars array, dtype
+    name): grads and each of the rule's slot lists (slot-major, slots[q][t])
+    shaped and typed like the weights, `hyper` and `step` as the rule takes them."""
+    from normopt.kernels import _updates
+
+    spec = _updates.get_rule(rule)
+    if slots is None:
+        slots = []
+    if isinstance(slots, np.ndarray) or not isinstance(slots, (list, tuple)):
+        raise ValueError(f"rule {rule!r}: slots must be a list of {len(spec.slots)} "
+                         f"lists {spec.slots} (slot-major), got {type(slots).__name__}")
+    if len(slots) != len(spec.slots):
+        raise ValueError(f"rule {rule!r} takes {len(spec.slots)} slot lists {spec.slots} "
+                         f"(slot-major: slots[q][t]), got {len(slots)}")
+    try:
+        check_pairs(weights, grads, ("weights", "grads"))
+        for name, slot in zip(spec.slots, slots):
+            if isinstance(slot, np.ndarray) or not isinstance(slot, (list, tuple)):
+                raise ValueError(f"slot {name!r} must be a list of arrays, one per "
+                                 f"weight (slots are slot-major), got {type(slot).__name__}")
+            check_pairs(weights, slot, ("weights", name))
+    except ValueError as e:
+        raise ValueError(f"rule {rule!r}: {e}") from None
+    dtype = common_dtype(weights)
+    spec, scalars = _updates.step_scalars(rule, lr, step, hyper, acc_dtype(dtype))
+    return spec, scalars, dtype

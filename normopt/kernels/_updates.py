@@ -1,50 +1,358 @@
 """The element rules of the fused updates, for the Numba kernels.
 
-Plain Python that `numba_cpu` compiles with `@njit` and `numba_cuda` with
+One plain-Python element function per optimizer family (its variants as
+flags), which `numba_cpu` compiles with `@njit` and `numba_cuda` with
 `@cuda.jit(device=True)`, so both run one statement of each rule (as
-`_finalize` does for the norms). Arguments are in the accumulation type and
-the caller stores the returned values, rounding them once to the element
-type; the rules are those of csrc/ops/update_rules.h and
-csrc/cuda/update_kernels.cuh, with g' = g * scale[t]:
+`_finalize` does for the norms); `rule_element(jit)` compiles them with a
+dispatcher on the rule's code for the generic multi-tensor apply. Element
+arguments are in the accumulation type A (float32 for 16/32-bit data,
+float64 for float64) and the rules return A values: the generic kernel loads
+each element into A, applies the decoupled decay and the rule, and stores the
+returned values, rounding each once to the element type. The rules hold no
+numeric literal (a Python float would promote float32 arithmetic to float64
+in Numba): every constant is a step scalar, formed on the host in A by the
+rule's `*_scalars` function (Keras 3 forms them in the variable's dtype,
+`1 - beta` of a Python float in double).
 
-    decay (decoupled)  w = w - w * wd * lr
-    SGD                w = w - lr * g'
-    momentum           m = mu * m - lr * g';  w = w + m
-    nesterov           m = mu * m - lr * g';  w = w + (mu * m - lr * g')
-    Adam               m = m + (g' - m) * (1 - beta_1)
-                       v = v + (g'^2 - v) * (1 - beta_2)
-                       amsgrad: vhat = max(vhat, v), used in place of v
-                       w = w - alpha * m / (sqrt(v) + adam_epsilon)
+With g = g' = (g * pre[t]) * mult[t], the scaled gradient, and t = step:
 
-The step scalars (alpha, 1 - beta_1, 1 - beta_2) come from
-`_args.adam_scalars`, as normopt/update_scalars.h forms them.
+    decay (decoupled, when wd != 0)   w = w - w * wd * lr     (before the rule)
+
+    rule                       slots                       hyper
+    sgd                        -                           -
+    sgd_momentum               momentum                    momentum
+    sgd_nesterov               momentum                    momentum
+    adam                       m, v                        beta_1, beta_2, epsilon
+    adam_amsgrad               m, v, vhat                  beta_1, beta_2, epsilon
+    rmsprop                    velocity                    rho, epsilon
+    rmsprop_momentum           velocity, momentum          rho, epsilon, momentum
+    rmsprop_centered           velocity, average_gradient  rho, epsilon
+    rmsprop_centered_momentum  velocity, average_gradient, rho, epsilon, momentum
+                               momentum
+    adagrad                    accumulator                 epsilon
+    adamax                     m, u                        beta_1, beta_2, epsilon
+    nadam                      m, v                        beta_1, beta_2, epsilon,
+                                                           u_product
+    lion                       m                           beta_1, beta_2
+
+(formulas: each element function's and `*_scalars` function's docstring;
+they are Keras 3's `update_step`s, keras/src/optimizers/*.py).
 """
 
+import collections
 import math
 
+import numpy as np
 
-def sgd_element(w, m, gs, wd, lr, mu, use_momentum, nesterov):
-    """New (w, m) of one element; m is returned as given without momentum."""
-    if wd != 0:
-        w = w - w * wd * lr
+from normopt.kernels import _args
+
+# ---- element rules (compiled by Numba; no literals, all arguments in A) ----
+
+
+def decay_element(w, wd, lr):
+    """Decoupled weight decay, applied before the rule when wd != 0:
+    w = w - w * wd * lr."""
+    return w - w * wd * lr
+
+
+def sgd_element(w, m, g, lr, mu, use_momentum, nesterov):
+    """Keras SGD; returns (w, m), m as given without momentum.
+
+        sgd           w = w - lr * g
+        momentum      m = mu * m - lr * g;  w = w + m
+        nesterov      m = mu * m - lr * g;  w = w + (mu * m - lr * g)
+    """
     if not use_momentum:
-        return w - lr * gs, m
-    m = mu * m - lr * gs
+        return w - lr * g, m
+    m = mu * m - lr * g
     if nesterov:
-        return w + (mu * m - lr * gs), m
+        return w + (mu * m - lr * g), m
     return w + m, m
 
 
-def adam_element(w, m, v, vhat, gs, wd, lr, alpha, one_minus_b1, one_minus_b2,
-                 adam_eps, amsgrad):
-    """New (w, m, v, vhat) of one element; vhat is returned as given
-    without amsgrad."""
-    if wd != 0:
-        w = w - w * wd * lr
-    m = m + (gs - m) * one_minus_b1
-    v = v + (gs * gs - v) * one_minus_b2
+def adam_element(w, m, v, vhat, g, alpha, one_minus_b1, one_minus_b2, eps, amsgrad):
+    """Keras Adam (and amsgrad); returns (w, m, v, vhat), vhat as given
+    without amsgrad. alpha = lr * sqrt(1 - b2^t) / (1 - b1^t) (`adam_scalars`):
+
+        m = m + (g - m) * (1 - b1)
+        v = v + (g * g - v) * (1 - b2)
+        amsgrad: vhat = max(vhat, v), used in place of v below
+        w = w - (m * alpha) / (sqrt(v) + eps)
+    """
+    m = m + (g - m) * one_minus_b1
+    v = v + (g * g - v) * one_minus_b2
     denom = v
     if amsgrad:
         vhat = vhat if vhat > v else v
         denom = vhat
-    return w - alpha * m / (math.sqrt(denom) + adam_eps), m, v, vhat
+    return w - (m * alpha) / (math.sqrt(denom) + eps), m, v, vhat
+
+
+def rmsprop_element(w, v, ag, mom, g, lr, rho, one_minus_rho, eps, momentum,
+                    centered, use_momentum):
+    """Keras RMSprop; returns (w, v, ag, mom), ag / mom as given when not
+    centered / without momentum:
+
+        v   = rho * v + (1 - rho) * (g * g)
+        centered: ag = rho * ag + (1 - rho) * g
+                  inc = (lr * g) / sqrt(v - ag * ag + eps)
+        else:     inc = (lr * g) / sqrt(v + eps)
+        momentum: mom = momentum * mom + inc;  w = w - mom
+        else:     w = w - inc
+    """
+    v = rho * v + one_minus_rho * (g * g)
+    if centered:
+        ag = rho * ag + one_minus_rho * g
+        denom = v - ag * ag + eps
+    else:
+        denom = v + eps
+    inc = (lr * g) / math.sqrt(denom)
+    if use_momentum:
+        mom = momentum * mom + inc
+        return w - mom, v, ag, mom
+    return w - inc, v, ag, mom
+
+
+def adagrad_element(w, acc, g, lr, eps):
+    """Keras Adagrad; returns (w, acc):
+
+        acc = acc + g * g
+        w   = w - (lr * g) / sqrt(acc + eps)
+    """
+    acc = acc + g * g
+    return w - (lr * g) / math.sqrt(acc + eps), acc
+
+
+def adamax_element(w, m, u, g, lr, one_minus_b1, b2, one_minus_b1p, eps):
+    """Keras Adamax; returns (w, m, u). b1p = b1^t (`adamax_scalars`):
+
+        m = m + (g - m) * (1 - b1)
+        u = max(b2 * u, |g|)
+        w = w - (lr * m) / ((1 - b1p) * (u + eps))
+    """
+    m = m + (g - m) * one_minus_b1
+    bu = b2 * u
+    ag = abs(g)
+    u = bu if (bu > ag or bu != bu) else ag  # a NaN stays
+    return w - (lr * m) / (one_minus_b1p * (u + eps)), m, u
+
+
+def nadam_element(w, m, v, g, lr, one_minus_b1, one_minus_b2, u_t1, one_minus_up1,
+                  one_minus_u_t, one_minus_up, one_minus_b2p, eps):
+    """Keras Nadam; returns (w, m, v). u_t, u_t1, up, up1, b2p: `nadam_scalars`:
+
+        m     = m + (g - m) * (1 - b1)
+        v     = v + (g * g - v) * (1 - b2)
+        m_hat = (u_t1 * m) / (1 - up1) + ((1 - u_t) * g) / (1 - up)
+        v_hat = v / (1 - b2p)
+        w     = w - (m_hat * lr) / (sqrt(v_hat) + eps)
+    """
+    m = m + (g - m) * one_minus_b1
+    v = v + (g * g - v) * one_minus_b2
+    m_hat = (u_t1 * m) / one_minus_up1 + (one_minus_u_t * g) / one_minus_up
+    v_hat = v / one_minus_b2p
+    return w - (m_hat * lr) / (math.sqrt(v_hat) + eps), m, v
+
+
+def lion_element(w, m, g, lr, b1, one_minus_b1, b2, one_minus_b2):
+    """Keras Lion; returns (w, m). sign(0) = 0, sign(NaN) = NaN:
+
+        w = w - lr * sign(m * b1 + g * (1 - b1))
+        m = m * b2 + g * (1 - b2)
+    """
+    c = m * b1 + g * one_minus_b1
+    # lr * sign(c), without a literal: lr * 1 = lr exactly, c * lr is 0 or NaN
+    step = lr if c > 0 else (-lr if c < 0 else c * lr)
+    return w - step, m * b2 + g * one_minus_b2
+
+
+# ---- rule table and dispatcher ---------------------------------------------
+
+(SGD, SGD_MOMENTUM, SGD_NESTEROV, ADAM, ADAM_AMSGRAD, RMSPROP, RMSPROP_MOMENTUM,
+ RMSPROP_CENTERED, RMSPROP_CENTERED_MOMENTUM, ADAGRAD, ADAMAX, NADAM, LION) = range(13)
+
+# Most step scalars of any rule (nadam's); sc[0] is always lr.
+NUM_SCALARS = 9
+MAX_SLOTS = 3
+
+Rule = collections.namedtuple("Rule", "name code slots hyper scalars")
+Rule.__doc__ = ("name; code (the dispatcher's); slots: slot names in order; "
+                "hyper: hyperparameter names in order; scalars(lr, step, hyper, acc) "
+                "-> tuple of step scalars in numpy type acc, lr first.")
+
+
+def sgd_scalars(lr, step, hyper, acc):
+    """(lr,) of plain SGD."""
+    return (acc(lr),)
+
+
+def momentum_scalars(lr, step, hyper, acc):
+    """(lr, mu) of SGD with momentum / nesterov: the Python floats cast to A."""
+    (momentum,) = hyper
+    return acc(lr), acc(momentum)
+
+
+def adam_scalars(lr, step, hyper, acc):
+    """(lr, alpha, 1 - b1, 1 - b2, eps) of Adam / amsgrad: 1 - b in double then
+    cast; alpha = lr * sqrt(1 - b2^t) / (1 - b1^t) in A, b and t cast to A
+    (`_args.adam_scalars`, as csrc/normopt/update_scalars.h)."""
+    beta_1, beta_2, epsilon = hyper
+    return _args.adam_scalars(lr, beta_1, beta_2, epsilon, step, acc)
+
+
+def rmsprop_scalars(lr, step, hyper, acc):
+    """(lr, rho, 1 - rho, eps, momentum) of every RMSprop variant: 1 - rho in
+    double then cast, the rest cast to A (momentum 0 when the variant has none)."""
+    rho, epsilon = hyper[:2]
+    momentum = hyper[2] if len(hyper) > 2 else 0.0
+    return acc(lr), acc(rho), acc(1.0 - rho), acc(epsilon), acc(momentum)
+
+
+def adagrad_scalars(lr, step, hyper, acc):
+    """(lr, eps) of Adagrad."""
+    (epsilon,) = hyper
+    return acc(lr), acc(epsilon)
+
+
+def adamax_scalars(lr, step, hyper, acc):
+    """(lr, 1 - b1, b2, 1 - b1p, eps) of Adamax: 1 - b1 in double then cast;
+    b1p = A(b1)^A(t) and 1 - b1p in A."""
+    beta_1, beta_2, epsilon = hyper
+    one, b1, t = acc(1), acc(beta_1), acc(step)
+    return acc(lr), acc(1.0 - beta_1), acc(beta_2), one - b1**t, acc(epsilon)
+
+
+def nadam_scalars(lr, step, hyper, acc):
+    """(lr, 1 - b1, 1 - b2, u_t1, 1 - up1, 1 - u_t, 1 - up, 1 - b2p, eps) of
+    Nadam, all in A from b1 = A(beta_1), b2 = A(beta_2), t = A(step):
+
+        u_t  = b1 * (1 - 0.5 * 0.96^t)       u_t1 = b1 * (1 - 0.5 * 0.96^(t+1))
+        up   = A(u_product)                  up1  = up * u_t1
+        b2p  = b2^t                          1 - b1, 1 - b2 in A
+
+    u_product is Keras's `_u_product` after this step's update: the product
+    over steps s <= t of beta_1 * (1 - 0.5 * 0.96^s).
+    """
+    beta_1, beta_2, epsilon, u_product = hyper
+    # numpy scalars of one type: every operation below stays in A
+    one, half, decay = acc(1), acc(0.5), acc(0.96)
+    b1, b2, t, t1 = acc(beta_1), acc(beta_2), acc(step), acc(step + 1)
+    u_t = b1 * (one - half * decay**t)
+    u_t1 = b1 * (one - half * decay**t1)
+    up = acc(u_product)
+    up1 = up * u_t1
+    return (acc(lr), one - b1, one - b2, u_t1, one - up1, one - u_t, one - up,
+            one - b2**t, acc(epsilon))
+
+
+def lion_scalars(lr, step, hyper, acc):
+    """(lr, b1, 1 - b1, b2, 1 - b2) of Lion: b = A(beta), 1 - b in A."""
+    beta_1, beta_2 = hyper
+    one, b1, b2 = acc(1), acc(beta_1), acc(beta_2)
+    return acc(lr), b1, one - b1, b2, one - b2
+
+
+RULES = {r.name: r for r in (
+    Rule("sgd", SGD, (), (), sgd_scalars),
+    Rule("sgd_momentum", SGD_MOMENTUM, ("momentum",), ("momentum",), momentum_scalars),
+    Rule("sgd_nesterov", SGD_NESTEROV, ("momentum",), ("momentum",), momentum_scalars),
+    Rule("adam", ADAM, ("m", "v"), ("beta_1", "beta_2", "epsilon"), adam_scalars),
+    Rule("adam_amsgrad", ADAM_AMSGRAD, ("m", "v", "vhat"), ("beta_1", "beta_2", "epsilon"),
+         adam_scalars),
+    Rule("rmsprop", RMSPROP, ("velocity",), ("rho", "epsilon"), rmsprop_scalars),
+    Rule("rmsprop_momentum", RMSPROP_MOMENTUM, ("velocity", "momentum"),
+         ("rho", "epsilon", "momentum"), rmsprop_scalars),
+    Rule("rmsprop_centered", RMSPROP_CENTERED, ("velocity", "average_gradient"),
+         ("rho", "epsilon"), rmsprop_scalars),
+    Rule("rmsprop_centered_momentum", RMSPROP_CENTERED_MOMENTUM,
+         ("velocity", "average_gradient", "momentum"), ("rho", "epsilon", "momentum"),
+         rmsprop_scalars),
+    Rule("adagrad", ADAGRAD, ("accumulator",), ("epsilon",), adagrad_scalars),
+    Rule("adamax", ADAMAX, ("m", "u"), ("beta_1", "beta_2", "epsilon"), adamax_scalars),
+    Rule("nadam", NADAM, ("m", "v"), ("beta_1", "beta_2", "epsilon", "u_product"),
+         nadam_scalars),
+    Rule("lion", LION, ("m",), ("beta_1", "beta_2"), lion_scalars),
+)}
+RULE_NAMES = tuple(RULES)
+
+
+def get_rule(rule):
+    """The Rule of a rule name; ValueError naming the known ones."""
+    if not isinstance(rule, str) or rule not in RULES:
+        raise ValueError(f"unknown update rule {rule!r}; expected one of {list(RULE_NAMES)}")
+    return RULES[rule]
+
+
+def step_scalars(rule, lr, step, hyper, acc):
+    """Checks `step` and `hyper` for rule `rule` (a name) and returns (Rule,
+    its step scalars): a tuple of NUM_SCALARS numpy `acc` scalars, zero-padded,
+    which the kernels take by value (no device copy per launch)."""
+    spec = get_rule(rule)
+    try:
+        hyper = tuple(hyper)
+    except TypeError:
+        raise ValueError(f"rule {rule!r}: hyper must be a sequence "
+                         f"{spec.hyper}, got {hyper!r}") from None
+    if len(hyper) != len(spec.hyper):
+        raise ValueError(f"rule {rule!r} takes {len(spec.hyper)} hyperparameters "
+                         f"{spec.hyper}, got {len(hyper)}: {hyper!r}")
+    try:
+        hyper = tuple(float(h) for h in hyper)
+    except (TypeError, ValueError):
+        raise ValueError(f"rule {rule!r}: hyperparameters {spec.hyper} must be "
+                         f"numbers, got {hyper!r}") from None
+    if isinstance(step, (bool, np.bool_)) or not _is_integral(step) or step < 1:
+        raise ValueError(f"rule {rule!r}: step must be an integer >= 1 "
+                         f"(iterations + 1), got {step!r}")
+    values = tuple(acc(x) for x in spec.scalars(float(lr), int(step), hyper, acc))
+    return spec, values + (acc(0),) * (NUM_SCALARS - len(values))
+
+
+def _is_integral(x):
+    try:
+        return float(x) == int(x)
+    except (TypeError, ValueError, OverflowError):
+        return False
+
+
+def rule_element(jit):
+    """element(code, w, s0, s1, s2, g, sc) -> (w, s0, s1, s2): the rule of
+    `code` on one element, slots in the rule's order (unused ones returned as
+    given), sc its step scalars (`step_scalars`). Compiled, with the family
+    rules, by `jit`: numba.njit for numba_cpu, cuda.jit(device=True) for
+    numba_cuda."""
+    sgd, adam, rmsprop = jit(sgd_element), jit(adam_element), jit(rmsprop_element)
+    adagrad, adamax = jit(adagrad_element), jit(adamax_element)
+    nadam, lion = jit(nadam_element), jit(lion_element)
+
+    def element(code, w, s0, s1, s2, g, sc):
+        if code <= SGD_NESTEROV:
+            w, s0 = sgd(w, s0, g, sc[0], sc[1], code != SGD, code == SGD_NESTEROV)
+        elif code <= ADAM_AMSGRAD:
+            w, s0, s1, s2 = adam(w, s0, s1, s2, g, sc[1], sc[2], sc[3], sc[4],
+                                 code == ADAM_AMSGRAD)
+        elif code <= RMSPROP_CENTERED_MOMENTUM:
+            centered = code == RMSPROP_CENTERED or code == RMSPROP_CENTERED_MOMENTUM
+            use_momentum = code == RMSPROP_MOMENTUM or code == RMSPROP_CENTERED_MOMENTUM
+            # slots: (velocity, [average_gradient], [momentum])
+            ag = s1 if centered else s0
+            mom = s2 if centered else s1
+            w, s0, ag, mom = rmsprop(w, s0, ag, mom, g, sc[0], sc[1], sc[2], sc[3], sc[4],
+                                     centered, use_momentum)
+            if centered:
+                s1 = ag
+                s2 = mom
+            else:
+                s1 = mom
+        elif code == ADAGRAD:
+            w, s0 = adagrad(w, s0, g, sc[0], sc[1])
+        elif code == ADAMAX:
+            w, s0, s1 = adamax(w, s0, s1, g, sc[0], sc[1], sc[2], sc[3], sc[4])
+        elif code == NADAM:
+            w, s0, s1 = nadam(w, s0, s1, g, sc[0], sc[1], sc[2], sc[3], sc[4], sc[5],
+                              sc[6], sc[7], sc[8])
+        else:
+            w, s0 = lion(w, s0, g, sc[0], sc[1], sc[2], sc[3], sc[4])
+        return w, s0, s1, s2
+
+    return jit(element)

@@ -5,7 +5,13 @@ Same structure as the CUDA kernels: the list of tensors is cut into chunks
 a per-tensor finish merges them in chunk order (so results do not depend on
 the thread count) and applies `finalize_norm` / `scale_from_norm` from
 `_finalize` (the header's transcription), and the update pass multiplies
-each gradient by its tensor's scale on the fly.
+each gradient by its tensor's scale on the fly: one generic kernel for
+every rule (`_updates.rule_element`, dispatched on the rule's code, its step
+scalars formed on the host).
+
+Numba's cache (cache=True) is keyed on this file only: after editing
+`_updates.py` alone, remove normopt/kernels/__pycache__/*.nbi and *.nbc (or
+touch this file) so the kernels are compiled again.
 
 float16 and bfloat16 inputs run on float32 working copies (Numba has no
 16-bit CPU arithmetic); updated variables and slots are rounded back to
@@ -20,8 +26,8 @@ from normopt.kernels import _args, _finalize, _updates
 from normopt.kernels.chunks import DEFAULT_CHUNK_SIZE, chunk_table
 
 _tensor_finish = _finalize.tensor_finish(numba.njit)
-_sgd_element = numba.njit(cache=True)(_updates.sgd_element)
-_adam_element = numba.njit(cache=True)(_updates.adam_element)
+_decay_element = numba.njit(_updates.decay_element)
+_rule_element = _updates.rule_element(numba.njit)
 
 
 @numba.njit(parallel=True, cache=True)
@@ -89,50 +95,35 @@ def _scale_kernel(grads, outs, tensor, start, chunk_size, scales):
 
 
 @numba.njit(parallel=True, cache=True)
-def _sgd_kernel(weights, momenta, grads, use_momentum, nesterov, tensor, start,
-                chunk_size, scales, decay, lr, mu):
-    """Keras 3 SGD (`_updates.sgd_element`) on g' = (g * pre[t]) * mult[t]."""
+def _apply_kernel(code, num_slots, weights, s0, s1, s2, grads, tensor, start, chunk_size,
+                  scales, decay, sc):
+    """The rule of `code` (`_updates.rule_element`) on g' = (g * pre[t]) * mult[t],
+    after the decoupled decay where decay[t] != 0. s0..s2: the rule's slot
+    lists (the weights stand in for the ones it lacks; only the first
+    `num_slots` are stored). sc: the step scalars, lr first."""
+    lr = sc[0]
     for c in prange(tensor.size):
         t = tensor[c]
         w = weights[t]
         g = grads[t]
-        m = momenta[t]
+        a = s0[t]
+        b = s1[t]
+        h = s2[t]
         pre = scales[t, 0]
         mult = scales[t, 1]
         wd = decay[t]
         for i in range(start[c], min(start[c] + chunk_size, w.size)):
-            wi, mi = _sgd_element(w[i], m[i], (g[i] * pre) * mult, wd, lr, mu,
-                                  use_momentum, nesterov)
+            wi = w[i]
+            if wd != 0:
+                wi = _decay_element(wi, wd, lr)
+            wi, ai, bi, hi = _rule_element(code, wi, a[i], b[i], h[i], (g[i] * pre) * mult, sc)
             w[i] = wi
-            if use_momentum:
-                m[i] = mi
-
-
-@numba.njit(parallel=True, cache=True)
-def _adam_kernel(weights, ms, vs, vhats, grads, amsgrad, tensor, start,
-                 chunk_size, scales, decay, lr, alpha, one_minus_b1, one_minus_b2,
-                 adam_eps):
-    """Keras 3 Adam/AdamW/amsgrad (`_updates.adam_element`) on g' = (g * pre[t]) * mult[t]."""
-    for c in prange(tensor.size):
-        t = tensor[c]
-        w = weights[t]
-        g = grads[t]
-        m = ms[t]
-        v = vs[t]
-        vh = vhats[t]
-        pre = scales[t, 0]
-        mult = scales[t, 1]
-        wd = decay[t]
-        for i in range(start[c], min(start[c] + chunk_size, w.size)):
-            wi, mi, vi, hi = _adam_element(w[i], m[i], v[i], vh[i], (g[i] * pre) * mult,
-                                           wd, lr,
-                                           alpha, one_minus_b1, one_minus_b2,
-                                           adam_eps, amsgrad)
-            w[i] = wi
-            m[i] = mi
-            v[i] = vi
-            if amsgrad:
-                vh[i] = hi
+            if num_slots > 0:
+                a[i] = ai
+            if num_slots > 1:
+                b[i] = bi
+            if num_slots > 2:
+                h[i] = hi
 
 
 class _Work:
@@ -212,54 +203,48 @@ def scale(arrays, kind="l2", mode="normalize", clipnorm=1.0, eps=1e-7,
     return [o.reshape(a.shape).astype(a.dtype, copy=False) for o, a in zip(outs, arrays)]
 
 
-def apply_sgd(weights, grads, momenta=None, *, lr, momentum=0.0, nesterov=False,
-              decay=None, kind="l2", mode="normalize", clipnorm=1.0, eps=1e-7,
-              chunk_size=DEFAULT_CHUNK_SIZE):
-    """One Keras SGD step on g * scale[t], in place. Returns the norms."""
-    _args.check_pairs(weights, grads, ("weights", "grads"))
-    _args.check_momenta(weights, momenta, momentum)
-    use_momentum = momenta is not None
-    dtype = _args.common_dtype(weights)
+def apply(rule, weights, grads, slots, *, lr, step=1, hyper=(), decay=None, kind="l2",
+          mode="normalize", clipnorm=1.0, eps=1e-7, chunk_size=DEFAULT_CHUNK_SIZE):
+    """One step of update rule `rule` (`_updates.RULES`) on g * scale[t], in
+    place on the weights and `slots` (slot-major: slots[q][t] is slot q of
+    weight t). Returns the norms."""
+    spec, sc, dtype = _args.check_apply(rule, weights, grads, slots, lr, step, hyper)
+    slots = [] if slots is None else list(slots)
     g = _Work(grads, dtype)
     table, n, s = _stats_and_scales(g, dtype, kind, mode, clipnorm, eps, chunk_size)
     if table.tensor.size:
         acc = _args.acc_dtype(dtype)
         w = _Work(weights, dtype)
-        m = _Work(momenta, dtype) if use_momentum else w
-        _sgd_kernel(w.typed, m.typed, g.typed, use_momentum, bool(nesterov),
-                    table.tensor, table.start, table.chunk_size, s,
-                    _args.per_tensor(decay, len(weights), acc), acc(lr), acc(momentum))
-        w.write_back()
-        if use_momentum:
-            m.write_back()
+        works = [_Work(x, dtype) for x in slots]
+        typed = [x.typed for x in works] + [w.typed] * (_updates.MAX_SLOTS - len(works))
+        _apply_kernel(spec.code, len(works), w.typed, *typed, g.typed, table.tensor,
+                      table.start, table.chunk_size, s,
+                      _args.per_tensor(decay, len(weights), acc), sc)
+        for work in [w] + works:
+            work.write_back()
     return n
+
+
+def apply_sgd(weights, grads, momenta=None, *, lr, momentum=0.0, nesterov=False,
+              decay=None, kind="l2", mode="normalize", clipnorm=1.0, eps=1e-7,
+              chunk_size=DEFAULT_CHUNK_SIZE):
+    """One Keras SGD step on g * scale[t], in place: `apply` with rule sgd
+    (momenta None), sgd_momentum or sgd_nesterov. Returns the norms."""
+    rule, slots, hyper = _args.sgd_rule(weights, momenta, momentum, nesterov)
+    return apply(rule, weights, grads, slots, lr=lr, hyper=hyper, decay=decay, kind=kind,
+                 mode=mode, clipnorm=clipnorm, eps=eps, chunk_size=chunk_size)
 
 
 def apply_adam(weights, grads, m, v, vhat=None, *, lr, step, beta_1=0.9,
                beta_2=0.999, adam_epsilon=1e-7, decay=None, kind="l2",
                mode="normalize", clipnorm=1.0, eps=1e-7,
                chunk_size=DEFAULT_CHUNK_SIZE):
-    """One Keras Adam/AdamW (amsgrad when `vhat` is given) step, in place.
+    """One Keras Adam/AdamW (amsgrad when `vhat` is given) step, in place:
+    `apply` with rule adam or adam_amsgrad.
 
     `step` is the 1-based step count t (iterations + 1). Returns the norms.
     """
-    _args.check_pairs(weights, grads, ("weights", "grads"))
-    _args.check_pairs(weights, m, ("weights", "m"))
-    _args.check_pairs(weights, v, ("weights", "v"))
-    amsgrad = vhat is not None
-    if amsgrad:
-        _args.check_pairs(weights, vhat, ("weights", "vhat"))
-    dtype = _args.common_dtype(weights)
-    acc = _args.acc_dtype(dtype)
-    scalars = _args.adam_scalars(lr, beta_1, beta_2, adam_epsilon, step, acc)
-    g = _Work(grads, dtype)
-    table, n, s = _stats_and_scales(g, dtype, kind, mode, clipnorm, eps, chunk_size)
-    if table.tensor.size:
-        w, mw, vw = _Work(weights, dtype), _Work(m, dtype), _Work(v, dtype)
-        vhw = _Work(vhat, dtype) if amsgrad else vw
-        _adam_kernel(w.typed, mw.typed, vw.typed, vhw.typed, g.typed, amsgrad,
-                     table.tensor, table.start, table.chunk_size, s,
-                     _args.per_tensor(decay, len(weights), acc), *scalars)
-        for work in (w, mw, vw) + ((vhw,) if amsgrad else ()):
-            work.write_back()
-    return n
+    rule, slots = ("adam", [m, v]) if vhat is None else ("adam_amsgrad", [m, v, vhat])
+    return apply(rule, weights, grads, slots, lr=lr, step=step,
+                 hyper=(beta_1, beta_2, adam_epsilon), decay=decay, kind=kind, mode=mode,
+                 clipnorm=clipnorm, eps=eps, chunk_size=chunk_size)

@@ -10,7 +10,10 @@ The tensor list is packed into one flat device buffer with element offsets
     finish        one thread per tensor merges its chunks in chunk order
                   (no atomics, bitwise reproducible) and applies
                   finalize_norm / scale_from_norm from `_finalize`;
-    update        one block per chunk, g' = (g * pre[t]) * mult[t] on the fly.
+    update        one block per chunk, g' = (g * pre[t]) * mult[t] on the fly:
+                  one generic kernel for every rule (`_updates.rule_element`,
+                  dispatched on the rule's code), its step scalars formed on
+                  the host and passed by value.
 
 Runs on a GPU (through Numba's built-in `numba.cuda`, still shipped with
 Numba 0.68 but deprecated upstream, or the `numba-cuda` package, which
@@ -41,12 +44,13 @@ MAX_THREADS = 256
 THREADS = 32 if SIMULATED else MAX_THREADS
 MAX_BLOCKS = 65535
 
-# Kernel launches by name since import (benchmarks report launches per step).
+# Kernel launches by name since import (benchmarks report launches per step);
+# updates count under their rule's name ("adam", "sgd_momentum", ...).
 LAUNCHES = collections.Counter()
 
 _tensor_finish = _finalize.tensor_finish(cuda.jit(device=True))
-_sgd_element = cuda.jit(device=True)(_updates.sgd_element)
-_adam_element = cuda.jit(device=True)(_updates.adam_element)
+_decay_element = cuda.jit(device=True)(_updates.decay_element)
+_rule_element = _updates.rule_element(cuda.jit(device=True))
 
 
 @functools.lru_cache(maxsize=None)
@@ -166,9 +170,13 @@ def kernels(acc):
             c += cuda.gridDim.x
 
     @cuda.jit
-    def sgd_kernel(w, m, g, use_momentum, nesterov, offsets, tensor, start,
-                   chunk_size, scales, decay, lr, mu):
-        """Keras 3 SGD (`_updates.sgd_element`) on g' = g * scale[t]."""
+    def apply_kernel(code, num_slots, w, s0, s1, s2, g, offsets, tensor, start, chunk_size,
+                     scales, decay, sc):
+        """The rule of `code` (`_updates.rule_element`) on g' = g * scale[t],
+        after the decoupled decay where decay[t] != 0. s0..s2: the rule's
+        slot buffers (the weights stand in for the ones it lacks; only the
+        first `num_slots` are stored). sc: the step scalars, lr first."""
+        lr = sc[0]
         c = cuda.blockIdx.x
         while c < tensor.size:
             t = tensor[c]
@@ -180,43 +188,23 @@ def kernels(acc):
             i = start[c] + cuda.threadIdx.x
             while i < hi:
                 j = base + i
-                wi, mi = _sgd_element(acc(w[j]), acc(m[j]), (acc(g[j]) * pre) * mult, wd, lr, mu,
-                                      use_momentum, nesterov)
-                w[j] = wi
-                if use_momentum:
-                    m[j] = mi
-                i += cuda.blockDim.x
-            c += cuda.gridDim.x
-
-    @cuda.jit
-    def adam_kernel(w, m, v, vhat, g, amsgrad, offsets, tensor, start,
-                    chunk_size, scales, decay, lr, alpha, one_minus_b1, one_minus_b2,
-                    adam_eps):
-        """Keras 3 Adam/AdamW/amsgrad (`_updates.adam_element`) on g' = g * scale[t]."""
-        c = cuda.blockIdx.x
-        while c < tensor.size:
-            t = tensor[c]
-            base = offsets[t]
-            hi = min(start[c] + chunk_size, offsets[t + 1] - base)
-            pre = scales[t, 0]
-            mult = scales[t, 1]
-            wd = decay[t]
-            i = start[c] + cuda.threadIdx.x
-            while i < hi:
-                j = base + i
-                wi, mi, vi, hv = _adam_element(
-                    acc(w[j]), acc(m[j]), acc(v[j]), acc(vhat[j]), (acc(g[j]) * pre) * mult, wd, lr,
-                    alpha, one_minus_b1, one_minus_b2, adam_eps, amsgrad)
-                w[j] = wi
-                m[j] = mi
-                v[j] = vi
-                if amsgrad:
-                    vhat[j] = hv
+                wj = acc(w[j])
+                if wd != 0:
+                    wj = _decay_element(wj, wd, lr)
+                wj, a, b, h = _rule_element(code, wj, acc(s0[j]), acc(s1[j]), acc(s2[j]),
+                                            (acc(g[j]) * pre) * mult, sc)
+                w[j] = wj
+                if num_slots > 0:
+                    s0[j] = a
+                if num_slots > 1:
+                    s1[j] = b
+                if num_slots > 2:
+                    s2[j] = h
                 i += cuda.blockDim.x
             c += cuda.gridDim.x
 
     return dict(chunk_stats=chunk_stats, finish=finish, scale=scale_kernel,
-                sgd=sgd_kernel, adam=adam_kernel)
+                apply=apply_kernel)
 
 
 class Packed:
@@ -277,8 +265,8 @@ def _to_dtype(array, name):
     return array.astype(name, copy=False)
 
 
-def _launch(acc, name, blocks, threads, *args):
-    LAUNCHES[name] += 1
+def _launch(acc, name, blocks, threads, *args, label=None):
+    LAUNCHES[label or name] += 1
     kernels(acc)[name][blocks, threads](*args)
 
 
@@ -321,25 +309,36 @@ def launch_scale(packed, scales, threads=None):
     return out
 
 
+def launch_rule(rule, w, slots, g, scales, decay, *, lr, step=1, hyper=(), threads=None):
+    """One launch of update rule `rule` on Packed lists (`slots`: the rule's
+    slot lists, in its order), counted in LAUNCHES under the rule's name."""
+    spec, sc = _updates.step_scalars(rule, lr, step, hyper, g.acc)
+    if len(slots) != len(spec.slots):
+        raise ValueError(f"rule {rule!r} takes {len(spec.slots)} slot lists "
+                         f"{spec.slots}, got {len(slots)}")
+    if g.num_chunks:
+        flats = [x.flat for x in slots] + [w.flat] * (_updates.MAX_SLOTS - len(slots))
+        _launch(g.acc, "apply", _grid(g), threads or THREADS,
+                spec.code, len(slots), w.flat, *flats, g.flat, g.offsets, g.tensor,
+                g.start, g.table.chunk_size, scales, decay, sc, label=rule)
+
+
 def launch_sgd(w, m, g, scales, decay, *, lr, momentum=0.0, nesterov=False,
                threads=None):
     """One launch of the SGD update on Packed lists (plain SGD when m is None)."""
-    if g.num_chunks:
-        acc = g.acc
-        _launch(acc, "sgd", _grid(g), threads or THREADS,
-            w.flat, (m if m is not None else w).flat, g.flat, m is not None,
-            bool(nesterov), g.offsets, g.tensor, g.start, g.table.chunk_size,
-            scales, decay, acc(lr), acc(momentum))
+    if m is None:
+        launch_rule("sgd", w, [], g, scales, decay, lr=lr, threads=threads)
+    else:
+        launch_rule("sgd_nesterov" if nesterov else "sgd_momentum", w, [m], g, scales, decay,
+                    lr=lr, hyper=(momentum,), threads=threads)
 
 
 def launch_adam(w, m, v, vhat, g, scales, decay, *, lr, step, beta_1=0.9,
                 beta_2=0.999, adam_epsilon=1e-7, threads=None):
     """One launch of the Adam update on Packed lists (amsgrad when vhat)."""
-    if g.num_chunks:
-        _launch(g.acc, "adam", _grid(g), threads or THREADS,
-            w.flat, m.flat, v.flat, (vhat or v).flat, g.flat, vhat is not None,
-            g.offsets, g.tensor, g.start, g.table.chunk_size, scales, decay,
-            *_args.adam_scalars(lr, beta_1, beta_2, adam_epsilon, step, g.acc))
+    rule, slots = ("adam", [m, v]) if vhat is None else ("adam_amsgrad", [m, v, vhat])
+    launch_rule(rule, w, slots, g, scales, decay, lr=lr, step=step,
+                hyper=(beta_1, beta_2, adam_epsilon), threads=threads)
 
 
 def _host_list(arrays):
@@ -377,45 +376,44 @@ def _write_back(targets, packed):
         a[...] = new
 
 
+def apply(rule, weights, grads, slots, *, lr, step=1, hyper=(), decay=None, kind="l2",
+          mode="normalize", clipnorm=1.0, eps=1e-7, chunk_size=DEFAULT_CHUNK_SIZE,
+          threads=None):
+    """One step of update rule `rule` (`_updates.RULES`) on host arrays, in
+    place on the weights and `slots` (slot-major: slots[q][t] is slot q of
+    weight t). Returns the norms."""
+    _, _, dtype = _args.check_apply(rule, weights, grads, slots, lr, step, hyper)
+    slots = [] if slots is None else list(slots)
+    g = Packed(grads, chunk_size, dtype)
+    n, s = launch_stats(g, kind, mode, clipnorm, eps, threads)
+    pw = g.like(weights)
+    packed = [g.like(x) for x in slots]
+    launch_rule(rule, pw, packed, g, s,
+                cuda.to_device(_args.per_tensor(decay, max(len(weights), 1), g.acc)),
+                lr=lr, step=step, hyper=hyper, threads=threads)
+    for target, p in zip([weights] + slots, [pw] + packed):
+        _write_back(target, p)
+    return n.copy_to_host()[:len(weights)]
+
+
 def apply_sgd(weights, grads, momenta=None, *, lr, momentum=0.0, nesterov=False,
               decay=None, kind="l2", mode="normalize", clipnorm=1.0, eps=1e-7,
               chunk_size=DEFAULT_CHUNK_SIZE, threads=None):
-    """One Keras SGD step on host arrays, in place. Returns the norms."""
-    _args.check_pairs(weights, grads, ("weights", "grads"))
-    _args.check_momenta(weights, momenta, momentum)
-    dtype = _args.common_dtype(weights)
-    g = Packed(grads, chunk_size, dtype)
-    n, s = launch_stats(g, kind, mode, clipnorm, eps, threads)
-    w = g.like(weights)
-    m = g.like(momenta) if momenta is not None else None
-    launch_sgd(w, m, g, s, cuda.to_device(_args.per_tensor(decay, max(len(weights), 1), g.acc)),
-               lr=lr, momentum=momentum, nesterov=nesterov, threads=threads)
-    _write_back(weights, w)
-    if m is not None:
-        _write_back(momenta, m)
-    return n.copy_to_host()[:len(weights)]
+    """One Keras SGD step on host arrays, in place: `apply` with rule sgd
+    (momenta None), sgd_momentum or sgd_nesterov. Returns the norms."""
+    rule, slots, hyper = _args.sgd_rule(weights, momenta, momentum, nesterov)
+    return apply(rule, weights, grads, slots, lr=lr, hyper=hyper, decay=decay, kind=kind,
+                 mode=mode, clipnorm=clipnorm, eps=eps, chunk_size=chunk_size,
+                 threads=threads)
 
 
 def apply_adam(weights, grads, m, v, vhat=None, *, lr, step, beta_1=0.9,
                beta_2=0.999, adam_epsilon=1e-7, decay=None, kind="l2",
                mode="normalize", clipnorm=1.0, eps=1e-7,
                chunk_size=DEFAULT_CHUNK_SIZE, threads=None):
-    """One Keras Adam/AdamW/amsgrad step on host arrays, in place. Returns the norms."""
-    _args.check_pairs(weights, grads, ("weights", "grads"))
-    _args.check_pairs(weights, m, ("weights", "m"))
-    _args.check_pairs(weights, v, ("weights", "v"))
-    if vhat is not None:
-        _args.check_pairs(weights, vhat, ("weights", "vhat"))
-    dtype = _args.common_dtype(weights)
-    g = Packed(grads, chunk_size, dtype)
-    n, s = launch_stats(g, kind, mode, clipnorm, eps, threads)
-    pw, pm, pv = g.like(weights), g.like(m), g.like(v)
-    pvh = g.like(vhat) if vhat is not None else None
-    launch_adam(pw, pm, pv, pvh, g, s,
-                cuda.to_device(_args.per_tensor(decay, max(len(weights), 1), g.acc)),
-                lr=lr, step=step, beta_1=beta_1, beta_2=beta_2,
-                adam_epsilon=adam_epsilon, threads=threads)
-    for target, packed in ((weights, pw), (m, pm), (v, pv), (vhat, pvh)):
-        if packed is not None:
-            _write_back(target, packed)
-    return n.copy_to_host()[:len(weights)]
+    """One Keras Adam/AdamW/amsgrad step on host arrays, in place: `apply`
+    with rule adam or adam_amsgrad. Returns the norms."""
+    rule, slots = ("adam", [m, v]) if vhat is None else ("adam_amsgrad", [m, v, vhat])
+    return apply(rule, weights, grads, slots, lr=lr, step=step,
+                 hyper=(beta_1, beta_2, adam_epsilon), decay=decay, kind=kind, mode=mode,
+                 clipnorm=clipnorm, eps=eps, chunk_size=chunk_size, threads=threads)
