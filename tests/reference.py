@@ -143,7 +143,8 @@ RULE_SLOTS = {
 def nadam_u_product(beta_1, step):
     """Keras Nadam's `_u_product` after step t's update:
     prod over s = 1..t of beta_1 * (1 - 0.5 * 0.96^s)."""
-    return float(np.prod([beta_1 * (1.0 - 0.5 * 0.96**s) for s in range(1, step + 1)]))
+    d = float(np.float32(0.96))  # Keras casts 0.96 through float32
+    return float(np.prod([beta_1 * (1.0 - 0.5 * d**s) for s in range(1, step + 1)]))
 
 
 def rule_step(rule, w, slots, g, lr, step, hyper, wd=0.0):
@@ -204,8 +205,9 @@ def rule_step(rule, w, slots, g, lr, step, hyper, wd=0.0):
         return w - lr * m / ((1 - b1**t) * (u + eps)), [m, u]
     if rule == "nadam":
         b1, b2, eps, u_product = hyper
-        u_t = b1 * (1 - 0.5 * 0.96**t)
-        u_t1 = b1 * (1 - 0.5 * 0.96 ** (t + 1))
+        d = float(np.float32(0.96))  # Keras casts 0.96 through float32
+        u_t = b1 * (1 - 0.5 * d**t)
+        u_t1 = b1 * (1 - 0.5 * d ** (t + 1))
         up1 = u_product * u_t1
         m = s[0] + (g - s[0]) * (1 - b1)
         v = s[1] + (g * g - s[1]) * (1 - b2)

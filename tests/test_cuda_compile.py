@@ -26,10 +26,13 @@ import pytest
 
 from normopt.kernels._finalize import DEFAULT_CHUNK_SIZE
 from normopt.kernels._finalize import DTYPE_CODES as DTYPE_CODE
+from normopt.kernels.cupy_kernels import rule_names
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCES = sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
 ARCHS = ("80", "90")
+# The update rules of csrc/normopt/update_rules.h's table.
+RULE_NAMES = rule_names(os.path.join(ROOT, "csrc"))
 
 
 def find_nvcc():
@@ -351,6 +354,17 @@ def test_emulated_cuda_nan_propagates(emulated, dtype):
 
     check_nan_propagates(emulated, dtype, chunk_size=8)
     check_nan_propagates(emulated, dtype, big=70000)
+
+
+@pytest.mark.parametrize("rule", RULE_NAMES)
+def test_emulated_cuda_rule(emulated, rule):
+    """Every rule's CUDA kernel (normopt_apply_<rule>) against the NumPy
+    reference of its formula and step by step against the TF CPU op."""
+    from test_kernels_numba import RULE_SHAPES, check_rule, check_rule_matches_tf_op
+
+    check_rule(emulated, rule, RULE_SHAPES, "float32", steps=2, chunk_size=8)
+    dtype = ("float64", "float16", "bfloat16", "float32")[RULE_NAMES.index(rule) % 4]
+    check_rule_matches_tf_op(emulated, rule, dtype, RULE_SHAPES, steps=2, chunk_size=8)
 
 
 def test_emulated_cuda_momenta_with_zero_momentum(emulated):

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import covering
+from test_cuda_compile import RULE_NAMES
 from test_kernels_numba import (
     ADAM_VARIANTS,
     DTYPES,
@@ -102,6 +103,14 @@ def test_cupy_adam(K, variant, dtype):
 def test_cupy_nan_propagates(K, dtype):
     check_nan_propagates(K, dtype, chunk_size=8)
     check_nan_propagates(K, dtype, big=70000)
+
+
+@pytest.mark.parametrize("rule", RULE_NAMES)
+def test_cupy_rule(K, rule):
+    """Every rule through cupy_kernels.apply against the NumPy reference."""
+    from test_kernels_numba import RULE_SHAPES, check_rule
+
+    check_rule(K, rule, RULE_SHAPES, "float32", steps=2, chunk_size=8)
 
 
 def test_cupy_momenta_with_zero_momentum(K):

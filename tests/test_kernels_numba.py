@@ -11,7 +11,7 @@ tests/reference.py (NumPy float64, written from the formulas).
 `apply(rule, weights, grads, slots, ...)` to every update rule
 (reference.rule_step), `check_rule_against` two modules to each other, and
 `check_rule_matches_tf_op` a module to the TF op's generic apply
-(normopt.ops.fused.apply, not on every branch yet: no test here calls it).
+(normopt.ops.fused.apply).
 """
 
 import functools
@@ -787,6 +787,12 @@ def test_cpu_rule(K, rule, dtype, mode, decay):
     check_rule(K, rule, RULE_SHAPES, dtype, mode=mode, decay=decay, chunk_size=CHUNK)
 
 
+@pytest.mark.parametrize("rule,dtype", covering(list(RULES), DTYPES))
+def test_cpu_rule_matches_tf_op(K, rule, dtype):
+    """Numba CPU against the compiled op, step by step, every rule."""
+    check_rule_matches_tf_op(K, rule, dtype, RULE_SHAPES, chunk_size=CHUNK)
+
+
 @pytest.mark.parametrize("rule", RULES)
 def test_cpu_rule_cold_start_other_norms(K, rule):
     """From Keras's initial slots, later steps (t = 5..7), std / l1_l2 norms,
@@ -891,8 +897,8 @@ def test_step_scalars_follow_the_table(acc):
     lr, t, b1, b2, eps, rho, mu = 0.01, 7, 0.9, 0.999, 1e-7, 0.9, 0.8
     one = A(1)
     up = R.nadam_u_product(b1, t)
-    u_t = A(b1) * (one - A(0.5) * A(0.96) ** A(t))
-    u_t1 = A(b1) * (one - A(0.5) * A(0.96) ** A(t + 1))
+    u_t = A(b1) * (one - A(0.5) * A(np.float32(0.96)) ** A(t))
+    u_t1 = A(b1) * (one - A(0.5) * A(np.float32(0.96)) ** A(t + 1))
     want = {
         "sgd": [A(lr)],
         "sgd_momentum": [A(lr), A(mu)],

@@ -226,7 +226,8 @@ def nadam_scalars(lr, step, hyper, acc):
     """(lr, 1 - b1, 1 - b2, u_t1, 1 - up1, 1 - u_t, 1 - up, 1 - b2p, eps) of
     Nadam, all in A from b1 = A(beta_1), b2 = A(beta_2), t = A(step):
 
-        u_t  = b1 * (1 - 0.5 * 0.96^t)       u_t1 = b1 * (1 - 0.5 * 0.96^(t+1))
+        u_t  = b1 * (1 - 0.5 * d^t)          u_t1 = b1 * (1 - 0.5 * d^(t+1))
+        d    = A(float32(0.96))              (Keras casts 0.96 through float32)
         up   = A(u_product)                  up1  = up * u_t1
         b2p  = b2^t                          1 - b1, 1 - b2 in A
 
@@ -235,7 +236,8 @@ def nadam_scalars(lr, step, hyper, acc):
     """
     beta_1, beta_2, epsilon, u_product = hyper
     # numpy scalars of one type: every operation below stays in A
-    one, half, decay = acc(1), acc(0.5), acc(0.96)
+    # 0.96 rounded through float32, as Keras's ops.cast(0.96, dtype) does.
+    one, half, decay = acc(1), acc(0.5), acc(np.float32(0.96))
     b1, b2, t, t1 = acc(beta_1), acc(beta_2), acc(step), acc(step + 1)
     u_t = b1 * (one - half * decay**t)
     u_t1 = b1 * (one - half * decay**t1)

@@ -47,6 +47,16 @@ class CupyOnHost:
         outs = cupy_kernels.scale(dev, kind, mode, clipnorm, eps, dtype=dtype, **kw)
         return [self._down(o, a).reshape(np.shape(a)) for o, a in zip(outs, arrays)]
 
+    def apply(self, rule, weights, grads, slots, **kw):
+        g, dtype = self._up(grads)
+        w, _ = self._up(weights)
+        dslots = [self._up(slot)[0] for slot in slots]
+        n = cupy_kernels.apply(rule, w, g, dslots, dtype=dtype, **kw)
+        self._write_back(weights, w)
+        for targets, devices in zip(slots, dslots):
+            self._write_back(targets, devices)
+        return n.get()
+
     def apply_sgd(self, weights, grads, momenta=None, **kw):
         g, dtype = self._up(grads)
         w, _ = self._up(weights)
