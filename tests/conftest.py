@@ -3,11 +3,15 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# No more busy threads than cores: the host emulation of the CUDA kernels
-# (csrc/cuda/tools/host_emulation.cpp) runs a block's threads at most this
-# many at a time; Numba's pool is sized the same (TF's pools already are).
-os.environ.setdefault("NORMOPT_EMU_THREADS", str(os.cpu_count() or 1))
-os.environ.setdefault("NUMBA_NUM_THREADS", str(os.cpu_count() or 1))
+# No more busy threads than cores: under pytest-xdist the cores are shared
+# among the workers, and each worker's Numba and TensorFlow pools (and those
+# of the processes its tests start) get their share. The host emulation of
+# the CUDA kernels runs on the calling thread (fibers).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+_THREADS = str(max(1, (os.cpu_count() or 1) // _WORKERS))
+os.environ.setdefault("NUMBA_NUM_THREADS", _THREADS)
+os.environ.setdefault("TF_NUM_INTRAOP_THREADS", _THREADS)
+os.environ.setdefault("TF_NUM_INTEROP_THREADS", _THREADS)
 sys.path.insert(0, os.path.dirname(__file__))
 
 import pytest  # noqa: E402

@@ -62,9 +62,6 @@ if not SIMULATOR:
         assert all(t["met"] for t in result["targets"])
         assert (tmp_path / "gpu_validate.md").read_text().startswith("# GPU validation")
 
-    # ~80 s of 256-thread emulated blocks; the CuPy front end's kernels run in
-    # test_kernels_cupy.py by default, the script's logic in the dry run above.
-    @pytest.mark.slow
     def test_gpu_validate_dry_run_cupy_front_end_emulated(tmp_path):
         """benchmarks/gpu_validate.py's CuPy backend (parity, launches,
         bandwidth rows, table) with CuPy replaced by tests/emulated_cupy.py:

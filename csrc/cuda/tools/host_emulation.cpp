@@ -1,28 +1,30 @@
 // Runs the CUDA kernels of csrc/cuda on the CPU, for machines without a GPU.
 //
 // Built by the tests with a host C++ compiler (g++ -std=c++20 -shared), not
-// nvcc: CUDA's keywords become plain C++, each block runs as blockDim.x
-// std::threads, __syncthreads() is a std::barrier, __shared__ is a static
-// (blocks run one after another), and threadIdx is thread_local. The entry
-// points of entry_points.cuh are called unchanged, so the kernels' indexing,
-// chunking, vector/tail paths, block reductions and per-tensor finish are
-// exercised with real data. (Warp timing and memory-model effects are not.)
+// nvcc: CUDA's keywords become plain C++, and each block runs on the calling
+// thread as blockDim.x fibers (ucontext), one per CUDA thread, switched
+// round-robin: a fiber runs until its next __syncthreads() or its end, so
+// every thread of the block reaches a barrier before any passes it.
+// __shared__ is a static (blocks run one after another) and threadIdx is set
+// for the fiber that runs. No OS thread is started, whatever the block size.
+// The entry points of entry_points.cuh are called unchanged, so the kernels'
+// indexing, chunking, vector/tail paths, block reductions and per-tensor
+// finish are exercised with real data. (Warp timing and memory-model effects
+// are not.)
 //
 // The emu_* functions take host pointers and mirror launchers.h (emu_apply
 // takes the rule by name); emu_kernel gives a launcher of any entry point by
 // name, for a CuPy stand-in.
-#include <barrier>
+#include <ucontext.h>
+
 #include <cmath>
-#include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include <cuda_bf16.h>
@@ -31,67 +33,17 @@
 struct EmuDim3 {
   unsigned x = 1, y = 1, z = 1;
 };
-thread_local EmuDim3 threadIdx;
-EmuDim3 blockIdx, blockDim, gridDim;
-std::barrier<>* emu_block_barrier = nullptr;
+EmuDim3 threadIdx, blockIdx, blockDim, gridDim;
 
-// At most NORMOPT_EMU_THREADS (default: the number of cores) emulated CUDA
-// threads of a block run at once; the others sleep. __syncthreads() is a
-// barrier whose waiters sleep on a condition variable: std::barrier's
-// waiters spin and yield, which put hundreds of runnable threads on a
-// 2-core machine. (Not std::counting_semaphore: GCC 12's can miss a
-// wake-up, libstdc++ PR 104928.)
-class EmuGate {
- public:
-  EmuGate() {
-    const char* env = std::getenv("NORMOPT_EMU_THREADS");
-    free_ = env ? std::atol(env) : 0;
-    if (free_ < 1) free_ = std::thread::hardware_concurrency();
-    if (free_ < 1) free_ = 1;
-  }
-  void begin() {
-    std::unique_lock<std::mutex> lock(mutex_);
-    take(lock);
-  }
-  void end() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    give();
-  }
-  // The barrier of `count` threads (a block), giving up the slot meanwhile.
-  void sync(unsigned count) {
-    std::unique_lock<std::mutex> lock(mutex_);
-    give();
-    const unsigned long long phase = phase_;
-    if (++arrived_ == count) {
-      arrived_ = 0;
-      ++phase_;
-      phase_done_.notify_all();
-    } else {
-      phase_done_.wait(lock, [&] { return phase_ != phase; });
-    }
-    take(lock);
-  }
+// The fibers of the block that runs.
+ucontext_t emu_scheduler;
+std::vector<ucontext_t> emu_fibers;
 
- private:
-  void take(std::unique_lock<std::mutex>& lock) {
-    slot_free_.wait(lock, [this] { return free_ > 0; });
-    --free_;
-  }
-  void give() {
-    ++free_;
-    slot_free_.notify_one();
-  }
-  std::mutex mutex_;
-  std::condition_variable slot_free_, phase_done_;
-  long free_;
-  unsigned arrived_ = 0;
-  unsigned long long phase_ = 0;
-};
-EmuGate& emu_gate() {
-  static EmuGate gate;
-  return gate;
+// Back to the scheduler; it resumes this fiber once every other fiber of the
+// block has reached the barrier (or its end).
+inline void __syncthreads() {
+  swapcontext(&emu_fibers[threadIdx.x], &emu_scheduler);
 }
-inline void __syncthreads() { emu_gate().sync(blockDim.x); }
 inline float __int_as_float(int bits) {
   float f;
   std::memcpy(&f, &bits, sizeof f);
@@ -115,54 +67,53 @@ inline double __longlong_as_double(long long bits) {
 
 namespace {
 
-// `size` persistent threads that run one block at a time: the caller and
-// the workers meet at `start`, the workers run the kernel (synchronising among
-// themselves on `block`), and everyone meets again at `done`.
-class BlockPool {
- public:
-  explicit BlockPool(unsigned size) : start_(size + 1), done_(size + 1), block_(size) {
-    for (unsigned t = 0; t < size; ++t) {
-      workers_.emplace_back([this, t] {
-        threadIdx.x = t;
-        for (;;) {
-          start_.arrive_and_wait();
-          if (stop_) return;
-          emu_block_barrier = &block_;
-          emu_gate().begin();
-          (*kernel_)();
-          emu_gate().end();
-          done_.arrive_and_wait();
-        }
-      });
+// Kernel bodies use a few KiB of stack; 256 KiB leaves them room.
+constexpr size_t kFiberStack = size_t{256} << 10;
+
+const std::function<void()>* emu_kernel_body = nullptr;
+bool emu_returned = false;  // set by a fiber whose kernel body has ended
+
+void run_fiber() {
+  (*emu_kernel_body)();
+  emu_returned = true;  // then back to the scheduler through uc_link
+}
+
+// Runs one block of `block` fibers to completion.
+void run_block(unsigned block) {
+  static std::vector<std::unique_ptr<char[]>> stacks;
+  while (stacks.size() < block) stacks.emplace_back(new char[kFiberStack]);
+  emu_fibers.assign(block, ucontext_t{});
+  std::vector<char> done(block, 0);
+  for (unsigned t = 0; t < block; ++t) {
+    getcontext(&emu_fibers[t]);
+    emu_fibers[t].uc_stack.ss_sp = stacks[t].get();
+    emu_fibers[t].uc_stack.ss_size = kFiberStack;
+    emu_fibers[t].uc_link = &emu_scheduler;
+    makecontext(&emu_fibers[t], run_fiber, 0);
+  }
+  unsigned left = block;
+  while (left > 0) {
+    for (unsigned t = 0; t < block; ++t) {
+      if (done[t]) continue;
+      threadIdx.x = t;
+      emu_returned = false;
+      swapcontext(&emu_scheduler, &emu_fibers[t]);
+      if (emu_returned) {
+        done[t] = 1;
+        --left;
+      }
     }
   }
-  ~BlockPool() {
-    stop_ = true;
-    start_.arrive_and_wait();
-    for (auto& w : workers_) w.join();
-  }
-  void run(const std::function<void()>& kernel) {
-    kernel_ = &kernel;
-    start_.arrive_and_wait();
-    done_.arrive_and_wait();
-  }
-
- private:
-  std::barrier<> start_, done_, block_;
-  std::vector<std::thread> workers_;
-  const std::function<void()>* kernel_ = nullptr;
-  bool stop_ = false;
-};
+}
 
 // Runs `kernel` on a grid of `grid` blocks of `block` threads, block by block.
 void launch(unsigned grid, unsigned block, const std::function<void()>& kernel) {
-  static std::vector<std::unique_ptr<BlockPool>> pools(1025);
-  if (!pools[block]) pools[block] = std::make_unique<BlockPool>(block);
+  emu_kernel_body = &kernel;
   gridDim.x = grid;
   blockDim.x = block;
   for (unsigned b = 0; b < grid; ++b) {
     blockIdx.x = b;
-    pools[block]->run(kernel);
+    run_block(block);
   }
 }
 
