@@ -122,6 +122,12 @@ class RMSprop:
 
 
 # ---- every update rule of normopt.kernels' generic apply, one step -------
+#
+# Per rule: its slots (RULE_SLOTS), the hyperparameters the kernel tests use
+# (RULE_HYPER: exactly representable in float32, as in helpers.py; nadam's
+# u_product is added per step), the Keras optimizer that runs it under a
+# wrapper (RULE_KERAS, for tests/test_fused_rules.py) and one float64 step
+# (rule_step).
 
 RULE_SLOTS = {
     "sgd": (),
@@ -137,6 +143,50 @@ RULE_SLOTS = {
     "adamax": ("m", "u"),
     "nadam": ("m", "v"),
     "lion": ("m",),
+}
+
+
+# Slots that hold sums of squares (never negative).
+NONNEGATIVE_SLOTS = {"v", "vhat", "u", "velocity", "accumulator"}
+
+_B1, _B2, _RHO, _MU, _RMS_MOMENTUM, _LION_B2 = 0.875, 0.998046875, 0.875, 0.875, 0.75, 0.9921875
+RULE_HYPER = {
+    "sgd": (),
+    "sgd_momentum": (_MU,),
+    "sgd_nesterov": (_MU,),
+    "adam": (_B1, _B2, 1e-7),
+    "adam_amsgrad": (_B1, _B2, 1e-7),
+    "rmsprop": (_RHO, 1e-7),
+    "rmsprop_momentum": (_RHO, 1e-7, _RMS_MOMENTUM),
+    "rmsprop_centered": (_RHO, 1e-7),
+    "rmsprop_centered_momentum": (_RHO, 1e-7, _RMS_MOMENTUM),
+    "adagrad": (1e-7,),
+    "adamax": (_B1, _B2, 1e-7),
+    "nadam": (_B1, _B2, 1e-7),
+    "lion": (_B1, _LION_B2),
+}
+
+# Keras configurations, hyperparameters exactly representable in float32:
+# Keras rounds Python floats through float32 in places (ops.cast of a Python
+# float), which float64 parity cannot afford.
+_K_B1, _K_B2, _K_RHO, _K_EPS, _K_WD = 0.875, 0.96875, 0.75, 2.0**-20, 2.0**-7
+RULE_KERAS = {
+    "sgd": lambda k: k.SGD(0.05),
+    "sgd_momentum": lambda k: k.SGD(0.05, momentum=_K_B1, weight_decay=_K_WD),
+    "sgd_nesterov": lambda k: k.SGD(0.05, momentum=_K_B1, nesterov=True),
+    "adam": lambda k: k.Adam(0.01, _K_B1, _K_B2, _K_EPS, weight_decay=_K_WD),
+    "adam_amsgrad": lambda k: k.AdamW(0.01, beta_1=_K_B1, beta_2=_K_B2, epsilon=_K_EPS,
+                                      amsgrad=True),
+    "rmsprop": lambda k: k.RMSprop(0.01, rho=_K_RHO, epsilon=_K_EPS),
+    "rmsprop_momentum": lambda k: k.RMSprop(0.01, rho=_K_RHO, momentum=0.5, epsilon=_K_EPS,
+                                            weight_decay=_K_WD),
+    "rmsprop_centered": lambda k: k.RMSprop(0.01, rho=_K_RHO, epsilon=_K_EPS, centered=True),
+    "rmsprop_centered_momentum": lambda k: k.RMSprop(0.01, rho=_K_RHO, momentum=0.5,
+                                                     epsilon=_K_EPS, centered=True),
+    "adagrad": lambda k: k.Adagrad(0.05, epsilon=_K_EPS, weight_decay=_K_WD),
+    "adamax": lambda k: k.Adamax(0.01, _K_B1, _K_B2, _K_EPS),
+    "nadam": lambda k: k.Nadam(0.01, _K_B1, _K_B2, _K_EPS, weight_decay=_K_WD),
+    "lion": lambda k: k.Lion(1e-3, _K_B1, _K_B2, weight_decay=_K_WD),
 }
 
 

@@ -22,31 +22,9 @@ EPS = 1e-7
 SHAPES = [(5,), (3, 4), (), (2, 3, 2)]
 STEPS = 3
 
-# Hyperparameters exactly representable in float32: Keras rounds Python
-# floats through float32 in places (ops.cast of a Python float), which float64
-# parity cannot afford.
-B1, B2, RHO, EPS_OPT, WD = 0.875, 0.96875, 0.75, 2.0**-20, 2.0**-7
-
 # rule -> the Keras optimizer configuration that runs it
-CONFIGS = {
-    "sgd": lambda: keras.optimizers.SGD(0.05),
-    "sgd_momentum": lambda: keras.optimizers.SGD(0.05, momentum=B1, weight_decay=WD),
-    "sgd_nesterov": lambda: keras.optimizers.SGD(0.05, momentum=B1, nesterov=True),
-    "adam": lambda: keras.optimizers.Adam(0.01, B1, B2, EPS_OPT, weight_decay=WD),
-    "adam_amsgrad": lambda: keras.optimizers.AdamW(0.01, beta_1=B1, beta_2=B2,
-                                                   epsilon=EPS_OPT, amsgrad=True),
-    "rmsprop": lambda: keras.optimizers.RMSprop(0.01, rho=RHO, epsilon=EPS_OPT),
-    "rmsprop_momentum": lambda: keras.optimizers.RMSprop(
-        0.01, rho=RHO, momentum=0.5, epsilon=EPS_OPT, weight_decay=WD),
-    "rmsprop_centered": lambda: keras.optimizers.RMSprop(
-        0.01, rho=RHO, epsilon=EPS_OPT, centered=True),
-    "rmsprop_centered_momentum": lambda: keras.optimizers.RMSprop(
-        0.01, rho=RHO, momentum=0.5, epsilon=EPS_OPT, centered=True),
-    "adagrad": lambda: keras.optimizers.Adagrad(0.05, epsilon=EPS_OPT, weight_decay=WD),
-    "adamax": lambda: keras.optimizers.Adamax(0.01, B1, B2, EPS_OPT),
-    "nadam": lambda: keras.optimizers.Nadam(0.01, B1, B2, EPS_OPT, weight_decay=WD),
-    "lion": lambda: keras.optimizers.Lion(1e-3, B1, B2, weight_decay=WD),
-}
+CONFIGS = {rule: (lambda make=make: make(keras.optimizers))
+           for rule, make in R.RULE_KERAS.items()}
 DTYPES = ["float32", "float64", "float16", "bfloat16"]
 WRAPPERS = {
     "normalized": (lambda inner: normopt.NormalizedOptimizer(inner, "l2", fused=True),
