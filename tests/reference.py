@@ -143,11 +143,13 @@ RULE_SLOTS = {
     "adamax": ("m", "u"),
     "nadam": ("m", "v"),
     "lion": ("m",),
+    "adadelta": ("accumulated_grad", "accumulated_delta_var"),
 }
 
 
 # Slots that hold sums of squares (never negative).
-NONNEGATIVE_SLOTS = {"v", "vhat", "u", "velocity", "accumulator"}
+NONNEGATIVE_SLOTS = {"v", "vhat", "u", "velocity", "accumulator", "accumulated_grad",
+                     "accumulated_delta_var"}
 
 _B1, _B2, _RHO, _MU, _RMS_MOMENTUM, _LION_B2 = 0.875, 0.998046875, 0.875, 0.875, 0.75, 0.9921875
 RULE_HYPER = {
@@ -164,6 +166,7 @@ RULE_HYPER = {
     "adamax": (_B1, _B2, 1e-7),
     "nadam": (_B1, _B2, 1e-7),
     "lion": (_B1, _LION_B2),
+    "adadelta": (_RHO, 1e-7),
 }
 
 # Keras configurations, hyperparameters exactly representable in float32:
@@ -187,6 +190,7 @@ RULE_KERAS = {
     "adamax": lambda k: k.Adamax(0.01, _K_B1, _K_B2, _K_EPS),
     "nadam": lambda k: k.Nadam(0.01, _K_B1, _K_B2, _K_EPS, weight_decay=_K_WD),
     "lion": lambda k: k.Lion(1e-3, _K_B1, _K_B2, weight_decay=_K_WD),
+    "adadelta": lambda k: k.Adadelta(0.5, rho=_K_RHO, epsilon=_K_EPS, weight_decay=_K_WD),
 }
 
 
@@ -267,4 +271,9 @@ def rule_step(rule, w, slots, g, lr, step, hyper, wd=0.0):
     if rule == "lion":
         b1, b2 = hyper
         return w - lr * np.sign(s[0] * b1 + g * (1 - b1)), [s[0] * b2 + g * (1 - b2)]
+    if rule == "adadelta":
+        rho, eps = hyper
+        acc_grad = rho * s[0] + (1 - rho) * g * g
+        delta = -np.sqrt(s[1] + eps) * g / np.sqrt(acc_grad + eps)
+        return w + lr * delta, [acc_grad, rho * s[1] + (1 - rho) * delta * delta]
     raise KeyError(rule)

@@ -56,6 +56,10 @@
 //                    m += (g - m)(1 - b1);  v += (g^2 - v)(1 - b2)   (in A)
 //                    m_hat = u_t1*m/(1 - u_product1) + (1 - u_t)*g/(1 - u_product)
 //                    w -= m_hat*lr/(sqrt(v/(1 - b2^t)) + epsilon)
+//   adadelta       accumulated_grad, accumulated_delta_var | rho, epsilon
+//                    a = rho*a + (1 - rho)*g^2
+//                    delta = -sqrt(d + epsilon)*g/sqrt(a + epsilon)
+//                    d = rho*d + (1 - rho)*delta^2;  w += lr*delta
 //   lion           m | beta_1, beta_2
 //                    w -= lr*sign(m*b1 + g*(1 - b1));  m = m*b2 + g*(1 - b2)
 //                                                           (1 - b in A)
@@ -257,6 +261,25 @@ struct Nadam {
 };
 
 template <typename A>
+struct Adadelta {
+  static constexpr int kSlots = 2;
+  static constexpr const char* kSlotNames = "accumulated_grad,accumulated_delta_var";
+  static constexpr int kHypers = 2;
+  A lr, rho, one_minus_rho, epsilon;
+  NORMOPT_HD explicit Adadelta(const double* args)
+      : lr(A(args[0])),
+        rho(A(args[2])),
+        one_minus_rho(A(1.0 - args[2])),
+        epsilon(A(args[3])) {}
+  NORMOPT_HD void operator()(A& w, A* s, A g) const {
+    s[0] = rho * s[0] + one_minus_rho * (g * g);
+    const A delta = -((NORMOPT_SQRT(s[1] + epsilon) * g) / NORMOPT_SQRT(s[0] + epsilon));
+    s[1] = rho * s[1] + one_minus_rho * (delta * delta);
+    w = w + lr * delta;
+  }
+};
+
+template <typename A>
 struct Lion {
   static constexpr int kSlots = 1;
   static constexpr const char* kSlotNames = "m";
@@ -292,6 +315,7 @@ struct Lion {
   X(adagrad, Adagrad)                                    \
   X(adamax, Adamax)                                      \
   X(nadam, Nadam)                                        \
+  X(adadelta, Adadelta)                                  \
   X(lion, Lion)
 
 enum class RuleId : int {

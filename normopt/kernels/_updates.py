@@ -166,10 +166,25 @@ def lion_element(w, m, g, lr, b1, one_minus_b1, b2, one_minus_b2):
     return w - step, m * b2 + g * one_minus_b2
 
 
+def adadelta_element(w, ag, ad, g, lr, rho, one_minus_rho, eps):
+    """Keras Adadelta; returns (w, accumulated_grad, accumulated_delta_var):
+
+        ag = rho * ag + (1 - rho) * g^2
+        delta = -(sqrt(ad + eps) * g / sqrt(ag + eps))
+        ad = rho * ad + (1 - rho) * delta^2
+        w = w + lr * delta
+    """
+    ag = rho * ag + one_minus_rho * (g * g)
+    delta = -((math.sqrt(ad + eps) * g) / math.sqrt(ag + eps))
+    ad = rho * ad + one_minus_rho * (delta * delta)
+    return w + lr * delta, ag, ad
+
+
 # ---- rule table and dispatcher ---------------------------------------------
 
 (SGD, SGD_MOMENTUM, SGD_NESTEROV, ADAM, ADAM_AMSGRAD, RMSPROP, RMSPROP_MOMENTUM,
- RMSPROP_CENTERED, RMSPROP_CENTERED_MOMENTUM, ADAGRAD, ADAMAX, NADAM, LION) = range(13)
+ RMSPROP_CENTERED, RMSPROP_CENTERED_MOMENTUM, ADAGRAD, ADAMAX, NADAM, LION,
+ ADADELTA) = range(14)
 
 # Most step scalars of any rule (nadam's); sc[0] is always lr.
 NUM_SCALARS = 9
@@ -254,6 +269,12 @@ def lion_scalars(lr, step, hyper, acc):
     return acc(lr), b1, one - b1, b2, one - b2
 
 
+def adadelta_scalars(lr, step, hyper, acc):
+    """(lr, rho, 1 - rho, eps) of Adadelta, 1 - rho in double (Keras: Python)."""
+    rho, epsilon = hyper
+    return acc(lr), acc(rho), acc(1.0 - rho), acc(epsilon)
+
+
 RULES = {r.name: r for r in (
     Rule("sgd", SGD, (), (), sgd_scalars),
     Rule("sgd_momentum", SGD_MOMENTUM, ("momentum",), ("momentum",), momentum_scalars),
@@ -274,6 +295,8 @@ RULES = {r.name: r for r in (
     Rule("nadam", NADAM, ("m", "v"), ("beta_1", "beta_2", "epsilon", "u_product"),
          nadam_scalars),
     Rule("lion", LION, ("m",), ("beta_1", "beta_2"), lion_scalars),
+    Rule("adadelta", ADADELTA, ("accumulated_grad", "accumulated_delta_var"),
+         ("rho", "epsilon"), adadelta_scalars),
 )}
 RULE_NAMES = tuple(RULES)
 
@@ -325,7 +348,7 @@ def rule_element(jit):
     numba_cuda."""
     sgd, adam, rmsprop = jit(sgd_element), jit(adam_element), jit(rmsprop_element)
     adagrad, adamax = jit(adagrad_element), jit(adamax_element)
-    nadam, lion = jit(nadam_element), jit(lion_element)
+    nadam, lion, adadelta = jit(nadam_element), jit(lion_element), jit(adadelta_element)
 
     def element(code, w, s0, s1, s2, g, sc):
         if code <= SGD_NESTEROV:
@@ -353,8 +376,10 @@ def rule_element(jit):
         elif code == NADAM:
             w, s0, s1 = nadam(w, s0, s1, g, sc[0], sc[1], sc[2], sc[3], sc[4], sc[5],
                               sc[6], sc[7], sc[8])
-        else:
+        elif code == LION:
             w, s0 = lion(w, s0, g, sc[0], sc[1], sc[2], sc[3], sc[4])
+        else:
+            w, s0, s1 = adadelta(w, s0, s1, g, sc[0], sc[1], sc[2], sc[3])
         return w, s0, s1, s2
 
     return jit(element)

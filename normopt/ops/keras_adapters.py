@@ -18,6 +18,8 @@ checks each against the installed Keras, naming the one a release renamed.
     Adamax   adamax                              _m, _u              b1, b2, eps
     Nadam    nadam                               _momentums, _velocities
                                                  b1, b2, eps, u_product
+    Adadelta adadelta                            _accumulated_grads,
+                                                 _accumulated_delta_vars  rho, eps
     Lion     lion                                _momentums          b1, b2
 """
 
@@ -46,6 +48,8 @@ READS = (
     ("Nadam", "_momentums"),
     ("Nadam", "_velocities"),
     ("Nadam", "_u_product"),
+    ("Adadelta", "_accumulated_grads"),
+    ("Adadelta", "_accumulated_delta_vars"),
     ("Lion", "_momentums"),
 )
 
@@ -209,6 +213,20 @@ class NadamAdapter(Adapter):
         _outside_replicas(assign)
 
 
+class AdadeltaAdapter(Adapter):
+    optimizer = keras.optimizers.Adadelta
+
+    def rule(self, inner):
+        return "adadelta"
+
+    def slots(self, inner, index):
+        return [_pick(inner._accumulated_grads, index),
+                _pick(inner._accumulated_delta_vars, index)]
+
+    def hyper(self, inner):
+        return [inner.rho, inner.epsilon]
+
+
 class LionAdapter(Adapter):
     optimizer = keras.optimizers.Lion
 
@@ -225,7 +243,8 @@ class LionAdapter(Adapter):
 ADAPTERS = {
     a.optimizer: a
     for a in (SgdAdapter(), AdamAdapter(), AdamWAdapter(), RmspropAdapter(),
-              AdagradAdapter(), AdamaxAdapter(), NadamAdapter(), LionAdapter())
+              AdagradAdapter(), AdamaxAdapter(), NadamAdapter(), AdadeltaAdapter(),
+              LionAdapter())
 }
 
 
