@@ -30,11 +30,13 @@ INNER_CANDIDATES = {
     "adagrad": lambda keras: keras.optimizers.Adagrad(1e-2),
     "adamax": lambda keras: keras.optimizers.Adamax(1e-3),
     "lion": lambda keras: keras.optimizers.Lion(1e-4),
+    "adadelta": lambda keras: keras.optimizers.Adadelta(1.0),
     "lamb": lambda keras: keras.optimizers.Lamb(1e-3),
 }
 # The candidates with a fused rule, one per rule family (the step benchmark's
 # choice; tests/test_bench_cli.py checks each takes the fused path).
-STEP_INNERS = ("adam", "sgd_nesterov", "adamw", "rmsprop", "adagrad", "adamax", "nadam", "lion")
+STEP_INNERS = ("adam", "sgd_nesterov", "adamw", "rmsprop", "adagrad", "adamax", "nadam",
+               "adadelta", "lion")
 
 
 def make_inner(name):
