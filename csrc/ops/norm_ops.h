@@ -1,0 +1,78 @@
+// NormoptNorms and NormoptScale: one op-kernel class template each, for CPU
+// and GPU.
+//
+// The op classes read and check the inputs (op_inputs.h) and allocate the
+// outputs; NormsOnDevice<Device, T> computes them, specialized by
+// norm_kernels.cc (CPU: the chunk loop) and norm_kernels_gpu.cc (GPU: the
+// CUDA launchers), as ApplyOp pairs with ApplyOnDevice (apply_op.h).
+#ifndef NORMOPT_OPS_NORM_OPS_H_
+#define NORMOPT_OPS_NORM_OPS_H_
+
+#include <vector>
+
+#include "ops/element_types.h"
+#include "ops/grad_list.h"
+#include "ops/op_inputs.h"
+#include "ops/tensor_scales.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/tensor.h"
+
+namespace normopt {
+
+// Specialized per device:
+//   static absl::Status Norms(ctx, kind, grads, eps, Tensor* norms)
+//       norms: [N] of the accumulation type, allocated
+//   static absl::Status Scale(ctx, source, mode, grads, eps, clipnorm,
+//                             const Tensor& given_norms, std::vector<T*> out)
+//       out[i]: the output buffer of gradient i (null when empty)
+template <typename Device, typename T>
+struct NormsOnDevice;
+
+template <typename Device, typename T>
+class NormsOp : public NormsOpBase<T> {
+ public:
+  explicit NormsOp(tensorflow::OpKernelConstruction* ctx)
+      : NormsOpBase<T>(ctx) {}
+
+  void Compute(tensorflow::OpKernelContext* ctx) override {
+    GradList<T> grads;
+    double eps;
+    OP_REQUIRES_OK(ctx, this->ReadInputs(ctx, &grads, &eps));
+    tensorflow::Tensor* norms;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(
+                            0, tensorflow::TensorShape({grads.size()}), &norms));
+    OP_REQUIRES_OK(ctx, (NormsOnDevice<Device, T>::Norms(ctx, this->kind_, grads,
+                                                          eps, norms)));
+  }
+};
+
+template <typename Device, typename T>
+class ScaleOp : public ScalingOpBase<T> {
+ public:
+  explicit ScaleOp(tensorflow::OpKernelConstruction* ctx)
+      : ScalingOpBase<T>(ctx) {}
+
+  void Compute(tensorflow::OpKernelContext* ctx) override {
+    GradList<T> grads;
+    OP_REQUIRES_OK(ctx, grads.Read(ctx, "grads"));
+    double eps, clipnorm;
+    const tensorflow::Tensor* given_norms;
+    OP_REQUIRES_OK(ctx, this->ReadScaleInputs(ctx, grads.size(), &eps,
+                                              &clipnorm, &given_norms));
+    tensorflow::OpOutputList outputs;
+    OP_REQUIRES_OK(ctx, ctx->output_list("scaled", &outputs));
+    std::vector<T*> out(grads.size(), nullptr);
+    for (int i = 0; i < grads.size(); ++i) {
+      tensorflow::Tensor* t;
+      OP_REQUIRES_OK(ctx, outputs.allocate(i, grads.tensors[i].shape(), &t));
+      if (grads.sizes[i] > 0) out[i] = t->unaligned_flat<T>().data();
+    }
+    OP_REQUIRES_OK(ctx, (NormsOnDevice<Device, T>::Scale(
+                            ctx, this->source_, this->mode_, grads, eps,
+                            clipnorm, *given_norms, out)));
+  }
+};
+
+}  // namespace normopt
+
+#endif  // NORMOPT_OPS_NORM_OPS_H_
