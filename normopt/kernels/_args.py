@@ -68,8 +68,8 @@ def check_momenta(weights, momenta, momentum):
 
 def adam_scalars(lr, beta_1, beta_2, adam_epsilon, step, acc):
     """(lr, alpha, 1 - beta_1, 1 - beta_2, adam_epsilon) of step t = `step`
-    (from 1) in numpy type `acc`, in the kernels' argument order, formed as
-    csrc/normopt/update_scalars.h does: 1 - beta in float64 then rounded, and
+    (from 1) in numpy type `acc`, formed as AdamRule's constructor in
+    csrc/normopt/update_rules.h does: 1 - beta in float64 then rounded, and
 
         alpha = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t)   computed in `acc`.
     """

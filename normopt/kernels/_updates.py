@@ -210,7 +210,7 @@ def momentum_scalars(lr, step, hyper, acc):
 def adam_scalars(lr, step, hyper, acc):
     """(lr, alpha, 1 - b1, 1 - b2, eps) of Adam / amsgrad: 1 - b in double then
     cast; alpha = lr * sqrt(1 - b2^t) / (1 - b1^t) in A, b and t cast to A
-    (`_args.adam_scalars`, as csrc/normopt/update_scalars.h)."""
+    (`_args.adam_scalars`, as AdamRule in csrc/normopt/update_rules.h)."""
     beta_1, beta_2, epsilon = hyper
     return _args.adam_scalars(lr, beta_1, beta_2, epsilon, step, acc)
 
