@@ -57,6 +57,7 @@ class ApplyOp : public ApplyOpBase<T> {
       return;
     }
     rule_name_ = rule;
+    slot_names_ = SlotNames();
   }
 
   void Compute(tensorflow::OpKernelContext* ctx) override {
@@ -76,12 +77,11 @@ class ApplyOp : public ApplyOpBase<T> {
     OP_REQUIRES_OK(ctx, locked.Add(ctx, "slots", &count));
     locked.LockAll();
     const auto prepare = &ApplyOnDevice<Device, T>::Prepare;
-    const std::vector<std::string> names = SlotNames();
     step.state.reserve((1 + step.slots) * step.n);
     std::vector<T*> buffers;
     for (int q = -1; q < step.slots; ++q) {
-      const std::string role = q < 0 ? "var" : names[q];
-      OP_REQUIRES_OK(ctx, locked.Buffers<T>(ctx, role.c_str(), (1 + q) * step.n,
+      const char* role = q < 0 ? "var" : slot_names_[q].c_str();
+      OP_REQUIRES_OK(ctx, locked.Buffers<T>(ctx, role, (1 + q) * step.n,
                                             step.in.grads, &buffers, prepare));
       step.state.insert(step.state.end(), buffers.begin(), buffers.end());
     }
@@ -146,6 +146,7 @@ class ApplyOp : public ApplyOpBase<T> {
 
   RuleId rule_ = RuleId::k_sgd;
   std::string rule_name_;
+  std::vector<std::string> slot_names_;
 };
 
 }  // namespace normopt
