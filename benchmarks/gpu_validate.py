@@ -4,7 +4,8 @@ One command on a machine with a GPU, CuPy and Numba-CUDA:
 
     python benchmarks/gpu_validate.py --out gpu-validate
 
-1. parity of every kernel (norms for all kinds, scale in both modes,
+1. parity of every kernel (norms for all kinds, scale in both modes, every
+   update rule of csrc/normopt/update_rules.h through the generic apply,
    SGD/momentum/nesterov, Adam/amsgrad/AdamW), through CuPy (csrc/cuda
    compiled by cupy_kernels) and through Numba-CUDA (numba_cuda), against
    the NumPy float64 reference in tests/reference.py, across dtypes, shapes
@@ -351,6 +352,9 @@ def parity(backend, cfg, records):
                                            "adamw": (False, 0.00390625)}.items():
                     record("adam", dtype, case, chunk, variant,
                            adam_error(K, shapes, dtype, ams, wd, kw))
+                for rule in R.RULE_SLOTS:
+                    record("rule", dtype, case, chunk, rule,
+                           rule_error(K, rule, shapes, dtype, kw))
 
 
 def sgd_error(K, shapes, dtype, mu, nesterov, kw, steps=2):
@@ -393,6 +397,32 @@ def adam_error(K, shapes, dtype, amsgrad, wd, kw, steps=2):
                      beta_2=0.998046875, adam_epsilon=1e-7, decay=wd, kind=kind,
                      mode="normalize", eps=1e-7, **kw)
         err = max([err] + [max_rel_err(w, x, dtype) for w, x in zip(weights, want)])
+    return err
+
+
+def rule_error(K, rule, shapes, dtype, kw, steps=2):
+    """Every update rule through the generic apply, against reference.rule_step
+    (float64) from the state the kernel stored, decay on, clip mode."""
+    import numpy as np
+    import reference as R
+
+    weights = arrays_for(shapes, dtype, seed=4)
+    slots = [[np.zeros_like(w) for w in weights] for _ in R.RULE_SLOTS[rule]]
+    err = 0.0
+    for step in range(1, steps + 1):
+        grads = arrays_for(shapes, dtype, seed=30 + step)
+        hyper = R.RULE_HYPER[rule]
+        if rule == "nadam":
+            hyper = hyper + (R.nadam_u_product(hyper[0], step),)
+        want = [R.rule_step(rule, w, [q[i] for q in slots], R.transform(g, "l2", "clip", 1.5),
+                            0.0625, step, hyper, wd=0.0625)
+                for i, (w, g) in enumerate(zip(weights, grads))]
+        K.apply(rule, weights, grads, slots, lr=0.0625, step=step, hyper=hyper, decay=0.0625,
+                kind="l2", mode="clip", clipnorm=1.5, eps=1e-7, **kw)
+        for i, (new_w, new_slots) in enumerate(want):
+            err = max(err, max_rel_err(weights[i], new_w, dtype))
+            for q, new in zip(slots, new_slots):
+                err = max(err, max_rel_err(q[i], new, dtype))
     return err
 
 

@@ -56,7 +56,10 @@ if not SIMULATOR:
         result = json.loads((tmp_path / "gpu_validate.json").read_text())
         assert result["dry_run"] and result["tensorflow_imported"] is False
         ops = {(r["op"], r["dtype"]) for r in result["parity"]}
-        assert {"norms", "scale", "sgd", "adam"} == {op for op, _ in ops}
+        assert {"norms", "scale", "sgd", "adam", "rule"} == {op for op, _ in ops}
+        import reference as R
+
+        assert {r["detail"] for r in result["parity"] if r["op"] == "rule"} == set(R.RULE_SLOTS)
         assert all(r["ok"] for r in result["parity"])
         assert result["backends"]["numba_cuda"]["launches"] == {"1": 3, "10": 3, "40": 3}
         assert all(t["met"] for t in result["targets"])
@@ -88,7 +91,7 @@ if not SIMULATOR:
         assert result["device"] == "host emulation (no GPU)" and result["dry_run"]
         assert result["tensorflow_imported"] is False
         assert {r["backend"] for r in result["parity"]} == {"cupy"}
-        assert {r["op"] for r in result["parity"]} == {"norms", "scale", "sgd", "adam"}
+        assert {r["op"] for r in result["parity"]} == {"norms", "scale", "sgd", "adam", "rule"}
         assert all(r["ok"] for r in result["parity"])
         assert result["backends"]["cupy"]["launches"] == {"1": 3, "10": 3, "40": 3}
         assert result["backends"]["cupy"]["bitwise_identical"] is True
