@@ -1,7 +1,7 @@
 // The one definition of every fused update rule (Keras 3's update_step).
 //
 // A rule updates one element. The generic multi-tensor apply (the CPU op's
-// chunk loop in csrc/ops/apply_op.h, the CUDA kernel template in
+// chunk loop in csrc/ops/apply_kernels.cc, the CUDA kernel template in
 // csrc/cuda/update_kernels.cuh, which the host emulation also runs) loads
 // the variable w, the rule's slots s[0..kSlots) and the gradient g into the
 // accumulation type A (float for 16/32-bit data, double for float64), forms
@@ -17,8 +17,9 @@
 //   static constexpr const char* kSlotNames;   "m,v": the slots' names
 //   explicit Rule(const double* args)   args = [lr, t, hyper[0..kHypers)],
 //                                       t = iterations + 1 >= 1; forms the
-//                                       step's scalars in A, once per
-//                                       thread, as Keras forms them
+//                                       step's scalars in A as Keras forms
+//                                       them (once per step on the CPU,
+//                                       once per thread in CUDA)
 //   void operator()(A& w, A* s, A g) const
 //
 // Variants are compile-time template arguments, so every loop is branch-free.
