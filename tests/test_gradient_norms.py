@@ -25,7 +25,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # path -> (fused argument, inner optimizer, expected path, XLA)
 PATHS = {
     "fused": (True, keras.optimizers.Adam, "fused", False),
-    "fused_scale": (None, keras.optimizers.Ftrl, "fused_scale", False),
+    "fused_scale": (None, keras.optimizers.Lamb, "fused_scale", False),
     "tf": (False, keras.optimizers.Adam, "tf", False),
     "xla": (None, keras.optimizers.Adam, "tf", True),
 }

@@ -23,7 +23,7 @@ from normopt import optimizers as wrappers
 #          run the step under XLA)
 PATHS = {
     "fused": (True, lambda lr=1.0: keras.optimizers.SGD(lr), "fused", False),
-    "fused_scale": (None, lambda lr=1.0: keras.optimizers.Ftrl(lr), "fused_scale", False),
+    "fused_scale": (None, lambda lr=1e-3: keras.optimizers.Lamb(lr), "fused_scale", False),
     "tf": (False, lambda lr=1.0: keras.optimizers.SGD(lr), "tf", False),
     "xla": (None, lambda lr=1.0: keras.optimizers.SGD(lr), "tf", True),
 }
