@@ -194,6 +194,19 @@ RULE_KERAS = {
 }
 
 
+# rule -> terms(w, slots, g, lr, step, hyper): the magnitudes of the sums a
+# rule forms that its result does not show (a difference of large terms),
+# as (terms of w, [terms of each slot]); the tests' error bounds add them.
+RULE_TERMS = {}
+
+
+def rule_terms(rule, w, slots, g, lr, step, hyper):
+    """RULE_TERMS[rule] of one step, zeros for a rule without an entry."""
+    if rule in RULE_TERMS:
+        return RULE_TERMS[rule](w, slots, g, lr, step, hyper)
+    return 0.0, [0.0] * len(slots)
+
+
 def nadam_u_product(beta_1, step):
     """Keras Nadam's `_u_product` after step t's update:
     prod over s = 1..t of beta_1 * (1 - 0.5 * 0.96^s)."""

@@ -394,13 +394,17 @@ def check_rule(K, rule, shapes, dtype, *, kind="l2", mode="normalize", decay=Tru
             gs = R.transform(g, kind, mode, clipnorm)
             want_w, want_s = R.rule_step(rule, w0[i], [q[i] for q in s0], gs, lr, step,
                                          hyper, wds[i])
+            w_terms, s_terms = R.rule_terms(rule, w0[i], [q[i] for q in s0], gs, lr, step,
+                                            hyper)
             assert weights[i].shape == shapes[i] and dtype_name(weights[i]) == dtype
             assert_step_close(weights[i], want_w,
-                              2 * np.abs(w0[i]) + np.abs(want_w - w0[i]) + lr * np.abs(gs),
-                              dtype, f"{what} w[{i}]")
-            for name, q, before, want in zip(R.RULE_SLOTS[rule], slots, s0, want_s):
+                              2 * np.abs(w0[i]) + np.abs(want_w - w0[i]) + lr * np.abs(gs)
+                              + w_terms, dtype, f"{what} w[{i}]")
+            for name, q, before, want, extra in zip(R.RULE_SLOTS[rule], slots, s0, want_s,
+                                                    s_terms):
                 assert q[i].shape == shapes[i] and dtype_name(q[i]) == dtype
-                assert_step_close(q[i], want, np.abs(before[i]) + np.abs(want - before[i]),
+                assert_step_close(q[i], want,
+                                  np.abs(before[i]) + np.abs(want - before[i]) + extra,
                                   dtype, f"{what} {name}[{i}]")
 
 
@@ -469,12 +473,15 @@ def check_rule_matches_tf_op(K, rule, dtype, shapes, steps=3, *, kind="l2", mode
                     decay=tf.constant(decay, acc), kind=kind, mode=mode, clipnorm=clipnorm,
                     epsilon=1e-7)
         what = f"{rule} step {step}"
-        terms = [2 * np.abs(b) + lr * np.abs(R.transform(g, kind, mode, clipnorm))
-                 for b, g in zip(before, grads)]
+        gs = [R.transform(g, kind, mode, clipnorm) for g in grads]
+        extra = [R.rule_terms(rule, b, [q[i] for q in slots_before], g, lr, step, hyper)
+                 for i, (b, g) in enumerate(zip(before, gs))]
+        terms = [2 * np.abs(b) + lr * np.abs(g) + e[0] for b, g, e in zip(before, gs, extra)]
         _match_and_sync(w, tw, before, dtype, what + " w", terms)
-        for name, ours, theirs, prev in zip(R.RULE_SLOTS[rule], slots, tslots, slots_before):
+        for q, (name, ours, theirs, prev) in enumerate(
+                zip(R.RULE_SLOTS[rule], slots, tslots, slots_before)):
             _match_and_sync(ours, theirs, prev, dtype, f"{what} {name}",
-                            [np.abs(p) for p in prev])
+                            [np.abs(p) + e[1][q] for p, e in zip(prev, extra)])
 
 
 def check_apply_rejects(K, **kw):
