@@ -144,6 +144,7 @@ RULE_SLOTS = {
     "nadam": ("m", "v"),
     "lion": ("m",),
     "adadelta": ("accumulated_grad", "accumulated_delta_var"),
+    "ftrl": ("accumulator", "linear"),
 }
 
 
@@ -167,6 +168,7 @@ RULE_HYPER = {
     "nadam": (_B1, _B2, 1e-7),
     "lion": (_B1, _LION_B2),
     "adadelta": (_RHO, 1e-7),
+    "ftrl": (-0.5, 2.0**-10, 2.0**-8, 2.0**-9, 0.25),
 }
 
 # Keras configurations, hyperparameters exactly representable in float32:
@@ -191,13 +193,21 @@ RULE_KERAS = {
     "nadam": lambda k: k.Nadam(0.01, _K_B1, _K_B2, _K_EPS, weight_decay=_K_WD),
     "lion": lambda k: k.Lion(1e-3, _K_B1, _K_B2, weight_decay=_K_WD),
     "adadelta": lambda k: k.Adadelta(0.5, rho=_K_RHO, epsilon=_K_EPS, weight_decay=_K_WD),
+    "ftrl": lambda k: k.Ftrl(0.25, initial_accumulator_value=0.125,
+                             l1_regularization_strength=2.0**-10,
+                             l2_regularization_strength=2.0**-8,
+                             l2_shrinkage_regularization_strength=2.0**-9, beta=0.25),
 }
 
 
 # rule -> terms(w, slots, g, lr, step, hyper): the magnitudes of the sums a
 # rule forms that its result does not show (a difference of large terms),
 # as (terms of w, [terms of each slot]); the tests' error bounds add them.
-RULE_TERMS = {}
+RULE_TERMS = {
+    # linear += g2 - (n^-p - acc^-p) / lr * w: two large powers cancel
+    "ftrl": lambda w, s, g, lr, step, h: (
+        0.0, [0.0, (np.abs(s[0] + g * g) ** -h[0] + np.abs(s[0]) ** -h[0]) / lr * np.abs(w)]),
+}
 
 
 def rule_terms(rule, w, slots, g, lr, step, hyper):
@@ -289,4 +299,10 @@ def rule_step(rule, w, slots, g, lr, step, hyper, wd=0.0):
         acc_grad = rho * s[0] + (1 - rho) * g * g
         delta = -np.sqrt(s[1] + eps) * g / np.sqrt(acc_grad + eps)
         return w + lr * delta, [acc_grad, rho * s[1] + (1 - rho) * delta * delta]
+    if rule == "ftrl":
+        lr_power, l1, l2, shrinkage, beta = hyper
+        n = s[0] + g * g
+        linear = s[1] + (g + 2 * shrinkage * w - (n**-lr_power - s[0]**-lr_power) / lr * w)
+        quadratic = n**-lr_power / lr + 2 * (l2 + beta / (2 * lr))
+        return (np.clip(linear, -l1, l1) - linear) / quadratic, [n, linear]
     raise KeyError(rule)

@@ -61,6 +61,11 @@
 //                    a = rho*a + (1 - rho)*g^2
 //                    delta = -sqrt(d + epsilon)*g/sqrt(a + epsilon)
 //                    d = rho*d + (1 - rho)*delta^2;  w += lr*delta
+//   ftrl           accumulator, linear | lr_power, l1, l2, l2_shrinkage, beta
+//                    g2 = g + 2*l2_shrinkage*w;  n = acc + g^2
+//                    linear += g2 - (n^-p - acc^-p)/lr*w      (p = lr_power)
+//                    q = n^-p/lr + 2*(l2 + beta/(2*lr))       (in A, as Keras)
+//                    w = (clip(linear, -l1, l1) - linear)/q;  acc = n
 //   lion           m | beta_1, beta_2
 //                    w -= lr*sign(m*b1 + g*(1 - b1));  m = m*b2 + g*(1 - b2)
 //                                                           (1 - b in A)
@@ -281,6 +286,30 @@ struct Adadelta {
 };
 
 template <typename A>
+struct Ftrl {
+  static constexpr int kSlots = 2;
+  static constexpr const char* kSlotNames = "accumulator,linear";
+  static constexpr int kHypers = 5;
+  A lr, neg_power, l1, two_l2_reg, two_shrinkage;
+  NORMOPT_HD explicit Ftrl(const double* args)
+      : lr(A(args[0])),
+        neg_power(A(-args[2])),
+        l1(A(args[3])),
+        two_l2_reg(A(2) * (A(args[4]) + A(args[6]) / (A(2) * A(args[0])))),
+        two_shrinkage(A(2 * args[5])) {}
+  NORMOPT_HD void operator()(A& w, A* s, A g) const {
+    const A g2 = g + two_shrinkage * w;
+    const A n = s[0] + g * g;
+    const A n_pow = NORMOPT_POW(n, neg_power);
+    s[1] = s[1] + (g2 - ((n_pow - NORMOPT_POW(s[0], neg_power)) / lr) * w);
+    const A quadratic = n_pow / lr + two_l2_reg;
+    const A clipped = s[1] < -l1 ? -l1 : (s[1] > l1 ? l1 : s[1]);
+    w = (clipped - s[1]) / quadratic;
+    s[0] = n;
+  }
+};
+
+template <typename A>
 struct Lion {
   static constexpr int kSlots = 1;
   static constexpr const char* kSlotNames = "m";
@@ -317,6 +346,7 @@ struct Lion {
   X(adamax, Adamax)                                      \
   X(nadam, Nadam)                                        \
   X(adadelta, Adadelta)                                  \
+  X(ftrl, Ftrl)                                          \
   X(lion, Lion)
 
 enum class RuleId : int {

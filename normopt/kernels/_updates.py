@@ -180,11 +180,28 @@ def adadelta_element(w, ag, ad, g, lr, rho, one_minus_rho, eps):
     return w + lr * delta, ag, ad
 
 
+def ftrl_element(w, acc, linear, g, lr, neg_power, l1, neg_l1, two_l2_reg, two_shrinkage):
+    """Keras Ftrl; returns (w, accumulator, linear), p = lr_power:
+
+        g2 = g + 2 * l2_shrinkage * w;  n = acc + g^2
+        linear = linear + (g2 - (n^-p - acc^-p) / lr * w)
+        q = n^-p / lr + 2 * (l2 + beta / (2 * lr))
+        w = (clip(linear, -l1, l1) - linear) / q;  acc = n
+    """
+    g2 = g + two_shrinkage * w
+    n = acc + g * g
+    n_pow = n**neg_power
+    linear = linear + (g2 - ((n_pow - acc**neg_power) / lr) * w)
+    quadratic = n_pow / lr + two_l2_reg
+    clipped = neg_l1 if linear < neg_l1 else (l1 if linear > l1 else linear)
+    return (clipped - linear) / quadratic, n, linear
+
+
 # ---- rule table and dispatcher ---------------------------------------------
 
 (SGD, SGD_MOMENTUM, SGD_NESTEROV, ADAM, ADAM_AMSGRAD, RMSPROP, RMSPROP_MOMENTUM,
  RMSPROP_CENTERED, RMSPROP_CENTERED_MOMENTUM, ADAGRAD, ADAMAX, NADAM, LION,
- ADADELTA) = range(14)
+ ADADELTA, FTRL) = range(15)
 
 # Most step scalars of any rule (nadam's); sc[0] is always lr.
 NUM_SCALARS = 9
@@ -275,6 +292,16 @@ def adadelta_scalars(lr, step, hyper, acc):
     return acc(lr), acc(rho), acc(1.0 - rho), acc(epsilon)
 
 
+def ftrl_scalars(lr, step, hyper, acc):
+    """(lr, -lr_power, l1, -l1, 2 * (l2 + beta / (2 * lr)), 2 * l2_shrinkage) of
+    Ftrl: l2 + beta / (2 lr) in A (Keras: with the lr tensor), 2 * shrinkage
+    in double (Keras: Python)."""
+    lr_power, l1, l2, shrinkage, beta = hyper
+    two, a_lr = acc(2), acc(lr)
+    return (a_lr, acc(-lr_power), acc(l1), -acc(l1),
+            two * (acc(l2) + acc(beta) / (two * a_lr)), acc(2 * shrinkage))
+
+
 RULES = {r.name: r for r in (
     Rule("sgd", SGD, (), (), sgd_scalars),
     Rule("sgd_momentum", SGD_MOMENTUM, ("momentum",), ("momentum",), momentum_scalars),
@@ -297,6 +324,8 @@ RULES = {r.name: r for r in (
     Rule("lion", LION, ("m",), ("beta_1", "beta_2"), lion_scalars),
     Rule("adadelta", ADADELTA, ("accumulated_grad", "accumulated_delta_var"),
          ("rho", "epsilon"), adadelta_scalars),
+    Rule("ftrl", FTRL, ("accumulator", "linear"),
+         ("lr_power", "l1", "l2", "l2_shrinkage", "beta"), ftrl_scalars),
 )}
 RULE_NAMES = tuple(RULES)
 
@@ -349,6 +378,7 @@ def rule_element(jit):
     sgd, adam, rmsprop = jit(sgd_element), jit(adam_element), jit(rmsprop_element)
     adagrad, adamax = jit(adagrad_element), jit(adamax_element)
     nadam, lion, adadelta = jit(nadam_element), jit(lion_element), jit(adadelta_element)
+    ftrl = jit(ftrl_element)
 
     def element(code, w, s0, s1, s2, g, sc):
         if code <= SGD_NESTEROV:
@@ -378,8 +408,10 @@ def rule_element(jit):
                               sc[6], sc[7], sc[8])
         elif code == LION:
             w, s0 = lion(w, s0, g, sc[0], sc[1], sc[2], sc[3], sc[4])
-        else:
+        elif code == ADADELTA:
             w, s0, s1 = adadelta(w, s0, s1, g, sc[0], sc[1], sc[2], sc[3])
+        else:
+            w, s0, s1 = ftrl(w, s0, s1, g, sc[0], sc[1], sc[2], sc[3], sc[4], sc[5])
         return w, s0, s1, s2
 
     return jit(element)

@@ -20,6 +20,8 @@ checks each against the installed Keras, naming the one a release renamed.
                                                  b1, b2, eps, u_product
     Adadelta adadelta                            _accumulated_grads,
                                                  _accumulated_delta_vars  rho, eps
+    Ftrl     ftrl                                _accumulators, _linears
+                            lr_power, l1, l2, l2_shrinkage, beta
     Lion     lion                                _momentums          b1, b2
 """
 
@@ -50,6 +52,8 @@ READS = (
     ("Nadam", "_u_product"),
     ("Adadelta", "_accumulated_grads"),
     ("Adadelta", "_accumulated_delta_vars"),
+    ("Ftrl", "_accumulators"),
+    ("Ftrl", "_linears"),
     ("Lion", "_momentums"),
 )
 
@@ -227,6 +231,21 @@ class AdadeltaAdapter(Adapter):
         return [inner.rho, inner.epsilon]
 
 
+class FtrlAdapter(Adapter):
+    optimizer = keras.optimizers.Ftrl
+
+    def rule(self, inner):
+        return "ftrl"
+
+    def slots(self, inner, index):
+        return [_pick(inner._accumulators, index), _pick(inner._linears, index)]
+
+    def hyper(self, inner):
+        return [inner.learning_rate_power, inner.l1_regularization_strength,
+                inner.l2_regularization_strength, inner.l2_shrinkage_regularization_strength,
+                inner.beta]
+
+
 class LionAdapter(Adapter):
     optimizer = keras.optimizers.Lion
 
@@ -244,7 +263,7 @@ ADAPTERS = {
     a.optimizer: a
     for a in (SgdAdapter(), AdamAdapter(), AdamWAdapter(), RmspropAdapter(),
               AdagradAdapter(), AdamaxAdapter(), NadamAdapter(), AdadeltaAdapter(),
-              LionAdapter())
+              FtrlAdapter(), LionAdapter())
 }
 
 
