@@ -31,12 +31,13 @@ INNER_CANDIDATES = {
     "adamax": lambda keras: keras.optimizers.Adamax(1e-3),
     "lion": lambda keras: keras.optimizers.Lion(1e-4),
     "adadelta": lambda keras: keras.optimizers.Adadelta(1.0),
+    "ftrl": lambda keras: keras.optimizers.Ftrl(1e-2),
     "lamb": lambda keras: keras.optimizers.Lamb(1e-3),
 }
 # The candidates with a fused rule, one per rule family (the step benchmark's
 # choice; tests/test_bench_cli.py checks each takes the fused path).
 STEP_INNERS = ("adam", "sgd_nesterov", "adamw", "rmsprop", "adagrad", "adamax", "nadam",
-               "adadelta", "lion")
+               "adadelta", "ftrl", "lion")
 
 
 def make_inner(name):
