@@ -41,50 +41,12 @@ kind: "l1", "l2", "l1_l2", "avg_l1", "avg_l2", "avg_l1_l2", "max" (alias
 accumulation type A: float32 for 16/32-bit data, float64 for float64). Each
 update loads its elements into A, computes there and rounds each stored
 value once to the element type. Update rules are Keras 3's update_steps
-(keras/src/optimizers/*.py), g = the scaled gradient g', t = step:
-
-    rule                       slots (order)             hyper (order)
-    sgd                        -                         -
-    sgd_momentum               momentum                  momentum
-    sgd_nesterov               momentum                  momentum
-    adam                       m, v                      beta_1, beta_2, epsilon
-    adam_amsgrad               m, v, vhat                beta_1, beta_2, epsilon
-    rmsprop                    velocity                  rho, epsilon
-    rmsprop_momentum           velocity, momentum        rho, epsilon, momentum
-    rmsprop_centered           velocity,                 rho, epsilon
-                               average_gradient
-    rmsprop_centered_momentum  velocity,                 rho, epsilon, momentum
-                               average_gradient, momentum
-    adagrad                    accumulator               epsilon
-    adamax                     m, u                      beta_1, beta_2, epsilon
-    nadam                      m, v                      beta_1, beta_2, epsilon,
-                                                         u_product
-    lion                       m                         beta_1, beta_2
-
-    sgd        w -= lr*g
-    momentum   m = mu*m - lr*g; w += m        nesterov: w += mu*m - lr*g
-    adam       alpha = lr*sqrt(1-b2^t)/(1-b1^t) (in A); m += (g-m)(1-b1);
-               v += (g^2-v)(1-b2); amsgrad vhat = max(vhat, v) replaces v;
-               w -= m*alpha/(sqrt(v)+epsilon)
-    rmsprop    v = rho*v + (1-rho)*g^2; centered ag = rho*ag + (1-rho)*g;
-               inc = lr*g/sqrt(v + eps), centered lr*g/sqrt(v - ag^2 + eps);
-               momentum mom = momentum*mom + inc, w -= mom; else w -= inc
-    adagrad    acc += g^2; w -= lr*g/sqrt(acc + eps)
-    adamax     m += (g-m)(1-b1); u = max(b2*u, |g|);
-               w -= lr*m/((1-b1^t)(u+eps))
-    nadam      u_t = b1(1 - 0.5*0.96^t), u_t1 = b1(1 - 0.5*0.96^(t+1)),
-               up = u_product (Keras's _u_product after this step's update),
-               up1 = up*u_t1; m += (g-m)(1-b1); v += (g^2-v)(1-b2);
-               m_hat = u_t1*m/(1-up1) + (1-u_t)*g/(1-up);
-               w -= m_hat*lr/(sqrt(v/(1-b2^t)) + eps)
-    lion       w -= lr*sign(m*b1 + g(1-b1)); m = m*b2 + g(1-b2)
-
-The step scalars are formed on the host in A as Keras forms them (1 - beta of
-a Python float in double then cast for adam, rmsprop's rho and adamax's
-beta_1; in A where Keras casts beta first: nadam, lion); the element rules
-and their exact operation order: `_updates` (shared by numba_cpu and
-numba_cuda), the scalars: its `*_scalars` functions. The generic `apply`
-is in numba_cpu and numba_cuda; cupy_kernels has apply_sgd and apply_adam.
+(keras/src/optimizers/*.py). Their names, slots (in order) and
+hyperparameters (in order) are the table `_updates.RULES`, their formulas
+the docstrings of `_updates`'s element and `*_scalars` functions (the Numba
+reference, shared by numba_cpu and numba_cuda), and, compiled, the table
+NORMOPT_UPDATE_RULES in csrc/normopt/update_rules.h. The generic `apply`
+is in every module.
 
 g' = g * scale[t], applied as (g * pre[t]) * mult[t]. Every module
 computes chunk statistics, merges them per tensor in chunk order

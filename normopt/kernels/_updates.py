@@ -33,6 +33,10 @@ With g = g' = (g * pre[t]) * mult[t], the scaled gradient, and t = step:
     adamax                     m, u                        beta_1, beta_2, epsilon
     nadam                      m, v                        beta_1, beta_2, epsilon,
                                                            u_product
+    adadelta                   accumulated_grad,           rho, epsilon
+                               accumulated_delta_var
+    ftrl                       accumulator, linear         lr_power, l1, l2,
+                                                           l2_shrinkage, beta
     lion                       m                           beta_1, beta_2
 
 (formulas: each element function's and `*_scalars` function's docstring;
