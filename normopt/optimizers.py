@@ -364,15 +364,23 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
             getattr(v, "path", v.name) for v in getattr(self, "_trainable_variables", [])
         ]
 
-    def _record_gradient_norms(self, grads, variables):
-        """Stores the L2 norms of the raw gradients `grads` of `variables`."""
-        factor = self.inner_optimizer.loss_scale_factor
-        norms = {}
-        for g, v in zip(grads, variables):
-            norm = normalizations.tf_norm(g, "l2", eps=0.0)
-            if factor is not None:
-                norm = norm / tf.cast(factor, norm.dtype)
-            norms[self._var_key(v)] = tf.cast(norm, tf.float32)
+    def _record_gradient_norms(self, grads, variables, measured=None):
+        """Stores the L2 norms of the raw gradients `grads` of `variables`:
+        `measured` (one per gradient: the compiled op's, from the statistics
+        it reads anyway, of the gradients unscaled) where given, else taken
+        here in TF."""
+        if measured is None:
+            factor = self.inner_optimizer.loss_scale_factor
+            measured = []
+            for g in grads:
+                norm = normalizations.tf_norm(g, "l2", eps=0.0)
+                if factor is not None:
+                    norm = norm / tf.cast(factor, norm.dtype)
+                measured.append(norm)
+        norms = {
+            self._var_key(v): tf.cast(norm, tf.float32)
+            for norm, v in zip(measured, variables)
+        }
         zero = tf.zeros([], tf.float32)
         self._gradient_norms.assign(
             tf.stack(
@@ -477,11 +485,13 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
             gs = tf.distribute.get_replica_context().all_reduce(
                 tf.distribute.ReduceOp.SUM, gs
             )
-        self._record_gradient_norms(gs, vs)
         with keras.name_scope(self.name, caller=self):
             if not self.skip_nonfinite:
-                self._step(gs, vs, replicas)
-            elif replicas > 1:
+                self._record_gradient_norms(gs, vs, self._step(gs, vs, replicas))
+                return
+            # The step may not run: the norms are taken before it, in TF.
+            self._record_gradient_norms(gs, vs)
+            if replicas > 1:
                 # A cond whose branch calls merge_call (as the inner apply
                 # does) must run in cross-replica context.
                 tf.distribute.get_replica_context().merge_call(
@@ -489,11 +499,7 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
                     args=(gs, vs, replicas, _all_finite(gs)),
                 )
             else:
-                tf.cond(
-                    _all_finite(gs),
-                    lambda: self._step(gs, vs, replicas) or tf.constant(True),
-                    self._skip_step,
-                )
+                tf.cond(_all_finite(gs), lambda: self._finite_step(gs, vs), self._skip_step)
 
     def _distributed_step_if_finite(self, distribution, gs, vs, replicas, finite):
         # Every replica holds the same all-reduced gradients, hence the same
@@ -508,12 +514,17 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
 
         tf.cond(finite, step, self._skip_step)
 
+    def _finite_step(self, gs, vs):
+        self._step(gs, vs, 1)
+        return tf.constant(True)
+
     def _skip_step(self):
         self.skipped_steps.assign_add(1)
         return tf.constant(False)
 
     def _step(self, gs, vs, replicas):
-        """One step on gradients already summed across replicas."""
+        """One step on gradients already summed across replicas; returns the
+        L2 norms of `gs` where the compiled op measured them, else None."""
         inner = self.inner_optimizer
         keras_adapters.restore_unsaved_state(inner)
         path = fused_step.choose_path(
@@ -529,7 +540,7 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
             path = paths.StepPath(paths.TF, beyond)
         self.last_path = path
         if path.name in (paths.FUSED, paths.FUSED_TF_NORMS):
-            fused_step.run_fused_update(
+            return fused_step.run_fused_update(
                 inner,
                 self.normalization,
                 self._mode,
@@ -537,7 +548,6 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
                 gs,
                 vs,
             )
-            return
         factor = inner.loss_scale_factor
         if factor is not None:
             # The inner optimizer unscales after us: measure the norm of the
@@ -552,12 +562,19 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
         ]
         kept_gs = [gs[i] for i in keep]
         kept_vs = [vs[i] for i in keep]
+        measured = None
         if not keep:
             scaled_kept = []
         elif path.name == paths.FUSED_SCALE:
-            scaled_kept = fused_step.run_fused_scale(
+            scaled_kept, kept_norms = fused_step.run_fused_scale(
                 self.normalization, self._mode, self._clipnorm_value(), kept_gs, kept_vs
             )
+            # gs are unscaled here; the op measured the kept ones.
+            by_index = dict(zip(keep, kept_norms))
+            measured = [
+                by_index[i] if i in by_index else normalizations.tf_norm(g, "l2", eps=0.0)
+                for i, g in enumerate(gs)
+            ]
         else:
             scaled_kept = scale_gradients(
                 kept_gs,
@@ -579,6 +596,7 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
             # the result on each (exact for a power-of-two replica count).
             scaled = [g / replicas for g in scaled]
         inner.apply(scaled, vs)
+        return measured
 
     def get_config(self):
         return {

@@ -242,6 +242,7 @@ class HostEmulated:
         acc = _args.acc_dtype(dtype)
         norms = np.zeros(max(len(arrays), 1), acc)
         scales = np.zeros((max(len(arrays), 1), 2), acc)  # TensorScale (pre, mult)
+        self.grad_norms = np.zeros(max(len(arrays), 1), acc)  # L2 norms, kept
         ct, p = self.ct, self._p
         ptrs = self._ptrs(arrays)  # kept alive across the call
         rc = self.lib.emu_norms(
@@ -249,7 +250,8 @@ class HostEmulated:
             ct.c_int(len(arrays)), p(table.tensor), p(table.start), p(table.first),
             ct.c_int64(table.tensor.size), ct.c_int64(table.chunk_size),
             ct.c_int(_finalize.kind_code(kind)), ct.c_int(_finalize.mode_code(mode)),
-            ct.c_double(clipnorm), ct.c_double(eps), p(norms), p(scales))
+            ct.c_double(clipnorm), ct.c_double(eps), p(norms), p(scales),
+            p(self.grad_norms))
         assert rc == 0
         return arrays, dtype, sizes, table, norms, scales
 
@@ -333,6 +335,23 @@ def test_emulated_cuda_norms_and_scale(emulated, dtype):
         check_norms(emulated, shapes, dtype, chunk_size=8)
     for mode in ("normalize", "clip"):
         check_scale(emulated, SHAPE_LISTS["mixed"], dtype, mode, chunk_size=8)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
+def test_emulated_cuda_grad_norms(emulated, dtype):
+    """finish's grad_norms: sqrt(sum g^2) of every tensor whatever the norm
+    kind, from the same statistics; rescued where sum g^2 overflows."""
+    import numpy as np
+    from test_kernels_numba import SHAPE_LISTS, make_arrays
+
+    arrays = make_arrays(SHAPE_LISTS["chunk_edges"] + [(), (300,)], dtype)
+    if dtype == "float32":
+        arrays.append(np.full(40, 3e37, np.float32))  # sum g^2 is inf in float32
+    want = [np.sqrt(np.sum(np.square(a.astype(np.float64)))) for a in arrays]
+    rtol = 1e-12 if dtype == "float64" else 1e-5
+    for kind in ("l2", "max", "std"):
+        emulated.norms(arrays, kind, chunk_size=8)
+        np.testing.assert_allclose(emulated.grad_norms[:len(arrays)], want, rtol=rtol)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])

@@ -162,6 +162,56 @@ def test_scale_precomputed_norms(mode, dtype):
                                    **TOL[dtype])
 
 
+# ---------------------------------------------------------------- grad_norms
+# The ops' second output: sqrt(sum g^2) of every gradient as given, whatever
+# norm scales it, from the same reads. Shapes span one chunk (the statistics
+# are gathered in the update pass) and several (gathered before it).
+NORM_SHAPES = [(), (0,), (1,), (7, 13), (3, 11_000), (40_001,)]
+
+
+def l2_reference(arrays):
+    return [float(np.sqrt(np.sum(np.square(a)))) for a in arrays]
+
+
+def l2_tolerance(dtype):
+    return {"rtol": 1e-12} if dtype == "float64" else {"rtol": 2e-6}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["l2", "l1", "max", "std", "precomputed"])
+def test_scale_outputs_grad_norms(kind, dtype):
+    grads, g64 = rounded(random_arrays(NORM_SHAPES, seed=11), dtype)
+    given = tf.constant(np.linspace(1, 2, len(grads)), dtype=acc_name(dtype))
+    _, got = fused.scale_and_norms(grads, kind, "clip", 1.0, EPS,
+                                   norms=given if kind == "precomputed" else None)
+    assert got.dtype == acc_name(dtype) and got.shape == (len(grads),)
+    np.testing.assert_allclose(got.numpy(), l2_reference(g64), **l2_tolerance(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["l2", "avg_l1", "min_max", "precomputed"])
+def test_apply_outputs_grad_norms(kind, dtype):
+    grads, g64 = rounded(random_arrays(NORM_SHAPES, seed=12), dtype)
+    variables = [tf.Variable(tf.zeros(g.shape, dtype)) for g in grads]
+    given = tf.constant(np.linspace(1, 2, len(grads)), dtype=acc_name(dtype))
+    got = fused.apply("sgd", variables, [], grads, lr=0.5, step=1.0, hyper=[],
+                      decay=tf.zeros([len(grads)]), kind=kind, mode="normalize",
+                      clipnorm=1.0, epsilon=EPS,
+                      norms=given if kind == "precomputed" else None)
+    assert got.dtype == acc_name(dtype) and got.shape == (len(grads),)
+    np.testing.assert_allclose(got.numpy(), l2_reference(g64), **l2_tolerance(dtype))
+
+
+@pytest.mark.parametrize("shape,value", [((40,), 3e37), ((3, 20_000), 1e36)])
+def test_grad_norms_are_rescued_where_the_sum_of_squares_overflows(shape, value):
+    """float32 sum g^2 is inf (one chunk, and several); the L2 norm itself is
+    finite."""
+    g = np.full(shape, value, np.float32)
+    want = value * np.sqrt(g.size)
+    _, got = fused.scale_and_norms([tf.constant(g)], "l1", "normalize", 1.0, EPS)
+    np.testing.assert_allclose(got.numpy(), [want], rtol=1e-6)
+
+
 # ---------------------------------------------------------------- apply
 
 STEPS = 3

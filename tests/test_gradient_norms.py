@@ -82,6 +82,26 @@ def test_recorded_norms_match_the_tape(path):
     assert not any("gradient_norms" in v.name for v in opt.variables)
 
 
+@pytest.mark.parametrize("path,op", [("fused", "NormoptApply"), ("fused_scale", "NormoptScale")])
+def test_compiled_paths_record_the_ops_own_norms(path, op):
+    """On a compiled path the op is the only reader of every gradient: the
+    recorded norms are its output, not a second reduction in TF."""
+    fused, inner, expected_path, _ = PATHS[path]
+    model, _, _ = model_and_data()
+    variables = model.trainable_variables
+    opt = normopt.NormalizedOptimizer(inner(0.01), fused=fused)
+    opt.build(variables)
+    step = tf.function(lambda *grads: opt.apply(list(grads), variables))
+    graph = step.get_concrete_function(
+        *[tf.TensorSpec(v.shape, v.dtype) for v in variables]).graph
+    assert opt.last_path.name == expected_path
+    for grad in graph.inputs[:len(variables)]:
+        assert [c.type for c in grad.consumers()] == [op]
+    grads = [tf.random.normal(v.shape, seed=i) for i, v in enumerate(variables)]
+    step(*grads)
+    np.testing.assert_allclose(opt.gradient_norms.numpy(), [l2(g) for g in grads], rtol=1e-5)
+
+
 def test_recorded_norms_are_unscaled_under_mixed_precision():
     keras.config.set_dtype_policy("mixed_float16")
     try:

@@ -29,6 +29,7 @@ from test_kernels_numba import (
     check_norms,
     check_scale,
     check_sgd,
+    make_arrays,
     many_shapes,
 )
 
@@ -73,6 +74,21 @@ def K(request, tmp_path_factory):
 @pytest.mark.parametrize("shapes,dtype", covering(sorted(SHAPE_LISTS), DTYPES))
 def test_cupy_norms(K, shapes, dtype):
     check_norms(K, SHAPE_LISTS[shapes], dtype, chunk_size=8)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_cupy_grad_norms(K, dtype):
+    """launch_stats fills `grad_norms` with sqrt(sum g^2) of every tensor,
+    whatever the norm kind."""
+    from normopt.kernels import cupy_kernels as C
+
+    arrays = make_arrays(SHAPE_LISTS["chunk_edges"], dtype)
+    want = [np.sqrt(np.sum(np.square(a.astype(np.float64)))) for a in arrays]
+    plan = C.TensorList([C.cp.asarray(a) for a in arrays], 8)
+    for kind in ("l1", "min_max"):
+        out = C.cp.zeros(len(arrays), plan.acc)
+        C.launch_stats(plan, kind, grad_norms=out)
+        np.testing.assert_allclose(out.get(), want, rtol=1e-5 if dtype == "float32" else 1e-12)
 
 
 def test_cupy_norms_many_tensors_and_large(K, request):

@@ -7,6 +7,7 @@
 //   normopt_chunk_stats_SUF   grid: one block per chunk, kThreads threads
 //   normopt_finish_ACC        grid: one thread per tensor; also given the
 //                             tensors, sizes and dtype code (the rescue pass)
+//                             and grad_norms (L2 norms, or null)
 // scales are TensorScale {pre, mult} pairs (norm_stats.h), one per tensor.
 //   normopt_scales_from_norms_ACC
 //   normopt_scale_SUF                    (kThreads threads)
@@ -65,10 +66,10 @@
       const normopt::NormStats<A>* stats, const int64_t* first_chunk,         \
       int num_tensors, int kind, int mode, A clipnorm, A eps,                 \
       const void* const* tensors, const int64_t* sizes, int dtype, A* norms,  \
-      normopt::TensorScale<A>* scales) {                                      \
+      normopt::TensorScale<A>* scales, A* grad_norms) {                       \
     normopt::cuda::finish<A>(stats, first_chunk, num_tensors, kind, mode,     \
                              clipnorm, eps, tensors, sizes, dtype, norms,     \
-                             scales);                                         \
+                             scales, grad_norms);                             \
   }                                                                           \
   extern "C" __global__ void normopt_scales_from_norms_##SUF(                 \
       const A* norms, int num_tensors, int mode, A clipnorm,                  \

@@ -49,7 +49,7 @@ extern "C" int normopt_cuda_norms(
     int num_tensors, const int32_t* chunk_tensor, const int64_t* chunk_start,
     const int64_t* first_chunk, int64_t num_chunks, int64_t chunk_size,
     int kind, int mode, double clipnorm, double eps, void* workspace,
-    void* norms, void* scales, cudaStream_t stream) {
+    void* norms, void* scales, void* grad_norms, cudaStream_t stream) {
   return dispatch(dtype, [&](auto zero) {
     using T = decltype(zero);
     using A = Acc<T>;
@@ -65,7 +65,8 @@ extern "C" int normopt_cuda_norms(
                          kFinishThreads, 0, stream>>>(
           stats, first_chunk, num_tensors, kind, mode, A(clipnorm), A(eps),
           tensors, sizes, dtype, static_cast<A*>(norms),
-          static_cast<normopt::TensorScale<A>*>(scales));
+          static_cast<normopt::TensorScale<A>*>(scales),
+          static_cast<A*>(grad_norms));
     }
     return last_error();
   });

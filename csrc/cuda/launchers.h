@@ -25,13 +25,15 @@ extern "C" {
 int64_t normopt_cuda_stats_workspace_bytes(int dtype, int64_t num_chunks);
 
 // Norms and scales: chunk statistics + per-tensor finish (2 launches).
+// `grad_norms` (N values, or null) receives each tensor's L2 norm
+// sqrt(sum g^2), from the same statistics.
 int normopt_cuda_norms(int dtype, const void* const* tensors,
                        const int64_t* sizes, int num_tensors,
                        const int32_t* chunk_tensor, const int64_t* chunk_start,
                        const int64_t* first_chunk, int64_t num_chunks,
                        int64_t chunk_size, int kind, int mode, double clipnorm,
                        double eps, void* workspace, void* norms, void* scales,
-                       cudaStream_t stream);
+                       void* grad_norms, cudaStream_t stream);
 
 // Scales from norms computed elsewhere (custom normalizations; 1 launch).
 int normopt_cuda_scales_from_norms(int dtype, const void* norms,

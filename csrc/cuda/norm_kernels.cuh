@@ -12,7 +12,10 @@
 //                       (`finalize_norm`) and scale (`scale_from_norm`, a
 //                       TensorScale {pre, mult}). A tensor whose plain norm
 //                       overflowed with finite elements is read again by
-//                       that thread (`serial_rescue`, norm_stats.h).
+//                       that thread (`serial_rescue`, norm_stats.h). With
+//                       `grad_norms` it also writes each tensor's L2 norm
+//                       sqrt(sum g^2) from the same statistics (rescued the
+//                       same way), for the recorded gradient norms.
 //
 // These are device bodies; entry_points.cuh wraps them in extern "C"
 // kernels (blocks of kThreads threads for chunk_stats).
@@ -160,7 +163,8 @@ __device__ __forceinline__ void finish(const NormStats<A>* stats,
                                        A clipnorm, A eps,
                                        const void* const* tensors,
                                        const int64_t* sizes, int dtype,
-                                       A* norms, TensorScale<A>* scales) {
+                                       A* norms, TensorScale<A>* scales,
+                                       A* grad_norms) {
   const int t = blockIdx.x * blockDim.x + threadIdx.x;
   if (t >= num_tensors) return;
   NormStats<A> s = NormStats<A>::empty();
@@ -175,6 +179,14 @@ __device__ __forceinline__ void finish(const NormStats<A>* stats,
   }
   norms[t] = norm;
   scales[t] = scale_from_norm(static_cast<ScaleMode>(mode), norm, clipnorm);
+  if (grad_norms != nullptr) {
+    A l2 = finalize_norm(NormKind::kL2, s, A(0));
+    if (needs_rescue(l2)) {
+      l2 = rescue_tensor<A>(NormKind::kL2, l2, s.max_abs, tensors[t], sizes[t],
+                            dtype, A(0));
+    }
+    grad_norms[t] = l2;
+  }
 }
 
 // Scales from norms computed elsewhere (custom normalizations).

@@ -5,7 +5,8 @@
 // the fixed chunks (chunk_plan.h) scales each gradient on the fly and applies
 // the rule (normopt/update_rules.h) to the variable and its slots in place. A
 // gradient of one chunk gets its statistics in that same pass, on the chunk
-// it is about to update (DeferredScales in tensor_scales.h).
+// it is about to update (DeferredScales in tensor_scales.h). The same
+// statistics give the L2 norm of every gradient, output `grad_norms`.
 
 // PrepareToUpdateVariable copies on the CPU (ThreadPoolDevice) with Eigen.
 #define EIGEN_USE_THREADS
@@ -88,7 +89,7 @@ class ApplyOnDevice<CpuDevice, T> {
         for (int q = 0; q < K; ++q) slots[q] = step.state[(1 + q) * n + i] + ch.begin;
         T* w = step.state[i] + ch.begin;
         const T* g = step.in.grads.data[i] + ch.begin;
-        const TensorScale<Acc> s = scales_.Of(ch, g);
+        const TensorScale<Acc> s = scales_.Of(c, ch, g);
         const int64_t len = ch.end - ch.begin;
         if (decay[i] != Acc(0)) {
           ApplyRuleChunk<T, Rule, true>(rule, lr, decay[i], s, w, slots, g, len);
@@ -97,6 +98,8 @@ class ApplyOnDevice<CpuDevice, T> {
         }
       });
     });
+    scales_.RecordedNorms(ctx, step.in.grads.data,
+                          step.grad_norms->template flat<Acc>().data());
     return absl::OkStatus();
   }
 

@@ -3,9 +3,9 @@
 // The CPU kernel's validation and variable locking (copy-on-write on the
 // device), then on the op's stream: one upload of the launch tables (the
 // gradient and state pointers, the chunk table and the rule's args), the
-// scales (2 launches for a built-in norm, 1 for precomputed norms) and one
-// launch of the rule's apply kernel, which writes the variables and their
-// slots in place. Scalar inputs live in host memory; `decay` and `norms`
+// scales and the gradients' L2 norms (2 launches for a built-in norm, 3 for
+// precomputed norms) and one launch of the rule's apply kernel, which writes
+// the variables and their slots in place. Scalar inputs live in host memory; `decay` and `norms`
 // stay on the device.
 #if GOOGLE_CUDA
 
@@ -44,7 +44,8 @@ class ApplyOnDevice<GpuDevice, T> {
     TF_RETURN_IF_ERROR(launch.Upload(ctx));
     tensorflow::Tensor scales;
     TF_RETURN_IF_ERROR(launch.Scales(ctx, step.source, step.mode, in.clipnorm,
-                                     in.eps, *in.norms, &scales));
+                                     in.eps, *in.norms, &scales,
+                                     step.grad_norms));
     return CudaStatus(
         normopt_cuda_apply(
             LauncherDtype<T>(), static_cast<int>(step.rule),

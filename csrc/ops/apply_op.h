@@ -34,6 +34,9 @@ struct ApplyStep {
   std::vector<T*> state;
   // [lr, t, hyper...]: what the rule's constructor reads.
   double args[kMaxRuleArgs] = {};
+  // Output [n] of the accumulation type on the device: the L2 norm of every
+  // gradient as given (before scaling), from the statistics of the step.
+  tensorflow::Tensor* grad_norms = nullptr;
 };
 
 // Specialized per device:
@@ -68,6 +71,9 @@ class ApplyOp : public ApplyOpBase<T> {
     step.mode = this->mode_;
     OP_REQUIRES_OK(ctx, this->ReadInputs(ctx, &step.in));
     OP_REQUIRES_OK(ctx, ReadRuleInputs(ctx, &step));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(
+                            "grad_norms", tensorflow::TensorShape({step.n}),
+                            &step.grad_norms));
     ApplyOnDevice<Device, T> device;
     OP_REQUIRES_OK(ctx, device.BeforeLock(ctx, step));
 

@@ -163,18 +163,20 @@ NormStats<AccType<T>> ChunkStatsFor(const T* __restrict x, int64_t n,
                               mx, mn, total, centered_sq);
 }
 
-// Dispatches to the instantiation gathering exactly stats_needed(kind): one
-// case per row of NORMOPT_NORM_KINDS, its statistics bits as the template
-// argument (rows with the same bits share an instantiation). Every NormKind
+// Dispatches to the instantiation gathering exactly stats_needed(kind) |
+// Extra: one case per row of NORMOPT_NORM_KINDS, its statistics bits as the
+// template argument (rows with the same bits share an instantiation). Extra
+// adds statistics the caller reads besides the norm (kStatSumSq: the recorded
+// L2 norm of the gradient). Every NormKind
 // comes from the table; a value cast from an int outside it gets NaN
 // statistics, hence a NaN norm, rather than some other norm's.
-template <typename T, bool Scaled = false>
+template <typename T, bool Scaled = false, unsigned Extra = 0>
 NormStats<AccType<T>> ChunkStats(NormKind kind, const T* x, int64_t n,
                                  AccType<T> pre = AccType<T>(1)) {
   switch (kind) {
 #define NORMOPT_CHUNK_STATS_CASE(e, code, name, stats) \
   case NormKind::e:                                    \
-    return ChunkStatsFor<T, (stats), Scaled>(x, n, pre);
+    return ChunkStatsFor<T, (stats) | Extra, Scaled>(x, n, pre);
     NORMOPT_NORM_KINDS(NORMOPT_CHUNK_STATS_CASE)
 #undef NORMOPT_CHUNK_STATS_CASE
   }

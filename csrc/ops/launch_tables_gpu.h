@@ -189,10 +189,12 @@ class GradLaunch {
 
   // Norms and scales from the built-in norm `kind` (2 launches); `norms`
   // is a device array of n accumulation-type values, `scales` of n
-  // TensorScale pairs (2n values).
+  // TensorScale pairs (2n values), `grad_norms` of n values (the L2 norms)
+  // or null.
   absl::Status NormsAndScales(tensorflow::OpKernelContext* ctx, NormKind kind,
                               ScaleMode mode, double clipnorm, double eps,
-                              void* norms, void* scales) const {
+                              void* norms, void* scales,
+                              void* grad_norms = nullptr) const {
     constexpr int dtype = LauncherDtype<T>();
     const int64_t bytes =
         normopt_cuda_stats_workspace_bytes(dtype, num_chunks());
@@ -205,24 +207,32 @@ class GradLaunch {
             chunk_tensor(), chunk_start(),
             tables_.At<const int64_t>(first_chunk_), num_chunks(),
             kGpuChunkElems, static_cast<int>(kind), static_cast<int>(mode),
-            clipnorm, eps, workspace.data(), norms, scales, stream()),
+            clipnorm, eps, workspace.data(), norms, scales, grad_norms,
+            stream()),
         "norm kernels");
   }
 
   // The per-tensor scales ([2n] of the accumulation type: n TensorScale
-  // pairs, device temp) of
-  // the gradients: from the built-in norm, or from `precomputed_norms` (a
-  // device tensor, already validated) when the source says so.
+  // pairs, device temp) of the gradients: from the built-in norm, or from
+  // `precomputed_norms` (a device tensor, already validated) when the source
+  // says so; and the L2 norm of every gradient into `grad_norms` ([n], on
+  // the device). With precomputed norms the L2 norms take a statistics pass
+  // of their own (the l2 kind with eps 0), since nothing else reads the
+  // gradients before the update.
   absl::Status Scales(tensorflow::OpKernelContext* ctx,
                       const NormSource& source, ScaleMode mode,
                       double clipnorm, double eps,
                       const tensorflow::Tensor& precomputed_norms,
-                      tensorflow::Tensor* scales) const {
+                      tensorflow::Tensor* scales,
+                      tensorflow::Tensor* grad_norms) const {
     const tensorflow::TensorShape shape({n_});
     // One TensorScale {pre, mult} per tensor.
     TF_RETURN_IF_ERROR(ctx->allocate_temp(
         AccDataType<T>(), tensorflow::TensorShape({2 * n_}), scales));
     if (source.precomputed) {
+      TF_RETURN_IF_ERROR(NormsAndScales(ctx, NormKind::kL2,
+                                        ScaleMode::kNormalize, 1.0, 0.0,
+                                        grad_norms->data(), scales->data()));
       return CudaStatus(normopt_cuda_scales_from_norms(
                             LauncherDtype<T>(), precomputed_norms.data(), n_,
                             static_cast<int>(mode), clipnorm, scales->data(),
@@ -232,7 +242,7 @@ class GradLaunch {
     tensorflow::Tensor norms;
     TF_RETURN_IF_ERROR(ctx->allocate_temp(AccDataType<T>(), shape, &norms));
     return NormsAndScales(ctx, source.kind, mode, clipnorm, eps, norms.data(),
-                          scales->data());
+                          scales->data(), grad_norms->data());
   }
 
   // A table of plain values (the rule's args).

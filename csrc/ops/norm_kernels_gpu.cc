@@ -36,13 +36,14 @@ struct NormsOnDevice<GpuDevice, T> {
                             const GradList<T>& grads, double eps,
                             double clipnorm,
                             const tensorflow::Tensor& given_norms,
-                            const std::vector<T*>& out) {
+                            const std::vector<T*>& out,
+                            tensorflow::Tensor* grad_norms) {
     GradLaunch<T> launch(grads);
     const size_t outs = launch.AddPointers(out);
     TF_RETURN_IF_ERROR(launch.Upload(ctx));
     tensorflow::Tensor scales;
     TF_RETURN_IF_ERROR(launch.Scales(ctx, source, mode, clipnorm, eps,
-                                     given_norms, &scales));
+                                     given_norms, &scales, grad_norms));
     return CudaStatus(
         normopt_cuda_scale(LauncherDtype<T>(), launch.grads(),
                            launch.template Pointers<void>(outs),

@@ -23,8 +23,11 @@ namespace normopt {
 //   static absl::Status Norms(ctx, kind, grads, eps, Tensor* norms)
 //       norms: [N] of the accumulation type, allocated
 //   static absl::Status Scale(ctx, source, mode, grads, eps, clipnorm,
-//                             const Tensor& given_norms, std::vector<T*> out)
-//       out[i]: the output buffer of gradient i (null when empty)
+//                             const Tensor& given_norms, std::vector<T*> out,
+//                             Tensor* grad_norms)
+//       out[i]: the output buffer of gradient i (null when empty);
+//       grad_norms: [N] of the accumulation type, allocated: the L2 norm of
+//       every gradient, from the reads that make the scales
 template <typename Device, typename T>
 struct NormsOnDevice;
 
@@ -67,9 +70,13 @@ class ScaleOp : public ScalingOpBase<T> {
       OP_REQUIRES_OK(ctx, outputs.allocate(i, grads.tensors[i].shape(), &t));
       if (grads.sizes[i] > 0) out[i] = t->unaligned_flat<T>().data();
     }
+    tensorflow::Tensor* grad_norms;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(
+                            "grad_norms", tensorflow::TensorShape({grads.size()}),
+                            &grad_norms));
     OP_REQUIRES_OK(ctx, (NormsOnDevice<Device, T>::Scale(
                             ctx, this->source_, this->mode_, grads, eps,
-                            clipnorm, *given_norms, out)));
+                            clipnorm, *given_norms, out, grad_norms)));
   }
 };
 

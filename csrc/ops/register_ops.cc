@@ -65,6 +65,7 @@ REGISTER_OP("NormoptScale")
     .Input("clipnorm: double")
     .Input("epsilon: double")
     .Output("scaled: N * T")
+    .Output("grad_norms: Tacc")
     .Attr("kind: string")
     .Attr("mode: string")
     .Attr("N: int >= 1")
@@ -76,12 +77,14 @@ REGISTER_OP("NormoptScale")
       int n;
       TF_RETURN_IF_ERROR(c->GetAttr("N", &n));
       for (int i = 0; i < n; ++i) c->set_output(i, c->input(i));
+      c->set_output(n, c->Vector(n));
       return absl::OkStatus();
     })
     .Doc(R"doc(
 g_i * s_i, formed in Tacc and rounded back to T, with s_i = 1/norm_i
 (mode "normalize") or clipnorm/norm_i where norm_i >= clipnorm, else 1
-(mode "clip").
+(mode "clip"); and grad_norms_i = sqrt(sum(g_i^2)), the L2 norm of each
+gradient as given, from the same reads.
 )doc");
 
 REGISTER_OP("NormoptApply")
@@ -95,6 +98,7 @@ REGISTER_OP("NormoptApply")
     .Input("norms: Tacc")
     .Input("clipnorm: double")
     .Input("epsilon: double")
+    .Output("grad_norms: Tacc")
     .Attr("rule: string")
     .Attr("kind: string")
     .Attr("mode: string")
@@ -108,7 +112,11 @@ REGISTER_OP("NormoptApply")
       TF_RETURN_IF_ERROR(ScalarsAre(c, {"lr", "step", "clipnorm", "epsilon"}));
       TF_RETURN_IF_ERROR(PerTensorVector(c, "hyper"));
       TF_RETURN_IF_ERROR(PerTensorVector(c, "decay"));
-      return PerTensorVector(c, "norms");
+      TF_RETURN_IF_ERROR(PerTensorVector(c, "norms"));
+      int n;
+      TF_RETURN_IF_ERROR(c->GetAttr("N", &n));
+      c->set_output(0, c->Vector(n));
+      return absl::OkStatus();
     })
     .Doc(R"doc(
 One Keras 3 optimizer step of update rule `rule` (a row of the table
@@ -118,6 +126,8 @@ scale, g' = g * s:
   w -= w * decay * lr                    (decoupled weight decay)
   then the rule with g', lr, t = step (iterations + 1) and `hyper`.
 `slots` is slot-major: slot 0 of every variable, then slot 1, ...
+Output grad_norms_i = sqrt(sum(g_i^2)): the L2 norm of each gradient as given
+(before the scale), from the statistics the step gathers anyway.
 )doc");
 
 }  // namespace normopt

@@ -169,14 +169,35 @@ void ComputeNorms(tensorflow::OpKernelContext* ctx, NormKind kind,
   }
 }
 
-// Per-tensor scales for an op that then makes one pass over every chunk.
+// The statistics the ops gather besides a norm's own: the sum of squares,
+// for the recorded L2 norm of every gradient (`RecordedNorm`).
+constexpr unsigned kRecordedStats = kStatSumSq;
+
+// The L2 norm sqrt(sum g^2) of tensor i (l2 of NORMOPT_NORM_KINDS with eps 0)
+// from its sum of squares, rescued (RescueNorm) when that overflowed.
+template <typename T>
+AccType<T> RecordedNorm(tensorflow::OpKernelContext* ctx,
+                        const ChunkPlan& plan, int64_t i, const T* data,
+                        AccType<T> sum_sq) {
+  using Acc = AccType<T>;
+  NormStats<Acc> s = NormStats<Acc>::empty();
+  s.sum_sq = sum_sq;
+  return RescueNorm<T>(ctx, NormKind::kL2, plan, i, data,
+                       finalize_norm(NormKind::kL2, s, Acc(0)), Acc(0));
+}
+
+// Per-tensor scales for an op that then makes one pass over every chunk, and
+// the recorded L2 norm of every gradient, from the same reads.
 //
 // A tensor of one chunk needs no merge: its statistics are gathered in that
 // pass, on the chunk it is about to update (`Of`), so small tensors cost one
 // parallel pass instead of two. Tensors of several chunks (and empty ones)
 // get their scale here, from a parallel pass over their chunks only. Both
 // ways run the same ChunkStats and NormFromChunkStats on the same chunks, so
-// the scales are the same bits as ComputeScales gives.
+// the scales are the same bits as ComputeNorms gives. Every chunk's sum of
+// squares is kept (with precomputed norms it is gathered in `Of`, on the
+// chunk in cache) and `RecordedNorms` sums them per tensor in chunk order
+// after the pass.
 template <typename T>
 class DeferredScales {
  public:
@@ -186,6 +207,7 @@ class DeferredScales {
                ScaleMode mode, const ChunkPlan& plan,
                const std::vector<const T*>& data, double eps, double clipnorm,
                const tensorflow::Tensor& precomputed_norms) {
+    precomputed_ = source.precomputed;
     kind_ = source.kind;
     mode_ = mode;
     eps_ = static_cast<Acc>(eps);
@@ -193,8 +215,9 @@ class DeferredScales {
     const int64_t n = static_cast<int64_t>(data.size());
     scales_.assign(n, TensorScale<Acc>{Acc(1), Acc(1)});
     in_pass_.assign(n, 0);
+    chunk_sq_.assign(plan.size(), Acc(0));
     plan_ = &plan;
-    if (source.precomputed) {
+    if (precomputed_) {
       auto given = precomputed_norms.flat<Acc>();
       for (int64_t i = 0; i < n; ++i) {
         scales_[i] = scale_from_norm(mode_, given(i), clipnorm_);
@@ -216,9 +239,11 @@ class DeferredScales {
     ParallelForCount(ctx, static_cast<int64_t>(merged_chunks.size()),
                      kChunkElems * ChunkStatsCost(kind_),
                      [&](int64_t k) {
-                       const Chunk& ch = plan.chunks[merged_chunks[k]];
-                       chunk_stats[merged_chunks[k]] = ChunkStats<T>(
+                       const int64_t c = merged_chunks[k];
+                       const Chunk& ch = plan.chunks[c];
+                       chunk_stats[c] = ChunkStats<T, false, kRecordedStats>(
                            kind_, data[ch.tensor] + ch.begin, ch.end - ch.begin);
+                       chunk_sq_[c] = chunk_stats[c].sum_sq;
                      });
     for (int64_t i = 0; i < n; ++i) {
       if (in_pass_[i]) continue;
@@ -231,17 +256,40 @@ class DeferredScales {
     }
   }
 
-  // The scale of the tensor of chunk `ch`, whose gradient chunk is g[0, len).
-  TensorScale<Acc> Of(const Chunk& ch, const T* g) const {
-    if (!in_pass_[ch.tensor]) return scales_[ch.tensor];
-    const NormStats<Acc> st = ChunkStats<T>(kind_, g, ch.end - ch.begin);
+  // The scale of the tensor of chunk c (`ch`), whose gradient chunk is
+  // g[0, len). Called once per chunk, from the pass; chunks may run in
+  // parallel.
+  TensorScale<Acc> Of(int64_t c, const Chunk& ch, const T* g) {
+    const int64_t len = ch.end - ch.begin;
+    if (!in_pass_[ch.tensor]) {
+      if (precomputed_) {
+        chunk_sq_[c] = ChunkStatsFor<T, kRecordedStats>(g, len).sum_sq;
+      }
+      return scales_[ch.tensor];
+    }
+    const NormStats<Acc> st = ChunkStats<T, false, kRecordedStats>(kind_, g, len);
+    chunk_sq_[c] = st.sum_sq;
     const Acc norm = RescueNorm<T>(
         nullptr, kind_, *plan_, ch.tensor, g - ch.begin,
         NormFromChunkStats<Acc>(kind_, &st, 1, eps_), eps_);
     return scale_from_norm(mode_, norm, clipnorm_);
   }
 
+  // After the pass: out[i] = the L2 norm of gradient i (RecordedNorm).
+  void RecordedNorms(tensorflow::OpKernelContext* ctx,
+                     const std::vector<const T*>& data, Acc* out) const {
+    const ChunkPlan& plan = *plan_;
+    for (int64_t i = 0; i < static_cast<int64_t>(data.size()); ++i) {
+      Acc sum_sq = Acc(0);
+      for (int64_t c = plan.first[i]; c < plan.first[i + 1]; ++c) {
+        sum_sq += chunk_sq_[c];
+      }
+      out[i] = RecordedNorm<T>(ctx, plan, i, data[i], sum_sq);
+    }
+  }
+
  private:
+  bool precomputed_ = false;
   NormKind kind_ = NormKind::kL2;
   ScaleMode mode_ = ScaleMode::kNormalize;
   Acc eps_ = Acc(0);
@@ -249,30 +297,8 @@ class DeferredScales {
   const ChunkPlan* plan_ = nullptr;
   std::vector<TensorScale<Acc>> scales_;
   std::vector<char> in_pass_;  // 1: single-chunk tensor, scale made in Of
+  std::vector<Acc> chunk_sq_;  // sum g^2 of every chunk
 };
-
-// The per-tensor scales of the gradients: from built-in norms, or from
-// `precomputed_norms` (shape [N], accumulation type, already validated).
-template <typename T>
-void ComputeScales(tensorflow::OpKernelContext* ctx, const NormSource& source,
-                   ScaleMode mode, const ChunkPlan& plan,
-                   const std::vector<const T*>& data, double eps,
-                   double clipnorm, const tensorflow::Tensor& precomputed_norms,
-                   std::vector<TensorScale<AccType<T>>>* scales) {
-  using Acc = AccType<T>;
-  std::vector<Acc> norms;
-  if (source.precomputed) {
-    auto given = precomputed_norms.flat<Acc>();
-    norms.assign(given.data(), given.data() + given.size());
-  } else {
-    ComputeNorms<T>(ctx, source.kind, plan, data, static_cast<Acc>(eps),
-                    &norms);
-  }
-  scales->resize(norms.size());
-  for (size_t i = 0; i < norms.size(); ++i) {
-    (*scales)[i] = scale_from_norm(mode, norms[i], static_cast<Acc>(clipnorm));
-  }
-}
 
 }  // namespace normopt
 

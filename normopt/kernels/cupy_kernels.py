@@ -214,9 +214,12 @@ def _plan(arrays, chunk_size, dtype, plan):
     return TensorList([cp.ascontiguousarray(a) for a in arrays], chunk_size, dtype)
 
 
-def launch_stats(plan, kind="l2", mode="normalize", clipnorm=1.0, eps=1e-7):
+def launch_stats(plan, kind="l2", mode="normalize", clipnorm=1.0, eps=1e-7,
+                 grad_norms=None):
     """Chunk stats + finish (2 launches); returns device (norms, scales),
-    scales as (pre, mult) rows."""
+    scales as (pre, mult) rows. `grad_norms`, a device array of N values of
+    the accumulation type, receives each gradient's L2 norm sqrt(sum g^2),
+    from the same statistics (as the TF op's output of that name)."""
     code = _finalize.kind_code(kind)
     acc_name = "float64" if plan.acc is np.float64 else "float32"
     n = len(plan.arrays)
@@ -233,7 +236,8 @@ def launch_stats(plan, kind="l2", mode="normalize", clipnorm=1.0, eps=1e-7):
                 FINISH_THREADS, (work, plan.first_d, np.int32(n), np.int32(code),
                                  np.int32(_finalize.mode_code(mode)), plan.acc(clipnorm),
                                  plan.acc(eps), plan.ptrs, plan.sizes_d,
-                                 np.int32(DTYPE_CODE[plan.dtype]), norms, scales))
+                                 np.int32(DTYPE_CODE[plan.dtype]), norms, scales,
+                                 np.uintp(0) if grad_norms is None else grad_norms))
     return norms[:n], scales[:n]
 
 

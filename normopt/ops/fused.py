@@ -12,6 +12,10 @@ them unrounded, and new values never retrace. With s the per-tensor scale,
 only): then `norms` (Tensor[N] of acc) holds the norms to use. The norms are
 defined in csrc/normopt/norm_stats.h, the update rules in
 csrc/normopt/update_rules.h.
+
+The ops that scale also return `grad_norms` (Tensor[N] of acc): the L2 norm
+sqrt(sum g_i^2) of every gradient as given, from the statistics the op reads
+for its own norm (no second pass over the gradients).
 """
 
 import tensorflow as tf
@@ -74,6 +78,11 @@ def norms(grads, kind, epsilon):
 
 def scale(grads, kind, mode, clipnorm, epsilon, norms=None):
     """[g_i * s_i], the product formed in acc and cast back to the dtype."""
+    return scale_and_norms(grads, kind, mode, clipnorm, epsilon, norms)[0]
+
+
+def scale_and_norms(grads, kind, mode, clipnorm, epsilon, norms=None):
+    """([g_i * s_i], grad_norms): `scale`, and the L2 norm of every g_i."""
     grads, dtype = _common_dtype(grads)
     acc = normalizations.accumulation_dtype(dtype)
     return _ops().normopt_scale(
@@ -94,7 +103,8 @@ def apply(rule, variables, slots, grads, *, lr, step, hyper, decay, kind,
     slot of every variable (Adam: [ms, vs]). `hyper` is the rule's
     hyperparameters after lr and step (Adam: beta_1, beta_2, epsilon), as
     Python floats or scalar tensors; `step` is t = iterations + 1. First
-    w -= w * decay_i * lr, then the rule with g' = g * s_i.
+    w -= w * decay_i * lr, then the rule with g' = g * s_i. Returns
+    grad_norms, the L2 norm of every g_i (before the scale).
     """
     grads, dtype = _common_dtype(grads)
     acc = normalizations.accumulation_dtype(dtype)
@@ -120,6 +130,7 @@ def apply_sgd(variables, momenta, grads, *, lr, momentum, nesterov, decay,
               kind, mode, clipnorm, epsilon, norms=None):
     """Keras SGD step in place (`apply` with sgd, sgd_momentum or
     sgd_nesterov); `momenta` empty for plain SGD, which needs momentum == 0.
+    Returns grad_norms.
     """
     if not momenta:
         if isinstance(momentum, (int, float)) and momentum != 0:
@@ -139,7 +150,7 @@ def apply_adam(variables, ms, vs, vhats, grads, *, lr, beta_1, beta_2,
                adam_epsilon, step, decay, kind, mode, clipnorm, epsilon,
                norms=None):
     """Keras Adam/AdamW step in place (`apply` with adam, or adam_amsgrad
-    when `vhats` is not empty)."""
+    when `vhats` is not empty). Returns grad_norms."""
     rule = "adam_amsgrad" if vhats else "adam"
     slots = [ms, vs] + ([vhats] if vhats else [])
     return apply(rule, variables, slots, grads, lr=lr, step=step,

@@ -181,19 +181,28 @@ def _norm_args(normalization, grads):
     )
 
 
+def _per_variable(group, grad_norms, into):
+    """into[id(v)] = the op's L2 norm of v's gradient, as a float32 scalar."""
+    grad_norms = tf.cast(grad_norms, tf.float32)
+    for k, (_, v) in enumerate(group):
+        into[id(v)] = grad_norms[k]
+
+
 def run_fused_scale(normalization, mode, clipnorm, grads, variables):
-    """Gradients scaled by the compiled op, in the order given."""
+    """(gradients scaled by the compiled op, the L2 norm of each gradient as
+    a float32 scalar), both in the order given."""
     from normopt.ops import fused
 
     eps = keras.config.epsilon()
-    scaled = {}
+    scaled, grad_norms = {}, {}
     for group in _by_dtype(grads, variables):
         gs = [g for g, _ in group]
         kind, norms = _norm_args(normalization, gs)
-        out = fused.scale(gs, kind, mode, clipnorm, eps, norms=norms)
+        out, l2 = fused.scale_and_norms(gs, kind, mode, clipnorm, eps, norms=norms)
         for (_, v), s in zip(group, out):
             scaled[id(v)] = s
-    return [scaled[id(v)] for v in variables]
+        _per_variable(group, l2, grad_norms)
+    return [scaled[id(v)] for v in variables], [grad_norms[id(v)] for v in variables]
 
 
 def run_fused_update(inner, normalization, mode, clipnorm, grads, variables):
@@ -204,40 +213,51 @@ def run_fused_update(inner, normalization, mode, clipnorm, grads, variables):
     once per local device on that device's copies of the variables and
     slots, the way Keras's own distributed update does; no collective runs
     inside, so every worker does the same local work on the same sums.
+
+    Returns the op's L2 norm of each gradient (float32 scalars, in the order
+    of `variables`; under a strategy those of the first local device, whose
+    gradients every device shares).
     """
     adapter = keras_adapters.adapter_for(inner)
     if not tf.distribute.has_strategy():
         adapter.before_update(inner)
-        _update_variables(inner, normalization, mode, clipnorm, grads, variables)
+        grad_norms = _update_variables(
+            inner, normalization, mode, clipnorm, grads, variables
+        )
         _finish_step(inner, variables)
-        return
+        return grad_norms
 
     def update(distribution, grads):
         adapter.before_update(inner)
         local_grads = [distribution.experimental_local_results(g) for g in grads]
+        per_device = []
         for i, device in enumerate(distribution.extended.worker_devices):
 
             def on_device(v, i=i):
                 return distribution.experimental_local_results(v.value)[i]
 
             with tf.device(device):
-                _update_variables(
-                    inner,
-                    normalization,
-                    mode,
-                    clipnorm,
-                    [g[i] for g in local_grads],
-                    variables,
-                    on_device,
+                per_device.append(
+                    _update_variables(
+                        inner,
+                        normalization,
+                        mode,
+                        clipnorm,
+                        [g[i] for g in local_grads],
+                        variables,
+                        on_device,
+                    )
                 )
         _finish_step(inner, variables)
+        return per_device[0]
 
-    tf.distribute.get_replica_context().merge_call(update, args=(grads,))
+    return tf.distribute.get_replica_context().merge_call(update, args=(grads,))
 
 
 def _update_variables(inner, normalization, mode, clipnorm, grads, variables,
                       on_device=None):
-    """The fused op over `variables` (Keras variables) and their slots.
+    """The fused op over `variables` (Keras variables) and their slots;
+    returns the op's L2 norms of the gradients (float32 scalars, in order).
 
     `on_device` maps a Keras variable to the copy the op updates (one
     device's component of a mirrored variable); by default the variable.
@@ -251,6 +271,7 @@ def _update_variables(inner, normalization, mode, clipnorm, grads, variables,
     eps = keras.config.epsilon()
     lr = tf.cast(inner.learning_rate, tf.float64)
     step = tf.cast(inner.iterations + 1, tf.float64)
+    grad_norms = {}
     for group in _by_dtype(grads, variables):
         gs = [g for g, _ in group]
         vs = [v for _, v in group]
@@ -258,7 +279,7 @@ def _update_variables(inner, normalization, mode, clipnorm, grads, variables,
         acc = normalizations.accumulation_dtype(gs[0].dtype)
         decay = tf.constant([keras_adapters.weight_decay(inner, v) for v in vs], dtype=acc)
         slots = adapter.slots(inner, keras_adapters.variable_indices(inner, vs))
-        fused.apply(
+        l2 = fused.apply(
             rule,
             [local(v) for v in vs],
             [[local(s) for s in slot] for slot in slots],
@@ -273,6 +294,8 @@ def _update_variables(inner, normalization, mode, clipnorm, grads, variables,
             epsilon=eps,
             norms=norms,
         )
+        _per_variable(group, l2, grad_norms)
+    return [grad_norms[id(v)] for v in variables]
 
 
 def _finish_step(inner, variables):

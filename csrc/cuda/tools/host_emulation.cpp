@@ -174,7 +174,8 @@ EMU_EXPORT int emu_norms(int dtype, const void* const* tensors, const int64_t* s
               int num_tensors, const int32_t* chunk_tensor,
               const int64_t* chunk_start, const int64_t* first_chunk,
               int64_t num_chunks, int64_t chunk_size, int kind, int mode,
-              double clipnorm, double eps, void* norms, void* scales) {
+              double clipnorm, double eps, void* norms, void* scales,
+              void* grad_norms) {
   return dispatch(dtype, [&](auto zero) {
     using T = decltype(zero);
     using A = normopt::cuda::Acc<T>;
@@ -193,7 +194,8 @@ EMU_EXPORT int emu_norms(int dtype, const void* const* tensors, const int64_t* s
         Entry<T>::finish(stats.data(), first_chunk, num_tensors, kind, mode,
                          A(clipnorm), A(eps), tensors, sizes, dtype,
                          static_cast<A*>(norms),
-                         static_cast<normopt::TensorScale<A>*>(scales));
+                         static_cast<normopt::TensorScale<A>*>(scales),
+                         static_cast<A*>(grad_norms));
       });
     }
     return 0;
