@@ -245,32 +245,58 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
         pattern = getattr(self, "_exclusion_pattern", None)
         return pattern is not None and pattern.search(variable.name) is not None
 
-    def _beyond_per_tensor(self, variables):
-        """Why the compiled op cannot do this wrapper's scaling, or None.
-
-        The op scales each tensor by its own norm (normalize or clip); unit
-        and global norms, adaptive clipping and exclusions run in TF for now.
+    def _beyond_compiled(self, path, grads, variables):
+        """Why the compiled op cannot do this wrapper's scaling on `path`,
+        or None. The CPU op takes every granularity, exclusions and adaptive
+        clipping; adaptive clipping needs the variables (the update op, not
+        the scale-only one) and a built-in norm, a global norm one op call
+        (one dtype), and the GPU kernels per-tensor norms of every gradient.
         """
         found = []
-        if self.granularity != "tensor":
-            found.append(f"granularity={self.granularity!r}")
-        if self._mode == ADAPTIVE:
-            found.append("adaptive clipping")
-        if any(self._is_excluded(v) for v in variables):
-            found.append("variables excluded from normalization")
+        adaptive = self._mode == ADAPTIVE
+        if adaptive and path == paths.FUSED_SCALE:
+            found.append(
+                "adaptive clipping with an inner optimizer that has no fused "
+                "update (the scale-only op does not read the variables)"
+            )
+        if adaptive and normalizations.custom_function(self.normalization):
+            found.append("adaptive clipping with a custom normalization")
+        if self.granularity == "global" and len({g.dtype for g in grads}) > 1:
+            found.append("a global norm over gradients of several dtypes")
+        beyond_tensor = (
+            self.granularity != "tensor"
+            or adaptive
+            or any(self._is_excluded(v) for v in variables)
+        )
+        if beyond_tensor and any(
+            fused_step.device_type(v) == "GPU" for v in variables
+        ):
+            found.append(
+                "variables on a GPU (the CUDA kernels take per-tensor norms "
+                "of every gradient only)"
+            )
         if not found:
             return None
-        return (
-            "the compiled op implements per-tensor normalize/clip only, not "
-            + ", ".join(found)
+        return "the compiled op cannot scale here: " + "; ".join(found)
+
+    def _scaling(self, variables):
+        """The fused_step.Scaling of this wrapper for `variables`."""
+        adaptive = self._mode == ADAPTIVE
+        return fused_step.Scaling(
+            normalization=self.normalization,
+            mode=self._mode,
+            clipnorm=self.clip_factor if adaptive else self._clipnorm_value(),
+            granularity=self.granularity,
+            excluded=frozenset(id(v) for v in variables if self._is_excluded(v)),
+            weight_eps=self.eps if adaptive else 0.0,
         )
 
     def _check_fused_possible(self):
         """fused=True: fail at construction for what is known already."""
-        fused_step.choose_path(
+        path = fused_step.choose_path(
             True, self.normalization, self.inner_optimizer, [], [], in_step=False
         )
-        beyond = self._beyond_per_tensor([])
+        beyond = self._beyond_compiled(path.name, [], [])
         if beyond:
             raise fused_step.FusedPathUnavailable(
                 f"fused=True but the compiled path cannot run: {beyond}. "
@@ -530,8 +556,12 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
         path = fused_step.choose_path(
             self.fused, self.normalization, inner, gs, vs
         )
-        beyond = self._beyond_per_tensor(vs)
-        if beyond and path.name in paths.COMPILED:
+        beyond = (
+            self._beyond_compiled(path.name, gs, vs)
+            if path.name in paths.COMPILED
+            else None
+        )
+        if beyond:
             if self.fused:
                 raise fused_step.FusedPathUnavailable(
                     f"fused=True but the compiled path cannot run: {beyond}. "
@@ -540,14 +570,7 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
             path = paths.StepPath(paths.TF, beyond)
         self.last_path = path
         if path.name in (paths.FUSED, paths.FUSED_TF_NORMS):
-            return fused_step.run_fused_update(
-                inner,
-                self.normalization,
-                self._mode,
-                self._clipnorm_value(),
-                gs,
-                vs,
-            )
+            return fused_step.run_fused_update(inner, self._scaling(vs), gs, vs)
         factor = inner.loss_scale_factor
         if factor is not None:
             # The inner optimizer unscales after us: measure the norm of the
@@ -567,7 +590,7 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
             scaled_kept = []
         elif path.name == paths.FUSED_SCALE:
             scaled_kept, kept_norms = fused_step.run_fused_scale(
-                self.normalization, self._mode, self._clipnorm_value(), kept_gs, kept_vs
+                self._scaling([]), kept_gs, kept_vs
             )
             # gs are unscaled here; the op measured the kept ones.
             by_index = dict(zip(keep, kept_norms))

@@ -34,6 +34,13 @@ def build(kind, fused, skip):
     if kind == "normalized_adam":
         return normopt.NormalizedOptimizer(keras.optimizers.Adam(1e-2), "l2",
                                            fused=fused, skip_nonfinite=skip)
+    if kind == "global_adam":  # one norm over all gradients (summed across replicas)
+        return normopt.NormalizedOptimizer(keras.optimizers.Adam(1e-2), "l2",
+                                           granularity="global", fused=fused,
+                                           skip_nonfinite=skip)
+    if kind == "agc_adam":  # unit-wise adaptive clipping: reads the variables
+        return normopt.AdaptiveClippedOptimizer(keras.optimizers.Adam(1e-2), clip_factor=0.05,
+                                                fused=fused, skip_nonfinite=skip)
     if kind == "normalized_nadam":  # state outside the slots: Keras's _u_product
         return normopt.NormalizedOptimizer(keras.optimizers.Nadam(1e-2), "l2",
                                            fused=fused, skip_nonfinite=skip)

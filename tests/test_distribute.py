@@ -32,9 +32,12 @@ def run_worker(replicas, jobs):
 
 KINDS = ["normalized_adam", "clipped_nesterov"]
 FUSED = ["false", "null", "true"]
-# (kind, fused) of the parity runs: every path of two kinds, and Nadam (state
-# outside the slots, advanced in the cross-replica context) on the fused one.
-CASES = [(k, f) for k in KINDS for f in FUSED] + [("normalized_nadam", "true")]
+# (kind, fused) of the parity runs: every path of two kinds; Nadam (state
+# outside the slots, advanced in the cross-replica context) on the fused one;
+# a global norm (of the summed gradients) and unit-wise adaptive clipping on
+# both paths.
+CASES = [(k, f) for k in KINDS for f in FUSED] + [("normalized_nadam", "true")] + [
+    (k, f) for k in ("global_adam", "agc_adam") for f in ("false", "true")]
 
 
 @pytest.fixture(scope="module")

@@ -415,6 +415,11 @@ def test_unknown_norm_error_lists_the_header_names():
     (dict(mode="clip", clipnorm=float("inf")), "clipnorm must be finite"),
     (dict(mode="clip", clipnorm=float("nan")), "clipnorm must be finite"),
     (dict(kind="precomputed", norms=tf.ones([3])), r"'norms' must have shape \[2\]"),
+    (dict(granularity="layer"), "unknown granularity 'layer'; expected tensor, unit or global"),
+    (dict(excluded=[2]), "'excluded' holds 2, not the index of one of the 2 gradients"),
+    (dict(kind="precomputed", norms=tf.ones([2]), granularity="unit"),
+     "precomputed norms are per tensor"),
+    (dict(mode="adaptive"), "unknown scale mode 'adaptive'"),
 ])
 def test_scale_bad_input(over, match):
     args = dict(grads=[f32(3), f32(2)], kind="l2", mode="normalize",
@@ -454,6 +459,11 @@ def test_apply_sgd_momentum_without_slots():
     (dict(rule="adamw"), "unknown update rule 'adamw'; expected one of sgd, sgd_momentum, "
                          "sgd_nesterov, adam, adam_amsgrad, rmsprop"),
     (dict(hyper=[0.9, 0.999]), r"rule 'adam' takes 3 hyperparameters in 'hyper', got shape \[2\]"),
+    (dict(mode="adaptive", clipnorm=0.0), r"the clip factor .* must be finite and > 0, got 0"),
+    (dict(mode="adaptive", weight_eps=-1.0), "weight_eps must be >= 0"),
+    (dict(mode="adaptive", kind="precomputed", norms=tf.ones([2])),
+     "precomputed norms are per tensor"),
+    (dict(excluded=[-1]), "'excluded' holds -1"),
 ])
 def test_apply_bad_rule_input(over, match):
     a = adam_args()

@@ -112,8 +112,8 @@ TOL = {"float64": dict(rtol=1e-9, atol=1e-12), "float32": dict(rtol=2e-5, atol=1
 
 KINDS = ["normalized", "clipped", "adaptive"]
 # Every granularity x norm of NormalizedOptimizer on the pure-TF path; the
-# other wrappers, and fused=None (the compiled op where it applies), on a
-# covering subset by default and in full with --runslow.
+# other wrappers, and fused=None (the compiled op: SGD has a fused rule), on
+# a covering subset by default and in full with --runslow.
 CASES = [
     pytest.param(*p.values, fused, id="-".join(p.values) + ("-tf" if fused is False else "-auto"),
                  marks=() if fused is False and p.values[0] == "normalized" else p.marks)
@@ -128,8 +128,57 @@ def test_matches_numpy(kind, granularity, name, fused):
     want = reference_step(kind, grads, weights, name, granularity)
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, **TOL["float64"])
-    if fused is False:
-        assert opt.last_path.name == "tf"
+    # fused=None: the compiled op does every granularity and adaptive clipping
+    assert opt.last_path.name == ("tf" if fused is False else "fused")
+
+
+# Several chunks (16384 elements each) and unit blocks (256 units each) of
+# the compiled op: a chunk that starts mid-row, a unit-wise tensor of two
+# unit blocks, a multi-chunk vector.
+BIG_SHAPES = [(60, 300), (300,), (3, 5, 7, 40), (20000,)]
+# relative to |w| + |g'|, plus half the float16 subnormal spacing
+STORED_TOL = {"float32": (2e-5, 0.0), "bfloat16": (1e-2, 0.0), "float16": (2e-3, 2**-25)}
+
+
+@pytest.mark.parametrize("kind,granularity,name,dtype",
+                         covering(KINDS, GRANULARITIES, ["l1", "l2", "std", "min_max"],
+                                  ["float32", "bfloat16", "float16"]))
+def test_fused_dtypes_and_chunks_match_numpy(kind, granularity, name, dtype):
+    rng = np.random.RandomState(7)
+    grads = [rng.standard_normal(s) * 10.0 ** rng.uniform(-1, 1, s[-1:]) for s in BIG_SHAPES]
+    weights = [rng.standard_normal(s) * 0.5 for s in BIG_SHAPES]
+    grads = [tf.constant(g, dtype) for g in grads]
+    variables = [keras.Variable(tf.constant(w, dtype)) for w in weights]
+    w0 = [v.numpy().astype(np.float64) for v in variables]
+    opt = make_wrapper(kind, name, granularity, None)
+    opt.apply(grads, variables)
+    assert opt.last_path.name == "fused"
+    want = reference_step(kind, [g.numpy().astype(np.float64) for g in grads], w0, name,
+                          granularity)
+    rtol, atol = STORED_TOL[dtype]
+    for v, w, g in zip(variables, w0, want):
+        got = w - v.numpy().astype(np.float64)
+        # the variable is stored in `dtype`: its rounding bounds the error
+        assert np.all(np.abs(got - g) <= rtol * (np.abs(w) + np.abs(g)) + atol), (
+            np.max(np.abs(got - g)))
+
+
+@pytest.mark.parametrize("granularity", ["unit", "global"])
+@pytest.mark.parametrize("name", ["l2", "std"])
+def test_fused_norm_that_overflows_is_rescued(granularity, name):
+    """float32 sums of squares of 1e30s overflow; the norms do not."""
+    g = np.full((4, 3), 1e30, np.float32)
+    g[:, 1] = -2e30
+    g[0, 2] = 3e30
+    small = np.float32([0.5, -1.5])
+    opt = make_wrapper("normalized", name, granularity, None)
+    variables = [keras.Variable(np.zeros((4, 3), np.float32)), keras.Variable(np.zeros(2, np.float32))]
+    opt.apply([tf.constant(g), tf.constant(small)], variables)
+    assert opt.last_path.name == "fused"
+    want = reference_step("normalized", [g.astype(np.float64), small.astype(np.float64)],
+                          None, name, granularity)
+    for v, w in zip(variables, want):
+        np.testing.assert_allclose(-v.numpy(), w, rtol=2e-5)
 
 
 @pytest.mark.parametrize("kind,granularity,name",
@@ -162,6 +211,7 @@ def test_exclusions(how, granularity, fused):
         np.testing.assert_allclose(g, w, **TOL["float64"])
     # handed on untouched: only the rounding of w - g remains
     np.testing.assert_allclose(got[1], grads[1], rtol=0, atol=1e-15)
+    assert opt.last_path.name == ("tf" if fused is False else "fused")
 
 
 def test_exclusion_after_build_is_refused():

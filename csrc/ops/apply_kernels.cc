@@ -5,7 +5,7 @@
 // the fixed chunks (chunk_plan.h) scales each gradient on the fly and applies
 // the rule (normopt/update_rules.h) to the variable and its slots in place. A
 // gradient of one chunk gets its statistics in that same pass, on the chunk
-// it is about to update (DeferredScales in tensor_scales.h). The same
+// it is about to update (StepScales in tensor_scales.h). The same
 // statistics give the L2 norm of every gradient, output `grad_norms`.
 
 // PrepareToUpdateVariable copies on the CPU (ThreadPoolDevice) with Eigen.
@@ -27,27 +27,27 @@ using CpuDevice = Eigen::ThreadPoolDevice;
 namespace {
 
 // One chunk of n elements: w, the rule's slots s[q] and g, read once and
-// written once each. Decay is a template argument so the loop is
-// branch-free; ivdep because the slot pointers come from an array, which
-// the compiler cannot prove disjoint.
+// written once each, g scaled by its (tensor's or unit's) scale. Decay is a
+// template argument so the loop is branch-free; the slot pointers come from
+// an array, which the compiler cannot prove disjoint: ForEachScaled's loops
+// are ivdep.
 template <typename T, typename Rule, bool Decay>
 void ApplyRuleChunk(const Rule& rule, AccType<T> lr, AccType<T> wd,
-                    TensorScale<AccType<T>> scale, T* __restrict w,
+                    const ChunkScales<AccType<T>>& scales, T* __restrict w,
                     T* const* slots, const T* __restrict g, int64_t n) {
   using A = AccType<T>;
   constexpr int K = Rule::kSlots;
   constexpr int KS = K > 0 ? K : 1;
   T* s[KS] = {};
   for (int q = 0; q < K; ++q) s[q] = slots[q];
-#pragma GCC ivdep
-  for (int64_t j = 0; j < n; ++j) {
+  ForEachScaled(scales, n, [&](int64_t j, const TensorScale<A>& scale) {
     A wa = ToAcc(w[j]);
     A sa[KS];
     for (int q = 0; q < K; ++q) sa[q] = ToAcc(s[q][j]);
     update_element<Decay>(rule, lr, wd, scale, wa, sa, ToAcc(g[j]));
     w[j] = FromAcc<T>(wa);
     for (int q = 0; q < K; ++q) s[q][j] = FromAcc<T>(sa[q]);
-  }
+  });
 }
 
 }  // namespace
@@ -63,17 +63,25 @@ class ApplyOnDevice<CpuDevice, T> {
     return LockedVariables::PrepareOnCpu<T>(ctx, tensor, copy_on_read_mode);
   }
 
-  // Plans the chunks and computes the scales.
+  // Plans the chunks and computes the scales (adaptive clipping reads the
+  // variables: its scales wait for the lock, in Run).
   absl::Status BeforeLock(tensorflow::OpKernelContext* ctx,
                           const ApplyStep<T>& step) {
     const auto& in = step.in;
     plan_ = std::make_unique<ChunkPlan>(in.grads.sizes);
-    scales_.Compute(ctx, step.source, step.mode, *plan_, in.grads.data,
-                    in.eps, in.clipnorm, *in.norms);
+    if (!in.spec.adaptive) {
+      scales_.Compute(ctx, in.spec, *plan_, in.grads, {}, *in.norms);
+    }
     return absl::OkStatus();
   }
 
   absl::Status Run(tensorflow::OpKernelContext* ctx, const ApplyStep<T>& step) {
+    const auto& in = step.in;
+    if (in.spec.adaptive) {
+      const std::vector<const T*> weights(step.state.begin(),
+                                          step.state.begin() + step.n);
+      scales_.Compute(ctx, in.spec, *plan_, in.grads, weights, *in.norms);
+    }
     with_rule(step.rule, [&](auto tag) {
       using Rule = typename decltype(tag)::template type<Acc>;
       constexpr int K = Rule::kSlots;
@@ -89,7 +97,7 @@ class ApplyOnDevice<CpuDevice, T> {
         for (int q = 0; q < K; ++q) slots[q] = step.state[(1 + q) * n + i] + ch.begin;
         T* w = step.state[i] + ch.begin;
         const T* g = step.in.grads.data[i] + ch.begin;
-        const TensorScale<Acc> s = scales_.Of(c, ch, g);
+        const ChunkScales<Acc> s = scales_.Of(c, ch, g, w);
         const int64_t len = ch.end - ch.begin;
         if (decay[i] != Acc(0)) {
           ApplyRuleChunk<T, Rule, true>(rule, lr, decay[i], s, w, slots, g, len);
@@ -105,7 +113,7 @@ class ApplyOnDevice<CpuDevice, T> {
 
  private:
   std::unique_ptr<ChunkPlan> plan_;
-  DeferredScales<T> scales_;
+  StepScales<T> scales_;
 };
 
 namespace {

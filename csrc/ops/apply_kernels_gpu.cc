@@ -43,9 +43,8 @@ class ApplyOnDevice<GpuDevice, T> {
         std::vector<double>(step.args, step.args + kMaxRuleArgs));
     TF_RETURN_IF_ERROR(launch.Upload(ctx));
     tensorflow::Tensor scales;
-    TF_RETURN_IF_ERROR(launch.Scales(ctx, step.source, step.mode, in.clipnorm,
-                                     in.eps, *in.norms, &scales,
-                                     step.grad_norms));
+    TF_RETURN_IF_ERROR(
+        launch.Scales(ctx, in.spec, *in.norms, &scales, step.grad_norms));
     return CudaStatus(
         normopt_cuda_apply(
             LauncherDtype<T>(), static_cast<int>(step.rule),

@@ -26,9 +26,7 @@ struct ApplyStep {
   RuleId rule = RuleId::k_sgd;
   int n = 0;      // gradients (and variables)
   int slots = 0;  // slots per variable
-  NormSource source;
-  ScaleMode mode = ScaleMode::kNormalize;
-  ApplyInputs<T> in;
+  ApplyInputs<T> in;  // in.spec: how the gradients are scaled
   // (1 + slots) * n buffers, slot-major: variables, then slot 0 of every
   // variable, ... (null for an empty tensor).
   std::vector<T*> state;
@@ -67,8 +65,6 @@ class ApplyOp : public ApplyOpBase<T> {
     ApplyStep<T> step;
     step.rule = rule_;
     step.slots = rule_slots(rule_);
-    step.source = this->source_;
-    step.mode = this->mode_;
     OP_REQUIRES_OK(ctx, this->ReadInputs(ctx, &step.in));
     OP_REQUIRES_OK(ctx, ReadRuleInputs(ctx, &step));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(

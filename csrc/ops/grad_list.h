@@ -13,12 +13,14 @@
 namespace normopt {
 
 // The N gradients of list input `name`: pointers, element counts, and the
-// fixed chunk plan over them.
+// fixed chunk plan over them. units[i] is the size of the last axis of a
+// gradient of two or more axes (its units, granularity "unit"), else 1.
 template <typename T>
 struct GradList {
   tensorflow::OpInputList tensors;
   std::vector<const T*> data;
   std::vector<int64_t> sizes;
+  std::vector<int64_t> units;
 
   absl::Status Read(tensorflow::OpKernelContext* ctx, const char* name) {
     TF_RETURN_IF_ERROR(ctx->input_list(name, &tensors));
@@ -27,6 +29,7 @@ struct GradList {
     for (int i = 0; i < tensors.size(); ++i) {
       const tensorflow::Tensor& t = tensors[i];
       sizes.push_back(t.NumElements());
+      units.push_back(t.dims() >= 2 ? t.dim_size(t.dims() - 1) : 1);
       data.push_back(t.NumElements() > 0 ? t.unaligned_flat<T>().data()
                                          : nullptr);
     }

@@ -219,12 +219,24 @@ class GradLaunch {
   // the device). With precomputed norms the L2 norms take a statistics pass
   // of their own (the l2 kind with eps 0), since nothing else reads the
   // gradients before the update.
-  absl::Status Scales(tensorflow::OpKernelContext* ctx,
-                      const NormSource& source, ScaleMode mode,
-                      double clipnorm, double eps,
+  //
+  // The CUDA kernels take per-tensor norms of every gradient only: the
+  // other granularities, exclusions and adaptive clipping are refused here
+  // (the Python side keeps such steps off a GPU op).
+  absl::Status Scales(tensorflow::OpKernelContext* ctx, const ScaleSpec& spec,
                       const tensorflow::Tensor& precomputed_norms,
                       tensorflow::Tensor* scales,
                       tensorflow::Tensor* grad_norms) const {
+    if (spec.granularity != Granularity::kTensor || spec.adaptive ||
+        !spec.excluded.empty()) {
+      return absl::UnimplementedError(
+          "normopt: the GPU kernels scale by per-tensor norms of every "
+          "gradient only (no unit or global granularity, exclusions or "
+          "adaptive clipping)");
+    }
+    const NormSource& source = spec.source;
+    const ScaleMode mode = spec.mode;
+    const double clipnorm = spec.clipnorm, eps = spec.eps;
     const tensorflow::TensorShape shape({n_});
     // One TensorScale {pre, mult} per tensor.
     TF_RETURN_IF_ERROR(ctx->allocate_temp(

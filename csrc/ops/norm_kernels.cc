@@ -1,7 +1,7 @@
 // CPU kernels of NormoptNorms and NormoptScale (norm_ops.h): the norms of
 // the chunks in parallel, merged per tensor; the scaled copies in one
 // parallel pass over the chunks, which gathers the statistics of single-chunk
-// gradients on the way (DeferredScales, tensor_scales.h).
+// gradients on the way (StepScales, tensor_scales.h).
 #include <vector>
 
 #include "ops/chunk_plan.h"
@@ -31,24 +31,21 @@ struct NormsOnDevice<CpuDevice, T> {
   }
 
   static absl::Status Scale(tensorflow::OpKernelContext* ctx,
-                            const NormSource& source, ScaleMode mode,
-                            const GradList<T>& grads, double eps,
-                            double clipnorm,
+                            const ScaleSpec& spec, const GradList<T>& grads,
                             const tensorflow::Tensor& given_norms,
                             const std::vector<T*>& out,
                             tensorflow::Tensor* grad_norms) {
     const ChunkPlan plan(grads.sizes);
-    DeferredScales<T> scales;
-    scales.Compute(ctx, source, mode, plan, grads.data, eps, clipnorm,
-                   given_norms);
+    StepScales<T> scales;
+    scales.Compute(ctx, spec, plan, grads, {}, given_norms);
     ParallelForChunks(ctx, plan, 2, [&](int64_t c) {
       const Chunk& ch = plan.chunks[c];
       const T* __restrict g = grads.data[ch.tensor] + ch.begin;
       T* __restrict o = out[ch.tensor] + ch.begin;
-      const TensorScale<Acc> s = scales.Of(c, ch, g);
-      for (int64_t j = 0; j < ch.end - ch.begin; ++j) {
-        o[j] = FromAcc<T>(apply_scale(ToAcc(g[j]), s));
-      }
+      ForEachScaled(scales.Of(c, ch, g, nullptr), ch.end - ch.begin,
+                    [&](int64_t j, const TensorScale<Acc>& s) {
+                      o[j] = FromAcc<T>(apply_scale(ToAcc(g[j]), s));
+                    });
     });
     scales.RecordedNorms(ctx, grads.data, grad_norms->flat<Acc>().data());
     return absl::OkStatus();

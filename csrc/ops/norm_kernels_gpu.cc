@@ -32,9 +32,7 @@ struct NormsOnDevice<GpuDevice, T> {
   }
 
   static absl::Status Scale(tensorflow::OpKernelContext* ctx,
-                            const NormSource& source, ScaleMode mode,
-                            const GradList<T>& grads, double eps,
-                            double clipnorm,
+                            const ScaleSpec& spec, const GradList<T>& grads,
                             const tensorflow::Tensor& given_norms,
                             const std::vector<T*>& out,
                             tensorflow::Tensor* grad_norms) {
@@ -42,8 +40,8 @@ struct NormsOnDevice<GpuDevice, T> {
     const size_t outs = launch.AddPointers(out);
     TF_RETURN_IF_ERROR(launch.Upload(ctx));
     tensorflow::Tensor scales;
-    TF_RETURN_IF_ERROR(launch.Scales(ctx, source, mode, clipnorm, eps,
-                                     given_norms, &scales, grad_norms));
+    TF_RETURN_IF_ERROR(
+        launch.Scales(ctx, spec, given_norms, &scales, grad_norms));
     return CudaStatus(
         normopt_cuda_scale(LauncherDtype<T>(), launch.grads(),
                            launch.template Pointers<void>(outs),

@@ -22,7 +22,7 @@ namespace normopt {
 // Specialized per device:
 //   static absl::Status Norms(ctx, kind, grads, eps, Tensor* norms)
 //       norms: [N] of the accumulation type, allocated
-//   static absl::Status Scale(ctx, source, mode, grads, eps, clipnorm,
+//   static absl::Status Scale(ctx, const ScaleSpec& spec, grads,
 //                             const Tensor& given_norms, std::vector<T*> out,
 //                             Tensor* grad_norms)
 //       out[i]: the output buffer of gradient i (null when empty);
@@ -53,15 +53,15 @@ template <typename Device, typename T>
 class ScaleOp : public ScalingOpBase<T> {
  public:
   explicit ScaleOp(tensorflow::OpKernelConstruction* ctx)
-      : ScalingOpBase<T>(ctx) {}
+      : ScalingOpBase<T>(ctx, /*allow_adaptive=*/false) {}
 
   void Compute(tensorflow::OpKernelContext* ctx) override {
     GradList<T> grads;
     OP_REQUIRES_OK(ctx, grads.Read(ctx, "grads"));
-    double eps, clipnorm;
+    ScaleSpec spec;
     const tensorflow::Tensor* given_norms;
-    OP_REQUIRES_OK(ctx, this->ReadScaleInputs(ctx, grads.size(), &eps,
-                                              &clipnorm, &given_norms));
+    OP_REQUIRES_OK(ctx, this->ReadScaleInputs(ctx, grads.size(), &spec,
+                                              &given_norms));
     tensorflow::OpOutputList outputs;
     OP_REQUIRES_OK(ctx, ctx->output_list("scaled", &outputs));
     std::vector<T*> out(grads.size(), nullptr);
@@ -75,8 +75,7 @@ class ScaleOp : public ScalingOpBase<T> {
                             "grad_norms", tensorflow::TensorShape({grads.size()}),
                             &grad_norms));
     OP_REQUIRES_OK(ctx, (NormsOnDevice<Device, T>::Scale(
-                            ctx, this->source_, this->mode_, grads, eps,
-                            clipnorm, *given_norms, out, grad_norms)));
+                            ctx, spec, grads, *given_norms, out, grad_norms)));
   }
 };
 

@@ -5,6 +5,7 @@
 #ifndef NORMOPT_OPS_OP_INPUTS_H_
 #define NORMOPT_OPS_OP_INPUTS_H_
 
+#include <cmath>
 #include <string>
 
 #include "ops/grad_list.h"
@@ -59,48 +60,83 @@ class NormsOpBase : public tensorflow::OpKernel {
   NormKind kind_;
 };
 
-// Attrs `kind` (or "precomputed") and `mode` of the ops that scale gradients
-// (NormoptScale and NormoptApply), and the inputs the scales are made from.
+// Attrs `kind` (or "precomputed"), `mode`, `granularity` and `excluded` of
+// the ops that scale gradients (NormoptScale and NormoptApply), and the
+// inputs the scales are made from. Mode "adaptive" needs the variables, so
+// only the apply op takes it (`allow_adaptive`).
 template <typename T>
 class ScalingOpBase : public tensorflow::OpKernel {
  public:
-  explicit ScalingOpBase(tensorflow::OpKernelConstruction* ctx)
+  ScalingOpBase(tensorflow::OpKernelConstruction* ctx, bool allow_adaptive)
       : tensorflow::OpKernel(ctx) {
-    std::string kind, mode;
+    std::string kind, mode, granularity;
     OP_REQUIRES_OK(ctx, ctx->GetAttr("kind", &kind));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("mode", &mode));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("granularity", &granularity));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("excluded", &spec_.excluded));
     OP_REQUIRES_OK(ctx, ParseNormSource(kind, /*allow_precomputed=*/true,
-                                        &source_));
-    OP_REQUIRES_OK(ctx, ParseMode(mode, &mode_));
+                                        &spec_.source));
+    if (allow_adaptive && mode == "adaptive") {
+      spec_.mode = ScaleMode::kClip;
+      spec_.adaptive = true;
+    } else {
+      OP_REQUIRES_OK(ctx, ParseMode(mode, &spec_.mode));
+    }
+    OP_REQUIRES_OK(ctx, ParseGranularity(granularity, &spec_.granularity));
+    OP_REQUIRES(ctx,
+                !spec_.source.precomputed ||
+                    (spec_.granularity == Granularity::kTensor && !spec_.adaptive),
+                absl::InvalidArgumentError(
+                    "normopt: precomputed norms are per tensor: they take "
+                    "granularity 'tensor' and mode normalize or clip"));
     OP_REQUIRES_OK(ctx, CheckAccAttr<T>(ctx));
   }
 
  protected:
-  // epsilon, clipnorm (checked against the mode) and the `norms` input
-  // (checked to hold one value per tensor when the kind is precomputed).
+  // The spec with epsilon and clipnorm (checked against the mode; the clip
+  // factor in the adaptive mode), the excluded indices checked against the
+  // n gradients, and the `norms` input (checked to hold one value per tensor
+  // when the kind is precomputed).
   absl::Status ReadScaleInputs(tensorflow::OpKernelContext* ctx, int n,
-                               double* eps, double* clipnorm,
+                               ScaleSpec* spec,
                                const tensorflow::Tensor** norms) const {
-    TF_RETURN_IF_ERROR(ScalarInput(ctx, "epsilon", eps));
-    TF_RETURN_IF_ERROR(ScalarInput(ctx, "clipnorm", clipnorm));
-    TF_RETURN_IF_ERROR(CheckClipnorm(mode_, *clipnorm));
+    *spec = spec_;
+    TF_RETURN_IF_ERROR(ScalarInput(ctx, "epsilon", &spec->eps));
+    TF_RETURN_IF_ERROR(ScalarInput(ctx, "clipnorm", &spec->clipnorm));
+    if (spec->adaptive) {
+      if (!(std::isfinite(spec->clipnorm) && spec->clipnorm > 0)) {
+        return absl::InvalidArgumentError(
+            "normopt: the clip factor (input 'clipnorm' in adaptive mode) "
+            "must be finite and > 0, got " + std::to_string(spec->clipnorm));
+      }
+    } else {
+      TF_RETURN_IF_ERROR(CheckClipnorm(spec->mode, spec->clipnorm));
+    }
+    for (int i : spec->excluded) {
+      if (i < 0 || i >= n) {
+        return absl::InvalidArgumentError(
+            "normopt: 'excluded' holds " + std::to_string(i) +
+            ", not the index of one of the " + std::to_string(n) +
+            " gradients");
+      }
+    }
     TF_RETURN_IF_ERROR(ctx->input("norms", norms));
-    if (source_.precomputed) {
+    if (spec->source.precomputed) {
       TF_RETURN_IF_ERROR(CheckPerTensorInput(**norms, "norms", n));
     }
     return absl::OkStatus();
   }
 
-  NormSource source_;
-  ScaleMode mode_;
+  ScaleSpec spec_;
 };
 
-// The gradients, lr, epsilon, clipnorm and the validated per-tensor inputs
-// of the apply op (tensors on the kernel's device).
+// The gradients, lr, the scale spec and the validated per-tensor inputs of
+// the apply op (tensors on the kernel's device).
 template <typename T>
 struct ApplyInputs {
   GradList<T> grads;
-  double lr = 0, eps = 0, clipnorm = 0;
+  double lr = 0;
+  ScaleSpec spec;
   const tensorflow::Tensor* decay = nullptr;
   const tensorflow::Tensor* norms = nullptr;
 };
@@ -111,7 +147,7 @@ template <typename T>
 class ApplyOpBase : public ScalingOpBase<T> {
  public:
   explicit ApplyOpBase(tensorflow::OpKernelConstruction* ctx)
-      : ScalingOpBase<T>(ctx) {}
+      : ScalingOpBase<T>(ctx, /*allow_adaptive=*/true) {}
 
  protected:
   using Inputs = ApplyInputs<T>;
@@ -120,8 +156,13 @@ class ApplyOpBase : public ScalingOpBase<T> {
     TF_RETURN_IF_ERROR(in->grads.Read(ctx, "grad"));
     const int n = in->grads.size();
     TF_RETURN_IF_ERROR(ScalarInput(ctx, "lr", &in->lr));
-    TF_RETURN_IF_ERROR(
-        this->ReadScaleInputs(ctx, n, &in->eps, &in->clipnorm, &in->norms));
+    TF_RETURN_IF_ERROR(this->ReadScaleInputs(ctx, n, &in->spec, &in->norms));
+    TF_RETURN_IF_ERROR(ScalarInput(ctx, "weight_eps", &in->spec.weight_eps));
+    if (in->spec.adaptive && !(in->spec.weight_eps >= 0)) {
+      return absl::InvalidArgumentError(
+          "normopt: weight_eps must be >= 0, got " +
+          std::to_string(in->spec.weight_eps));
+    }
     TF_RETURN_IF_ERROR(ctx->input("decay", &in->decay));
     return CheckPerTensorInput(*in->decay, "decay", n);
   }

@@ -8,6 +8,9 @@
 // lengths reach the kernel, which rejects them with InvalidArgumentError.
 // `kind` is a built-in norm name (or alias) or, where allowed,
 // "precomputed": then `norms` ([N], Tacc) holds the norms to use.
+// The scaling ops take a `granularity` (tensor, unit or global: what a norm
+// is taken over) and `excluded` (indices of gradients that pass unscaled and
+// stay out of a global norm); see ScaleSpec in tensor_scales.h.
 #include "tensorflow/core/framework/common_shape_fns.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/shape_inference.h"
@@ -68,6 +71,8 @@ REGISTER_OP("NormoptScale")
     .Output("grad_norms: Tacc")
     .Attr("kind: string")
     .Attr("mode: string")
+    .Attr("granularity: string = 'tensor'")
+    .Attr("excluded: list(int) = []")
     .Attr("N: int >= 1")
     .Attr("T: {half, bfloat16, float, double}")
     .Attr("Tacc: {float, double}")
@@ -98,10 +103,13 @@ REGISTER_OP("NormoptApply")
     .Input("norms: Tacc")
     .Input("clipnorm: double")
     .Input("epsilon: double")
+    .Input("weight_eps: double")
     .Output("grad_norms: Tacc")
     .Attr("rule: string")
     .Attr("kind: string")
     .Attr("mode: string")
+    .Attr("granularity: string = 'tensor'")
+    .Attr("excluded: list(int) = []")
     .Attr("N: int >= 1")
     .Attr("num_vars: int >= 0")
     .Attr("num_slots: int >= 0")
@@ -109,7 +117,8 @@ REGISTER_OP("NormoptApply")
     .Attr("Tacc: {float, double}")
     .SetIsStateful()
     .SetShapeFn([](InferenceContext* c) {
-      TF_RETURN_IF_ERROR(ScalarsAre(c, {"lr", "step", "clipnorm", "epsilon"}));
+      TF_RETURN_IF_ERROR(
+          ScalarsAre(c, {"lr", "step", "clipnorm", "epsilon", "weight_eps"}));
       TF_RETURN_IF_ERROR(PerTensorVector(c, "hyper"));
       TF_RETURN_IF_ERROR(PerTensorVector(c, "decay"));
       TF_RETURN_IF_ERROR(PerTensorVector(c, "norms"));
@@ -121,8 +130,10 @@ REGISTER_OP("NormoptApply")
     .Doc(R"doc(
 One Keras 3 optimizer step of update rule `rule` (a row of the table
 NORMOPT_UPDATE_RULES in csrc/normopt/update_rules.h) on N resource variables
-and their slots in place, each gradient scaled on the fly by its per-tensor
-scale, g' = g * s:
+and their slots in place, each gradient scaled on the fly by the scale of its
+norm (per tensor, per unit or global), g' = g * s; mode "adaptive" clips
+with threshold clipnorm * max(norm(w), weight_eps) (clipnorm: the clip
+factor; norm(w) the variable's, at the same granularity):
   w -= w * decay * lr                    (decoupled weight decay)
   then the rule with g', lr, t = step (iterations + 1) and `hyper`.
 `slots` is slot-major: slot 0 of every variable, then slot 1, ...

@@ -11,6 +11,7 @@
 #ifndef NORMOPT_OPS_TENSOR_SCALES_H_
 #define NORMOPT_OPS_TENSOR_SCALES_H_
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -19,6 +20,8 @@
 #include "ops/chunk_plan.h"
 #include "ops/chunk_stats.h"
 #include "ops/element_types.h"
+#include "ops/grad_list.h"
+#include "ops/unit_stats.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
 #include "tensorflow/core/framework/tensor_shape.h"
@@ -186,93 +189,202 @@ AccType<T> RecordedNorm(tensorflow::OpKernelContext* ctx,
                        finalize_norm(NormKind::kL2, s, Acc(0)), Acc(0));
 }
 
-// Per-tensor scales for an op that then makes one pass over every chunk, and
+// What the norms are taken over:
+//   tensor  one norm per gradient (the default)
+//   unit    one norm per index of the last axis, over all other axes
+//           (unit_stats.h); a gradient of at most one axis is one unit
+//   global  one norm over all gradients together, as if concatenated
+enum class Granularity : int { kTensor = 0, kUnit = 1, kGlobal = 2 };
+
+inline absl::Status ParseGranularity(const std::string& name,
+                                     Granularity* out) {
+  if (name == "tensor") {
+    *out = Granularity::kTensor;
+  } else if (name == "unit") {
+    *out = Granularity::kUnit;
+  } else if (name == "global") {
+    *out = Granularity::kGlobal;
+  } else {
+    return absl::InvalidArgumentError("normopt: unknown granularity '" + name +
+                                      "'; expected tensor, unit or global");
+  }
+  return absl::OkStatus();
+}
+
+// How one step's gradients are scaled, per norm (of a tensor, unit or all):
+//   normalize  s = 1 / norm(g)
+//   clip       s = clipnorm / norm(g) where norm(g) >= clipnorm, else 1
+//   adaptive   clip with clipnorm = clip_factor * max(norm(w), weight_eps),
+//              norm(w) the same norm of the variable at the same
+//              granularity (adaptive gradient clipping); `clipnorm` holds
+//              clip_factor
+// Excluded gradients pass unscaled and stay out of a global norm.
+struct ScaleSpec {
+  NormSource source;
+  ScaleMode mode = ScaleMode::kNormalize;
+  bool adaptive = false;
+  Granularity granularity = Granularity::kTensor;
+  double eps = 0, clipnorm = 0, weight_eps = 0;
+  std::vector<int> excluded;  // indices into the gradient list
+};
+
+// The scales of one chunk: element j of the chunk (flat index begin + j)
+// takes scales[(col0 + j) % units] (units 1: one scale for the chunk).
+template <typename Acc>
+struct ChunkScales {
+  const TensorScale<Acc>* scales;
+  int64_t units;
+  int64_t col0;
+};
+
+// body(j, scale of element j) for j in [0, n) of a chunk: one scale for the
+// whole chunk, or the unit scales one row piece at a time (each piece a plain
+// loop over contiguous units, so both loops vectorize).
+template <typename Acc, typename Body>
+inline void ForEachScaled(const ChunkScales<Acc>& cs, int64_t n, Body&& body) {
+  if (cs.units == 1) {
+    const TensorScale<Acc> s = cs.scales[0];
+#pragma GCC ivdep
+    for (int64_t j = 0; j < n; ++j) body(j, s);
+    return;
+  }
+  for (int64_t j = 0, col = cs.col0; j < n; col = 0) {
+    const int64_t len = std::min(cs.units - col, n - j);
+    const TensorScale<Acc>* s = cs.scales + col;
+#pragma GCC ivdep
+    for (int64_t k = 0; k < len; ++k) body(j + k, s[k]);
+    j += len;
+  }
+}
+
+// Per-norm scales for an op that then makes one pass over every chunk, and
 // the recorded L2 norm of every gradient, from the same reads.
 //
-// A tensor of one chunk needs no merge: its statistics are gathered in that
-// pass, on the chunk it is about to update (`Of`), so small tensors cost one
-// parallel pass instead of two. Tensors of several chunks (and empty ones)
-// get their scale here, from a parallel pass over their chunks only. Both
-// ways run the same ChunkStats and NormFromChunkStats on the same chunks, so
-// the scales are the same bits as ComputeNorms gives. Every chunk's sum of
-// squares is kept (with precomputed norms it is gathered in `Of`, on the
-// chunk in cache) and `RecordedNorms` sums them per tensor in chunk order
-// after the pass.
+// Per-tensor norms of a gradient of one chunk need no merge: its statistics
+// (and, adaptive, its variable's) are gathered in that pass, on the chunk it
+// is about to update (`Of`), so small tensors cost one parallel pass instead
+// of two. Everything else is gathered here first: the chunks of multi-chunk
+// tensors (every chunk, for a global norm), in one parallel pass merged per
+// norm in chunk order, and the units of unit-wise tensors (UnitStats). The
+// sums of squares of every chunk (of every unit-wise tensor) are kept and
+// `RecordedNorms` turns them into the L2 norms after the pass.
 template <typename T>
-class DeferredScales {
+class StepScales {
  public:
   using Acc = AccType<T>;
 
-  void Compute(tensorflow::OpKernelContext* ctx, const NormSource& source,
-               ScaleMode mode, const ChunkPlan& plan,
-               const std::vector<const T*>& data, double eps, double clipnorm,
+  // `weights` (the variables, read only) for the adaptive mode, else empty.
+  void Compute(tensorflow::OpKernelContext* ctx, const ScaleSpec& spec,
+               const ChunkPlan& plan, const GradList<T>& grads,
+               const std::vector<const T*>& weights,
                const tensorflow::Tensor& precomputed_norms) {
-    precomputed_ = source.precomputed;
-    kind_ = source.kind;
-    mode_ = mode;
-    eps_ = static_cast<Acc>(eps);
-    clipnorm_ = static_cast<Acc>(clipnorm);
-    const int64_t n = static_cast<int64_t>(data.size());
-    scales_.assign(n, TensorScale<Acc>{Acc(1), Acc(1)});
-    in_pass_.assign(n, 0);
-    chunk_sq_.assign(plan.size(), Acc(0));
+    spec_ = &spec;
     plan_ = &plan;
-    if (precomputed_) {
+    kind_ = spec.source.kind;
+    eps_ = static_cast<Acc>(spec.eps);
+    const int64_t n = grads.size();
+    chunk_sq_.assign(plan.size(), Acc(0));
+    unit_sq_.assign(n, Acc(0));
+    units_.assign(n, 1);
+    first_scale_.assign(n + 1, 0);
+    how_.assign(n, How::kReady);
+    for (int i : spec.excluded) how_[i] = How::kExcluded;
+    for (int64_t i = 0; i < n; ++i) {
+      if (spec.granularity == Granularity::kUnit && how_[i] == How::kReady) {
+        units_[i] = grads.units[i] > 1 ? grads.units[i] : 1;
+      }
+      first_scale_[i + 1] = first_scale_[i] + units_[i];
+    }
+    scales_.assign(first_scale_[n], TensorScale<Acc>{Acc(1), Acc(1)});
+    if (spec.source.precomputed) {
       auto given = precomputed_norms.flat<Acc>();
       for (int64_t i = 0; i < n; ++i) {
-        scales_[i] = scale_from_norm(mode_, given(i), clipnorm_);
+        if (how_[i] == How::kExcluded) continue;
+        scales_[first_scale_[i]] = ScaleOf(given(i), Acc(0));
       }
       return;
     }
-    std::vector<int64_t> merged_chunks;  // chunks of multi-chunk tensors
+    const bool global = spec.granularity == Granularity::kGlobal;
+    std::vector<int64_t> pre_chunks;  // chunks whose statistics come first
     for (int64_t i = 0; i < n; ++i) {
+      if (how_[i] == How::kExcluded || units_[i] > 1) continue;
       const int64_t count = plan.first[i + 1] - plan.first[i];
-      if (count == 1) {
-        in_pass_[i] = 1;
-      } else {
-        for (int64_t c = plan.first[i]; c < plan.first[i + 1]; ++c) {
-          merged_chunks.push_back(c);
+      if (!global && count == 1) {
+        how_[i] = How::kInPass;
+        continue;
+      }
+      for (int64_t c = plan.first[i]; c < plan.first[i + 1]; ++c) {
+        pre_chunks.push_back(c);
+      }
+    }
+    const std::vector<const T*>& data = grads.data;
+    std::vector<NormStats<Acc>> g_stats(plan.size()), w_stats;
+    if (spec.adaptive) w_stats.resize(plan.size());
+    ParallelForCount(
+        ctx, static_cast<int64_t>(pre_chunks.size()),
+        kChunkElems * ChunkStatsCost(kind_) * (spec.adaptive ? 2 : 1),
+        [&](int64_t k) {
+          const int64_t c = pre_chunks[k];
+          const Chunk& ch = plan.chunks[c];
+          const int64_t len = ch.end - ch.begin;
+          g_stats[c] = ChunkStats<T, false, kRecordedStats>(
+              kind_, data[ch.tensor] + ch.begin, len);
+          chunk_sq_[c] = g_stats[c].sum_sq;
+          if (spec.adaptive) {
+            w_stats[c] = ChunkStats<T>(kind_, weights[ch.tensor] + ch.begin, len);
+          }
+        });
+    if (global) {
+      if (!pre_chunks.empty()) {
+        const Acc g_norm = GroupNorm(ctx, pre_chunks, data, g_stats);
+        const Acc w_norm =
+            spec.adaptive ? GroupNorm(ctx, pre_chunks, weights, w_stats) : Acc(0);
+        const TensorScale<Acc> shared = ScaleOf(g_norm, w_norm);
+        for (int64_t i = 0; i < n; ++i) {
+          if (how_[i] == How::kReady) scales_[first_scale_[i]] = shared;
         }
       }
+    } else {
+      for (int64_t i = 0; i < n; ++i) {
+        if (how_[i] != How::kReady || units_[i] > 1) continue;
+        std::vector<int64_t> own;
+        for (int64_t c = plan.first[i]; c < plan.first[i + 1]; ++c) own.push_back(c);
+        if (own.empty()) continue;  // an empty tensor keeps scale 1
+        const Acc g_norm = GroupNorm(ctx, own, data, g_stats);
+        const Acc w_norm =
+            spec.adaptive ? GroupNorm(ctx, own, weights, w_stats) : Acc(0);
+        scales_[first_scale_[i]] = ScaleOf(g_norm, w_norm);
+      }
     }
-    std::vector<NormStats<Acc>> chunk_stats(plan.size());
-    ParallelForCount(ctx, static_cast<int64_t>(merged_chunks.size()),
-                     kChunkElems * ChunkStatsCost(kind_),
-                     [&](int64_t k) {
-                       const int64_t c = merged_chunks[k];
-                       const Chunk& ch = plan.chunks[c];
-                       chunk_stats[c] = ChunkStats<T, false, kRecordedStats>(
-                           kind_, data[ch.tensor] + ch.begin, ch.end - ch.begin);
-                       chunk_sq_[c] = chunk_stats[c].sum_sq;
-                     });
-    for (int64_t i = 0; i < n; ++i) {
-      if (in_pass_[i]) continue;
-      const Acc norm = RescueNorm<T>(
-          ctx, kind_, plan, i, data[i],
-          NormFromChunkStats<Acc>(kind_, chunk_stats.data() + plan.first[i],
-                                  plan.first[i + 1] - plan.first[i], eps_),
-          eps_);
-      scales_[i] = scale_from_norm(mode_, norm, clipnorm_);
-    }
+    ComputeUnits(ctx, grads, weights);
   }
 
-  // The scale of the tensor of chunk c (`ch`), whose gradient chunk is
-  // g[0, len). Called once per chunk, from the pass; chunks may run in
+  // The scales of chunk c (`ch`), whose gradient chunk is g[0, len) and
+  // variable chunk w[0, len) (read in the adaptive mode only). Called once
+  // per chunk from the pass, before the chunk is updated; chunks may run in
   // parallel.
-  TensorScale<Acc> Of(int64_t c, const Chunk& ch, const T* g) {
+  ChunkScales<Acc> Of(int64_t c, const Chunk& ch, const T* g, const T* w) {
+    const int i = ch.tensor;
     const int64_t len = ch.end - ch.begin;
-    if (!in_pass_[ch.tensor]) {
-      if (precomputed_) {
-        chunk_sq_[c] = ChunkStatsFor<T, kRecordedStats>(g, len).sum_sq;
+    TensorScale<Acc>* own = &scales_[first_scale_[i]];
+    if (how_[i] == How::kInPass) {
+      const NormStats<Acc> st = ChunkStats<T, false, kRecordedStats>(kind_, g, len);
+      chunk_sq_[c] = st.sum_sq;
+      const Acc g_norm = RescueNorm<T>(
+          nullptr, kind_, *plan_, i, g - ch.begin,
+          NormFromChunkStats<Acc>(kind_, &st, 1, eps_), eps_);
+      Acc w_norm = Acc(0);
+      if (spec_->adaptive) {
+        const NormStats<Acc> ws = ChunkStats<T>(kind_, w, len);
+        w_norm = RescueNorm<T>(nullptr, kind_, *plan_, i, w - ch.begin,
+                               NormFromChunkStats<Acc>(kind_, &ws, 1, eps_),
+                               eps_);
       }
-      return scales_[ch.tensor];
+      *own = ScaleOf(g_norm, w_norm);
+    } else if (how_[i] == How::kExcluded || spec_->source.precomputed) {
+      chunk_sq_[c] = ChunkStatsFor<T, kRecordedStats>(g, len).sum_sq;
     }
-    const NormStats<Acc> st = ChunkStats<T, false, kRecordedStats>(kind_, g, len);
-    chunk_sq_[c] = st.sum_sq;
-    const Acc norm = RescueNorm<T>(
-        nullptr, kind_, *plan_, ch.tensor, g - ch.begin,
-        NormFromChunkStats<Acc>(kind_, &st, 1, eps_), eps_);
-    return scale_from_norm(mode_, norm, clipnorm_);
+    return ChunkScales<Acc>{own, units_[i], units_[i] > 1 ? ch.begin % units_[i] : 0};
   }
 
   // After the pass: out[i] = the L2 norm of gradient i (RecordedNorm).
@@ -280,24 +392,160 @@ class DeferredScales {
                      const std::vector<const T*>& data, Acc* out) const {
     const ChunkPlan& plan = *plan_;
     for (int64_t i = 0; i < static_cast<int64_t>(data.size()); ++i) {
-      Acc sum_sq = Acc(0);
-      for (int64_t c = plan.first[i]; c < plan.first[i + 1]; ++c) {
-        sum_sq += chunk_sq_[c];
+      Acc sum_sq = unit_sq_[i];
+      if (units_[i] == 1) {
+        for (int64_t c = plan.first[i]; c < plan.first[i + 1]; ++c) {
+          sum_sq += chunk_sq_[c];
+        }
       }
       out[i] = RecordedNorm<T>(ctx, plan, i, data[i], sum_sq);
     }
   }
 
  private:
-  bool precomputed_ = false;
-  NormKind kind_ = NormKind::kL2;
-  ScaleMode mode_ = ScaleMode::kNormalize;
-  Acc eps_ = Acc(0);
-  Acc clipnorm_ = Acc(0);
+  enum class How : char { kReady, kInPass, kExcluded };
+
+  // The scale of a norm of g (and, adaptive, of w) by the spec's mode.
+  TensorScale<Acc> ScaleOf(Acc g_norm, Acc w_norm) const {
+    Acc threshold = static_cast<Acc>(spec_->clipnorm);
+    if (spec_->adaptive) {
+      const Acc floor = static_cast<Acc>(spec_->weight_eps);
+      threshold = threshold * max_keep_nan(w_norm, floor);
+    }
+    return scale_from_norm(spec_->mode, g_norm, threshold);
+  }
+
+  // The norm of the elements of `chunks` (merged in that order, from
+  // `stats`), rescued like RescueNorm over the same chunks: max|x| over
+  // them, then the statistics of x * 2^-k.
+  Acc GroupNorm(tensorflow::OpKernelContext* ctx,
+                const std::vector<int64_t>& chunks,
+                const std::vector<const T*>& data,
+                const std::vector<NormStats<Acc>>& stats) const {
+    NormStats<Acc> s = NormStats<Acc>::empty();
+    for (int64_t c : chunks) s = merge_stats(s, stats[c]);
+    const Acc norm = finalize_norm(kind_, s, eps_);
+    if (!needs_rescue(norm)) return norm;
+    const ChunkPlan& plan = *plan_;
+    const int64_t count = static_cast<int64_t>(chunks.size());
+    std::vector<NormStats<Acc>> st(count);
+    ParallelForCount(ctx, count, kChunkElems * 4, [&](int64_t k) {
+      const Chunk& ch = plan.chunks[chunks[k]];
+      st[k] = ChunkStatsFor<T, kStatMaxAbs>(data[ch.tensor] + ch.begin,
+                                            ch.end - ch.begin);
+    });
+    Acc max_abs = Acc(0);
+    for (int64_t k = 0; k < count; ++k) max_abs = max_keep_nan(st[k].max_abs, max_abs);
+    if (!is_finite(max_abs)) return norm;
+    const int e = rescue_exponent(max_abs);
+    const Acc pre = pow2<Acc>(-e);
+    ParallelForCount(ctx, count, kChunkElems * 4, [&](int64_t k) {
+      const Chunk& ch = plan.chunks[chunks[k]];
+      st[k] = ChunkStats<T, true>(kind_, data[ch.tensor] + ch.begin,
+                                  ch.end - ch.begin, pre);
+    });
+    NormStats<Acc> r = NormStats<Acc>::empty();
+    for (int64_t k = 0; k < count; ++k) r = merge_stats(r, st[k]);
+    return rescued_norm(kind_, r, e, eps_);
+  }
+
+  // Unit-wise tensors: per-unit statistics of g (and w) in tasks of
+  // kUnitBlock units, then per-unit norms and scales. A tensor with a unit
+  // norm that is not finite gets the rescue of all its units whose norm is
+  // not finite, with k from max|x| over the whole tensor (as the TF path).
+  void ComputeUnits(tensorflow::OpKernelContext* ctx, const GradList<T>& grads,
+                    const std::vector<const T*>& weights) {
+    struct Task {
+      int64_t tensor, u0, u1;
+    };
+    std::vector<Task> tasks;
+    const int64_t n = grads.size();
+    for (int64_t i = 0; i < n; ++i) {
+      if (units_[i] <= 1 || grads.sizes[i] == 0) continue;
+      for (int64_t u0 = 0; u0 < units_[i]; u0 += kUnitBlock) {
+        tasks.push_back({i, u0, std::min(units_[i], u0 + kUnitBlock)});
+      }
+    }
+    if (tasks.empty()) return;
+    const bool adaptive = spec_->adaptive;
+    std::vector<NormStats<Acc>> g_units(scales_.size()), w_units;
+    if (adaptive) w_units.resize(scales_.size());
+    auto rows = [&](int64_t i) { return grads.sizes[i] / units_[i]; };
+    ParallelForCount(
+        ctx, static_cast<int64_t>(tasks.size()),
+        kUnitBlock * 64 * ChunkStatsCost(kind_) * (adaptive ? 2 : 1),
+        [&](int64_t k) {
+          const Task& t = tasks[k];
+          const int64_t at = first_scale_[t.tensor] + t.u0;
+          UnitStats<T, false, kRecordedStats>(kind_, grads.data[t.tensor],
+                                              rows(t.tensor), units_[t.tensor],
+                                              t.u0, t.u1, &g_units[at]);
+          if (adaptive) {
+            UnitStats<T>(kind_, weights[t.tensor], rows(t.tensor),
+                         units_[t.tensor], t.u0, t.u1, &w_units[at]);
+          }
+        });
+    for (int64_t i = 0; i < n; ++i) {
+      if (units_[i] <= 1 || grads.sizes[i] == 0) continue;
+      const int64_t at = first_scale_[i];
+      std::vector<Acc> g_norms = UnitNorms(ctx, i, grads.data[i], rows(i), &g_units[at]);
+      std::vector<Acc> w_norms;
+      if (adaptive) w_norms = UnitNorms(ctx, i, weights[i], rows(i), &w_units[at]);
+      Acc sum_sq = Acc(0);
+      for (int64_t u = 0; u < units_[i]; ++u) {
+        sum_sq += g_units[at + u].sum_sq;
+        scales_[at + u] = ScaleOf(g_norms[u], adaptive ? w_norms[u] : Acc(0));
+      }
+      unit_sq_[i] = sum_sq;
+    }
+  }
+
+  // The unit norms of tensor i (elements x, rows x units_[i]) from `stats`.
+  std::vector<Acc> UnitNorms(tensorflow::OpKernelContext* ctx, int64_t i,
+                             const T* x, int64_t rows,
+                             const NormStats<Acc>* stats) const {
+    const int64_t units = units_[i];
+    std::vector<Acc> norms(units);
+    bool rescue = false;
+    for (int64_t u = 0; u < units; ++u) {
+      norms[u] = finalize_norm(kind_, stats[u], eps_);
+      rescue = rescue || needs_rescue(norms[u]);
+    }
+    if (!rescue) return norms;
+    const ChunkPlan& plan = *plan_;
+    Acc max_abs = Acc(0);
+    for (int64_t c = plan.first[i]; c < plan.first[i + 1]; ++c) {
+      const Chunk& ch = plan.chunks[c];
+      max_abs = max_keep_nan(
+          ChunkStatsFor<T, kStatMaxAbs>(x + ch.begin, ch.end - ch.begin).max_abs,
+          max_abs);
+    }
+    if (!is_finite(max_abs)) return norms;
+    const int e = rescue_exponent(max_abs);
+    std::vector<NormStats<Acc>> scaled(units);
+    const int64_t blocks = (units + kUnitBlock - 1) / kUnitBlock;
+    ParallelForCount(ctx, blocks, kUnitBlock * rows * 4, [&](int64_t b) {
+      const int64_t u0 = b * kUnitBlock;
+      UnitStats<T, true>(kind_, x, rows, units, u0,
+                         std::min(units, u0 + kUnitBlock), &scaled[u0],
+                         pow2<Acc>(-e));
+    });
+    for (int64_t u = 0; u < units; ++u) {
+      if (needs_rescue(norms[u])) norms[u] = rescued_norm(kind_, scaled[u], e, eps_);
+    }
+    return norms;
+  }
+
+  const ScaleSpec* spec_ = nullptr;
   const ChunkPlan* plan_ = nullptr;
+  NormKind kind_ = NormKind::kL2;
+  Acc eps_ = Acc(0);
+  std::vector<How> how_;
+  std::vector<int64_t> units_;        // scales per tensor (1 unless unit-wise)
+  std::vector<int64_t> first_scale_;  // tensor i's scales start here
   std::vector<TensorScale<Acc>> scales_;
-  std::vector<char> in_pass_;  // 1: single-chunk tensor, scale made in Of
-  std::vector<Acc> chunk_sq_;  // sum g^2 of every chunk
+  std::vector<Acc> chunk_sq_;  // sum g^2 of every chunk (1-unit tensors)
+  std::vector<Acc> unit_sq_;   // sum g^2 of every unit-wise tensor
 };
 
 }  // namespace normopt

@@ -7,6 +7,14 @@ them unrounded, and new values never retrace. With s the per-tensor scale,
 
     normalize: s = 1 / norm(g)
     clip:      s = clipnorm / norm(g) if norm(g) >= clipnorm else 1
+    adaptive:  clip with clipnorm = clip_factor * max(norm(w), weight_eps)
+               (`apply` only: `clipnorm` holds clip_factor, norm(w) is the
+               variable's at the same granularity)
+
+A norm is taken per tensor, per unit (each index of the last axis, over all
+other axes) or over all gradients together: `granularity` "tensor", "unit"
+or "global". `excluded` lists the indices of gradients that pass unscaled
+and stay out of a global norm.
 
 `kind` is a built-in norm name or alias, or "precomputed" (scale and apply
 only): then `norms` (Tensor[N] of acc) holds the norms to use. The norms are
@@ -76,12 +84,15 @@ def norms(grads, kind, epsilon):
     )
 
 
-def scale(grads, kind, mode, clipnorm, epsilon, norms=None):
+def scale(grads, kind, mode, clipnorm, epsilon, norms=None, granularity="tensor",
+          excluded=()):
     """[g_i * s_i], the product formed in acc and cast back to the dtype."""
-    return scale_and_norms(grads, kind, mode, clipnorm, epsilon, norms)[0]
+    return scale_and_norms(grads, kind, mode, clipnorm, epsilon, norms,
+                           granularity, excluded)[0]
 
 
-def scale_and_norms(grads, kind, mode, clipnorm, epsilon, norms=None):
+def scale_and_norms(grads, kind, mode, clipnorm, epsilon, norms=None,
+                    granularity="tensor", excluded=()):
     """([g_i * s_i], grad_norms): `scale`, and the L2 norm of every g_i."""
     grads, dtype = _common_dtype(grads)
     acc = normalizations.accumulation_dtype(dtype)
@@ -92,11 +103,14 @@ def scale_and_norms(grads, kind, mode, clipnorm, epsilon, norms=None):
         epsilon=_f64(epsilon),
         kind=_kind_name(kind),
         mode=mode,
+        granularity=granularity,
+        excluded=list(excluded),
     )
 
 
 def apply(rule, variables, slots, grads, *, lr, step, hyper, decay, kind,
-          mode, clipnorm, epsilon, norms=None):
+          mode, clipnorm, epsilon, norms=None, granularity="tensor",
+          excluded=(), weight_eps=0.0):
     """One step of update `rule` (csrc/normopt/update_rules.h) in place.
 
     `slots` is slot-major: one list per slot of the rule, each holding that
@@ -120,9 +134,12 @@ def apply(rule, variables, slots, grads, *, lr, step, hyper, decay, kind,
         norms=_norms_input(kind, norms, acc),
         clipnorm=_f64(clipnorm),
         epsilon=_f64(epsilon),
+        weight_eps=_f64(weight_eps),
         rule=rule,
         kind=_kind_name(kind),
         mode=mode,
+        granularity=granularity,
+        excluded=list(excluded),
     )
 
 

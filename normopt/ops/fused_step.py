@@ -8,6 +8,7 @@ paths (or be saved under one and loaded under another) at any step.
 """
 
 import collections
+import dataclasses
 import os
 
 import keras
@@ -79,7 +80,7 @@ def _kernel_devices():
     return devices
 
 
-def _device_type(variable):
+def device_type(variable):
     """'GPU', 'CPU', ... of the device a (Keras or tf) variable lives on."""
     device = getattr(getattr(variable, "value", variable), "device", "") or ""
     return tf.DeviceSpec.from_string(device).device_type or "CPU"
@@ -113,7 +114,7 @@ def _blockers(grads, variables, in_step=True):
             )
     if status["loaded"] and variables:
         devices = _kernel_devices()
-        elsewhere = sorted({_device_type(v) for v in variables} - devices)
+        elsewhere = sorted({device_type(v) for v in variables} - devices)
         if elsewhere:
             found.append(
                 f"variables live on {', '.join(elsewhere)} and the op library "
@@ -165,6 +166,28 @@ def choose_path(fused, normalization, inner, grads, variables, in_step=True):
     return StepPath(paths.FUSED_SCALE, None)
 
 
+@dataclasses.dataclass(frozen=True)
+class Scaling:
+    """How a wrapper scales the gradients (the ops' scale arguments).
+
+    mode: "normalize", "clip" or "adaptive"; clipnorm: the clip threshold,
+    or the clip factor in the adaptive mode, whose weight norms are floored
+    at weight_eps. granularity: "tensor", "unit" or "global". excluded: the
+    variables (by id) whose gradients pass unscaled.
+    """
+
+    normalization: str
+    mode: str
+    clipnorm: float = 1.0
+    granularity: str = "tensor"
+    excluded: frozenset = frozenset()
+    weight_eps: float = 0.0
+
+    def excluded_in(self, variables):
+        """Indices of the excluded ones among `variables`."""
+        return [k for k, v in enumerate(variables) if id(v) in self.excluded]
+
+
 def _by_dtype(grads, variables):
     groups = collections.OrderedDict()
     for g, v in zip(grads, variables):
@@ -188,24 +211,28 @@ def _per_variable(group, grad_norms, into):
         into[id(v)] = grad_norms[k]
 
 
-def run_fused_scale(normalization, mode, clipnorm, grads, variables):
+def run_fused_scale(scaling, grads, variables):
     """(gradients scaled by the compiled op, the L2 norm of each gradient as
-    a float32 scalar), both in the order given."""
+    a float32 scalar), both in the order given. A global norm needs one
+    dtype (one op call): choose_path sees to it."""
     from normopt.ops import fused
 
     eps = keras.config.epsilon()
     scaled, grad_norms = {}, {}
     for group in _by_dtype(grads, variables):
         gs = [g for g, _ in group]
-        kind, norms = _norm_args(normalization, gs)
-        out, l2 = fused.scale_and_norms(gs, kind, mode, clipnorm, eps, norms=norms)
+        kind, norms = _norm_args(scaling.normalization, gs)
+        out, l2 = fused.scale_and_norms(
+            gs, kind, scaling.mode, scaling.clipnorm, eps, norms=norms,
+            granularity=scaling.granularity,
+            excluded=scaling.excluded_in([v for _, v in group]))
         for (_, v), s in zip(group, out):
             scaled[id(v)] = s
         _per_variable(group, l2, grad_norms)
     return [scaled[id(v)] for v in variables], [grad_norms[id(v)] for v in variables]
 
 
-def run_fused_update(inner, normalization, mode, clipnorm, grads, variables):
+def run_fused_update(inner, scaling, grads, variables):
     """One whole inner-optimizer step through the fused update kernel.
 
     Under MirroredStrategy and MultiWorkerMirroredStrategy (replica context,
@@ -221,9 +248,7 @@ def run_fused_update(inner, normalization, mode, clipnorm, grads, variables):
     adapter = keras_adapters.adapter_for(inner)
     if not tf.distribute.has_strategy():
         adapter.before_update(inner)
-        grad_norms = _update_variables(
-            inner, normalization, mode, clipnorm, grads, variables
-        )
+        grad_norms = _update_variables(inner, scaling, grads, variables)
         _finish_step(inner, variables)
         return grad_norms
 
@@ -240,9 +265,7 @@ def run_fused_update(inner, normalization, mode, clipnorm, grads, variables):
                 per_device.append(
                     _update_variables(
                         inner,
-                        normalization,
-                        mode,
-                        clipnorm,
+                        scaling,
                         [g[i] for g in local_grads],
                         variables,
                         on_device,
@@ -254,8 +277,7 @@ def run_fused_update(inner, normalization, mode, clipnorm, grads, variables):
     return tf.distribute.get_replica_context().merge_call(update, args=(grads,))
 
 
-def _update_variables(inner, normalization, mode, clipnorm, grads, variables,
-                      on_device=None):
+def _update_variables(inner, scaling, grads, variables, on_device=None):
     """The fused op over `variables` (Keras variables) and their slots;
     returns the op's L2 norms of the gradients (float32 scalars, in order).
 
@@ -275,7 +297,7 @@ def _update_variables(inner, normalization, mode, clipnorm, grads, variables,
     for group in _by_dtype(grads, variables):
         gs = [g for g, _ in group]
         vs = [v for _, v in group]
-        kind, norms = _norm_args(normalization, gs)
+        kind, norms = _norm_args(scaling.normalization, gs)
         acc = normalizations.accumulation_dtype(gs[0].dtype)
         decay = tf.constant([keras_adapters.weight_decay(inner, v) for v in vs], dtype=acc)
         slots = adapter.slots(inner, keras_adapters.variable_indices(inner, vs))
@@ -289,10 +311,13 @@ def _update_variables(inner, normalization, mode, clipnorm, grads, variables,
             hyper=hyper,
             decay=decay,
             kind=kind,
-            mode=mode,
-            clipnorm=clipnorm,
+            mode=scaling.mode,
+            clipnorm=scaling.clipnorm,
             epsilon=eps,
             norms=norms,
+            granularity=scaling.granularity,
+            excluded=scaling.excluded_in(vs),
+            weight_eps=scaling.weight_eps,
         )
         _per_variable(group, l2, grad_norms)
     return [grad_norms[id(v)] for v in variables]
