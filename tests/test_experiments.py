@@ -286,9 +286,10 @@ def test_mlp_quick_unit_wise_and_agc_runs(quick):
     assert unit["path"] == paths.TF and agc["path"] == paths.TF
     assert _run(result, "Adam lr=0.001")["optimizer"]["wrapper"] is None
     assert _run(result, "Normalized Adam (l2) lr=0.001")["optimizer"]["granularity"] == "tensor"
+    epochs = suite.SETTINGS["mlp"]["quick"]["epochs"]
     for run in (unit, agc):
         assert run["final"]["best_test_accuracy"] == max(run["curves"]["test_accuracy"])
-        assert len(run["layer_grad_norms"]["norms"]) == suite.SETTINGS["mlp"]["quick"]["epochs"] + 1
+        assert len(run["layer_grad_norms"]["norms"]) == epochs + 1
 
 
 def test_mlp_layer_gradient_norms_and_heatmap(quick):

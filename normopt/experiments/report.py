@@ -274,7 +274,8 @@ def _plot_layer_grad_norms(result, path):
     for ax in axes.ravel()[len(runs):]:
         ax.set_visible(False)
     if image is not None:
-        fig.colorbar(image, ax=axes.ravel()[:len(runs)].tolist(), label="gradient L2 norm (log scale)")
+        fig.colorbar(image, ax=axes.ravel()[:len(runs)].tolist(),
+                     label="gradient L2 norm (log scale)")
     d = result["dataset"]
     fig.suptitle(f"{result['experiment']}: per-layer gradient norms of a {d['name']} probe "
                  "batch (inference mode), input layer at the top")
