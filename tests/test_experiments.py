@@ -208,6 +208,90 @@ def test_classifier_quick(quick, name, specs):
         assert all(r["parameters"] == count for r in result["runs"])
 
 
+MLP_LABELS = [
+    "SGD-nesterov lr=0.01",
+    "Normalized SGD-nesterov (l2) lr=0.01",
+    "Normalized SGD-nesterov (max) lr=0.01",
+    "Adam lr=0.001",
+    "Normalized Adam (l2) lr=0.001",
+    "Normalized Adam (max) lr=0.001",
+    "Normalized Adam (l2, unit) lr=0.001",
+    "AGC Adam (clip 0.01) lr=0.001",
+]
+
+
+def test_mlp_specs_labels():
+    """The six original runs keep their labels; the two new ones are added at the end."""
+    assert [s.label for s in suite.MLP_SPECS] == MLP_LABELS
+    assert len(set(MLP_LABELS)) == len(MLP_LABELS)
+
+
+def test_mlp_unit_wise_and_agc_specs_build_the_right_wrappers():
+    import keras
+
+    from normopt import AdaptiveClippedOptimizer, NormalizedOptimizer
+
+    by_label = {s.label: s for s in suite.MLP_SPECS}
+    unit = by_label["Normalized Adam (l2, unit) lr=0.001"].build()
+    assert type(unit) is NormalizedOptimizer
+    assert (unit.normalization, unit.granularity, unit.fused) == ("l2", "unit", None)
+    assert type(unit.inner_optimizer) is keras.optimizers.Adam
+    assert float(unit.inner_optimizer.learning_rate) == pytest.approx(1e-3)
+
+    agc = by_label["AGC Adam (clip 0.01) lr=0.001"].build()
+    assert type(agc) is AdaptiveClippedOptimizer
+    assert (agc.clip_factor, agc.eps, agc.normalization, agc.granularity, agc.fused) == (
+        0.01, 1e-3, "l2", "unit", None)
+    # the spec's settings are AdaptiveClippedOptimizer's own defaults
+    default = AdaptiveClippedOptimizer(keras.optimizers.Adam(1e-3))
+    assert (default.clip_factor, default.eps, default.granularity) == (0.01, 1e-3, "unit")
+    assert type(agc.inner_optimizer) is keras.optimizers.Adam
+    assert float(agc.inner_optimizer.learning_rate) == pytest.approx(1e-3)
+
+    # the original per-tensor runs are unchanged
+    l2 = by_label["Normalized Adam (l2) lr=0.001"].build()
+    assert type(l2) is NormalizedOptimizer
+    assert (l2.normalization, l2.granularity) == ("l2", "tensor")
+    assert type(by_label["Adam lr=0.001"].build()) is keras.optimizers.Adam
+
+
+def test_path_fused_leaves_unit_wise_and_agc_on_auto():
+    """--path fused forces the op where it can run; the op has no unit-wise
+    or adaptive scaling, so those specs stay on auto (TF) instead of failing."""
+    forced = suite.with_fused(suite.MLP_SPECS, {"fused": True})
+    fused = {s.label: s.fused for s in forced}
+    assert fused["Normalized Adam (l2) lr=0.001"] is True
+    assert fused["Normalized SGD-nesterov (max) lr=0.01"] is True
+    assert fused["Normalized Adam (l2, unit) lr=0.001"] is None
+    assert fused["AGC Adam (clip 0.01) lr=0.001"] is None
+    for spec in forced:
+        spec.build()  # fused=True would raise FusedPathUnavailable at construction
+    assert all(s.fused is False for s in suite.with_fused(suite.MLP_SPECS, {"fused": False}))
+
+
+def test_mlp_quick_unit_wise_and_agc_runs(quick):
+    result, _ = quick["mlp"]
+    assert [r["optimizer"]["label"] for r in result["runs"]] == MLP_LABELS
+    unit = _run(result, "Normalized Adam (l2, unit) lr=0.001")
+    agc = _run(result, "AGC Adam (clip 0.01) lr=0.001")
+    assert unit["optimizer"] == {
+        "label": "Normalized Adam (l2, unit) lr=0.001", "inner": "adam",
+        "learning_rate": 1e-3, "wrapper": "normalized", "normalization": "l2",
+        "granularity": "unit", "clip_factor": None, "eps": None, "fused": None}
+    assert agc["optimizer"] == {
+        "label": "AGC Adam (clip 0.01) lr=0.001", "inner": "adam",
+        "learning_rate": 1e-3, "wrapper": "adaptive_clip", "normalization": "l2",
+        "granularity": "unit", "clip_factor": 0.01, "eps": 1e-3, "fused": None}
+    # the compiled op does per-tensor scaling only: both run in pure TF
+    assert unit["path"] == paths.TF and agc["path"] == paths.TF
+    assert _run(result, "Adam lr=0.001")["optimizer"]["wrapper"] is None
+    assert _run(result, "Normalized Adam (l2) lr=0.001")["optimizer"]["granularity"] == "tensor"
+    epochs = suite.SETTINGS["mlp"]["quick"]["epochs"]
+    for run in (unit, agc):
+        assert run["final"]["best_test_accuracy"] == max(run["curves"]["test_accuracy"])
+        assert len(run["layer_grad_norms"]["norms"]) == epochs + 1
+
+
 def test_mlp_layer_gradient_norms_and_heatmap(quick):
     """Per-layer probe norms: before training they equal NumPy norms of a
     GradientTape gradient of the same seeded model on the same probe batch."""

@@ -115,8 +115,10 @@ def _pyplot():
 
 
 def _style(optimizer):
-    """Plain runs dashed, normalized runs solid."""
-    return "--" if optimizer["normalization"] is None else "-"
+    """Plain runs dashed, normalized runs solid, adaptive clipping dash-dotted."""
+    if optimizer["normalization"] is None:
+        return "--"
+    return "-." if optimizer.get("wrapper") == "adaptive_clip" else "-"
 
 
 def _finite_range(curves, positive=False):
@@ -243,7 +245,8 @@ def _plot_classifier(result, path):
 
 def _plot_layer_grad_norms(result, path):
     """Heatmaps of per-layer gradient norms (layer x epoch, log colour scale),
-    one panel per Adam run, on one shared colour scale."""
+    one panel per Adam run (plain, normalized, unit-wise, AGC: every Adam run
+    of the experiment), at most three panels a row, on one shared colour scale."""
     from matplotlib.colors import LogNorm
 
     runs = [r for r in result["runs"]
@@ -253,19 +256,26 @@ def _plot_layer_grad_norms(result, path):
     scale = LogNorm(vmin=positive.min(), vmax=positive.max())
     plt = _pyplot()
     layers = runs[0]["layer_grad_norms"]["layers"] if runs else []
-    fig, axes = plt.subplots(1, max(len(runs), 1), squeeze=False,
-                             figsize=(4.2 * max(len(runs), 1), 2 + 0.12 * len(layers)))
+    cols = min(max(len(runs), 1), 3)
+    rows = max(math.ceil(len(runs) / cols), 1)
+    fig, axes = plt.subplots(rows, cols, squeeze=False, layout="constrained",
+                             figsize=(4.6 * cols, rows * (2 + 0.12 * len(layers))))
     image = None
-    for ax, run, grid in zip(axes[0], runs, grids):
+    for i, (ax, run, grid) in enumerate(zip(axes.ravel(), runs, grids)):
         shown = np.where(np.isfinite(grid) & (grid > 0), grid, np.nan)
         image = ax.imshow(shown, aspect="auto", interpolation="nearest", norm=scale,
                           cmap="viridis", extent=(-0.5, grid.shape[1] - 0.5,
                                                   grid.shape[0] - 0.5, -0.5))
-        ax.set(title=run["optimizer"]["label"], xlabel="epoch (0 = before training)")
+        ax.set_title(run["optimizer"]["label"], fontsize=10)
+        ax.set_xlabel("epoch (0 = before training)")
         ax.set_yticks(range(len(layers)))
-        ax.set_yticklabels(layers, fontsize=5)
+        # every panel has the same layers: names in the first column only
+        ax.set_yticklabels(layers if i % cols == 0 else [], fontsize=5)
+    for ax in axes.ravel()[len(runs):]:
+        ax.set_visible(False)
     if image is not None:
-        fig.colorbar(image, ax=axes[0].tolist(), label="gradient L2 norm (log scale)")
+        fig.colorbar(image, ax=axes.ravel()[:len(runs)].tolist(),
+                     label="gradient L2 norm (log scale)")
     d = result["dataset"]
     fig.suptitle(f"{result['experiment']}: per-layer gradient norms of a {d['name']} probe "
                  "batch (inference mode), input layer at the top")

@@ -58,6 +58,11 @@ MLP_SPECS = [
     OptimizerSpec("adam", 1e-3),
     OptimizerSpec("adam", 1e-3, "l2"),
     OptimizerSpec("adam", 1e-3, "max"),
+    # unit-wise normalized Adam and adaptive gradient clipping (AGC, its
+    # defaults: clip_factor 0.01, eps 1e-3, l2 per unit) on Adam; the
+    # compiled op does per-tensor scaling only, so these two run in pure TF
+    OptimizerSpec("adam", 1e-3, "l2", granularity="unit"),
+    OptimizerSpec("adam", 1e-3, wrapper="adaptive_clip"),
 ]
 CNN_SPECS = [
     OptimizerSpec("sgd", 0.01),
@@ -78,9 +83,15 @@ def settings_for(name, quick, overrides):
 
 
 def with_fused(specs, overrides):
-    """`specs` with the wrappers' `fused` set from overrides["fused"] (None: auto)."""
+    """`specs` with the wrappers' `fused` set from overrides["fused"] (None: auto).
+
+    fused=True (`--path fused`) applies to the specs the compiled op can run
+    (`spec.fusable`); unit-wise and adaptive-clipping specs stay on auto,
+    which takes pure TF (their recorded path says so).
+    """
     fused = overrides.get("fused")
-    return [dataclasses.replace(s, fused=fused) for s in specs]
+    return [dataclasses.replace(s, fused=None if fused and s.wrapped and not s.fusable else fused)
+            for s in specs]
 
 
 def lr_grid(points):
