@@ -255,17 +255,16 @@ def test_mlp_unit_wise_and_agc_specs_build_the_right_wrappers():
     assert type(by_label["Adam lr=0.001"].build()) is keras.optimizers.Adam
 
 
-def test_path_fused_leaves_unit_wise_and_agc_on_auto():
-    """--path fused forces the op where it can run; the op has no unit-wise
-    or adaptive scaling, so those specs stay on auto (TF) instead of failing."""
+def test_path_fused_forces_every_wrapped_run():
+    """--path fused requires the op for every wrapped run, unit-wise and
+    adaptive clipping included (the op implements both)."""
     forced = suite.with_fused(suite.MLP_SPECS, {"fused": True})
     fused = {s.label: s.fused for s in forced}
     assert fused["Normalized Adam (l2) lr=0.001"] is True
-    assert fused["Normalized SGD-nesterov (max) lr=0.01"] is True
-    assert fused["Normalized Adam (l2, unit) lr=0.001"] is None
-    assert fused["AGC Adam (clip 0.01) lr=0.001"] is None
+    assert fused["Normalized Adam (l2, unit) lr=0.001"] is True
+    assert fused["AGC Adam (clip 0.01) lr=0.001"] is True
     for spec in forced:
-        spec.build()  # fused=True would raise FusedPathUnavailable at construction
+        spec.build()  # would raise FusedPathUnavailable where the op cannot run
     assert all(s.fused is False for s in suite.with_fused(suite.MLP_SPECS, {"fused": False}))
 
 
@@ -282,8 +281,8 @@ def test_mlp_quick_unit_wise_and_agc_runs(quick):
         "label": "AGC Adam (clip 0.01) lr=0.001", "inner": "adam",
         "learning_rate": 1e-3, "wrapper": "adaptive_clip", "normalization": "l2",
         "granularity": "unit", "clip_factor": 0.01, "eps": 1e-3, "fused": None}
-    # the compiled op does per-tensor scaling only: both run in pure TF
-    assert unit["path"] == paths.TF and agc["path"] == paths.TF
+    # the compiled op does unit-wise norms and adaptive clipping
+    assert unit["path"] == paths.FUSED and agc["path"] == paths.FUSED
     assert _run(result, "Adam lr=0.001")["optimizer"]["wrapper"] is None
     assert _run(result, "Normalized Adam (l2) lr=0.001")["optimizer"]["granularity"] == "tensor"
     epochs = suite.SETTINGS["mlp"]["quick"]["epochs"]

@@ -59,8 +59,7 @@ def add_arguments(parser):
                         help="override the batch size of mlp and cnn")
     parser.add_argument("--path", choices=tuple(FUSED_CHOICES), default="auto",
                         help="wrapper step path: auto (compiled op where it runs, the default), "
-                             "fused (require it; unit-wise and adaptive-clipping runs, which "
-                             "the op does not implement, stay on auto) or tf (pure TensorFlow)")
+                             "fused (require it) or tf (pure TensorFlow)")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress output (a live bar on a terminal, "
                              "one line per finished run otherwise)")

@@ -57,13 +57,6 @@ class OptimizerSpec:
         return self.normalization is not None
 
     @property
-    def fusable(self):
-        """Whether the compiled op implements this wrapper's scaling (per-tensor
-        normalization); unit-wise and adaptive-clipping runs take pure TF."""
-        return (self.wrapped and self.wrapper == "normalized"
-                and self.granularity == "tensor")
-
-    @property
     def label(self):
         name = {"sgd": "SGD-nesterov", "adam": "Adam"}[self.inner]
         lr = f"lr={self.learning_rate:g}"

@@ -83,15 +83,9 @@ def settings_for(name, quick, overrides):
 
 
 def with_fused(specs, overrides):
-    """`specs` with the wrappers' `fused` set from overrides["fused"] (None: auto).
-
-    fused=True (`--path fused`) applies to the specs the compiled op can run
-    (`spec.fusable`); unit-wise and adaptive-clipping specs stay on auto,
-    which takes pure TF (their recorded path says so).
-    """
+    """`specs` with the wrappers' `fused` set from overrides["fused"] (None: auto)."""
     fused = overrides.get("fused")
-    return [dataclasses.replace(s, fused=None if fused and s.wrapped and not s.fusable else fused)
-            for s in specs]
+    return [dataclasses.replace(s, fused=fused) for s in specs]
 
 
 def lr_grid(points):
