@@ -250,7 +250,8 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
         or None. The CPU op takes every granularity, exclusions and adaptive
         clipping; adaptive clipping needs the variables (the update op, not
         the scale-only one) and a built-in norm, a global norm one op call
-        (one dtype), and the GPU kernels per-tensor norms of every gradient.
+        (one dtype), and the op's GPU kernel per-tensor norms of every
+        gradient.
         """
         found = []
         adaptive = self._mode == ADAPTIVE
@@ -272,8 +273,8 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
             fused_step.device_type(v) == "GPU" for v in variables
         ):
             found.append(
-                "variables on a GPU (the CUDA kernels take per-tensor norms "
-                "of every gradient only)"
+                "variables on a GPU (the TF op's GPU kernel takes per-tensor "
+                "norms of every gradient only)"
             )
         if not found:
             return None

@@ -91,6 +91,56 @@ def test_cupy_grad_norms(K, dtype):
         np.testing.assert_allclose(out.get(), want, rtol=1e-5 if dtype == "float32" else 1e-12)
 
 
+@pytest.mark.parametrize("kind,granularity,name,dtype",
+                         covering(["normalized", "clipped", "adaptive"], ["tensor", "unit", "global"],
+                                  ["l2", "std", "min_max", "avg_l1"], ["float32", "float64"]))
+def test_cupy_granularity_exclusions_adaptive(K, kind, granularity, name, dtype):
+    """The CUDA kernels' unit-wise and global norms, exclusions and adaptive
+    clipping (one SGD step at lr 1, so w moves by -g') against the NumPy
+    reference of test_granularity.py; chunks of 64 elements, a tensor of two
+    unit blocks and one of several row blocks."""
+    from test_granularity import CLIP_FACTOR, CLIPNORM, WEIGHT_EPS, reference_step
+
+    rng = np.random.RandomState(5)
+    shapes = [(60, 300), (300,), (3, 5, 7, 40), (600, 3), (2000,), (4, 1)]
+    grads = [(rng.standard_normal(s) * 10.0 ** rng.uniform(-1, 1, s[-1:])).astype(dtype)
+             for s in shapes]
+    weights = [(rng.standard_normal(s) * 0.5).astype(dtype) for s in shapes]
+    weights[0][:, 7] = 0  # a unit of zero weights: the threshold falls back to weight_eps
+    excluded = (1, 4)
+    w0 = [w.astype(np.float64) for w in weights]
+    mode, clipnorm = {"normalized": ("normalize", 1.0), "clipped": ("clip", CLIPNORM),
+                      "adaptive": ("adaptive", CLIP_FACTOR)}[kind]
+    K.apply("sgd", weights, grads, [], lr=1.0, kind=name, mode=mode, clipnorm=clipnorm,
+            eps=1e-7, chunk_size=64, granularity=granularity, excluded=excluded,
+            weight_eps=WEIGHT_EPS)
+    want = reference_step(kind, [g.astype(np.float64) for g in grads], w0, name, granularity,
+                          excluded=excluded)
+    rtol = 1e-9 if dtype == "float64" else 2e-5
+    for w, w_before, g in zip(weights, w0, want):
+        got = w_before - w.astype(np.float64)
+        assert np.all(np.abs(got - g) <= rtol * (np.abs(w_before) + np.abs(g))), (
+            name, np.max(np.abs(got - g)))
+
+
+@pytest.mark.parametrize("granularity", ["unit", "global"])
+def test_cupy_unit_and_global_norms_are_rescued(K, granularity):
+    """float32 sums of squares of 1e30s overflow; the unit and global norms
+    (serial rescue in unit_finish / global_finish) do not."""
+    from test_granularity import reference_step
+
+    g = np.full((4, 3), 1e30, np.float32)
+    g[:, 1] = -2e30
+    g[0, 2] = 3e30
+    small = np.float32([0.5, -1.5])
+    for name in ("l2", "std"):
+        got = K.scale([g, small], name, "normalize", 1.0, 1e-7, granularity=granularity)
+        want = reference_step("normalized", [g.astype(np.float64), small.astype(np.float64)],
+                              None, name, granularity)
+        for a, w in zip(got, want):
+            np.testing.assert_allclose(a, w, rtol=2e-5)
+
+
 def test_cupy_norms_many_tensors_and_large(K, request):
     count, big = (100, 2**20 + 3) if K.emulated else (1000, 2**24 + 3)
     if K.emulated and not request.config.getoption("--runslow"):

@@ -8,7 +8,12 @@
 //   normopt_finish_ACC        grid: one thread per tensor; also given the
 //                             tensors, sizes and dtype code (the rescue pass)
 //                             and grad_norms (L2 norms, or null)
-// scales are TensorScale {pre, mult} pairs (norm_stats.h), one per tensor.
+//   normopt_global_finish_ACC  one thread
+//   normopt_unit_stats_SUF     grid: one block per unit task, kThreads threads
+//   normopt_unit_finish_ACC    grid: one thread per unit
+// scales are TensorScale {pre, mult} pairs (norm_stats.h), found through a
+// ScaleTable (scales, scale_first, units; update_kernels.cuh): scale_first
+// null means one scale per tensor, in order.
 //   normopt_scales_from_norms_ACC
 //   normopt_scale_SUF                    (kThreads threads)
 //   normopt_apply_RULE_SUF               (kThreads threads) for every RULE of
@@ -36,10 +41,22 @@
                           const int64_t* sizes, const int32_t* chunk_tensor,  \
                           const int64_t* chunk_start, int64_t num_chunks,     \
                           int64_t chunk_size,                                 \
-                          const normopt::TensorScale<normopt::cuda::Acc<T>>* scales) {              \
+                          const normopt::TensorScale<normopt::cuda::Acc<T>>* scales, \
+                          const int64_t* scale_first, const int64_t* units) { \
     normopt::cuda::scale_chunks<T>(grads, outs, sizes, chunk_tensor,          \
                                    chunk_start, num_chunks, chunk_size,       \
-                                   scales);                                   \
+                                   {scales, scale_first, units});             \
+  }                                                                           \
+  extern "C" __global__ void __launch_bounds__(normopt::cuda::kThreads)       \
+      normopt_unit_stats_##SUF(                                               \
+          const T* const* tensors, const int64_t* sizes,                      \
+          const int64_t* units, const int32_t* task_tensor,                   \
+          const int64_t* task_u0, const int64_t* task_r0, int64_t num_tasks,  \
+          int64_t rows_per_task, unsigned needed,                             \
+          normopt::NormStats<normopt::cuda::Acc<T>>* out) {                   \
+    normopt::cuda::unit_stats<T>(tensors, sizes, units, task_tensor, task_u0, \
+                                 task_r0, num_tasks, rows_per_task, needed,   \
+                                 out);                                        \
   }
 
 // normopt_apply_<name>_<SUF>: one step of update rule `name` (update_rules.h).
@@ -50,10 +67,11 @@
           const int64_t* sizes, const int32_t* chunk_tensor,                  \
           const int64_t* chunk_start, int64_t num_chunks, int64_t chunk_size, \
           const normopt::TensorScale<normopt::cuda::Acc<T>>* scales,          \
+          const int64_t* scale_first, const int64_t* units,                   \
           const normopt::cuda::Acc<T>* decay, const double* args) {           \
     normopt::cuda::apply_rule_chunks<T, normopt::Rule>(                       \
         state, num_tensors, grads, sizes, chunk_tensor, chunk_start,          \
-        num_chunks, chunk_size, scales, decay, args);                         \
+        num_chunks, chunk_size, {scales, scale_first, units}, decay, args);   \
   }
 #define NORMOPT_APPLY_F16(name, Rule) NORMOPT_APPLY_ENTRY_POINT(__half, f16, name, Rule)
 #define NORMOPT_APPLY_BF16(name, Rule) \
@@ -72,10 +90,30 @@
                              scales, grad_norms);                             \
   }                                                                           \
   extern "C" __global__ void normopt_scales_from_norms_##SUF(                 \
-      const A* norms, int num_tensors, int mode, A clipnorm,                  \
-      normopt::TensorScale<A>* scales) {                                      \
-    normopt::cuda::scales_from_norms<A>(norms, num_tensors, mode, clipnorm,   \
-                                        scales);                              \
+      const A* norms, const A* weight_norms, int num_scaled, int num_total,   \
+      int mode, A clipnorm, A weight_eps, normopt::TensorScale<A>* scales) {  \
+    normopt::cuda::scales_from_norms<A>(norms, weight_norms, num_scaled,      \
+                                        num_total, mode, clipnorm,            \
+                                        weight_eps, scales);                  \
+  }                                                                           \
+  extern "C" __global__ void normopt_global_finish_##SUF(                     \
+      const normopt::NormStats<A>* stats, const int64_t* first_chunk,         \
+      const int32_t* members, int num_members, int kind, A eps,               \
+      const void* const* tensors, const int64_t* sizes, int dtype,            \
+      A* norms) {                                                             \
+    normopt::cuda::global_finish<A>(stats, first_chunk, members, num_members, \
+                                    kind, eps, tensors, sizes, dtype, norms); \
+  }                                                                           \
+  extern "C" __global__ void normopt_unit_finish_##SUF(                       \
+      const normopt::NormStats<A>* stats, const int32_t* unit_tensor,         \
+      const int64_t* unit_index, int64_t num_units,                           \
+      const int64_t* task_first, const int64_t* row_blocks,                   \
+      const int64_t* scale_first, int kind, A eps,                            \
+      const void* const* tensors, const int64_t* sizes, const int64_t* units, \
+      int dtype, A* norms) {                                                  \
+    normopt::cuda::unit_finish<A>(stats, unit_tensor, unit_index, num_units,  \
+                                  task_first, row_blocks, scale_first, kind,  \
+                                  eps, tensors, sizes, units, dtype, norms);  \
   }
 
 NORMOPT_ENTRY_POINTS(__half, f16)

@@ -36,8 +36,8 @@ NORMOPT_ENTRY(double, f64, f64)
 template <typename T>
 using ApplyEntry = void (*)(T* const*, int, const T* const*, const int64_t*,
                             const int32_t*, const int64_t*, int64_t, int64_t,
-                            const TensorScale<Acc<T>>*, const Acc<T>*,
-                            const double*);
+                            const TensorScale<Acc<T>>*, const int64_t*,
+                            const int64_t*, const Acc<T>*, const double*);
 template <typename T>
 ApplyEntry<T> apply_entry(RuleId id);
 

@@ -80,12 +80,13 @@ extern "C" int normopt_cuda_scales_from_norms(int dtype, const void* norms,
   const unsigned blocks = (num_tensors + kFinishThreads - 1) / kFinishThreads;
   if (dtype == normopt::kDtypeFloat64) {
     normopt_scales_from_norms_f64<<<blocks, kFinishThreads, 0, stream>>>(
-        static_cast<const double*>(norms), num_tensors, mode, clipnorm,
+        static_cast<const double*>(norms), nullptr, num_tensors, num_tensors,
+        mode, clipnorm, 0.0,
         static_cast<normopt::TensorScale<double>*>(scales));
   } else {
     normopt_scales_from_norms_f32<<<blocks, kFinishThreads, 0, stream>>>(
-        static_cast<const float*>(norms), num_tensors, mode,
-        static_cast<float>(clipnorm),
+        static_cast<const float*>(norms), nullptr, num_tensors, num_tensors,
+        mode, static_cast<float>(clipnorm), 0.0f,
         static_cast<normopt::TensorScale<float>*>(scales));
   }
   return last_error();
@@ -104,7 +105,8 @@ extern "C" int normopt_cuda_scale(int dtype, const void* const* grads,
         reinterpret_cast<const T* const*>(grads),
         reinterpret_cast<T* const*>(outs), sizes, chunk_tensor, chunk_start,
         num_chunks, chunk_size,
-        static_cast<const normopt::TensorScale<Acc<T>>*>(scales));
+        static_cast<const normopt::TensorScale<Acc<T>>*>(scales), nullptr,
+        nullptr);
     return last_error();
   });
 }
@@ -128,7 +130,7 @@ extern "C" int normopt_cuda_apply(int dtype, int rule, void* const* state,
         reinterpret_cast<T* const*>(state), num_tensors,
         reinterpret_cast<const T* const*>(grads), sizes, chunk_tensor,
         chunk_start, num_chunks, chunk_size,
-        static_cast<const normopt::TensorScale<A>*>(scales),
+        static_cast<const normopt::TensorScale<A>*>(scales), nullptr, nullptr,
         static_cast<const A*>(decay), args);
     return last_error();
   });

@@ -17,8 +17,25 @@
 //                       sqrt(sum g^2) from the same statistics (rescued the
 //                       same way), for the recorded gradient norms.
 //
+//   global_finish       one thread: the norm of a list of member tensors
+//                       together (granularity "global"), their chunks'
+//                       NormStats merged in member then chunk order.
+//   unit_stats          granularity "unit": one block per task (kThreads
+//                       consecutive units of a tensor over a block of rows),
+//                       one thread per unit walking its rows (adjacent
+//                       threads read adjacent elements); writes the task's
+//                       NormStats of every unit.
+//   unit_finish         one thread per unit: merges its tasks in row order
+//                       and writes the unit's norm.
+//   scales_from_norms   scales of M norms (normalize, clip, or adaptive:
+//                       clip with threshold clipnorm * max(weight norm,
+//                       weight_eps)); entries from num_scaled on get scale 1
+//                       (excluded tensors).
+// The rescue of a unit or global norm is serial in its finishing thread,
+// like finish's.
+//
 // These are device bodies; entry_points.cuh wraps them in extern "C"
-// kernels (blocks of kThreads threads for chunk_stats).
+// kernels (blocks of kThreads threads for chunk_stats and unit_stats).
 //
 // No float atomics anywhere: the result depends only on the chunk size and
 // kThreads, so per-tensor norms are bitwise identical run to run. max/min
@@ -154,6 +171,37 @@ __device__ A rescue_tensor(NormKind kind, A norm, A max_abs,
   }
 }
 
+// Statistics of the n elements p[offset + i * stride] (as dtype code `dtype`)
+// times `pre`, in this thread (serial_scaled_stats through the element type).
+template <typename A>
+__device__ NormStats<A> strided_stats(const void* data, int dtype,
+                                      int64_t offset, int64_t stride,
+                                      int64_t n, A pre, bool moments) {
+  if constexpr (sizeof(A) == 8) {
+    const double* p = static_cast<const double*>(data) + offset;
+    return serial_scaled_stats<A>([=](int64_t i) { return p[i * stride]; }, n,
+                                  pre, moments);
+  } else {
+    switch (dtype) {
+      case kDtypeFloat16: {
+        const __half* p = static_cast<const __half*>(data) + offset;
+        return serial_scaled_stats<A>(
+            [=](int64_t i) { return to_acc(p[i * stride]); }, n, pre, moments);
+      }
+      case kDtypeBFloat16: {
+        const __nv_bfloat16* p = static_cast<const __nv_bfloat16*>(data) + offset;
+        return serial_scaled_stats<A>(
+            [=](int64_t i) { return to_acc(p[i * stride]); }, n, pre, moments);
+      }
+      default: {
+        const float* p = static_cast<const float*>(data) + offset;
+        return serial_scaled_stats<A>([=](int64_t i) { return p[i * stride]; },
+                                      n, pre, moments);
+      }
+    }
+  }
+}
+
 // `tensors`, `sizes` and `dtype` are read only by the rescue pass. chunk_stats
 // gathers every statistic, so the merged max_abs is there to decide it.
 template <typename A>
@@ -189,15 +237,134 @@ __device__ __forceinline__ void finish(const NormStats<A>* stats,
   }
 }
 
-// Scales from norms computed elsewhere (custom normalizations).
+// Scales from norms: entry t < num_scaled gets scale_from_norm(mode,
+// norms[t], threshold), threshold = clipnorm, or with `weight_norms` (the
+// adaptive mode: mode is clip) clipnorm * max(weight_norms[t], weight_eps);
+// entries num_scaled .. num_total get scale 1.
 template <typename A>
-__device__ __forceinline__ void scales_from_norms(const A* norms,
-                                                  int num_tensors, int mode,
-                                                  A clipnorm,
-                                                  TensorScale<A>* scales) {
+__device__ __forceinline__ void scales_from_norms(
+    const A* norms, const A* weight_norms, int num_scaled, int num_total,
+    int mode, A clipnorm, A weight_eps, TensorScale<A>* scales) {
   const int t = blockIdx.x * blockDim.x + threadIdx.x;
-  if (t >= num_tensors) return;
-  scales[t] = scale_from_norm(static_cast<ScaleMode>(mode), norms[t], clipnorm);
+  if (t >= num_total) return;
+  if (t >= num_scaled) {
+    scales[t] = TensorScale<A>{A(1), A(1)};
+    return;
+  }
+  A threshold = clipnorm;
+  if (weight_norms != nullptr) {
+    threshold = clipnorm * max_keep_nan(weight_norms[t], weight_eps);
+  }
+  scales[t] = scale_from_norm(static_cast<ScaleMode>(mode), norms[t], threshold);
+}
+
+// One thread: norms[0] = the norm of the `num_members` tensors members[] as
+// if concatenated, from their chunks' NormStats (chunk_stats gathers every
+// statistic, so the merged max_abs decides the rescue).
+template <typename A>
+__device__ __forceinline__ void global_finish(
+    const NormStats<A>* stats, const int64_t* first_chunk,
+    const int32_t* members, int num_members, int kind, A eps,
+    const void* const* tensors, const int64_t* sizes, int dtype, A* norms) {
+  if (blockIdx.x * blockDim.x + threadIdx.x != 0) return;
+  NormStats<A> s = NormStats<A>::empty();
+  for (int m = 0; m < num_members; ++m) {
+    const int t = members[m];
+    for (int64_t c = first_chunk[t]; c < first_chunk[t + 1]; ++c) {
+      s = merge_stats(s, stats[c]);
+    }
+  }
+  const NormKind k = static_cast<NormKind>(kind);
+  A norm = finalize_norm(k, s, eps);
+  if (needs_rescue(norm) && is_finite(s.max_abs)) {
+    const int e = rescue_exponent(s.max_abs);
+    const bool moments = (stats_needed(k) & kStatMoments) != 0;
+    NormStats<A> r = NormStats<A>::empty();
+    for (int m = 0; m < num_members; ++m) {
+      const int t = members[m];
+      r = merge_stats(r, strided_stats<A>(tensors[t], dtype, 0, 1, sizes[t],
+                                          pow2<A>(-e), moments));
+    }
+    norm = rescued_norm(k, r, e, eps);
+  }
+  norms[0] = norm;
+}
+
+// Task k covers units [task_u0[k], + kThreads) of tensor task_tensor[k] (of
+// units[t] units, sizes[t] / units[t] rows) over rows [task_r0[k], +
+// rows_per_task); thread j gathers unit task_u0[k] + j (when it exists) into
+// out[k * kThreads + j].
+template <typename T>
+__device__ __forceinline__ void unit_stats(
+    const T* const* tensors, const int64_t* sizes, const int64_t* units,
+    const int32_t* task_tensor, const int64_t* task_u0, const int64_t* task_r0,
+    int64_t num_tasks, int64_t rows_per_task, unsigned needed,
+    NormStats<Acc<T>>* out) {
+  using A = Acc<T>;
+  for (int64_t k = blockIdx.x; k < num_tasks; k += gridDim.x) {
+    const int t = task_tensor[k];
+    const int64_t nu = units[t];
+    const int64_t u = task_u0[k] + threadIdx.x;
+    if (u >= nu) continue;
+    const int64_t rows = sizes[t] / nu;
+    const int64_t r0 = task_r0[k];
+    const int64_t r1 = r0 + rows_per_task < rows ? r0 + rows_per_task : rows;
+    const T* p = tensors[t] + u;
+    A s_abs = A(0), s_sq = A(0), total = A(0), mx = A(0);
+    A mn = positive_infinity(A(0));
+    for (int64_t r = r0; r < r1; ++r) {
+      const A x = to_acc(p[r * nu]);
+      const A a = x < A(0) ? -x : x;
+      s_abs += a;
+      s_sq += x * x;
+      total += x;
+      mx = max_keep_nan(a, mx);
+      mn = min_keep_nan(a, mn);
+    }
+    A centered = A(0);
+    if (needed & kStatMoments) {
+      const A mean = total / A(r1 - r0);
+      for (int64_t r = r0; r < r1; ++r) {
+        const A d = to_acc(p[r * nu]) - mean;
+        centered += d * d;
+      }
+    }
+    out[k * kThreads + threadIdx.x] =
+        from_block_sums<A>(r1 - r0, s_abs, s_sq, mx, mn, total, centered);
+  }
+}
+
+// One thread per unit g of the unit list (unit_tensor[g], unit_index[g]):
+// merges the unit's tasks (tensor t's tasks start at task_first[t], one per
+// unit block per row block, row blocks innermost: row_blocks[t] of them) in
+// row order, and writes norms[scale_first[t] + unit].
+template <typename A>
+__device__ __forceinline__ void unit_finish(
+    const NormStats<A>* stats, const int32_t* unit_tensor,
+    const int64_t* unit_index, int64_t num_units, const int64_t* task_first,
+    const int64_t* row_blocks, const int64_t* scale_first, int kind, A eps,
+    const void* const* tensors, const int64_t* sizes, const int64_t* units,
+    int dtype, A* norms) {
+  const int64_t g = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (g >= num_units) return;
+  const int t = unit_tensor[g];
+  const int64_t u = unit_index[g];
+  const int64_t blocks = row_blocks[t];
+  const int64_t first = task_first[t] + (u / kThreads) * blocks;
+  NormStats<A> s = NormStats<A>::empty();
+  for (int64_t b = 0; b < blocks; ++b) {
+    s = merge_stats(s, stats[(first + b) * kThreads + u % kThreads]);
+  }
+  const NormKind k = static_cast<NormKind>(kind);
+  A norm = finalize_norm(k, s, eps);
+  if (needs_rescue(norm) && is_finite(s.max_abs)) {
+    const int e = rescue_exponent(s.max_abs);
+    const NormStats<A> r = strided_stats<A>(
+        tensors[t], dtype, u, units[t], sizes[t] / units[t], pow2<A>(-e),
+        (stats_needed(k) & kStatMoments) != 0);
+    norm = rescued_norm(k, r, e, eps);
+  }
+  norms[scale_first[t] + u] = norm;
 }
 
 }  // namespace cuda

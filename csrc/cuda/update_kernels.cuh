@@ -14,6 +14,10 @@
 // step scalars from it (the rule's constructor), so no host code repeats a
 // rule's formulas.
 //
+// Each element's scale comes from a ScaleTable: one per tensor, or one per
+// unit of its last axis (granularity "unit", norm_kernels.cuh), or shared
+// (granularity "global": every tensor's entry points at one scale).
+//
 // Device bodies, run by blocks of kThreads threads; entry_points.cuh wraps
 // them in extern "C" kernels. Arithmetic in Acc<T> (float for 16-bit data);
 // variables and slots are stored in T, as Keras keeps them.
@@ -25,6 +29,30 @@
 
 namespace normopt {
 namespace cuda {
+
+// Where element i of tensor t finds its scale: scales[t] when `first` is
+// null (one scale per tensor, in order), else scales[first[t] + i % units[t]]
+// (units[t] == 1: one scale for the tensor, which tensors may share).
+template <typename A>
+struct ScaleTable {
+  const TensorScale<A>* scales;
+  const int64_t* first;
+  const int64_t* units;
+
+  __device__ __forceinline__ const TensorScale<A>* of_tensor(int t) const {
+    return scales + (first == nullptr ? t : first[t]);
+  }
+  __device__ __forceinline__ int64_t units_of(int t) const {
+    return first == nullptr ? 1 : units[t];
+  }
+};
+
+// The scale of element i of a tensor whose scales start at `base`, `u` units.
+template <typename A>
+__device__ __forceinline__ TensorScale<A> scale_at(const TensorScale<A>* base,
+                                                   int64_t u, int64_t i) {
+  return u > 1 ? base[i % u] : base[0];
+}
 
 // Runs `f(i)` for element i of a chunk of n elements, or `fv(q)` for pack q
 // (elements q*W .. q*W+W-1) when `vec`; threads of the block share the work.
@@ -44,22 +72,28 @@ template <typename T>
 __device__ __forceinline__ void scale_chunks(
     const T* const* grads, T* const* outs, const int64_t* sizes,
     const int32_t* chunk_tensor, const int64_t* chunk_start, int64_t num_chunks,
-    int64_t chunk_size, const TensorScale<Acc<T>>* scales) {
+    int64_t chunk_size, ScaleTable<Acc<T>> table) {
   constexpr int W = Pack<T>::kWidth;
   for (int64_t c = blockIdx.x; c < num_chunks; c += gridDim.x) {
     const Chunk k = chunk_at(c, chunk_tensor, chunk_start, sizes, chunk_size);
     const T* g = grads[k.t] + k.lo;
     T* o = outs[k.t] + k.lo;
-    const TensorScale<Acc<T>> s = scales[k.t];
+    const TensorScale<Acc<T>>* base = table.of_tensor(k.t);
+    const int64_t u = table.units_of(k.t);
     for_each_in_chunk<W>(
         k.n, aligned16(g) && aligned16(o),
         [&](int64_t q) {
           Pack<T> v = load_pack(g + q * W);
 #pragma unroll
-          for (int j = 0; j < W; ++j) v.v[j] = from_acc<T>(apply_scale(to_acc(v.v[j]), s));
+          for (int j = 0; j < W; ++j) {
+            v.v[j] = from_acc<T>(
+                apply_scale(to_acc(v.v[j]), scale_at(base, u, k.lo + q * W + j)));
+          }
           store_pack(o + q * W, v);
         },
-        [&](int64_t i) { o[i] = from_acc<T>(apply_scale(to_acc(g[i]), s)); });
+        [&](int64_t i) {
+          o[i] = from_acc<T>(apply_scale(to_acc(g[i]), scale_at(base, u, k.lo + i)));
+        });
   }
 }
 
@@ -68,8 +102,7 @@ __device__ __forceinline__ void apply_rule_chunks(
     T* const* state, int num_tensors, const T* const* grads,
     const int64_t* sizes, const int32_t* chunk_tensor,
     const int64_t* chunk_start, int64_t num_chunks, int64_t chunk_size,
-    const TensorScale<Acc<T>>* scales, const Acc<T>* decay,
-    const double* args) {
+    ScaleTable<Acc<T>> table, const Acc<T>* decay, const double* args) {
   using A = Acc<T>;
   using Rule = RuleT<A>;
   constexpr int K = Rule::kSlots;
@@ -89,7 +122,8 @@ __device__ __forceinline__ void apply_rule_chunks(
       vec = vec && aligned16(s[q]);
     }
     const A wd = decay[k.t];
-    const TensorScale<A> sc = scales[k.t];
+    const TensorScale<A>* base = table.of_tensor(k.t);
+    const int64_t u = table.units_of(k.t);
     for_each_in_chunk<W>(
         k.n, vec,
         [&](int64_t p) {
@@ -105,7 +139,8 @@ __device__ __forceinline__ void apply_rule_chunks(
             A sa[KS];
 #pragma unroll
             for (int q = 0; q < K; ++q) sa[q] = to_acc(sv[q].v[j]);
-            update_element<true>(rule, lr, wd, sc, wa, sa, to_acc(gv.v[j]));
+            update_element<true>(rule, lr, wd, scale_at(base, u, k.lo + i + j), wa,
+                                 sa, to_acc(gv.v[j]));
             wv.v[j] = from_acc<T>(wa);
 #pragma unroll
             for (int q = 0; q < K; ++q) sv[q].v[j] = from_acc<T>(sa[q]);
@@ -119,7 +154,8 @@ __device__ __forceinline__ void apply_rule_chunks(
           A sa[KS];
 #pragma unroll
           for (int q = 0; q < K; ++q) sa[q] = to_acc(s[q][i]);
-          update_element<true>(rule, lr, wd, sc, wa, sa, to_acc(g[i]));
+          update_element<true>(rule, lr, wd, scale_at(base, u, k.lo + i), wa, sa,
+                               to_acc(g[i]));
           w[i] = from_acc<T>(wa);
 #pragma unroll
           for (int q = 0; q < K; ++q) s[q][i] = from_acc<T>(sa[q]);

@@ -220,9 +220,11 @@ class GradLaunch {
   // of their own (the l2 kind with eps 0), since nothing else reads the
   // gradients before the update.
   //
-  // The CUDA kernels take per-tensor norms of every gradient only: the
-  // other granularities, exclusions and adaptive clipping are refused here
-  // (the Python side keeps such steps off a GPU op).
+  // Per-tensor norms of every gradient only: the other granularities,
+  // exclusions and adaptive clipping, which the CUDA kernels have (the CuPy
+  // front end's launch_scales drives them), are not wired into the TF op's
+  // GPU kernel yet and are refused here (the Python side keeps such steps
+  // off a GPU op).
   absl::Status Scales(tensorflow::OpKernelContext* ctx, const ScaleSpec& spec,
                       const tensorflow::Tensor& precomputed_norms,
                       tensorflow::Tensor* scales,

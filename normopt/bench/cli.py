@@ -125,8 +125,10 @@ def add_arguments(parser):
                    f"{','.join(step_bench.INNERS)} (default: every one; quick: adam). fit: "
                    f"from {','.join(fit_bench.INNER_CANDIDATES)} (default: every one "
                    "whose normalized step takes the fused path here; --quick: adam)")
-    g.add_argument("--wrappers", type=_choices("wrapper", step_bench.WRAPPERS),
-                   help="comma-separated wrappers (default: normalized,clipped; quick: normalized)")
+    g.add_argument("--wrappers", type=_choices("wrapper", step_bench.ALL_WRAPPERS),
+                   help="comma-separated wrappers, from "
+                   f"{','.join(step_bench.ALL_WRAPPERS)} (default: normalized,clipped; "
+                   "quick: normalized)")
     g.add_argument("--paths", type=_choices("path", step_bench.PATHS),
                    help="comma-separated paths (default: plain,tf_graph,tf_xla,fused)")
     g.add_argument("--step-norm", type=_norm_list, default=("l2",),

@@ -30,7 +30,10 @@ from normopt.bench import cases, inners, timing
 
 # One inner optimizer per fused rule family.
 INNERS = inners.STEP_INNERS
+# The default wrappers, and every one (unit-wise and global normalization,
+# adaptive gradient clipping per unit: --wrappers).
 WRAPPERS = ("normalized", "clipped")
+ALL_WRAPPERS = WRAPPERS + ("normalized_unit", "normalized_global", "adaptive")
 PATHS = ("plain", "tf_graph", "tf_xla", "fused")
 CLIPNORM = 1.0
 
@@ -44,7 +47,7 @@ make_inner = inners.make_inner
 
 def make_optimizer(inner, wrapper, path, norm):
     """The optimizer of one path (plain: the bare inner optimizer)."""
-    from normopt import ClippedOptimizer, NormalizedOptimizer
+    from normopt import AdaptiveClippedOptimizer, ClippedOptimizer, NormalizedOptimizer
 
     base = make_inner(inner)
     if path == "plain":
@@ -54,7 +57,12 @@ def make_optimizer(inner, wrapper, path, norm):
         return NormalizedOptimizer(base, normalization=norm, fused=fused)
     if wrapper == "clipped":
         return ClippedOptimizer(base, normalization=norm, clipnorm=CLIPNORM, fused=fused)
-    raise KeyError(f"unknown wrapper {wrapper!r}; known: {WRAPPERS}")
+    if wrapper in ("normalized_unit", "normalized_global"):
+        return NormalizedOptimizer(base, normalization=norm, fused=fused,
+                                   granularity=wrapper.split("_")[1])
+    if wrapper == "adaptive":
+        return AdaptiveClippedOptimizer(base, normalization=norm, fused=fused)
+    raise KeyError(f"unknown wrapper {wrapper!r}; known: {ALL_WRAPPERS}")
 
 
 def make_step(opt, grads, variables, path):

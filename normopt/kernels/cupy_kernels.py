@@ -8,7 +8,8 @@ alike; the update rules and their kernels' names come from the table in
 csrc/normopt/update_rules.h, read by `rule_names`. The functions take CuPy
 arrays and follow `normopt.kernels`'s signatures; they return CuPy arrays and
 never synchronise the device. Launches per call: norms/scales 2, scale 3,
-apply (and apply_sgd, apply_adam) 3, whatever the number of tensors.
+apply (and apply_sgd, apply_adam) 3, whatever the number of tensors; more
+for a unit or global norm, exclusions or adaptive clipping (`launch_scales`).
 
 Compiler: `nvcc` when found, else NVRTC (CuPy's default, no jitify); set
 NORMOPT_CUPY_BACKEND=nvrtc|nvcc to choose. The tests compile both routes
@@ -105,6 +106,9 @@ def entry_names(dtype):
         "chunk_stats": f"normopt_chunk_stats_{suf}",
         "finish": f"normopt_finish_{acc}",
         "scales_from_norms": f"normopt_scales_from_norms_{acc}",
+        "global_finish": f"normopt_global_finish_{acc}",
+        "unit_stats": f"normopt_unit_stats_{suf}",
+        "unit_finish": f"normopt_unit_finish_{acc}",
         "scale": f"normopt_scale_{suf}",
     }
     for rule in rule_names():
@@ -214,23 +218,22 @@ def _plan(arrays, chunk_size, dtype, plan):
     return TensorList([cp.ascontiguousarray(a) for a in arrays], chunk_size, dtype)
 
 
-def launch_stats(plan, kind="l2", mode="normalize", clipnorm=1.0, eps=1e-7,
-                 grad_norms=None):
-    """Chunk stats + finish (2 launches); returns device (norms, scales),
-    scales as (pre, mult) rows. `grad_norms`, a device array of N values of
-    the accumulation type, receives each gradient's L2 norm sqrt(sum g^2),
-    from the same statistics (as the TF op's output of that name)."""
-    code = _finalize.kind_code(kind)
+def _chunk_stats(plan, code):
+    """The chunk-statistics workspace of `plan` (1 launch)."""
     acc_name = "float64" if plan.acc is np.float64 else "float32"
-    n = len(plan.arrays)
-    norms = cp.empty(max(n, 1), dtype=plan.acc)
-    scales = cp.empty((max(n, 1), 2), dtype=plan.acc)  # TensorScale (pre, mult) rows
     work = cp.empty(STATS_BYTES[acc_name] * max(plan.num_chunks, 1), dtype=cp.uint8)
     if plan.num_chunks:
         _launch(plan.dtype, "chunk_stats", plan.grid(), THREADS, (
             plan.ptrs, plan.sizes_d, plan.tensor_d, plan.start_d,
             np.int64(plan.num_chunks), np.int64(plan.table.chunk_size),
             np.uint32(_finalize.stats_needed(code)), work))
+    return work
+
+
+def _finish(plan, work, code, mode, clipnorm, eps, grad_norms):
+    n = len(plan.arrays)
+    norms = cp.empty(max(n, 1), dtype=plan.acc)
+    scales = cp.empty((max(n, 1), 2), dtype=plan.acc)  # TensorScale (pre, mult) rows
     if n:
         _launch(plan.dtype, "finish", (n + FINISH_THREADS - 1) // FINISH_THREADS,
                 FINISH_THREADS, (work, plan.first_d, np.int32(n), np.int32(code),
@@ -238,7 +241,151 @@ def launch_stats(plan, kind="l2", mode="normalize", clipnorm=1.0, eps=1e-7,
                                  plan.acc(eps), plan.ptrs, plan.sizes_d,
                                  np.int32(DTYPE_CODE[plan.dtype]), norms, scales,
                                  np.uintp(0) if grad_norms is None else grad_norms))
+    return norms, scales
+
+
+def launch_stats(plan, kind="l2", mode="normalize", clipnorm=1.0, eps=1e-7,
+                 grad_norms=None):
+    """Chunk stats + finish (2 launches); returns device (norms, scales),
+    scales as (pre, mult) rows. `grad_norms`, a device array of N values of
+    the accumulation type, receives each gradient's L2 norm sqrt(sum g^2),
+    from the same statistics (as the TF op's output of that name)."""
+    code = _finalize.kind_code(kind)
+    n = len(plan.arrays)
+    norms, scales = _finish(plan, _chunk_stats(plan, code), code, mode, clipnorm, eps,
+                            grad_norms)
     return norms[:n], scales[:n]
+
+
+GRANULARITIES = ("tensor", "unit", "global")
+UNIT_ROWS = 256  # rows of one unit_stats task
+
+
+def _units(array):
+    shape = np.shape(array)
+    return int(shape[-1]) if len(shape) >= 2 and shape[-1] > 1 else 1
+
+
+def _norm_slots(plan, code, eps, granularity, kept, work):
+    """The norms of one tensor list at `granularity`, laid out in scale slots:
+    (norms[M] on the device, first[N], units[N]); kept tensors only, the
+    others get first = M (the slot of scale 1)."""
+    n = len(plan.arrays)
+    per_tensor, _ = _finish(plan, work, code, "normalize", 1.0, eps, None)
+    first = np.zeros(max(n, 1), np.int64)
+    units = np.ones(max(n, 1), np.int64)
+    if granularity == "global":
+        norms = cp.empty(1, dtype=plan.acc)
+        if kept:
+            members = cp.asarray(np.array(kept, np.int32))
+            _launch(plan.dtype, "global_finish", 1, 1, (
+                work, plan.first_d, members, np.int32(len(kept)), np.int32(code),
+                plan.acc(eps), plan.ptrs, plan.sizes_d, np.int32(DTYPE_CODE[plan.dtype]),
+                norms))
+        first[:n] = 1
+        first[kept] = 0
+        return norms, first, units
+    unit_tensors = [t for t in kept if granularity == "unit" and _units(plan.arrays[t]) > 1
+                    and plan.sizes[t] > 0]
+    slots = 0
+    for t in kept:
+        first[t] = slots
+        units[t] = _units(plan.arrays[t]) if t in unit_tensors else 1
+        slots += int(units[t])
+    first[[t for t in range(n) if t not in kept]] = slots
+    norms = cp.empty(max(slots, 1), dtype=plan.acc)
+    single = [t for t in kept if t not in unit_tensors]
+    if single:
+        norms[cp.asarray(first[single])] = per_tensor[cp.asarray(np.array(single))]
+    if unit_tensors:
+        _unit_norms(plan, code, eps, unit_tensors, first, units, norms)
+    return norms, first, units
+
+
+def _unit_norms(plan, code, eps, tensors, first, units, norms):
+    """unit_stats + unit_finish: norms[first[t] + u] for every unit u of `tensors`."""
+    task_tensor, task_u0, task_r0 = [], [], []
+    task_first = np.zeros(len(plan.arrays), np.int64)
+    row_blocks = np.zeros(len(plan.arrays), np.int64)
+    unit_tensor, unit_index = [], []
+    for t in tensors:
+        rows = int(plan.sizes[t]) // int(units[t])
+        row_blocks[t] = (rows + UNIT_ROWS - 1) // UNIT_ROWS
+        task_first[t] = len(task_tensor)
+        for u0 in range(0, int(units[t]), THREADS):
+            for b in range(int(row_blocks[t])):
+                task_tensor.append(t)
+                task_u0.append(u0)
+                task_r0.append(b * UNIT_ROWS)
+        unit_tensor += [t] * int(units[t])
+        unit_index += range(int(units[t]))
+    acc_name = "float64" if plan.acc is np.float64 else "float32"
+    work = cp.empty(STATS_BYTES[acc_name] * len(task_tensor) * THREADS, dtype=cp.uint8)
+    units_d = cp.asarray(units)
+    _launch(plan.dtype, "unit_stats", min(len(task_tensor), MAX_BLOCKS), THREADS, (
+        plan.ptrs, plan.sizes_d, units_d, cp.asarray(np.array(task_tensor, np.int32)),
+        cp.asarray(np.array(task_u0, np.int64)), cp.asarray(np.array(task_r0, np.int64)),
+        np.int64(len(task_tensor)), np.int64(UNIT_ROWS),
+        np.uint32(_finalize.stats_needed(code)), work))
+    count = len(unit_tensor)
+    _launch(plan.dtype, "unit_finish", (count + FINISH_THREADS - 1) // FINISH_THREADS,
+            FINISH_THREADS, (
+                work, cp.asarray(np.array(unit_tensor, np.int32)),
+                cp.asarray(np.array(unit_index, np.int64)), np.int64(count),
+                cp.asarray(task_first), cp.asarray(row_blocks), cp.asarray(first),
+                np.int32(code), plan.acc(eps), plan.ptrs, plan.sizes_d, units_d,
+                np.int32(DTYPE_CODE[plan.dtype]), norms))
+
+
+def launch_scales(plan, kind="l2", mode="normalize", clipnorm=1.0, eps=1e-7, *,
+                  granularity="tensor", excluded=(), weights=None, weight_eps=0.0,
+                  grad_norms=None):
+    """The scales of one step as a scale table (scales, first, units) of
+    device arrays: gradient t's element i takes scales[first[t] + i %
+    units[t]] (first None: one scale per tensor, in order). `granularity`:
+    "tensor", "unit" or "global"; `excluded`: indices of gradients that keep
+    scale 1 and stay out of a global norm; mode "adaptive" clips at
+    clipnorm * max(norm(w), weight_eps), the norms of `weights` (a
+    TensorList of the variables) at the same granularity. `grad_norms` as in
+    `launch_stats`."""
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"unknown granularity {granularity!r}; expected one of "
+                         f"{GRANULARITIES}")
+    adaptive = mode == "adaptive"
+    if adaptive and weights is None:
+        raise ValueError("mode 'adaptive' needs the variables (`weights`)")
+    n = len(plan.arrays)
+    excluded = sorted(set(int(t) for t in excluded))
+    if granularity == "tensor" and not adaptive and not excluded:
+        _, scales = launch_stats(plan, kind, mode, clipnorm, eps, grad_norms)
+        return scales, None, None
+    kept = [t for t in range(n) if t not in excluded]
+    code = _finalize.kind_code(kind)
+    work = _chunk_stats(plan, code)
+    _finish(plan, work, code, "normalize", 1.0, eps, grad_norms)
+    norms, first, units = _norm_slots(plan, code, eps, granularity, kept, work)
+    weight_norms = np.uintp(0)
+    if adaptive:
+        weight_norms, _, _ = _norm_slots(weights, code, eps, granularity, kept,
+                                         _chunk_stats(weights, code))
+    scaled = int(first[kept].max()) + 1 if kept else 0
+    scales = cp.empty((scaled + 1, 2), dtype=plan.acc)
+    _launch(plan.dtype, "scales_from_norms",
+            (scaled + 1 + FINISH_THREADS - 1) // FINISH_THREADS, FINISH_THREADS, (
+                norms, weight_norms, np.int32(scaled), np.int32(scaled + 1),
+                np.int32(_finalize.mode_code("clip" if adaptive else mode)),
+                plan.acc(clipnorm), plan.acc(weight_eps), scales))
+    return scales, cp.asarray(first), cp.asarray(units)
+
+
+def _table(scales):
+    """The kernels' (scales, scale_first, units) arguments of a scale table
+    or of a per-tensor scale array."""
+    if isinstance(scales, tuple):
+        scales, first, units = scales
+        if first is not None:
+            return scales, first, units
+    return scales, np.uintp(0), np.uintp(0)
 
 
 def launch_scale(plan, scales, outs):
@@ -246,7 +393,7 @@ def launch_scale(plan, scales, outs):
         _launch(plan.dtype, "scale", plan.grid(), THREADS, (
             plan.ptrs, plan.pointers(outs, "outs"), plan.sizes_d, plan.tensor_d,
             plan.start_d, np.int64(plan.num_chunks), np.int64(plan.table.chunk_size),
-            scales))
+            *_table(scales)))
 
 
 MAX_RULE_ARGS = 8  # update_rules.h: kMaxRuleArgs
@@ -261,7 +408,7 @@ def launch_apply(plan, rule, state_ptrs, scales, decay, *, lr, step=1, hyper=())
         _launch(plan.dtype, f"apply_{rule}", plan.grid(), THREADS, (
             state_ptrs, np.int32(len(plan.arrays)), plan.ptrs, plan.sizes_d,
             plan.tensor_d, plan.start_d, np.int64(plan.num_chunks),
-            np.int64(plan.table.chunk_size), scales, decay, plan.values(args)))
+            np.int64(plan.table.chunk_size), *_table(scales), decay, plan.values(args)))
 
 
 def norms(arrays, kind="l2", eps=1e-7, chunk_size=DEFAULT_CHUNK_SIZE, dtype=None, plan=None):
@@ -279,11 +426,13 @@ def scales(arrays, kind="l2", mode="normalize", clipnorm=1.0, eps=1e-7,
 
 
 def scale(arrays, kind="l2", mode="normalize", clipnorm=1.0, eps=1e-7,
-          chunk_size=DEFAULT_CHUNK_SIZE, dtype=None, plan=None):
-    """New CuPy arrays g * scale[t]."""
+          chunk_size=DEFAULT_CHUNK_SIZE, dtype=None, plan=None, granularity="tensor",
+          excluded=()):
+    """New CuPy arrays g * scale (per tensor, unit or global: `launch_scales`)."""
     _require()
     plan = _plan(arrays, chunk_size, dtype, plan)
-    _, s = launch_stats(plan, kind, mode, clipnorm, eps)
+    s = launch_scales(plan, kind, mode, clipnorm, eps, granularity=granularity,
+                      excluded=excluded)
     outs = [cp.empty_like(a) for a in plan.arrays]
     launch_scale(plan, s, outs)
     return outs
@@ -291,14 +440,22 @@ def scale(arrays, kind="l2", mode="normalize", clipnorm=1.0, eps=1e-7,
 
 def apply(rule, weights, grads, slots, *, lr, step=1, hyper=(), decay=None, kind="l2",
           mode="normalize", clipnorm=1.0, eps=1e-7, chunk_size=DEFAULT_CHUNK_SIZE,
-          dtype=None, plan=None):
+          dtype=None, plan=None, granularity="tensor", excluded=(), weight_eps=0.0):
     """One step of update rule `rule` on CuPy arrays, in place; `slots`
-    slot-major (one list per slot of the rule). Returns the norms."""
+    slot-major (one list per slot of the rule). Returns the per-tensor norms;
+    with another granularity, exclusions or mode "adaptive" (clip factor
+    `clipnorm`, weight norms of `weights` floored at `weight_eps`), the scale
+    table of `launch_scales`."""
     _require()
     if rule not in rule_names():
         raise ValueError(f"unknown update rule {rule!r}; expected one of {rule_names()}")
     plan = _plan(grads, chunk_size, dtype, plan)
-    n, s = launch_stats(plan, kind, mode, clipnorm, eps)
+    if granularity == "tensor" and mode != "adaptive" and not excluded:
+        n, s = launch_stats(plan, kind, mode, clipnorm, eps)
+    else:
+        w = TensorList(weights, plan.table.chunk_size, plan.dtype) if mode == "adaptive" else None
+        n = s = launch_scales(plan, kind, mode, clipnorm, eps, granularity=granularity,
+                              excluded=excluded, weights=w, weight_eps=weight_eps)
     state = [a for group in [weights, *slots] for a in group]
     launch_apply(plan, rule, state_pointers(plan, state), s, plan.per_tensor(decay),
                  lr=lr, step=step, hyper=hyper)

@@ -139,7 +139,8 @@ struct Launcher<void (*)(Args...)> {
 #define EMU_KERNEL(NAME) \
   {#NAME, reinterpret_cast<void*>(&Launcher<decltype(&NAME)>::Launch<&NAME>)}
 #define EMU_KERNELS(SUF) \
-  EMU_KERNEL(normopt_chunk_stats_##SUF), EMU_KERNEL(normopt_scale_##SUF)
+  EMU_KERNEL(normopt_chunk_stats_##SUF), EMU_KERNEL(normopt_scale_##SUF), \
+      EMU_KERNEL(normopt_unit_stats_##SUF)
 #define EMU_APPLY_F16(name, Rule) EMU_KERNEL(normopt_apply_##name##_f16),
 #define EMU_APPLY_BF16(name, Rule) EMU_KERNEL(normopt_apply_##name##_bf16),
 #define EMU_APPLY_F32(name, Rule) EMU_KERNEL(normopt_apply_##name##_f32),
@@ -163,6 +164,8 @@ EMU_EXPORT void* emu_kernel(const char* name) {
       EMU_KERNEL(normopt_finish_f32), EMU_KERNEL(normopt_finish_f64),
       EMU_KERNEL(normopt_scales_from_norms_f32),
       EMU_KERNEL(normopt_scales_from_norms_f64),
+      EMU_KERNEL(normopt_global_finish_f32), EMU_KERNEL(normopt_global_finish_f64),
+      EMU_KERNEL(normopt_unit_finish_f32), EMU_KERNEL(normopt_unit_finish_f64),
       NORMOPT_UPDATE_RULES(EMU_APPLY_F16) NORMOPT_UPDATE_RULES(EMU_APPLY_BF16)
       NORMOPT_UPDATE_RULES(EMU_APPLY_F32) NORMOPT_UPDATE_RULES(EMU_APPLY_F64)
   };
@@ -213,7 +216,8 @@ EMU_EXPORT int emu_scale(int dtype, const void* const* grads, void* const* outs,
       Entry<T>::scale(reinterpret_cast<const T* const*>(grads),
                       reinterpret_cast<T* const*>(outs), sizes, chunk_tensor,
                       chunk_start, num_chunks, chunk_size,
-                      static_cast<const normopt::TensorScale<normopt::cuda::Acc<T>>*>(scales));
+                      static_cast<const normopt::TensorScale<normopt::cuda::Acc<T>>*>(scales),
+                      nullptr, nullptr);
     });
     return 0;
   });
@@ -238,7 +242,7 @@ EMU_EXPORT int emu_apply(int dtype, const char* rule, void* const* state,
       kernel(reinterpret_cast<T* const*>(state), num_tensors,
              reinterpret_cast<const T* const*>(grads), sizes, chunk_tensor,
              chunk_start, num_chunks, chunk_size,
-             static_cast<const normopt::TensorScale<A>*>(scales),
+             static_cast<const normopt::TensorScale<A>*>(scales), nullptr, nullptr,
              static_cast<const A*>(decay), args);
     });
     return 0;
