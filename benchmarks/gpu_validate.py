@@ -6,7 +6,8 @@ One command on a machine with a GPU, CuPy and Numba-CUDA:
 
 1. parity of every kernel (norms for all kinds, scale in both modes, every
    update rule of csrc/normopt/update_rules.h through the generic apply,
-   SGD/momentum/nesterov, Adam/amsgrad/AdamW), through CuPy (csrc/cuda
+   SGD/momentum/nesterov, Adam/amsgrad/AdamW; on CuPy also unit-wise and
+   global norms, exclusions and adaptive clipping), through CuPy (csrc/cuda
    compiled by cupy_kernels) and through Numba-CUDA (numba_cuda), against
    the NumPy float64 reference in tests/reference.py, across dtypes, shapes
    (empty, 1, odd, 2^24 + 5) and lists of 1 to 1000 tensors;
@@ -91,6 +92,7 @@ class Config:
             self.norm_cases = {"empty": [(0,)], "one": [(1,)], "odd": [(3,), (7, 5), (13,)],
                                "list_30": many(30, 12)}
             self.update_cases = {"odd": [(3,), (0,), (13,)]}
+            self.unit_case = (5, 20)  # a unit-wise tensor, added to each update case
             self.elements = 4096
             self.list_lengths = (1, 10, 40)
             self.dtypes = ("float32", "float16", "float64")
@@ -104,6 +106,7 @@ class Config:
                                "list_1000": many(1000, MANY_MAX)}
             self.update_cases = {"odd": [(3,), (7, 13), (1001,), (0,), (65537,)],
                                  "list_100": many(100, MANY_MAX)}
+            self.unit_case = (600, 300)  # several unit blocks and row blocks
             self.elements = args.elements
             self.list_lengths = (1, 10, 1000)
             self.dtypes = ("float32", "float16", "bfloat16", "float64")
@@ -355,6 +358,12 @@ def parity(backend, cfg, records):
                 for rule in R.RULE_SLOTS:
                     record("rule", dtype, case, chunk, rule,
                            rule_error(K, rule, shapes, dtype, kw))
+                if backend.name == "cupy":  # the Numba reference has per-tensor norms only
+                    for wrapper in ("normalize", "clip", "adaptive"):
+                        for granularity in ("tensor", "unit", "global"):
+                            record("granularity", dtype, case, chunk, f"{wrapper}-{granularity}",
+                                   granularity_error(K, shapes + [cfg.unit_case], dtype,
+                                                     wrapper, granularity, kw))
 
 
 def sgd_error(K, shapes, dtype, mu, nesterov, kw, steps=2):
@@ -424,6 +433,52 @@ def rule_error(K, rule, shapes, dtype, kw, steps=2):
             for q, new in zip(slots, new_slots):
                 err = max(err, max_rel_err(q[i], new, dtype))
     return err
+
+
+def granularity_error(K, shapes, dtype, mode, granularity, kw):
+    """One SGD step at lr 1 (w moves by -g') with the std norm per tensor,
+    per unit (each index of the last axis; <= 1 axis: one unit) or over all
+    gradients, gradient 1 excluded, in `mode` (adaptive: clip at 0.05 *
+    max(norm(w), 1e-3)), against NumPy float64 from the same definitions."""
+    import numpy as np
+    import reference as R
+
+    grads = arrays_for(shapes, dtype, seed=40)
+    weights = arrays_for(shapes, dtype, seed=41)
+    g64 = [np.asarray(g, np.float64) for g in grads]
+    w64 = [np.asarray(w, np.float64) for w in weights]
+    excluded = (1,)
+    kept = [i for i in range(len(grads)) if i not in excluded]
+
+    def norms(arrays):
+        """Per array: each element's norm (std, eps 1e-7)."""
+        if granularity == "global":
+            shared = R.norm(np.concatenate([arrays[i].ravel() for i in kept]), "std", 1e-7)
+            return [np.full(a.shape, shared) for a in arrays]
+        out = []
+        for a in arrays:
+            if granularity == "unit" and a.ndim >= 2:
+                cols = a.reshape(-1, a.shape[-1]).T
+                out.append(np.broadcast_to([R.norm(c, "std", 1e-7) for c in cols], a.shape))
+            else:
+                out.append(np.full(a.shape, R.norm(a, "std", 1e-7)))
+        return out
+
+    gn, wn = norms(g64), norms(w64)
+    want = []
+    for i, (g, w, n) in enumerate(zip(g64, w64, gn)):
+        if i in excluded:
+            scaled = g
+        elif mode == "normalize":
+            scaled = g / n
+        else:
+            t = 0.05 * np.maximum(wn[i], 1e-3) if mode == "adaptive" else 1.5
+            scaled = np.where(n >= t, g * t / n, g)
+        want.append(w - scaled)
+    K.apply("sgd", weights, grads, [], lr=1.0, kind="std", mode=mode,
+            clipnorm=0.05 if mode == "adaptive" else 1.5, eps=1e-7, granularity=granularity,
+            excluded=excluded, weight_eps=1e-3, **kw)
+    return max([max_rel_err(w, x, dtype) for w, x in zip(weights, want)] or [0.0])
 
 
 # ---- launches, determinism, bandwidth ---------------------------------------------

@@ -98,11 +98,12 @@ def test_cupy_granularity_exclusions_adaptive(K, kind, granularity, name, dtype)
     """The CUDA kernels' unit-wise and global norms, exclusions and adaptive
     clipping (one SGD step at lr 1, so w moves by -g') against the NumPy
     reference of test_granularity.py; chunks of 64 elements, a tensor of two
-    unit blocks and one of several row blocks."""
+    unit blocks, one of several row blocks and a unit-wise one last."""
     from test_granularity import CLIP_FACTOR, CLIPNORM, WEIGHT_EPS, reference_step
 
     rng = np.random.RandomState(5)
-    shapes = [(60, 300), (300,), (3, 5, 7, 40), (600, 3), (2000,), (4, 1)]
+    # the last tensor unit-wise: the scale slots end with its units
+    shapes = [(60, 300), (300,), (3, 5, 7, 40), (600, 3), (2000,), (4, 1), (6, 20)]
     grads = [(rng.standard_normal(s) * 10.0 ** rng.uniform(-1, 1, s[-1:])).astype(dtype)
              for s in shapes]
     weights = [(rng.standard_normal(s) * 0.5).astype(dtype) for s in shapes]

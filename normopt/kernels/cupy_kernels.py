@@ -368,7 +368,7 @@ def launch_scales(plan, kind="l2", mode="normalize", clipnorm=1.0, eps=1e-7, *,
     if adaptive:
         weight_norms, _, _ = _norm_slots(weights, code, eps, granularity, kept,
                                          _chunk_stats(weights, code))
-    scaled = int(first[kept].max()) + 1 if kept else 0
+    scaled = int((first[kept] + units[kept]).max()) if kept else 0  # slots with a norm
     scales = cp.empty((scaled + 1, 2), dtype=plan.acc)
     _launch(plan.dtype, "scales_from_norms",
             (scaled + 1 + FINISH_THREADS - 1) // FINISH_THREADS, FINISH_THREADS, (
