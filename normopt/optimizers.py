@@ -173,6 +173,14 @@ def _unscale(grad, factor):
     return grad / tf.cast(factor, grad.dtype)
 
 
+def _deduplicated(grad):
+    """An IndexedSlices with duplicate indices summed (others as they are)."""
+    if not isinstance(grad, tf.IndexedSlices):
+        return grad
+    values, indices = normalizations.deduplicate(grad)
+    return tf.IndexedSlices(values, indices, grad.dense_shape)
+
+
 class _GradientNormWrapper(keras.optimizers.Optimizer):
     """Shared machinery of the two wrappers; `_mode` says which one."""
 
@@ -609,7 +617,16 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
                 clip_factor=getattr(self, "clip_factor", None),
                 weight_eps=getattr(self, "eps", None),
             )
-        scaled = list(gs)
+        # Excluded IndexedSlices go on as the dense tensor they stand for,
+        # as scaled ones do: duplicate indices summed (Keras's nonlinear
+        # updates, Adam's v += g^2, would square each duplicate row apart),
+        # so both paths give the numbers of that dense tensor.
+        scaled = [
+            _deduplicated(g)
+            if self._is_excluded(v) and not getattr(v, "overwrite_with_gradient", False)
+            else g
+            for g, v in zip(gs, vs)
+        ]
         for i, s in zip(keep, scaled_kept):
             scaled[i] = s
         if factor is not None:
