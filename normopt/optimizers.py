@@ -173,6 +173,26 @@ def _unscale(grad, factor):
     return grad / tf.cast(factor, grad.dtype)
 
 
+def _times(grad, factor):
+    """grad * factor, keeping IndexedSlices sparse."""
+    if isinstance(grad, tf.IndexedSlices):
+        return tf.IndexedSlices(grad.values * factor, grad.indices, grad.dense_shape)
+    return grad * factor
+
+
+def _replica_share(grad, replicas, first):
+    """What one of `replicas` replicas hands an inner optimizer that sums
+    the gradients across replicas again. Dense: 1/R of it (exact for a
+    power-of-two R). IndexedSlices: all of it on the first replica (`first`,
+    a boolean tensor), zero rows elsewhere: that sum concatenates the
+    slices, and 1/R shares would be duplicate rows, which Keras's nonlinear
+    updates (Adam's v += g^2, Adagrad's acc += g^2) square apart."""
+    if isinstance(grad, tf.IndexedSlices):
+        values = tf.where(first, grad.values, tf.zeros_like(grad.values))
+        return tf.IndexedSlices(values, grad.indices, grad.dense_shape)
+    return _unscale(grad, replicas)
+
+
 def _deduplicated(grad):
     """An IndexedSlices with duplicate indices summed (others as they are)."""
     if not isinstance(grad, tf.IndexedSlices):
@@ -630,11 +650,12 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
         for i, s in zip(keep, scaled_kept):
             scaled[i] = s
         if factor is not None:
-            scaled = [g * factor for g in scaled]
+            scaled = [_times(g, factor) for g in scaled]
         if replicas > 1:
-            # The inner optimizer sums across replicas again: hand it 1/R of
-            # the result on each (exact for a power-of-two replica count).
-            scaled = [g / replicas for g in scaled]
+            first = tf.equal(
+                tf.distribute.get_replica_context().replica_id_in_sync_group, 0
+            )
+            scaled = [_replica_share(g, replicas, first) for g in scaled]
         inner.apply(scaled, vs)
         return measured
 
