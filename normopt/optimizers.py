@@ -173,6 +173,34 @@ def _unscale(grad, factor):
     return grad / tf.cast(factor, grad.dtype)
 
 
+def _times(grad, factor):
+    """grad * factor, keeping IndexedSlices sparse."""
+    if isinstance(grad, tf.IndexedSlices):
+        return tf.IndexedSlices(grad.values * factor, grad.indices, grad.dense_shape)
+    return grad * factor
+
+
+def _replica_share(grad, replicas, first):
+    """What one of `replicas` replicas hands an inner optimizer that sums
+    the gradients across replicas again. Dense: 1/R of it (exact for a
+    power-of-two R). IndexedSlices: all of it on the first replica (`first`,
+    a boolean tensor), zero rows elsewhere: that sum concatenates the
+    slices, and 1/R shares would be duplicate rows, which Keras's nonlinear
+    updates (Adam's v += g^2, Adagrad's acc += g^2) square apart."""
+    if isinstance(grad, tf.IndexedSlices):
+        values = tf.where(first, grad.values, tf.zeros_like(grad.values))
+        return tf.IndexedSlices(values, grad.indices, grad.dense_shape)
+    return _unscale(grad, replicas)
+
+
+def _deduplicated(grad):
+    """An IndexedSlices with duplicate indices summed (others as they are)."""
+    if not isinstance(grad, tf.IndexedSlices):
+        return grad
+    values, indices = normalizations.deduplicate(grad)
+    return tf.IndexedSlices(values, indices, grad.dense_shape)
+
+
 class _GradientNormWrapper(keras.optimizers.Optimizer):
     """Shared machinery of the two wrappers; `_mode` says which one."""
 
@@ -610,15 +638,25 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
                 clip_factor=getattr(self, "clip_factor", None),
                 weight_eps=getattr(self, "eps", None),
             )
-        scaled = list(gs)
+        # Excluded IndexedSlices go on as the dense tensor they stand for,
+        # as scaled ones do: duplicate indices summed (Keras's nonlinear
+        # updates, Adam's v += g^2, would square each duplicate row apart),
+        # so both paths give the numbers of that dense tensor.
+        scaled = [
+            _deduplicated(g)
+            if self._is_excluded(v) and not getattr(v, "overwrite_with_gradient", False)
+            else g
+            for g, v in zip(gs, vs)
+        ]
         for i, s in zip(keep, scaled_kept):
             scaled[i] = s
         if factor is not None:
-            scaled = [g * factor for g in scaled]
+            scaled = [_times(g, factor) for g in scaled]
         if replicas > 1:
-            # The inner optimizer sums across replicas again: hand it 1/R of
-            # the result on each (exact for a power-of-two replica count).
-            scaled = [g / replicas for g in scaled]
+            first = tf.equal(
+                tf.distribute.get_replica_context().replica_id_in_sync_group, 0
+            )
+            scaled = [_replica_share(g, replicas, first) for g in scaled]
         inner.apply(scaled, vs)
         return measured
 

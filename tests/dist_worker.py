@@ -41,6 +41,12 @@ def build(kind, fused, skip):
     if kind == "agc_adam":  # unit-wise adaptive clipping: reads the variables
         return normopt.AdaptiveClippedOptimizer(keras.optimizers.Adam(1e-2), clip_factor=0.05,
                                                 fused=fused, skip_nonfinite=skip)
+    if kind == "embedding_adam":  # IndexedSlices gradient, densified on the fused path
+        return normopt.NormalizedOptimizer(keras.optimizers.Adam(1e-2), "l2",
+                                           fused=fused, skip_nonfinite=skip)
+    if kind == "embedding_adagrad":  # IndexedSlices gradient, kept sparse (pure TF)
+        return normopt.NormalizedOptimizer(keras.optimizers.Adagrad(0.1), "l2",
+                                           fused=fused, skip_nonfinite=skip)
     if kind == "normalized_nadam":  # state outside the slots: Keras's _u_product
         return normopt.NormalizedOptimizer(keras.optimizers.Nadam(1e-2), "l2",
                                            fused=fused, skip_nonfinite=skip)
@@ -49,28 +55,46 @@ def build(kind, fused, skip):
         clipnorm=0.05, fused=fused, skip_nonfinite=skip)
 
 
+_strategies = []
+
+
+def mirrored():
+    """One MirroredStrategy for every job of the process: a new one would
+    number its collective instances from the start again, and the gathers
+    of IndexedSlices (shapes that vary per step) would meet an earlier
+    job's instances of other shapes."""
+    if not _strategies:
+        _strategies.append(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+    return _strategies[0]
+
+
 def main(replicas, kind, fused, skip, save_to=None, load_from=None):
     fused = json.loads(fused)
     skip = skip == "skip"
-    strategy = (tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-                if replicas == 2 else None)
+    strategy = mirrored() if replicas == 2 else None
     scope = strategy.scope() if strategy else contextlib.nullcontext()
     rng = np.random.RandomState(0)
     x = rng.standard_normal((128, 6)).astype("float32")
     y = np.stack([x.sum(1), x[:, 0] - x[:, 1]], 1).astype("float32")
     if skip:
         y[70] = np.nan  # poisons exactly one global batch of 32
+    embedding = kind.startswith("embedding")
+    if embedding:
+        # token ids, token 7 in every example: duplicate indices within and
+        # across the replicas' halves of a batch
+        x = rng.randint(0, 300, (128, 5)).astype("int32")
+        x[:, 0] = 7
+        y = np.stack([x.sum(1) / 750.0, x[:, 1] / 300.0], 1).astype("float32")
     with scope:
         if load_from:
             model = keras.models.load_model(load_from)
             model.optimizer.fused = fused
         else:
             keras.utils.set_random_seed(0)
-            model = keras.Sequential([
-                keras.Input((6,)),
-                keras.layers.Dense(16, activation="tanh"),
-                keras.layers.Dense(2),
-            ])
+            layers = ([keras.Input((5,), dtype="int32"), keras.layers.Embedding(300, 8),
+                       keras.layers.GlobalAveragePooling1D()] if embedding
+                      else [keras.Input((6,)), keras.layers.Dense(16, activation="tanh")])
+            model = keras.Sequential(layers + [keras.layers.Dense(2)])
             model.compile(optimizer=build(kind, fused, skip), loss="mse")
     model.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0)
     if save_to:

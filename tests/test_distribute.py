@@ -35,9 +35,11 @@ FUSED = ["false", "null", "true"]
 # (kind, fused) of the parity runs: every path of two kinds; Nadam (state
 # outside the slots, advanced in the cross-replica context) on the fused one;
 # a global norm (of the summed gradients) and unit-wise adaptive clipping on
-# both paths.
+# both paths; an Embedding's IndexedSlices gradient under Adam on both paths
+# and under Adagrad, which keeps it sparse on the pure-TF path.
 CASES = [(k, f) for k in KINDS for f in FUSED] + [("normalized_nadam", "true")] + [
-    (k, f) for k in ("global_adam", "agc_adam") for f in ("false", "true")]
+    (k, f) for k in ("global_adam", "agc_adam", "embedding_adam") for f in ("false", "true")
+] + [("embedding_adagrad", "null")]
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +73,7 @@ def test_two_replicas_match_one(runs, kind, fused):
     one, two = runs["one"][job], runs["two"][job]
     assert two["replicas"] == 2
     # the compiled op runs per device under MirroredStrategy
-    expected = "tf" if fused == "false" else "fused"
+    expected = "tf" if fused == "false" or kind == "embedding_adagrad" else "fused"
     assert one["path"] == two["path"] == expected, (one["reason"], two["reason"])
     assert_same_training(one, two)
     assert one["iterations"] == 8

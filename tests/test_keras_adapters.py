@@ -59,3 +59,42 @@ def test_subclass_gets_no_adapter():
 
     assert keras_adapters.adapter_for(Mine()) is None
     assert keras_adapters.adapter_for(keras.optimizers.Lamb()) is None
+
+
+def _keras_writes(optimizer, gradient, variable):
+    """The kinds of value ('sparse' for IndexedSlices, else 'dense') each
+    write of `optimizer`'s own update_step gets for `gradient`."""
+    import tensorflow as tf
+
+    writes = []
+    for method in ("assign", "assign_add", "assign_sub"):
+        original = getattr(optimizer, method)
+
+        def spy(target, value, original=original):
+            writes.append("sparse" if isinstance(value, tf.IndexedSlices) else "dense")
+            return original(target, value)
+
+        setattr(optimizer, method, spy)
+    optimizer.apply([gradient], [variable])
+    return writes
+
+
+@pytest.mark.parametrize("rule", sorted(keras_adapters.INDEXED_SLICES))
+def test_indexed_slices_table_matches_keras(rule):
+    """keras_adapters.INDEXED_SLICES against the installed Keras: a rule
+    keeps sparse gradients on the pure-TF path exactly when every write of
+    Keras's own update with an IndexedSlices gradient is a scatter."""
+    import numpy as np
+    import tensorflow as tf
+
+    import reference as R
+
+    optimizer = R.RULE_KERAS[rule](keras.optimizers)
+    assert keras_adapters.adapter_for(optimizer).rule(optimizer) == rule
+    variable = keras.Variable(np.ones((6, 3), np.float32))
+    gradient = tf.IndexedSlices(tf.ones((2, 3)), tf.constant([4, 1]), tf.constant([6, 3]))
+    writes = _keras_writes(optimizer, gradient, variable)
+    assert writes, f"Keras's {rule} update made no write through Optimizer.assign*"
+    scatter_only = set(writes) == {"sparse"}
+    want = keras_adapters.SPARSE_TF if scatter_only else keras_adapters.DENSIFY
+    assert keras_adapters.sparse_gradients(rule) == want, (rule, writes)

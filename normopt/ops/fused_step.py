@@ -5,6 +5,13 @@ a step takes; `run_fused_update` and `run_fused_scale` run the compiled ones
 through the raw ops in `normopt.ops.fused`. The inner optimizer's own slot
 variables and iteration counter hold all state, so a model can switch between
 paths (or be saved under one and loaded under another) at any step.
+
+A sparse (tf.IndexedSlices) gradient takes the fused path where its update
+rule reads every element anyway (keras_adapters.INDEXED_SLICES): it is
+scattered once into the dense tensor it stands for (`dense_gradient`).
+Under SGD and Adagrad, whose Keras updates touch only the indexed rows, and
+under an inner optimizer without a fused rule, the step stays on the pure-TF
+path, which keeps it sparse.
 """
 
 import collections
@@ -123,9 +130,9 @@ def _blockers(grads, variables, in_step=True):
                 "yet validated on a GPU)"
             )
     for g, v in zip(grads, variables):
-        if isinstance(g, tf.IndexedSlices):
-            found.append(f"the gradient of {v.name} is sparse (IndexedSlices)")
-        elif g.dtype != tf.as_dtype(v.dtype):
+        # An IndexedSlices gradient's dtype is that of its values; whether
+        # its rule takes it is choose_path's (`_sparse_blockers`).
+        if g.dtype != tf.as_dtype(v.dtype):
             found.append(
                 f"the gradient of {v.name} is {g.dtype.name} but the "
                 f"variable is {tf.as_dtype(v.dtype).name}"
@@ -152,6 +159,8 @@ def choose_path(fused, normalization, inner, grads, variables, in_step=True):
             f"the fused {kernel} rule does not implement the inner "
             f"optimizer's {', '.join(options)}"
         )
+    if not reasons:
+        reasons.extend(_sparse_blockers(kernel, grads, variables))
     if reasons:
         if fused:
             raise FusedPathUnavailable(
@@ -164,6 +173,47 @@ def choose_path(fused, normalization, inner, grads, variables, in_step=True):
     if kernel is not None:
         return StepPath(paths.FUSED_TF_NORMS if custom else paths.FUSED, None)
     return StepPath(paths.FUSED_SCALE, None)
+
+
+def _sparse_blockers(kernel, grads, variables):
+    """Why IndexedSlices gradients keep this step off the compiled path:
+    under an update rule that keeps them sparse on the pure-TF path
+    (keras_adapters.INDEXED_SLICES), or with no fused update at all (the
+    scale-only op would hand the inner optimizer a dense gradient)."""
+    sparse = [v.name for g, v in zip(grads, variables) if isinstance(g, tf.IndexedSlices)]
+    if not sparse:
+        return []
+    which = (f"the gradient of {sparse[0]} is" if len(sparse) == 1
+             else f"the gradients of {', '.join(sparse)} are")
+    if kernel is None:
+        return [
+            f"{which} sparse (IndexedSlices) and the inner optimizer has no "
+            "fused update (the scale-only op would hand it a dense gradient)"
+        ]
+    if keras_adapters.sparse_gradients(kernel) != keras_adapters.DENSIFY:
+        return [
+            f"{which} sparse (IndexedSlices) and Keras's {kernel} update "
+            "touches only the indexed rows: the pure-TF path keeps it sparse"
+        ]
+    return []
+
+
+def dense_gradient(grad, variable):
+    """The dense tensor an IndexedSlices gradient stands for, duplicate
+    indices summed (one unsorted_segment_sum of its rows into zeros of the
+    variable's shape); any other gradient as it is.
+
+    The one place the fused path densifies: only for rules whose Keras update
+    reads every element anyway (keras_adapters.INDEXED_SLICES). The op then
+    measures, scales and applies it as any dense gradient, so its norm and
+    its recorded L2 norm are those of the dense tensor.
+    """
+    if not isinstance(grad, tf.IndexedSlices):
+        return grad
+    shape = tf.TensorShape(variable.shape)
+    rows = shape[0] if shape[0] is not None else grad.dense_shape[0]
+    dense = tf.math.unsorted_segment_sum(grad.values, grad.indices, rows)
+    return tf.ensure_shape(dense, shape)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,6 +296,9 @@ def run_fused_update(inner, scaling, grads, variables):
     gradients every device shares).
     """
     adapter = keras_adapters.adapter_for(inner)
+    # choose_path lets IndexedSlices through only for DENSIFY rules. Here,
+    # in the replica context, each replica densifies its own copy.
+    grads = [dense_gradient(g, v) for g, v in zip(grads, variables)]
     if not tf.distribute.has_strategy():
         adapter.before_update(inner)
         grad_norms = _update_variables(inner, scaling, grads, variables)

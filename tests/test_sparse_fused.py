@@ -1,0 +1,271 @@
+"""Sparse (tf.IndexedSlices) gradients on the fused path.
+
+An IndexedSlices gradient stands for the dense tensor its rows scatter into
+zeros, duplicate indices summed. Under an inner optimizer whose Keras update
+reads every element anyway (keras_adapters.INDEXED_SLICES: DENSIFY) the step
+takes the fused path (asserted) and must give the numbers of that dense
+tensor: against the pure-TF path (fused=False) and a NumPy reference written
+from the formulas (tests/reference.py, test_granularity.reference_step), with
+duplicate, out-of-order and no indices, every wrapper, granularity and
+exclusion; the recorded L2 norms are the dense tensor's. SGD and Adagrad,
+whose Keras updates only scatter into the indexed rows, keep the sparse
+pure-TF path, and say so.
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras
+import normopt
+import reference as R
+from normopt.ops import fused_step, keras_adapters, library
+from test_granularity import CLIP_FACTOR, CLIPNORM, EPS, WEIGHT_EPS, reference_step
+
+ROWS, WIDTH = 40, 6
+# name -> indices of the sparse gradient's rows (values: one row per index)
+INDICES = {
+    "duplicates": [7, 3, 7, 12, 3, 7],
+    "out_of_order": [30, 2, 17, 5, 39, 0],
+    "empty": [],
+}
+# Inners with a fused rule that densifies, in Keras configurations whose
+# hyperparameters float32 holds exactly (reference.RULE_KERAS).
+INNERS = ["adam", "rmsprop", "sgd_nesterov"]
+TOL = {"float64": dict(rtol=1e-9, atol=1e-12), "float32": dict(rtol=2e-5, atol=2e-6)}
+STEPS = 2
+
+
+@pytest.fixture(autouse=True)
+def require_library():
+    status = library.status()
+    if not status["loaded"]:
+        pytest.fail(f"the op library is not loaded: {status['reason']}")
+
+
+def gradients(case, step, dtype):
+    """(IndexedSlices of the table, its dense equivalent, a dense gradient
+    of the second variable), different per step."""
+    rng = np.random.RandomState(100 * step + len(case))
+    indices = np.array(INDICES[case], np.int64)
+    values = rng.standard_normal((len(indices), WIDTH)) * 10.0 ** rng.uniform(-1, 1, WIDTH)
+    values = values.astype(dtype).astype(np.float64)
+    dense = np.zeros((ROWS, WIDTH))
+    np.add.at(dense, indices, values)
+    other = rng.standard_normal((WIDTH, 3)).astype(dtype).astype(np.float64)
+    slices = tf.IndexedSlices(tf.constant(values, dtype), tf.constant(indices),
+                              tf.constant([ROWS, WIDTH], tf.int64))
+    return slices, dense, other
+
+
+def initial_weights():
+    rng = np.random.RandomState(1)
+    table = rng.standard_normal((ROWS, WIDTH)) * 0.3
+    table[:, 2] = 0.0  # a unit of zero weights (adaptive: threshold from eps)
+    return [table, rng.standard_normal((WIDTH, 3)) * 0.3]
+
+
+def make_wrapper(kind, rule, fused, granularity="tensor", name="l2"):
+    inner = R.RULE_KERAS[rule](keras.optimizers)
+    if kind == "normalized":
+        return normopt.NormalizedOptimizer(inner, name, fused=fused, granularity=granularity)
+    if kind == "clipped":
+        return normopt.ClippedOptimizer(inner, name, clipnorm=CLIPNORM, fused=fused,
+                                        granularity=granularity)
+    return normopt.AdaptiveClippedOptimizer(inner, clip_factor=CLIP_FACTOR, eps=WEIGHT_EPS,
+                                            normalization=name, granularity=granularity,
+                                            fused=fused)
+
+
+def run(opt, case, dtype, excluded=(), path=None, graph=False):
+    """STEPS steps of `opt` on (table, other) from initial_weights; returns
+    the variables and the recorded gradient norms of each step. Asserts
+    `path` was taken at every step."""
+    variables = [keras.Variable(w.astype(dtype), dtype=dtype, name=f"v{i}")
+                 for i, w in enumerate(initial_weights())]
+    if excluded:
+        opt.exclude_from_normalization(var_list=[variables[i] for i in excluded])
+    apply = lambda slices, other: opt.apply([slices, other], variables)  # noqa: E731
+    if graph:
+        apply = tf.function(apply)
+    norms = []
+    for step in range(STEPS):
+        slices, _, other = gradients(case, step, dtype)
+        apply(slices, tf.constant(other, dtype))
+        if path is not None:
+            assert opt.last_path.name == path, opt.last_path.reason
+        norms.append(opt.gradient_norms.numpy())
+    return [v.numpy().astype(np.float64) for v in variables], norms
+
+
+def numpy_run(kind, rule, case, dtype, granularity="tensor", name="l2", excluded=()):
+    """The same steps in NumPy float64: the dense equivalent (duplicates
+    summed) scaled from the formula, then reference.rule_step."""
+    inner = R.RULE_KERAS[rule](keras.optimizers)
+    adapter = keras_adapters.adapter_for(inner)
+    hyper = [float(h) for h in adapter.hyper(inner)]
+    lr = float(np.float32(inner.learning_rate.numpy()))
+    wd = float(inner.weight_decay or 0.0)
+    weights = [w.astype(dtype).astype(np.float64) for w in initial_weights()]
+    # the slots' initial values (Adagrad's accumulator starts at 0.1)
+    inner.build([keras.Variable(w) for w in weights])
+    slots = [[s.numpy().astype(np.float64) for s in per_var]
+             for per_var in zip(*adapter.slots(inner, [0, 1]))] or [[], []]
+    norms = []
+    for step in range(STEPS):
+        _, dense, other = gradients(case, step, dtype)
+        raw = [dense, other]
+        norms.append([np.sqrt((g * g).sum()) for g in raw])
+        scaled = reference_step(kind, raw, weights, name, granularity, excluded)
+        for i, g in enumerate(scaled):
+            weights[i], slots[i] = R.rule_step(rule, weights[i], slots[i], g, lr, step + 1,
+                                               hyper, wd)
+    return weights, norms
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case", list(INDICES))
+@pytest.mark.parametrize("rule", INNERS)
+def test_sparse_step_is_fused_and_matches_pure_path_and_numpy(rule, case, dtype):
+    fused, fused_norms = run(make_wrapper("normalized", rule, None), case, dtype, path="fused")
+    pure, pure_norms = run(make_wrapper("normalized", rule, False), case, dtype, path="tf")
+    want, want_norms = numpy_run("normalized", rule, case, dtype)
+    tol = TOL[dtype]
+    for got, ref, p, w in zip(fused, pure, [0, 1], want):
+        np.testing.assert_allclose(got, w, **tol, err_msg=f"fused vs numpy, variable {p}")
+        np.testing.assert_allclose(got, ref, **tol, err_msg=f"fused vs pure TF, variable {p}")
+    for step in range(STEPS):
+        np.testing.assert_allclose(fused_norms[step], want_norms[step], rtol=1e-6, atol=1e-30)
+        np.testing.assert_allclose(fused_norms[step], pure_norms[step], rtol=1e-6, atol=1e-30)
+    if case == "empty":
+        # a zero gradient: the table moves by weight decay and slot history only
+        assert fused_norms[0][0] == 0.0
+
+
+GRANULARITIES = ["tensor", "unit", "global"]
+KINDS = ["normalized", "clipped", "adaptive"]
+
+
+@pytest.mark.parametrize("excluded", [(), (0,), (1,)], ids=["none", "table", "dense"])
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_wrapper_granularity_and_exclusion(kind, granularity, excluded):
+    """Adam, duplicate indices, float64; avg_l1 (counts the implicit zeros)
+    for the clip, std (their share of the spread) for the adaptive clip."""
+    name = {"normalized": "l2", "clipped": "avg_l1", "adaptive": "std"}[kind]
+    make = lambda fused: make_wrapper(kind, "adam", fused, granularity, name)  # noqa: E731
+    fused, fused_norms = run(make(None), "duplicates", "float64", excluded, path="fused")
+    pure, _ = run(make(False), "duplicates", "float64", excluded, path="tf")
+    want, want_norms = numpy_run(kind, "adam", "duplicates", "float64", granularity, name,
+                                 excluded)
+    for i, (got, ref, w) in enumerate(zip(fused, pure, want)):
+        np.testing.assert_allclose(got, w, **TOL["float64"], err_msg=f"fused vs numpy {i}")
+        np.testing.assert_allclose(got, ref, **TOL["float64"], err_msg=f"fused vs pure {i}")
+    np.testing.assert_allclose(fused_norms, want_norms, rtol=1e-6)  # float32
+
+
+def test_inside_tf_function_and_with_skip_nonfinite():
+    opt = make_wrapper("clipped", "adam", None)
+    opt.skip_nonfinite = True
+    got, _ = run(opt, "duplicates", "float32", path="fused", graph=True)
+    want, _ = numpy_run("clipped", "adam", "duplicates", "float32")
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, **TOL["float32"])
+
+
+@pytest.mark.parametrize("rule", ["sgd", "adagrad"])
+def test_scatter_only_rules_keep_the_sparse_tf_path(rule):
+    """Keras's SGD and Adagrad updates touch only the indexed rows: the
+    step stays on the pure-TF path, which hands the inner optimizer
+    deduplicated IndexedSlices (never densified), and fused=True says why."""
+    assert keras_adapters.sparse_gradients(rule) == keras_adapters.SPARSE_TF
+    opt = make_wrapper("normalized", rule, None)
+    seen = []
+    original = opt.inner_optimizer.apply
+    opt.inner_optimizer.apply = lambda g, v: (seen.extend(g), original(g, v))[1]
+    got, norms = run(opt, "duplicates", "float64", path="tf")
+    assert "indexed rows" in opt.last_path.reason, opt.last_path.reason
+    assert isinstance(seen[0], tf.IndexedSlices) and seen[0].values.shape[0] == 3
+    want, want_norms = numpy_run("normalized", rule, "duplicates", "float64")
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, **TOL["float64"])
+    np.testing.assert_allclose(norms, want_norms, rtol=1e-6)  # float32
+    with pytest.raises(fused_step.FusedPathUnavailable, match="indexed rows"):
+        run(make_wrapper("normalized", rule, True), "duplicates", "float64")
+
+
+def test_custom_normalization_sees_the_dense_tensor():
+    """A custom norm (computed in TF, applied by the op) gets the dense
+    tensor on the fused_tf_norms path, as tf_norm hands it on the pure one."""
+    seen = []
+
+    def l2_dense(g):
+        seen.append((type(g).__name__, tuple(g.shape)))
+        return tf.norm(g) + EPS
+
+    normopt.register_normalization("sparse_test_l2", l2_dense)
+    try:
+        got, _ = run(make_wrapper("normalized", "adam", None, name="sparse_test_l2"),
+                     "duplicates", "float64", path="fused_tf_norms")
+        pure, _ = run(make_wrapper("normalized", "adam", False, name="sparse_test_l2"),
+                      "duplicates", "float64", path="tf")
+    finally:
+        normopt.unregister_normalization("sparse_test_l2")
+    want, _ = numpy_run("normalized", "adam", "duplicates", "float64")
+    # the table's gradient, dense, at both steps on both paths
+    assert [shape for _, shape in seen].count((ROWS, WIDTH)) == 2 * STEPS, seen
+    assert not [kind for kind, _ in seen if kind == "IndexedSlices"], seen
+    for g, p, w in zip(got, pure, want):
+        np.testing.assert_allclose(g, w, **TOL["float64"])
+        np.testing.assert_allclose(g, p, **TOL["float64"])
+
+
+def test_dense_gradients_with_a_scatter_only_rule_stay_fused():
+    opt = normopt.NormalizedOptimizer(keras.optimizers.SGD(0.1))
+    var = keras.Variable(np.ones((4, 2), np.float32))
+    opt.apply([tf.ones((4, 2))], [var])
+    assert opt.last_path.name == "fused", opt.last_path.reason
+
+
+def test_no_fused_update_keeps_the_tf_path():
+    """An inner optimizer without a fused rule (scale-only op) would get a
+    dense gradient in place of its sparse one: pure TF, saying why."""
+    class Mine(keras.optimizers.Adam):
+        pass
+
+    opt = normopt.NormalizedOptimizer(Mine(0.01))
+    run(opt, "duplicates", "float32", path="tf")
+    assert "no fused update" in opt.last_path.reason
+
+
+def test_rules_table_covers_every_fused_rule():
+    from normopt.kernels import _updates
+
+    assert set(keras_adapters.INDEXED_SLICES) == set(_updates.RULE_NAMES)
+    assert set(keras_adapters.INDEXED_SLICES.values()) <= {keras_adapters.DENSIFY,
+                                                           keras_adapters.SPARSE_TF}
+
+
+def test_embedding_model_fit_matches_across_paths():
+    def train(fused):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([
+            keras.Input((5,), dtype="int32"),
+            keras.layers.Embedding(300, 8),
+            keras.layers.GlobalAveragePooling1D(),
+            keras.layers.Dense(1),
+        ])
+        opt = normopt.NormalizedOptimizer(keras.optimizers.Adam(1e-2), "l2", fused=fused)
+        model.compile(optimizer=opt, loss="mse", jit_compile=False)
+        rng = np.random.RandomState(0)
+        x = rng.randint(0, 300, (96, 5)).astype("int32")
+        x[:, 0] = 7  # a row every example hits: duplicate indices in every batch
+        y = (x.sum(1, keepdims=True) / 750.0).astype("float32")
+        model.fit(x, y, batch_size=32, epochs=2, verbose=0, shuffle=False)
+        return opt.last_path.name, [w.numpy() for w in model.weights]
+
+    fused_path, fused = train(None)
+    pure_path, pure = train(False)
+    assert (fused_path, pure_path) == ("fused", "tf")
+    for a, b in zip(fused, pure):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
