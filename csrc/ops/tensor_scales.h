@@ -230,11 +230,14 @@ struct ScaleSpec {
 
 // The scales of one chunk: element j of the chunk (flat index begin + j)
 // takes scales[(col0 + j) % units] (units 1: one scale for the chunk).
+// `mult`, when not null, holds the same scales' mult (all their pre are 1)
+// as a plain array, which the per-unit loop reads with vector loads.
 template <typename Acc>
 struct ChunkScales {
   const TensorScale<Acc>* scales;
   int64_t units;
   int64_t col0;
+  const Acc* mult = nullptr;
 };
 
 // body(j, scale of element j) for j in [0, n) of a chunk: one scale for the
@@ -250,9 +253,15 @@ inline void ForEachScaled(const ChunkScales<Acc>& cs, int64_t n, Body&& body) {
   }
   for (int64_t j = 0, col = cs.col0; j < n; col = 0) {
     const int64_t len = std::min(cs.units - col, n - j);
-    const TensorScale<Acc>* s = cs.scales + col;
+    if (cs.mult != nullptr) {
+      const Acc* m = cs.mult + col;
 #pragma GCC ivdep
-    for (int64_t k = 0; k < len; ++k) body(j + k, s[k]);
+      for (int64_t k = 0; k < len; ++k) body(j + k, TensorScale<Acc>{Acc(1), m[k]});
+    } else {
+      const TensorScale<Acc>* s = cs.scales + col;
+#pragma GCC ivdep
+      for (int64_t k = 0; k < len; ++k) body(j + k, s[k]);
+    }
     j += len;
   }
 }
@@ -384,7 +393,9 @@ class StepScales {
     } else if (how_[i] == How::kExcluded || spec_->source.precomputed) {
       chunk_sq_[c] = ChunkStatsFor<T, kRecordedStats>(g, len).sum_sq;
     }
-    return ChunkScales<Acc>{own, units_[i], units_[i] > 1 ? ch.begin % units_[i] : 0};
+    if (units_[i] == 1) return ChunkScales<Acc>{own, 1, 0};
+    const Acc* mult = mult_only_[i] ? &mult_[first_scale_[i]] : nullptr;
+    return ChunkScales<Acc>{own, units_[i], ch.begin % units_[i], mult};
   }
 
   // After the pass: out[i] = the L2 norm of gradient i (RecordedNorm).
@@ -467,6 +478,8 @@ class StepScales {
       }
     }
     if (tasks.empty()) return;
+    mult_.assign(scales_.size(), Acc(1));
+    mult_only_.assign(n, 0);
     const bool adaptive = spec_->adaptive;
     std::vector<NormStats<Acc>> g_units(scales_.size()), w_units;
     if (adaptive) w_units.resize(scales_.size());
@@ -492,11 +505,15 @@ class StepScales {
       std::vector<Acc> w_norms;
       if (adaptive) w_norms = UnitNorms(ctx, i, weights[i], rows(i), &w_units[at]);
       Acc sum_sq = Acc(0);
+      bool mult_only = true;
       for (int64_t u = 0; u < units_[i]; ++u) {
         sum_sq += g_units[at + u].sum_sq;
         scales_[at + u] = ScaleOf(g_norms[u], adaptive ? w_norms[u] : Acc(0));
+        mult_[at + u] = scales_[at + u].mult;
+        mult_only = mult_only && scales_[at + u].pre == Acc(1);
       }
       unit_sq_[i] = sum_sq;
+      mult_only_[i] = mult_only;
     }
   }
 
@@ -546,6 +563,8 @@ class StepScales {
   std::vector<TensorScale<Acc>> scales_;
   std::vector<Acc> chunk_sq_;  // sum g^2 of every chunk (1-unit tensors)
   std::vector<Acc> unit_sq_;   // sum g^2 of every unit-wise tensor
+  std::vector<Acc> mult_;      // scales_[k].mult, for unit-wise tensors
+  std::vector<char> mult_only_;  // 1: every unit scale of the tensor has pre 1
 };
 
 }  // namespace normopt

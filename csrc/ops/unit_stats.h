@@ -4,9 +4,9 @@
 //
 // One pass over the tensor, in tasks of up to kUnitBlock columns: a task
 // reads its columns row by row (each row's piece is contiguous, so the inner
-// loop over units vectorizes), in tiles of rows that fit in cache. Per tile,
-// every unit gets its sums (and, for norms reading the moments, a second pass
-// over the tile for the sum of squares around the tile's own mean); tiles
+// loop over units vectorizes). Norms reading the moments go in tiles of rows
+// that fit in cache: per tile, every unit gets its sums and a second pass
+// over the tile gives the sum of squares around the tile's own mean; tiles
 // are merged per unit in row order with merge_stats. The order is fixed, so
 // the statistics are the same bits for any thread count.
 #ifndef NORMOPT_OPS_UNIT_STATS_H_
@@ -38,7 +38,10 @@ void UnitStatsFor(const T* __restrict x, int64_t rows, int64_t units,
   constexpr bool kMoments = (Need & kStatMoments) != 0;
   constexpr bool kMaxMin = (Need & (kStatMaxAbs | kStatMinAbs)) != 0;
   const int64_t width = u1 - u0;
-  const int64_t tile_rows = std::max<int64_t>(1, kUnitTileElems / width);
+  // Tiles only matter for the moments' second pass (re-reading a tile from
+  // cache); without it one tile of all rows saves the per-tile merges.
+  const int64_t tile_rows =
+      kMoments ? std::max<int64_t>(1, kUnitTileElems / width) : rows;
   Acc sum_abs[kUnitBlock], sum_sq[kUnitBlock], mx[kUnitBlock], mn[kUnitBlock];
   Acc sum[kUnitBlock], centered[kUnitBlock], nan_seen[kUnitBlock];
   for (int64_t k = 0; k < width; ++k) out[k] = NormStats<Acc>::empty();
