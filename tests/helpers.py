@@ -1,5 +1,7 @@
 """Small shared test utilities (no library logic: references live in reference.py)."""
 
+import functools
+
 import numpy as np
 
 import reference as R
@@ -68,3 +70,26 @@ def keras_inner(kind, lr):
 
 
 INNER_KINDS = ["sgd", "momentum", "nesterov", "adam", "amsgrad", "adamw"]
+
+
+@functools.lru_cache(maxsize=None)
+def _unfused_sgd():
+    import keras
+
+    class UnfusedSGD(keras.optimizers.Optimizer):
+        """Plain SGD, w -= lr * g, as a Keras optimizer of its own: no adapter
+        takes it (keras_adapters match exact Keras classes), so a wrapper
+        around it runs the fused_scale path, whichever Keras optimizers get a
+        fused rule."""
+
+        def update_step(self, gradient, variable, learning_rate):
+            lr = keras.ops.cast(learning_rate, variable.dtype)
+            gradient = keras.ops.cast(gradient, variable.dtype)
+            self.assign_sub(variable, keras.ops.multiply(gradient, lr))
+
+    return UnfusedSGD
+
+
+def unfused_inner(learning_rate=1e-3):
+    """An inner optimizer without a fused rule (the fused_scale path)."""
+    return _unfused_sgd()(learning_rate)

@@ -18,6 +18,7 @@ import tensorflow as tf
 
 import keras
 import normopt
+from helpers import unfused_inner
 from normopt.callbacks import GradientNormMonitor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -25,7 +26,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # path -> (fused argument, inner optimizer, expected path, XLA)
 PATHS = {
     "fused": (True, keras.optimizers.Adam, "fused", False),
-    "fused_scale": (None, keras.optimizers.Lamb, "fused_scale", False),
+    "fused_scale": (None, unfused_inner, "fused_scale", False),
     "tf": (False, keras.optimizers.Adam, "tf", False),
     "xla": (None, keras.optimizers.Adam, "tf", True),
 }

@@ -17,13 +17,14 @@ import tensorflow as tf
 import keras
 import normopt
 import reference as R
+from helpers import unfused_inner
 from normopt import optimizers as wrappers
 
 # path -> (fused argument, inner optimizer factory, path the step must take,
 #          run the step under XLA)
 PATHS = {
     "fused": (True, lambda lr=1.0: keras.optimizers.SGD(lr), "fused", False),
-    "fused_scale": (None, lambda lr=1e-3: keras.optimizers.Lamb(lr), "fused_scale", False),
+    "fused_scale": (None, lambda lr=1.0: unfused_inner(lr), "fused_scale", False),
     "tf": (False, lambda lr=1.0: keras.optimizers.SGD(lr), "tf", False),
     "xla": (None, lambda lr=1.0: keras.optimizers.SGD(lr), "tf", True),
 }
