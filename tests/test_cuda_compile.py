@@ -298,7 +298,7 @@ class HostEmulated:
         grad_ptrs = self._ptrs(grads)  # kept alive across the call
         assert self.lib.emu_apply(
             ct.c_int(DTYPE_CODE[dtype]), rule.encode(), p(state), ct.c_int(len(grads)),
-            p(grad_ptrs), p(sizes), p(table.tensor), p(table.start),
+            p(grad_ptrs), p(sizes), p(table.tensor), p(table.start), p(table.first),
             ct.c_int64(table.tensor.size), ct.c_int64(table.chunk_size), p(s), p(wd),
             p(args)) == 0
         return n[:len(grads)]
@@ -384,6 +384,21 @@ def test_emulated_cuda_rule(emulated, rule):
     check_rule(emulated, rule, RULE_SHAPES, "float32", steps=2, chunk_size=8)
     dtype = ("float64", "float16", "bfloat16", "float32")[RULE_NAMES.index(rule) % 4]
     check_rule_matches_tf_op(emulated, rule, dtype, RULE_SHAPES, steps=2, chunk_size=8)
+
+
+def test_emulated_cuda_trust_ratio_rules_across_chunks(emulated):
+    """The three launches of a trust-ratio rule on tensors of several default
+    chunks (the vector path; the per-tensor sums between the phases), every
+    dtype against the reference, and one against the TF CPU op (max norm:
+    exact, so only the order of the trust sums differs)."""
+    from test_kernels_numba import (DTYPES, TRUST_RULES, TRUST_SHAPES, check_rule,
+                                    check_rule_matches_tf_op)
+
+    for i, rule in enumerate(TRUST_RULES):
+        for dtype in DTYPES:
+            check_rule(emulated, rule, TRUST_SHAPES, dtype, steps=1)
+        check_rule_matches_tf_op(emulated, rule, DTYPES[i % len(DTYPES)], TRUST_SHAPES,
+                                 steps=1, kind="max")
 
 
 def test_emulated_cuda_momenta_with_zero_momentum(emulated):

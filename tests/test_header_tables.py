@@ -2,8 +2,9 @@
 
 The headers define the built-in norms (NORMOPT_NORM_KINDS, NORMOPT_NORM_ALIASES
 and StatBits in csrc/normopt/norm_stats.h), the launchers' dtype codes
-(NORMOPT_DTYPE_CODES in csrc/normopt/dtype_codes.h) and the GPU chunk size
-(kDefaultChunkElems in csrc/cuda/chunk_table.h). Python holds them once, in
+(NORMOPT_DTYPE_CODES in csrc/normopt/dtype_codes.h), the GPU chunk size
+(kDefaultChunkElems in csrc/cuda/chunk_table.h) and the trust-ratio update
+rules (NORMOPT_TRUST_RATIO_RULES in csrc/normopt/update_rules.h). Python holds them once, in
 normopt/kernels/_finalize.py; these tests read the tables out of the header
 text and compare, naming each mismatch. (The compiled side of the same
 tables: test_kernels_numba.py's header probe.)
@@ -169,6 +170,24 @@ def test_chunk_size_matches_header():
     gpu = header("ops", "launch_tables_gpu.h")
     assert re.search(r"kGpuChunkElems\s*=\s*cuda::kDefaultChunkElems;", gpu), \
         "launch_tables_gpu.h must take its chunk size from chunk_table.h"
+
+
+def test_trust_ratio_rules_match_header():
+    """The two-phase rules: NORMOPT_TRUST_RATIO_RULES (which the compiler holds
+    to the rules' kTrustRatio), as the CuPy front end reads it, and the Numba
+    reference's Rule.trust_ratio."""
+    from normopt.kernels import _updates, cupy_kernels
+
+    text = header("normopt", "update_rules.h")
+    table = [name for (name,) in rows(macro_body(text, "NORMOPT_UPDATE_RULES"),
+                                      r"(\w+),\s*\w+", "NORMOPT_UPDATE_RULES")]
+    m = re.search(r"^#define NORMOPT_TRUST_RATIO_RULES\(X\)(.*)$", text, re.M)
+    assert m, "#define NORMOPT_TRUST_RATIO_RULES(X) not found"
+    listed = re.findall(r"\bX\((\w+)\)", m.group(1))
+    assert set(listed) <= set(table), f"not rules of the table: {set(listed) - set(table)}"
+    assert cupy_kernels.trust_ratio_rules(os.path.join(ROOT, "csrc")) == tuple(listed)
+    python = sorted(name for name, rule in _updates.RULES.items() if rule.trust_ratio)
+    assert python == sorted(listed), f"header {sorted(listed)}, _updates {python}"
 
 
 @pytest.mark.parametrize("pattern, where", [

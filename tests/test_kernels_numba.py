@@ -799,6 +799,22 @@ def test_cpu_rule_many_tensors(K):
         check_rule(K, rule, many_shapes(120, 40), "float32", steps=2, chunk_size=16)
 
 
+# The two-phase rules (update_rules.h's trust-ratio rules), and tensors over
+# several of the TF CPU op's chunks (16K elements) and of the GPU's (64K).
+TRUST_RULES = tuple(r for r in RULES if _updates.RULES[r].trust_ratio)
+TRUST_SHAPES = [(70000,), (16385,), (0,), (3, 5)]
+
+
+@pytest.mark.parametrize("rule", TRUST_RULES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cpu_trust_ratio_rule_across_chunks(K, rule, dtype):
+    """A tensor's sums gathered over several chunks: Numba CPU against the
+    reference, then against the TF op, step by step (the max norm there: it
+    rounds nowhere, so the two differ in the order of the trust sums only)."""
+    check_rule(K, rule, TRUST_SHAPES, dtype, steps=2)
+    check_rule_matches_tf_op(K, rule, dtype, TRUST_SHAPES, steps=2, kind="max")
+
+
 def test_cpu_apply_rejects_bad_arguments(K):
     check_apply_rejects(K, chunk_size=CHUNK)
 

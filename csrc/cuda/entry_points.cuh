@@ -17,7 +17,11 @@
 //   normopt_scales_from_norms_ACC
 //   normopt_scale_SUF                    (kThreads threads)
 //   normopt_apply_RULE_SUF               (kThreads threads) for every RULE of
-//                                        NORMOPT_UPDATE_RULES (update_rules.h)
+//                                        NORMOPT_UPDATE_RULES (update_rules.h);
+//                                        `phase` 0 for a one-phase rule, 1
+//                                        then 2 for a trust-ratio rule
+//   normopt_trust_sums_ACC               grid: one thread per tensor, between
+//                                        the phases of a trust-ratio rule
 //
 // Include this header in exactly one translation unit of a program.
 #ifndef NORMOPT_CUDA_ENTRY_POINTS_CUH_
@@ -68,10 +72,13 @@
           const int64_t* chunk_start, int64_t num_chunks, int64_t chunk_size, \
           const normopt::TensorScale<normopt::cuda::Acc<T>>* scales,          \
           const int64_t* scale_first, const int64_t* units,                   \
-          const normopt::cuda::Acc<T>* decay, const double* args) {           \
+          const normopt::cuda::Acc<T>* decay, const double* args, int phase,  \
+          normopt::TrustSums<normopt::cuda::Acc<T>>* chunk_sums,              \
+          const normopt::TrustSums<normopt::cuda::Acc<T>>* tensor_sums) {     \
     normopt::cuda::apply_rule_chunks<T, normopt::Rule>(                       \
         state, num_tensors, grads, sizes, chunk_tensor, chunk_start,          \
-        num_chunks, chunk_size, {scales, scale_first, units}, decay, args);   \
+        num_chunks, chunk_size, {scales, scale_first, units}, decay, args,    \
+        phase, chunk_sums, tensor_sums);                                      \
   }
 #define NORMOPT_APPLY_F16(name, Rule) NORMOPT_APPLY_ENTRY_POINT(__half, f16, name, Rule)
 #define NORMOPT_APPLY_BF16(name, Rule) \
@@ -114,6 +121,12 @@
     normopt::cuda::unit_finish<A>(stats, unit_tensor, unit_index, num_units,  \
                                   task_first, row_blocks, scale_first, kind,  \
                                   eps, tensors, sizes, units, dtype, norms);  \
+  }                                                                           \
+  extern "C" __global__ void normopt_trust_sums_##SUF(                        \
+      const normopt::TrustSums<A>* chunk_sums, const int64_t* first_chunk,    \
+      int num_tensors, normopt::TrustSums<A>* tensor_sums) {                  \
+    normopt::cuda::trust_sums<A>(chunk_sums, first_chunk, num_tensors,        \
+                                 tensor_sums);                                \
   }
 
 NORMOPT_ENTRY_POINTS(__half, f16)

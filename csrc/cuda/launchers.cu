@@ -111,27 +111,41 @@ extern "C" int normopt_cuda_scale(int dtype, const void* const* grads,
   });
 }
 
+extern "C" int64_t normopt_cuda_apply_workspace_bytes(int dtype, int rule,
+                                                      int64_t num_chunks,
+                                                      int num_tensors) {
+  const auto id = static_cast<normopt::RuleId>(rule);
+  return dtype == normopt::kDtypeFloat64
+             ? normopt::cuda::apply_workspace_bytes<double>(id, num_chunks,
+                                                            num_tensors)
+             : normopt::cuda::apply_workspace_bytes<float>(id, num_chunks,
+                                                           num_tensors);
+}
+
 extern "C" int normopt_cuda_apply(int dtype, int rule, void* const* state,
                                   int num_tensors, const void* const* grads,
                                   const int64_t* sizes,
                                   const int32_t* chunk_tensor,
                                   const int64_t* chunk_start,
+                                  const int64_t* first_chunk,
                                   int64_t num_chunks, int64_t chunk_size,
                                   const void* scales, const void* decay,
-                                  const double* args, cudaStream_t stream) {
+                                  const double* args, void* workspace,
+                                  cudaStream_t stream) {
+  const auto launch = [stream](unsigned grid, unsigned block, auto kernel,
+                               auto... kernel_args) {
+    kernel<<<grid, block, 0, stream>>>(kernel_args...);
+  };
   return dispatch(dtype, [&](auto zero) {
     using T = decltype(zero);
     using A = Acc<T>;
-    const auto kernel =
-        normopt::cuda::apply_entry<T>(static_cast<normopt::RuleId>(rule));
-    if (kernel == nullptr) return static_cast<int>(cudaErrorInvalidValue);
-    if (num_chunks <= 0) return 0;
-    kernel<<<grid_for(num_chunks), kThreads, 0, stream>>>(
-        reinterpret_cast<T* const*>(state), num_tensors,
+    const int rc = normopt::cuda::launch_apply<T>(
+        launch, static_cast<normopt::RuleId>(rule), grid_for(num_chunks),
+        kFinishThreads, reinterpret_cast<T* const*>(state), num_tensors,
         reinterpret_cast<const T* const*>(grads), sizes, chunk_tensor,
-        chunk_start, num_chunks, chunk_size,
+        chunk_start, first_chunk, num_chunks, chunk_size,
         static_cast<const normopt::TensorScale<A>*>(scales), nullptr, nullptr,
-        static_cast<const A*>(decay), args);
-    return last_error();
+        static_cast<const A*>(decay), args, workspace);
+    return rc != 0 ? rc : last_error();
   });
 }

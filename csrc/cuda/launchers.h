@@ -47,17 +47,26 @@ int normopt_cuda_scale(int dtype, const void* const* grads, void* const* outs,
                        int64_t chunk_size, const void* scales,
                        cudaStream_t stream);
 
+// Bytes of the workspace normopt_cuda_apply needs for rule `rule`: 0 for a
+// one-phase rule, the per-chunk and per-tensor sums of a trust-ratio rule.
+int64_t normopt_cuda_apply_workspace_bytes(int dtype, int rule,
+                                           int64_t num_chunks,
+                                           int num_tensors);
+
 // One step of update rule `rule` (a normopt::RuleId of update_rules.h) on
-// N variables and their slots (1 launch). `state` is the device table of
+// N variables and their slots (1 launch; 3 for a trust-ratio rule, which
+// reads `first_chunk` and uses `workspace`, of
+// normopt_cuda_apply_workspace_bytes). `state` is the device table of
 // (1 + slots) * N pointers, slot-major (variables, then slot 0 of every
 // variable, ...); `args` a device array of [lr, t, hyper...] doubles (t =
 // iterations + 1). An unknown rule returns cudaErrorInvalidValue.
 int normopt_cuda_apply(int dtype, int rule, void* const* state,
                        int num_tensors, const void* const* grads,
                        const int64_t* sizes, const int32_t* chunk_tensor,
-                       const int64_t* chunk_start, int64_t num_chunks,
-                       int64_t chunk_size, const void* scales,
-                       const void* decay, const double* args,
+                       const int64_t* chunk_start, const int64_t* first_chunk,
+                       int64_t num_chunks, int64_t chunk_size,
+                       const void* scales, const void* decay,
+                       const double* args, void* workspace,
                        cudaStream_t stream);
 
 }  // extern "C"

@@ -7,6 +7,16 @@
 //   apply_rule_chunks  one step of an update rule of normopt/update_rules.h
 //                      on every variable and its slots in place: decoupled
 //                      decay w -= w * decay[t] * lr, then the rule with g'
+//                      (`phase` 0). A trust-ratio rule takes two launches
+//                      and a finish between them:
+//     phase 1          reads every chunk, stores nothing: its sums of w^2
+//                      and u^2 (per thread, then a fixed-order tree over the
+//                      block, as norm_kernels.cuh) into chunk_sums[c]
+//     trust_sums       one thread per tensor adds its chunks' sums in chunk
+//                      order into tensor_sums[t] (no atomics)
+//     phase 2          phase 1's element steps again, then the variable
+//                      with the rule's ratio of tensor_sums[t] (formed by
+//                      every thread); the variables and slots stored
 //
 // `state` is one pointer table of (1 + kSlots) * N entries, slot-major:
 // state[t] is variable t, state[(1 + q) * N + t] its slot q. `args` (device
@@ -24,6 +34,7 @@
 #ifndef NORMOPT_CUDA_UPDATE_KERNELS_CUH_
 #define NORMOPT_CUDA_UPDATE_KERNELS_CUH_
 
+#include "cuda/norm_kernels.cuh"
 #include "cuda/tensor_list.cuh"
 #include "normopt/update_rules.h"
 
@@ -97,14 +108,180 @@ __device__ __forceinline__ void scale_chunks(
   }
 }
 
-template <typename T, template <typename> class RuleT>
-__device__ __forceinline__ void apply_rule_chunks(
+// Phase 1 of trust-ratio rule Rule (update_rules.h), nothing stored: each
+// chunk's TrustSums of the decayed w and of the direction u of the updated
+// slots.
+template <typename T, typename Rule>
+__device__ __forceinline__ void trust_sums_chunks(
+    const Rule& rule, T* const* state, int num_tensors, const T* const* grads,
+    const int64_t* sizes, const int32_t* chunk_tensor,
+    const int64_t* chunk_start, int64_t num_chunks, int64_t chunk_size,
+    ScaleTable<Acc<T>> table, const Acc<T>* decay, Acc<T> lr,
+    TrustSums<Acc<T>>* chunk_sums) {
+  using A = Acc<T>;
+  constexpr int K = Rule::kSlots;
+  constexpr int KS = K > 0 ? K : 1;
+  constexpr int W = Pack<T>::kWidth;
+  __shared__ A sh_w[kThreads], sh_u[kThreads];
+  const int tid = threadIdx.x;
+  for (int64_t c = blockIdx.x; c < num_chunks; c += gridDim.x) {
+    const Chunk k = chunk_at(c, chunk_tensor, chunk_start, sizes, chunk_size);
+    const T* w = state[k.t] + k.lo;
+    const T* g = grads[k.t] + k.lo;
+    const T* s[KS];
+    bool vec = aligned16(w) && aligned16(g);
+#pragma unroll
+    for (int q = 0; q < K; ++q) {
+      s[q] = state[(1 + q) * int64_t{num_tensors} + k.t] + k.lo;
+      vec = vec && aligned16(s[q]);
+    }
+    const A wd = decay[k.t];
+    const TensorScale<A>* base = table.of_tensor(k.t);
+    const int64_t units = table.units_of(k.t);
+    A w_sq = A(0), u_sq = A(0);
+    // Element i of the chunk.
+    auto element = [&](int64_t i, A wa, A* sa, A ga) {
+      wa = decayed<true>(wa, wd, lr);
+      rule.moments(sa, apply_scale(ga, scale_at(base, units, k.lo + i)));
+      const A u = rule.direction(sa);
+      w_sq += wa * wa;
+      u_sq += u * u;
+    };
+    for_each_in_chunk<W>(
+        k.n, vec,
+        [&](int64_t p) {
+          const int64_t i = p * W;
+          const Pack<T> wv = load_pack(w + i);
+          const Pack<T> gv = load_pack(g + i);
+          Pack<T> sv[KS];
+#pragma unroll
+          for (int q = 0; q < K; ++q) sv[q] = load_pack(s[q] + i);
+#pragma unroll
+          for (int j = 0; j < W; ++j) {
+            A sa[KS];
+#pragma unroll
+            for (int q = 0; q < K; ++q) sa[q] = to_acc(sv[q].v[j]);
+            element(i + j, to_acc(wv.v[j]), sa, to_acc(gv.v[j]));
+          }
+        },
+        [&](int64_t i) {
+          A sa[KS];
+#pragma unroll
+          for (int q = 0; q < K; ++q) sa[q] = to_acc(s[q][i]);
+          element(i, to_acc(w[i]), sa, to_acc(g[i]));
+        });
+    sh_w[tid] = w_sq;
+    sh_u[tid] = u_sq;
+    __syncthreads();
+    for (int stride = kThreads / 2; stride > 0; stride /= 2) {
+      if (tid < stride) {
+        sh_w[tid] += sh_w[tid + stride];
+        sh_u[tid] += sh_u[tid + stride];
+      }
+      __syncthreads();
+    }
+    if (tid == 0) chunk_sums[c] = TrustSums<A>{sh_w[0], sh_u[0]};
+    __syncthreads();  // shared memory is reused by the next chunk
+  }
+}
+
+// Between the phases: tensor_sums[t] = its chunks' sums added in chunk
+// order, one thread per tensor (an empty tensor gets zeros).
+template <typename A>
+__device__ __forceinline__ void trust_sums(const TrustSums<A>* chunk_sums,
+                                           const int64_t* first_chunk,
+                                           int num_tensors,
+                                           TrustSums<A>* tensor_sums) {
+  const int t = blockIdx.x * blockDim.x + threadIdx.x;
+  if (t >= num_tensors) return;
+  TrustSums<A> sum{A(0), A(0)};
+  for (int64_t c = first_chunk[t]; c < first_chunk[t + 1]; ++c) {
+    sum.w_sq += chunk_sums[c].w_sq;
+    sum.u_sq += chunk_sums[c].u_sq;
+  }
+  tensor_sums[t] = sum;
+}
+
+// Phase 2 of trust-ratio rule Rule: phase 1's element steps again, then the
+// variable with the ratio of its tensor's sums; w and the slots stored.
+template <typename T, typename Rule>
+__device__ __forceinline__ void trust_update_chunks(
+    const Rule& rule, T* const* state, int num_tensors, const T* const* grads,
+    const int64_t* sizes, const int32_t* chunk_tensor,
+    const int64_t* chunk_start, int64_t num_chunks, int64_t chunk_size,
+    ScaleTable<Acc<T>> table, const Acc<T>* decay, Acc<T> lr,
+    const TrustSums<Acc<T>>* tensor_sums) {
+  using A = Acc<T>;
+  constexpr int K = Rule::kSlots;
+  constexpr int KS = K > 0 ? K : 1;
+  constexpr int W = Pack<T>::kWidth;
+  for (int64_t c = blockIdx.x; c < num_chunks; c += gridDim.x) {
+    const Chunk k = chunk_at(c, chunk_tensor, chunk_start, sizes, chunk_size);
+    T* w = state[k.t] + k.lo;
+    const T* g = grads[k.t] + k.lo;
+    T* s[KS];
+    bool vec = aligned16(w) && aligned16(g);
+#pragma unroll
+    for (int q = 0; q < K; ++q) {
+      s[q] = state[(1 + q) * int64_t{num_tensors} + k.t] + k.lo;
+      vec = vec && aligned16(s[q]);
+    }
+    const A wd = decay[k.t];
+    const TensorScale<A>* base = table.of_tensor(k.t);
+    const int64_t units = table.units_of(k.t);
+    const TrustSums<A> sums = tensor_sums[k.t];
+    const A r = rule.ratio(sums.w_sq, sums.u_sq);
+    // Element i of the chunk.
+    auto element = [&](int64_t i, A& wa, A* sa, A ga) {
+      wa = decayed<true>(wa, wd, lr);
+      rule.moments(sa, apply_scale(ga, scale_at(base, units, k.lo + i)));
+      rule(wa, sa, r);
+    };
+    for_each_in_chunk<W>(
+        k.n, vec,
+        [&](int64_t p) {
+          const int64_t i = p * W;
+          Pack<T> wv = load_pack(w + i);
+          const Pack<T> gv = load_pack(g + i);
+          Pack<T> sv[KS];
+#pragma unroll
+          for (int q = 0; q < K; ++q) sv[q] = load_pack(s[q] + i);
+#pragma unroll
+          for (int j = 0; j < W; ++j) {
+            A wa = to_acc(wv.v[j]);
+            A sa[KS];
+#pragma unroll
+            for (int q = 0; q < K; ++q) sa[q] = to_acc(sv[q].v[j]);
+            element(i + j, wa, sa, to_acc(gv.v[j]));
+            wv.v[j] = from_acc<T>(wa);
+#pragma unroll
+            for (int q = 0; q < K; ++q) sv[q].v[j] = from_acc<T>(sa[q]);
+          }
+          store_pack(w + i, wv);
+#pragma unroll
+          for (int q = 0; q < K; ++q) store_pack(s[q] + i, sv[q]);
+        },
+        [&](int64_t i) {
+          A wa = to_acc(w[i]);
+          A sa[KS];
+#pragma unroll
+          for (int q = 0; q < K; ++q) sa[q] = to_acc(s[q][i]);
+          element(i, wa, sa, to_acc(g[i]));
+          w[i] = from_acc<T>(wa);
+#pragma unroll
+          for (int q = 0; q < K; ++q) s[q][i] = from_acc<T>(sa[q]);
+        });
+  }
+}
+
+// One step of a one-phase rule.
+template <typename T, typename Rule>
+__device__ __forceinline__ void apply_one_phase_chunks(
     T* const* state, int num_tensors, const T* const* grads,
     const int64_t* sizes, const int32_t* chunk_tensor,
     const int64_t* chunk_start, int64_t num_chunks, int64_t chunk_size,
     ScaleTable<Acc<T>> table, const Acc<T>* decay, const double* args) {
   using A = Acc<T>;
-  using Rule = RuleT<A>;
   constexpr int K = Rule::kSlots;
   constexpr int KS = K > 0 ? K : 1;
   constexpr int W = Pack<T>::kWidth;
@@ -160,6 +337,39 @@ __device__ __forceinline__ void apply_rule_chunks(
 #pragma unroll
           for (int q = 0; q < K; ++q) s[q][i] = from_acc<T>(sa[q]);
         });
+  }
+}
+
+// The apply entry points' body: a one-phase rule's whole step (phase 0), or
+// phase 1 or 2 of a trust-ratio rule (chunk_sums written by phase 1,
+// tensor_sums read by phase 2; both unused otherwise).
+template <typename T, template <typename> class RuleT>
+__device__ __forceinline__ void apply_rule_chunks(
+    T* const* state, int num_tensors, const T* const* grads,
+    const int64_t* sizes, const int32_t* chunk_tensor,
+    const int64_t* chunk_start, int64_t num_chunks, int64_t chunk_size,
+    ScaleTable<Acc<T>> table, const Acc<T>* decay, const double* args,
+    int phase, TrustSums<Acc<T>>* chunk_sums,
+    const TrustSums<Acc<T>>* tensor_sums) {
+  using A = Acc<T>;
+  using Rule = RuleT<A>;
+  if constexpr (kIsTrustRatio<Rule>) {
+    const Rule rule(args);
+    const A lr = A(args[0]);
+    if (phase == 1) {
+      trust_sums_chunks<T>(rule, state, num_tensors, grads, sizes,
+                           chunk_tensor, chunk_start, num_chunks, chunk_size,
+                           table, decay, lr, chunk_sums);
+    } else {
+      trust_update_chunks<T>(rule, state, num_tensors, grads, sizes,
+                             chunk_tensor, chunk_start, num_chunks,
+                             chunk_size, table, decay, lr, tensor_sums);
+    }
+  } else {
+    (void)phase, (void)chunk_sums, (void)tensor_sums;
+    apply_one_phase_chunks<T, Rule>(state, num_tensors, grads, sizes,
+                                    chunk_tensor, chunk_start, num_chunks,
+                                    chunk_size, table, decay, args);
   }
 }
 

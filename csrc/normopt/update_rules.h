@@ -70,9 +70,35 @@
 //                    w -= lr*sign(m*b1 + g*(1 - b1));  m = m*b2 + g*(1 - b2)
 //                                                           (1 - b in A)
 //
+// Trust-ratio rules scale each tensor's step by a ratio of two norms over the
+// whole tensor, r = f(sum w^2, sum u^2) with w the variable (after decay) and
+// u the rule's update direction. Such a rule declares
+//
+//   static constexpr bool kTrustRatio = true;
+//   void moments(A* s, A g) const       the slots' update
+//   A direction(const A* s) const       u, from the updated slots
+//   A ratio(A w_sq, A u_sq) const       r, from the tensor's sums
+//   void operator()(A& w, const A* s, A r) const   the variable's, given r
+//
+// (a rule without kTrustRatio is one-phase) and the generic apply runs it in
+// two passes over the chunks, in one op call:
+//
+//   phase 1    decay w, moments(s, g'), u = direction(s), all in A and
+//              nothing stored; the chunk's sums of w^2 and u^2 in a fixed
+//              order
+//   per tensor the chunks' sums added in chunk order (no atomics: the sums,
+//              hence r, depend only on the chunking), r = ratio(...)
+//   phase 2    the same decay and moments again (the same bits), then
+//              rule(w, s, r); w and s stored
+//
+// so the norms are those of the very w and u of the step, and every stored
+// value is rounded once, as with a one-phase rule.
+//
 // NORMOPT_UPDATE_RULES is the table of them: adding a rule is a struct here
 // and a row there; the op's `rule` attr, the CUDA entry points and the host
-// emulation all come from the table.
+// emulation all come from the table. NORMOPT_TRUST_RATIO_RULES names the
+// trust-ratio rows again, for readers of this file's text (the CuPy front
+// end); a static_assert holds it to the rules' kTrustRatio.
 //
 // Plain C++17 for host code and CUDA device code (NVRTC included), like
 // norm_stats.h.
@@ -92,14 +118,40 @@ namespace normopt {
 // The most args any rule reads: lr, t and up to 6 hyperparameters.
 constexpr int kMaxRuleArgs = 8;
 
+// Keras's decoupled weight decay, w - w * wd * lr, when the variable has one.
+template <bool MayDecay, typename A>
+NORMOPT_HD A decayed(A w, A wd, A lr) {
+  return MayDecay && wd != A(0) ? w - w * wd * lr : w;
+}
+
 // Decay, then the rule, on one element already in A (g unscaled).
 template <bool MayDecay, typename Rule, typename A>
 NORMOPT_HD void update_element(const Rule& rule, A lr, A wd,
                                const TensorScale<A>& scale, A& w, A* s, A g) {
   const A gs = apply_scale(g, scale);
-  if (MayDecay && wd != A(0)) w = w - w * wd * lr;
+  w = decayed<MayDecay>(w, wd, lr);
   rule(w, s, gs);
 }
+
+// Whether Rule is a trust-ratio rule (declares kTrustRatio = true).
+template <typename Rule, typename = void>
+struct TrustRatioOf {
+  static constexpr bool value = false;
+};
+template <typename Rule>
+struct TrustRatioOf<Rule, decltype(void(Rule::kTrustRatio))> {
+  static constexpr bool value = Rule::kTrustRatio;
+};
+template <typename Rule>
+constexpr bool kIsTrustRatio = TrustRatioOf<Rule>::value;
+
+// Phase 1 sums of a trust-ratio rule over a chunk or a tensor: sum w^2 (w
+// after decay) and sum u^2. One per chunk, then one per tensor.
+template <typename A>
+struct TrustSums {
+  A w_sq;
+  A u_sq;
+};
 
 // Momentum: 0 none, 1 heavy ball, 2 nesterov.
 template <typename A, int Momentum>
@@ -349,11 +401,30 @@ struct Lion {
   X(ftrl, Ftrl)                                          \
   X(lion, Lion)
 
+// The rows of NORMOPT_UPDATE_RULES whose rule has kTrustRatio: X(name).
+#define NORMOPT_TRUST_RATIO_RULES(X)
+
 enum class RuleId : int {
 #define NORMOPT_RULE_ID(name, Rule) k_##name,
   NORMOPT_UPDATE_RULES(NORMOPT_RULE_ID)
 #undef NORMOPT_RULE_ID
 };
+
+// Whether rule `id` is listed in NORMOPT_TRUST_RATIO_RULES.
+constexpr bool listed_trust_ratio(RuleId id) {
+#define NORMOPT_TRUST_LISTED(name) \
+  if (id == RuleId::k_##name) return true;
+  NORMOPT_TRUST_RATIO_RULES(NORMOPT_TRUST_LISTED)
+#undef NORMOPT_TRUST_LISTED
+  return false;
+}
+#define NORMOPT_TRUST_CHECK(name, Rule)                                       \
+  static_assert(kIsTrustRatio<Rule<float>> ==                                 \
+                    listed_trust_ratio(RuleId::k_##name),                     \
+                "rule " #name                                                 \
+                ": kTrustRatio and NORMOPT_TRUST_RATIO_RULES disagree");
+NORMOPT_UPDATE_RULES(NORMOPT_TRUST_CHECK)
+#undef NORMOPT_TRUST_CHECK
 
 // A rule template as a value: f(RuleTag<Rule>{}) sees Rule as a template.
 template <template <typename> class Rule>
@@ -423,6 +494,11 @@ inline int rule_slots(RuleId id) {
 inline int rule_hypers(RuleId id) {
   return with_rule(id, [](auto tag) {
     return decltype(tag)::template type<float>::kHypers;
+  });
+}
+inline bool rule_trust_ratio(RuleId id) {
+  return with_rule(id, [](auto tag) {
+    return kIsTrustRatio<typename decltype(tag)::template type<float>>;
   });
 }
 #endif

@@ -7,15 +7,24 @@
 // gradient of one chunk gets its statistics in that same pass, on the chunk
 // it is about to update (StepScales in tensor_scales.h). The same
 // statistics give the L2 norm of every gradient, output `grad_norms`.
+//
+// A trust-ratio rule (update_rules.h) takes two parallel passes instead of
+// one: phase 1 reads every chunk and sums its w^2 and u^2 (kLanes lanes
+// added by a fixed tree, as chunk_stats.h), storing nothing; each tensor's
+// chunk sums are added in chunk order, which makes its ratio; phase 2 runs
+// the same element steps again with the ratio and stores the variables and
+// slots. Every result depends only on the chunking, not on the threads.
 
 // PrepareToUpdateVariable copies on the CPU (ThreadPoolDevice) with Eigen.
 #define EIGEN_USE_THREADS
 
 #include <memory>
+#include <vector>
 
 #include "normopt/update_rules.h"
 #include "ops/apply_op.h"
 #include "ops/chunk_plan.h"
+#include "ops/chunk_stats.h"
 #include "ops/element_types.h"
 #include "ops/tensor_scales.h"
 #include "tensorflow/core/framework/op_kernel.h"
@@ -45,6 +54,72 @@ void ApplyRuleChunk(const Rule& rule, AccType<T> lr, AccType<T> wd,
     A sa[KS];
     for (int q = 0; q < K; ++q) sa[q] = ToAcc(s[q][j]);
     update_element<Decay>(rule, lr, wd, scale, wa, sa, ToAcc(g[j]));
+    w[j] = FromAcc<T>(wa);
+    for (int q = 0; q < K; ++q) s[q][j] = FromAcc<T>(sa[q]);
+  });
+}
+
+// Phase 1 of a trust-ratio rule on one chunk, nothing stored: w decayed,
+// the slots updated, u their direction; returns the chunk's sums of w^2 and
+// u^2. Element j goes to lane j % kLanes, the lanes are added by SumLanes'
+// fixed tree (whether g's scale is the tensor's or its unit's).
+template <typename T, typename Rule, bool Decay>
+TrustSums<AccType<T>> TrustSumsChunk(const Rule& rule, AccType<T> lr,
+                                     AccType<T> wd,
+                                     const ChunkScales<AccType<T>>& scales,
+                                     const T* __restrict w, T* const* slots,
+                                     const T* __restrict g, int64_t n) {
+  using A = AccType<T>;
+  constexpr int K = Rule::kSlots;
+  constexpr int KS = K > 0 ? K : 1;
+  const T* s[KS] = {};
+  for (int q = 0; q < K; ++q) s[q] = slots[q];
+  auto sums = [&](auto scale_of) {
+    A w_lanes[kLanes] = {}, u_lanes[kLanes] = {};
+    auto element = [&](int64_t j, int l) {
+      const A wa = decayed<Decay>(ToAcc(w[j]), wd, lr);
+      A sa[KS];
+      for (int q = 0; q < K; ++q) sa[q] = ToAcc(s[q][j]);
+      rule.moments(sa, apply_scale(ToAcc(g[j]), scale_of(j)));
+      const A u = rule.direction(sa);
+      w_lanes[l] += wa * wa;
+      u_lanes[l] += u * u;
+    };
+    int64_t j = 0;
+    for (; j + kLanes <= n; j += kLanes) {
+      for (int l = 0; l < kLanes; ++l) element(j + l, l);
+    }
+    for (int l = 0; j + l < n; ++l) element(j + l, l);
+    return TrustSums<A>{SumLanes(w_lanes), SumLanes(u_lanes)};
+  };
+  if (scales.units == 1) {
+    const TensorScale<A> scale = scales.scales[0];
+    return sums([scale](int64_t) { return scale; });
+  }
+  return sums([&scales](int64_t j) {
+    return scales.scales[(scales.col0 + j) % scales.units];
+  });
+}
+
+// Phase 2 of a trust-ratio rule on one chunk: phase 1's decay and slots
+// again, then the variable with its tensor's ratio r; w and the slots
+// stored.
+template <typename T, typename Rule, bool Decay>
+void TrustUpdateChunk(const Rule& rule, AccType<T> lr, AccType<T> wd,
+                      const ChunkScales<AccType<T>>& scales, AccType<T> r,
+                      T* __restrict w, T* const* slots,
+                      const T* __restrict g, int64_t n) {
+  using A = AccType<T>;
+  constexpr int K = Rule::kSlots;
+  constexpr int KS = K > 0 ? K : 1;
+  T* s[KS] = {};
+  for (int q = 0; q < K; ++q) s[q] = slots[q];
+  ForEachScaled(scales, n, [&](int64_t j, const TensorScale<A>& scale) {
+    A wa = decayed<Decay>(ToAcc(w[j]), wd, lr);
+    A sa[KS];
+    for (int q = 0; q < K; ++q) sa[q] = ToAcc(s[q][j]);
+    rule.moments(sa, apply_scale(ToAcc(g[j]), scale));
+    rule(wa, sa, r);
     w[j] = FromAcc<T>(wa);
     for (int q = 0; q < K; ++q) s[q][j] = FromAcc<T>(sa[q]);
   });
@@ -84,27 +159,11 @@ class ApplyOnDevice<CpuDevice, T> {
     }
     with_rule(step.rule, [&](auto tag) {
       using Rule = typename decltype(tag)::template type<Acc>;
-      constexpr int K = Rule::kSlots;
-      const Rule rule(step.args);
-      const Acc lr = static_cast<Acc>(step.args[0]);
-      const Acc* decay = step.in.decay->template flat<Acc>().data();
-      const ChunkPlan& plan = *plan_;
-      const int n = step.n;
-      ParallelForChunks(ctx, plan, 4 + 3 * K, [&](int64_t c) {
-        const Chunk& ch = plan.chunks[c];
-        const int i = ch.tensor;
-        T* slots[K > 0 ? K : 1] = {};
-        for (int q = 0; q < K; ++q) slots[q] = step.state[(1 + q) * n + i] + ch.begin;
-        T* w = step.state[i] + ch.begin;
-        const T* g = step.in.grads.data[i] + ch.begin;
-        const ChunkScales<Acc> s = scales_.Of(c, ch, g, w);
-        const int64_t len = ch.end - ch.begin;
-        if (decay[i] != Acc(0)) {
-          ApplyRuleChunk<T, Rule, true>(rule, lr, decay[i], s, w, slots, g, len);
-        } else {
-          ApplyRuleChunk<T, Rule, false>(rule, lr, decay[i], s, w, slots, g, len);
-        }
-      });
+      if constexpr (kIsTrustRatio<Rule>) {
+        RunTrustRatio<Rule>(ctx, step);
+      } else {
+        RunOnePhase<Rule>(ctx, step);
+      }
     });
     scales_.RecordedNorms(ctx, step.in.grads.data,
                           step.grad_norms->template flat<Acc>().data());
@@ -112,6 +171,96 @@ class ApplyOnDevice<CpuDevice, T> {
   }
 
  private:
+  template <typename Rule>
+  void RunOnePhase(tensorflow::OpKernelContext* ctx, const ApplyStep<T>& step) {
+    constexpr int K = Rule::kSlots;
+    constexpr int KS = K > 0 ? K : 1;
+    const Rule rule(step.args);
+    const Acc lr = static_cast<Acc>(step.args[0]);
+    const Acc* decay = step.in.decay->template flat<Acc>().data();
+    const ChunkPlan& plan = *plan_;
+    const int n = step.n;
+    ParallelForChunks(ctx, plan, 4 + 3 * K, [&](int64_t c) {
+      const Chunk& ch = plan.chunks[c];
+      const int i = ch.tensor;
+      T* slots[KS] = {};
+      for (int q = 0; q < K; ++q) slots[q] = step.state[(1 + q) * n + i] + ch.begin;
+      T* w = step.state[i] + ch.begin;
+      const T* g = step.in.grads.data[i] + ch.begin;
+      const ChunkScales<Acc> s = scales_.Of(c, ch, g, w);
+      const int64_t len = ch.end - ch.begin;
+      if (decay[i] != Acc(0)) {
+        ApplyRuleChunk<T, Rule, true>(rule, lr, decay[i], s, w, slots, g, len);
+      } else {
+        ApplyRuleChunk<T, Rule, false>(rule, lr, decay[i], s, w, slots, g, len);
+      }
+    });
+  }
+
+  // Phase 1 over every chunk, the per-tensor ratios, phase 2 over every chunk.
+  template <typename Rule>
+  void RunTrustRatio(tensorflow::OpKernelContext* ctx,
+                     const ApplyStep<T>& step) {
+    constexpr int K = Rule::kSlots;
+    constexpr int KS = K > 0 ? K : 1;
+    const Rule rule(step.args);
+    const Acc lr = static_cast<Acc>(step.args[0]);
+    const Acc* decay = step.in.decay->template flat<Acc>().data();
+    const ChunkPlan& plan = *plan_;
+    const int n = step.n;
+    // The chunk's variable, slots and gradient.
+    struct ChunkData {
+      T* w;
+      T* slots[KS];
+      const T* g;
+      int64_t len;
+    };
+    auto data_of = [&](const Chunk& ch) {
+      ChunkData d{step.state[ch.tensor] + ch.begin, {},
+                  step.in.grads.data[ch.tensor] + ch.begin, ch.end - ch.begin};
+      for (int q = 0; q < K; ++q) {
+        d.slots[q] = step.state[(1 + q) * n + ch.tensor] + ch.begin;
+      }
+      return d;
+    };
+    std::vector<ChunkScales<Acc>> chunk_scales(plan.size());
+    std::vector<TrustSums<Acc>> chunk_sums(plan.size());
+    ParallelForChunks(ctx, plan, 4 + 2 * K, [&](int64_t c) {
+      const Chunk& ch = plan.chunks[c];
+      const Acc wd = decay[ch.tensor];
+      const ChunkData d = data_of(ch);
+      const ChunkScales<Acc> s = chunk_scales[c] = scales_.Of(c, ch, d.g, d.w);
+      chunk_sums[c] =
+          wd != Acc(0)
+              ? TrustSumsChunk<T, Rule, true>(rule, lr, wd, s, d.w, d.slots,
+                                              d.g, d.len)
+              : TrustSumsChunk<T, Rule, false>(rule, lr, wd, s, d.w, d.slots,
+                                               d.g, d.len);
+    });
+    std::vector<Acc> ratios(n, Acc(1));
+    for (int i = 0; i < n; ++i) {
+      TrustSums<Acc> sums{Acc(0), Acc(0)};
+      for (int64_t c = plan.first[i]; c < plan.first[i + 1]; ++c) {
+        sums.w_sq += chunk_sums[c].w_sq;
+        sums.u_sq += chunk_sums[c].u_sq;
+      }
+      ratios[i] = rule.ratio(sums.w_sq, sums.u_sq);
+    }
+    ParallelForChunks(ctx, plan, 4 + 3 * K, [&](int64_t c) {
+      const Chunk& ch = plan.chunks[c];
+      const Acc wd = decay[ch.tensor];
+      const Acc r = ratios[ch.tensor];
+      const ChunkData d = data_of(ch);
+      if (wd != Acc(0)) {
+        TrustUpdateChunk<T, Rule, true>(rule, lr, wd, chunk_scales[c], r, d.w,
+                                        d.slots, d.g, d.len);
+      } else {
+        TrustUpdateChunk<T, Rule, false>(rule, lr, wd, chunk_scales[c], r,
+                                         d.w, d.slots, d.g, d.len);
+      }
+    });
+  }
+
   std::unique_ptr<ChunkPlan> plan_;
   StepScales<T> scales_;
 };

@@ -5,8 +5,9 @@
 // gradient and state pointers, the chunk table and the rule's args), the
 // scales and the gradients' L2 norms (2 launches for a built-in norm, 3 for
 // precomputed norms) and one launch of the rule's apply kernel, which writes
-// the variables and their slots in place. Scalar inputs live in host memory; `decay` and `norms`
-// stay on the device.
+// the variables and their slots in place (3 launches and a device workspace
+// for a trust-ratio rule). Scalar inputs live in host memory; `decay` and
+// `norms` stay on the device.
 #if GOOGLE_CUDA
 
 #include <vector>
@@ -45,14 +46,22 @@ class ApplyOnDevice<GpuDevice, T> {
     tensorflow::Tensor scales;
     TF_RETURN_IF_ERROR(
         launch.Scales(ctx, in.spec, *in.norms, &scales, step.grad_norms));
+    constexpr int dtype = LauncherDtype<T>();
+    const int rule = static_cast<int>(step.rule);
+    const int64_t bytes = normopt_cuda_apply_workspace_bytes(
+        dtype, rule, launch.num_chunks(), step.n);
+    tensorflow::Tensor workspace;
+    TF_RETURN_IF_ERROR(ctx->allocate_temp(tensorflow::DT_INT8,
+                                          tensorflow::TensorShape({bytes}),
+                                          &workspace));
     return CudaStatus(
         normopt_cuda_apply(
-            LauncherDtype<T>(), static_cast<int>(step.rule),
-            launch.template Pointers<void>(state), step.n, launch.grads(),
-            launch.sizes(), launch.chunk_tensor(), launch.chunk_start(),
-            launch.num_chunks(), kGpuChunkElems, scales.data(),
-            in.decay->data(), launch.template Array<double>(args),
-            launch.stream()),
+            dtype, rule, launch.template Pointers<void>(state), step.n,
+            launch.grads(), launch.sizes(), launch.chunk_tensor(),
+            launch.chunk_start(), launch.first_chunk(), launch.num_chunks(),
+            kGpuChunkElems, scales.data(), in.decay->data(),
+            launch.template Array<double>(args),
+            bytes > 0 ? workspace.data() : nullptr, launch.stream()),
         "apply kernel");
   }
 };

@@ -204,8 +204,7 @@ class GradLaunch {
     return CudaStatus(
         normopt_cuda_norms(
             dtype, tables_.At<const void* const>(grads_), sizes(), n_,
-            chunk_tensor(), chunk_start(),
-            tables_.At<const int64_t>(first_chunk_), num_chunks(),
+            chunk_tensor(), chunk_start(), first_chunk(), num_chunks(),
             kGpuChunkElems, static_cast<int>(kind), static_cast<int>(mode),
             clipnorm, eps, workspace.data(), norms, scales, grad_norms,
             stream()),
@@ -283,6 +282,9 @@ class GradLaunch {
   }
   const int64_t* chunk_start() const {
     return tables_.At<const int64_t>(chunk_start_);
+  }
+  const int64_t* first_chunk() const {
+    return tables_.At<const int64_t>(first_chunk_);
   }
   int64_t num_chunks() const {
     return static_cast<int64_t>(chunks_.tensor.size());

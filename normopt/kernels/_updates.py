@@ -41,6 +41,15 @@ With g = g' = (g * pre[t]) * mult[t], the scaled gradient, and t = step:
 
 (formulas: each element function's and `*_scalars` function's docstring;
 they are Keras 3's `update_step`s, keras/src/optimizers/*.py).
+
+A trust-ratio rule (Rule.trust_ratio) scales each tensor's step by a ratio
+of the norms of the whole variable and of the rule's update direction u, so
+the generic apply runs it in two passes with a per-tensor step between them
+(`trust_elements`): phase 1 stores nothing and sums, per chunk, w^2 (w after
+the decay) and u^2 (`direction` of the slots updated by `moments`); the
+chunks' sums, added per tensor in chunk order, give the ratio r (`ratio`);
+phase 2 makes the same decay and `moments` again, then the step (`step`),
+and stores w and the slots.
 """
 
 import collections
@@ -211,10 +220,12 @@ def ftrl_element(w, acc, linear, g, lr, neg_power, l1, neg_l1, two_l2_reg, two_s
 NUM_SCALARS = 9
 MAX_SLOTS = 3
 
-Rule = collections.namedtuple("Rule", "name code slots hyper scalars")
+Rule = collections.namedtuple("Rule", "name code slots hyper scalars trust_ratio",
+                              defaults=(False,))
 Rule.__doc__ = ("name; code (the dispatcher's); slots: slot names in order; "
                 "hyper: hyperparameter names in order; scalars(lr, step, hyper, acc) "
-                "-> tuple of step scalars in numpy type acc, lr first.")
+                "-> tuple of step scalars in numpy type acc, lr first; trust_ratio: "
+                "a two-phase rule (`trust_elements`), not one of `rule_element`.")
 
 
 def sgd_scalars(lr, step, hyper, acc):
@@ -419,3 +430,32 @@ def rule_element(jit):
         return w, s0, s1, s2
 
     return jit(element)
+
+
+def trust_elements(jit):
+    """(moments, direction, ratio, step) of the trust-ratio rules, each
+    dispatched on the rule's code and compiled, with the family rules, by
+    `jit`; slots in the rule's order (unused ones returned as given), sc the
+    step scalars (`step_scalars`):
+
+        moments(code, s0, s1, s2, g, sc) -> (s0, s1, s2)   the slots' update
+        direction(code, s0, s1, s2, sc) -> u               of the updated slots
+        ratio(code, w_sq, u_sq, sc) -> r                   from a tensor's sums
+        step(code, w, s0, s1, s2, r, sc) -> w              w decayed, s updated
+
+    (No rule of the table is a trust-ratio rule yet: each returns its input.)
+    """
+
+    def moments(code, s0, s1, s2, g, sc):
+        return s0, s1, s2
+
+    def direction(code, s0, s1, s2, sc):
+        return s0
+
+    def ratio(code, w_sq, u_sq, sc):
+        return sc[0]
+
+    def step(code, w, s0, s1, s2, r, sc):
+        return w
+
+    return jit(moments), jit(direction), jit(ratio), jit(step)

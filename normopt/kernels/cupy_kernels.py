@@ -9,7 +9,9 @@ csrc/normopt/update_rules.h, read by `rule_names`. The functions take CuPy
 arrays and follow `normopt.kernels`'s signatures; they return CuPy arrays and
 never synchronise the device. Launches per call: norms/scales 2, scale 3,
 apply (and apply_sgd, apply_adam) 3, whatever the number of tensors; more
-for a unit or global norm, exclusions or adaptive clipping (`launch_scales`).
+for a unit or global norm, exclusions or adaptive clipping (`launch_scales`);
+a trust-ratio rule (`trust_ratio_rules`) 2 more: its apply kernel twice
+(phase 1 and 2) with normopt_trust_sums between them.
 
 Compiler: `nvcc` when found, else NVRTC (CuPy's default, no jitify); set
 NORMOPT_CUPY_BACKEND=nvrtc|nvcc to choose. The tests compile both routes
@@ -97,6 +99,19 @@ def rule_names(csrc=None):
     return tuple(re.findall(r"X\((\w+),\s*\w+\)", table))
 
 
+@functools.lru_cache(maxsize=None)
+def trust_ratio_rules(csrc=None):
+    """The trust-ratio rules, NORMOPT_TRUST_RATIO_RULES in
+    csrc/normopt/update_rules.h (two-phase: see update_kernels.cuh)."""
+    path = os.path.join(csrc or csrc_dir(), "normopt", "update_rules.h")
+    with open(path) as f:
+        text = f.read()
+    m = re.search(r"^#define NORMOPT_TRUST_RATIO_RULES\(X\)(.*)$", text, re.M)
+    if m is None:
+        raise RuntimeError(f"NORMOPT_TRUST_RATIO_RULES not found in {path}")
+    return tuple(re.findall(r"X\((\w+)\)", m.group(1)))
+
+
 def entry_names(dtype):
     """Short name -> entry point in csrc/cuda/entry_points.cuh, for one dtype;
     update rule R's kernel is under "apply_R"."""
@@ -109,6 +124,7 @@ def entry_names(dtype):
         "global_finish": f"normopt_global_finish_{acc}",
         "unit_stats": f"normopt_unit_stats_{suf}",
         "unit_finish": f"normopt_unit_finish_{acc}",
+        "trust_sums": f"normopt_trust_sums_{acc}",
         "scale": f"normopt_scale_{suf}",
     }
     for rule in rule_names():
@@ -400,15 +416,31 @@ MAX_RULE_ARGS = 8  # update_rules.h: kMaxRuleArgs
 
 
 def launch_apply(plan, rule, state_ptrs, scales, decay, *, lr, step=1, hyper=()):
-    """One launch of update rule `rule`; `state_ptrs` from plan.pointers over
-    the weights then each slot's arrays (slot-major)."""
+    """One launch of update rule `rule` (three for a trust-ratio rule, the
+    launch sequence of update_kernels.cuh); `state_ptrs` from plan.pointers
+    over the weights then each slot's arrays (slot-major)."""
     args = np.zeros(MAX_RULE_ARGS, np.float64)
     args[:2 + len(hyper)] = [lr, step, *hyper]
-    if plan.num_chunks:
-        _launch(plan.dtype, f"apply_{rule}", plan.grid(), THREADS, (
-            state_ptrs, np.int32(len(plan.arrays)), plan.ptrs, plan.sizes_d,
-            plan.tensor_d, plan.start_d, np.int64(plan.num_chunks),
-            np.int64(plan.table.chunk_size), *_table(scales), decay, plan.values(args)))
+    if not plan.num_chunks:
+        return
+    n = len(plan.arrays)
+    common = (state_ptrs, np.int32(n), plan.ptrs, plan.sizes_d, plan.tensor_d,
+              plan.start_d, np.int64(plan.num_chunks), np.int64(plan.table.chunk_size),
+              *_table(scales), decay, plan.values(args))
+    null = np.uintp(0)
+    if rule not in trust_ratio_rules():
+        _launch(plan.dtype, f"apply_{rule}", plan.grid(), THREADS,
+                common + (np.int32(0), null, null))
+        return
+    # TrustSums {w_sq, u_sq} of every chunk, then of every tensor
+    chunk_sums = cp.empty((plan.num_chunks, 2), dtype=plan.acc)
+    tensor_sums = cp.empty((n, 2), dtype=plan.acc)
+    _launch(plan.dtype, f"apply_{rule}", plan.grid(), THREADS,
+            common + (np.int32(1), chunk_sums, null))
+    _launch(plan.dtype, "trust_sums", (n + FINISH_THREADS - 1) // FINISH_THREADS,
+            FINISH_THREADS, (chunk_sums, plan.first_d, np.int32(n), tensor_sums))
+    _launch(plan.dtype, f"apply_{rule}", plan.grid(), THREADS,
+            common + (np.int32(2), null, tensor_sums))
 
 
 def norms(arrays, kind="l2", eps=1e-7, chunk_size=DEFAULT_CHUNK_SIZE, dtype=None, plan=None):

@@ -7,7 +7,11 @@ the thread count) and applies `finalize_norm` / `scale_from_norm` from
 `_finalize` (the header's transcription), and the update pass multiplies
 each gradient by its tensor's scale on the fly: one generic kernel for
 every rule (`_updates.rule_element`, dispatched on the rule's code, its step
-scalars formed on the host).
+scalars formed on the host). A trust-ratio rule takes two parallel passes
+(`_updates.trust_elements`): phase 1 (each chunk's sums of w^2 and u^2, in
+element order and float64; nothing stored), the per-tensor ratios from the
+chunks' sums added in chunk order, phase 2 (the element steps again, with
+the ratio; the variables and slots stored).
 
 Numba's cache (cache=True) is keyed on this file only: after editing
 `_updates.py` alone, remove normopt/kernels/__pycache__/*.nbi and *.nbc (or
@@ -28,6 +32,8 @@ from normopt.kernels.chunks import DEFAULT_CHUNK_SIZE, chunk_table
 _tensor_finish = _finalize.tensor_finish(numba.njit)
 _decay_element = numba.njit(_updates.decay_element)
 _rule_element = _updates.rule_element(numba.njit)
+_trust_moments, _trust_direction, _trust_ratio, _trust_step = _updates.trust_elements(
+    numba.njit)
 
 
 @numba.njit(parallel=True, cache=True)
@@ -118,6 +124,84 @@ def _apply_kernel(code, num_slots, weights, s0, s1, s2, grads, tensor, start, ch
                 wi = _decay_element(wi, wd, lr)
             wi, ai, bi, hi = _rule_element(code, wi, a[i], b[i], h[i], (g[i] * pre) * mult, sc)
             w[i] = wi
+            if num_slots > 0:
+                a[i] = ai
+            if num_slots > 1:
+                b[i] = bi
+            if num_slots > 2:
+                h[i] = hi
+
+
+@numba.njit(parallel=True, cache=True)
+def _trust_sums_kernel(code, weights, s0, s1, s2, grads, tensor, start, chunk_size, scales,
+                       decay, sc, sums):
+    """Phase 1 of trust-ratio rule `code`, nothing stored: sums[c] = (sum w^2,
+    sum u^2) of chunk c, w decayed, u the direction of the updated slots.
+    `sums` is float64 (sums of squares of long tensors in element order
+    would carry ~sqrt(n) roundings of float32) and starts zeroed."""
+    lr = sc[0]
+    for c in prange(tensor.size):
+        t = tensor[c]
+        w = weights[t]
+        g = grads[t]
+        a = s0[t]
+        b = s1[t]
+        h = s2[t]
+        pre = scales[t, 0]
+        mult = scales[t, 1]
+        wd = decay[t]
+        w_sq = sums[c, 0]
+        u_sq = sums[c, 1]
+        for i in range(start[c], min(start[c] + chunk_size, w.size)):
+            wi = w[i]
+            if wd != 0:
+                wi = _decay_element(wi, wd, lr)
+            ai, bi, hi = _trust_moments(code, a[i], b[i], h[i], (g[i] * pre) * mult, sc)
+            u = float(_trust_direction(code, ai, bi, hi, sc))
+            wf = float(wi)
+            w_sq += wf * wf
+            u_sq += u * u
+        sums[c, 0] = w_sq
+        sums[c, 1] = u_sq
+
+
+@numba.njit(cache=True)
+def _trust_ratios(code, sums, first, sc, ratios):
+    """ratios[t]: the ratio of tensor t's chunk sums (float64), added in
+    chunk order."""
+    for t in range(first.size - 1):
+        w_sq = 0.0
+        u_sq = 0.0
+        for c in range(first[t], first[t + 1]):
+            w_sq += sums[c, 0]
+            u_sq += sums[c, 1]
+        ratios[t] = _trust_ratio(code, w_sq, u_sq, sc)
+
+
+@numba.njit(parallel=True, cache=True)
+def _trust_update_kernel(code, num_slots, weights, s0, s1, s2, grads, tensor, start,
+                         chunk_size, scales, decay, ratios, sc):
+    """Phase 2 of trust-ratio rule `code`: phase 1's decay and slots again,
+    then the step with its tensor's ratio; w and the first `num_slots` slot
+    lists stored."""
+    lr = sc[0]
+    for c in prange(tensor.size):
+        t = tensor[c]
+        w = weights[t]
+        g = grads[t]
+        a = s0[t]
+        b = s1[t]
+        h = s2[t]
+        pre = scales[t, 0]
+        mult = scales[t, 1]
+        wd = decay[t]
+        r = ratios[t]
+        for i in range(start[c], min(start[c] + chunk_size, w.size)):
+            wi = w[i]
+            if wd != 0:
+                wi = _decay_element(wi, wd, lr)
+            ai, bi, hi = _trust_moments(code, a[i], b[i], h[i], (g[i] * pre) * mult, sc)
+            w[i] = _trust_step(code, wi, ai, bi, hi, r, sc)
             if num_slots > 0:
                 a[i] = ai
             if num_slots > 1:
@@ -217,9 +301,19 @@ def apply(rule, weights, grads, slots, *, lr, step=1, hyper=(), decay=None, kind
         w = _Work(weights, dtype)
         works = [_Work(x, dtype) for x in slots]
         typed = [x.typed for x in works] + [w.typed] * (_updates.MAX_SLOTS - len(works))
-        _apply_kernel(spec.code, len(works), w.typed, *typed, g.typed, table.tensor,
-                      table.start, table.chunk_size, s,
-                      _args.per_tensor(decay, len(weights), acc), sc)
+        wd = _args.per_tensor(decay, len(weights), acc)
+        if spec.trust_ratio:
+            sums = np.zeros((table.tensor.size, 2), dtype=np.float64)
+            _trust_sums_kernel(spec.code, w.typed, *typed, g.typed, table.tensor,
+                               table.start, table.chunk_size, s, wd, sc, sums)
+            ratios = np.empty(len(weights), dtype=acc)
+            _trust_ratios(spec.code, sums, table.first, sc, ratios)
+            _trust_update_kernel(spec.code, len(works), w.typed, *typed, g.typed,
+                                 table.tensor, table.start, table.chunk_size, s, wd, ratios,
+                                 sc)
+        else:
+            _apply_kernel(spec.code, len(works), w.typed, *typed, g.typed, table.tensor,
+                          table.start, table.chunk_size, s, wd, sc)
         for work in [w] + works:
             work.write_back()
     return n

@@ -13,7 +13,13 @@ The tensor list is packed into one flat device buffer with element offsets
     update        one block per chunk, g' = (g * pre[t]) * mult[t] on the fly:
                   one generic kernel for every rule (`_updates.rule_element`,
                   dispatched on the rule's code), its step scalars formed on
-                  the host and passed by value.
+                  the host and passed by value. A trust-ratio rule
+                  (`_updates.trust_elements`) takes three launches instead:
+                  phase 1 (each chunk's sums of w^2 and u^2 by a fixed-order
+                  tree, nothing stored), one thread per tensor adding its
+                  chunks' sums in chunk order into its ratio, phase 2 (the
+                  element steps again with the ratio; variables and slots
+                  stored).
 
 Runs on a GPU (through Numba's built-in `numba.cuda`, still shipped with
 Numba 0.68 but deprecated upstream, or the `numba-cuda` package, which
@@ -51,6 +57,8 @@ LAUNCHES = collections.Counter()
 _tensor_finish = _finalize.tensor_finish(cuda.jit(device=True))
 _decay_element = cuda.jit(device=True)(_updates.decay_element)
 _rule_element = _updates.rule_element(cuda.jit(device=True))
+_trust_moments, _trust_direction, _trust_ratio, _trust_step = _updates.trust_elements(
+    cuda.jit(device=True))
 
 
 @functools.lru_cache(maxsize=None)
@@ -203,8 +211,105 @@ def kernels(acc):
                 i += cuda.blockDim.x
             c += cuda.gridDim.x
 
+    @cuda.jit
+    def trust_sums(code, w, s0, s1, s2, g, offsets, tensor, start, chunk_size, scales,
+                   decay, sc, sums):
+        """Phase 1 of trust-ratio rule `code`, nothing stored: sums[c] = (sum
+        w^2, sum u^2) of chunk c (w decayed, u the direction of the updated
+        slots): per thread, then a fixed-order tree in shared memory."""
+        sh = cuda.shared.array((2, MAX_THREADS), dtype=acc)
+        tid = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        lr = sc[0]
+        c = cuda.blockIdx.x
+        while c < tensor.size:
+            t = tensor[c]
+            base = offsets[t]
+            hi = min(start[c] + chunk_size, offsets[t + 1] - base)
+            pre = scales[t, 0]
+            mult = scales[t, 1]
+            wd = decay[t]
+            w_sq = acc(0)
+            u_sq = acc(0)
+            i = start[c] + tid
+            while i < hi:
+                j = base + i
+                wj = acc(w[j])
+                if wd != 0:
+                    wj = _decay_element(wj, wd, lr)
+                a, b, h = _trust_moments(code, acc(s0[j]), acc(s1[j]), acc(s2[j]),
+                                         (acc(g[j]) * pre) * mult, sc)
+                u = _trust_direction(code, a, b, h, sc)
+                w_sq += wj * wj
+                u_sq += u * u
+                i += nt
+            sh[0, tid] = w_sq
+            sh[1, tid] = u_sq
+            cuda.syncthreads()
+            stride = nt // 2
+            while stride > 0:
+                if tid < stride:
+                    sh[0, tid] += sh[0, tid + stride]
+                    sh[1, tid] += sh[1, tid + stride]
+                cuda.syncthreads()
+                stride //= 2
+            if tid == 0:
+                sums[c, 0] = sh[0, 0]
+                sums[c, 1] = sh[1, 0]
+            cuda.syncthreads()
+            c += cuda.gridDim.x
+
+    @cuda.jit
+    def trust_ratios(code, sums, first, sc, ratios):
+        """One thread per tensor: its chunks' sums added in chunk order, its
+        ratio."""
+        t = cuda.grid(1)
+        if t >= first.size - 1:
+            return
+        w_sq = acc(0)
+        u_sq = acc(0)
+        for c in range(first[t], first[t + 1]):
+            w_sq += sums[c, 0]
+            u_sq += sums[c, 1]
+        ratios[t] = _trust_ratio(code, w_sq, u_sq, sc)
+
+    @cuda.jit
+    def trust_update(code, num_slots, w, s0, s1, s2, g, offsets, tensor, start, chunk_size,
+                     scales, decay, ratios, sc):
+        """Phase 2 of trust-ratio rule `code`: phase 1's decay and slots again,
+        then the step with its tensor's ratio; w and the first `num_slots`
+        slots stored."""
+        lr = sc[0]
+        c = cuda.blockIdx.x
+        while c < tensor.size:
+            t = tensor[c]
+            base = offsets[t]
+            hi = min(start[c] + chunk_size, offsets[t + 1] - base)
+            pre = scales[t, 0]
+            mult = scales[t, 1]
+            wd = decay[t]
+            r = ratios[t]
+            i = start[c] + cuda.threadIdx.x
+            while i < hi:
+                j = base + i
+                wj = acc(w[j])
+                if wd != 0:
+                    wj = _decay_element(wj, wd, lr)
+                a, b, h = _trust_moments(code, acc(s0[j]), acc(s1[j]), acc(s2[j]),
+                                         (acc(g[j]) * pre) * mult, sc)
+                w[j] = _trust_step(code, wj, a, b, h, r, sc)
+                if num_slots > 0:
+                    s0[j] = a
+                if num_slots > 1:
+                    s1[j] = b
+                if num_slots > 2:
+                    s2[j] = h
+                i += cuda.blockDim.x
+            c += cuda.gridDim.x
+
     return dict(chunk_stats=chunk_stats, finish=finish, scale=scale_kernel,
-                apply=apply_kernel)
+                apply=apply_kernel, trust_sums=trust_sums, trust_ratios=trust_ratios,
+                trust_update=trust_update)
 
 
 class Packed:
@@ -311,16 +416,31 @@ def launch_scale(packed, scales, threads=None):
 
 def launch_rule(rule, w, slots, g, scales, decay, *, lr, step=1, hyper=(), threads=None):
     """One launch of update rule `rule` on Packed lists (`slots`: the rule's
-    slot lists, in its order), counted in LAUNCHES under the rule's name."""
+    slot lists, in its order), counted in LAUNCHES under the rule's name (a
+    trust-ratio rule: its two phases under its name, and "trust_ratios")."""
     spec, sc = _updates.step_scalars(rule, lr, step, hyper, g.acc)
     if len(slots) != len(spec.slots):
         raise ValueError(f"rule {rule!r} takes {len(spec.slots)} slot lists "
                          f"{spec.slots}, got {len(slots)}")
-    if g.num_chunks:
-        flats = [x.flat for x in slots] + [w.flat] * (_updates.MAX_SLOTS - len(slots))
-        _launch(g.acc, "apply", _grid(g), threads or THREADS,
+    if not g.num_chunks:
+        return
+    threads = threads or THREADS
+    flats = [x.flat for x in slots] + [w.flat] * (_updates.MAX_SLOTS - len(slots))
+    if not spec.trust_ratio:
+        _launch(g.acc, "apply", _grid(g), threads,
                 spec.code, len(slots), w.flat, *flats, g.flat, g.offsets, g.tensor,
                 g.start, g.table.chunk_size, scales, decay, sc, label=rule)
+        return
+    sums = cuda.device_array((g.num_chunks, 2), dtype=g.acc)
+    ratios = cuda.device_array(g.num_tensors, dtype=g.acc)
+    _launch(g.acc, "trust_sums", _grid(g), threads,
+            spec.code, w.flat, *flats, g.flat, g.offsets, g.tensor, g.start,
+            g.table.chunk_size, scales, decay, sc, sums, label=rule)
+    _launch(g.acc, "trust_ratios", (g.num_tensors + threads - 1) // threads, threads,
+            spec.code, sums, g.first, sc, ratios)
+    _launch(g.acc, "trust_update", _grid(g), threads,
+            spec.code, len(slots), w.flat, *flats, g.flat, g.offsets, g.tensor, g.start,
+            g.table.chunk_size, scales, decay, ratios, sc, label=rule)
 
 
 def launch_sgd(w, m, g, scales, decay, *, lr, momentum=0.0, nesterov=False,

@@ -166,6 +166,7 @@ EMU_EXPORT void* emu_kernel(const char* name) {
       EMU_KERNEL(normopt_scales_from_norms_f64),
       EMU_KERNEL(normopt_global_finish_f32), EMU_KERNEL(normopt_global_finish_f64),
       EMU_KERNEL(normopt_unit_finish_f32), EMU_KERNEL(normopt_unit_finish_f64),
+      EMU_KERNEL(normopt_trust_sums_f32), EMU_KERNEL(normopt_trust_sums_f64),
       NORMOPT_UPDATE_RULES(EMU_APPLY_F16) NORMOPT_UPDATE_RULES(EMU_APPLY_BF16)
       NORMOPT_UPDATE_RULES(EMU_APPLY_F32) NORMOPT_UPDATE_RULES(EMU_APPLY_F64)
   };
@@ -223,29 +224,33 @@ EMU_EXPORT int emu_scale(int dtype, const void* const* grads, void* const* outs,
   });
 }
 
-// launchers.h's normopt_cuda_apply, the rule given by name; -1 for an
-// unknown rule.
+// launchers.h's normopt_cuda_apply, the rule given by name, its workspace
+// allocated here; -1 for an unknown rule.
 EMU_EXPORT int emu_apply(int dtype, const char* rule, void* const* state,
                          int num_tensors, const void* const* grads,
                          const int64_t* sizes, const int32_t* chunk_tensor,
-                         const int64_t* chunk_start, int64_t num_chunks,
-                         int64_t chunk_size, const void* scales,
-                         const void* decay, const double* args) {
+                         const int64_t* chunk_start, const int64_t* first_chunk,
+                         int64_t num_chunks, int64_t chunk_size,
+                         const void* scales, const void* decay,
+                         const double* args) {
   normopt::RuleId id;
   if (!normopt::parse_rule(rule, &id)) return -1;
-  if (num_chunks <= 0) return 0;
+  const auto emulate = [](unsigned grid, unsigned block, auto kernel,
+                          auto... kernel_args) {
+    launch(grid, block, [&] { kernel(kernel_args...); });
+  };
   return dispatch(dtype, [&](auto zero) {
     using T = decltype(zero);
     using A = normopt::cuda::Acc<T>;
-    const auto kernel = normopt::cuda::apply_entry<T>(id);
-    launch(grid_for(num_chunks), kThreads, [&] {
-      kernel(reinterpret_cast<T* const*>(state), num_tensors,
-             reinterpret_cast<const T* const*>(grads), sizes, chunk_tensor,
-             chunk_start, num_chunks, chunk_size,
-             static_cast<const normopt::TensorScale<A>*>(scales), nullptr, nullptr,
-             static_cast<const A*>(decay), args);
-    });
-    return 0;
+    std::vector<char> workspace(static_cast<size_t>(
+        normopt::cuda::apply_workspace_bytes<A>(id, num_chunks, num_tensors)));
+    return normopt::cuda::launch_apply<T>(
+        emulate, id, grid_for(num_chunks), kFinishThreads,
+        reinterpret_cast<T* const*>(state), num_tensors,
+        reinterpret_cast<const T* const*>(grads), sizes, chunk_tensor,
+        chunk_start, first_chunk, num_chunks, chunk_size,
+        static_cast<const normopt::TensorScale<A>*>(scales), nullptr, nullptr,
+        static_cast<const A*>(decay), args, workspace.data());
   });
 }
 
