@@ -127,7 +127,7 @@ class RMSprop:
 # (RULE_HYPER: exactly representable in float32, as in helpers.py; nadam's
 # u_product is added per step), the Keras optimizer that runs it under a
 # wrapper (RULE_KERAS, for tests/test_fused_rules.py) and one float64 step
-# (rule_step).
+# (rule_step) of one whole tensor (lamb's trust ratio reads all of it).
 
 RULE_SLOTS = {
     "sgd": (),
@@ -145,6 +145,7 @@ RULE_SLOTS = {
     "lion": ("m",),
     "adadelta": ("accumulated_grad", "accumulated_delta_var"),
     "ftrl": ("accumulator", "linear"),
+    "lamb": ("m", "v"),
 }
 
 
@@ -169,6 +170,7 @@ RULE_HYPER = {
     "lion": (_B1, _LION_B2),
     "adadelta": (_RHO, 1e-7),
     "ftrl": (-0.5, 2.0**-10, 2.0**-8, 2.0**-9, 0.25),
+    "lamb": (_B1, _B2, 1e-7),
 }
 
 # Keras configurations, hyperparameters exactly representable in float32:
@@ -197,6 +199,7 @@ RULE_KERAS = {
                              l1_regularization_strength=2.0**-10,
                              l2_regularization_strength=2.0**-8,
                              l2_shrinkage_regularization_strength=2.0**-9, beta=0.25),
+    "lamb": lambda k: k.Lamb(0.01, _K_B1, _K_B2, _K_EPS, weight_decay=_K_WD),
 }
 
 
@@ -305,4 +308,13 @@ def rule_step(rule, w, slots, g, lr, step, hyper, wd=0.0):
         linear = s[1] + (g + 2 * shrinkage * w - (n**-lr_power - s[0]**-lr_power) / lr * w)
         quadratic = n**-lr_power / lr + 2 * (l2 + beta / (2 * lr))
         return (np.clip(linear, -l1, l1) - linear) / quadratic, [n, linear]
+    if rule == "lamb":
+        # per tensor: w is the whole (decayed) variable
+        b1, b2, eps = hyper
+        m = s[0] + (g - s[0]) * (1 - b1)
+        v = s[1] + (g * g - s[1]) * (1 - b2)
+        u = (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
+        w_norm, u_norm = np.sqrt(np.sum(w * w)), np.sqrt(np.sum(u * u))
+        ratio = w_norm / u_norm if w_norm > 0 and u_norm > 0 else 1.0
+        return w - ratio * lr * u, [m, v]
     raise KeyError(rule)

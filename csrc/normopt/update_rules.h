@@ -92,7 +92,14 @@
 //              rule(w, s, r); w and s stored
 //
 // so the norms are those of the very w and u of the step, and every stored
-// value is rounded once, as with a one-phase rule.
+// value is rounded once, as with a one-phase rule:
+//
+//   lamb           m, v | beta_1, beta_2, epsilon
+//                    m += (g - m)(1 - b1);  v += (g^2 - v)(1 - b2)
+//                                          (1 - b formed in double, as adam)
+//                    u = (m/(1 - b1^t))/(sqrt(v/(1 - b2^t)) + epsilon)  (in A)
+//                    r = ||w||/||u|| if ||w|| > 0 and ||u|| > 0, else 1
+//                    w -= (r*lr)*u
 //
 // NORMOPT_UPDATE_RULES is the table of them: adding a rule is a struct here
 // and a row there; the op's `rule` attr, the CUDA entry points and the host
@@ -383,6 +390,44 @@ struct Lion {
   }
 };
 
+// Keras's Lamb, a trust-ratio rule (see the top of this file).
+template <typename A>
+struct Lamb {
+  static constexpr int kSlots = 2;
+  static constexpr const char* kSlotNames = "m,v";
+  static constexpr int kHypers = 3;
+  static constexpr bool kTrustRatio = true;
+  A lr, one_minus_b1, one_minus_b2, epsilon, one_minus_b1_power,
+      one_minus_b2_power;
+  NORMOPT_HD explicit Lamb(const double* args)
+      : lr(A(args[0])),
+        one_minus_b1(A(1.0 - args[2])),
+        one_minus_b2(A(1.0 - args[3])),
+        epsilon(A(args[4])) {
+    const A t = A(args[1]);
+    one_minus_b1_power = A(1) - NORMOPT_POW(A(args[2]), t);
+    one_minus_b2_power = A(1) - NORMOPT_POW(A(args[3]), t);
+  }
+  NORMOPT_HD void moments(A* s, A g) const {
+    s[0] = s[0] + (g - s[0]) * one_minus_b1;
+    s[1] = s[1] + (g * g - s[1]) * one_minus_b2;
+  }
+  NORMOPT_HD A direction(const A* s) const {
+    return (s[0] / one_minus_b1_power) /
+           (NORMOPT_SQRT(s[1] / one_minus_b2_power) + epsilon);
+  }
+  // ||w|| / ||u|| where both are > 0 (a NaN norm gives 1, as Keras's
+  // where(greater(norm, 0), ...) does).
+  NORMOPT_HD A ratio(A w_sq, A u_sq) const {
+    const A w_norm = NORMOPT_SQRT(w_sq);
+    const A u_norm = NORMOPT_SQRT(u_sq);
+    return w_norm > A(0) && u_norm > A(0) ? w_norm / u_norm : A(1);
+  }
+  NORMOPT_HD void operator()(A& w, const A* s, A r) const {
+    w = w - (r * lr) * direction(s);
+  }
+};
+
 // The table: X(name, Rule template).
 #define NORMOPT_UPDATE_RULES(X)                          \
   X(sgd, Sgd)                                            \
@@ -399,10 +444,11 @@ struct Lion {
   X(nadam, Nadam)                                        \
   X(adadelta, Adadelta)                                  \
   X(ftrl, Ftrl)                                          \
-  X(lion, Lion)
+  X(lion, Lion)                                          \
+  X(lamb, Lamb)
 
 // The rows of NORMOPT_UPDATE_RULES whose rule has kTrustRatio: X(name).
-#define NORMOPT_TRUST_RATIO_RULES(X)
+#define NORMOPT_TRUST_RATIO_RULES(X) X(lamb)
 
 enum class RuleId : int {
 #define NORMOPT_RULE_ID(name, Rule) k_##name,
@@ -470,7 +516,7 @@ inline bool parse_rule(const char* name, RuleId* out) {
   return false;
 }
 
-// "sgd, sgd_momentum, ..., lion", for error messages.
+// "sgd, sgd_momentum, ..., lamb", for error messages.
 inline const char* rule_names() {
   static const char kNames[] =
 #define NORMOPT_RULE_NAME(name, Rule) ", " #name

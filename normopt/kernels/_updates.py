@@ -38,6 +38,7 @@ With g = g' = (g * pre[t]) * mult[t], the scaled gradient, and t = step:
     ftrl                       accumulator, linear         lr_power, l1, l2,
                                                            l2_shrinkage, beta
     lion                       m                           beta_1, beta_2
+    lamb (trust ratio)         m, v                        beta_1, beta_2, epsilon
 
 (formulas: each element function's and `*_scalars` function's docstring;
 they are Keras 3's `update_step`s, keras/src/optimizers/*.py).
@@ -210,11 +211,43 @@ def ftrl_element(w, acc, linear, g, lr, neg_power, l1, neg_l1, two_l2_reg, two_s
     return (clipped - linear) / quadratic, n, linear
 
 
+def lamb_moments_element(m, v, g, one_minus_b1, one_minus_b2):
+    """Keras Lamb's slots; returns (m, v):
+
+        m = m + (g - m) * (1 - b1)
+        v = v + (g * g - v) * (1 - b2)
+    """
+    return m + (g - m) * one_minus_b1, v + (g * g - v) * one_minus_b2
+
+
+def lamb_direction_element(m, v, one_minus_b1p, one_minus_b2p, eps):
+    """Keras Lamb's update direction from the slots (b1p = b1^t, b2p = b2^t):
+
+        u = (m / (1 - b1p)) / (sqrt(v / (1 - b2p)) + eps)
+    """
+    return (m / one_minus_b1p) / (math.sqrt(v / one_minus_b2p) + eps)
+
+
+def lamb_ratio_element(w_sq, u_sq, one):
+    """Keras Lamb's trust ratio of a tensor from its sums of w^2 and u^2:
+    ||w|| / ||u|| where both are > 0, else 1 (a NaN norm gives 1)."""
+    w_norm = math.sqrt(w_sq)
+    u_norm = math.sqrt(u_sq)
+    if w_norm > 0 and u_norm > 0:
+        return w_norm / u_norm
+    return one
+
+
+def lamb_step_element(w, u, r, lr):
+    """Keras Lamb's step, given the tensor's ratio: w = w - (r * lr) * u."""
+    return w - (r * lr) * u
+
+
 # ---- rule table and dispatcher ---------------------------------------------
 
 (SGD, SGD_MOMENTUM, SGD_NESTEROV, ADAM, ADAM_AMSGRAD, RMSPROP, RMSPROP_MOMENTUM,
  RMSPROP_CENTERED, RMSPROP_CENTERED_MOMENTUM, ADAGRAD, ADAMAX, NADAM, LION,
- ADADELTA, FTRL) = range(15)
+ ADADELTA, FTRL, LAMB) = range(16)
 
 # Most step scalars of any rule (nadam's); sc[0] is always lr.
 NUM_SCALARS = 9
@@ -317,6 +350,16 @@ def ftrl_scalars(lr, step, hyper, acc):
             two * (acc(l2) + acc(beta) / (two * a_lr)), acc(2 * shrinkage))
 
 
+def lamb_scalars(lr, step, hyper, acc):
+    """(lr, 1 - b1, 1 - b2, 1 - b1p, 1 - b2p, eps, 1) of Lamb: 1 - b in
+    double then cast (Keras: Python); b1p = A(b1)^A(t), b2p likewise and
+    1 - b1p, 1 - b2p in A (Keras: in the variable's dtype)."""
+    beta_1, beta_2, epsilon = hyper
+    one, t = acc(1), acc(step)
+    return (acc(lr), acc(1.0 - beta_1), acc(1.0 - beta_2), one - acc(beta_1)**t,
+            one - acc(beta_2)**t, acc(epsilon), one)
+
+
 RULES = {r.name: r for r in (
     Rule("sgd", SGD, (), (), sgd_scalars),
     Rule("sgd_momentum", SGD_MOMENTUM, ("momentum",), ("momentum",), momentum_scalars),
@@ -341,6 +384,8 @@ RULES = {r.name: r for r in (
          ("rho", "epsilon"), adadelta_scalars),
     Rule("ftrl", FTRL, ("accumulator", "linear"),
          ("lr_power", "l1", "l2", "l2_shrinkage", "beta"), ftrl_scalars),
+    Rule("lamb", LAMB, ("m", "v"), ("beta_1", "beta_2", "epsilon"), lamb_scalars,
+         trust_ratio=True),
 )}
 RULE_NAMES = tuple(RULES)
 
@@ -442,20 +487,32 @@ def trust_elements(jit):
         direction(code, s0, s1, s2, sc) -> u               of the updated slots
         ratio(code, w_sq, u_sq, sc) -> r                   from a tensor's sums
         step(code, w, s0, s1, s2, r, sc) -> w              w decayed, s updated
-
-    (No rule of the table is a trust-ratio rule yet: each returns its input.)
     """
+    lamb_moments, lamb_direction = jit(lamb_moments_element), jit(lamb_direction_element)
+    lamb_ratio, lamb_step = jit(lamb_ratio_element), jit(lamb_step_element)
 
     def moments(code, s0, s1, s2, g, sc):
+        if code == LAMB:
+            s0, s1 = lamb_moments(s0, s1, g, sc[1], sc[2])
         return s0, s1, s2
 
     def direction(code, s0, s1, s2, sc):
-        return s0
+        u = s0
+        if code == LAMB:
+            u = lamb_direction(s0, s1, sc[3], sc[4], sc[5])
+        return u
+
+    direction = jit(direction)
 
     def ratio(code, w_sq, u_sq, sc):
-        return sc[0]
+        r = sc[6]
+        if code == LAMB:
+            r = lamb_ratio(w_sq, u_sq, sc[6])
+        return r
 
     def step(code, w, s0, s1, s2, r, sc):
+        if code == LAMB:
+            w = lamb_step(w, direction(code, s0, s1, s2, sc), r, sc[0])
         return w
 
-    return jit(moments), jit(direction), jit(ratio), jit(step)
+    return jit(moments), direction, jit(ratio), jit(step)

@@ -26,6 +26,8 @@ does with one; checked against the installed Keras there too).
     Ftrl     ftrl                                _accumulators, _linears
                             lr_power, l1, l2, l2_shrinkage, beta
     Lion     lion                                _momentums          b1, b2
+    Lamb     lamb                                _momentums, _velocities
+                                                                     b1, b2, eps
 """
 
 import keras
@@ -58,6 +60,8 @@ READS = (
     ("Ftrl", "_accumulators"),
     ("Ftrl", "_linears"),
     ("Lion", "_momentums"),
+    ("Lamb", "_momentums"),
+    ("Lamb", "_velocities"),
 )
 
 
@@ -262,6 +266,19 @@ class LionAdapter(Adapter):
         return [inner.beta_1, inner.beta_2]
 
 
+class LambAdapter(Adapter):
+    optimizer = keras.optimizers.Lamb
+
+    def rule(self, inner):
+        return "lamb"
+
+    def slots(self, inner, index):
+        return [_pick(inner._momentums, index), _pick(inner._velocities, index)]
+
+    def hyper(self, inner):
+        return [inner.beta_1, inner.beta_2, inner.epsilon]
+
+
 # How each rule takes a sparse (tf.IndexedSlices) gradient g, after what
 # Keras's own update_step does with one (tests/test_keras_adapters.py checks
 # the table against the installed Keras). Either way the gradient stands for
@@ -300,6 +317,8 @@ class LionAdapter(Adapter):
 #                                            everywhere; w: a scatter
 #   ftrl                                     w recomputed from the slots    DENSIFY
 #   lion                                     m everywhere, w by sign(...)   DENSIFY
+#   lamb                                     m, v decay everywhere; w by    DENSIFY
+#                                            the whole tensor's ratio
 #
 # Keras applies weight decay to every element whatever the gradient; the
 # table is by rule alone.
@@ -311,7 +330,7 @@ INDEXED_SLICES = {
     **{rule: DENSIFY for rule in (
         "sgd_momentum", "sgd_nesterov", "adam", "adam_amsgrad", "rmsprop",
         "rmsprop_momentum", "rmsprop_centered", "rmsprop_centered_momentum",
-        "adamax", "nadam", "adadelta", "ftrl", "lion")},
+        "adamax", "nadam", "adadelta", "ftrl", "lion", "lamb")},
 }
 
 
@@ -326,7 +345,7 @@ ADAPTERS = {
     a.optimizer: a
     for a in (SgdAdapter(), AdamAdapter(), AdamWAdapter(), RmspropAdapter(),
               AdagradAdapter(), AdamaxAdapter(), NadamAdapter(), AdadeltaAdapter(),
-              FtrlAdapter(), LionAdapter())
+              FtrlAdapter(), LionAdapter(), LambAdapter())
 }
 
 
