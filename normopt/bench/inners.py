@@ -4,7 +4,8 @@
 fused rule (STEP_INNERS). Bytes moved per parameter by one step are counted
 from the optimizer's slots: read g, read and write w and each slot
 (12 + 8 * slots bytes of float32), plus one more read of g for the norms
-when normalized.
+when normalized. (A trust-ratio rule such as Lamb's reads w, its slots and g
+once more in its first pass; the count is still that of the step itself.)
 """
 
 import numpy as np
@@ -37,7 +38,7 @@ INNER_CANDIDATES = {
 # The candidates with a fused rule, one per rule family (the step benchmark's
 # choice; tests/test_bench_cli.py checks each takes the fused path).
 STEP_INNERS = ("adam", "sgd_nesterov", "adamw", "rmsprop", "adagrad", "adamax", "nadam",
-               "adadelta", "ftrl", "lion")
+               "adadelta", "ftrl", "lion", "lamb")
 
 
 def make_inner(name):
