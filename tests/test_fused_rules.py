@@ -89,3 +89,26 @@ def test_fused_rule_matches_keras_on_transformed_gradients(rule, dtype, wrapper)
             keras.ops.convert_to_numpy(keras.ops.cast(a, "float64")),
             keras.ops.convert_to_numpy(keras.ops.cast(b, "float64")),
             **tolerance(rule, dtype, lr), err_msg=a.path)
+
+
+@pytest.mark.parametrize("wrapper", list(WRAPPERS))
+def test_lamb_trust_ratio_is_one_where_a_norm_is_zero(wrapper):
+    """Lamb's ratio is 1 where ||w|| = 0 (a zero variable) or ||u|| = 0 (a
+    zero gradient on zero slots), as in Keras; the other tensors' ratios are
+    their own."""
+    wrap, transform = WRAPPERS[wrapper]
+    rng = np.random.RandomState(3)
+    init = [np.zeros(6), rng.standard_normal((3, 4)), rng.standard_normal(5)]
+    grads = [rng.standard_normal(6), np.zeros((3, 4)), rng.standard_normal(5)]
+    fused_vars = [keras.Variable(w.astype("float32")) for w in init]
+    plain_vars = [keras.Variable(w.astype("float32")) for w in init]
+    opt = wrap(keras.optimizers.Lamb(0.01))
+    plain = keras.optimizers.Lamb(0.01)
+    opt.apply([keras.ops.convert_to_tensor(g, "float32") for g in grads], fused_vars)
+    assert opt.last_path.name == "fused", opt.last_path.reason
+    plain.apply([keras.ops.convert_to_tensor(transform(g), "float32") for g in grads],
+                plain_vars)
+    for a, b in zip(fused_vars, plain_vars):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), **TOL["float32"])
+    np.testing.assert_array_equal(fused_vars[1].numpy(), init[1].astype("float32"))
+    assert np.abs(fused_vars[0].numpy()).max() > 0
