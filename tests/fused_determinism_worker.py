@@ -47,6 +47,20 @@ def main(threads, out_path):
         results[f"var_{i}"] = v.numpy()
     for i, s in enumerate(opt.inner_optimizer.variables):
         results[f"slot_{i}"] = np.asarray(s.numpy())
+
+    # A trust-ratio rule: its per-tensor sums are a second reduction.
+    variables = [keras.Variable(w) for w in init]
+    opt = normopt.ClippedOptimizer(keras.optimizers.Lamb(0.01, weight_decay=0.01),
+                                   normalization="l2", clipnorm=1.0, fused=True)
+    step = tf.function(lambda gs: opt.apply(gs, variables))
+    for _ in range(2):
+        step(grads)
+    if opt.last_path.name != "fused":
+        raise SystemExit(f"the fused path did not run for Lamb: {opt.last_path}")
+    for i, v in enumerate(variables):
+        results[f"lamb_var_{i}"] = v.numpy()
+    for i, s in enumerate(opt.inner_optimizer.variables):
+        results[f"lamb_slot_{i}"] = np.asarray(s.numpy())
     results["threads"] = np.array(
         tf.config.threading.get_intra_op_parallelism_threads())
     np.savez(out_path, **results)

@@ -1,9 +1,9 @@
 """The fused ops give bitwise identical results with 1 and 2 intra-op threads.
 
 Each run is a fresh subprocess (the thread count is fixed when TensorFlow
-initializes): norms, scaling and two NormalizedOptimizer(AdamW, amsgrad)
-steps on the fused path, over a tensor of 2M elements split into many fixed
-chunks. Fixed chunking and a fixed merge order make the thread count
+initializes): norms, scaling, two NormalizedOptimizer(AdamW, amsgrad) and
+two ClippedOptimizer(Lamb) steps on the fused path, over a tensor of 2M
+elements split into many fixed chunks. Fixed chunking and a fixed merge order make the thread count
 irrelevant to every bit of the result.
 """
 
@@ -36,6 +36,7 @@ def test_one_and_two_threads_give_identical_bits(tmp_path):
     assert int(one.pop("threads")) == 1 and int(two.pop("threads")) == 2
     assert sorted(one) == sorted(two)
     assert any(k.startswith("slot_") for k in one)
+    assert any(k.startswith("lamb_slot_") for k in one)
     for key in one:
         a, b = one[key], two[key]
         assert a.dtype == b.dtype and a.shape == b.shape, key
