@@ -112,3 +112,34 @@ def test_lamb_trust_ratio_is_one_where_a_norm_is_zero(wrapper):
         np.testing.assert_allclose(a.numpy(), b.numpy(), **TOL["float32"])
     np.testing.assert_array_equal(fused_vars[1].numpy(), init[1].astype("float32"))
     assert np.abs(fused_vars[0].numpy()).max() > 0
+
+
+@pytest.mark.parametrize("wrapper, granularity", [
+    ("normalized", "unit"), ("normalized", "global"), ("adaptive", "unit"),
+    ("adaptive", "tensor")])
+def test_lamb_under_other_scales_matches_the_tf_path(wrapper, granularity):
+    """A trust-ratio rule's two passes take g' from unit-wise, global and
+    adaptive-clipping scales as a one-phase rule does: the fused Lamb steps
+    match the pure-TF ones, over tensors of several of the op's chunks."""
+    rng = np.random.RandomState(5)
+    shapes = [(300, 70), (7, 3), (40000,), ()]
+    init = [rng.standard_normal(s) for s in shapes]
+    grads = [[rng.standard_normal(s) * 10.0 ** rng.uniform(-1, 1) for s in shapes]
+             for _ in range(STEPS)]
+
+    def run(fused):
+        inner = keras.optimizers.Lamb(0.01, weight_decay=2.0**-7)
+        if wrapper == "adaptive":
+            opt = normopt.AdaptiveClippedOptimizer(inner, clip_factor=0.05,
+                                                   granularity=granularity, fused=fused)
+        else:
+            opt = normopt.NormalizedOptimizer(inner, "l2", granularity=granularity,
+                                              fused=fused)
+        variables = [keras.Variable(w.astype("float32")) for w in init]
+        for gs in grads:
+            opt.apply([keras.ops.convert_to_tensor(g, "float32") for g in gs], variables)
+        assert opt.last_path.name == ("fused" if fused else "tf"), opt.last_path.reason
+        return [v.numpy() for v in variables + list(opt.inner_optimizer.variables)]
+
+    for a, b in zip(run(True), run(False)):
+        np.testing.assert_allclose(a, b, **TOL["float32"])
