@@ -31,7 +31,7 @@ INDICES = {
 }
 # Inners with a fused rule that densifies, in Keras configurations whose
 # hyperparameters float32 holds exactly (reference.RULE_KERAS).
-INNERS = ["adam", "rmsprop", "sgd_nesterov"]
+INNERS = ["adam", "rmsprop", "sgd_nesterov", "lamb"]
 TOL = {"float64": dict(rtol=1e-9, atol=1e-12), "float32": dict(rtol=2e-5, atol=2e-6)}
 STEPS = 2
 
