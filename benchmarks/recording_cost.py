@@ -15,6 +15,15 @@ gained that output, run with --no-record from a checkout of that commit:
 runs, alternating, the baseline tree's step with nothing recorded and this
 tree's step with recording, each in its own process (a fresh thread pool and
 allocator each time), and prints every pair's ratio and the median ratio.
+Process-to-process noise on a shared machine is large (+-20%), so
+
+    python benchmarks/recording_cost.py --interleaved --set big --norm max
+
+times, in one process with samples interleaved, the step with recording
+against the same step with the wrapper recording nothing (separate
+variables, same library): the wrapper's share of the cost. With `l2` the
+op's share is nil (the norm gathers the sum of squares anyway); with `max`
+it is the extra sum-of-squares lanes of the statistics pass.
 """
 
 import argparse
@@ -28,7 +37,9 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def time_step(set_name, samples, warmup, record):
+def make_step(set_name, record, norm="l2"):
+    """A compiled fused step (NormalizedOptimizer(Adam), `norm`) on fresh
+    variables of `set_name`, recording the gradient norms or not."""
     import numpy as np
     import tensorflow as tf
 
@@ -40,14 +51,33 @@ def time_step(set_name, samples, warmup, record):
     shapes = step_shapes(set_name)
     variables = [keras.Variable(rng.standard_normal(s).astype("float32") * 0.1) for s in shapes]
     grads = [tf.constant(rng.standard_normal(s).astype("float32")) for s in shapes]
-    opt = normopt.NormalizedOptimizer(keras.optimizers.Adam(1e-3), fused=True)
+    opt = normopt.NormalizedOptimizer(keras.optimizers.Adam(1e-3), norm, fused=True)
     if not record:
         opt._record_gradient_norms = lambda *args, **kw: None
     opt.build(variables)
     step = tf.function(lambda: opt.apply(grads, variables))
+    step()
+    assert opt.last_path.name == "fused", opt.last_path
+    return lambda: step() and None
+
+
+def interleaved(set_name, samples, warmup, norm):
+    """Median step times with recording, and without (the mean of two
+    non-recording steps built before and after it: the order in which the
+    steps' variables are allocated shows in their times), sampled in turn."""
+    from normopt.bench import timing
+
+    calls = {"without": make_step(set_name, False, norm), "with": make_step(set_name, True, norm),
+             "without_2": make_step(set_name, False, norm)}
+    stats = timing.time_calls_interleaved(calls, samples, warmup)
+    without = (stats["without"]["median_s"] + stats["without_2"]["median_s"]) / 2
+    return stats["with"]["median_s"], without
+
+
+def time_step(set_name, samples, warmup, record):
+    step = make_step(set_name, record)
     for _ in range(warmup):
         step()
-    assert opt.last_path.name == "fused", opt.last_path
     times = []
     for _ in range(samples):
         start = time.perf_counter()
@@ -78,7 +108,15 @@ def main(argv=None):
                         help="a checkout of the commit before the change: alternate "
                              "its step (nothing recorded) with this tree's")
     parser.add_argument("--pairs", type=int, default=4)
+    parser.add_argument("--interleaved", action="store_true",
+                        help="one process: with and without recording, samples interleaved")
+    parser.add_argument("--norm", default="l2", help="the wrapper's norm (--interleaved)")
     args = parser.parse_args(argv)
+    if args.interleaved:
+        with_s, without_s = interleaved(args.set, args.samples, args.warmup, args.norm)
+        print(f"{args.set} {args.norm}: with recording {with_s * 1e3:.3f} ms, without "
+              f"{without_s * 1e3:.3f} ms, ratio {with_s / without_s:.3f}")
+        return
     if args.baseline_tree:
         this_tree = os.path.dirname(HERE)
         ratios = []

@@ -420,28 +420,37 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
         ]
 
     def _record_gradient_norms(self, grads, variables, measured=None):
-        """Stores the L2 norms of the raw gradients `grads` of `variables`:
-        `measured` (one per gradient: the compiled op's, from the statistics
-        it reads anyway, of the gradients unscaled) where given, else taken
-        here in TF."""
-        if measured is None:
+        """Stores the L2 norms of the raw gradients `grads` of `variables`.
+
+        `measured`: the norms the compiled op took from the statistics it
+        reads anyway (of the gradients unscaled), as parts (variables,
+        vector); the norms of gradients in no part are taken here in TF.
+        Ops per step: a cast (and a concat and a scatter where the parts do
+        not cover the variables in order) and the assign.
+        """
+        parts = list(measured or [])
+        covered = {self._var_key(v) for part, _ in parts for v in part}
+        rest = [(g, v) for g, v in zip(grads, variables) if self._var_key(v) not in covered]
+        if rest:
             factor = self.inner_optimizer.loss_scale_factor
-            measured = []
-            for g in grads:
+            norms = []
+            for g, _ in rest:
                 norm = normalizations.tf_norm(g, "l2", eps=0.0)
                 if factor is not None:
                     norm = norm / tf.cast(factor, norm.dtype)
-                measured.append(norm)
-        norms = {
-            self._var_key(v): tf.cast(norm, tf.float32)
-            for norm, v in zip(measured, variables)
-        }
-        zero = tf.zeros([], tf.float32)
-        self._gradient_norms.assign(
-            tf.stack(
-                [norms.get(self._var_key(v), zero) for v in self._trainable_variables]
+                norms.append(tf.cast(norm, tf.float32))
+            parts.append(([v for _, v in rest], tf.stack(norms)))
+        vectors = [tf.cast(vector, tf.float32) for _, vector in parts]
+        values = vectors[0] if len(vectors) == 1 else tf.concat(vectors, 0)
+        order = [self._var_key(v) for part, _ in parts for v in part]
+        keys = [self._var_key(v) for v in self._trainable_variables]
+        if order != keys:
+            # some variables had no gradient (0), or the parts are in another order
+            index = {k: i for i, k in enumerate(keys)}
+            values = tf.scatter_nd(
+                [[index[k]] for k in order], values, [len(keys)]
             )
-        )
+        self._gradient_norms.assign(values)
 
     def save_own_variables(self, store):
         """Saves the wrapper's own variables only.
@@ -579,7 +588,8 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
 
     def _step(self, gs, vs, replicas):
         """One step on gradients already summed across replicas; returns the
-        L2 norms of `gs` where the compiled op measured them, else None."""
+        L2 norms the compiled op measured (parts, `_record_gradient_norms`),
+        else None."""
         inner = self.inner_optimizer
         keras_adapters.restore_unsaved_state(inner)
         path = fused_step.choose_path(
@@ -618,15 +628,11 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
         if not keep:
             scaled_kept = []
         elif path.name == paths.FUSED_SCALE:
-            scaled_kept, kept_norms = fused_step.run_fused_scale(
+            scaled_kept, measured = fused_step.run_fused_scale(
                 self._scaling([]), kept_gs, kept_vs
             )
-            # gs are unscaled here; the op measured the kept ones.
-            by_index = dict(zip(keep, kept_norms))
-            measured = [
-                by_index[i] if i in by_index else normalizations.tf_norm(g, "l2", eps=0.0)
-                for i, g in enumerate(gs)
-            ]
+            # (the op measured the kept gradients, unscaled; the others are
+            # measured in _record_gradient_norms)
         else:
             scaled_kept = scale_gradients(
                 kept_gs,

@@ -254,21 +254,14 @@ def _norm_args(normalization, grads):
     )
 
 
-def _per_variable(group, grad_norms, into):
-    """into[id(v)] = the op's L2 norm of v's gradient, as a float32 scalar."""
-    grad_norms = tf.cast(grad_norms, tf.float32)
-    for k, (_, v) in enumerate(group):
-        into[id(v)] = grad_norms[k]
-
-
 def run_fused_scale(scaling, grads, variables):
-    """(gradients scaled by the compiled op, the L2 norm of each gradient as
-    a float32 scalar), both in the order given. A global norm needs one
-    dtype (one op call): choose_path sees to it."""
+    """(gradients scaled by the compiled op, in the order given; the op's L2
+    norms of the gradients as parts: one (variables, vector) per op call). A
+    global norm needs one dtype (one op call): choose_path sees to it."""
     from normopt.ops import fused
 
     eps = keras.config.epsilon()
-    scaled, grad_norms = {}, {}
+    scaled, parts = {}, []
     for group in _by_dtype(grads, variables):
         gs = [g for g, _ in group]
         kind, norms = _norm_args(scaling.normalization, gs)
@@ -278,8 +271,8 @@ def run_fused_scale(scaling, grads, variables):
             excluded=scaling.excluded_in([v for _, v in group]))
         for (_, v), s in zip(group, out):
             scaled[id(v)] = s
-        _per_variable(group, l2, grad_norms)
-    return [scaled[id(v)] for v in variables], [grad_norms[id(v)] for v in variables]
+        parts.append(([v for _, v in group], l2))
+    return [scaled[id(v)] for v in variables], parts
 
 
 def run_fused_update(inner, scaling, grads, variables):
@@ -291,9 +284,9 @@ def run_fused_update(inner, scaling, grads, variables):
     slots, the way Keras's own distributed update does; no collective runs
     inside, so every worker does the same local work on the same sums.
 
-    Returns the op's L2 norm of each gradient (float32 scalars, in the order
-    of `variables`; under a strategy those of the first local device, whose
-    gradients every device shares).
+    Returns the op's L2 norms of the gradients as parts, one (variables,
+    vector) per op call (under a strategy those of the first local device,
+    whose gradients every device shares).
     """
     adapter = keras_adapters.adapter_for(inner)
     # choose_path lets IndexedSlices through only for DENSIFY rules. Here,
@@ -332,7 +325,8 @@ def run_fused_update(inner, scaling, grads, variables):
 
 def _update_variables(inner, scaling, grads, variables, on_device=None):
     """The fused op over `variables` (Keras variables) and their slots;
-    returns the op's L2 norms of the gradients (float32 scalars, in order).
+    returns the op's L2 norms of the gradients, one (variables, vector) per
+    op call.
 
     `on_device` maps a Keras variable to the copy the op updates (one
     device's component of a mirrored variable); by default the variable.
@@ -346,7 +340,7 @@ def _update_variables(inner, scaling, grads, variables, on_device=None):
     eps = keras.config.epsilon()
     lr = tf.cast(inner.learning_rate, tf.float64)
     step = tf.cast(inner.iterations + 1, tf.float64)
-    grad_norms = {}
+    parts = []
     for group in _by_dtype(grads, variables):
         gs = [g for g, _ in group]
         vs = [v for _, v in group]
@@ -372,8 +366,8 @@ def _update_variables(inner, scaling, grads, variables, on_device=None):
             excluded=scaling.excluded_in(vs),
             weight_eps=scaling.weight_eps,
         )
-        _per_variable(group, l2, grad_norms)
-    return [grad_norms[id(v)] for v in variables]
+        parts.append((vs, l2))
+    return parts
 
 
 def _finish_step(inner, variables):
