@@ -145,6 +145,7 @@ RULE_SLOTS = {
     "lion": ("m",),
     "adadelta": ("accumulated_grad", "accumulated_delta_var"),
     "ftrl": ("accumulator", "linear"),
+    "ftrl_sqrt": ("accumulator", "linear"),
     "lamb": ("m", "v"),
 }
 
@@ -169,7 +170,8 @@ RULE_HYPER = {
     "nadam": (_B1, _B2, 1e-7),
     "lion": (_B1, _LION_B2),
     "adadelta": (_RHO, 1e-7),
-    "ftrl": (-0.5, 2.0**-10, 2.0**-8, 2.0**-9, 0.25),
+    "ftrl": (-0.25, 2.0**-10, 2.0**-8, 2.0**-9, 0.25),
+    "ftrl_sqrt": (-0.5, 2.0**-10, 2.0**-8, 2.0**-9, 0.25),
     "lamb": (_B1, _B2, 1e-7),
 }
 
@@ -195,10 +197,14 @@ RULE_KERAS = {
     "nadam": lambda k: k.Nadam(0.01, _K_B1, _K_B2, _K_EPS, weight_decay=_K_WD),
     "lion": lambda k: k.Lion(1e-3, _K_B1, _K_B2, weight_decay=_K_WD),
     "adadelta": lambda k: k.Adadelta(0.5, rho=_K_RHO, epsilon=_K_EPS, weight_decay=_K_WD),
-    "ftrl": lambda k: k.Ftrl(0.25, initial_accumulator_value=0.125,
+    "ftrl": lambda k: k.Ftrl(0.25, learning_rate_power=-0.25, initial_accumulator_value=0.125,
                              l1_regularization_strength=2.0**-10,
                              l2_regularization_strength=2.0**-8,
                              l2_shrinkage_regularization_strength=2.0**-9, beta=0.25),
+    "ftrl_sqrt": lambda k: k.Ftrl(0.25, initial_accumulator_value=0.125,
+                                  l1_regularization_strength=2.0**-10,
+                                  l2_regularization_strength=2.0**-8,
+                                  l2_shrinkage_regularization_strength=2.0**-9, beta=0.25),
     "lamb": lambda k: k.Lamb(0.01, _K_B1, _K_B2, _K_EPS, weight_decay=_K_WD),
 }
 
@@ -211,6 +217,7 @@ RULE_TERMS = {
     "ftrl": lambda w, s, g, lr, step, h: (
         0.0, [0.0, (np.abs(s[0] + g * g) ** -h[0] + np.abs(s[0]) ** -h[0]) / lr * np.abs(w)]),
 }
+RULE_TERMS["ftrl_sqrt"] = RULE_TERMS["ftrl"]
 
 
 def rule_terms(rule, w, slots, g, lr, step, hyper):
@@ -302,7 +309,7 @@ def rule_step(rule, w, slots, g, lr, step, hyper, wd=0.0):
         acc_grad = rho * s[0] + (1 - rho) * g * g
         delta = -np.sqrt(s[1] + eps) * g / np.sqrt(acc_grad + eps)
         return w + lr * delta, [acc_grad, rho * s[1] + (1 - rho) * delta * delta]
-    if rule == "ftrl":
+    if rule in ("ftrl", "ftrl_sqrt"):
         lr_power, l1, l2, shrinkage, beta = hyper
         n = s[0] + g * g
         linear = s[1] + (g + 2 * shrinkage * w - (n**-lr_power - s[0]**-lr_power) / lr * w)

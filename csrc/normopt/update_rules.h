@@ -66,6 +66,8 @@
 //                    linear += g2 - (n^-p - acc^-p)/lr*w      (p = lr_power)
 //                    q = n^-p/lr + 2*(l2 + beta/(2*lr))       (in A, as Keras)
 //                    w = (clip(linear, -l1, l1) - linear)/q;  acc = n
+//   ftrl_sqrt      ftrl with lr_power = -0.5 (Keras's default): x^0.5 as
+//                  sqrt, which vectorizes (pow is a scalar call per element)
 //   lion           m | beta_1, beta_2
 //                    w -= lr*sign(m*b1 + g*(1 - b1));  m = m*b2 + g*(1 - b2)
 //                                                           (1 - b in A)
@@ -344,29 +346,42 @@ struct Adadelta {
   }
 };
 
-template <typename A>
-struct Ftrl {
+// SqrtPower: lr_power is -0.5 (the adapter picks ftrl_sqrt only then).
+template <typename A, bool SqrtPower>
+struct FtrlRule {
   static constexpr int kSlots = 2;
   static constexpr const char* kSlotNames = "accumulator,linear";
   static constexpr int kHypers = 5;
   A lr, neg_power, l1, two_l2_reg, two_shrinkage;
-  NORMOPT_HD explicit Ftrl(const double* args)
+  NORMOPT_HD explicit FtrlRule(const double* args)
       : lr(A(args[0])),
         neg_power(A(-args[2])),
         l1(A(args[3])),
         two_l2_reg(A(2) * (A(args[4]) + A(args[6]) / (A(2) * A(args[0])))),
         two_shrinkage(A(2 * args[5])) {}
+  NORMOPT_HD A power(A x) const {
+    if constexpr (SqrtPower) {
+      return NORMOPT_SQRT(x);
+    } else {
+      return NORMOPT_POW(x, neg_power);
+    }
+  }
   NORMOPT_HD void operator()(A& w, A* s, A g) const {
     const A g2 = g + two_shrinkage * w;
     const A n = s[0] + g * g;
-    const A n_pow = NORMOPT_POW(n, neg_power);
-    s[1] = s[1] + (g2 - ((n_pow - NORMOPT_POW(s[0], neg_power)) / lr) * w);
+    const A n_pow = power(n);
+    s[1] = s[1] + (g2 - ((n_pow - power(s[0])) / lr) * w);
     const A quadratic = n_pow / lr + two_l2_reg;
     const A clipped = s[1] < -l1 ? -l1 : (s[1] > l1 ? l1 : s[1]);
     w = (clipped - s[1]) / quadratic;
     s[0] = n;
   }
 };
+
+template <typename A>
+using Ftrl = FtrlRule<A, false>;
+template <typename A>
+using FtrlSqrt = FtrlRule<A, true>;
 
 template <typename A>
 struct Lion {
@@ -444,6 +459,7 @@ struct Lamb {
   X(nadam, Nadam)                                        \
   X(adadelta, Adadelta)                                  \
   X(ftrl, Ftrl)                                          \
+  X(ftrl_sqrt, FtrlSqrt)                                 \
   X(lion, Lion)                                          \
   X(lamb, Lamb)
 

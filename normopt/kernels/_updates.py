@@ -384,6 +384,9 @@ RULES = {r.name: r for r in (
          ("rho", "epsilon"), adadelta_scalars),
     Rule("ftrl", FTRL, ("accumulator", "linear"),
          ("lr_power", "l1", "l2", "l2_shrinkage", "beta"), ftrl_scalars),
+    # the C++ rule's sqrt variant (lr_power -0.5); the reference keeps **
+    Rule("ftrl_sqrt", FTRL, ("accumulator", "linear"),
+         ("lr_power", "l1", "l2", "l2_shrinkage", "beta"), ftrl_scalars),
     Rule("lamb", LAMB, ("m", "v"), ("beta_1", "beta_2", "epsilon"), lamb_scalars,
          trust_ratio=True),
 )}

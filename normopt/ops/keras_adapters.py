@@ -23,7 +23,7 @@ does with one; checked against the installed Keras there too).
                                                  b1, b2, eps, u_product
     Adadelta adadelta                            _accumulated_grads,
                                                  _accumulated_delta_vars  rho, eps
-    Ftrl     ftrl                                _accumulators, _linears
+    Ftrl     ftrl, ftrl_sqrt (lr_power -0.5)     _accumulators, _linears
                             lr_power, l1, l2, l2_shrinkage, beta
     Lion     lion                                _momentums          b1, b2
     Lamb     lamb                                _momentums, _velocities
@@ -242,7 +242,8 @@ class FtrlAdapter(Adapter):
     optimizer = keras.optimizers.Ftrl
 
     def rule(self, inner):
-        return "ftrl"
+        # x^0.5 is sqrt: a rule of its own, whose loop vectorizes
+        return "ftrl_sqrt" if inner.learning_rate_power == -0.5 else "ftrl"
 
     def slots(self, inner, index):
         return [_pick(inner._accumulators, index), _pick(inner._linears, index)]
@@ -315,7 +316,7 @@ class LambAdapter(Adapter):
 #     rmsprop_centered_momentum
 #   adadelta                                 both accumulators decay        DENSIFY
 #                                            everywhere; w: a scatter
-#   ftrl                                     w recomputed from the slots    DENSIFY
+#   ftrl, ftrl_sqrt                          w recomputed from the slots    DENSIFY
 #   lion                                     m everywhere, w by sign(...)   DENSIFY
 #   lamb                                     m, v decay everywhere; w by    DENSIFY
 #                                            the whole tensor's ratio
@@ -330,7 +331,7 @@ INDEXED_SLICES = {
     **{rule: DENSIFY for rule in (
         "sgd_momentum", "sgd_nesterov", "adam", "adam_amsgrad", "rmsprop",
         "rmsprop_momentum", "rmsprop_centered", "rmsprop_centered_momentum",
-        "adamax", "nadam", "adadelta", "ftrl", "lion", "lamb")},
+        "adamax", "nadam", "adadelta", "ftrl", "ftrl_sqrt", "lion", "lamb")},
 }
 
 
