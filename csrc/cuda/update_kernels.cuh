@@ -108,6 +108,77 @@ __device__ __forceinline__ void scale_chunks(
   }
 }
 
+// The state of chunk k: w = variable t's chunk, g its gradient's, s[q] its
+// slot q's (slot-major table, as apply_rule_chunks takes it); returns
+// whether every pointer allows 16-byte accesses.
+template <typename T, int K>
+__device__ __forceinline__ bool chunk_state(const Chunk& k, T* const* state,
+                                            int num_tensors,
+                                            const T* const* grads, T** w,
+                                            const T** g, T** s) {
+  *w = state[k.t] + k.lo;
+  *g = grads[k.t] + k.lo;
+  bool vec = aligned16(*w) && aligned16(*g);
+#pragma unroll
+  for (int q = 0; q < K; ++q) {
+    s[q] = state[(1 + q) * int64_t{num_tensors} + k.t] + k.lo;
+    vec = vec && aligned16(s[q]);
+  }
+  return vec;
+}
+
+// element(i, w, slots, g) on every element i of a chunk of n elements, its
+// values loaded into A (16-byte packs where `vec`); with Store, w and the K
+// slots are written back in T, each rounded once.
+template <typename T, int K, bool Store, typename Element>
+__device__ __forceinline__ void visit_elements(int64_t n, bool vec, T* w,
+                                               T* const* s, const T* g,
+                                               Element element) {
+  using A = Acc<T>;
+  constexpr int KS = K > 0 ? K : 1;
+  constexpr int W = Pack<T>::kWidth;
+  for_each_in_chunk<W>(
+      n, vec,
+      [&](int64_t p) {
+        const int64_t i = p * W;
+        Pack<T> wv = load_pack(w + i);
+        const Pack<T> gv = load_pack(g + i);
+        Pack<T> sv[KS];
+#pragma unroll
+        for (int q = 0; q < K; ++q) sv[q] = load_pack(s[q] + i);
+#pragma unroll
+        for (int j = 0; j < W; ++j) {
+          A wa = to_acc(wv.v[j]);
+          A sa[KS];
+#pragma unroll
+          for (int q = 0; q < K; ++q) sa[q] = to_acc(sv[q].v[j]);
+          element(i + j, wa, sa, to_acc(gv.v[j]));
+          if constexpr (Store) {
+            wv.v[j] = from_acc<T>(wa);
+#pragma unroll
+            for (int q = 0; q < K; ++q) sv[q].v[j] = from_acc<T>(sa[q]);
+          }
+        }
+        if constexpr (Store) {
+          store_pack(w + i, wv);
+#pragma unroll
+          for (int q = 0; q < K; ++q) store_pack(s[q] + i, sv[q]);
+        }
+      },
+      [&](int64_t i) {
+        A wa = to_acc(w[i]);
+        A sa[KS];
+#pragma unroll
+        for (int q = 0; q < K; ++q) sa[q] = to_acc(s[q][i]);
+        element(i, wa, sa, to_acc(g[i]));
+        if constexpr (Store) {
+          w[i] = from_acc<T>(wa);
+#pragma unroll
+          for (int q = 0; q < K; ++q) s[q][i] = from_acc<T>(sa[q]);
+        }
+      });
+}
+
 // Phase 1 of trust-ratio rule Rule (update_rules.h), nothing stored: each
 // chunk's TrustSums of the decayed w and of the direction u of the updated
 // slots.
@@ -121,55 +192,26 @@ __device__ __forceinline__ void trust_sums_chunks(
   using A = Acc<T>;
   constexpr int K = Rule::kSlots;
   constexpr int KS = K > 0 ? K : 1;
-  constexpr int W = Pack<T>::kWidth;
   __shared__ A sh_w[kThreads], sh_u[kThreads];
   const int tid = threadIdx.x;
   for (int64_t c = blockIdx.x; c < num_chunks; c += gridDim.x) {
     const Chunk k = chunk_at(c, chunk_tensor, chunk_start, sizes, chunk_size);
-    const T* w = state[k.t] + k.lo;
-    const T* g = grads[k.t] + k.lo;
-    const T* s[KS];
-    bool vec = aligned16(w) && aligned16(g);
-#pragma unroll
-    for (int q = 0; q < K; ++q) {
-      s[q] = state[(1 + q) * int64_t{num_tensors} + k.t] + k.lo;
-      vec = vec && aligned16(s[q]);
-    }
+    T* w;
+    const T* g;
+    T* s[KS];
+    const bool vec = chunk_state<T, K>(k, state, num_tensors, grads, &w, &g, s);
     const A wd = decay[k.t];
     const TensorScale<A>* base = table.of_tensor(k.t);
     const int64_t units = table.units_of(k.t);
     A w_sq = A(0), u_sq = A(0);
-    // Element i of the chunk.
-    auto element = [&](int64_t i, A wa, A* sa, A ga) {
+    // Element i of the chunk (nothing stored).
+    visit_elements<T, K, false>(k.n, vec, w, s, g, [&](int64_t i, A& wa, A* sa, A ga) {
       wa = decayed<true>(wa, wd, lr);
       rule.moments(sa, apply_scale(ga, scale_at(base, units, k.lo + i)));
       const A u = rule.direction(sa);
       w_sq += wa * wa;
       u_sq += u * u;
-    };
-    for_each_in_chunk<W>(
-        k.n, vec,
-        [&](int64_t p) {
-          const int64_t i = p * W;
-          const Pack<T> wv = load_pack(w + i);
-          const Pack<T> gv = load_pack(g + i);
-          Pack<T> sv[KS];
-#pragma unroll
-          for (int q = 0; q < K; ++q) sv[q] = load_pack(s[q] + i);
-#pragma unroll
-          for (int j = 0; j < W; ++j) {
-            A sa[KS];
-#pragma unroll
-            for (int q = 0; q < K; ++q) sa[q] = to_acc(sv[q].v[j]);
-            element(i + j, to_acc(wv.v[j]), sa, to_acc(gv.v[j]));
-          }
-        },
-        [&](int64_t i) {
-          A sa[KS];
-#pragma unroll
-          for (int q = 0; q < K; ++q) sa[q] = to_acc(s[q][i]);
-          element(i, to_acc(w[i]), sa, to_acc(g[i]));
-        });
+    });
     sh_w[tid] = w_sq;
     sh_u[tid] = u_sq;
     __syncthreads();
@@ -214,63 +256,22 @@ __device__ __forceinline__ void trust_update_chunks(
   using A = Acc<T>;
   constexpr int K = Rule::kSlots;
   constexpr int KS = K > 0 ? K : 1;
-  constexpr int W = Pack<T>::kWidth;
   for (int64_t c = blockIdx.x; c < num_chunks; c += gridDim.x) {
     const Chunk k = chunk_at(c, chunk_tensor, chunk_start, sizes, chunk_size);
-    T* w = state[k.t] + k.lo;
-    const T* g = grads[k.t] + k.lo;
+    T* w;
+    const T* g;
     T* s[KS];
-    bool vec = aligned16(w) && aligned16(g);
-#pragma unroll
-    for (int q = 0; q < K; ++q) {
-      s[q] = state[(1 + q) * int64_t{num_tensors} + k.t] + k.lo;
-      vec = vec && aligned16(s[q]);
-    }
+    const bool vec = chunk_state<T, K>(k, state, num_tensors, grads, &w, &g, s);
     const A wd = decay[k.t];
     const TensorScale<A>* base = table.of_tensor(k.t);
     const int64_t units = table.units_of(k.t);
     const TrustSums<A> sums = tensor_sums[k.t];
     const A r = rule.ratio(sums.w_sq, sums.u_sq);
-    // Element i of the chunk.
-    auto element = [&](int64_t i, A& wa, A* sa, A ga) {
+    visit_elements<T, K, true>(k.n, vec, w, s, g, [&](int64_t i, A& wa, A* sa, A ga) {
       wa = decayed<true>(wa, wd, lr);
       rule.moments(sa, apply_scale(ga, scale_at(base, units, k.lo + i)));
       rule(wa, sa, r);
-    };
-    for_each_in_chunk<W>(
-        k.n, vec,
-        [&](int64_t p) {
-          const int64_t i = p * W;
-          Pack<T> wv = load_pack(w + i);
-          const Pack<T> gv = load_pack(g + i);
-          Pack<T> sv[KS];
-#pragma unroll
-          for (int q = 0; q < K; ++q) sv[q] = load_pack(s[q] + i);
-#pragma unroll
-          for (int j = 0; j < W; ++j) {
-            A wa = to_acc(wv.v[j]);
-            A sa[KS];
-#pragma unroll
-            for (int q = 0; q < K; ++q) sa[q] = to_acc(sv[q].v[j]);
-            element(i + j, wa, sa, to_acc(gv.v[j]));
-            wv.v[j] = from_acc<T>(wa);
-#pragma unroll
-            for (int q = 0; q < K; ++q) sv[q].v[j] = from_acc<T>(sa[q]);
-          }
-          store_pack(w + i, wv);
-#pragma unroll
-          for (int q = 0; q < K; ++q) store_pack(s[q] + i, sv[q]);
-        },
-        [&](int64_t i) {
-          A wa = to_acc(w[i]);
-          A sa[KS];
-#pragma unroll
-          for (int q = 0; q < K; ++q) sa[q] = to_acc(s[q][i]);
-          element(i, wa, sa, to_acc(g[i]));
-          w[i] = from_acc<T>(wa);
-#pragma unroll
-          for (int q = 0; q < K; ++q) s[q][i] = from_acc<T>(sa[q]);
-        });
+    });
   }
 }
 
@@ -284,59 +285,20 @@ __device__ __forceinline__ void apply_one_phase_chunks(
   using A = Acc<T>;
   constexpr int K = Rule::kSlots;
   constexpr int KS = K > 0 ? K : 1;
-  constexpr int W = Pack<T>::kWidth;
   const Rule rule(args);
   const A lr = A(args[0]);
   for (int64_t c = blockIdx.x; c < num_chunks; c += gridDim.x) {
     const Chunk k = chunk_at(c, chunk_tensor, chunk_start, sizes, chunk_size);
-    T* w = state[k.t] + k.lo;
-    const T* g = grads[k.t] + k.lo;
+    T* w;
+    const T* g;
     T* s[KS];
-    bool vec = aligned16(w) && aligned16(g);
-#pragma unroll
-    for (int q = 0; q < K; ++q) {
-      s[q] = state[(1 + q) * int64_t{num_tensors} + k.t] + k.lo;
-      vec = vec && aligned16(s[q]);
-    }
+    const bool vec = chunk_state<T, K>(k, state, num_tensors, grads, &w, &g, s);
     const A wd = decay[k.t];
     const TensorScale<A>* base = table.of_tensor(k.t);
     const int64_t u = table.units_of(k.t);
-    for_each_in_chunk<W>(
-        k.n, vec,
-        [&](int64_t p) {
-          const int64_t i = p * W;
-          Pack<T> wv = load_pack(w + i);
-          const Pack<T> gv = load_pack(g + i);
-          Pack<T> sv[KS];
-#pragma unroll
-          for (int q = 0; q < K; ++q) sv[q] = load_pack(s[q] + i);
-#pragma unroll
-          for (int j = 0; j < W; ++j) {
-            A wa = to_acc(wv.v[j]);
-            A sa[KS];
-#pragma unroll
-            for (int q = 0; q < K; ++q) sa[q] = to_acc(sv[q].v[j]);
-            update_element<true>(rule, lr, wd, scale_at(base, u, k.lo + i + j), wa,
-                                 sa, to_acc(gv.v[j]));
-            wv.v[j] = from_acc<T>(wa);
-#pragma unroll
-            for (int q = 0; q < K; ++q) sv[q].v[j] = from_acc<T>(sa[q]);
-          }
-          store_pack(w + i, wv);
-#pragma unroll
-          for (int q = 0; q < K; ++q) store_pack(s[q] + i, sv[q]);
-        },
-        [&](int64_t i) {
-          A wa = to_acc(w[i]);
-          A sa[KS];
-#pragma unroll
-          for (int q = 0; q < K; ++q) sa[q] = to_acc(s[q][i]);
-          update_element<true>(rule, lr, wd, scale_at(base, u, k.lo + i), wa, sa,
-                               to_acc(g[i]));
-          w[i] = from_acc<T>(wa);
-#pragma unroll
-          for (int q = 0; q < K; ++q) s[q][i] = from_acc<T>(sa[q]);
-        });
+    visit_elements<T, K, true>(k.n, vec, w, s, g, [&](int64_t i, A& wa, A* sa, A ga) {
+      update_element<true>(rule, lr, wd, scale_at(base, u, k.lo + i), wa, sa, ga);
+    });
   }
 }
 

@@ -257,7 +257,7 @@ def _norm_args(normalization, grads):
 def run_fused_scale(scaling, grads, variables):
     """(gradients scaled by the compiled op, in the order given; the op's L2
     norms of the gradients as parts: one (variables, vector) per op call). A
-    global norm needs one dtype (one op call): choose_path sees to it."""
+    global norm needs one dtype (one op call): the wrapper sees to it."""
     from normopt.ops import fused
 
     eps = keras.config.epsilon()
