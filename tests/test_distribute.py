@@ -35,11 +35,13 @@ FUSED = ["false", "null", "true"]
 # (kind, fused) of the parity runs: every path of two kinds; Nadam (state
 # outside the slots, advanced in the cross-replica context) on the fused one;
 # a global norm (of the summed gradients) and unit-wise adaptive clipping on
-# both paths; an Embedding's IndexedSlices gradient under Adam on both paths
-# and under Adagrad, which keeps it sparse on the pure-TF path.
+# the fused one (the op's own granularities; the pure-TF path scales the
+# summed gradients with the same code at every granularity, covered above
+# per tensor); an Embedding's IndexedSlices gradient under Adam on both
+# paths and under Adagrad, which keeps it sparse on the pure-TF path.
 CASES = [(k, f) for k in KINDS for f in FUSED] + [("normalized_nadam", "true")] + [
-    (k, f) for k in ("global_adam", "agc_adam", "embedding_adam") for f in ("false", "true")
-] + [("embedding_adagrad", "null")]
+    ("global_adam", "true"), ("agc_adam", "true"), ("embedding_adam", "false"),
+    ("embedding_adam", "true"), ("embedding_adagrad", "null")]
 
 
 @pytest.fixture(scope="module")

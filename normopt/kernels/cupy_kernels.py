@@ -282,12 +282,12 @@ def _units(array):
     return int(shape[-1]) if len(shape) >= 2 and shape[-1] > 1 else 1
 
 
-def _norm_slots(plan, code, eps, granularity, kept, work):
+def _norm_slots(plan, code, eps, granularity, kept, work, per_tensor):
     """The norms of one tensor list at `granularity`, laid out in scale slots:
     (norms[M] on the device, first[N], units[N]); kept tensors only, the
-    others get first = M (the slot of scale 1)."""
+    others get first = M (the slot of scale 1). `work`: its chunk statistics;
+    `per_tensor`: its per-tensor norms (finish)."""
     n = len(plan.arrays)
-    per_tensor, _ = _finish(plan, work, code, "normalize", 1.0, eps, None)
     first = np.zeros(max(n, 1), np.int64)
     units = np.ones(max(n, 1), np.int64)
     if granularity == "global":
@@ -378,12 +378,14 @@ def launch_scales(plan, kind="l2", mode="normalize", clipnorm=1.0, eps=1e-7, *,
     kept = [t for t in range(n) if t not in excluded]
     code = _finalize.kind_code(kind)
     work = _chunk_stats(plan, code)
-    _finish(plan, work, code, "normalize", 1.0, eps, grad_norms)
-    norms, first, units = _norm_slots(plan, code, eps, granularity, kept, work)
+    per_tensor, _ = _finish(plan, work, code, "normalize", 1.0, eps, grad_norms)
+    norms, first, units = _norm_slots(plan, code, eps, granularity, kept, work, per_tensor)
     weight_norms = np.uintp(0)
     if adaptive:
-        weight_norms, _, _ = _norm_slots(weights, code, eps, granularity, kept,
-                                         _chunk_stats(weights, code))
+        w_work = _chunk_stats(weights, code)
+        w_per_tensor, _ = _finish(weights, w_work, code, "normalize", 1.0, eps, None)
+        weight_norms, _, _ = _norm_slots(weights, code, eps, granularity, kept, w_work,
+                                         w_per_tensor)
     scaled = int((first[kept] + units[kept]).max()) if kept else 0  # slots with a norm
     scales = cp.empty((scaled + 1, 2), dtype=plan.acc)
     _launch(plan.dtype, "scales_from_norms",
