@@ -1,4 +1,6 @@
-// Per-tensor norms and scales of a list of gradients, shared by every op.
+// Norms and scales of a list of gradients, shared by every op: per tensor,
+// per unit (unit_stats.h) or over all of them (ScaleSpec, StepScales), and
+// the recorded L2 norm of every gradient from the same reads.
 //
 // One read of each gradient: the statistics of every chunk (chunk_plan.h)
 // are gathered in parallel into an array, then merged per tensor in chunk
