@@ -431,6 +431,7 @@ def test_emulated_cuda_vector_path_many_tensors_and_repeatability(emulated):
     check_bitwise_repeatable(emulated, many_shapes(40, 3000), chunk_size=512)
 
 
+@pytest.mark.slow
 def test_emulated_cuda_tensor_over_2_31_elements(emulated):
     """64-bit indexing: elements past 2^31 are read where they are, and the
     count is not truncated (avg_l1 divides by it). calloc'ed zeros: the 4 GiB

@@ -41,6 +41,7 @@ if not SIMULATOR:
         assert all("slow sweep; run with --runslow" in line for line in skips), skips
         assert bool(skips) != bool(runslow), skips
 
+    @pytest.mark.slow
     def test_gpu_validate_dry_run(tmp_path):
         """benchmarks/gpu_validate.py runs its whole logic under the simulator."""
         import json
