@@ -171,28 +171,41 @@ class ApplyOnDevice<CpuDevice, T> {
   }
 
  private:
+  // A chunk's variable, K slots and gradient (the state table is slot-major).
+  template <int K>
+  struct ChunkData {
+    T* w;
+    T* slots[K > 0 ? K : 1];
+    const T* g;
+    int64_t len;
+  };
+
+  template <int K>
+  static ChunkData<K> DataOf(const ApplyStep<T>& step, const Chunk& ch) {
+    ChunkData<K> d{step.state[ch.tensor] + ch.begin, {},
+                   step.in.grads.data[ch.tensor] + ch.begin, ch.end - ch.begin};
+    for (int q = 0; q < K; ++q) {
+      d.slots[q] = step.state[(1 + q) * step.n + ch.tensor] + ch.begin;
+    }
+    return d;
+  }
+
   template <typename Rule>
   void RunOnePhase(tensorflow::OpKernelContext* ctx, const ApplyStep<T>& step) {
     constexpr int K = Rule::kSlots;
-    constexpr int KS = K > 0 ? K : 1;
     const Rule rule(step.args);
     const Acc lr = static_cast<Acc>(step.args[0]);
     const Acc* decay = step.in.decay->template flat<Acc>().data();
     const ChunkPlan& plan = *plan_;
-    const int n = step.n;
     ParallelForChunks(ctx, plan, 4 + 3 * K, [&](int64_t c) {
       const Chunk& ch = plan.chunks[c];
-      const int i = ch.tensor;
-      T* slots[KS] = {};
-      for (int q = 0; q < K; ++q) slots[q] = step.state[(1 + q) * n + i] + ch.begin;
-      T* w = step.state[i] + ch.begin;
-      const T* g = step.in.grads.data[i] + ch.begin;
-      const ChunkScales<Acc> s = scales_.Of(c, ch, g, w);
-      const int64_t len = ch.end - ch.begin;
-      if (decay[i] != Acc(0)) {
-        ApplyRuleChunk<T, Rule, true>(rule, lr, decay[i], s, w, slots, g, len);
+      const Acc wd = decay[ch.tensor];
+      const ChunkData<K> d = DataOf<K>(step, ch);
+      const ChunkScales<Acc> s = scales_.Of(c, ch, d.g, d.w);
+      if (wd != Acc(0)) {
+        ApplyRuleChunk<T, Rule, true>(rule, lr, wd, s, d.w, d.slots, d.g, d.len);
       } else {
-        ApplyRuleChunk<T, Rule, false>(rule, lr, decay[i], s, w, slots, g, len);
+        ApplyRuleChunk<T, Rule, false>(rule, lr, wd, s, d.w, d.slots, d.g, d.len);
       }
     });
   }
@@ -202,33 +215,17 @@ class ApplyOnDevice<CpuDevice, T> {
   void RunTrustRatio(tensorflow::OpKernelContext* ctx,
                      const ApplyStep<T>& step) {
     constexpr int K = Rule::kSlots;
-    constexpr int KS = K > 0 ? K : 1;
     const Rule rule(step.args);
     const Acc lr = static_cast<Acc>(step.args[0]);
     const Acc* decay = step.in.decay->template flat<Acc>().data();
     const ChunkPlan& plan = *plan_;
     const int n = step.n;
-    // The chunk's variable, slots and gradient.
-    struct ChunkData {
-      T* w;
-      T* slots[KS];
-      const T* g;
-      int64_t len;
-    };
-    auto data_of = [&](const Chunk& ch) {
-      ChunkData d{step.state[ch.tensor] + ch.begin, {},
-                  step.in.grads.data[ch.tensor] + ch.begin, ch.end - ch.begin};
-      for (int q = 0; q < K; ++q) {
-        d.slots[q] = step.state[(1 + q) * n + ch.tensor] + ch.begin;
-      }
-      return d;
-    };
     std::vector<ChunkScales<Acc>> chunk_scales(plan.size());
     std::vector<TrustSums<Acc>> chunk_sums(plan.size());
     ParallelForChunks(ctx, plan, 4 + 2 * K, [&](int64_t c) {
       const Chunk& ch = plan.chunks[c];
       const Acc wd = decay[ch.tensor];
-      const ChunkData d = data_of(ch);
+      const ChunkData<K> d = DataOf<K>(step, ch);
       const ChunkScales<Acc> s = chunk_scales[c] = scales_.Of(c, ch, d.g, d.w);
       chunk_sums[c] =
           wd != Acc(0)
@@ -250,7 +247,7 @@ class ApplyOnDevice<CpuDevice, T> {
       const Chunk& ch = plan.chunks[c];
       const Acc wd = decay[ch.tensor];
       const Acc r = ratios[ch.tensor];
-      const ChunkData d = data_of(ch);
+      const ChunkData<K> d = DataOf<K>(step, ch);
       if (wd != Acc(0)) {
         TrustUpdateChunk<T, Rule, true>(rule, lr, wd, chunk_scales[c], r, d.w,
                                         d.slots, d.g, d.len);
