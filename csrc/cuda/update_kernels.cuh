@@ -108,23 +108,44 @@ __device__ __forceinline__ void scale_chunks(
   }
 }
 
-// The state of chunk k: w = variable t's chunk, g its gradient's, s[q] its
-// slot q's (slot-major table, as apply_rule_chunks takes it); returns
-// whether every pointer allows 16-byte accesses.
+// What the apply bodies read of chunk k: w = variable t's chunk, g its
+// gradient's, s[q] its slot q's (slot-major table, as apply_rule_chunks
+// takes it), whether every pointer allows 16-byte accesses, the variable's
+// decay and where its scales start.
 template <typename T, int K>
-__device__ __forceinline__ bool chunk_state(const Chunk& k, T* const* state,
-                                            int num_tensors,
-                                            const T* const* grads, T** w,
-                                            const T** g, T** s) {
-  *w = state[k.t] + k.lo;
-  *g = grads[k.t] + k.lo;
-  bool vec = aligned16(*w) && aligned16(*g);
+struct ChunkState {
+  T* w;
+  const T* g;
+  T* s[K > 0 ? K : 1];
+  bool vec;
+  Acc<T> wd;
+  const TensorScale<Acc<T>>* scales;
+  int64_t units, lo;
+
+  // The scale of element i of the chunk.
+  __device__ __forceinline__ TensorScale<Acc<T>> scale(int64_t i) const {
+    return scale_at(scales, units, lo + i);
+  }
+};
+
+template <typename T, int K>
+__device__ __forceinline__ ChunkState<T, K> chunk_state(
+    const Chunk& k, T* const* state, int num_tensors, const T* const* grads,
+    const ScaleTable<Acc<T>>& table, const Acc<T>* decay) {
+  ChunkState<T, K> cs;
+  cs.w = state[k.t] + k.lo;
+  cs.g = grads[k.t] + k.lo;
+  cs.vec = aligned16(cs.w) && aligned16(cs.g);
 #pragma unroll
   for (int q = 0; q < K; ++q) {
-    s[q] = state[(1 + q) * int64_t{num_tensors} + k.t] + k.lo;
-    vec = vec && aligned16(s[q]);
+    cs.s[q] = state[(1 + q) * int64_t{num_tensors} + k.t] + k.lo;
+    cs.vec = cs.vec && aligned16(cs.s[q]);
   }
-  return vec;
+  cs.wd = decay[k.t];
+  cs.scales = table.of_tensor(k.t);
+  cs.units = table.units_of(k.t);
+  cs.lo = k.lo;
+  return cs;
 }
 
 // element(i, w, slots, g) on every element i of a chunk of n elements, its
@@ -191,23 +212,17 @@ __device__ __forceinline__ void trust_sums_chunks(
     TrustSums<Acc<T>>* chunk_sums) {
   using A = Acc<T>;
   constexpr int K = Rule::kSlots;
-  constexpr int KS = K > 0 ? K : 1;
   __shared__ A sh_w[kThreads], sh_u[kThreads];
   const int tid = threadIdx.x;
   for (int64_t c = blockIdx.x; c < num_chunks; c += gridDim.x) {
     const Chunk k = chunk_at(c, chunk_tensor, chunk_start, sizes, chunk_size);
-    T* w;
-    const T* g;
-    T* s[KS];
-    const bool vec = chunk_state<T, K>(k, state, num_tensors, grads, &w, &g, s);
-    const A wd = decay[k.t];
-    const TensorScale<A>* base = table.of_tensor(k.t);
-    const int64_t units = table.units_of(k.t);
+    const ChunkState<T, K> cs =
+        chunk_state<T, K>(k, state, num_tensors, grads, table, decay);
     A w_sq = A(0), u_sq = A(0);
     // Element i of the chunk (nothing stored).
-    visit_elements<T, K, false>(k.n, vec, w, s, g, [&](int64_t i, A& wa, A* sa, A ga) {
-      wa = decayed<true>(wa, wd, lr);
-      rule.moments(sa, apply_scale(ga, scale_at(base, units, k.lo + i)));
+    visit_elements<T, K, false>(k.n, cs.vec, cs.w, cs.s, cs.g, [&](int64_t i, A& wa, A* sa, A ga) {
+      wa = decayed<true>(wa, cs.wd, lr);
+      rule.moments(sa, apply_scale(ga, cs.scale(i)));
       const A u = rule.direction(sa);
       w_sq += wa * wa;
       u_sq += u * u;
@@ -255,21 +270,15 @@ __device__ __forceinline__ void trust_update_chunks(
     const TrustSums<Acc<T>>* tensor_sums) {
   using A = Acc<T>;
   constexpr int K = Rule::kSlots;
-  constexpr int KS = K > 0 ? K : 1;
   for (int64_t c = blockIdx.x; c < num_chunks; c += gridDim.x) {
     const Chunk k = chunk_at(c, chunk_tensor, chunk_start, sizes, chunk_size);
-    T* w;
-    const T* g;
-    T* s[KS];
-    const bool vec = chunk_state<T, K>(k, state, num_tensors, grads, &w, &g, s);
-    const A wd = decay[k.t];
-    const TensorScale<A>* base = table.of_tensor(k.t);
-    const int64_t units = table.units_of(k.t);
+    const ChunkState<T, K> cs =
+        chunk_state<T, K>(k, state, num_tensors, grads, table, decay);
     const TrustSums<A> sums = tensor_sums[k.t];
     const A r = rule.ratio(sums.w_sq, sums.u_sq);
-    visit_elements<T, K, true>(k.n, vec, w, s, g, [&](int64_t i, A& wa, A* sa, A ga) {
-      wa = decayed<true>(wa, wd, lr);
-      rule.moments(sa, apply_scale(ga, scale_at(base, units, k.lo + i)));
+    visit_elements<T, K, true>(k.n, cs.vec, cs.w, cs.s, cs.g, [&](int64_t i, A& wa, A* sa, A ga) {
+      wa = decayed<true>(wa, cs.wd, lr);
+      rule.moments(sa, apply_scale(ga, cs.scale(i)));
       rule(wa, sa, r);
     });
   }
@@ -284,20 +293,14 @@ __device__ __forceinline__ void apply_one_phase_chunks(
     ScaleTable<Acc<T>> table, const Acc<T>* decay, const double* args) {
   using A = Acc<T>;
   constexpr int K = Rule::kSlots;
-  constexpr int KS = K > 0 ? K : 1;
   const Rule rule(args);
   const A lr = A(args[0]);
   for (int64_t c = blockIdx.x; c < num_chunks; c += gridDim.x) {
     const Chunk k = chunk_at(c, chunk_tensor, chunk_start, sizes, chunk_size);
-    T* w;
-    const T* g;
-    T* s[KS];
-    const bool vec = chunk_state<T, K>(k, state, num_tensors, grads, &w, &g, s);
-    const A wd = decay[k.t];
-    const TensorScale<A>* base = table.of_tensor(k.t);
-    const int64_t u = table.units_of(k.t);
-    visit_elements<T, K, true>(k.n, vec, w, s, g, [&](int64_t i, A& wa, A* sa, A ga) {
-      update_element<true>(rule, lr, wd, scale_at(base, u, k.lo + i), wa, sa, ga);
+    const ChunkState<T, K> cs =
+        chunk_state<T, K>(k, state, num_tensors, grads, table, decay);
+    visit_elements<T, K, true>(k.n, cs.vec, cs.w, cs.s, cs.g, [&](int64_t i, A& wa, A* sa, A ga) {
+      update_element<true>(rule, lr, cs.wd, cs.scale(i), wa, sa, ga);
     });
   }
 }
