@@ -75,8 +75,9 @@ def reference_step(kind, grads, weights, name, granularity, excluded=()):
     return out
 
 
-def make_wrapper(kind, name, granularity, fused, lr=1.0):
-    inner = keras.optimizers.SGD(lr)
+def make_wrapper(kind, name, granularity, fused, lr=1.0, inner=None):
+    """The wrapper of `kind` around `inner` (default SGD(lr))."""
+    inner = inner or keras.optimizers.SGD(lr)
     if kind == "normalized":
         return normopt.NormalizedOptimizer(inner, name, fused=fused, granularity=granularity)
     if kind == "clipped":

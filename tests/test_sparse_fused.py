@@ -20,7 +20,8 @@ import keras
 import normopt
 import reference as R
 from normopt.ops import fused_step, keras_adapters, library
-from test_granularity import CLIP_FACTOR, CLIPNORM, EPS, WEIGHT_EPS, reference_step
+from test_granularity import EPS, reference_step
+from test_granularity import make_wrapper as granularity_wrapper
 
 ROWS, WIDTH = 40, 6
 # name -> indices of the sparse gradient's rows (values: one row per index)
@@ -66,15 +67,9 @@ def initial_weights():
 
 
 def make_wrapper(kind, rule, fused, granularity="tensor", name="l2"):
-    inner = R.RULE_KERAS[rule](keras.optimizers)
-    if kind == "normalized":
-        return normopt.NormalizedOptimizer(inner, name, fused=fused, granularity=granularity)
-    if kind == "clipped":
-        return normopt.ClippedOptimizer(inner, name, clipnorm=CLIPNORM, fused=fused,
-                                        granularity=granularity)
-    return normopt.AdaptiveClippedOptimizer(inner, clip_factor=CLIP_FACTOR, eps=WEIGHT_EPS,
-                                            normalization=name, granularity=granularity,
-                                            fused=fused)
+    """test_granularity's wrapper of `kind` around the Keras optimizer of `rule`."""
+    return granularity_wrapper(kind, name, granularity, fused,
+                               inner=R.RULE_KERAS[rule](keras.optimizers))
 
 
 def run(opt, case, dtype, excluded=(), path=None, graph=False):
