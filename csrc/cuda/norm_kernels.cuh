@@ -251,10 +251,9 @@ __device__ __forceinline__ void scales_from_norms(
     scales[t] = TensorScale<A>{A(1), A(1)};
     return;
   }
-  A threshold = clipnorm;
-  if (weight_norms != nullptr) {
-    threshold = clipnorm * max_keep_nan(weight_norms[t], weight_eps);
-  }
+  const A threshold = weight_norms != nullptr
+                        ? adaptive_threshold(clipnorm, weight_norms[t], weight_eps)
+                        : clipnorm;
   scales[t] = scale_from_norm(static_cast<ScaleMode>(mode), norms[t], threshold);
 }
 

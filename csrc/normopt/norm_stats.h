@@ -397,6 +397,15 @@ NORMOPT_HD Acc apply_scale(Acc x, const TensorScale<Acc>& s) {
   return (x * s.pre) * s.mult;
 }
 
+// The clip threshold of adaptive gradient clipping: clip_factor *
+// max(norm(w), weight_eps), w's norm at the gradient's granularity (a NaN
+// weight norm stays NaN, as tf.maximum keeps it).
+template <typename Acc>
+NORMOPT_HD Acc adaptive_threshold(Acc clip_factor, Acc weight_norm,
+                                  Acc weight_eps) {
+  return clip_factor * max_keep_nan(weight_norm, weight_eps);
+}
+
 // The scale of a tensor of norm `norm` (see the top of this file): target
 // = 1 (normalize) or clipnorm (clip, where norm >= clipnorm; else 1).
 template <typename Acc>

@@ -420,11 +420,11 @@ class StepScales {
 
   // The scale of a norm of g (and, adaptive, of w) by the spec's mode.
   TensorScale<Acc> ScaleOf(Acc g_norm, Acc w_norm) const {
-    Acc threshold = static_cast<Acc>(spec_->clipnorm);
-    if (spec_->adaptive) {
-      const Acc floor = static_cast<Acc>(spec_->weight_eps);
-      threshold = threshold * max_keep_nan(w_norm, floor);
-    }
+    const Acc clipnorm = static_cast<Acc>(spec_->clipnorm);
+    const Acc threshold =
+        spec_->adaptive ? adaptive_threshold(clipnorm, w_norm,
+                                             static_cast<Acc>(spec_->weight_eps))
+                        : clipnorm;
     return scale_from_norm(spec_->mode, g_norm, threshold);
   }
 
