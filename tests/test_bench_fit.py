@@ -135,6 +135,36 @@ def _tiny_dense():
          keras.layers.Dense(2)], name="tiny_dense")
 
 
+def _dense(g):
+    import tensorflow as tf
+
+    return tf.convert_to_tensor(g).numpy()
+
+
+def test_fwd_bwd_baseline_computes_every_gradient():
+    """The floor of a step is forward and backward: its function returns
+    the gradients of the batch, equal to an eager tape's (the transformer's
+    Embedding gradient included, as IndexedSlices)."""
+    import tensorflow as tf
+
+    case = fit_models.reference_model("transformer", "tiny")
+    model = case.build()
+    model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True))
+    x = fit_models.synthetic_inputs(fit_models.input_specs(model, case.batch_size))
+    y = fit_models.synthetic_targets(model, case.batch_size, classification=True)
+    iterator = fit_bench._timing_iterator(model, fit_bench._dataset(x, y))
+    loss, grads = fit_bench.fwd_bwd_function(model)(iterator)
+    with tf.GradientTape() as tape:
+        want_loss = model.compute_loss(x=x, y=y, y_pred=model(x, training=True),
+                                       training=True)
+    want = tape.gradient(want_loss, model.trainable_variables)
+    assert any(isinstance(g, tf.IndexedSlices) for g in grads)
+    np.testing.assert_allclose(float(loss), float(want_loss), rtol=1e-6)
+    for g, w in zip(grads, want):
+        np.testing.assert_allclose(_dense(g), _dense(w), rtol=1e-5, atol=1e-7)
+
+
 def test_python_entry_times_a_model_object():
     assert normopt.bench.fit is fit_bench.fit
     model = _tiny_dense()

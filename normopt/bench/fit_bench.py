@@ -3,8 +3,9 @@
 For one model and one inner optimizer, four calls are timed:
 
     fwd_bwd           a compiled tf.function that draws the batch from the
-                      same kind of iterator, computes the loss and the
-                      gradients, and applies nothing (the floor of any step)
+                      same kind of iterator, computes the loss and returns
+                      it with the gradients, and applies nothing (the floor
+                      of any step)
     plain             model.fit's step with the bare inner optimizer
     normalized_tf     ... with NormalizedOptimizer(inner, fused=False)
     normalized_fused  ... with NormalizedOptimizer(inner, fused=None); the
@@ -146,11 +147,15 @@ def _fit_call(model, dataset, warmup):
     return step
 
 
-def _fwd_bwd_call(model, dataset):
-    """Loss and gradients of one batch, nothing applied, in a tf.function."""
+def fwd_bwd_function(model):
+    """tf.function(iterator) -> (loss, gradients) of one batch, nothing applied.
+
+    The gradients are outputs, not control dependencies of the loss: Grappler
+    prunes stateless ops that only a control edge needs, and such a baseline
+    timed the forward pass alone.
+    """
     import tensorflow as tf
 
-    iterator = _timing_iterator(model, dataset)
     variables = model.trainable_variables
 
     @tf.function(jit_compile=False)
@@ -159,13 +164,18 @@ def _fwd_bwd_call(model, dataset):
         with tf.GradientTape() as tape:
             y_pred = model(x, training=True)
             loss = model.compute_loss(x=x, y=y, y_pred=y_pred, training=True)
-        grads = tape.gradient(loss, variables)
-        parts = tf.nest.flatten(grads, expand_composites=True)
-        with tf.control_dependencies([p for p in parts if p is not None]):
-            return tf.identity(loss)
+        return loss, tape.gradient(loss, variables)
+
+    return fwd_bwd
+
+
+def _fwd_bwd_call(model, dataset):
+    """Zero-arg synced call of fwd_bwd_function(model) on a fit-like iterator."""
+    iterator = _timing_iterator(model, dataset)
+    fwd_bwd = fwd_bwd_function(model)
 
     def step():
-        return fwd_bwd(iterator)
+        return fwd_bwd(iterator)[0]
 
     _sync(step())
     return step
