@@ -16,6 +16,7 @@ the NVRTC wheel, a C++20 compiler) is missing.
 """
 
 import glob
+import hashlib
 import os
 import re
 import shutil
@@ -27,6 +28,7 @@ import pytest
 from normopt.kernels._finalize import DEFAULT_CHUNK_SIZE
 from normopt.kernels._finalize import DTYPE_CODES as DTYPE_CODE
 from normopt.kernels.cupy_kernels import rule_names
+from normopt.ops.build import file_lock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCES = sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
@@ -185,19 +187,52 @@ def test_cupy_module_compiles_with_nvrtc(arch):
 
 # ---- the CUDA kernels executed on the CPU (csrc/cuda/tools/host_emulation.cpp) ----
 
-def build_emulation(tmp_dir, block_threads):
-    """Builds the host emulation of csrc/cuda with `block_threads` per block."""
+def emulation_cache_dir(tmp_path_factory):
+    """Where this test run keeps its host emulation libraries: its base temp
+    directory, which under pytest-xdist holds every worker's own, so all
+    modules and workers of one run share it and no later run sees it."""
+    base = tmp_path_factory.getbasetemp()
+    return str((base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base)
+               / "host_emulation")
+
+
+def emulation_sources_hash():
+    """sha256 over the path and bytes of every file under csrc/cuda and
+    csrc/normopt: host_emulation.cpp and everything it includes from csrc."""
+    digest = hashlib.sha256()
+    for sub in ("cuda", "normopt"):
+        paths = glob.glob(os.path.join(ROOT, "csrc", sub, "**", "*"), recursive=True)
+        for path in sorted(p for p in paths if os.path.isfile(p)):
+            digest.update(os.path.relpath(path, ROOT).encode() + b"\0")
+            with open(path, "rb") as f:
+                digest.update(f.read() + b"\0")
+    return digest.hexdigest()
+
+
+def build_emulation(tmp_path_factory, block_threads):
+    """The host emulation of csrc/cuda with `block_threads` per block.
+
+    Built once per test run and configuration (g++ takes seconds), by whichever
+    module or xdist worker asks first: kept in emulation_cache_dir under a hash
+    of the compile command and the sources, built under a file lock (another
+    worker waits, then finds it) and renamed into place only when complete."""
     cxx = shutil.which("g++") or shutil.which("clang++")
     include = cuda_include()
     if cxx is None or include is None:
         pytest.skip("host emulation needs g++/clang++ (C++20) and the CUDA toolkit headers")
-    out = os.path.join(tmp_dir, f"libnormopt_emu_{block_threads}.so")
-    subprocess.run([cxx, "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread",
-                    "-fvisibility=hidden", "-Wl,-Bsymbolic",
-                    f"-DNORMOPT_CUDA_BLOCK_THREADS={block_threads}",
-                    "-I", os.path.join(ROOT, "csrc"), "-I", include,
-                    os.path.join(ROOT, "csrc", "cuda", "tools", "host_emulation.cpp"), "-o", out],
-                   check=True, capture_output=True, text=True)
+    cmd = [cxx, "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread",
+           "-fvisibility=hidden", "-Wl,-Bsymbolic",
+           f"-DNORMOPT_CUDA_BLOCK_THREADS={block_threads}",
+           "-I", os.path.join(ROOT, "csrc"), "-I", include,
+           os.path.join(ROOT, "csrc", "cuda", "tools", "host_emulation.cpp")]
+    key = hashlib.sha256("\0".join(cmd + [emulation_sources_hash()]).encode()).hexdigest()
+    out = os.path.join(emulation_cache_dir(tmp_path_factory),
+                       f"libnormopt_emu_{block_threads}-{key[:16]}.so")
+    with file_lock(out + ".lock"):
+        if not os.path.isfile(out):
+            tmp = f"{out}.tmp-{os.getpid()}"
+            subprocess.run(cmd + ["-o", tmp], check=True, capture_output=True, text=True)
+            os.replace(tmp, out)
     return out
 
 
@@ -324,7 +359,7 @@ class HostEmulated:
 
 @pytest.fixture(scope="module")
 def emulated(tmp_path_factory):
-    return HostEmulated(build_emulation(str(tmp_path_factory.mktemp("emu")), 8))
+    return HostEmulated(build_emulation(tmp_path_factory, 8))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
@@ -445,11 +480,11 @@ def test_emulated_cuda_tensor_over_2_31_elements(emulated):
     np.testing.assert_allclose(got, [1.0, 5.0 / n], rtol=1e-6)
 
 
-def test_emulated_cuda_full_blocks(tmp_path):
+def test_emulated_cuda_full_blocks(tmp_path_factory):
     """The production block size (256 threads) on a few chunks."""
     from test_kernels_numba import check_adam, check_norms
 
-    full = HostEmulated(build_emulation(str(tmp_path), 256))
+    full = HostEmulated(build_emulation(tmp_path_factory, 256))
     check_norms(full, [(5000,), (0,), (3,)], "float32", kinds=("l2", "std", "min_max"),
                 chunk_size=2048)
     check_adam(full, [(600,), (7,)], "float32", "adam", steps=1, chunk_size=512)

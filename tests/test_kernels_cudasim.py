@@ -66,7 +66,7 @@ if not SIMULATOR:
         assert all(t["met"] for t in result["targets"])
         assert (tmp_path / "gpu_validate.md").read_text().startswith("# GPU validation")
 
-    def test_gpu_validate_dry_run_cupy_front_end_emulated(tmp_path):
+    def test_gpu_validate_dry_run_cupy_front_end_emulated(tmp_path, tmp_path_factory):
         """benchmarks/gpu_validate.py's CuPy backend (parity, launches,
         bandwidth rows, table) with CuPy replaced by tests/emulated_cupy.py:
         the script's CuPy code runs before any GPU sees it. Figures mean nothing."""
@@ -75,7 +75,7 @@ if not SIMULATOR:
         from test_cuda_compile import build_emulation
 
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        library = build_emulation(str(tmp_path), 256)
+        library = build_emulation(tmp_path_factory, 256)
         runner = (
             "import sys\n"
             f"sys.path[:0] = [{os.path.join(root, 'tests')!r}, {os.path.join(root, 'benchmarks')!r}]\n"

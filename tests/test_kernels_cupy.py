@@ -59,7 +59,7 @@ def K(request, tmp_path_factory):
     import emulated_cupy
     from test_cuda_compile import build_emulation
 
-    library = build_emulation(str(tmp_path_factory.mktemp("emu_cupy")), cupy_kernels.THREADS)
+    library = build_emulation(tmp_path_factory, cupy_kernels.THREADS)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(cupy_kernels, "cp", emulated_cupy.module(library))
         cupy_kernels._module.cache_clear()

@@ -307,7 +307,7 @@ def test_numba_cpu(name, norm):
 def emulated(tmp_path_factory):
     from test_cuda_compile import HostEmulated, build_emulation
 
-    return HostEmulated(build_emulation(str(tmp_path_factory.mktemp("emu")), 8))
+    return HostEmulated(build_emulation(tmp_path_factory, 8))
 
 
 @pytest.mark.parametrize("norm", NORMS)
