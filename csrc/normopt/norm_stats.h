@@ -78,7 +78,10 @@
 #define NORMOPT_FREXP(x, e) ::frexp(x, e)
 #define NORMOPT_LDEXP(x, k) ::ldexp(x, k)
 #else
-#define NORMOPT_HD inline
+// Always inlined, as __forceinline__ on the device: a rule's operator() that
+// GCC leaves out of line keeps the CPU element loop from vectorizing (fused
+// Ftrl ran 10x slower that way).
+#define NORMOPT_HD inline __attribute__((always_inline))
 #include <cmath>
 #include <cstring>
 #include <string>
