@@ -244,3 +244,23 @@ def test_step_mode_refuses_fit_only_inner(capsys, monkeypatch):
         main(["bench", "step", "--inners", "lamb"])
     assert exc.value.code == 2
     assert "unknown inner optimizer 'lamb'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", fit_models.MODELS)
+def test_every_reference_model_builds_tiny_with_class_logits(name):
+    case = fit_models.reference_model(name, "tiny")
+    model = case.build()
+    assert model.count_params() < 20_000
+    x = fit_models.synthetic_inputs(fit_models.input_specs(model, case.batch_size))
+    assert tuple(model(x).shape) == (case.batch_size, fit_models.CLASSES)
+
+
+@pytest.mark.parametrize("name, params", [
+    # Dense(n -> m) holds n*m + m; Embedding(v, d) holds v*d.
+    ("wide_mlp", (1024 * 2048 + 2048) + 3 * (2048 * 2048 + 2048) + (2048 * 10 + 10)),
+    ("embedding", 100_000 * 64 + (64 * 64 + 64) + (64 * 10 + 10)),
+])
+def test_reference_model_sizes_are_the_documented_ones(name, params):
+    model = fit_models.reference_model(name).build()
+    assert model.count_params() == params
+    assert f"{params:,}" in fit_models.__doc__

@@ -3,8 +3,8 @@
     normopt bench                  quick default of both (well under 2 min here)
     normopt bench norms            norms per layer size, every implementation
     normopt bench step             whole optimizer steps on realistic variable sets
-    normopt bench fit              whole model.fit steps of five reference models
-    normopt bench fit --quick      the same five models, Adam only, few samples
+    normopt bench fit              whole model.fit steps of six reference models
+    normopt bench fit --quick      the same six models, Adam only, few samples
     normopt bench fit --model M.keras --inners adam   a saved model of yours
 
 Tables go to the terminal, every figure to `--json` and a PNG to `--plot`
@@ -135,9 +135,9 @@ def add_arguments(parser):
                    help="the norm the wrappers use (default l2)")
     g = parser.add_argument_group(
         "fit benchmark",
-        "full (default): the five reference models x every fused inner "
+        "full (default): the six reference models x every fused inner "
         "optimizer, 15 samples of 3 steps after 3 warm-up steps; --quick: "
-        "the five models x adam, 5 samples of 2 steps after 1 (see "
+        "the six models x adam, 5 samples of 2 steps after 1 (see "
         "docs/PERFORMANCE.md for runtimes)")
     g.add_argument("--quick", action="store_true",
                    help="fit: the short run (CI smoke tests: add --scale tiny)")

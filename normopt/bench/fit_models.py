@@ -13,6 +13,11 @@
                  feed-forward 128 -> 512 -> 128) -> mean over tokens ->
                  Dense(10); batch 32. The Embedding's gradient is IndexedSlices.
     lstm         32 steps of 64 features -> LSTM(256) -> Dense(10); batch 64
+    embedding    token ids (32 per example, vocabulary 100,000) -> Embedding(64)
+                 -> mean over tokens -> Dense(64, relu) -> Dense(10); batch 64;
+                 6,404,810 parameters, nearly all in the Embedding: a
+                 bag-of-words text classifier, whose step is mostly the
+                 optimizer's
 
 `scale="tiny"` builds the same architectures a few hundred times smaller
 (for smoke tests); `scale="reference"` the sizes above. Every model ends in
@@ -24,7 +29,7 @@ import collections
 
 import numpy as np
 
-MODELS = ("mlp30", "wide_mlp", "cnn", "transformer", "lstm")
+MODELS = ("mlp30", "wide_mlp", "cnn", "transformer", "lstm", "embedding")
 SCALES = ("reference", "tiny")
 CLASSES = 10
 
@@ -88,12 +93,26 @@ def _lstm(tiny):
     )
 
 
+def _embedding(tiny):
+    import keras
+    from keras import layers
+
+    vocab, tokens, width = (50, 8, 8) if tiny else (100_000, 32, 64)
+    return keras.Sequential(
+        [keras.Input((tokens,), dtype="int32"), layers.Embedding(vocab, width),
+         layers.GlobalAveragePooling1D(), layers.Dense(width, activation="relu"),
+         layers.Dense(CLASSES)],
+        name="embedding",
+    )
+
+
 _BUILDERS = {
     "mlp30": (_mlp30, 128, "many small tensors (122 variables)"),
     "wide_mlp": (_wide_mlp, 32, "many parameters per example"),
     "cnn": (_cnn, 64, "convolutions: forward/backward heavy"),
     "transformer": (_transformer, 32, "Embedding: IndexedSlices gradient"),
     "lstm": (_lstm, 64, "recurrent: forward/backward heavy"),
+    "embedding": (_embedding, 64, "large Embedding: optimizer heavy, IndexedSlices"),
 }
 
 
