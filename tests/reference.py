@@ -147,6 +147,7 @@ RULE_SLOTS = {
     "ftrl": ("accumulator", "linear"),
     "ftrl_sqrt": ("accumulator", "linear"),
     "lamb": ("m", "v"),
+    "schedule_free_adamw": ("momentum", "velocity"),
 }
 
 
@@ -173,6 +174,7 @@ RULE_HYPER = {
     "ftrl": (-0.25, 2.0**-10, 2.0**-8, 2.0**-9, 0.25),
     "ftrl_sqrt": (-0.5, 2.0**-10, 2.0**-8, 2.0**-9, 0.25),
     "lamb": (_B1, _B2, 1e-7),
+    "schedule_free_adamw": (_B1, _B2, 1e-7, 4.0),
 }
 
 # Keras configurations, hyperparameters exactly representable in float32:
@@ -206,6 +208,8 @@ RULE_KERAS = {
                                   l2_regularization_strength=2.0**-8,
                                   l2_shrinkage_regularization_strength=2.0**-9, beta=0.25),
     "lamb": lambda k: k.Lamb(0.01, _K_B1, _K_B2, _K_EPS, weight_decay=_K_WD),
+    "schedule_free_adamw": lambda k: k.ScheduleFreeAdamW(0.01, _K_B1, _K_B2, _K_EPS,
+                                                         warmup_steps=4, weight_decay=_K_WD),
 }
 
 
@@ -218,6 +222,16 @@ RULE_TERMS = {
         0.0, [0.0, (np.abs(s[0] + g * g) ** -h[0] + np.abs(s[0]) ** -h[0]) / lr * np.abs(w)]),
 }
 RULE_TERMS["ftrl_sqrt"] = RULE_TERMS["ftrl"]
+
+
+# w = (1 - b1) z' + b1 x, x recovered as (w - (1 - b1) z') / b1: the terms
+# are w / b1 and both z, whatever w comes out as
+def _schedule_free_terms(w, s, g, lr, step, hyper):
+    _, (z_new, _) = rule_step("schedule_free_adamw", w, s, g, lr, step, hyper)
+    return np.abs(w) / hyper[0] + np.abs(s[0]) + np.abs(z_new), [0.0, 0.0]
+
+
+RULE_TERMS["schedule_free_adamw"] = _schedule_free_terms
 
 
 def rule_terms(rule, w, slots, g, lr, step, hyper):
@@ -315,6 +329,16 @@ def rule_step(rule, w, slots, g, lr, step, hyper, wd=0.0):
         linear = s[1] + (g + 2 * shrinkage * w - (n**-lr_power - s[0]**-lr_power) / lr * w)
         quadratic = n**-lr_power / lr + 2 * (l2 + beta / (2 * lr))
         return (np.clip(linear, -l1, l1) - linear) / quadratic, [n, linear]
+    if rule == "schedule_free_adamw":
+        b1, b2, eps, warmup = hyper
+        lr_t = lr * min(t / warmup, 1.0) if warmup > 0 else lr
+        v = s[1] + (g * g - s[1]) * (1 - b2)
+        z = s[0] - lr_t * g / (np.sqrt(v / (1 - b2**t)) + eps)
+        # x from the updated z: Keras's `momentum_old = momentum.value` is,
+        # on TensorFlow, the variable itself, read after its assign_sub
+        x = (w - (1 - b1) * z) / b1
+        x = (1 - 1 / t) * x + (1 / t) * z
+        return (1 - b1) * z + b1 * x, [z, v]
     if rule == "lamb":
         # per tensor: w is the whole (decayed) variable
         b1, b2, eps = hyper

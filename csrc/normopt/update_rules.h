@@ -71,6 +71,18 @@
 //   lion           m | beta_1, beta_2
 //                    w -= lr*sign(m*b1 + g*(1 - b1));  m = m*b2 + g*(1 - b2)
 //                                                           (1 - b in A)
+//   schedule_free_adamw  momentum, velocity | beta_1, beta_2, epsilon,
+//                  warmup_steps      (w is Keras's y, momentum its z; in A)
+//                    lr' = lr*min(t/warmup_steps, 1) if warmup_steps > 0
+//                    v += (g^2 - v)(1 - b2)
+//                    z -= lr'*g/(sqrt(v/(1 - b2^t)) + epsilon)
+//                    x = (w - (1 - b1)*z)/b1                    (z after)
+//                    x = (1 - 1/t)*x + (1/t)*z
+//                    w = (1 - b1)*z + b1*x
+//                  (decay, when set, uses lr, not lr'). x comes from the
+//                  updated z, as in Keras on TensorFlow: its
+//                  `momentum_old = momentum.value` is the tf.Variable
+//                  itself, read after the assign_sub.
 //
 // Trust-ratio rules scale each tensor's step by a ratio of two norms over the
 // whole tensor, r = f(sum w^2, sum u^2) with w the variable (after decay) and
@@ -405,6 +417,39 @@ struct Lion {
   }
 };
 
+// Keras's ScheduleFreeAdamW. The variable is the interpolation y; the
+// averaged iterate x is not stored but recovered from y and z (the updated
+// z, as Keras on TensorFlow reads it; see the table at the top).
+template <typename A>
+struct ScheduleFreeAdamW {
+  static constexpr int kSlots = 2;
+  static constexpr const char* kSlotNames = "momentum,velocity";
+  static constexpr int kHypers = 4;
+  A lr, b1, one_minus_b1, one_minus_b2, one_minus_b2_power, epsilon, weight,
+      one_minus_weight;
+  NORMOPT_HD explicit ScheduleFreeAdamW(const double* args)
+      : lr(A(args[0])), b1(A(args[2])), epsilon(A(args[4])) {
+    const A t = A(args[1]);
+    if (args[5] > 0) {
+      const A ramp = t / A(args[5]);
+      lr = lr * (ramp < A(1) ? ramp : A(1));
+    }
+    one_minus_b1 = A(1) - b1;
+    one_minus_b2 = A(1) - A(args[3]);
+    one_minus_b2_power = A(1) - NORMOPT_POW(A(args[3]), t);
+    weight = A(1) / t;
+    one_minus_weight = A(1) - weight;
+  }
+  NORMOPT_HD void operator()(A& w, A* s, A g) const {
+    s[1] = s[1] + (g * g - s[1]) * one_minus_b2;
+    const A denominator = NORMOPT_SQRT(s[1] / one_minus_b2_power) + epsilon;
+    s[0] = s[0] - (lr * g) / denominator;
+    const A x_old = (w - one_minus_b1 * s[0]) / b1;
+    const A x_new = one_minus_weight * x_old + weight * s[0];
+    w = one_minus_b1 * s[0] + b1 * x_new;
+  }
+};
+
 // Keras's Lamb, a trust-ratio rule (see the top of this file).
 template <typename A>
 struct Lamb {
@@ -461,7 +506,8 @@ struct Lamb {
   X(ftrl, Ftrl)                                          \
   X(ftrl_sqrt, FtrlSqrt)                                 \
   X(lion, Lion)                                          \
-  X(lamb, Lamb)
+  X(lamb, Lamb)                                          \
+  X(schedule_free_adamw, ScheduleFreeAdamW)
 
 // The rows of NORMOPT_UPDATE_RULES whose rule has kTrustRatio: X(name).
 #define NORMOPT_TRUST_RATIO_RULES(X) X(lamb)

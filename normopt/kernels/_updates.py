@@ -194,6 +194,24 @@ def adadelta_element(w, ag, ad, g, lr, rho, one_minus_rho, eps):
     return w + lr * delta, ag, ad
 
 
+def schedule_free_adamw_element(w, z, v, g, lr_t, b1, one_minus_b1, one_minus_b2,
+                                one_minus_b2p, eps, weight, one_minus_weight):
+    """Keras ScheduleFreeAdamW; returns (w, momentum z, velocity v). w is
+    Keras's y; lr_t the lr after warm-up (`schedule_free_adamw_scalars`):
+
+        v = v + (g * g - v) * (1 - b2)
+        z = z - lr_t * g / (sqrt(v / (1 - b2p)) + eps)
+        x = (w - (1 - b1) * z) / b1          (the updated z, as Keras on TF)
+        x = (1 - 1/t) * x + (1/t) * z
+        w = (1 - b1) * z + b1 * x
+    """
+    v = v + (g * g - v) * one_minus_b2
+    z = z - (lr_t * g) / (math.sqrt(v / one_minus_b2p) + eps)
+    x_old = (w - one_minus_b1 * z) / b1
+    x_new = one_minus_weight * x_old + weight * z
+    return one_minus_b1 * z + b1 * x_new, z, v
+
+
 def ftrl_element(w, acc, linear, g, lr, neg_power, l1, neg_l1, two_l2_reg, two_shrinkage):
     """Keras Ftrl; returns (w, accumulator, linear), p = lr_power:
 
@@ -247,7 +265,7 @@ def lamb_step_element(w, u, r, lr):
 
 (SGD, SGD_MOMENTUM, SGD_NESTEROV, ADAM, ADAM_AMSGRAD, RMSPROP, RMSPROP_MOMENTUM,
  RMSPROP_CENTERED, RMSPROP_CENTERED_MOMENTUM, ADAGRAD, ADAMAX, NADAM, LION,
- ADADELTA, FTRL, LAMB) = range(16)
+ ADADELTA, FTRL, LAMB, SCHEDULE_FREE_ADAMW) = range(17)
 
 # Most step scalars of any rule (nadam's); sc[0] is always lr.
 NUM_SCALARS = 9
@@ -360,6 +378,19 @@ def lamb_scalars(lr, step, hyper, acc):
             one - acc(beta_2)**t, acc(epsilon), one)
 
 
+def schedule_free_adamw_scalars(lr, step, hyper, acc):
+    """(lr, lr_t, b1, 1 - b1, 1 - b2, 1 - b2p, eps, 1/t, 1 - 1/t) of
+    ScheduleFreeAdamW, all in A as Keras forms them in the variable's dtype:
+    lr_t = lr * min(t / warmup_steps, 1) when warmup_steps > 0, b2p = b2^t.
+    lr (unwarmed) stays first: the decay uses it."""
+    beta_1, beta_2, epsilon, warmup_steps = hyper
+    one, t, a_lr, b1, b2 = acc(1), acc(step), acc(lr), acc(beta_1), acc(beta_2)
+    lr_t = a_lr * min(t / acc(warmup_steps), one) if warmup_steps > 0 else a_lr
+    weight = one / t
+    return (a_lr, lr_t, b1, one - b1, one - b2, one - b2**t, acc(epsilon), weight,
+            one - weight)
+
+
 RULES = {r.name: r for r in (
     Rule("sgd", SGD, (), (), sgd_scalars),
     Rule("sgd_momentum", SGD_MOMENTUM, ("momentum",), ("momentum",), momentum_scalars),
@@ -389,6 +420,8 @@ RULES = {r.name: r for r in (
          ("lr_power", "l1", "l2", "l2_shrinkage", "beta"), ftrl_scalars),
     Rule("lamb", LAMB, ("m", "v"), ("beta_1", "beta_2", "epsilon"), lamb_scalars,
          trust_ratio=True),
+    Rule("schedule_free_adamw", SCHEDULE_FREE_ADAMW, ("momentum", "velocity"),
+         ("beta_1", "beta_2", "epsilon", "warmup_steps"), schedule_free_adamw_scalars),
 )}
 RULE_NAMES = tuple(RULES)
 
@@ -441,7 +474,7 @@ def rule_element(jit):
     sgd, adam, rmsprop = jit(sgd_element), jit(adam_element), jit(rmsprop_element)
     adagrad, adamax = jit(adagrad_element), jit(adamax_element)
     nadam, lion, adadelta = jit(nadam_element), jit(lion_element), jit(adadelta_element)
-    ftrl = jit(ftrl_element)
+    ftrl, schedule_free_adamw = jit(ftrl_element), jit(schedule_free_adamw_element)
 
     def element(code, w, s0, s1, s2, g, sc):
         if code <= SGD_NESTEROV:
@@ -473,6 +506,9 @@ def rule_element(jit):
             w, s0 = lion(w, s0, g, sc[0], sc[1], sc[2], sc[3], sc[4])
         elif code == ADADELTA:
             w, s0, s1 = adadelta(w, s0, s1, g, sc[0], sc[1], sc[2], sc[3])
+        elif code == SCHEDULE_FREE_ADAMW:
+            w, s0, s1 = schedule_free_adamw(w, s0, s1, g, sc[1], sc[2], sc[3], sc[4], sc[5],
+                                            sc[6], sc[7], sc[8])
         else:
             w, s0, s1 = ftrl(w, s0, s1, g, sc[0], sc[1], sc[2], sc[3], sc[4], sc[5])
         return w, s0, s1, s2

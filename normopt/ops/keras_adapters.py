@@ -28,6 +28,8 @@ does with one; checked against the installed Keras there too).
     Lion     lion                                _momentums          b1, b2
     Lamb     lamb                                _momentums, _velocities
                                                                      b1, b2, eps
+    ScheduleFreeAdamW  schedule_free_adamw       _momentums, _velocities
+                                                 b1, b2, eps, warmup_steps
 """
 
 import keras
@@ -62,6 +64,8 @@ READS = (
     ("Lion", "_momentums"),
     ("Lamb", "_momentums"),
     ("Lamb", "_velocities"),
+    ("ScheduleFreeAdamW", "_momentums"),
+    ("ScheduleFreeAdamW", "_velocities"),
 )
 
 
@@ -280,6 +284,19 @@ class LambAdapter(Adapter):
         return [inner.beta_1, inner.beta_2, inner.epsilon]
 
 
+class ScheduleFreeAdamWAdapter(Adapter):
+    optimizer = keras.optimizers.ScheduleFreeAdamW
+
+    def rule(self, inner):
+        return "schedule_free_adamw"
+
+    def slots(self, inner, index):
+        return [_pick(inner._momentums, index), _pick(inner._velocities, index)]
+
+    def hyper(self, inner):
+        return [inner.beta_1, inner.beta_2, inner.epsilon, inner.warmup_steps]
+
+
 # How each rule takes a sparse (tf.IndexedSlices) gradient g, after what
 # Keras's own update_step does with one (tests/test_keras_adapters.py checks
 # the table against the installed Keras). Either way the gradient stands for
@@ -320,6 +337,8 @@ class LambAdapter(Adapter):
 #   lion                                     m everywhere, w by sign(...)   DENSIFY
 #   lamb                                     m, v decay everywhere; w by    DENSIFY
 #                                            the whole tensor's ratio
+#   schedule_free_adamw                      v decays everywhere; w moves   DENSIFY
+#                                            toward the average everywhere
 #
 # Keras applies weight decay to every element whatever the gradient; the
 # table is by rule alone.
@@ -331,7 +350,8 @@ INDEXED_SLICES = {
     **{rule: DENSIFY for rule in (
         "sgd_momentum", "sgd_nesterov", "adam", "adam_amsgrad", "rmsprop",
         "rmsprop_momentum", "rmsprop_centered", "rmsprop_centered_momentum",
-        "adamax", "nadam", "adadelta", "ftrl", "ftrl_sqrt", "lion", "lamb")},
+        "adamax", "nadam", "adadelta", "ftrl", "ftrl_sqrt", "lion", "lamb",
+        "schedule_free_adamw")},
 }
 
 
@@ -346,7 +366,7 @@ ADAPTERS = {
     a.optimizer: a
     for a in (SgdAdapter(), AdamAdapter(), AdamWAdapter(), RmspropAdapter(),
               AdagradAdapter(), AdamaxAdapter(), NadamAdapter(), AdadeltaAdapter(),
-              FtrlAdapter(), LionAdapter(), LambAdapter())
+              FtrlAdapter(), LionAdapter(), LambAdapter(), ScheduleFreeAdamWAdapter())
 }
 
 
