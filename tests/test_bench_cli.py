@@ -174,6 +174,6 @@ def test_every_step_inner_takes_the_fused_path_and_counts_its_slots():
         opt = inners.make_inner(name)
         slots = {"adam": 2, "adamw": 2, "sgd_nesterov": 1, "rmsprop": 1, "adagrad": 1,
                  "adamax": 2, "nadam": 2, "adadelta": 2, "ftrl": 2, "lion": 1,
-                 "lamb": 2}[name]
+                 "lamb": 2, "schedule_free_adamw": 2}[name]
         assert inners.bytes_per_param(name, True) == 12 + 8 * slots + 4
         assert fused_step.update_kernel(opt) is not None

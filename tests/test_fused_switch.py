@@ -53,8 +53,13 @@ INNER = {
     "adamax": lambda: keras.optimizers.Adamax(0.01, weight_decay=0.01),
     "nadam": lambda: keras.optimizers.Nadam(0.01),
     "lion": lambda: keras.optimizers.Lion(1e-3, weight_decay=0.01),
+    "adadelta": lambda: keras.optimizers.Adadelta(0.5, weight_decay=0.01),
+    "ftrl": lambda: keras.optimizers.Ftrl(0.05, l1_regularization_strength=1e-3),
+    "lamb": lambda: keras.optimizers.Lamb(0.01, weight_decay=0.01),
+    "schedule_free_adamw": lambda: keras.optimizers.ScheduleFreeAdamW(
+        0.01, warmup_steps=3, weight_decay=0.01),
 }
-CLIPPED = ("nesterov", "adagrad", "lion")
+CLIPPED = ("nesterov", "adagrad", "lion", "ftrl")
 
 
 def make_opt(inner, fused):

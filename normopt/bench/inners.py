@@ -34,11 +34,12 @@ INNER_CANDIDATES = {
     "adadelta": lambda keras: keras.optimizers.Adadelta(1.0),
     "ftrl": lambda keras: keras.optimizers.Ftrl(1e-2),
     "lamb": lambda keras: keras.optimizers.Lamb(1e-3),
+    "schedule_free_adamw": lambda keras: keras.optimizers.ScheduleFreeAdamW(2.5e-3),
 }
 # The candidates with a fused rule, one per rule family (the step benchmark's
 # choice; tests/test_bench_cli.py checks each takes the fused path).
 STEP_INNERS = ("adam", "sgd_nesterov", "adamw", "rmsprop", "adagrad", "adamax", "nadam",
-               "adadelta", "ftrl", "lion", "lamb")
+               "adadelta", "ftrl", "lion", "lamb", "schedule_free_adamw")
 
 
 def make_inner(name):
