@@ -17,6 +17,7 @@ in the implicit zeros' share of an IndexedSlices' m2), dense and sparse.
 Everything is compared with the float64 NumPy reference (reference.py).
 """
 
+import itertools
 import json
 import os
 import subprocess
@@ -29,6 +30,7 @@ import tensorflow as tf
 import keras
 import normopt
 import reference as R
+from conftest import covering
 from normopt import normalizations as N
 from normopt.ops import fused, library
 from normopt.ops import tf_reference as T
@@ -128,6 +130,20 @@ def needs_library():
         pytest.fail(f"the op library is not loaded: {status['reason']}")
 
 
+def every_on_tf_covering_on_xla(*axes):
+    """pytest.params of (*combo, xla): every combination of `axes` on TF; under
+    XLA, whose compile dominates, a covering subset (conftest.covering), the
+    rest with --runslow."""
+    def ident(combo, where):
+        return "-".join(str(v) for v in combo) + "-" + where
+
+    on_tf = [pytest.param(*combo, False, id=ident(combo, "tf"))
+             for combo in itertools.product(*axes)]
+    on_xla = [pytest.param(*p.values, True, marks=p.marks, id=ident(p.values, "xla"))
+              for p in covering(*axes)]
+    return on_tf + on_xla
+
+
 # ------------------------------------------------------------- raw ops
 
 
@@ -152,9 +168,7 @@ def test_fused_scale(name, norm, mode):
 # ------------------------------------------------------ pure TF and XLA
 
 
-@pytest.mark.parametrize("xla", [False, True], ids=["tf", "xla"])
-@pytest.mark.parametrize("norm", NORMS)
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name, norm, xla", every_on_tf_covering_on_xla(list(CASES), NORMS))
 def test_tf_norm(name, norm, xla):
     fn = lambda t: N.tf_norm(t, norm, EPS)  # noqa: E731
     if xla:
@@ -162,10 +176,8 @@ def test_tf_norm(name, norm, xla):
     check_norm(fn(tensor(name)), name, norm)
 
 
-@pytest.mark.parametrize("xla", [False, True], ids=["tf", "xla"])
-@pytest.mark.parametrize("mode", ["normalize", "clip"])
-@pytest.mark.parametrize("norm", NORMS)
-@pytest.mark.parametrize("name", ["f32_1e19", "f32_3e38", "f64_1e307"])
+@pytest.mark.parametrize("name, norm, mode, xla", every_on_tf_covering_on_xla(
+    ["f32_1e19", "f32_3e38", "f64_1e307"], NORMS, ["normalize", "clip"]))
 def test_tf_scale(name, norm, mode, xla):
     fn = lambda t: T.scale_gradient(t, norm, mode, 1.0, EPS)  # noqa: E731
     if xla:
@@ -251,9 +263,19 @@ PATHS = {
 WRAPPER_CASES = ["f32_1e19", "f32_3e38", "f64_1e160", "f64_1e307"]
 
 
-@pytest.mark.parametrize("wrapper", ["normalized", "clipped"])
-@pytest.mark.parametrize("path", list(PATHS))
-@pytest.mark.parametrize("norm", ["l2", "l1_l2", "max", "min_max", "std", "avg_l1"])
+WRAPPER_NORMS = ["l2", "l1_l2", "max", "min_max", "std", "avg_l1"]
+WRAPPERS = ["normalized", "clipped"]
+
+
+@pytest.mark.parametrize("norm, path, wrapper", [
+    pytest.param(norm, path, wrapper, id=f"{norm}-{path}-{wrapper}")
+    for norm, path, wrapper in itertools.product(WRAPPER_NORMS, [p for p in PATHS if p != "xla"],
+                                                 WRAPPERS)
+] + [
+    pytest.param(p.values[0], "xla", p.values[1], marks=p.marks,
+                 id=f"{p.values[0]}-xla-{p.values[1]}")
+    for p in covering(WRAPPER_NORMS, WRAPPERS)
+])
 def test_wrapper_steps(norm, path, wrapper):
     fused_arg, inner, reference, expected, xla = PATHS[path]
     if expected.startswith("fused"):
