@@ -130,18 +130,20 @@ def needs_library():
         pytest.fail(f"the op library is not loaded: {status['reason']}")
 
 
-def every_on_tf_covering_on_xla(*axes):
-    """pytest.params of (*combo, xla): every combination of `axes` on TF; under
-    XLA, whose compile dominates, a covering subset (conftest.covering), the
-    rest with --runslow."""
-    def ident(combo, where):
-        return "-".join(str(v) for v in combo) + "-" + where
+def every_cheap_covering_costly(axes, cheap, costly, ident=str):
+    """pytest.params of (*combo, value): every combination of `axes` with each
+    value of `cheap`; with `costly` (XLA, whose compile dominates) a covering
+    subset (conftest.covering), the rest with --runslow. ident(value) names
+    the value in the test id."""
+    def param(combo, value, marks=()):
+        name = "-".join(str(v) for v in combo) + "-" + ident(value)
+        return pytest.param(*combo, value, marks=marks, id=name)
 
-    on_tf = [pytest.param(*combo, False, id=ident(combo, "tf"))
-             for combo in itertools.product(*axes)]
-    on_xla = [pytest.param(*p.values, True, marks=p.marks, id=ident(p.values, "xla"))
-              for p in covering(*axes)]
-    return on_tf + on_xla
+    return ([param(combo, value) for combo in itertools.product(*axes) for value in cheap]
+            + [param(p.values, costly, p.marks) for p in covering(*axes)])
+
+
+XLA_ID = {False: "tf", True: "xla"}.get
 
 
 # ------------------------------------------------------------- raw ops
@@ -168,7 +170,8 @@ def test_fused_scale(name, norm, mode):
 # ------------------------------------------------------ pure TF and XLA
 
 
-@pytest.mark.parametrize("name, norm, xla", every_on_tf_covering_on_xla(list(CASES), NORMS))
+@pytest.mark.parametrize("name, norm, xla", every_cheap_covering_costly(
+    [list(CASES), NORMS], [False], True, XLA_ID))
 def test_tf_norm(name, norm, xla):
     fn = lambda t: N.tf_norm(t, norm, EPS)  # noqa: E731
     if xla:
@@ -176,8 +179,9 @@ def test_tf_norm(name, norm, xla):
     check_norm(fn(tensor(name)), name, norm)
 
 
-@pytest.mark.parametrize("name, norm, mode, xla", every_on_tf_covering_on_xla(
-    ["f32_1e19", "f32_3e38", "f64_1e307"], NORMS, ["normalize", "clip"]))
+@pytest.mark.parametrize("name, norm, mode, xla", every_cheap_covering_costly(
+    [["f32_1e19", "f32_3e38", "f64_1e307"], NORMS, ["normalize", "clip"]], [False], True,
+    XLA_ID))
 def test_tf_scale(name, norm, mode, xla):
     fn = lambda t: T.scale_gradient(t, norm, mode, 1.0, EPS)  # noqa: E731
     if xla:
@@ -267,16 +271,9 @@ WRAPPER_NORMS = ["l2", "l1_l2", "max", "min_max", "std", "avg_l1"]
 WRAPPERS = ["normalized", "clipped"]
 
 
-@pytest.mark.parametrize("norm, path, wrapper", [
-    pytest.param(norm, path, wrapper, id=f"{norm}-{path}-{wrapper}")
-    for norm, path, wrapper in itertools.product(WRAPPER_NORMS, [p for p in PATHS if p != "xla"],
-                                                 WRAPPERS)
-] + [
-    pytest.param(p.values[0], "xla", p.values[1], marks=p.marks,
-                 id=f"{p.values[0]}-xla-{p.values[1]}")
-    for p in covering(WRAPPER_NORMS, WRAPPERS)
-])
-def test_wrapper_steps(norm, path, wrapper):
+@pytest.mark.parametrize("norm, wrapper, path", every_cheap_covering_costly(
+    [WRAPPER_NORMS, WRAPPERS], [p for p in PATHS if p != "xla"], "xla"))
+def test_wrapper_steps(norm, wrapper, path):
     fused_arg, inner, reference, expected, xla = PATHS[path]
     if expected.startswith("fused"):
         needs_library()
