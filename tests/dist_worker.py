@@ -41,7 +41,7 @@ def build(kind, fused, skip):
     if kind == "agc_adam":  # unit-wise adaptive clipping: reads the variables
         return normopt.AdaptiveClippedOptimizer(keras.optimizers.Adam(1e-2), clip_factor=0.05,
                                                 fused=fused, skip_nonfinite=skip)
-    if kind == "embedding_adam":  # IndexedSlices gradient, densified on the fused path
+    if kind == "embedding_adam":  # IndexedSlices gradient, its rows read by the fused op
         return normopt.NormalizedOptimizer(keras.optimizers.Adam(1e-2), "l2",
                                            fused=fused, skip_nonfinite=skip)
     if kind == "embedding_adagrad":  # IndexedSlices gradient, kept sparse (pure TF)

@@ -159,6 +159,118 @@ def test_every_wrapper_granularity_and_exclusion(kind, granularity, excluded):
     np.testing.assert_allclose(fused_norms, want_norms, rtol=1e-6)  # float32
 
 
+# A table of several chunks (csrc/ops/chunk_plan.h: 16384 elements) whose
+# rows of 7 straddle the chunk boundary, for the op's own reading of rows.
+BIG_ROWS, BIG_WIDTH = 3000, 7
+BIG_INDICES = [2999, 5, 2340, 5, 2341, 0, 2340, 1200]  # rows 2340, 2341 cross it
+
+
+def big_gradient(step, dtype):
+    """(IndexedSlices of the big table, its dense tensor (TF, duplicates
+    summed in the same order as the op's deduplication), a dense gradient of
+    the second variable)."""
+    rng = np.random.RandomState(7 + step)
+    values = rng.standard_normal((len(BIG_INDICES), BIG_WIDTH)) * 10.0 ** rng.uniform(-1, 1)
+    slices = tf.IndexedSlices(tf.constant(values, dtype), tf.constant(BIG_INDICES, tf.int64),
+                              tf.constant([BIG_ROWS, BIG_WIDTH], tf.int64))
+    dense = fused_step.dense_gradient(slices, tf.zeros([BIG_ROWS, BIG_WIDTH], dtype))
+    other = tf.constant(rng.standard_normal((BIG_WIDTH, 3)), dtype)
+    return slices, dense, other
+
+
+def run_big(opt, dtype, sparse):
+    """Two steps of `opt` on the big table and a dense variable, the table's
+    gradient given as IndexedSlices (`sparse`) or as its dense tensor; the
+    variables (float64 copies) and the recorded norms. Asserts the fused path."""
+    rng = np.random.RandomState(3)
+    variables = [keras.Variable(tf.constant(rng.standard_normal(s) * 0.3, dtype), name=f"b{i}")
+                 for i, s in enumerate([(BIG_ROWS, BIG_WIDTH), (BIG_WIDTH, 3)])]
+    norms = []
+    for step in range(2):
+        slices, dense, other = big_gradient(step, dtype)
+        opt.apply([slices if sparse else dense, other], variables)
+        assert opt.last_path.name == "fused", opt.last_path.reason
+        norms.append(opt.gradient_norms.numpy())
+    return [tf.cast(v.value, tf.float64).numpy() for v in variables], norms
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+@pytest.mark.parametrize("kind,rule,granularity,name", [
+    ("normalized", "adam", "tensor", "l2"),
+    ("clipped", "lamb", "tensor", "avg_l1"),
+    ("normalized", "rmsprop", "global", "std"),
+    ("adaptive", "adam", "tensor", "min_max"),
+])
+def test_op_reads_rows_as_the_dense_tensor(kind, rule, granularity, name, dtype):
+    """The CPU op given the rows (a row map, fused.sparse_rows) updates
+    bit for bit as given the dense tensor they stand for: every chunk it
+    gathers is that tensor's chunk, for the statistics of several chunks, a
+    row across a chunk boundary, the trust ratio's two passes and a global
+    norm. (The dense input is checked against NumPy above.)"""
+    make = lambda: make_wrapper(kind, rule, None, granularity, name)  # noqa: E731
+    got, got_norms = run_big(make(), dtype, sparse=True)
+    want, want_norms = run_big(make(), dtype, sparse=False)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+    np.testing.assert_array_equal(got_norms, want_norms)
+
+
+def op_nodes(fn, *args):
+    graph = fn.get_concrete_function(*args).graph
+    return [op for op in graph.get_operations() if op.type == "NormoptApply"], graph
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "global", "unit"])
+def test_the_dense_gradient_is_never_built(granularity):
+    """On the CPU, the op takes the deduplicated rows and a row map of the
+    table (attr `sparse` names it): no op of the step makes a tensor of the
+    table's shape but the op's own update. Granularity "unit" (per-column
+    norms) has the op scatter them into the dense tensor first."""
+    opt = make_wrapper("normalized", "adam", None, granularity)
+    variables = [keras.Variable(np.zeros((BIG_ROWS, BIG_WIDTH), np.float32)),
+                 keras.Variable(np.zeros((BIG_WIDTH, 3), np.float32))]
+    opt.build(variables)
+    slices, _, other = big_gradient(0, tf.float32)
+    step = tf.function(lambda g, o: opt.apply([g, o], variables))
+    (apply_op,), graph = op_nodes(step, slices, other)
+    table_sized = [op.name for op in graph.get_operations() for t in op.outputs
+                   if t.shape.as_list() == [BIG_ROWS, BIG_WIDTH] and t.dtype == tf.float32
+                   and op.type not in ("ReadVariableOp", "Placeholder")]
+    if granularity == "unit":
+        assert list(apply_op.get_attr("sparse")) == []
+        assert any("UnsortedSegmentSum" in n for n in table_sized), table_sized
+    else:
+        assert list(apply_op.get_attr("sparse")) == [0]
+        first_grad = apply_op.get_attr("num_vars") + apply_op.get_attr("num_slots")
+        assert apply_op.inputs[first_grad].shape.as_list()[1:] == [BIG_WIDTH]
+        assert table_sized == [], table_sized
+    step(slices, other)
+    assert opt.last_path.name == "fused", opt.last_path.reason
+
+
+def test_row_map_checks():
+    """A row map entry that is not -1 or a row of the values, or one map per
+    sparse index missing, is an error naming the input."""
+    var = tf.Variable(tf.zeros([4, 2]))
+    m, v = tf.Variable(tf.zeros([4, 2])), tf.Variable(tf.zeros([4, 2]))
+    args = dict(var=[var.handle], slots=[m.handle, v.handle], grad=[tf.ones([2, 2])],
+                lr=tf.constant(0.1, tf.float64), step=tf.constant(1.0, tf.float64),
+                hyper=tf.constant([0.9, 0.999, 1e-7], tf.float64), decay=tf.zeros([1]),
+                norms=tf.zeros([0]), clipnorm=tf.constant(1.0, tf.float64),
+                epsilon=tf.constant(1e-7, tf.float64), weight_eps=tf.constant(0.0, tf.float64),
+                rule="adam", kind="l2", mode="normalize")
+    ops = library.load()
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"rows\[0\]\[3\] is 2"):
+        ops.normopt_apply(rows=[tf.constant([0, -1, 1, 2])], sparse=[0], **args)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="one row map per index"):
+        ops.normopt_apply(rows=[], sparse=[0], **args)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="has shape \\[4,2\\] but its gradient"):
+        ops.normopt_apply(rows=[tf.constant([0, -1, 1])], sparse=[0], **args)
+    ops.normopt_apply(rows=[tf.constant([-1, 1, -1, 0])], sparse=[0], **args)
+    np.testing.assert_array_equal(var.numpy()[[0, 2]], 0.0)
+    assert (var.numpy()[[1, 3]] < 0).all()
+
+
 def test_inside_tf_function_and_with_skip_nonfinite():
     opt = make_wrapper("clipped", "adam", None)
     opt.skip_nonfinite = True

@@ -165,13 +165,14 @@ class ApplyOnDevice<CpuDevice, T> {
         RunOnePhase<Rule>(ctx, step);
       }
     });
-    scales_.RecordedNorms(ctx, step.in.grads.data,
+    scales_.RecordedNorms(ctx, step.in.grads,
                           step.grad_norms->template flat<Acc>().data());
     return absl::OkStatus();
   }
 
  private:
-  // A chunk's variable, K slots and gradient (the state table is slot-major).
+  // A chunk's variable, K slots and gradient (the state table is slot-major;
+  // a sparse gradient's chunk is gathered, GradList::Elements).
   template <int K>
   struct ChunkData {
     T* w;
@@ -182,8 +183,9 @@ class ApplyOnDevice<CpuDevice, T> {
 
   template <int K>
   static ChunkData<K> DataOf(const ApplyStep<T>& step, const Chunk& ch) {
+    const int64_t len = ch.end - ch.begin;
     ChunkData<K> d{step.state[ch.tensor] + ch.begin, {},
-                   step.in.grads.data[ch.tensor] + ch.begin, ch.end - ch.begin};
+                   step.in.grads.Elements(ch.tensor, ch.begin, len), len};
     for (int q = 0; q < K; ++q) {
       d.slots[q] = step.state[(1 + q) * step.n + ch.tensor] + ch.begin;
     }

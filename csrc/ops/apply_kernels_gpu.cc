@@ -32,7 +32,15 @@ class ApplyOnDevice<GpuDevice, T> {
     return PrepareOnGpu(ctx, tensor, copy_on_read_mode);
   }
 
-  absl::Status BeforeLock(tensorflow::OpKernelContext*, const ApplyStep<T>&) {
+  // Sparse gradients (row maps) are gathered by the CPU kernel only; the
+  // Python side densifies them for a GPU variable.
+  absl::Status BeforeLock(tensorflow::OpKernelContext*,
+                          const ApplyStep<T>& step) {
+    if (step.in.grads.any_sparse) {
+      return absl::UnimplementedError(
+          "normopt: the GPU kernel of NormoptApply takes dense gradients "
+          "only ('sparse' must be empty)");
+    }
     return absl::OkStatus();
   }
 
@@ -74,6 +82,7 @@ namespace {
                               .TypeConstraint<T>("T")         \
                               .HostMemory("var")              \
                               .HostMemory("slots")            \
+                              .HostMemory("rows")             \
                               .HostMemory("lr")               \
                               .HostMemory("step")             \
                               .HostMemory("hyper")            \

@@ -2,6 +2,8 @@
 #ifndef NORMOPT_OPS_GRAD_LIST_H_
 #define NORMOPT_OPS_GRAD_LIST_H_
 
+#include <algorithm>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -12,15 +14,34 @@
 
 namespace normopt {
 
+// A buffer of kChunkElems elements per thread: where a sparse gradient's
+// chunk is gathered (GradList::Elements), read by the same thread right after.
+template <typename T>
+T* ChunkScratch() {
+  thread_local std::unique_ptr<T[]> buffer(new T[kChunkElems]);
+  return buffer.get();
+}
+
 // The N gradients of list input `name`: pointers, element counts, and the
 // fixed chunk plan over them. units[i] is the size of the last axis of a
 // gradient of two or more axes (its units, granularity "unit"), else 1.
+//
+// A sparse gradient (the apply op's `rows` input, `AddRows`) is the rows of
+// a dense tensor that are not all zero: tensor i holds rows of row_elems[i]
+// elements, and row_of[i][r] names the row of tensor i that is row r of the
+// dense gradient of shapes[i], or is -1 where that row is zero. Every
+// reader sees the dense gradient through `Elements`; it is never built.
 template <typename T>
 struct GradList {
   tensorflow::OpInputList tensors;
   std::vector<const T*> data;
-  std::vector<int64_t> sizes;
+  std::vector<int64_t> sizes;  // elements of the dense gradient
   std::vector<int64_t> units;
+  std::vector<tensorflow::TensorShape> shapes;  // of the dense gradient
+  std::vector<const int32_t*> row_of;  // null for a dense gradient
+  std::vector<int64_t> row_elems;
+  std::vector<char> sparse;  // 1 for a sparse gradient
+  bool any_sparse = false;
 
   absl::Status Read(tensorflow::OpKernelContext* ctx, const char* name) {
     TF_RETURN_IF_ERROR(ctx->input_list(name, &tensors));
@@ -30,10 +51,94 @@ struct GradList {
       const tensorflow::Tensor& t = tensors[i];
       sizes.push_back(t.NumElements());
       units.push_back(t.dims() >= 2 ? t.dim_size(t.dims() - 1) : 1);
+      shapes.push_back(t.shape());
       data.push_back(t.NumElements() > 0 ? t.unaligned_flat<T>().data()
                                          : nullptr);
     }
+    row_of.assign(tensors.size(), nullptr);
+    row_elems.assign(tensors.size(), 0);
+    sparse.assign(tensors.size(), 0);
     return absl::OkStatus();
+  }
+
+  // Makes gradients `which[k]` sparse with the row maps of list input
+  // `name` (int32 vectors, one per sparse gradient, each entry -1 or a row
+  // of that gradient). Each dense gradient has the map's length as its
+  // first dimension and the gradient's other dimensions.
+  absl::Status AddRows(tensorflow::OpKernelContext* ctx, const char* name,
+                       const std::vector<int>& which) {
+    tensorflow::OpInputList maps;
+    TF_RETURN_IF_ERROR(ctx->input_list(name, &maps));
+    if (maps.size() != static_cast<int>(which.size())) {
+      return absl::InvalidArgumentError(
+          std::string("normopt: '") + name + "' must hold one row map per " +
+          "index in 'sparse' (" + std::to_string(which.size()) + "), got " +
+          std::to_string(maps.size()));
+    }
+    for (int k = 0; k < maps.size(); ++k) {
+      const int i = which[k];
+      const std::string what =
+          std::string("normopt: ") + name + "[" + std::to_string(k) + "]";
+      if (i < 0 || i >= size() || sparse[i]) {
+        return absl::InvalidArgumentError(
+            "normopt: 'sparse' holds " + std::to_string(i) + ", not the "
+            "index of one of the " + std::to_string(size()) +
+            " gradients (each at most once)");
+      }
+      const tensorflow::Tensor& map = maps[k];
+      const tensorflow::Tensor& values = tensors[i];
+      if (map.dims() != 1 || values.dims() < 1) {
+        return absl::InvalidArgumentError(
+            what + " must be a vector and gradient " + std::to_string(i) +
+            " have at least one axis, got shapes " +
+            map.shape().DebugString() + " and " +
+            values.shape().DebugString());
+      }
+      tensorflow::TensorShape dense = values.shape();
+      dense.set_dim(0, map.dim_size(0));
+      const int64_t present = values.dim_size(0);
+      const int32_t* rows = map.flat<int32_t>().data();
+      for (int64_t r = 0; r < map.dim_size(0); ++r) {
+        if (rows[r] < -1 || rows[r] >= present) {
+          return absl::InvalidArgumentError(
+              what + "[" + std::to_string(r) + "] is " +
+              std::to_string(rows[r]) + ": a row map entry is -1 or a row " +
+              "of the gradient's " + std::to_string(present) + " rows");
+        }
+      }
+      shapes[i] = dense;
+      sizes[i] = dense.num_elements();
+      row_elems[i] = present > 0 ? values.NumElements() / present
+                                 : dense.num_elements() /
+                                       std::max<int64_t>(map.dim_size(0), 1);
+      row_of[i] = map.dim_size(0) > 0 ? rows : nullptr;
+      sparse[i] = 1;
+      any_sparse = true;
+    }
+    return absl::OkStatus();
+  }
+
+  // Elements [begin, begin + len) of dense gradient i, len <= kChunkElems:
+  // in place, or (sparse) gathered into this thread's ChunkScratch.
+  const T* Elements(int64_t i, int64_t begin, int64_t len) const {
+    if (row_of[i] == nullptr) return data[i] + begin;
+    T* out = ChunkScratch<T>();
+    const int64_t width = row_elems[i];
+    for (int64_t e = begin, end = begin + len; e < end;) {
+      const int64_t r = e / width;
+      const int64_t piece = std::min(end, (r + 1) * width) - e;
+      const int32_t src = row_of[i][r];
+      if (src < 0) {
+        std::fill(out + (e - begin), out + (e - begin) + piece,
+                  static_cast<T>(0.0f));
+      } else {
+        std::copy(data[i] + src * width + (e - r * width),
+                  data[i] + src * width + (e - r * width) + piece,
+                  out + (e - begin));
+      }
+      e += piece;
+    }
+    return out;
   }
 
   int size() const { return tensors.size(); }

@@ -89,11 +89,10 @@ class LockedVariables {
             " but the gradients are " +
             tensorflow::DataTypeString(tensorflow::DataTypeToEnum<T>::v()));
       }
-      if (t->shape() != grads.tensors[i].shape()) {
+      if (t->shape() != grads.shapes[i]) {
         return absl::InvalidArgumentError(
             what() + " has shape " + t->shape().DebugString() +
-            " but its gradient has shape " +
-            grads.tensors[i].shape().DebugString());
+            " but its gradient has shape " + grads.shapes[i].DebugString());
       }
       TF_RETURN_IF_ERROR(prepare(ctx, t, var->copy_on_read_mode.load()));
       if (t->NumElements() > 0) (*out)[i] = t->unaligned_flat<T>().data();

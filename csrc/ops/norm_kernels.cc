@@ -47,7 +47,7 @@ struct NormsOnDevice<CpuDevice, T> {
                       o[j] = FromAcc<T>(apply_scale(ToAcc(g[j]), s));
                     });
     });
-    scales.RecordedNorms(ctx, grads.data, grad_norms->flat<Acc>().data());
+    scales.RecordedNorms(ctx, grads, grad_norms->flat<Acc>().data());
     return absl::OkStatus();
   }
 };

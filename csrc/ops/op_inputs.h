@@ -147,13 +147,22 @@ template <typename T>
 class ApplyOpBase : public ScalingOpBase<T> {
  public:
   explicit ApplyOpBase(tensorflow::OpKernelConstruction* ctx)
-      : ScalingOpBase<T>(ctx, /*allow_adaptive=*/true) {}
+      : ScalingOpBase<T>(ctx, /*allow_adaptive=*/true) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("sparse", &sparse_));
+    OP_REQUIRES(ctx,
+                sparse_.empty() ||
+                    this->spec_.granularity != Granularity::kUnit,
+                absl::InvalidArgumentError(
+                    "normopt: granularity 'unit' takes dense gradients only "
+                    "('sparse' must be empty)"));
+  }
 
  protected:
   using Inputs = ApplyInputs<T>;
 
   absl::Status ReadInputs(tensorflow::OpKernelContext* ctx, Inputs* in) const {
     TF_RETURN_IF_ERROR(in->grads.Read(ctx, "grad"));
+    TF_RETURN_IF_ERROR(in->grads.AddRows(ctx, "rows", sparse_));
     const int n = in->grads.size();
     TF_RETURN_IF_ERROR(ScalarInput(ctx, "lr", &in->lr));
     TF_RETURN_IF_ERROR(this->ReadScaleInputs(ctx, n, &in->spec, &in->norms));
@@ -166,6 +175,9 @@ class ApplyOpBase : public ScalingOpBase<T> {
     TF_RETURN_IF_ERROR(ctx->input("decay", &in->decay));
     return CheckPerTensorInput(*in->decay, "decay", n);
   }
+
+ private:
+  std::vector<int> sparse_;  // indices of the gradients given as rows
 };
 
 }  // namespace normopt

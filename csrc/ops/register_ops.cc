@@ -96,6 +96,7 @@ REGISTER_OP("NormoptApply")
     .Input("var: num_vars * resource")
     .Input("slots: num_slots * resource")
     .Input("grad: N * T")
+    .Input("rows: M * int32")
     .Input("lr: double")
     .Input("step: double")
     .Input("hyper: double")
@@ -110,7 +111,9 @@ REGISTER_OP("NormoptApply")
     .Attr("mode: string")
     .Attr("granularity: string = 'tensor'")
     .Attr("excluded: list(int) = []")
+    .Attr("sparse: list(int) = []")
     .Attr("N: int >= 1")
+    .Attr("M: int >= 0")
     .Attr("num_vars: int >= 0")
     .Attr("num_slots: int >= 0")
     .Attr("T: {half, bfloat16, float, double}")
@@ -137,6 +140,10 @@ factor; norm(w) the variable's, at the same granularity):
   w -= w * decay * lr                    (decoupled weight decay)
   then the rule with g', lr, t = step (iterations + 1) and `hyper`.
 `slots` is slot-major: slot 0 of every variable, then slot 1, ...
+Gradient `sparse[k]` holds only some rows of its dense gradient: `rows[k]`
+maps each row r of the variable to the row of the gradient that holds it, or
+to -1 where row r of the gradient is zero (CPU only; not with granularity
+'unit'). The dense gradient is read chunk by chunk, never built.
 Output grad_norms_i = sqrt(sum(g_i^2)): the L2 norm of each gradient as given
 (before the scale), from the statistics the step gathers anyway.
 )doc");

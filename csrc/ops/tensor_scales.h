@@ -104,14 +104,34 @@ Acc NormFromChunkStats(NormKind kind, const NormStats<Acc>* chunk_stats,
   return finalize_norm(kind, s, eps);
 }
 
-// The rescue pass of norm_stats.h for tensor i (its chunks in `plan`,
-// elements `data`) whose plain norm is `norm`: max|g| over its chunks, then
-// the statistics of g * 2^-k, merged in chunk order. Returns `norm` unchanged
+// Chunk reads: read(i, begin, len) is a pointer to elements [begin, begin +
+// len) of tensor i, valid until this thread's next read. DenseReads reads
+// arrays in place; a GradList reads its gradients (GradReads), sparse ones
+// gathered chunk by chunk.
+template <typename T>
+struct DenseReads {
+  const std::vector<const T*>& data;
+  const T* operator()(int64_t i, int64_t begin, int64_t) const {
+    return data[i] + begin;
+  }
+};
+
+template <typename T>
+struct GradReads {
+  const GradList<T>& grads;
+  const T* operator()(int64_t i, int64_t begin, int64_t len) const {
+    return grads.Elements(i, begin, len);
+  }
+};
+
+// The rescue pass of norm_stats.h for tensor i (its chunks in `plan`, read
+// by `read`) whose plain norm is `norm`: max|g| over its chunks, then the
+// statistics of g * 2^-k, merged in chunk order. Returns `norm` unchanged
 // when it is finite or when an element is inf or NaN. With ctx null (inside
 // a parallel pass) the chunks are read in this thread.
-template <typename T>
+template <typename T, typename Read>
 AccType<T> RescueNorm(tensorflow::OpKernelContext* ctx, NormKind kind,
-                      const ChunkPlan& plan, int64_t i, const T* data,
+                      const ChunkPlan& plan, int64_t i, const Read& read,
                       AccType<T> norm, AccType<T> eps) {
   using Acc = AccType<T>;
   if (!needs_rescue(norm)) return norm;
@@ -127,7 +147,8 @@ AccType<T> RescueNorm(tensorflow::OpKernelContext* ctx, NormKind kind,
   };
   over_chunks([&](int64_t c) {
     const Chunk& ch = plan.chunks[first + c];
-    st[c] = ChunkStatsFor<T, kStatMaxAbs>(data + ch.begin, ch.end - ch.begin);
+    const int64_t len = ch.end - ch.begin;
+    st[c] = ChunkStatsFor<T, kStatMaxAbs>(read(i, ch.begin, len), len);
   });
   Acc max_abs = Acc(0);
   for (int64_t c = 0; c < count; ++c) {
@@ -138,7 +159,8 @@ AccType<T> RescueNorm(tensorflow::OpKernelContext* ctx, NormKind kind,
   const Acc pre = pow2<Acc>(-k);
   over_chunks([&](int64_t c) {
     const Chunk& ch = plan.chunks[first + c];
-    st[c] = ChunkStats<T, true>(kind, data + ch.begin, ch.end - ch.begin, pre);
+    const int64_t len = ch.end - ch.begin;
+    st[c] = ChunkStats<T, true>(kind, read(i, ch.begin, len), len, pre);
   });
   NormStats<Acc> s = NormStats<Acc>::empty();
   for (int64_t c = 0; c < count; ++c) s = merge_stats(s, st[c]);
@@ -167,7 +189,7 @@ void ComputeNorms(tensorflow::OpKernelContext* ctx, NormKind kind,
   norms->resize(n);
   for (int64_t i = 0; i < n; ++i) {
     (*norms)[i] = RescueNorm<T>(
-        ctx, kind, plan, i, data[i],
+        ctx, kind, plan, i, DenseReads<T>{data},
         NormFromChunkStats<Acc>(kind, chunk_stats.data() + plan.first[i],
                                 plan.first[i + 1] - plan.first[i], eps),
         eps);
@@ -178,16 +200,16 @@ void ComputeNorms(tensorflow::OpKernelContext* ctx, NormKind kind,
 // for the recorded L2 norm of every gradient (`RecordedNorm`).
 constexpr unsigned kRecordedStats = kStatSumSq;
 
-// The L2 norm sqrt(sum g^2) of tensor i (l2 of NORMOPT_NORM_KINDS with eps 0)
-// from its sum of squares, rescued (RescueNorm) when that overflowed.
+// The L2 norm sqrt(sum g^2) of gradient i (l2 of NORMOPT_NORM_KINDS with eps
+// 0) from its sum of squares, rescued (RescueNorm) when that overflowed.
 template <typename T>
 AccType<T> RecordedNorm(tensorflow::OpKernelContext* ctx,
-                        const ChunkPlan& plan, int64_t i, const T* data,
-                        AccType<T> sum_sq) {
+                        const ChunkPlan& plan, int64_t i,
+                        const GradList<T>& grads, AccType<T> sum_sq) {
   using Acc = AccType<T>;
   NormStats<Acc> s = NormStats<Acc>::empty();
   s.sum_sq = sum_sq;
-  return RescueNorm<T>(ctx, NormKind::kL2, plan, i, data,
+  return RescueNorm<T>(ctx, NormKind::kL2, plan, i, GradReads<T>{grads},
                        finalize_norm(NormKind::kL2, s, Acc(0)), Acc(0));
 }
 
@@ -328,7 +350,8 @@ class StepScales {
         pre_chunks.push_back(c);
       }
     }
-    const std::vector<const T*>& data = grads.data;
+    const GradReads<T> data{grads};
+    const DenseReads<T> w_data{weights};
     std::vector<NormStats<Acc>> g_stats(plan.size()), w_stats;
     if (spec.adaptive) w_stats.resize(plan.size());
     ParallelForCount(
@@ -339,7 +362,7 @@ class StepScales {
           const Chunk& ch = plan.chunks[c];
           const int64_t len = ch.end - ch.begin;
           g_stats[c] = ChunkStats<T, false, kRecordedStats>(
-              kind_, data[ch.tensor] + ch.begin, len);
+              kind_, data(ch.tensor, ch.begin, len), len);
           chunk_sq_[c] = g_stats[c].sum_sq;
           if (spec.adaptive) {
             w_stats[c] = ChunkStats<T>(kind_, weights[ch.tensor] + ch.begin, len);
@@ -349,7 +372,7 @@ class StepScales {
       if (!pre_chunks.empty()) {
         const Acc g_norm = GroupNorm(ctx, pre_chunks, data, g_stats);
         const Acc w_norm =
-            spec.adaptive ? GroupNorm(ctx, pre_chunks, weights, w_stats) : Acc(0);
+            spec.adaptive ? GroupNorm(ctx, pre_chunks, w_data, w_stats) : Acc(0);
         const TensorScale<Acc> shared = ScaleOf(g_norm, w_norm);
         for (int64_t i = 0; i < n; ++i) {
           if (how_[i] == How::kReady) scales_[first_scale_[i]] = shared;
@@ -363,7 +386,7 @@ class StepScales {
         if (own.empty()) continue;  // an empty tensor keeps scale 1
         const Acc g_norm = GroupNorm(ctx, own, data, g_stats);
         const Acc w_norm =
-            spec.adaptive ? GroupNorm(ctx, own, weights, w_stats) : Acc(0);
+            spec.adaptive ? GroupNorm(ctx, own, w_data, w_stats) : Acc(0);
         scales_[first_scale_[i]] = ScaleOf(g_norm, w_norm);
       }
     }
@@ -381,13 +404,19 @@ class StepScales {
     if (how_[i] == How::kInPass) {
       const NormStats<Acc> st = ChunkStats<T, false, kRecordedStats>(kind_, g, len);
       chunk_sq_[c] = st.sum_sq;
+      // The tensor's one chunk, already read: g (and w).
+      auto chunk = [&ch](const T* x) {
+        return [x, &ch](int64_t, int64_t begin, int64_t) {
+          return x + (begin - ch.begin);
+        };
+      };
       const Acc g_norm = RescueNorm<T>(
-          nullptr, kind_, *plan_, i, g - ch.begin,
+          nullptr, kind_, *plan_, i, chunk(g),
           NormFromChunkStats<Acc>(kind_, &st, 1, eps_), eps_);
       Acc w_norm = Acc(0);
       if (spec_->adaptive) {
         const NormStats<Acc> ws = ChunkStats<T>(kind_, w, len);
-        w_norm = RescueNorm<T>(nullptr, kind_, *plan_, i, w - ch.begin,
+        w_norm = RescueNorm<T>(nullptr, kind_, *plan_, i, chunk(w),
                                NormFromChunkStats<Acc>(kind_, &ws, 1, eps_),
                                eps_);
       }
@@ -402,16 +431,16 @@ class StepScales {
 
   // After the pass: out[i] = the L2 norm of gradient i (RecordedNorm).
   void RecordedNorms(tensorflow::OpKernelContext* ctx,
-                     const std::vector<const T*>& data, Acc* out) const {
+                     const GradList<T>& grads, Acc* out) const {
     const ChunkPlan& plan = *plan_;
-    for (int64_t i = 0; i < static_cast<int64_t>(data.size()); ++i) {
+    for (int64_t i = 0; i < grads.size(); ++i) {
       Acc sum_sq = unit_sq_[i];
       if (units_[i] == 1) {
         for (int64_t c = plan.first[i]; c < plan.first[i + 1]; ++c) {
           sum_sq += chunk_sq_[c];
         }
       }
-      out[i] = RecordedNorm<T>(ctx, plan, i, data[i], sum_sq);
+      out[i] = RecordedNorm<T>(ctx, plan, i, grads, sum_sq);
     }
   }
 
@@ -429,11 +458,11 @@ class StepScales {
   }
 
   // The norm of the elements of `chunks` (merged in that order, from
-  // `stats`), rescued like RescueNorm over the same chunks: max|x| over
-  // them, then the statistics of x * 2^-k.
+  // `stats`), rescued like RescueNorm over the same chunks (read by
+  // `read`): max|x| over them, then the statistics of x * 2^-k.
+  template <typename Read>
   Acc GroupNorm(tensorflow::OpKernelContext* ctx,
-                const std::vector<int64_t>& chunks,
-                const std::vector<const T*>& data,
+                const std::vector<int64_t>& chunks, const Read& read,
                 const std::vector<NormStats<Acc>>& stats) const {
     NormStats<Acc> s = NormStats<Acc>::empty();
     for (int64_t c : chunks) s = merge_stats(s, stats[c]);
@@ -444,8 +473,8 @@ class StepScales {
     std::vector<NormStats<Acc>> st(count);
     ParallelForCount(ctx, count, kChunkElems * 4, [&](int64_t k) {
       const Chunk& ch = plan.chunks[chunks[k]];
-      st[k] = ChunkStatsFor<T, kStatMaxAbs>(data[ch.tensor] + ch.begin,
-                                            ch.end - ch.begin);
+      const int64_t len = ch.end - ch.begin;
+      st[k] = ChunkStatsFor<T, kStatMaxAbs>(read(ch.tensor, ch.begin, len), len);
     });
     Acc max_abs = Acc(0);
     for (int64_t k = 0; k < count; ++k) max_abs = max_keep_nan(st[k].max_abs, max_abs);
@@ -454,8 +483,9 @@ class StepScales {
     const Acc pre = pow2<Acc>(-e);
     ParallelForCount(ctx, count, kChunkElems * 4, [&](int64_t k) {
       const Chunk& ch = plan.chunks[chunks[k]];
-      st[k] = ChunkStats<T, true>(kind_, data[ch.tensor] + ch.begin,
-                                  ch.end - ch.begin, pre);
+      const int64_t len = ch.end - ch.begin;
+      st[k] = ChunkStats<T, true>(kind_, read(ch.tensor, ch.begin, len), len,
+                                  pre);
     });
     NormStats<Acc> r = NormStats<Acc>::empty();
     for (int64_t k = 0; k < count; ++k) r = merge_stats(r, st[k]);

@@ -21,6 +21,10 @@ only): then `norms` (Tensor[N] of acc) holds the norms to use. The norms are
 defined in csrc/normopt/norm_stats.h, the update rules in
 csrc/normopt/update_rules.h.
 
+`apply` also takes tf.IndexedSlices gradients (CPU variables, granularity
+"tensor" or "global"): the op reads their deduplicated rows through a row map
+(`sparse_rows`) as the dense tensor they stand for, without building it.
+
 The ops that scale also return `grad_norms` (Tensor[N] of acc): the L2 norm
 sqrt(sum g_i^2) of every gradient as given, from the statistics the op reads
 for its own norm (no second pass over the gradients).
@@ -108,6 +112,30 @@ def scale_and_norms(grads, kind, mode, clipnorm, epsilon, norms=None,
     )
 
 
+def sparse_rows(grad, rows):
+    """(values, row map) of IndexedSlices `grad` for the apply op: its rows
+    with duplicate indices summed (in order of first appearance), and an int32
+    vector of the `rows` rows of the dense gradient, entry r the row of
+    `values` holding dense row r, or -1 where that row is zero."""
+    values, indices = normalizations.deduplicate(grad)
+    count = tf.shape(indices, out_type=tf.int32)[0]
+    row_map = tf.tensor_scatter_nd_update(
+        tf.fill([rows], tf.constant(-1, tf.int32)),
+        tf.expand_dims(tf.cast(indices, tf.int32), 1),
+        tf.range(count, dtype=tf.int32),
+    )
+    return values, row_map
+
+
+def _dense_rows(grad, variable):
+    """The number of rows of the dense tensor IndexedSlices `grad` stands
+    for: the variable's first dimension where known, else from dense_shape."""
+    shape = getattr(variable, "shape", None)
+    if shape is not None and len(shape) > 0 and shape[0] is not None:
+        return int(shape[0])
+    return tf.cast(grad.dense_shape[0], tf.int32)
+
+
 def apply(rule, variables, slots, grads, *, lr, step, hyper, decay, kind,
           mode, clipnorm, epsilon, norms=None, granularity="tensor",
           excluded=(), weight_eps=0.0):
@@ -118,8 +146,15 @@ def apply(rule, variables, slots, grads, *, lr, step, hyper, decay, kind,
     hyperparameters after lr and step (Adam: beta_1, beta_2, epsilon), as
     Python floats or scalar tensors; `step` is t = iterations + 1. First
     w -= w * decay_i * lr, then the rule with g' = g * s_i. Returns
-    grad_norms, the L2 norm of every g_i (before the scale).
+    grad_norms, the L2 norm of every g_i (before the scale). A gradient may
+    be a tf.IndexedSlices (`sparse_rows`).
     """
+    grads = list(grads)
+    sparse = [i for i, g in enumerate(grads) if isinstance(g, tf.IndexedSlices)]
+    rows = []
+    for i in sparse:
+        grads[i], row_map = sparse_rows(grads[i], _dense_rows(grads[i], variables[i]))
+        rows.append(row_map)
     grads, dtype = _common_dtype(grads)
     acc = normalizations.accumulation_dtype(dtype)
     hyper = [_f64(h) for h in hyper]
@@ -127,6 +162,7 @@ def apply(rule, variables, slots, grads, *, lr, step, hyper, decay, kind,
         var=[_handle(v) for v in variables],
         slots=[_handle(s) for slot in slots for s in slot],
         grad=grads,
+        rows=rows,
         lr=_f64(lr),
         step=_f64(step),
         hyper=tf.stack(hyper) if hyper else tf.zeros([0], tf.float64),
@@ -140,6 +176,7 @@ def apply(rule, variables, slots, grads, *, lr, step, hyper, decay, kind,
         mode=mode,
         granularity=granularity,
         excluded=list(excluded),
+        sparse=sparse,
     )
 
 

@@ -7,8 +7,10 @@ variables and iteration counter hold all state, so a model can switch between
 paths (or be saved under one and loaded under another) at any step.
 
 A sparse (tf.IndexedSlices) gradient takes the fused path where its update
-rule reads every element anyway (keras_adapters.INDEXED_SLICES): it is
-scattered once into the dense tensor it stands for (`dense_gradient`).
+rule reads every element anyway (keras_adapters.INDEXED_SLICES). The CPU op
+reads its deduplicated rows as the dense tensor they stand for, without
+building it (`op_gradient`); for a GPU variable, or granularity "unit", it is
+scattered once into that dense tensor (`dense_gradient`).
 Under SGD and Adagrad, whose Keras updates touch only the indexed rows, and
 under an inner optimizer without a fused rule, the step stays on the pure-TF
 path, which keeps it sparse.
@@ -198,15 +200,26 @@ def _sparse_blockers(kernel, grads, variables):
     return []
 
 
+def op_gradient(grad, variable, scaling):
+    """`grad` as the fused update op takes it: an IndexedSlices stays sparse
+    where the op reads rows (a CPU variable, granularity "tensor" or
+    "global"; fused.sparse_rows), else `dense_gradient`."""
+    if (isinstance(grad, tf.IndexedSlices) and scaling.granularity != "unit"
+            and device_type(variable) == "CPU"):
+        return grad
+    return dense_gradient(grad, variable)
+
+
 def dense_gradient(grad, variable):
     """The dense tensor an IndexedSlices gradient stands for, duplicate
     indices summed (one unsorted_segment_sum of its rows into zeros of the
     variable's shape); any other gradient as it is.
 
     The one place the fused path densifies: only for rules whose Keras update
-    reads every element anyway (keras_adapters.INDEXED_SLICES). The op then
-    measures, scales and applies it as any dense gradient, so its norm and
-    its recorded L2 norm are those of the dense tensor.
+    reads every element anyway (keras_adapters.INDEXED_SLICES), and only
+    where the op cannot read the rows (`op_gradient`). The op then measures,
+    scales and applies it as any dense gradient, so its norm and its
+    recorded L2 norm are those of the dense tensor.
     """
     if not isinstance(grad, tf.IndexedSlices):
         return grad
@@ -290,8 +303,8 @@ def run_fused_update(inner, scaling, grads, variables):
     """
     adapter = keras_adapters.adapter_for(inner)
     # choose_path lets IndexedSlices through only for DENSIFY rules. Here,
-    # in the replica context, each replica densifies its own copy.
-    grads = [dense_gradient(g, v) for g, v in zip(grads, variables)]
+    # in the replica context, each replica prepares its own copy.
+    grads = [op_gradient(g, v, scaling) for g, v in zip(grads, variables)]
     if not tf.distribute.has_strategy():
         adapter.before_update(inner)
         grad_norms = _update_variables(inner, scaling, grads, variables)

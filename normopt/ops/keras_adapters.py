@@ -305,16 +305,16 @@ class ScheduleFreeAdamWAdapter(Adapter):
 #   DENSIFY     Keras's update reads and writes every element anyway (a
 #               slot decays everywhere: Adam's m and v, RMSprop's velocity,
 #               ...; its ops turn g into the dense tensor it stands for), so
-#               the fused path scatters the deduplicated rows once into a
-#               zero tensor (fused_step.dense_gradient) and runs the rule on
-#               it: the same numbers, one more pass over n elements in a step
-#               that makes several.
+#               the fused op runs the rule on every element of that tensor:
+#               on the CPU it reads the deduplicated rows through a row map
+#               and never builds it (fused.sparse_rows); elsewhere it is
+#               scattered once into zeros (fused_step.op_gradient).
 #   SPARSE_TF   Keras's update only scatters into the indexed rows (SGD:
 #               w.scatter_sub(lr g); Adagrad: acc.scatter_add(g^2), then
 #               w.scatter_sub(lr g / sqrt(acc + eps)) on the same rows). A
 #               zero-filled dense g would give the same numbers (a zero row
-#               moves neither w nor acc) but costs a dense g and reads and
-#               writes of every row of w (and acc) against k rows, a cost
+#               moves neither w nor acc) but costs reads and writes of every
+#               row of w (and acc) against k rows, a cost
 #               that grows with the table: normalized SGD, 64 columns, 4096
 #               indices, on 2 CPU cores, densify + fused op took 1.1x the
 #               sparse step at 50000 rows and 6x at 400000 rows, where the
