@@ -61,6 +61,22 @@ def main(threads, out_path):
         results[f"lamb_var_{i}"] = v.numpy()
     for i, s in enumerate(opt.inner_optimizer.variables):
         results[f"lamb_slot_{i}"] = np.asarray(s.numpy())
+
+    # A sparse gradient, its rows read by the op: 60000 x 40, 147 chunks.
+    table = keras.Variable(rng.standard_normal((60000, 40)).astype(np.float32))
+    rows = rng.randint(0, 60000, 5000)
+    slices = tf.IndexedSlices(tf.constant(rng.standard_normal((5000, 40)).astype(np.float32)),
+                              tf.constant(rows), tf.constant([60000, 40]))
+    opt = normopt.NormalizedOptimizer(keras.optimizers.Adam(0.01), normalization="std",
+                                      fused=True)
+    step = tf.function(lambda g: opt.apply([g], [table]))
+    for _ in range(2):
+        step(slices)
+    if opt.last_path.name != "fused":
+        raise SystemExit(f"the fused path did not run for rows: {opt.last_path}")
+    results["rows_var"] = table.numpy()
+    for i, s in enumerate(opt.inner_optimizer.variables):
+        results[f"rows_slot_{i}"] = np.asarray(s.numpy())
     results["threads"] = np.array(
         tf.config.threading.get_intra_op_parallelism_threads())
     np.savez(out_path, **results)

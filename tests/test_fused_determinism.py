@@ -37,6 +37,7 @@ def test_one_and_two_threads_give_identical_bits(tmp_path):
     assert sorted(one) == sorted(two)
     assert any(k.startswith("slot_") for k in one)
     assert any(k.startswith("lamb_slot_") for k in one)
+    assert any(k.startswith("rows_slot_") for k in one)
     for key in one:
         a, b = one[key], two[key]
         assert a.dtype == b.dtype and a.shape == b.shape, key

@@ -141,6 +141,29 @@ struct GradList {
     return out;
   }
 
+  // The elements of [begin, begin + len) of sparse gradient i that lie in
+  // its present rows, in order, gathered into this thread's ChunkScratch;
+  // *count of them. The other len - *count elements are zeros.
+  const T* PresentElements(int64_t i, int64_t begin, int64_t len,
+                           int64_t* count) const {
+    T* out = ChunkScratch<T>();
+    const int64_t width = row_elems[i];
+    int64_t n = 0;
+    for (int64_t e = begin, end = begin + len; e < end;) {
+      const int64_t r = e / width;
+      const int64_t piece = std::min(end, (r + 1) * width) - e;
+      const int32_t src = row_of[i][r];
+      if (src >= 0) {
+        const T* from = data[i] + src * width + (e - r * width);
+        std::copy(from, from + piece, out + n);
+        n += piece;
+      }
+      e += piece;
+    }
+    *count = n;
+    return out;
+  }
+
   int size() const { return tensors.size(); }
 };
 

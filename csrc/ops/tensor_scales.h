@@ -124,6 +124,24 @@ struct GradReads {
   }
 };
 
+// ChunkStats<T, false, Extra> of elements [begin, begin + len) of gradient
+// i. A sparse gradient's are those of the elements in its present rows,
+// merged with those of its zeros, which need no reading.
+template <typename T, unsigned Extra = 0>
+NormStats<AccType<T>> GradChunkStats(NormKind kind, const GradList<T>& grads,
+                                     int64_t i, int64_t begin, int64_t len) {
+  using Acc = AccType<T>;
+  if (grads.row_of[i] == nullptr) {
+    return ChunkStats<T, false, Extra>(kind, grads.data[i] + begin, len);
+  }
+  int64_t present = 0;
+  const T* x = grads.PresentElements(i, begin, len, &present);
+  const Acc zero(0);
+  return merge_stats(
+      ChunkStats<T, false, Extra>(kind, x, present),
+      from_block_sums<Acc>(len - present, zero, zero, zero, zero, zero, zero));
+}
+
 // The rescue pass of norm_stats.h for tensor i (its chunks in `plan`, read
 // by `read`) whose plain norm is `norm`: max|g| over its chunks, then the
 // statistics of g * 2^-k, merged in chunk order. Returns `norm` unchanged
@@ -361,8 +379,8 @@ class StepScales {
           const int64_t c = pre_chunks[k];
           const Chunk& ch = plan.chunks[c];
           const int64_t len = ch.end - ch.begin;
-          g_stats[c] = ChunkStats<T, false, kRecordedStats>(
-              kind_, data(ch.tensor, ch.begin, len), len);
+          g_stats[c] = GradChunkStats<T, kRecordedStats>(kind_, grads,
+                                                         ch.tensor, ch.begin, len);
           chunk_sq_[c] = g_stats[c].sum_sq;
           if (spec.adaptive) {
             w_stats[c] = ChunkStats<T>(kind_, weights[ch.tensor] + ch.begin, len);
