@@ -593,7 +593,8 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
         inner = self.inner_optimizer
         keras_adapters.restore_unsaved_state(inner)
         path = fused_step.choose_path(
-            self.fused, self.normalization, inner, gs, vs
+            self.fused, self.normalization, inner, gs, vs,
+            granularity=self.granularity,
         )
         beyond = (
             self._beyond_compiled(path.name, gs, vs)

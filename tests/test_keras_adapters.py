@@ -82,20 +82,34 @@ def _keras_writes(optimizer, gradient, variable):
 
 @pytest.mark.parametrize("rule", sorted(keras_adapters.INDEXED_SLICES))
 def test_indexed_slices_table_matches_keras(rule):
-    """keras_adapters.INDEXED_SLICES against the installed Keras: a rule
-    keeps sparse gradients on the pure-TF path exactly when every write of
-    Keras's own update with an IndexedSlices gradient is a scatter."""
+    """keras_adapters.INDEXED_SLICES against the installed Keras: a rule is
+    INDEXED_ROWS exactly when every write of Keras's own update with an
+    IndexedSlices gradient is a scatter, and then the rows it does not index
+    keep their values in the variable and every slot (the op writes only
+    the present rows)."""
     import numpy as np
     import tensorflow as tf
 
     import reference as R
 
     optimizer = R.RULE_KERAS[rule](keras.optimizers)
-    assert keras_adapters.adapter_for(optimizer).rule(optimizer) == rule
-    variable = keras.Variable(np.ones((6, 3), np.float32))
-    gradient = tf.IndexedSlices(tf.ones((2, 3)), tf.constant([4, 1]), tf.constant([6, 3]))
+    adapter = keras_adapters.adapter_for(optimizer)
+    assert adapter.rule(optimizer) == rule
+    start = np.linspace(-1.0, 1.0, 18).reshape(6, 3).astype(np.float32)
+    variable = keras.Variable(start)
+    optimizer.build([variable])
+    slots = [slot[0] for slot in adapter.slots(optimizer, [0])]
+    before = [s.numpy() for s in slots]
+    gradient = tf.IndexedSlices(tf.constant([[0.5, -0.25, 1.0], [2.0, 0.125, -1.5]]),
+                                tf.constant([4, 1]), tf.constant([6, 3]))
     writes = _keras_writes(optimizer, gradient, variable)
     assert writes, f"Keras's {rule} update made no write through Optimizer.assign*"
     scatter_only = set(writes) == {"sparse"}
-    want = keras_adapters.SPARSE_TF if scatter_only else keras_adapters.DENSIFY
+    want = keras_adapters.INDEXED_ROWS if scatter_only else keras_adapters.EVERY_ROW
     assert keras_adapters.sparse_gradients(rule) == want, (rule, writes)
+    if scatter_only:
+        absent = [0, 2, 3, 5]
+        decay = 1.0 - float(optimizer.weight_decay or 0.0) * float(optimizer.learning_rate)
+        np.testing.assert_allclose(variable.numpy()[absent], start[absent] * decay, rtol=1e-7)
+        for slot, old in zip(slots, before):
+            np.testing.assert_array_equal(slot.numpy()[absent], old[absent])

@@ -1,15 +1,16 @@
 """Sparse (tf.IndexedSlices) gradients on the fused path.
 
 An IndexedSlices gradient stands for the dense tensor its rows scatter into
-zeros, duplicate indices summed. Under an inner optimizer whose Keras update
-reads every element anyway (keras_adapters.INDEXED_SLICES: DENSIFY) the step
+zeros, duplicate indices summed. Under every fused inner optimizer the step
 takes the fused path (asserted) and must give the numbers of that dense
 tensor: against the pure-TF path (fused=False) and a NumPy reference written
 from the formulas (tests/reference.py, test_granularity.reference_step), with
 duplicate, out-of-order and no indices, every wrapper, granularity and
-exclusion; the recorded L2 norms are the dense tensor's. SGD and Adagrad,
-whose Keras updates only scatter into the indexed rows, keep the sparse
-pure-TF path, and say so.
+exclusion; the recorded L2 norms are the dense tensor's. On the CPU the op
+reads the rows through a row map and never builds that tensor (checked in
+the step's graph); SGD and Adagrad, whose Keras updates write only the
+indexed rows (keras_adapters.INDEXED_SLICES), have the op write only those,
+and keep the sparse pure-TF path where it cannot read rows (per unit).
 """
 
 import numpy as np
@@ -30,9 +31,10 @@ INDICES = {
     "out_of_order": [30, 2, 17, 5, 39, 0],
     "empty": [],
 }
-# Inners with a fused rule that densifies, in Keras configurations whose
-# hyperparameters float32 holds exactly (reference.RULE_KERAS).
-INNERS = ["adam", "rmsprop", "sgd_nesterov", "lamb"]
+# Inners of both kinds of INDEXED_SLICES (every row: the first four; indexed
+# rows: sgd, adagrad), in Keras configurations whose hyperparameters float32
+# holds exactly (reference.RULE_KERAS).
+INNERS = ["adam", "rmsprop", "sgd_nesterov", "lamb", "sgd", "adagrad"]
 TOL = {"float64": dict(rtol=1e-9, atol=1e-12), "float32": dict(rtol=2e-5, atol=2e-6)}
 STEPS = 2
 
@@ -202,15 +204,17 @@ def run_big(opt, dtype, sparse):
     ("clipped", "lamb", "tensor", "avg_l1"),
     ("normalized", "rmsprop", "global", "std"),
     ("adaptive", "adam", "tensor", "min_max"),
+    ("normalized", "sgd", "global", "l2"),  # present rows only
+    ("clipped", "adagrad", "tensor", "std"),  # present rows, every row decays
 ])
 def test_op_reads_rows_as_the_dense_tensor(kind, rule, granularity, name, dtype):
     """The CPU op given the rows (a row map, fused.sparse_rows) updates as
     given the dense tensor they stand for, to the rounding of the sums: the
     update reads each chunk of that tensor gathered (a row across a chunk
-    boundary, the trust ratio's two passes), and the statistics of a table
-    of several chunks are those of its present rows merged with its zeros
-    (in another order than the dense tensor's). (The dense input is checked
-    against NumPy above.)"""
+    boundary, the trust ratio's two passes) or, under SGD and Adagrad, its
+    present rows alone, and the statistics of a table of several chunks are
+    those of its present rows merged with its zeros (in another order than
+    the dense tensor's). (The dense input is checked against NumPy above.)"""
     make = lambda: make_wrapper(kind, rule, None, granularity, name)  # noqa: E731
     got, got_norms = run_big(make(), dtype, sparse=True)
     want, want_norms = run_big(make(), dtype, sparse=False)
@@ -288,25 +292,66 @@ def test_inside_tf_function_and_with_skip_nonfinite():
         np.testing.assert_allclose(g, w, **TOL["float32"])
 
 
+def test_indexed_rows_rules_update_only_the_present_rows():
+    """Under Adagrad (INDEXED_ROWS) the op writes only the rows the sparse
+    gradient holds, plus the weight decay of every row: an absent row whose
+    accumulator is NaN keeps it, and that row of the table moves by the
+    decay alone. Keras's own sparse update writes NaN into that row of the
+    table (its divide keeps the rows where sqrt(acc + eps) is 0 or NaN; the
+    difference README states); every other row matches plain Keras Adagrad
+    on the gradient normalized in NumPy and kept sparse."""
+    assert keras_adapters.sparse_gradients("adagrad") == keras_adapters.INDEXED_ROWS
+    slices, dense, _ = gradients("out_of_order", 0, "float64")
+    norm = np.sqrt((dense * dense).sum()) + EPS
+    scaled = tf.IndexedSlices(slices.values / norm, slices.indices, slices.dense_shape)
+    results = []
+    for fused in (True, False):
+        table = keras.Variable(initial_weights()[0], dtype="float64")
+        if fused:
+            opt = make_wrapper("normalized", "adagrad", True)
+            opt.build([table])
+            inner = opt.inner_optimizer
+        else:
+            opt = inner = R.RULE_KERAS["adagrad"](keras.optimizers)
+            inner.build([table])
+        accumulator = inner.variables[-1]
+        assert accumulator.shape == (ROWS, WIDTH)
+        start = accumulator.numpy()
+        start[1] = np.nan  # row 1 is not indexed
+        accumulator.assign(start)
+        opt.apply([slices if fused else scaled], [table])
+        if fused:
+            assert opt.last_path.name == "fused", opt.last_path.reason
+        results.append((table.numpy(), accumulator.numpy()))
+    (got, got_acc), (keras_w, keras_acc) = results
+    assert np.isnan(got_acc[1]).all() and np.isfinite(np.delete(got_acc, 1, 0)).all()
+    wd, lr = R.RULE_KERAS["adagrad"](keras.optimizers).weight_decay, float(np.float32(0.05))
+    row = initial_weights()[0][1]
+    np.testing.assert_allclose(got[1], row - row * wd * lr, rtol=1e-15)
+    assert np.isnan(keras_w[1]).all()
+    others = np.arange(ROWS) != 1
+    np.testing.assert_allclose(got[others], keras_w[others], **TOL["float64"])
+    np.testing.assert_allclose(got_acc[others], keras_acc[others], **TOL["float64"])
+
+
 @pytest.mark.parametrize("rule", ["sgd", "adagrad"])
-def test_scatter_only_rules_keep_the_sparse_tf_path(rule):
-    """Keras's SGD and Adagrad updates touch only the indexed rows: the
-    step stays on the pure-TF path, which hands the inner optimizer
-    deduplicated IndexedSlices (never densified), and fused=True says why."""
-    assert keras_adapters.sparse_gradients(rule) == keras_adapters.SPARSE_TF
-    opt = make_wrapper("normalized", rule, None)
+def test_indexed_rows_rules_keep_the_sparse_tf_path_per_unit(rule):
+    """Per unit, the op does not read rows: under SGD and Adagrad, whose
+    Keras updates write only the indexed rows, the step stays on the pure-TF
+    path, which hands the inner optimizer deduplicated IndexedSlices (never
+    densified), and fused=True says why."""
+    opt = make_wrapper("normalized", rule, None, "unit")
     seen = []
     original = opt.inner_optimizer.apply
     opt.inner_optimizer.apply = lambda g, v: (seen.extend(g), original(g, v))[1]
-    got, norms = run(opt, "duplicates", "float64", path="tf")
+    got, _ = run(opt, "duplicates", "float64", path="tf")
     assert "indexed rows" in opt.last_path.reason, opt.last_path.reason
     assert isinstance(seen[0], tf.IndexedSlices) and seen[0].values.shape[0] == 3
-    want, want_norms = numpy_run("normalized", rule, "duplicates", "float64")
+    want, _ = numpy_run("normalized", rule, "duplicates", "float64", "unit")
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, **TOL["float64"])
-    np.testing.assert_allclose(norms, want_norms, rtol=1e-6)  # float32
     with pytest.raises(fused_step.FusedPathUnavailable, match="indexed rows"):
-        run(make_wrapper("normalized", rule, True), "duplicates", "float64")
+        run(make_wrapper("normalized", rule, True, "unit"), "duplicates", "float64")
 
 
 def test_custom_normalization_sees_the_dense_tensor():
@@ -357,8 +402,8 @@ def test_rules_table_covers_every_fused_rule():
     from normopt.kernels import _updates
 
     assert set(keras_adapters.INDEXED_SLICES) == set(_updates.RULE_NAMES)
-    assert set(keras_adapters.INDEXED_SLICES.values()) <= {keras_adapters.DENSIFY,
-                                                           keras_adapters.SPARSE_TF}
+    assert set(keras_adapters.INDEXED_SLICES.values()) <= {keras_adapters.EVERY_ROW,
+                                                           keras_adapters.INDEXED_ROWS}
 
 
 def test_embedding_model_fit_matches_across_paths():

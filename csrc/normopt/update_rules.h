@@ -166,6 +166,26 @@ struct TrustRatioOf<Rule, decltype(void(Rule::kTrustRatio))> {
 template <typename Rule>
 constexpr bool kIsTrustRatio = TrustRatioOf<Rule>::value;
 
+// Whether Rule leaves w and every slot exactly as they are for a zero
+// gradient (declares kZeroGradientKeepsState = true: sgd, adagrad), given a
+// finite lr and, for Adagrad, acc + epsilon > 0 (Keras's default
+// accumulator 0.1 and epsilon 1e-7 keep it so). Keras's updates of these
+// write only the indexed rows of a sparse gradient, and so does the CPU op
+// (decay still moves every row, as Keras's). Where acc + epsilon is 0 or
+// NaN, Keras's sparse divide writes NaN into w on that row too; the op
+// leaves it.
+template <typename Rule, typename = void>
+struct ZeroGradientKeepsStateOf {
+  static constexpr bool value = false;
+};
+template <typename Rule>
+struct ZeroGradientKeepsStateOf<
+    Rule, decltype(void(Rule::kZeroGradientKeepsState))> {
+  static constexpr bool value = Rule::kZeroGradientKeepsState;
+};
+template <typename Rule>
+constexpr bool kZeroGradientKeepsState = ZeroGradientKeepsStateOf<Rule>::value;
+
 // Phase 1 sums of a trust-ratio rule over a chunk or a tensor: sum w^2 (w
 // after decay) and sum u^2. One per chunk, then one per tensor.
 template <typename A>
@@ -180,6 +200,7 @@ struct SgdRule {
   static constexpr int kSlots = Momentum == 0 ? 0 : 1;
   static constexpr const char* kSlotNames = Momentum == 0 ? "" : "momentum";
   static constexpr int kHypers = Momentum == 0 ? 0 : 1;
+  static constexpr bool kZeroGradientKeepsState = Momentum == 0;  // w - lr*0
   A lr, mu;
   NORMOPT_HD explicit SgdRule(const double* args)
       : lr(A(args[0])), mu(Momentum == 0 ? A(0) : A(args[2])) {}
@@ -277,6 +298,8 @@ struct Adagrad {
   static constexpr int kSlots = 1;
   static constexpr const char* kSlotNames = "accumulator";
   static constexpr int kHypers = 1;
+  // acc + 0*0, w - (lr*0)/sqrt(acc + epsilon)
+  static constexpr bool kZeroGradientKeepsState = true;
   A lr, epsilon;
   NORMOPT_HD explicit Adagrad(const double* args)
       : lr(A(args[0])), epsilon(A(args[2])) {}

@@ -199,9 +199,20 @@ class ApplyOnDevice<CpuDevice, T> {
     const Acc lr = static_cast<Acc>(step.args[0]);
     const Acc* decay = step.in.decay->template flat<Acc>().data();
     const ChunkPlan& plan = *plan_;
+    const GradList<T>& grads = step.in.grads;
     ParallelForChunks(ctx, plan, 4 + 3 * K, [&](int64_t c) {
       const Chunk& ch = plan.chunks[c];
       const Acc wd = decay[ch.tensor];
+      if constexpr (kZeroGradientKeepsState<Rule>) {
+        if (grads.row_of[ch.tensor] != nullptr) {
+          if (wd != Acc(0)) {
+            UpdatePresentRows<Rule, true>(rule, lr, wd, step, c, ch);
+          } else {
+            UpdatePresentRows<Rule, false>(rule, lr, wd, step, c, ch);
+          }
+          return;
+        }
+      }
       const ChunkData<K> d = DataOf<K>(step, ch);
       const ChunkScales<Acc> s = scales_.Of(c, ch, d.g, d.w);
       if (wd != Acc(0)) {
@@ -210,6 +221,41 @@ class ApplyOnDevice<CpuDevice, T> {
         ApplyRuleChunk<T, Rule, false>(rule, lr, wd, s, d.w, d.slots, d.g, d.len);
       }
     });
+  }
+
+  // Chunk c of a sparse gradient under a rule that keeps its state for a
+  // zero gradient, as Keras's update of one: decay on every row (Keras's
+  // _apply_weight_decay), the rule on the present rows only, their gradient
+  // read in place; the slots of absent rows are neither read nor written.
+  template <typename Rule, bool Decay>
+  void UpdatePresentRows(const Rule& rule, Acc lr, Acc wd,
+                         const ApplyStep<T>& step, int64_t c,
+                         const Chunk& ch) {
+    constexpr int K = Rule::kSlots;
+    T* const w = step.state[ch.tensor] + ch.begin;
+    T* slots[K > 0 ? K : 1] = {};
+    for (int q = 0; q < K; ++q) {
+      slots[q] = step.state[(1 + q) * step.n + ch.tensor] + ch.begin;
+    }
+    const ChunkScales<Acc> s = scales_.Of(c, ch, nullptr, w);
+    auto piece = [&](int64_t at, const T* g, int64_t n) {
+      if (g == nullptr) {  // an absent row, visited only to decay it
+        T* __restrict row = w + at;
+        for (int64_t j = 0; j < n; ++j) {
+          row[j] = FromAcc<T>(decayed<true>(ToAcc(row[j]), wd, lr));
+        }
+        return;
+      }
+      T* row_slots[K > 0 ? K : 1] = {};
+      for (int q = 0; q < K; ++q) row_slots[q] = slots[q] + at;
+      ApplyRuleChunk<T, Rule, Decay>(rule, lr, wd, s, w + at, row_slots, g, n);
+    };
+    const GradList<T>& grads = step.in.grads;
+    if constexpr (Decay) {
+      grads.ForEachRowPiece(ch.tensor, ch.begin, ch.end - ch.begin, piece);
+    } else {
+      grads.ForEachPresentPiece(ch.tensor, ch.begin, ch.end - ch.begin, piece);
+    }
   }
 
   // Phase 1 over every chunk, the per-tensor ratios, phase 2 over every chunk.

@@ -14,9 +14,11 @@
 
 namespace normopt {
 
-// A buffer of kChunkElems elements per thread: where a sparse gradient's
-// chunk is gathered (GradList::Elements), read by the same thread right after.
-template <typename T>
+// Buffers of kChunkElems elements per thread, where a sparse gradient's
+// chunk is gathered and read by the same thread right after: buffer 0 for
+// the dense chunk (GradList::Elements, which an update reads), buffer 1 for
+// its present elements (PresentElements, which statistics read meanwhile).
+template <typename T, int Buffer>
 T* ChunkScratch() {
   thread_local std::unique_ptr<T[]> buffer(new T[kChunkElems]);
   return buffer.get();
@@ -29,8 +31,10 @@ T* ChunkScratch() {
 // A sparse gradient (the apply op's `rows` input, `AddRows`) is the rows of
 // a dense tensor that are not all zero: tensor i holds rows of row_elems[i]
 // elements, and row_of[i][r] names the row of tensor i that is row r of the
-// dense gradient of shapes[i], or is -1 where that row is zero. Every
-// reader sees the dense gradient through `Elements`; it is never built.
+// dense gradient of shapes[i], or is -1 where that row is zero;
+// present_rows[i] lists the rows r that are not, in increasing order. Every
+// reader sees the dense gradient through `Elements`, or its present rows
+// alone through `ForEachPresentPiece`; it is never built.
 template <typename T>
 struct GradList {
   tensorflow::OpInputList tensors;
@@ -40,6 +44,7 @@ struct GradList {
   std::vector<tensorflow::TensorShape> shapes;  // of the dense gradient
   std::vector<const int32_t*> row_of;  // null for a dense gradient
   std::vector<int64_t> row_elems;
+  std::vector<std::vector<int64_t>> present_rows;
   std::vector<char> sparse;  // 1 for a sparse gradient
   bool any_sparse = false;
 
@@ -57,6 +62,7 @@ struct GradList {
     }
     row_of.assign(tensors.size(), nullptr);
     row_elems.assign(tensors.size(), 0);
+    present_rows.assign(tensors.size(), {});
     sparse.assign(tensors.size(), 0);
     return absl::OkStatus();
   }
@@ -94,50 +100,85 @@ struct GradList {
             map.shape().DebugString() + " and " +
             values.shape().DebugString());
       }
+      const int64_t count = map.dim_size(0);
       tensorflow::TensorShape dense = values.shape();
-      dense.set_dim(0, map.dim_size(0));
+      dense.set_dim(0, count);
       const int64_t present = values.dim_size(0);
       const int32_t* rows = map.flat<int32_t>().data();
-      for (int64_t r = 0; r < map.dim_size(0); ++r) {
+      std::vector<int64_t>& listed = present_rows[i];
+      listed.reserve(present);
+      for (int64_t r = 0; r < count; ++r) {
         if (rows[r] < -1 || rows[r] >= present) {
           return absl::InvalidArgumentError(
               what + "[" + std::to_string(r) + "] is " +
               std::to_string(rows[r]) + ": a row map entry is -1 or a row " +
               "of the gradient's " + std::to_string(present) + " rows");
         }
+        if (rows[r] >= 0) listed.push_back(r);
       }
       shapes[i] = dense;
       sizes[i] = dense.num_elements();
       row_elems[i] = present > 0 ? values.NumElements() / present
                                  : dense.num_elements() /
-                                       std::max<int64_t>(map.dim_size(0), 1);
-      row_of[i] = map.dim_size(0) > 0 ? rows : nullptr;
+                                       std::max<int64_t>(count, 1);
+      row_of[i] = count > 0 ? rows : nullptr;
       sparse[i] = 1;
       any_sparse = true;
     }
     return absl::OkStatus();
   }
 
+  // fn(offset, values, piece) for each piece of [begin, begin + len) of
+  // sparse gradient i that lies in one row, in order: elements begin +
+  // offset ... of the dense gradient are values[0, piece), or zeros where
+  // values is null (an absent row).
+  template <typename Fn>
+  void ForEachRowPiece(int64_t i, int64_t begin, int64_t len, Fn&& fn) const {
+    const int64_t width = row_elems[i];
+    const int64_t end = begin + len;
+    int64_t r = begin / width;  // one division per chunk, not per row
+    for (int64_t e = begin, row_begin = r * width; e < end;
+         ++r, row_begin += width) {
+      const int64_t piece = std::min(end, row_begin + width) - e;
+      const int32_t src = row_of[i][r];
+      fn(e - begin, src < 0 ? nullptr : data[i] + src * width + (e - row_begin),
+         piece);
+      e += piece;
+    }
+  }
+
+  // ForEachRowPiece's calls with values, alone: the present rows of the
+  // range found by binary search, so the work grows with them, not with the
+  // range's rows.
+  template <typename Fn>
+  void ForEachPresentPiece(int64_t i, int64_t begin, int64_t len,
+                           Fn&& fn) const {
+    const int64_t width = row_elems[i];
+    const int64_t end = begin + len;
+    const std::vector<int64_t>& listed = present_rows[i];
+    // Row begin / width holds element begin: the first row in the range.
+    auto at = std::lower_bound(listed.begin(), listed.end(), begin / width);
+    for (; at != listed.end() && *at * width < end; ++at) {
+      const int64_t row_begin = *at * width;
+      const int64_t from = std::max(begin, row_begin);
+      const int64_t piece = std::min(end, row_begin + width) - from;
+      fn(from - begin, data[i] + row_of[i][*at] * width + (from - row_begin),
+         piece);
+    }
+  }
+
   // Elements [begin, begin + len) of dense gradient i, len <= kChunkElems:
   // in place, or (sparse) gathered into this thread's ChunkScratch.
   const T* Elements(int64_t i, int64_t begin, int64_t len) const {
     if (row_of[i] == nullptr) return data[i] + begin;
-    T* out = ChunkScratch<T>();
-    const int64_t width = row_elems[i];
-    for (int64_t e = begin, end = begin + len; e < end;) {
-      const int64_t r = e / width;
-      const int64_t piece = std::min(end, (r + 1) * width) - e;
-      const int32_t src = row_of[i][r];
-      if (src < 0) {
-        std::fill(out + (e - begin), out + (e - begin) + piece,
-                  static_cast<T>(0.0f));
+    T* out = ChunkScratch<T, 0>();
+    ForEachRowPiece(i, begin, len, [out](int64_t at, const T* x, int64_t n) {
+      if (x == nullptr) {
+        std::fill(out + at, out + at + n, static_cast<T>(0.0f));
       } else {
-        std::copy(data[i] + src * width + (e - r * width),
-                  data[i] + src * width + (e - r * width) + piece,
-                  out + (e - begin));
+        std::copy(x, x + n, out + at);
       }
-      e += piece;
-    }
+    });
     return out;
   }
 
@@ -146,20 +187,13 @@ struct GradList {
   // *count of them. The other len - *count elements are zeros.
   const T* PresentElements(int64_t i, int64_t begin, int64_t len,
                            int64_t* count) const {
-    T* out = ChunkScratch<T>();
-    const int64_t width = row_elems[i];
+    T* out = ChunkScratch<T, 1>();
     int64_t n = 0;
-    for (int64_t e = begin, end = begin + len; e < end;) {
-      const int64_t r = e / width;
-      const int64_t piece = std::min(end, (r + 1) * width) - e;
-      const int32_t src = row_of[i][r];
-      if (src >= 0) {
-        const T* from = data[i] + src * width + (e - r * width);
-        std::copy(from, from + piece, out + n);
-        n += piece;
-      }
-      e += piece;
-    }
+    ForEachPresentPiece(i, begin, len,
+                        [out, &n](int64_t, const T* x, int64_t k) {
+                          std::copy(x, x + k, out + n);
+                          n += k;
+                        });
     *count = n;
     return out;
   }

@@ -331,6 +331,7 @@ class StepScales {
                const tensorflow::Tensor& precomputed_norms) {
     spec_ = &spec;
     plan_ = &plan;
+    grads_ = &grads;
     kind_ = spec.source.kind;
     eps_ = static_cast<Acc>(spec.eps);
     const int64_t n = grads.size();
@@ -411,16 +412,19 @@ class StepScales {
     ComputeUnits(ctx, grads, weights);
   }
 
-  // The scales of chunk c (`ch`), whose gradient chunk is g[0, len) and
-  // variable chunk w[0, len) (read in the adaptive mode only). Called once
-  // per chunk from the pass, before the chunk is updated; chunks may run in
-  // parallel.
+  // The scales of chunk c (`ch`) of the gradients given to Compute, whose
+  // variable chunk is w[0, len) (read in the adaptive mode only). g is the
+  // gradient's chunk as the caller read it (GradList::Elements), or null
+  // where the caller reads only a sparse gradient's present rows. Called
+  // once per chunk from the pass, before the chunk is updated; chunks may
+  // run in parallel.
   ChunkScales<Acc> Of(int64_t c, const Chunk& ch, const T* g, const T* w) {
     const int i = ch.tensor;
     const int64_t len = ch.end - ch.begin;
     TensorScale<Acc>* own = &scales_[first_scale_[i]];
     if (how_[i] == How::kInPass) {
-      const NormStats<Acc> st = ChunkStats<T, false, kRecordedStats>(kind_, g, len);
+      const NormStats<Acc> st =
+          GradChunkStats<T, kRecordedStats>(kind_, *grads_, i, ch.begin, len);
       chunk_sq_[c] = st.sum_sq;
       // The tensor's one chunk, already read: g (and w).
       auto chunk = [&ch](const T* x) {
@@ -428,9 +432,12 @@ class StepScales {
           return x + (begin - ch.begin);
         };
       };
-      const Acc g_norm = RescueNorm<T>(
-          nullptr, kind_, *plan_, i, chunk(g),
-          NormFromChunkStats<Acc>(kind_, &st, 1, eps_), eps_);
+      const Acc plain = NormFromChunkStats<Acc>(kind_, &st, 1, eps_);
+      const Acc g_norm =
+          g != nullptr
+              ? RescueNorm<T>(nullptr, kind_, *plan_, i, chunk(g), plain, eps_)
+              : RescueNorm<T>(nullptr, kind_, *plan_, i, GradReads<T>{*grads_},
+                              plain, eps_);
       Acc w_norm = Acc(0);
       if (spec_->adaptive) {
         const NormStats<Acc> ws = ChunkStats<T>(kind_, w, len);
@@ -440,7 +447,7 @@ class StepScales {
       }
       *own = ScaleOf(g_norm, w_norm);
     } else if (how_[i] == How::kExcluded || spec_->source.precomputed) {
-      chunk_sq_[c] = ChunkStatsFor<T, kRecordedStats>(g, len).sum_sq;
+      chunk_sq_[c] = ChunkSumSq(i, ch.begin, len);
     }
     if (units_[i] == 1) return ChunkScales<Acc>{own, 1, 0};
     const Acc* mult = mult_only_[i] ? &mult_[first_scale_[i]] : nullptr;
@@ -464,6 +471,18 @@ class StepScales {
 
  private:
   enum class How : char { kReady, kInPass, kExcluded };
+
+  // sum g^2 over elements [begin, begin + len) of gradient i (a sparse
+  // gradient's zeros add nothing).
+  Acc ChunkSumSq(int64_t i, int64_t begin, int64_t len) const {
+    const GradList<T>& grads = *grads_;
+    if (grads.row_of[i] == nullptr) {
+      return ChunkStatsFor<T, kRecordedStats>(grads.data[i] + begin, len).sum_sq;
+    }
+    int64_t present = 0;
+    const T* x = grads.PresentElements(i, begin, len, &present);
+    return ChunkStatsFor<T, kRecordedStats>(x, present).sum_sq;
+  }
 
   // The scale of a norm of g (and, adaptive, of w) by the spec's mode.
   TensorScale<Acc> ScaleOf(Acc g_norm, Acc w_norm) const {
@@ -605,6 +624,7 @@ class StepScales {
 
   const ScaleSpec* spec_ = nullptr;
   const ChunkPlan* plan_ = nullptr;
+  const GradList<T>* grads_ = nullptr;
   NormKind kind_ = NormKind::kL2;
   Acc eps_ = Acc(0);
   std::vector<How> how_;

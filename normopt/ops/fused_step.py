@@ -6,14 +6,14 @@ through the raw ops in `normopt.ops.fused`. The inner optimizer's own slot
 variables and iteration counter hold all state, so a model can switch between
 paths (or be saved under one and loaded under another) at any step.
 
-A sparse (tf.IndexedSlices) gradient takes the fused path where its update
-rule reads every element anyway (keras_adapters.INDEXED_SLICES). The CPU op
-reads its deduplicated rows as the dense tensor they stand for, without
-building it (`op_gradient`); for a GPU variable, or granularity "unit", it is
-scattered once into that dense tensor (`dense_gradient`).
-Under SGD and Adagrad, whose Keras updates touch only the indexed rows, and
-under an inner optimizer without a fused rule, the step stays on the pure-TF
-path, which keeps it sparse.
+A sparse (tf.IndexedSlices) gradient takes the fused path under every
+fused rule. The CPU op reads its deduplicated rows as the dense tensor they
+stand for, without building it (`op_gradient`), and under SGD and Adagrad,
+whose Keras updates write only the indexed rows, updates only those
+(keras_adapters.INDEXED_SLICES). For a GPU variable, or granularity "unit",
+a rule that moves every row gets it scattered once into that dense tensor
+(`dense_gradient`); SGD and Adagrad there, and an inner optimizer without a
+fused rule, keep the pure-TF path, which keeps it sparse.
 """
 
 import collections
@@ -146,7 +146,8 @@ def _blockers(grads, variables, in_step=True):
     return found
 
 
-def choose_path(fused, normalization, inner, grads, variables, in_step=True):
+def choose_path(fused, normalization, inner, grads, variables, in_step=True,
+                granularity="tensor"):
     """The StepPath of one step; raises FusedPathUnavailable for fused=True.
 
     `grads`/`variables` hold only the pairs with a gradient.
@@ -162,7 +163,7 @@ def choose_path(fused, normalization, inner, grads, variables, in_step=True):
             f"optimizer's {', '.join(options)}"
         )
     if not reasons:
-        reasons.extend(_sparse_blockers(kernel, grads, variables))
+        reasons.extend(_sparse_blockers(kernel, grads, variables, granularity))
     if reasons:
         if fused:
             raise FusedPathUnavailable(
@@ -177,11 +178,12 @@ def choose_path(fused, normalization, inner, grads, variables, in_step=True):
     return StepPath(paths.FUSED_SCALE, None)
 
 
-def _sparse_blockers(kernel, grads, variables):
+def _sparse_blockers(kernel, grads, variables, granularity):
     """Why IndexedSlices gradients keep this step off the compiled path:
-    under an update rule that keeps them sparse on the pure-TF path
-    (keras_adapters.INDEXED_SLICES), or with no fused update at all (the
-    scale-only op would hand the inner optimizer a dense gradient)."""
+    with no fused update at all (the scale-only op would hand the inner
+    optimizer a dense gradient), or under a rule whose Keras update writes
+    only the indexed rows where the op cannot read rows (a GPU variable,
+    granularity "unit"; keras_adapters.INDEXED_SLICES)."""
     sparse = [v.name for g, v in zip(grads, variables) if isinstance(g, tf.IndexedSlices)]
     if not sparse:
         return []
@@ -192,11 +194,22 @@ def _sparse_blockers(kernel, grads, variables):
             f"{which} sparse (IndexedSlices) and the inner optimizer has no "
             "fused update (the scale-only op would hand it a dense gradient)"
         ]
-    if keras_adapters.sparse_gradients(kernel) != keras_adapters.DENSIFY:
-        return [
-            f"{which} sparse (IndexedSlices) and Keras's {kernel} update "
-            "touches only the indexed rows: the pure-TF path keeps it sparse"
-        ]
+    writes = keras_adapters.sparse_gradients(kernel)
+    if writes is None:
+        return [f"{which} sparse (IndexedSlices) and the {kernel} rule has no "
+                "entry in keras_adapters.INDEXED_SLICES"]
+    if writes == keras_adapters.INDEXED_ROWS:
+        off_cpu = sorted({device_type(v) for g, v in zip(grads, variables)
+                          if isinstance(g, tf.IndexedSlices)} - {"CPU"})
+        where = (f"variables on {', '.join(off_cpu)}" if off_cpu
+                 else "granularity 'unit'" if granularity == "unit" else None)
+        if where is not None:
+            return [
+                f"{which} sparse (IndexedSlices) and Keras's {kernel} update "
+                f"touches only the indexed rows, which the op reads on the CPU "
+                f"at granularity 'tensor' or 'global' only, not with {where}: "
+                "the pure-TF path keeps it sparse"
+            ]
     return []
 
 
@@ -216,8 +229,8 @@ def dense_gradient(grad, variable):
     variable's shape); any other gradient as it is.
 
     The one place the fused path densifies: only for rules whose Keras update
-    reads every element anyway (keras_adapters.INDEXED_SLICES), and only
-    where the op cannot read the rows (`op_gradient`). The op then measures,
+    moves every row anyway (keras_adapters.INDEXED_SLICES: EVERY_ROW), and
+    only where the op cannot read the rows (`op_gradient`). The op then measures,
     scales and applies it as any dense gradient, so its norm and its
     recorded L2 norm are those of the dense tensor.
     """
@@ -302,8 +315,7 @@ def run_fused_update(inner, scaling, grads, variables):
     whose gradients every device shares).
     """
     adapter = keras_adapters.adapter_for(inner)
-    # choose_path lets IndexedSlices through only for DENSIFY rules. Here,
-    # in the replica context, each replica prepares its own copy.
+    # Here, in the replica context, each replica prepares its own copy.
     grads = [op_gradient(g, v, scaling) for g, v in zip(grads, variables)]
     if not tf.distribute.has_strategy():
         adapter.before_update(inner)

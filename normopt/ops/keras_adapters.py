@@ -7,8 +7,8 @@ functions hold the reads every optimizer shares (weight decay, the variable
 index, the iteration counter, EMA). Nothing else in normopt touches a
 private Keras attribute; `READS` lists them, and tests/test_keras_adapters.py
 checks each against the installed Keras, naming the one a release renamed.
-`INDEXED_SLICES` says, per rule, whether a sparse gradient is densified for
-the fused op or keeps the sparse pure-TF path (from what Keras's own update
+`INDEXED_SLICES` says, per rule, whether Keras's update of a sparse gradient
+moves every row or only the indexed ones (from what Keras's own update
 does with one; checked against the installed Keras there too).
 
     SGD      sgd | sgd_momentum | sgd_nesterov   momentums           mu
@@ -300,54 +300,57 @@ class ScheduleFreeAdamWAdapter(Adapter):
 # How each rule takes a sparse (tf.IndexedSlices) gradient g, after what
 # Keras's own update_step does with one (tests/test_keras_adapters.py checks
 # the table against the installed Keras). Either way the gradient stands for
-# its dense tensor, duplicate indices summed, and its norm is that tensor's.
+# its dense tensor, duplicate indices summed, and its norm is that tensor's;
+# on the CPU (granularity "tensor" or "global") the fused op reads the
+# deduplicated rows through a row map and never builds that tensor
+# (fused.sparse_rows).
 #
-#   DENSIFY     Keras's update reads and writes every element anyway (a
-#               slot decays everywhere: Adam's m and v, RMSprop's velocity,
-#               ...; its ops turn g into the dense tensor it stands for), so
-#               the fused op runs the rule on every element of that tensor:
-#               on the CPU it reads the deduplicated rows through a row map
-#               and never builds it (fused.sparse_rows); elsewhere it is
-#               scattered once into zeros (fused_step.op_gradient).
-#   SPARSE_TF   Keras's update only scatters into the indexed rows (SGD:
-#               w.scatter_sub(lr g); Adagrad: acc.scatter_add(g^2), then
-#               w.scatter_sub(lr g / sqrt(acc + eps)) on the same rows). A
-#               zero-filled dense g would give the same numbers (a zero row
-#               moves neither w nor acc) but costs reads and writes of every
-#               row of w (and acc) against k rows, a cost
-#               that grows with the table: normalized SGD, 64 columns, 4096
-#               indices, on 2 CPU cores, densify + fused op took 1.1x the
-#               sparse step at 50000 rows and 6x at 400000 rows, where the
-#               sparse step took no longer. The step stays on the pure-TF
-#               path, which keeps g sparse end to end (deduplicated, scaled
-#               as slices, Keras's scatter update).
+#   EVERY_ROW     Keras's update reads and writes every element anyway (a
+#                 slot decays everywhere: Adam's m and v, RMSprop's
+#                 velocity, ...; its ops turn g into the dense tensor it
+#                 stands for), so the op runs the rule on every element,
+#                 zeros where g has no row. On a GPU, or per unit, g is
+#                 scattered once into zeros first (fused_step.op_gradient).
+#   INDEXED_ROWS  Keras's update writes only the indexed rows (SGD:
+#                 w.scatter_sub(lr g); Adagrad: acc.scatter_add(g^2), then
+#                 w.scatter_sub(lr g / sqrt(acc + eps)) on the same rows,
+#                 although it forms sqrt(acc + eps) over the whole table).
+#                 The rule keeps w and its slots for a zero gradient
+#                 (kZeroGradientKeepsState in csrc/normopt/update_rules.h),
+#                 so the CPU op updates the present rows only (every row
+#                 where the variable decays, as Keras's decay does). On a
+#                 GPU, or per unit, the step stays on the pure-TF path, which
+#                 keeps g sparse end to end: a dense g there would cost reads
+#                 and writes of every row against k rows (normalized SGD, 64
+#                 columns, 4096 indices, on 2 CPU cores: 1.1x the sparse step
+#                 at 50000 rows and 6x at 400000 rows).
 #
-#   rule                                     Keras's update of a sparse g   fused path
-#   sgd                                      scatter into w                 SPARSE_TF
-#   adagrad                                  scatter into acc and w         SPARSE_TF
-#   sgd_momentum, sgd_nesterov               m decays everywhere            DENSIFY
-#   adam, adam_amsgrad, adamax, nadam        m, v (u) decay everywhere      DENSIFY
-#   rmsprop, rmsprop_centered                velocity (and average g)       DENSIFY
+#   rule                                     Keras's update of a sparse g   fused op
+#   sgd                                      scatter into w                 INDEXED_ROWS
+#   adagrad                                  scatter into acc and w         INDEXED_ROWS
+#   sgd_momentum, sgd_nesterov               m decays everywhere            EVERY_ROW
+#   adam, adam_amsgrad, adamax, nadam        m, v (u) decay everywhere      EVERY_ROW
+#   rmsprop, rmsprop_centered                velocity (and average g)       EVERY_ROW
 #                                            decay everywhere; w: a scatter
-#   rmsprop_momentum,                        every slot everywhere, w too   DENSIFY
+#   rmsprop_momentum,                        every slot everywhere, w too   EVERY_ROW
 #     rmsprop_centered_momentum
-#   adadelta                                 both accumulators decay        DENSIFY
+#   adadelta                                 both accumulators decay        EVERY_ROW
 #                                            everywhere; w: a scatter
-#   ftrl, ftrl_sqrt                          w recomputed from the slots    DENSIFY
-#   lion                                     m everywhere, w by sign(...)   DENSIFY
-#   lamb                                     m, v decay everywhere; w by    DENSIFY
+#   ftrl, ftrl_sqrt                          w recomputed from the slots    EVERY_ROW
+#   lion                                     m everywhere, w by sign(...)   EVERY_ROW
+#   lamb                                     m, v decay everywhere; w by    EVERY_ROW
 #                                            the whole tensor's ratio
-#   schedule_free_adamw                      v decays everywhere; w moves   DENSIFY
+#   schedule_free_adamw                      v decays everywhere; w moves   EVERY_ROW
 #                                            toward the average everywhere
 #
 # Keras applies weight decay to every element whatever the gradient; the
 # table is by rule alone.
-DENSIFY = "densify"
-SPARSE_TF = "sparse_tf"
+EVERY_ROW = "every_row"
+INDEXED_ROWS = "indexed_rows"
 INDEXED_SLICES = {
-    "sgd": SPARSE_TF,
-    "adagrad": SPARSE_TF,
-    **{rule: DENSIFY for rule in (
+    "sgd": INDEXED_ROWS,
+    "adagrad": INDEXED_ROWS,
+    **{rule: EVERY_ROW for rule in (
         "sgd_momentum", "sgd_nesterov", "adam", "adam_amsgrad", "rmsprop",
         "rmsprop_momentum", "rmsprop_centered", "rmsprop_centered_momentum",
         "adamax", "nadam", "adadelta", "ftrl", "ftrl_sqrt", "lion", "lamb",
@@ -356,10 +359,10 @@ INDEXED_SLICES = {
 
 
 def sparse_gradients(rule):
-    """DENSIFY or SPARSE_TF: how the fused path takes an IndexedSlices
-    gradient under `rule` (a rule missing from INDEXED_SLICES stays on the
-    pure-TF path)."""
-    return INDEXED_SLICES.get(rule, SPARSE_TF)
+    """EVERY_ROW or INDEXED_ROWS: what Keras's update of `rule` writes for an
+    IndexedSlices gradient (a rule missing from INDEXED_SLICES: None, and
+    sparse gradients keep the pure-TF path)."""
+    return INDEXED_SLICES.get(rule)
 
 
 ADAPTERS = {
