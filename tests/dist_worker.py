@@ -44,7 +44,7 @@ def build(kind, fused, skip):
     if kind == "embedding_adam":  # IndexedSlices gradient, its rows read by the fused op
         return normopt.NormalizedOptimizer(keras.optimizers.Adam(1e-2), "l2",
                                            fused=fused, skip_nonfinite=skip)
-    if kind == "embedding_adagrad":  # IndexedSlices gradient, kept sparse (pure TF)
+    if kind == "embedding_adagrad":  # IndexedSlices gradient, present rows only
         return normopt.NormalizedOptimizer(keras.optimizers.Adagrad(0.1), "l2",
                                            fused=fused, skip_nonfinite=skip)
     if kind == "normalized_nadam":  # state outside the slots: Keras's _u_product

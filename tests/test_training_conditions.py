@@ -74,7 +74,7 @@ def test_16bit_gradient_whose_squares_overflow(dtype, fused, path):
     np.testing.assert_allclose(got, R.normalize(g, R.norm(g, "l2")), rtol=1e-2)
 
 
-def test_sparse_gradient_uses_dense_norm_and_stays_sparse():
+def test_sparse_gradient_uses_the_dense_norm_on_both_paths():
     table = keras.Variable(np.zeros((1000, 4), np.float32))
     values = np.arange(12, dtype=np.float32).reshape(3, 4) - 5
     indices = np.array([7, 3, 7])
@@ -83,22 +83,27 @@ def test_sparse_gradient_uses_dense_norm_and_stays_sparse():
     dense = np.zeros((1000, 4))
     np.add.at(dense, indices, values)
     for name in ("l2", "avg_l1", "std", "min_max"):
-        table.assign(np.zeros((1000, 4), np.float32))
-        opt = normopt.NormalizedOptimizer(keras.optimizers.SGD(1.0), name, fused=None)
-        seen = []
-        original = opt.inner_optimizer.apply
+        for fused in (False, None):
+            table.assign(np.zeros((1000, 4), np.float32))
+            opt = normopt.NormalizedOptimizer(keras.optimizers.SGD(1.0), name, fused=fused)
+            seen = []
+            original = opt.inner_optimizer.apply
 
-        def spy(grads, variables, original=original):
-            seen.extend(grads)
-            return original(grads, variables)
+            def spy(grads, variables, original=original):
+                seen.extend(grads)
+                return original(grads, variables)
 
-        opt.inner_optimizer.apply = spy
-        opt.apply([slices], [table])
-        assert isinstance(seen[0], tf.IndexedSlices), "densified"
-        assert seen[0].values.shape[0] == 2  # duplicates summed, not densified
-        np.testing.assert_allclose(-table.numpy(), dense / R.norm(dense, name),
-                                   rtol=1e-5, atol=1e-7)
-        assert opt.last_path.name == "tf" and "sparse" in opt.last_path.reason
+            opt.inner_optimizer.apply = spy
+            opt.apply([slices], [table])
+            np.testing.assert_allclose(-table.numpy(), dense / R.norm(dense, name),
+                                       rtol=1e-5, atol=1e-7)
+            if fused is False:  # the pure-TF path hands Keras the rows
+                assert opt.last_path.name == "tf"
+                assert isinstance(seen[0], tf.IndexedSlices), "densified"
+                assert seen[0].values.shape[0] == 2  # duplicates summed, not densified
+            else:  # the op reads the rows (tests/test_sparse_fused.py)
+                assert opt.last_path.name == "fused", opt.last_path.reason
+                assert seen == []
 
 
 def test_embedding_model_trains_with_sparse_gradients():
