@@ -1,0 +1,72 @@
+"""The fused step on an embedding table's IndexedSlices gradient: the op
+reading the rows (the fused path) against the op given the densified
+gradient (fused_step.dense_gradient, what the fused path did before),
+interleaved, in one run.
+
+    python benchmarks/sparse_rows_ab.py [adam|sgd_momentum|rmsprop]
+
+Prints the median and quartiles per variant and dense / rows.
+"""
+
+import sys
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import normopt
+from normopt.ops import fused_step
+
+ROWS, WIDTH, INDICES = 100_000, 64, 2048
+INNERS = {
+    "adam": lambda: keras.optimizers.Adam(1e-3),
+    "sgd_momentum": lambda: keras.optimizers.SGD(1e-2, momentum=0.9),
+    "rmsprop": lambda: keras.optimizers.RMSprop(1e-3),
+}
+
+
+def make_step(inner_name, variant, rng):
+    """(optimizer, traced step) for `variant` "rows" or "dense"."""
+    opt = normopt.NormalizedOptimizer(INNERS[inner_name](), "l2")
+    table = keras.Variable(rng.normal(size=(ROWS, WIDTH)).astype("float32"))
+    opt.build([table])
+    rows_gradient = fused_step.op_gradient
+
+    @tf.function
+    def step(values, indices):
+        # Traced once: the variant decides what the op is given.
+        if variant == "dense":
+            fused_step.op_gradient = lambda g, v, s: fused_step.dense_gradient(g, v)
+        try:
+            opt.apply([tf.IndexedSlices(values, indices, tf.constant([ROWS, WIDTH]))], [table])
+        finally:
+            fused_step.op_gradient = rows_gradient
+
+    return opt, step
+
+
+def main(inner_name="adam", repeats=30, per_sample=5):
+    rng = np.random.default_rng(0)
+    values = tf.constant(rng.normal(size=(INDICES, WIDTH)).astype("float32"))
+    indices = tf.constant(rng.integers(0, ROWS, INDICES).astype("int32"))
+    runs = {v: make_step(inner_name, v, rng) for v in ("rows", "dense")}
+    for opt, step in runs.values():
+        for _ in range(5):
+            step(values, indices)
+        assert opt.last_path.name == "fused", opt.last_path.reason
+    times = {v: [] for v in runs}
+    for _ in range(repeats):
+        for v, (_, step) in runs.items():
+            start = time.perf_counter()
+            for _ in range(per_sample):
+                step(values, indices)
+            times[v].append((time.perf_counter() - start) / per_sample * 1e3)
+    for v, ts in times.items():
+        q1, q3 = np.percentile(ts, [25, 75])
+        print(f"{inner_name} {v}: median {np.median(ts):.2f} ms [{q1:.2f}-{q3:.2f}]")
+    print(f"dense / rows = {np.median(times['dense']) / np.median(times['rows']):.2f}x")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:2])
