@@ -124,21 +124,20 @@ struct GradReads {
   }
 };
 
-// ChunkStats<T, false, Extra> of elements [begin, begin + len) of gradient
-// i. A sparse gradient's are those of the elements in its present rows,
-// merged with those of its zeros, which need no reading.
-template <typename T, unsigned Extra = 0>
-NormStats<AccType<T>> GradChunkStats(NormKind kind, const GradList<T>& grads,
-                                     int64_t i, int64_t begin, int64_t len) {
+// stats(x, n), the statistics of n contiguous elements, of elements [begin,
+// begin + len) of gradient i. A sparse gradient's are those of the elements
+// in its present rows, merged with those of its zeros, which need no reading.
+template <typename T, typename Stats>
+NormStats<AccType<T>> GradChunkStats(const GradList<T>& grads, int64_t i,
+                                     int64_t begin, int64_t len,
+                                     const Stats& stats) {
   using Acc = AccType<T>;
-  if (grads.row_of[i] == nullptr) {
-    return ChunkStats<T, false, Extra>(kind, grads.data[i] + begin, len);
-  }
+  if (grads.row_of[i] == nullptr) return stats(grads.data[i] + begin, len);
   int64_t present = 0;
   const T* x = grads.PresentElements(i, begin, len, &present);
   const Acc zero(0);
   return merge_stats(
-      ChunkStats<T, false, Extra>(kind, x, present),
+      stats(x, present),
       from_block_sums<Acc>(len - present, zero, zero, zero, zero, zero, zero));
 }
 
@@ -380,8 +379,8 @@ class StepScales {
           const int64_t c = pre_chunks[k];
           const Chunk& ch = plan.chunks[c];
           const int64_t len = ch.end - ch.begin;
-          g_stats[c] = GradChunkStats<T, kRecordedStats>(kind_, grads,
-                                                         ch.tensor, ch.begin, len);
+          g_stats[c] = GradChunkStats(grads, ch.tensor, ch.begin, len,
+                                      NormAndRecordedStats());
           chunk_sq_[c] = g_stats[c].sum_sq;
           if (spec.adaptive) {
             w_stats[c] = ChunkStats<T>(kind_, weights[ch.tensor] + ch.begin, len);
@@ -424,7 +423,7 @@ class StepScales {
     TensorScale<Acc>* own = &scales_[first_scale_[i]];
     if (how_[i] == How::kInPass) {
       const NormStats<Acc> st =
-          GradChunkStats<T, kRecordedStats>(kind_, *grads_, i, ch.begin, len);
+          GradChunkStats(*grads_, i, ch.begin, len, NormAndRecordedStats());
       chunk_sq_[c] = st.sum_sq;
       // The tensor's one chunk, already read: g (and w).
       auto chunk = [&ch](const T* x) {
@@ -472,16 +471,20 @@ class StepScales {
  private:
   enum class How : char { kReady, kInPass, kExcluded };
 
-  // sum g^2 over elements [begin, begin + len) of gradient i (a sparse
-  // gradient's zeros add nothing).
+  // The statistics of the norm and of the recorded L2 norm, of n elements.
+  auto NormAndRecordedStats() const {
+    return [kind = kind_](const T* x, int64_t n) {
+      return ChunkStats<T, false, kRecordedStats>(kind, x, n);
+    };
+  }
+
+  // sum g^2 over elements [begin, begin + len) of gradient i.
   Acc ChunkSumSq(int64_t i, int64_t begin, int64_t len) const {
-    const GradList<T>& grads = *grads_;
-    if (grads.row_of[i] == nullptr) {
-      return ChunkStatsFor<T, kRecordedStats>(grads.data[i] + begin, len).sum_sq;
-    }
-    int64_t present = 0;
-    const T* x = grads.PresentElements(i, begin, len, &present);
-    return ChunkStatsFor<T, kRecordedStats>(x, present).sum_sq;
+    return GradChunkStats(*grads_, i, begin, len,
+                          [](const T* x, int64_t n) {
+                            return ChunkStatsFor<T, kRecordedStats>(x, n);
+                          })
+        .sum_sq;
   }
 
   // The scale of a norm of g (and, adaptive, of w) by the spec's mode.

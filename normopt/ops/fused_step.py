@@ -199,11 +199,11 @@ def _sparse_blockers(kernel, grads, variables, granularity):
         return [f"{which} sparse (IndexedSlices) and the {kernel} rule has no "
                 "entry in keras_adapters.INDEXED_SLICES"]
     if writes == keras_adapters.INDEXED_ROWS:
-        off_cpu = sorted({device_type(v) for g, v in zip(grads, variables)
-                          if isinstance(g, tf.IndexedSlices)} - {"CPU"})
-        where = (f"variables on {', '.join(off_cpu)}" if off_cpu
-                 else "granularity 'unit'" if granularity == "unit" else None)
-        if where is not None:
+        elsewhere = [v for g, v in zip(grads, variables) if isinstance(g, tf.IndexedSlices)
+                     and not _op_reads_rows(v, granularity)]
+        if elsewhere:
+            off_cpu = sorted({device_type(v) for v in elsewhere} - {"CPU"})
+            where = f"variables on {', '.join(off_cpu)}" if off_cpu else "granularity 'unit'"
             return [
                 f"{which} sparse (IndexedSlices) and Keras's {kernel} update "
                 f"touches only the indexed rows, which the op reads on the CPU "
@@ -213,12 +213,16 @@ def _sparse_blockers(kernel, grads, variables, granularity):
     return []
 
 
+def _op_reads_rows(variable, granularity):
+    """Whether the op reads a sparse gradient's rows (fused.sparse_rows):
+    for a CPU variable at granularity "tensor" or "global"."""
+    return granularity != "unit" and device_type(variable) == "CPU"
+
+
 def op_gradient(grad, variable, scaling):
     """`grad` as the fused update op takes it: an IndexedSlices stays sparse
-    where the op reads rows (a CPU variable, granularity "tensor" or
-    "global"; fused.sparse_rows), else `dense_gradient`."""
-    if (isinstance(grad, tf.IndexedSlices) and scaling.granularity != "unit"
-            and device_type(variable) == "CPU"):
+    where the op reads rows (`_op_reads_rows`), else `dense_gradient`."""
+    if isinstance(grad, tf.IndexedSlices) and _op_reads_rows(variable, scaling.granularity):
         return grad
     return dense_gradient(grad, variable)
 
