@@ -7,7 +7,7 @@ tensor: against the pure-TF path (fused=False) and a NumPy reference written
 from the formulas (tests/reference.py, test_granularity.reference_step), with
 duplicate, out-of-order and no indices, every wrapper, granularity and
 exclusion; the recorded L2 norms are the dense tensor's. On the CPU the op
-reads the rows through a row map and never builds that tensor (checked in
+reads the rows and their indices and never builds that tensor (checked in
 the step's graph); SGD and Adagrad, whose Keras updates write only the
 indexed rows (keras_adapters.INDEXED_SLICES), have the op write only those,
 and keep the sparse pure-TF path where it cannot read rows (per unit).
@@ -208,7 +208,7 @@ def run_big(opt, dtype, sparse):
     ("clipped", "adagrad", "tensor", "std"),  # present rows, every row decays
 ])
 def test_op_reads_rows_as_the_dense_tensor(kind, rule, granularity, name, dtype):
-    """The CPU op given the rows (a row map, fused.sparse_rows) updates as
+    """The CPU op given the rows (and their indices, fused.sparse_rows) updates as
     given the dense tensor they stand for, to the rounding of the sums: the
     update reads each chunk of that tensor gathered (a row across a chunk
     boundary, the trust ratio's two passes) or, under SGD and Adagrad, its
@@ -234,8 +234,8 @@ def op_nodes(fn, *args):
 
 @pytest.mark.parametrize("granularity", ["tensor", "global", "unit"])
 def test_the_dense_gradient_is_never_built(granularity):
-    """On the CPU, the op takes the deduplicated rows and a row map of the
-    table (attr `sparse` names it): no op of the step makes a tensor of the
+    """On the CPU, the op takes the deduplicated rows and their indices
+    (attr `sparse` names the gradient): no op of the step makes a tensor of the
     table's shape but the op's own update. Granularity "unit" (per-column
     norms) has the op scatter them into the dense tensor first."""
     opt = make_wrapper("normalized", "adam", None, granularity)
@@ -260,27 +260,69 @@ def test_the_dense_gradient_is_never_built(granularity):
     assert opt.last_path.name == "fused", opt.last_path.reason
 
 
-def test_row_map_checks():
-    """A row map entry that is not -1 or a row of the values, or one map per
-    sparse index missing, is an error naming the input."""
-    var = tf.Variable(tf.zeros([4, 2]))
-    m, v = tf.Variable(tf.zeros([4, 2])), tf.Variable(tf.zeros([4, 2]))
-    args = dict(var=[var.handle], slots=[m.handle, v.handle], grad=[tf.ones([2, 2])],
-                lr=tf.constant(0.1, tf.float64), step=tf.constant(1.0, tf.float64),
-                hyper=tf.constant([0.9, 0.999, 1e-7], tf.float64), decay=tf.zeros([1]),
-                norms=tf.zeros([0]), clipnorm=tf.constant(1.0, tf.float64),
-                epsilon=tf.constant(1e-7, tf.float64), weight_eps=tf.constant(0.0, tf.float64),
-                rule="adam", kind="l2", mode="normalize")
+def raw_apply_args(rows=4):
+    """Inputs of one raw NormoptApply Adam step on a fresh [rows, 2] table
+    (returned first), but the gradient and its indices."""
+    var = tf.Variable(tf.zeros([rows, 2]))
+    m, v = tf.Variable(tf.zeros([rows, 2])), tf.Variable(tf.zeros([rows, 2]))
+    return var, dict(var=[var.handle], slots=[m.handle, v.handle],
+                     lr=tf.constant(0.1, tf.float64), step=tf.constant(1.0, tf.float64),
+                     hyper=tf.constant([0.9, 0.999, 1e-7], tf.float64), decay=tf.zeros([1]),
+                     norms=tf.zeros([0]), clipnorm=tf.constant(1.0, tf.float64),
+                     epsilon=tf.constant(1e-7, tf.float64),
+                     weight_eps=tf.constant(0.0, tf.float64),
+                     rule="adam", kind="l2", mode="normalize")
+
+
+def test_index_checks():
+    """An index outside the variable's rows, a row listed twice, an index
+    vector per sparse gradient missing or of the wrong length, and a dense
+    row count that is not the variable's are errors naming the input."""
     ops = library.load()
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"rows\[0\]\[3\] is 2"):
-        ops.normopt_apply(rows=[tf.constant([0, -1, 1, 2])], sparse=[0], **args)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="one row map per index"):
-        ops.normopt_apply(rows=[], sparse=[0], **args)
+    _, args = raw_apply_args()
+    grad = tf.ones([2, 2])
+    rows = tf.constant([4], tf.int64)
+
+    def call(indices, dense_rows=rows):
+        return ops.normopt_apply(grad=[grad], indices=indices,
+                                 dense_rows=dense_rows, sparse=[0], **args)
+
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"indices\[0\]\[1\] is 4, not a row"):
+        call([tf.constant([0, 4], tf.int64)])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"indices\[0\]\[0\] is -1, not a row"):
+        call([tf.constant([-1, 2], tf.int64)])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="lists row 1 twice"):
+        call([tf.constant([1, 1], tf.int64)])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="one entry per index in 'sparse'"):
+        call([])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="one index per row of gradient 0"):
+        call([tf.constant([0, 1, 2], tf.int64)])
     with pytest.raises(tf.errors.InvalidArgumentError, match="has shape \\[4,2\\] but its gradient"):
-        ops.normopt_apply(rows=[tf.constant([0, -1, 1])], sparse=[0], **args)
-    ops.normopt_apply(rows=[tf.constant([-1, 1, -1, 0])], sparse=[0], **args)
-    np.testing.assert_array_equal(var.numpy()[[0, 2]], 0.0)
-    assert (var.numpy()[[1, 3]] < 0).all()
+        call([tf.constant([0, 1], tf.int64)], tf.constant([3], tf.int64))
+
+
+def test_indices_in_any_order():
+    """Row j of the values is row indices[j] of the dense gradient, in any
+    order: the same rows given sorted or not step alike, and the rows not
+    listed keep their value."""
+    ops = library.load()
+    values = np.array([[1.0, -2.0], [3.0, 0.5], [-0.25, 4.0]], np.float32)
+    order = [2, 0, 1]
+    got = []
+    for idx, vals in (([3, 0, 2], values), ([2, 3, 0], values[order])):
+        var, args = raw_apply_args(rows=5)
+        ops.normopt_apply(grad=[tf.constant(vals)], indices=[tf.constant(idx, tf.int64)],
+                          dense_rows=tf.constant([5], tf.int64), sparse=[0], **args)
+        got.append(var.numpy())
+    np.testing.assert_array_equal(got[0], got[1])
+    np.testing.assert_array_equal(got[0][[1, 4]], 0.0)
+    # Keras Adam's first step on g / ||g|| (beta 0.9, 0.999; epsilon 1e-7)
+    g = np.zeros((5, 2))
+    g[[3, 0, 2]] = values
+    g /= np.sqrt((g ** 2).sum())
+    m, v = 0.1 * g, 0.001 * g ** 2
+    want = -0.1 * np.sqrt(1 - 0.999) / (1 - 0.9) * m / (np.sqrt(v) + 1e-7)
+    np.testing.assert_allclose(got[0], want, rtol=1e-5, atol=1e-7)
 
 
 def test_inside_tf_function_and_with_skip_nonfinite():

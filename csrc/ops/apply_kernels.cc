@@ -171,12 +171,26 @@ class ApplyOnDevice<CpuDevice, T> {
   }
 
  private:
-  // A chunk's variable, K slots and gradient (the state table is slot-major;
-  // a sparse gradient's chunk is gathered, GradList::Elements).
+  // A chunk's variable and K slots (the state table is slot-major).
   template <int K>
-  struct ChunkData {
+  struct ChunkState {
     T* w;
     T* slots[K > 0 ? K : 1];
+  };
+
+  template <int K>
+  static ChunkState<K> StateOf(const ApplyStep<T>& step, const Chunk& ch) {
+    ChunkState<K> s{step.state[ch.tensor] + ch.begin, {}};
+    for (int q = 0; q < K; ++q) {
+      s.slots[q] = step.state[(1 + q) * step.n + ch.tensor] + ch.begin;
+    }
+    return s;
+  }
+
+  // ... and its gradient (a sparse gradient's chunk is gathered,
+  // GradList::Elements).
+  template <int K>
+  struct ChunkData : ChunkState<K> {
     const T* g;
     int64_t len;
   };
@@ -184,12 +198,8 @@ class ApplyOnDevice<CpuDevice, T> {
   template <int K>
   static ChunkData<K> DataOf(const ApplyStep<T>& step, const Chunk& ch) {
     const int64_t len = ch.end - ch.begin;
-    ChunkData<K> d{step.state[ch.tensor] + ch.begin, {},
-                   step.in.grads.Elements(ch.tensor, ch.begin, len), len};
-    for (int q = 0; q < K; ++q) {
-      d.slots[q] = step.state[(1 + q) * step.n + ch.tensor] + ch.begin;
-    }
-    return d;
+    return {StateOf<K>(step, ch),
+            step.in.grads.Elements(ch.tensor, ch.begin, len), len};
   }
 
   template <typename Rule>
@@ -204,7 +214,7 @@ class ApplyOnDevice<CpuDevice, T> {
       const Chunk& ch = plan.chunks[c];
       const Acc wd = decay[ch.tensor];
       if constexpr (kZeroGradientKeepsState<Rule>) {
-        if (grads.row_of[ch.tensor] != nullptr) {
+        if (grads.sparse[ch.tensor]) {
           if (wd != Acc(0)) {
             UpdatePresentRows<Rule, true>(rule, lr, wd, step, c, ch);
           } else {
@@ -232,11 +242,8 @@ class ApplyOnDevice<CpuDevice, T> {
                          const ApplyStep<T>& step, int64_t c,
                          const Chunk& ch) {
     constexpr int K = Rule::kSlots;
-    T* const w = step.state[ch.tensor] + ch.begin;
-    T* slots[K > 0 ? K : 1] = {};
-    for (int q = 0; q < K; ++q) {
-      slots[q] = step.state[(1 + q) * step.n + ch.tensor] + ch.begin;
-    }
+    const ChunkState<K> state = StateOf<K>(step, ch);
+    T* const w = state.w;
     const ChunkScales<Acc> s = scales_.Of(c, ch, nullptr, w);
     auto piece = [&](int64_t at, const T* g, int64_t n) {
       if (g == nullptr) {  // an absent row, visited only to decay it
@@ -247,7 +254,7 @@ class ApplyOnDevice<CpuDevice, T> {
         return;
       }
       T* row_slots[K > 0 ? K : 1] = {};
-      for (int q = 0; q < K; ++q) row_slots[q] = slots[q] + at;
+      for (int q = 0; q < K; ++q) row_slots[q] = state.slots[q] + at;
       ApplyRuleChunk<T, Rule, Decay>(rule, lr, wd, s, w + at, row_slots, g, n);
     };
     const GradList<T>& grads = step.in.grads;

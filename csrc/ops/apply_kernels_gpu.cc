@@ -32,7 +32,7 @@ class ApplyOnDevice<GpuDevice, T> {
     return PrepareOnGpu(ctx, tensor, copy_on_read_mode);
   }
 
-  // Sparse gradients (row maps) are gathered by the CPU kernel only; the
+  // Sparse gradients (rows and indices) are read by the CPU kernel only; the
   // Python side densifies them for a GPU variable.
   absl::Status BeforeLock(tensorflow::OpKernelContext*,
                           const ApplyStep<T>& step) {
@@ -82,7 +82,8 @@ namespace {
                               .TypeConstraint<T>("T")         \
                               .HostMemory("var")              \
                               .HostMemory("slots")            \
-                              .HostMemory("rows")             \
+                              .HostMemory("indices")          \
+                              .HostMemory("dense_rows")       \
                               .HostMemory("lr")               \
                               .HostMemory("step")             \
                               .HostMemory("hyper")            \

@@ -162,7 +162,7 @@ class ApplyOpBase : public ScalingOpBase<T> {
 
   absl::Status ReadInputs(tensorflow::OpKernelContext* ctx, Inputs* in) const {
     TF_RETURN_IF_ERROR(in->grads.Read(ctx, "grad"));
-    TF_RETURN_IF_ERROR(in->grads.AddRows(ctx, "rows", sparse_));
+    TF_RETURN_IF_ERROR(in->grads.AddRows(ctx, "indices", "dense_rows", sparse_));
     const int n = in->grads.size();
     TF_RETURN_IF_ERROR(ScalarInput(ctx, "lr", &in->lr));
     TF_RETURN_IF_ERROR(this->ReadScaleInputs(ctx, n, &in->spec, &in->norms));

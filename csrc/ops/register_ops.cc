@@ -96,7 +96,8 @@ REGISTER_OP("NormoptApply")
     .Input("var: num_vars * resource")
     .Input("slots: num_slots * resource")
     .Input("grad: N * T")
-    .Input("rows: M * int32")
+    .Input("indices: M * int64")
+    .Input("dense_rows: int64")
     .Input("lr: double")
     .Input("step: double")
     .Input("hyper: double")
@@ -124,6 +125,7 @@ REGISTER_OP("NormoptApply")
           ScalarsAre(c, {"lr", "step", "clipnorm", "epsilon", "weight_eps"}));
       TF_RETURN_IF_ERROR(PerTensorVector(c, "hyper"));
       TF_RETURN_IF_ERROR(PerTensorVector(c, "decay"));
+      TF_RETURN_IF_ERROR(PerTensorVector(c, "dense_rows"));
       TF_RETURN_IF_ERROR(PerTensorVector(c, "norms"));
       int n;
       TF_RETURN_IF_ERROR(c->GetAttr("N", &n));
@@ -140,10 +142,11 @@ factor; norm(w) the variable's, at the same granularity):
   w -= w * decay * lr                    (decoupled weight decay)
   then the rule with g', lr, t = step (iterations + 1) and `hyper`.
 `slots` is slot-major: slot 0 of every variable, then slot 1, ...
-Gradient `sparse[k]` holds only some rows of its dense gradient: `rows[k]`
-maps each row r of the variable to the row of the gradient that holds it, or
-to -1 where row r of the gradient is zero (CPU only; not with granularity
-'unit'). The dense gradient is read chunk by chunk, never built.
+Gradient `sparse[k]` holds only some rows of its dense gradient, whose first
+dimension is dense_rows[k]: its row j is row indices[k][j] of the dense
+gradient (each row listed at most once, in any order), and every other row is
+zero (CPU only; not with granularity 'unit'). The dense gradient is read
+chunk by chunk, never built.
 Output grad_norms_i = sqrt(sum(g_i^2)): the L2 norm of each gradient as given
 (before the scale), from the statistics the step gathers anyway.
 )doc");

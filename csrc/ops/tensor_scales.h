@@ -132,7 +132,7 @@ NormStats<AccType<T>> GradChunkStats(const GradList<T>& grads, int64_t i,
                                      int64_t begin, int64_t len,
                                      const Stats& stats) {
   using Acc = AccType<T>;
-  if (grads.row_of[i] == nullptr) return stats(grads.data[i] + begin, len);
+  if (!grads.sparse[i]) return stats(grads.data[i] + begin, len);
   int64_t present = 0;
   const T* x = grads.PresentElements(i, begin, len, &present);
   const Acc zero(0);

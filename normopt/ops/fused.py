@@ -22,7 +22,7 @@ defined in csrc/normopt/norm_stats.h, the update rules in
 csrc/normopt/update_rules.h.
 
 `apply` also takes tf.IndexedSlices gradients (CPU variables, granularity
-"tensor" or "global"): the op reads their deduplicated rows through a row map
+"tensor" or "global"): the op reads their deduplicated rows and indices
 (`sparse_rows`) as the dense tensor they stand for, without building it.
 
 The ops that scale also return `grad_norms` (Tensor[N] of acc): the L2 norm
@@ -112,28 +112,22 @@ def scale_and_norms(grads, kind, mode, clipnorm, epsilon, norms=None,
     )
 
 
-def sparse_rows(grad, rows):
-    """(values, row map) of IndexedSlices `grad` for the apply op: its rows
-    with duplicate indices summed (in order of first appearance), and an int32
-    vector of the `rows` rows of the dense gradient, entry r the row of
-    `values` holding dense row r, or -1 where that row is zero."""
+def sparse_rows(grad):
+    """(values, indices) of IndexedSlices `grad` for the apply op: its rows
+    with duplicate indices summed, and their indices as int64, each once (in
+    order of first appearance; the op sorts them)."""
     values, indices = normalizations.deduplicate(grad)
-    count = tf.shape(indices, out_type=tf.int32)[0]
-    row_map = tf.tensor_scatter_nd_update(
-        tf.fill([rows], tf.constant(-1, tf.int32)),
-        tf.expand_dims(tf.cast(indices, tf.int32), 1),
-        tf.range(count, dtype=tf.int32),
-    )
-    return values, row_map
+    return values, tf.cast(indices, tf.int64)
 
 
 def _dense_rows(grad, variable):
     """The number of rows of the dense tensor IndexedSlices `grad` stands
-    for: the variable's first dimension where known, else from dense_shape."""
+    for, as int64: the variable's first dimension where known, else from
+    dense_shape."""
     shape = getattr(variable, "shape", None)
     if shape is not None and len(shape) > 0 and shape[0] is not None:
-        return int(shape[0])
-    return tf.cast(grad.dense_shape[0], tf.int32)
+        return tf.constant(int(shape[0]), tf.int64)
+    return tf.cast(grad.dense_shape[0], tf.int64)
 
 
 def apply(rule, variables, slots, grads, *, lr, step, hyper, decay, kind,
@@ -151,10 +145,11 @@ def apply(rule, variables, slots, grads, *, lr, step, hyper, decay, kind,
     """
     grads = list(grads)
     sparse = [i for i, g in enumerate(grads) if isinstance(g, tf.IndexedSlices)]
-    rows = []
+    indices, dense_rows = [], []
     for i in sparse:
-        grads[i], row_map = sparse_rows(grads[i], _dense_rows(grads[i], variables[i]))
-        rows.append(row_map)
+        dense_rows.append(_dense_rows(grads[i], variables[i]))
+        grads[i], rows = sparse_rows(grads[i])
+        indices.append(rows)
     grads, dtype = _common_dtype(grads)
     acc = normalizations.accumulation_dtype(dtype)
     hyper = [_f64(h) for h in hyper]
@@ -162,7 +157,8 @@ def apply(rule, variables, slots, grads, *, lr, step, hyper, decay, kind,
         var=[_handle(v) for v in variables],
         slots=[_handle(s) for slot in slots for s in slot],
         grad=grads,
-        rows=rows,
+        indices=indices,
+        dense_rows=tf.stack(dense_rows) if dense_rows else tf.zeros([0], tf.int64),
         lr=_f64(lr),
         step=_f64(step),
         hyper=tf.stack(hyper) if hyper else tf.zeros([0], tf.float64),

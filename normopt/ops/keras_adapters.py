@@ -302,7 +302,7 @@ class ScheduleFreeAdamWAdapter(Adapter):
 # the table against the installed Keras). Either way the gradient stands for
 # its dense tensor, duplicate indices summed, and its norm is that tensor's;
 # on the CPU (granularity "tensor" or "global") the fused op reads the
-# deduplicated rows through a row map and never builds that tensor
+# deduplicated rows and their indices and never builds that tensor
 # (fused.sparse_rows).
 #
 #   EVERY_ROW     Keras's update reads and writes every element anyway (a
