@@ -287,17 +287,20 @@ def test_index_checks():
         return ops.normopt_apply(grad=[grad], indices=indices,
                                  dense_rows=dense_rows, sparse=[0], **args)
 
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"indices\[0\]\[1\] is 4, not a row"):
+    error = tf.errors.InvalidArgumentError
+    with pytest.raises(error, match=r"indices\[0\]\[1\] is 4, not one of the variable.s 4 rows"):
         call([tf.constant([0, 4], tf.int64)])
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"indices\[0\]\[0\] is -1, not a row"):
+    with pytest.raises(error, match=r"indices\[0\]\[0\] is -1, not one of"):
         call([tf.constant([-1, 2], tf.int64)])
-    with pytest.raises(tf.errors.InvalidArgumentError, match="lists row 1 twice"):
+    with pytest.raises(error, match="lists row 1 twice"):
         call([tf.constant([1, 1], tf.int64)])
-    with pytest.raises(tf.errors.InvalidArgumentError, match="one entry per index in 'sparse'"):
+    with pytest.raises(error, match="one entry per index in 'sparse'"):
         call([])
-    with pytest.raises(tf.errors.InvalidArgumentError, match="one index per row of gradient 0"):
+    with pytest.raises(error, match="one index per row of gradient 0"):
         call([tf.constant([0, 1, 2], tf.int64)])
-    with pytest.raises(tf.errors.InvalidArgumentError, match="has shape \\[4,2\\] but its gradient"):
+    with pytest.raises(error, match=r"dense_rows\[0\] >= 0, .* and -1 rows"):
+        call([tf.constant([0, 1], tf.int64)], tf.constant([-1], tf.int64))
+    with pytest.raises(error, match="has shape \\[4,2\\] but its gradient"):
         call([tf.constant([0, 1], tf.int64)], tf.constant([3], tf.int64))
 
 

@@ -246,7 +246,7 @@ class ApplyOnDevice<CpuDevice, T> {
     T* const w = state.w;
     const ChunkScales<Acc> s = scales_.Of(c, ch, nullptr, w);
     auto piece = [&](int64_t at, const T* g, int64_t n) {
-      if (g == nullptr) {  // an absent row, visited only to decay it
+      if (g == nullptr) {  // absent rows, visited only to decay them
         T* __restrict row = w + at;
         for (int64_t j = 0; j < n; ++j) {
           row[j] = FromAcc<T>(decayed<true>(ToAcc(row[j]), wd, lr));

@@ -36,7 +36,7 @@ inline absl::Status SortRows(const std::string& what, const int64_t* index,
     if (index[k] < 0 || index[k] >= rows) {
       return absl::InvalidArgumentError(
           what + "[" + std::to_string(k) + "] is " + std::to_string(index[k]) +
-          ", not a row of the " + std::to_string(rows) + " of the variable");
+          ", not one of the variable's " + std::to_string(rows) + " rows");
     }
     (*value_row)[k] = k;
   }
