@@ -5,7 +5,8 @@ For one model and one inner optimizer, four calls are timed:
     fwd_bwd           a compiled tf.function that draws the batch from the
                       same kind of iterator, computes the loss and returns
                       it with the gradients, and applies nothing (the floor
-                      of any step)
+                      of any step), on its own copy of the model that no
+                      optimizer has stepped
     plain             model.fit's step with the bare inner optimizer
     normalized_tf     ... with NormalizedOptimizer(inner, fused=False)
     normalized_fused  ... with NormalizedOptimizer(inner, fused=None); the
@@ -33,7 +34,13 @@ kept. Ratios are of medians of the same (model, inner) group:
 
 The optimizer share includes Keras's own per-step bookkeeping outside the
 gradient computation (loss tracker, metrics), which the plain variant shows
-with no normalization at all.
+with no normalization at all. It also includes what an optimizer's sparse
+updates cost the next forward pass: after one scatter into a TF resource
+variable (Keras's sparse SGD, Adagrad, RMSprop, ... on an Embedding), TF
+keeps that variable in copy-on-read mode, and every later read of it copies
+the whole table. The baseline's own model is never stepped for that reason;
+on a plain model that had been, the 100,000 x 64 table's copy made the
+baseline read 2-3x slower.
 
 Which inner optimizers are benchmarked by default comes from one place,
 `fused_inners()`: every registered candidate (INNER_CANDIDATES) whose
@@ -169,6 +176,15 @@ def fwd_bwd_function(model):
     return fwd_bwd
 
 
+def baseline_model(build, inner, loss):
+    """A fresh copy of the model for the fwd_bwd baseline, compiled with the
+    plain inner optimizer (for compute_loss) and never stepped: no optimizer
+    update has put its variables in TF's copy-on-read mode."""
+    model = build()
+    model.compile(optimizer=make_inner(inner), loss=loss, jit_compile=False)
+    return model
+
+
 def _fwd_bwd_call(model, dataset):
     """Zero-arg synced call of fwd_bwd_function(model) on a fit-like iterator."""
     iterator = _timing_iterator(model, dataset)
@@ -221,7 +237,6 @@ def run_group(model_name, build, x, y, inner, *, loss, norm="l2", repeats=15,
     """Times the four calls of one (model, inner optimizer); list of records."""
     calls, paths, failed = {}, {}, {}
     dataset = _dataset(x, y)
-    plain_model = None
     for variant in VARIANTS:
         try:
             model = build()
@@ -229,17 +244,13 @@ def run_group(model_name, build, x, y, inner, *, loss, norm="l2", repeats=15,
                           loss=loss, jit_compile=False)
             calls[variant] = _fit_call(model, dataset, warmup)
             paths[variant] = _path_of(model, variant)
-            if variant == "plain":
-                plain_model = model
         except Exception as exc:
             failed[variant] = f"{type(exc).__name__}: {exc}"
         if on_progress:
             on_progress()
     try:
-        if plain_model is None:
-            plain_model = build()
-            plain_model.compile(optimizer=make_inner(inner), loss=loss, jit_compile=False)
-        calls = {BASELINE: _fwd_bwd_call(plain_model, dataset), **calls}
+        calls = {BASELINE: _fwd_bwd_call(baseline_model(build, inner, loss), dataset),
+                 **calls}
         paths[BASELINE] = ("none", None)
     except Exception as exc:
         failed[BASELINE] = f"{type(exc).__name__}: {exc}"
