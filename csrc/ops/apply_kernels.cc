@@ -133,9 +133,8 @@ class ApplyOnDevice<CpuDevice, T> {
   using Acc = AccType<T>;
 
   static absl::Status Prepare(tensorflow::OpKernelContext* ctx,
-                              tensorflow::Tensor* tensor,
-                              bool copy_on_read_mode) {
-    return LockedVariables::PrepareOnCpu<T>(ctx, tensor, copy_on_read_mode);
+                              tensorflow::Tensor* tensor) {
+    return LockedVariables::PrepareOnCpu<T>(ctx, tensor);
   }
 
   // Plans the chunks and computes the scales (adaptive clipping reads the

@@ -27,9 +27,8 @@ template <typename T>
 class ApplyOnDevice<GpuDevice, T> {
  public:
   static absl::Status Prepare(tensorflow::OpKernelContext* ctx,
-                              tensorflow::Tensor* tensor,
-                              bool copy_on_read_mode) {
-    return PrepareOnGpu(ctx, tensor, copy_on_read_mode);
+                              tensorflow::Tensor* tensor) {
+    return PrepareOnGpu(ctx, tensor);
   }
 
   // Sparse gradients (rows and indices) are read by the CPU kernel only; the

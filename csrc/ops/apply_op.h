@@ -38,7 +38,7 @@ struct ApplyStep {
 };
 
 // Specialized per device:
-//   static absl::Status Prepare(ctx, Tensor*, bool)   LockedVariables::PrepareFn
+//   static absl::Status Prepare(ctx, Tensor*)         LockedVariables::PrepareFn
 //   absl::Status BeforeLock(ctx, const ApplyStep<T>&) work that needs no variable
 //   absl::Status Run(ctx, const ApplyStep<T>&)        the update, variables locked
 template <typename Device, typename T>

@@ -71,13 +71,12 @@ inline absl::Status CudaStatus(int rc, const char* what) {
                              cudaGetErrorString(static_cast<cudaError_t>(rc)));
 }
 
-// Makes a variable's GPU tensor exclusively writable: like TF's
-// PrepareToUpdateVariable, a copy when a reader may still hold the buffer,
-// here a device-to-device copy on the op's stream (LockedVariables::PrepareFn).
+// Makes a variable's GPU tensor writable in place: a copy when a reader
+// still holds the buffer, here a device-to-device copy on the op's stream
+// (LockedVariables::PrepareFn, which says why copy-on-read mode needs none).
 inline absl::Status PrepareOnGpu(tensorflow::OpKernelContext* ctx,
-                                 tensorflow::Tensor* tensor,
-                                 bool copy_on_read_mode) {
-  if (!copy_on_read_mode && tensor->RefCountIsOne()) return absl::OkStatus();
+                                 tensorflow::Tensor* tensor) {
+  if (tensor->RefCountIsOne()) return absl::OkStatus();
   stream_executor::Stream* stream = OpStream(ctx);
   if (stream == nullptr) {
     return absl::InternalError("normopt: no GPU stream for a GPU kernel");

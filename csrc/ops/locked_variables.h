@@ -50,18 +50,26 @@ class LockedVariables {
     for (tsl::mutex* mu : mutexes) locks_.emplace_back(*mu);
   }
 
-  // Makes a variable's tensor exclusively writable (copy-on-write when a
-  // reader still holds it), on the device that holds it.
+  // Makes a variable's tensor writable in place, on the device that holds
+  // it: a copy only when a reader still holds its buffer.
+  //
+  // Not also when the variable is in TF's copy-on-read mode, as TF's
+  // PrepareToUpdateVariable copies then. TF sets that mode at the first
+  // sparse access (ResourceGather: every tf.gather of an Embedding table,
+  // so after the first forward pass) and keeps it; from then on no
+  // tensor may alias the variable's buffer (reads copy), and the only
+  // in-place users hold its lock, shared. This op holds every lock
+  // exclusively (LockAll), so with the buffer unshared nobody can see the
+  // update happen, and copying would cost a pass over the whole table every
+  // step.
   using PrepareFn = absl::Status (*)(tensorflow::OpKernelContext* ctx,
-                                     tensorflow::Tensor* tensor,
-                                     bool copy_on_read_mode);
+                                     tensorflow::Tensor* tensor);
 
   template <typename T>
   static absl::Status PrepareOnCpu(tensorflow::OpKernelContext* ctx,
-                                   tensorflow::Tensor* tensor,
-                                   bool copy_on_read_mode) {
+                                   tensorflow::Tensor* tensor) {
     return tensorflow::PrepareToUpdateVariable<Eigen::ThreadPoolDevice, T>(
-        ctx, tensor, copy_on_read_mode);
+        ctx, tensor, /*copy_on_read_mode=*/false);
   }
 
   // Writable buffers of variables [first, first + grads.size()), each
@@ -94,7 +102,7 @@ class LockedVariables {
             what() + " has shape " + t->shape().DebugString() +
             " but its gradient has shape " + grads.shapes[i].DebugString());
       }
-      TF_RETURN_IF_ERROR(prepare(ctx, t, var->copy_on_read_mode.load()));
+      TF_RETURN_IF_ERROR(prepare(ctx, t));
       if (t->NumElements() > 0) (*out)[i] = t->unaligned_flat<T>().data();
     }
     return absl::OkStatus();

@@ -1,0 +1,68 @@
+"""The fused step on a table that TF keeps in copy-on-read mode, against the
+same step on a table in the default mode, interleaved, in one run.
+
+    python benchmarks/copy_on_read_step.py [adam|sgd_momentum]
+
+NormalizedOptimizer(X, "l2") on a 100,000 x 64 float32 table, its gradient
+IndexedSlices of 2048 random rows, one `tf.function` step per call. One
+table is first looked up with tf.nn.embedding_lookup (a sparse access: from
+then on TF copies it on every read), the other never. Prints the median and
+quartiles per table and copy_on_read / default: about 1 when the op updates
+a copy-on-read table in place, well above 1 when it copies it first.
+"""
+
+import sys
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import normopt
+
+ROWS, WIDTH, INDICES = 100_000, 64, 2048
+INNERS = {
+    "adam": lambda: keras.optimizers.Adam(1e-3),
+    "sgd_momentum": lambda: keras.optimizers.SGD(1e-2, momentum=0.9),
+}
+
+
+def make_step(inner_name, copy_on_read, rng):
+    """(optimizer, traced step) on a fresh table, put in copy-on-read mode or not."""
+    opt = normopt.NormalizedOptimizer(INNERS[inner_name](), "l2")
+    table = keras.Variable(rng.normal(size=(ROWS, WIDTH)).astype("float32"))
+    opt.build([table])
+    if copy_on_read:
+        tf.nn.embedding_lookup(table.value, tf.constant([0]))
+    shape = tf.constant([ROWS, WIDTH])
+    step = tf.function(
+        lambda values, indices: opt.apply([tf.IndexedSlices(values, indices, shape)], [table]))
+    return opt, step
+
+
+def main(inner_name="adam", repeats=30, per_sample=5):
+    rng = np.random.default_rng(0)
+    values = tf.constant(rng.normal(size=(INDICES, WIDTH)).astype("float32"))
+    indices = tf.constant(rng.integers(0, ROWS, INDICES).astype("int32"))
+    runs = {name: make_step(inner_name, name == "copy_on_read", rng)
+            for name in ("default", "copy_on_read")}
+    for opt, step in runs.values():
+        for _ in range(5):
+            step(values, indices)
+        assert opt.last_path.name == "fused", opt.last_path.reason
+    times = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, (_, step) in runs.items():
+            start = time.perf_counter()
+            for _ in range(per_sample):
+                step(values, indices)
+            times[name].append((time.perf_counter() - start) / per_sample * 1e3)
+    for name, ts in times.items():
+        q1, q3 = np.percentile(ts, [25, 75])
+        print(f"{inner_name} {name}: median {np.median(ts):.2f} ms [{q1:.2f}-{q3:.2f}]")
+    ratio = np.median(times["copy_on_read"]) / np.median(times["default"])
+    print(f"copy_on_read / default = {ratio:.2f}x")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:2])
