@@ -41,7 +41,7 @@ def test_reads_before_a_step_keep_their_values(sparse_access):
     if sparse_access:
         tf.nn.embedding_lookup(table.value, ids)  # TF's copy-on-read mode from here
     want = start.astype(np.float64)
-    for step in range(3):
+    for _ in range(3):
         before = tf.identity(table.value)
         snapshot = before.numpy().copy()
         grad = rng.standard_normal((ROWS, WIDTH)).astype(np.float32)

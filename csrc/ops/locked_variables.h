@@ -55,13 +55,13 @@ class LockedVariables {
   //
   // Not also when the variable is in TF's copy-on-read mode, as TF's
   // PrepareToUpdateVariable copies then. TF sets that mode at the first
-  // sparse access (ResourceGather: every tf.gather of an Embedding table,
-  // so after the first forward pass) and keeps it; from then on no
-  // tensor may alias the variable's buffer (reads copy), and the only
-  // in-place users hold its lock, shared. This op holds every lock
-  // exclusively (LockAll), so with the buffer unshared nobody can see the
-  // update happen, and copying would cost a pass over the whole table every
-  // step.
+  // sparse access (a scatter, as Keras's sparse updates make, or a
+  // ResourceGather: tf.gather or tf.nn.embedding_lookup on the variable
+  // itself) and keeps it; from then on no tensor may alias the variable's
+  // buffer (reads copy), and the only in-place users hold its lock, shared.
+  // This op holds every lock exclusively (LockAll), so with the buffer
+  // unshared nobody can see the update happen, and copying would cost a
+  // pass over the whole table every step.
   using PrepareFn = absl::Status (*)(tensorflow::OpKernelContext* ctx,
                                      tensorflow::Tensor* tensor);
 
