@@ -12,13 +12,14 @@ a copy-on-read table in place, well above 1 when it copies it first.
 """
 
 import sys
-import time
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 import normopt
+from normopt.bench import timing
+from normopt.bench.report import format_spread
 
 ROWS, WIDTH, INDICES = 100_000, 64, 2048
 INNERS = {
@@ -40,27 +41,20 @@ def make_step(inner_name, copy_on_read, rng):
     return opt, step
 
 
-def main(inner_name="adam", repeats=30, per_sample=5):
+def main(inner_name="adam", repeats=30, warmup=5):
     rng = np.random.default_rng(0)
     values = tf.constant(rng.normal(size=(INDICES, WIDTH)).astype("float32"))
     indices = tf.constant(rng.integers(0, ROWS, INDICES).astype("int32"))
     runs = {name: make_step(inner_name, name == "copy_on_read", rng)
             for name in ("default", "copy_on_read")}
-    for opt, step in runs.values():
-        for _ in range(5):
-            step(values, indices)
+    stats = timing.time_calls_interleaved(
+        {name: (lambda step=step: step(values, indices)) for name, (_, step) in runs.items()},
+        repeats, warmup)
+    for opt, _ in runs.values():
         assert opt.last_path.name == "fused", opt.last_path.reason
-    times = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, (_, step) in runs.items():
-            start = time.perf_counter()
-            for _ in range(per_sample):
-                step(values, indices)
-            times[name].append((time.perf_counter() - start) / per_sample * 1e3)
-    for name, ts in times.items():
-        q1, q3 = np.percentile(ts, [25, 75])
-        print(f"{inner_name} {name}: median {np.median(ts):.2f} ms [{q1:.2f}-{q3:.2f}]")
-    ratio = np.median(times["copy_on_read"]) / np.median(times["default"])
+    for name, summary in stats.items():
+        print(f"{inner_name} {name}: {format_spread(summary)}")
+    ratio = stats["copy_on_read"]["median_s"] / stats["default"]["median_s"]
     print(f"copy_on_read / default = {ratio:.2f}x")
 
 

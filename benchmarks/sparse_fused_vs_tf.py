@@ -11,13 +11,14 @@ ratio shows what the fused step costs per table row.
 """
 
 import sys
-import time
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 import normopt
+from normopt.bench import timing
+from normopt.bench.report import format_spread
 
 WIDTH, INDICES = 64, 2048
 INNERS = {
@@ -37,27 +38,19 @@ def make_step(inner_name, rows, fused, rng):
     return opt, step
 
 
-def main(inner_name="sgd", rows="100000", repeats=30, per_sample=10):
+def main(inner_name="sgd", rows="100000", repeats=30, warmup=5):
     rows = int(rows)
     rng = np.random.default_rng(0)
     values = tf.constant(rng.normal(size=(INDICES, WIDTH)).astype("float32"))
     indices = tf.constant(rng.integers(0, rows, INDICES).astype("int32"))
     runs = {path: make_step(inner_name, rows, path == "fused", rng) for path in ("fused", "tf")}
-    for opt, step in runs.values():
-        for _ in range(5):
-            step(values, indices)
+    stats = timing.time_calls_interleaved(
+        {path: (lambda step=step: step(values, indices)) for path, (_, step) in runs.items()},
+        repeats, warmup)
     assert runs["fused"][0].last_path.name == "fused", runs["fused"][0].last_path.reason
-    times = {path: [] for path in runs}
-    for _ in range(repeats):
-        for path, (_, step) in runs.items():
-            start = time.perf_counter()
-            for _ in range(per_sample):
-                step(values, indices)
-            times[path].append((time.perf_counter() - start) / per_sample * 1e3)
-    for path, ts in times.items():
-        q1, q3 = np.percentile(ts, [25, 75])
-        print(f"{inner_name} {rows} rows {path}: median {np.median(ts):.3f} ms [{q1:.3f}-{q3:.3f}]")
-    print(f"tf / fused = {np.median(times['tf']) / np.median(times['fused']):.2f}x")
+    for path, summary in stats.items():
+        print(f"{inner_name} {rows} rows {path}: {format_spread(summary)}")
+    print(f"tf / fused = {stats['tf']['median_s'] / stats['fused']['median_s']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -9,13 +9,14 @@ Prints the median and quartiles per variant and dense / rows.
 """
 
 import sys
-import time
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 import normopt
+from normopt.bench import timing
+from normopt.bench.report import format_spread
 from normopt.ops import fused_step
 
 ROWS, WIDTH, INDICES = 100_000, 64, 2048
@@ -46,26 +47,19 @@ def make_step(inner_name, variant, rng):
     return opt, step
 
 
-def main(inner_name="adam", repeats=30, per_sample=5):
+def main(inner_name="adam", repeats=30, warmup=5):
     rng = np.random.default_rng(0)
     values = tf.constant(rng.normal(size=(INDICES, WIDTH)).astype("float32"))
     indices = tf.constant(rng.integers(0, ROWS, INDICES).astype("int32"))
     runs = {v: make_step(inner_name, v, rng) for v in ("rows", "dense")}
-    for opt, step in runs.values():
-        for _ in range(5):
-            step(values, indices)
+    stats = timing.time_calls_interleaved(
+        {v: (lambda step=step: step(values, indices)) for v, (_, step) in runs.items()},
+        repeats, warmup)
+    for opt, _ in runs.values():
         assert opt.last_path.name == "fused", opt.last_path.reason
-    times = {v: [] for v in runs}
-    for _ in range(repeats):
-        for v, (_, step) in runs.items():
-            start = time.perf_counter()
-            for _ in range(per_sample):
-                step(values, indices)
-            times[v].append((time.perf_counter() - start) / per_sample * 1e3)
-    for v, ts in times.items():
-        q1, q3 = np.percentile(ts, [25, 75])
-        print(f"{inner_name} {v}: median {np.median(ts):.2f} ms [{q1:.2f}-{q3:.2f}]")
-    print(f"dense / rows = {np.median(times['dense']) / np.median(times['rows']):.2f}x")
+    for v, summary in stats.items():
+        print(f"{inner_name} {v}: {format_spread(summary)}")
+    print(f"dense / rows = {stats['dense']['median_s'] / stats['rows']['median_s']:.2f}x")
 
 
 if __name__ == "__main__":

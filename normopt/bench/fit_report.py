@@ -3,7 +3,7 @@
 import math
 import os
 
-from normopt.bench.report import format_time
+from normopt.bench.report import format_spread
 
 COLUMNS = ("fwd_bwd", "plain", "normalized_tf", "normalized_fused")
 HEADINGS = {"fwd_bwd": "fwd+bwd only", "plain": "plain inner",
@@ -25,9 +25,7 @@ def _cell(record):
         return ""
     if record["status"] != "ok":
         return "FAILED"
-    t = record["time"]
-    return (f"{format_time(t['median_s'])} "
-            f"[{format_time(t['q1_s'])}-{format_time(t['q3_s'])}]")
+    return format_spread(record["time"])
 
 
 def _share(record):

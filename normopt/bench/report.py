@@ -13,6 +13,12 @@ def format_time(seconds):
     return f"{seconds:.2f}s"
 
 
+def format_spread(summary):
+    """"median [q1-q3]" of a timing.summarize() summary."""
+    return (f"{format_time(summary['median_s'])} "
+            f"[{format_time(summary['q1_s'])}-{format_time(summary['q3_s'])}]")
+
+
 def _size_label(n):
     e = math.log2(n)
     return f"2^{int(e)}" if e == int(e) else str(n)
