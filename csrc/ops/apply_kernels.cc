@@ -245,10 +245,12 @@ class ApplyOnDevice<CpuDevice, T> {
     T* const w = state.w;
     const ChunkScales<Acc> s = scales_.Of(c, ch, nullptr, w);
     auto piece = [&](int64_t at, const T* g, int64_t n) {
-      if (g == nullptr) {  // absent rows, visited only to decay them
-        T* __restrict row = w + at;
-        for (int64_t j = 0; j < n; ++j) {
-          row[j] = FromAcc<T>(decayed<true>(ToAcc(row[j]), wd, lr));
+      if (g == nullptr) {  // absent rows: only decayed
+        if constexpr (Decay) {
+          T* __restrict row = w + at;
+          for (int64_t j = 0; j < n; ++j) {
+            row[j] = FromAcc<T>(decayed<true>(ToAcc(row[j]), wd, lr));
+          }
         }
         return;
       }
@@ -256,12 +258,8 @@ class ApplyOnDevice<CpuDevice, T> {
       for (int q = 0; q < K; ++q) row_slots[q] = state.slots[q] + at;
       ApplyRuleChunk<T, Rule, Decay>(rule, lr, wd, s, w + at, row_slots, g, n);
     };
-    const GradList<T>& grads = step.in.grads;
-    if constexpr (Decay) {
-      grads.ForEachRowPiece(ch.tensor, ch.begin, ch.end - ch.begin, piece);
-    } else {
-      grads.ForEachPresentPiece(ch.tensor, ch.begin, ch.end - ch.begin, piece);
-    }
+    step.in.grads.ForEachRowPiece(ch.tensor, ch.begin, ch.end - ch.begin,
+                                  piece);
   }
 
   // Phase 1 over every chunk, the per-tensor ratios, phase 2 over every chunk.

@@ -66,8 +66,8 @@ inline absl::Status SortRows(const std::string& what, const int64_t* index,
 // gradient of shapes[i] that it holds, in increasing order, and
 // value_row[i][k] is the row of tensor i that holds dense row
 // present_rows[i][k]; every other row is zero. Every reader sees the dense
-// gradient through `Elements`, or its present rows alone through
-// `ForEachPresentPiece`; it is never built.
+// gradient through `Elements`, or piece by piece through `ForEachRowPiece`;
+// it is never built.
 template <typename T>
 struct GradList {
   tensorflow::OpInputList tensors;
@@ -163,7 +163,9 @@ struct GradList {
   // fn(offset, values, piece) for each piece of [begin, begin + len) of
   // sparse gradient i, in order: elements begin + offset ... of the dense
   // gradient are values[0, piece), one present row's (or its part in the
-  // range), or zeros where values is null (a run of absent rows).
+  // range), or zeros where values is null (a run of absent rows). The range's
+  // first row is found by binary search and absent rows come as one piece
+  // per run, so the calls grow with the present rows, not the range's rows.
   template <typename Fn>
   void ForEachRowPiece(int64_t i, int64_t begin, int64_t len, Fn&& fn) const {
     const int64_t width = row_elems[i];
@@ -185,27 +187,6 @@ struct GradList {
          piece);
       e += piece;
       ++at;
-    }
-  }
-
-  // ForEachRowPiece's calls with values, alone: the present rows of the
-  // range found by binary search, so the work grows with them, not with the
-  // range's rows.
-  template <typename Fn>
-  void ForEachPresentPiece(int64_t i, int64_t begin, int64_t len,
-                           Fn&& fn) const {
-    const int64_t width = row_elems[i];
-    const int64_t end = begin + len;
-    const std::vector<int64_t>& listed = present_rows[i];
-    auto at = std::lower_bound(listed.begin(), listed.end(), begin / width);
-    for (; at != listed.end() && *at * width < end; ++at) {
-      const int64_t row_begin = *at * width;
-      const int64_t from = std::max(begin, row_begin);
-      const int64_t piece = std::min(end, row_begin + width) - from;
-      fn(from - begin,
-         data[i] + value_row[i][at - listed.begin()] * width +
-             (from - row_begin),
-         piece);
     }
   }
 
@@ -231,11 +212,11 @@ struct GradList {
                            int64_t* count) const {
     T* out = ChunkScratch<T, 1>();
     int64_t n = 0;
-    ForEachPresentPiece(i, begin, len,
-                        [out, &n](int64_t, const T* x, int64_t k) {
-                          std::copy(x, x + k, out + n);
-                          n += k;
-                        });
+    ForEachRowPiece(i, begin, len, [out, &n](int64_t, const T* x, int64_t k) {
+      if (x == nullptr) return;
+      std::copy(x, x + k, out + n);
+      n += k;
+    });
     *count = n;
     return out;
   }
