@@ -7,6 +7,7 @@ import tensorflow as tf
 import keras
 import normopt
 import reference as R
+from conftest import covering
 
 ALL_OPTIMIZERS = [
     lambda: keras.optimizers.SGD(0.01),
@@ -44,8 +45,8 @@ def data(n=64, seed=0):
     return x, y
 
 
-@pytest.mark.parametrize("wrapper", ["normalized", "clipped"])
-@pytest.mark.parametrize("make_inner", ALL_OPTIMIZERS)
+@pytest.mark.parametrize("make_inner, wrapper",
+                         covering(ALL_OPTIMIZERS, ["normalized", "clipped"]))
 def test_fit_evaluate_with_every_keras_optimizer(make_inner, wrapper):
     inner = make_inner()
     opt = (normopt.NormalizedOptimizer(inner, "l2") if wrapper == "normalized"

@@ -1,5 +1,7 @@
 """Serialization: get_config/from_config and .keras save/load with continued training."""
 
+import functools
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -38,15 +40,21 @@ def fit(model, x, y, epochs):
     model.fit(x, y, batch_size=32, epochs=epochs, shuffle=False, verbose=0)
 
 
+@functools.cache
+def uninterrupted_weights(kind, fused):
+    """The weights after 4 epochs without a save, per (kind, fused): the
+    reference several cases share."""
+    model, x, y = model_and_data()
+    model.compile(optimizer=make_opt(kind, fused), loss="mse")
+    fit(model, x, y, 4)
+    return tuple(w.numpy() for w in model.weights)
+
+
 @pytest.mark.parametrize("kind, paths", covering(
     ["normalized", "clipped"], [(False, False), (None, False), (False, None)]))
 def test_save_load_continue_is_identical(tmp_path, kind, paths):
     fused_save, fused_load = paths
-    # uninterrupted: 4 epochs
-    model, x, y = model_and_data()
-    model.compile(optimizer=make_opt(kind, fused_load), loss="mse")
-    fit(model, x, y, 4)
-    uninterrupted = [w.numpy() for w in model.weights]
+    uninterrupted = uninterrupted_weights(kind, fused_load)
 
     # 2 epochs, save, load, 2 more
     model, x, y = model_and_data()
@@ -122,10 +130,7 @@ EXPECTED_PATH = {"fused": "fused", "tf": "tf", "xla": "tf"}
 def test_save_under_one_path_load_under_another(tmp_path, kind, paths):
     """Saved after training on one path, resumed on another: continues like pure TF."""
     save_path, load_path = paths
-    model, x, y = model_and_data()
-    model.compile(optimizer=make_opt(kind, False), loss="mse")
-    fit(model, x, y, 4)
-    uninterrupted = [w.numpy() for w in model.weights]
+    uninterrupted = uninterrupted_weights(kind, False)
 
     fused, jit = TRAIN_PATHS[save_path]
     model, x, y = model_and_data()
