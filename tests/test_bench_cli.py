@@ -177,3 +177,25 @@ def test_every_step_inner_takes_the_fused_path_and_counts_its_slots():
                  "lamb": 2, "schedule_free_adamw": 2}[name]
         assert inners.bytes_per_param(name, True) == 12 + 8 * slots + 4
         assert fused_step.update_kernel(opt) is not None
+
+
+def test_interleaved_samples_rotate_and_finish_each_sample():
+    """Round r starts at call r mod n; a sample is number[name] calls, its
+    last result goes to finish; on_round follows every round."""
+    from normopt.bench import timing
+
+    number = {"a": 1, "b": 2, "c": 3}
+    log, finished, rounds = [], [], []
+    calls = {name: (lambda name=name: log.append(name) or len(log)) for name in number}
+    samples = timing.interleaved_samples(
+        calls, 4, number, on_round=lambda: rounds.append(len(log)), finish=finished.append)
+    expected, sample_ends = [], []
+    for r in range(4):
+        for name in (list(number)[r % 3:] + list(number)[:r % 3]):
+            expected += [name] * number[name]
+            sample_ends.append(len(expected))  # the last call returns len(log)
+    assert log == expected
+    assert finished == sample_ends
+    assert rounds == [6, 12, 18, 24]
+    assert {k: len(v) for k, v in samples.items()} == {"a": 4, "b": 4, "c": 4}
+    assert all(t >= 0 for v in samples.values() for t in v)

@@ -48,8 +48,6 @@ NormalizedOptimizer step takes the "fused" path on this machine, so an inner
 optimizer that gains a fused kernel is picked up without changing this file.
 """
 
-import time
-
 import numpy as np
 
 from normopt.bench import fit_models, timing
@@ -209,28 +207,6 @@ def _path_of(model, variant):
     return path.name, path.reason
 
 
-def time_interleaved(calls, repeats, steps_per_sample, on_round=None):
-    """{name: [seconds per step of each sample]}, samples taken round-robin.
-
-    Round r runs every call's sample r, starting at call r mod len(calls),
-    before any sample r+1.
-    """
-    names = list(calls)
-    samples = {k: [] for k in names}
-    for r in range(repeats):
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
-            fn = calls[name]
-            start = time.perf_counter()
-            for _ in range(steps_per_sample - 1):
-                fn()
-            _sync(fn())
-            samples[name].append((time.perf_counter() - start) / steps_per_sample)
-        if on_round:
-            on_round()
-    return samples
-
-
 def run_group(model_name, build, x, y, inner, *, loss, norm="l2", repeats=15,
               steps_per_sample=3, warmup=3, params=None, batch_size=None,
               on_progress=None):
@@ -256,8 +232,9 @@ def run_group(model_name, build, x, y, inner, *, loss, norm="l2", repeats=15,
         failed[BASELINE] = f"{type(exc).__name__}: {exc}"
     if on_progress:
         on_progress()
-    samples = time_interleaved(calls, repeats, steps_per_sample,
-                               on_round=on_progress) if calls else {}
+    samples = timing.interleaved_samples(
+        calls, repeats, dict.fromkeys(calls, steps_per_sample),
+        on_round=on_progress, finish=_sync) if calls else {}
     if not calls and on_progress:
         for _ in range(repeats):
             on_progress()

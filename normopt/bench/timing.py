@@ -111,24 +111,42 @@ def memory_bandwidth(nbytes=256 * 2**20, repeats=10, threads=None):
     }
 
 
-def time_calls_interleaved(calls, repeats, warmup, min_sample_s=0.002):
-    """`time_call` for several calls, their samples taken in turn.
+def interleaved_samples(calls, repeats, number, on_round=None, finish=None):
+    """{name: [seconds per call of each sample]}, the samples taken in turn.
 
-    `calls` maps a name to a zero-arg call. Round r takes sample r of every
-    call before any takes sample r+1, so a change in machine load during the
-    run hits all of them alike and their ratios stay meaningful.
+    `calls` maps a name to a zero-arg call, `number` a name to the calls in
+    one of its samples. Round r takes sample r of every call, starting at
+    call r mod len(calls), before any call takes sample r+1: a change in
+    machine load during the run hits all of them alike, and no call always
+    runs right after the same other one. `finish(result)`, when given, waits
+    for a sample's last result (work a call leaves running); `on_round()`
+    is called after each round.
     """
+    names = list(calls)
+    samples = {k: [] for k in names}
+    for r in range(repeats):
+        shift = r % len(names) if names else 0
+        for name in names[shift:] + names[:shift]:
+            fn = calls[name]
+            start = time.perf_counter()
+            for _ in range(number[name]):
+                result = fn()
+            if finish is not None:
+                finish(result)
+            samples[name].append((time.perf_counter() - start) / number[name])
+        if on_round:
+            on_round()
+    return samples
+
+
+def time_calls_interleaved(calls, repeats, warmup, min_sample_s=0.002):
+    """`time_call` for several calls, their samples taken in turn
+    (`interleaved_samples`), so that their ratios stay meaningful."""
     for fn in calls.values():
         for _ in range(warmup):
             fn()
     number = {k: calls_per_sample(fn, min_sample_s) for k, fn in calls.items()}
-    samples = {k: [] for k in calls}
-    for _ in range(repeats):
-        for k, fn in calls.items():
-            start = time.perf_counter()
-            for _ in range(number[k]):
-                fn()
-            samples[k].append((time.perf_counter() - start) / number[k])
+    samples = interleaved_samples(calls, repeats, number)
     out = {}
     for k in calls:
         out[k] = summarize(samples[k])
