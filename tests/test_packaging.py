@@ -9,13 +9,14 @@
                    failed build: pure TF, with the reason in `normopt info`
     race           two processes building the same cache entry at once: one
                    builds, both get the whole library, nothing left behind
-    slow           pip install of the sdist and of the wheel into a fresh
+    install        pip install of the sdist and of the wheel into a fresh
                    environment (offline, with pip's build isolation) builds
                    against the TensorFlow there and runs the fused path; a
                    faked recorded version makes two processes racing at start
-                   rebuild it, for real, into the cache (run with --runslow;
-                   .ci/run runs it). The builds share this user's CMake trees,
-                   so with the checkout already built they only relink
+                   rebuild it, for real, into the cache. The builds share this
+                   user's CMake trees, so with the checkout already built they
+                   only relink (about a minute, on one xdist worker beside the
+                   rest of the suite)
 """
 
 import base64
@@ -403,7 +404,6 @@ def _check(python, env, cwd):
     return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
 
 
-@pytest.mark.slow
 def test_install_sdist_and_wheel_then_rebuild_for_another_tensorflow(tmp_path):
     if SITE is None:
         pytest.skip("TensorFlow is not in a site-packages directory of this Python")
