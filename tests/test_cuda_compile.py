@@ -2,10 +2,10 @@
 
 - Compile check of every csrc/cuda/*.cu with the installed nvcc (sm_80 and
   sm_90): each file compiled once (`-c`, warnings as errors, ptxas verbose),
-  all files in parallel; by default each architecture once across the files
-  (`default_archs`), every file for both with --runslow; the entry points
-  that normopt.kernels.cupy_kernels looks up by name must be among those
-  cupy_module.cu defines.
+  all files in parallel; by default cupy_module.cu to sm_90 machine code and
+  the others to sm_80 PTX (`default_archs`), every file to machine code for
+  both with --runslow; the entry points that normopt.kernels.cupy_kernels
+  looks up by name must be among those cupy_module.cu defines.
 - CuPy's NVRTC route: cupy_module.cu through libnvrtc with CuPy's options.
 - The kernels run on the CPU by csrc/cuda/tools/host_emulation.cpp, against
   the NumPy reference and the TF CPU op.
@@ -46,21 +46,24 @@ def find_nvcc():
 
 
 def default_archs(source, every):
-    """The architectures a source is compiled for: every one of ARCHS with
-    --runslow; by default each architecture once across the two files that
-    hold all the kernels (cupy_module.cu the newest, launchers.cu the oldest),
-    the other sources for the oldest."""
+    """The (architecture, code) pairs a source is compiled for: machine code
+    (sm_XX, through ptxas) for every one of ARCHS with --runslow. By default
+    cupy_module.cu, which holds every kernel, gets machine code for the
+    newest, and the other sources (the same kernel templates) PTX for the
+    oldest (compute_XX: the front end and the PTX, without ptxas)."""
     if every:
-        return ARCHS
-    return (ARCHS[-1],) if source.endswith("cupy_module.cu") else (ARCHS[0],)
+        return tuple((a, f"sm_{a}") for a in ARCHS)
+    if source.endswith("cupy_module.cu"):
+        return ((ARCHS[-1], f"sm_{ARCHS[-1]}"),)
+    return ((ARCHS[0], f"compute_{ARCHS[0]}"),)
 
 
-def compile_one(nvcc, source, out_dir, archs=ARCHS):
+def compile_one(nvcc, source, out_dir, archs):
     cmd = [nvcc, "-c", "-std=c++17", "-O2", "-Werror", "all-warnings", "-Xptxas", "-v",
            "-I", os.path.join(ROOT, "csrc"), source,
            "-o", os.path.join(out_dir, os.path.basename(source) + ".o")]
-    for arch in archs:
-        cmd += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]
+    for arch, code in archs:
+        cmd += ["-gencode", f"arch=compute_{arch},code={code}"]
     done = subprocess.run(cmd, capture_output=True, text=True)
     return source, done.returncode, done.stdout + done.stderr
 
@@ -92,7 +95,7 @@ def test_every_cuda_source_compiles(tmp_path, request):
     defined = set(re.findall(r"Compiling entry function '(\w+)' for 'sm_(\d+)'", log))
     for dtype in SUFFIX:
         for name in entry_names(dtype).values():
-            for arch in archs[next(s for s in SOURCES if s.endswith("cupy_module.cu"))]:
+            for arch, _ in archs[next(s for s in SOURCES if s.endswith("cupy_module.cu"))]:
                 assert (name, arch) in defined, f"{name} (sm_{arch}) missing from cupy_module.cu"
 
 

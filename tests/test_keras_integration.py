@@ -1,5 +1,7 @@
 """The wrappers inside real Keras training: fit/evaluate, tapes, tf.function, XLA."""
 
+import functools
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -88,7 +90,10 @@ def test_learning_rate_get_set_through_wrapper():
     assert opt.iterations is inner.iterations
 
 
+@functools.cache
 def _tape_training(step_fn_kind, fused):
+    """(losses, trainable weights, optimizer) of 5 tape steps; computed once
+    per (kind, fused) for the tests that compare them."""
     model = small_model(1)
     opt = normopt.NormalizedOptimizer(keras.optimizers.Adam(1e-2), "std", fused=fused)
     x, y = data(32, 1)

@@ -130,17 +130,20 @@ def needs_library():
         pytest.fail(f"the op library is not loaded: {status['reason']}")
 
 
-def every_cheap_covering_costly(axes, cheap, costly, ident=str):
+def every_cheap_covering_costly(axes, cheap, costly, ident=str, costly_axes=None):
     """pytest.params of (*combo, value): every combination of `axes` with each
     value of `cheap`; with `costly` (XLA, whose compile dominates) a covering
-    subset (conftest.covering), the rest with --runslow. ident(value) names
-    the value in the test id."""
+    subset (conftest.covering) of `costly_axes` (sub-lists of `axes`; default
+    `axes` itself), every other combination with --runslow. ident(value)
+    names the value in the test id."""
     def param(combo, value, marks=()):
         name = "-".join(str(v) for v in combo) + "-" + ident(value)
         return pytest.param(*combo, value, marks=marks, id=name)
 
+    default = {tuple(p.values) for p in covering(*(costly_axes or axes)) if not p.marks}
     return ([param(combo, value) for combo in itertools.product(*axes) for value in cheap]
-            + [param(p.values, costly, p.marks) for p in covering(*axes)])
+            + [param(combo, costly, () if combo in default else (pytest.mark.slow,))
+               for combo in itertools.product(*axes)])
 
 
 XLA_ID = {False: "tf", True: "xla"}.get
@@ -271,8 +274,11 @@ WRAPPER_NORMS = ["l2", "l1_l2", "max", "min_max", "std", "avg_l1"]
 WRAPPERS = ["normalized", "clipped"]
 
 
+# Under XLA by default: one norm per wrapper (each norm's formula under XLA
+# is test_tf_norm's and test_tf_scale's), every norm with --runslow.
 @pytest.mark.parametrize("norm, wrapper, path", every_cheap_covering_costly(
-    [WRAPPER_NORMS, WRAPPERS], [p for p in PATHS if p != "xla"], "xla"))
+    [WRAPPER_NORMS, WRAPPERS], [p for p in PATHS if p != "xla"], "xla",
+    costly_axes=[["l2", "std"], WRAPPERS]))
 def test_wrapper_steps(norm, wrapper, path):
     fused_arg, inner, reference, expected, xla = PATHS[path]
     if expected.startswith("fused"):
