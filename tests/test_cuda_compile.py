@@ -498,12 +498,14 @@ def test_emulated_cuda_full_blocks(tmp_path_factory):
 GPU_OP_SOURCES = sorted(glob.glob(os.path.join(ROOT, "csrc", "ops", "*_gpu.cc")))
 
 
-def test_gpu_op_kernels_syntax_check():
+def test_gpu_op_kernels_syntax_check(tmp_path, request):
     """Every csrc/ops/*_gpu.cc parses as a CUDA build compiles it (GOOGLE_CUDA=1,
     TF's compile flags, the CUDA headers), with no warning from our own files, and
     together they register DEVICE_GPU kernels of all four ops for all four dtypes.
     Running them needs a GPU and a CUDA-enabled TensorFlow; this checks the code
-    against the installed TF headers only."""
+    against the installed TF headers only. By default the files are parsed as
+    one unit that includes them all (TF's headers parsed once); with --runslow
+    each file alone as well, as the build compiles it."""
     cxx = shutil.which("g++")
     nvcc = find_nvcc()
     if cxx is None or nvcc is None:
@@ -528,8 +530,13 @@ def test_gpu_op_kernels_syntax_check():
         done = subprocess.run([cxx, *flags, source], capture_output=True, text=True)
         return source, done.returncode, done.stderr
 
+    together = tmp_path / "all_gpu_op_kernels.cc"
+    together.write_text("".join(f'#include "{s}"\n' for s in GPU_OP_SOURCES))
+    units = [str(together)]
+    if request.config.getoption("--runslow"):
+        units += GPU_OP_SOURCES
     with ThreadPoolExecutor(max_workers=2) as pool:
-        results = list(pool.map(check, GPU_OP_SOURCES))
+        results = list(pool.map(check, units))
     failures = [f"{os.path.relpath(s, ROOT)} (rc {rc}):\n{log}" for s, rc, log in results if rc]
     assert not failures, "g++ failed on the GPU op kernels:\n" + "\n".join(failures)
     own = os.path.join(ROOT, "csrc") + os.sep
