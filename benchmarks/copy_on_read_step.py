@@ -13,47 +13,33 @@ a copy-on-read table in place, well above 1 when it copies it first.
 
 import sys
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 import normopt
-from normopt.bench import timing
-from normopt.bench.report import format_spread
+from sparse_table import INNERS, random_gradient, table_step, time_steps
 
-ROWS, WIDTH, INDICES = 100_000, 64, 2048
-INNERS = {
-    "adam": lambda: keras.optimizers.Adam(1e-3),
-    "sgd_momentum": lambda: keras.optimizers.SGD(1e-2, momentum=0.9),
-}
+ROWS = 100_000
 
 
 def make_step(inner_name, copy_on_read, rng):
     """(optimizer, traced step) on a fresh table, put in copy-on-read mode or not."""
     opt = normopt.NormalizedOptimizer(INNERS[inner_name](), "l2")
-    table = keras.Variable(rng.normal(size=(ROWS, WIDTH)).astype("float32"))
-    opt.build([table])
+    table, step = table_step(opt, ROWS, rng)
     if copy_on_read:
         tf.nn.embedding_lookup(table.value, tf.constant([0]))
-    shape = tf.constant([ROWS, WIDTH])
-    step = tf.function(
-        lambda values, indices: opt.apply([tf.IndexedSlices(values, indices, shape)], [table]))
     return opt, step
 
 
 def main(inner_name="adam", repeats=30, warmup=5):
     rng = np.random.default_rng(0)
-    values = tf.constant(rng.normal(size=(INDICES, WIDTH)).astype("float32"))
-    indices = tf.constant(rng.integers(0, ROWS, INDICES).astype("int32"))
+    values, indices = random_gradient(rng, ROWS)
     runs = {name: make_step(inner_name, name == "copy_on_read", rng)
             for name in ("default", "copy_on_read")}
-    stats = timing.time_calls_interleaved(
-        {name: (lambda step=step: step(values, indices)) for name, (_, step) in runs.items()},
-        repeats, warmup)
+    stats = time_steps({name: step for name, (_, step) in runs.items()},
+                       values, indices, repeats, warmup, inner_name)
     for opt, _ in runs.values():
         assert opt.last_path.name == "fused", opt.last_path.reason
-    for name, summary in stats.items():
-        print(f"{inner_name} {name}: {format_spread(summary)}")
     ratio = stats["copy_on_read"]["median_s"] / stats["default"]["median_s"]
     print(f"copy_on_read / default = {ratio:.2f}x")
 

@@ -12,44 +12,26 @@ ratio shows what the fused step costs per table row.
 
 import sys
 
-import keras
 import numpy as np
-import tensorflow as tf
 
 import normopt
-from normopt.bench import timing
-from normopt.bench.report import format_spread
-
-WIDTH, INDICES = 64, 2048
-INNERS = {
-    "sgd": lambda: keras.optimizers.SGD(1e-2),
-    "adam": lambda: keras.optimizers.Adam(1e-3),
-}
+from sparse_table import INNERS, random_gradient, table_step, time_steps
 
 
 def make_step(inner_name, rows, fused, rng):
     """(optimizer, traced step) of NormalizedOptimizer on a fresh table."""
     opt = normopt.NormalizedOptimizer(INNERS[inner_name](), "l2", fused=fused)
-    table = keras.Variable(rng.normal(size=(rows, WIDTH)).astype("float32"))
-    opt.build([table])
-    shape = tf.constant([rows, WIDTH])
-    step = tf.function(
-        lambda values, indices: opt.apply([tf.IndexedSlices(values, indices, shape)], [table]))
-    return opt, step
+    return opt, table_step(opt, rows, rng)[1]
 
 
 def main(inner_name="sgd", rows="100000", repeats=30, warmup=5):
     rows = int(rows)
     rng = np.random.default_rng(0)
-    values = tf.constant(rng.normal(size=(INDICES, WIDTH)).astype("float32"))
-    indices = tf.constant(rng.integers(0, rows, INDICES).astype("int32"))
+    values, indices = random_gradient(rng, rows)
     runs = {path: make_step(inner_name, rows, path == "fused", rng) for path in ("fused", "tf")}
-    stats = timing.time_calls_interleaved(
-        {path: (lambda step=step: step(values, indices)) for path, (_, step) in runs.items()},
-        repeats, warmup)
+    stats = time_steps({path: step for path, (_, step) in runs.items()},
+                       values, indices, repeats, warmup, f"{inner_name} {rows} rows")
     assert runs["fused"][0].last_path.name == "fused", runs["fused"][0].last_path.reason
-    for path, summary in stats.items():
-        print(f"{inner_name} {rows} rows {path}: {format_spread(summary)}")
     print(f"tf / fused = {stats['tf']['median_s'] / stats['fused']['median_s']:.2f}x")
 
 

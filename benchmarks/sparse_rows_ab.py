@@ -15,16 +15,10 @@ import numpy as np
 import tensorflow as tf
 
 import normopt
-from normopt.bench import timing
-from normopt.bench.report import format_spread
 from normopt.ops import fused_step
+from sparse_table import INNERS, WIDTH, random_gradient, time_steps
 
-ROWS, WIDTH, INDICES = 100_000, 64, 2048
-INNERS = {
-    "adam": lambda: keras.optimizers.Adam(1e-3),
-    "sgd_momentum": lambda: keras.optimizers.SGD(1e-2, momentum=0.9),
-    "rmsprop": lambda: keras.optimizers.RMSprop(1e-3),
-}
+ROWS = 100_000
 
 
 def make_step(inner_name, variant, rng):
@@ -49,16 +43,12 @@ def make_step(inner_name, variant, rng):
 
 def main(inner_name="adam", repeats=30, warmup=5):
     rng = np.random.default_rng(0)
-    values = tf.constant(rng.normal(size=(INDICES, WIDTH)).astype("float32"))
-    indices = tf.constant(rng.integers(0, ROWS, INDICES).astype("int32"))
+    values, indices = random_gradient(rng, ROWS)
     runs = {v: make_step(inner_name, v, rng) for v in ("rows", "dense")}
-    stats = timing.time_calls_interleaved(
-        {v: (lambda step=step: step(values, indices)) for v, (_, step) in runs.items()},
-        repeats, warmup)
+    stats = time_steps({v: step for v, (_, step) in runs.items()},
+                       values, indices, repeats, warmup, inner_name)
     for opt, _ in runs.values():
         assert opt.last_path.name == "fused", opt.last_path.reason
-    for v, summary in stats.items():
-        print(f"{inner_name} {v}: {format_spread(summary)}")
     print(f"dense / rows = {stats['dense']['median_s'] / stats['rows']['median_s']:.2f}x")
 
 
