@@ -283,9 +283,10 @@ class HostEmulated:
         self.grad_norms = np.zeros(max(len(arrays), 1), acc)  # L2 norms, kept
         ct, p = self.ct, self._p
         ptrs = self._ptrs(arrays)  # kept alive across the call
+        null = ct.c_void_p(None)  # dense gradients: no zeros, no chunk_grad
         rc = self.lib.emu_norms(
-            ct.c_int(DTYPE_CODE[dtype]), p(ptrs), p(sizes),
-            ct.c_int(len(arrays)), p(table.tensor), p(table.start), p(table.first),
+            ct.c_int(DTYPE_CODE[dtype]), p(ptrs), p(sizes), null,
+            ct.c_int(len(arrays)), p(table.tensor), p(table.start), null, p(table.first),
             ct.c_int64(table.tensor.size), ct.c_int64(table.chunk_size),
             ct.c_int(_finalize.kind_code(kind)), ct.c_int(_finalize.mode_code(mode)),
             ct.c_double(clipnorm), ct.c_double(eps), p(norms), p(scales),
@@ -336,8 +337,9 @@ class HostEmulated:
         grad_ptrs = self._ptrs(grads)  # kept alive across the call
         assert self.lib.emu_apply(
             ct.c_int(DTYPE_CODE[dtype]), rule.encode(), p(state), ct.c_int(len(grads)),
-            p(grad_ptrs), p(sizes), p(table.tensor), p(table.start), p(table.first),
-            ct.c_int64(table.tensor.size), ct.c_int64(table.chunk_size), p(s), p(wd),
+            p(grad_ptrs), p(sizes), p(table.tensor), p(table.start), ct.c_void_p(None),
+            p(table.first), ct.c_int64(table.tensor.size), ct.c_int64(table.chunk_size),
+            p(s), p(wd),
             p(args)) == 0
         return n[:len(grads)]
 

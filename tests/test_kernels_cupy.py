@@ -214,3 +214,102 @@ def test_cupy_launches_do_not_depend_on_tensor_count(K):
         C.LAUNCHES.clear()
         C.apply_adam(arrays, arrays, zeros, [z.copy() for z in zeros], lr=0.1, step=1)
         assert dict(C.LAUNCHES) == {"chunk_stats": 1, "finish": 1, "apply_adam": 1}
+
+
+# Sparse gradients (cupy_kernels.SparseRows) with chunks of 8 elements: rows
+# of 3 and 5 elements cross chunk boundaries; listed out of order, none
+# listed, every row listed, and a 1-D gradient.
+SPARSE_SHAPES = [(10, 3), (6, 5), (4,), (9, 2), (13, 3), (5,)]
+SPARSE_ROWS = {0: [7, 2, 9, 0], 1: [], 3: list(range(8, -1, -1)), 4: [12], 5: [3, 0]}
+
+
+@pytest.fixture
+def sparse_tables(monkeypatch):
+    """The sparse chunk tables cupy_kernels builds, recorded: a test that
+    claims the sparse path asserts that it ran (absent rows read as zeros)."""
+    from normopt.kernels import cupy_kernels
+
+    built = []
+
+    def record(*args):
+        table = real(*args)
+        built.append(table)
+        return table
+
+    real = cupy_kernels.sparse_chunk_table
+    monkeypatch.setattr(cupy_kernels, "sparse_chunk_table", record)
+    return built
+
+
+@pytest.mark.parametrize("rule,dtype", covering(RULE_NAMES, DTYPES))
+def test_cupy_sparse_rule(K, sparse_tables, rule, dtype):
+    """Every rule with sparse gradients against the NumPy reference on the
+    dense gradient they stand for (norms too); under sgd and adagrad the
+    absent rows keep their slots exactly (check_rule)."""
+    from test_kernels_numba import check_rule
+
+    for kind, mode in (("l2", "normalize"), ("std", "clip")):
+        check_rule(K, rule, SPARSE_SHAPES, dtype, kind=kind, mode=mode, steps=2,
+                   chunk_size=8, sparse=SPARSE_ROWS)
+    assert sparse_tables and all((t.grad[0::2] < 0).any() for t in sparse_tables)
+
+
+def test_cupy_sparse_large_rows(K, sparse_tables):
+    """Default chunks: 16-byte loads of rows, runs of absent rows longer
+    than a chunk, and the std norm's moments over the implicit zeros."""
+    from test_kernels_numba import check_rule
+
+    shapes = [(4200, 32), (40, 7)]
+    rows = {0: [4199, 5, 2500, 17], 1: [39, 0]}  # rows 18-2499 span two dense chunks
+    for rule in ("adam", "sgd", "lamb"):
+        for kind in ("l2", "std", "min_max"):
+            check_rule(K, rule, shapes, "float32", kind=kind, steps=1, sparse=rows)
+    for table in sparse_tables:
+        ours = slice(2 * table.first[0], 2 * table.first[1])
+        offsets, counts = table.grad[ours][0::2], table.grad[ours][1::2]
+        assert (counts[offsets >= 0] == 32).all()  # one row each
+        absent = offsets < 0
+        assert (absent[1:] & absent[:-1]).any()  # a run of absent rows cut at a chunk
+
+
+def test_cupy_sparse_norms_rescued_and_global(K):
+    """A sparse float32 gradient whose sum g^2 overflows: the rescue pass
+    reads its rows and counts its zeros, so its norms are the dense
+    gradient's; a global norm over sparse and dense gradients likewise."""
+    import reference as R
+    from test_kernels_numba import sparse_gradients
+
+    rng = np.random.default_rng(0)
+    grads = [np.full((10, 4), 3e37, np.float32), rng.standard_normal((6, 2)).astype(np.float32),
+             rng.standard_normal(5).astype(np.float32)]
+    dense, given = sparse_gradients(grads, {0: [8, 1], 1: [5]})
+    for kind in ("l2", "std", "avg_l2", "l1"):
+        w = [np.zeros(g.shape, np.float32) for g in grads]
+        got = K.apply("sgd", w, given, [], lr=0.0, kind=kind, chunk_size=8)
+        np.testing.assert_allclose(got, [R.norm(g, kind) for g in dense], rtol=2e-6,
+                                   err_msg=kind)
+    w = [np.zeros(g.shape, np.float32) for g in grads]
+    K.apply("sgd", w, given, [], lr=1.0, kind="l2", chunk_size=8, granularity="global")
+    norm = R.norm(np.concatenate([d.reshape(-1).astype(np.float64) for d in dense]), "l2")
+    for wi, d in zip(w, dense):
+        np.testing.assert_allclose(wi, -d.astype(np.float64) / norm, rtol=2e-6, atol=1e-30)
+
+
+def test_cupy_sparse_rejects(K):
+    """Rows listed twice, outside the variable, or of the wrong shape; unit
+    granularity; sparse gradients given to the scale function."""
+    from normopt.kernels import cupy_kernels as C
+
+    w = [np.zeros((4, 3), np.float32)]
+    rows = np.ones((2, 3), np.float32)
+    cases = [([1, 1], ValueError, "twice"), ([0, 4], ValueError, r"\[0, 4\)")]
+    for indices, error, match in cases:
+        with pytest.raises(error, match=match):
+            K.apply("sgd", w, [C.SparseRows(rows, np.array(indices))], [], lr=0.1)
+    with pytest.raises(ValueError, match="do not make rows"):
+        K.apply("sgd", w, [C.SparseRows(rows, np.array([0, 1, 2]))], [], lr=0.1)
+    with pytest.raises(ValueError, match="granularity 'tensor' or 'global'"):
+        K.apply("sgd", w, [C.SparseRows(rows, np.array([0, 1]))], [], lr=0.1,
+                granularity="unit")
+    with pytest.raises(TypeError, match="apply only"):
+        C.scale([C.SparseRows(C.cp.asarray(rows), np.array([0, 1]))])

@@ -372,22 +372,54 @@ def _rule_decay(decay, count):
     return decay or None
 
 
+# Rules whose state a zero gradient keeps (kZeroGradientKeepsState in
+# csrc/normopt/update_rules.h): a sparse gradient's absent rows keep their
+# slots exactly.
+KEEPS_STATE_RULES = ("sgd", "adagrad")
+
+
+def sparse_gradients(grads, sparse):
+    """(dense, given): `grads` with every row of gradient i outside the
+    indices sparse[i] zeroed, and what K.apply takes for them: a
+    cupy_kernels.SparseRows of those rows (in the order of the indices) for
+    each i of `sparse`, the other gradients as they are."""
+    from normopt.kernels.cupy_kernels import SparseRows
+
+    dense, given = [], []
+    for i, g in enumerate(grads):
+        if i not in sparse:
+            dense.append(g)
+            given.append(g)
+            continue
+        indices = np.asarray(sparse[i], np.int64)
+        d = np.zeros_like(g)
+        d[indices] = g[indices]
+        dense.append(d)
+        given.append(SparseRows(np.ascontiguousarray(g[indices]), indices))
+    return dense, given
+
+
 def check_rule(K, rule, shapes, dtype, *, kind="l2", mode="normalize", decay=True, steps=3,
-               warm=True, first_step=1, lr=RULE_LR, clipnorm=1.5, seed=0, **kw):
+               warm=True, first_step=1, lr=RULE_LR, clipnorm=1.5, seed=0, sparse=None, **kw):
     """`steps` steps of K.apply(rule, ...) from step t = first_step, each
     against reference.rule_step from the state K stored; norms against
     reference.norm. decay: True (RULE_WD on every other tensor), None/False
-    or what `apply` takes. kw goes to K.apply (chunk_size, threads, ...)."""
+    or what `apply` takes. sparse: {i: row indices} gives gradient i as
+    those rows only (`sparse_gradients`), checked against the dense one.
+    kw goes to K.apply (chunk_size, threads, ...)."""
     decay = _rule_decay(decay, len(shapes))
     wds = [0.0] * len(shapes) if decay is None else list(np.broadcast_to(decay, len(shapes)))
     weights = make_arrays(shapes, dtype, seed=seed + 1)
     slots = initial_slots(rule, shapes, dtype, warm, seed + 2)
     for step in range(first_step, first_step + steps):
         grads = make_arrays(shapes, dtype, seed=seed + 100 + step)
+        given = grads
+        if sparse:
+            grads, given = sparse_gradients(grads, sparse)
         hyper = rule_hyper(rule, step)
         w0 = [np.array(w, np.float64) for w in weights]
         s0 = [[np.array(x, np.float64) for x in q] for q in slots]
-        norms = K.apply(rule, weights, grads, slots, lr=lr, step=step, hyper=hyper,
+        norms = K.apply(rule, weights, given, slots, lr=lr, step=step, hyper=hyper,
                         decay=decay, kind=kind, mode=mode, clipnorm=clipnorm, eps=1e-7, **kw)
         what = f"{rule} {kind} {mode} step {step}"
         assert np.asarray(norms).shape == (len(shapes),)
@@ -408,6 +440,11 @@ def check_rule(K, rule, shapes, dtype, *, kind="l2", mode="normalize", decay=Tru
                 assert_step_close(q[i], want,
                                   np.abs(before[i]) + np.abs(want - before[i]) + extra,
                                   dtype, f"{what} {name}[{i}]")
+                if sparse and i in sparse and rule in KEEPS_STATE_RULES:
+                    absent = np.setdiff1d(np.arange(shapes[i][0]), sparse[i])
+                    np.testing.assert_array_equal(
+                        np.asarray(q[i], np.float64)[absent], before[i][absent],
+                        err_msg=f"{what} {name}[{i}]: absent rows must keep their slot")
 
 
 def check_rule_against(K, other, rule, shapes, dtype, *, kind="l2", mode="normalize",
@@ -661,6 +698,79 @@ def test_merge_and_chunk_table_match_header():
     assert first == table.first.tolist()
     assert tensor == table.tensor.tolist()
     assert start == table.start.tolist()
+
+
+SPARSE_TABLE_CASE = (  # (dense shape, listed rows or None for a dense gradient)
+    ((10, 3), [7, 2, 9, 0]),
+    ((4, 3), None),
+    ((0, 5), []),
+    ((6, 5), []),
+    ((10, 4), list(range(9, -1, -1))),
+    ((7, 3), [6]),
+    ((3,), [1]),
+)
+
+
+def test_sparse_chunk_table_layout_and_header():
+    """chunks.sparse_chunk_table: the chunks of every tensor cover it once, in
+    order, within the dense chunks; a chunk with a gradient offset lies in
+    one listed row and holds its elements (the dense gradient rebuilt from
+    the table equals the scattered rows); zeros counts the absent rows'
+    elements; and chunk_table.h's build_sparse_chunk_table builds the same."""
+    from normopt.kernels.chunks import chunk_table, sorted_rows, sparse_chunk_table
+
+    rng = np.random.default_rng(3)
+    sizes = [int(np.prod(shape)) for shape, _ in SPARSE_TABLE_CASE]
+    sparse = {t: (int(np.prod(shape[1:])), rows)
+              for t, (shape, rows) in enumerate(SPARSE_TABLE_CASE) if rows is not None}
+    table = sparse_chunk_table(sizes, CHUNK, sparse)
+    dense_table = chunk_table(sizes, CHUNK)
+    probe_args = []
+    for t, (shape, rows) in enumerate(SPARSE_TABLE_CASE):
+        chunks = range(table.first[t], table.first[t + 1])
+        assert all(table.tensor[c] == t for c in chunks)
+        starts = [int(table.start[c]) for c in chunks]
+        counts = [int(table.grad[2 * c + 1]) for c in chunks]
+        assert starts == list(np.cumsum([0] + counts[:-1])) if counts else starts == []
+        assert sum(counts) == sizes[t]
+        assert all(0 < n <= CHUNK and s // CHUNK == (s + n - 1) // CHUNK
+                   for s, n in zip(starts, counts))
+        if rows is None:
+            assert starts == [int(dense_table.start[c]) for c in range(
+                dense_table.first[t], dense_table.first[t + 1])]
+            assert [int(table.grad[2 * c]) for c in chunks] == starts
+            assert table.zeros[t] == 0
+            probe_args.append("0 0")
+            continue
+        width = int(np.prod(shape[1:]))
+        values = rng.standard_normal((len(rows), width))
+        want = np.zeros((shape[0], width))
+        want[rows] = values
+        rebuilt = np.full(sizes[t], np.nan)
+        for c, s, n in zip(chunks, starts, counts):
+            offset = int(table.grad[2 * c])
+            if offset < 0:
+                assert s // width not in rows and (s + n - 1) // width not in rows
+                rebuilt[s:s + n] = 0.0
+            else:
+                assert s // width == (s + n - 1) // width, "a chunk spans two rows"
+                rebuilt[s:s + n] = values.reshape(-1)[offset:offset + n]
+        np.testing.assert_array_equal(rebuilt, want.reshape(-1))
+        assert table.zeros[t] == (shape[0] - len(rows)) * width
+        present, value_row = sorted_rows(rows, shape[0])
+        probe_args.append(" ".join(map(str, [width, len(rows), *present, *value_row])))
+    lines = run_probe([f"sparse_chunks {CHUNK} {len(sizes)} " + " ".join(map(str, sizes))
+                       + " " + " ".join(probe_args)])
+    first, tensor, start, grad, zeros = ([int(v) for v in line.split()] for line in lines)
+    assert first == table.first.tolist()
+    assert tensor == table.tensor.tolist()
+    assert start == table.start.tolist()
+    assert grad == table.grad.tolist()
+    assert zeros == table.zeros.tolist()
+    with pytest.raises(ValueError, match="twice"):
+        sparse_chunk_table([12], CHUNK, {0: (3, [1, 2, 1])})
+    with pytest.raises(ValueError, match=r"\[0, 4\)"):
+        sparse_chunk_table([12], CHUNK, {0: (3, [4])})
 
 
 def test_chunk_table_layout():

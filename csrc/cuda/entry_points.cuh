@@ -6,8 +6,11 @@
 //
 //   normopt_chunk_stats_SUF   grid: one block per chunk, kThreads threads
 //   normopt_finish_ACC        grid: one thread per tensor; also given the
-//                             tensors, sizes and dtype code (the rescue pass)
-//                             and grad_norms (L2 norms, or null)
+//                             tensors, sizes, zeros and dtype code (the
+//                             rescue pass) and grad_norms (L2 norms, or null)
+// chunk_grad (chunk_stats, apply) and zeros (finish, global_finish) are null
+// when every gradient is dense; with sparse gradients they come from
+// chunk_table.h's build_sparse_chunk_table (tensor_list.cuh).
 //   normopt_global_finish_ACC  one thread
 //   normopt_unit_stats_SUF     grid: one block per unit task, kThreads threads
 //   normopt_unit_finish_ACC    grid: one thread per unit
@@ -35,10 +38,11 @@
       normopt_chunk_stats_##SUF(                                              \
           const T* const* tensors, const int64_t* sizes,                      \
           const int32_t* chunk_tensor, const int64_t* chunk_start,            \
-          int64_t num_chunks, int64_t chunk_size, unsigned needed,            \
-          normopt::NormStats<normopt::cuda::Acc<T>>* out) {                   \
+          const int64_t* chunk_grad, int64_t num_chunks, int64_t chunk_size,  \
+          unsigned needed, normopt::NormStats<normopt::cuda::Acc<T>>* out) {  \
     normopt::cuda::chunk_stats<T>(tensors, sizes, chunk_tensor, chunk_start,  \
-                                  num_chunks, chunk_size, needed, out);       \
+                                  chunk_grad, num_chunks, chunk_size, needed, \
+                                  out);                                       \
   }                                                                           \
   extern "C" __global__ void __launch_bounds__(normopt::cuda::kThreads)       \
       normopt_scale_##SUF(const T* const* grads, T* const* outs,              \
@@ -69,7 +73,8 @@
       normopt_apply_##name##_##SUF(                                           \
           T* const* state, int num_tensors, const T* const* grads,            \
           const int64_t* sizes, const int32_t* chunk_tensor,                  \
-          const int64_t* chunk_start, int64_t num_chunks, int64_t chunk_size, \
+          const int64_t* chunk_start, const int64_t* chunk_grad,              \
+          int64_t num_chunks, int64_t chunk_size,                             \
           const normopt::TensorScale<normopt::cuda::Acc<T>>* scales,          \
           const int64_t* scale_first, const int64_t* units,                   \
           const normopt::cuda::Acc<T>* decay, const double* args, int phase,  \
@@ -77,8 +82,8 @@
           const normopt::TrustSums<normopt::cuda::Acc<T>>* tensor_sums) {     \
     normopt::cuda::apply_rule_chunks<T, normopt::Rule>(                       \
         state, num_tensors, grads, sizes, chunk_tensor, chunk_start,          \
-        num_chunks, chunk_size, {scales, scale_first, units}, decay, args,    \
-        phase, chunk_sums, tensor_sums);                                      \
+        chunk_grad, num_chunks, chunk_size, {scales, scale_first, units},     \
+        decay, args, phase, chunk_sums, tensor_sums);                         \
   }
 #define NORMOPT_APPLY_F16(name, Rule) NORMOPT_APPLY_ENTRY_POINT(__half, f16, name, Rule)
 #define NORMOPT_APPLY_BF16(name, Rule) \
@@ -90,11 +95,12 @@
   extern "C" __global__ void normopt_finish_##SUF(                            \
       const normopt::NormStats<A>* stats, const int64_t* first_chunk,         \
       int num_tensors, int kind, int mode, A clipnorm, A eps,                 \
-      const void* const* tensors, const int64_t* sizes, int dtype, A* norms,  \
+      const void* const* tensors, const int64_t* sizes,                       \
+      const int64_t* zeros, int dtype, A* norms,                              \
       normopt::TensorScale<A>* scales, A* grad_norms) {                       \
     normopt::cuda::finish<A>(stats, first_chunk, num_tensors, kind, mode,     \
-                             clipnorm, eps, tensors, sizes, dtype, norms,     \
-                             scales, grad_norms);                             \
+                             clipnorm, eps, tensors, sizes, zeros, dtype,     \
+                             norms, scales, grad_norms);                      \
   }                                                                           \
   extern "C" __global__ void normopt_scales_from_norms_##SUF(                 \
       const A* norms, const A* weight_norms, int num_scaled, int num_total,   \
@@ -106,10 +112,11 @@
   extern "C" __global__ void normopt_global_finish_##SUF(                     \
       const normopt::NormStats<A>* stats, const int64_t* first_chunk,         \
       const int32_t* members, int num_members, int kind, A eps,               \
-      const void* const* tensors, const int64_t* sizes, int dtype,            \
-      A* norms) {                                                             \
+      const void* const* tensors, const int64_t* sizes,                       \
+      const int64_t* zeros, int dtype, A* norms) {                            \
     normopt::cuda::global_finish<A>(stats, first_chunk, members, num_members, \
-                                    kind, eps, tensors, sizes, dtype, norms); \
+                                    kind, eps, tensors, sizes, zeros, dtype,  \
+                                    norms);                                   \
   }                                                                           \
   extern "C" __global__ void normopt_unit_finish_##SUF(                       \
       const normopt::NormStats<A>* stats, const int32_t* unit_tensor,         \

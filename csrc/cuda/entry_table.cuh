@@ -37,7 +37,8 @@ NORMOPT_ENTRY(double, f64, f64)
 // The apply entry point of rule `id` for element type T (null: unknown id).
 template <typename T>
 using ApplyEntry = void (*)(T* const*, int, const T* const*, const int64_t*,
-                            const int32_t*, const int64_t*, int64_t, int64_t,
+                            const int32_t*, const int64_t*, const int64_t*,
+                            int64_t, int64_t,
                             const TensorScale<Acc<T>>*, const int64_t*,
                             const int64_t*, const Acc<T>*, const double*, int,
                             TrustSums<Acc<T>>*, const TrustSums<Acc<T>>*);
@@ -79,7 +80,8 @@ int64_t apply_workspace_bytes(RuleId id, int64_t num_chunks, int num_tensors) {
 
 // The launches of one step of rule `id` (launchers.h's normopt_cuda_apply):
 // one for a one-phase rule; phase 1, trust_sums and phase 2 for a
-// trust-ratio rule, in `workspace` (apply_workspace_bytes). The scales are
+// trust-ratio rule, in `workspace` (apply_workspace_bytes). `chunk_grad`:
+// null, or the sparse gradients' table (tensor_list.cuh). The scales are
 // a ScaleTable (scales, scale_first, units; update_kernels.cuh). `launch(grid,
 // block, kernel, args...)` enqueues one kernel; `grid` blocks run the chunk
 // kernels. Returns kInvalidDtype for an unknown rule, else 0.
@@ -88,8 +90,9 @@ int launch_apply(const Launch& launch, RuleId id, unsigned grid,
                  unsigned finish_threads, T* const* state, int num_tensors,
                  const T* const* grads, const int64_t* sizes,
                  const int32_t* chunk_tensor, const int64_t* chunk_start,
-                 const int64_t* first_chunk, int64_t num_chunks,
-                 int64_t chunk_size, const TensorScale<Acc<T>>* scales,
+                 const int64_t* chunk_grad, const int64_t* first_chunk,
+                 int64_t num_chunks, int64_t chunk_size,
+                 const TensorScale<Acc<T>>* scales,
                  const int64_t* scale_first, const int64_t* units,
                  const Acc<T>* decay, const double* args, void* workspace) {
   using A = Acc<T>;
@@ -99,7 +102,7 @@ int launch_apply(const Launch& launch, RuleId id, unsigned grid,
   const auto apply = [&](int phase, TrustSums<A>* chunk_sums,
                          const TrustSums<A>* tensor_sums) {
     launch(grid, kThreads, kernel, state, num_tensors, grads, sizes,
-           chunk_tensor, chunk_start, num_chunks, chunk_size, scales,
+           chunk_tensor, chunk_start, chunk_grad, num_chunks, chunk_size, scales,
            scale_first, units, decay, args, phase, chunk_sums, tensor_sums);
   };
   if (!rule_trust_ratio(id)) {

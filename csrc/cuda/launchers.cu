@@ -46,7 +46,8 @@ extern "C" int64_t normopt_cuda_stats_workspace_bytes(int dtype,
 
 extern "C" int normopt_cuda_norms(
     int dtype, const void* const* tensors, const int64_t* sizes,
-    int num_tensors, const int32_t* chunk_tensor, const int64_t* chunk_start,
+    const int64_t* zeros, int num_tensors, const int32_t* chunk_tensor,
+    const int64_t* chunk_start, const int64_t* chunk_grad,
     const int64_t* first_chunk, int64_t num_chunks, int64_t chunk_size,
     int kind, int mode, double clipnorm, double eps, void* workspace,
     void* norms, void* scales, void* grad_norms, cudaStream_t stream) {
@@ -57,14 +58,14 @@ extern "C" int normopt_cuda_norms(
     if (num_chunks > 0) {
       Entry<T>::chunk_stats<<<grid_for(num_chunks), kThreads, 0, stream>>>(
           reinterpret_cast<const T* const*>(tensors), sizes, chunk_tensor,
-          chunk_start, num_chunks, chunk_size,
+          chunk_start, chunk_grad, num_chunks, chunk_size,
           normopt::stats_needed(static_cast<normopt::NormKind>(kind)), stats);
     }
     if (num_tensors > 0) {
       Entry<T>::finish<<<(num_tensors + kFinishThreads - 1) / kFinishThreads,
                          kFinishThreads, 0, stream>>>(
           stats, first_chunk, num_tensors, kind, mode, A(clipnorm), A(eps),
-          tensors, sizes, dtype, static_cast<A*>(norms),
+          tensors, sizes, zeros, dtype, static_cast<A*>(norms),
           static_cast<normopt::TensorScale<A>*>(scales),
           static_cast<A*>(grad_norms));
     }
@@ -127,6 +128,7 @@ extern "C" int normopt_cuda_apply(int dtype, int rule, void* const* state,
                                   const int64_t* sizes,
                                   const int32_t* chunk_tensor,
                                   const int64_t* chunk_start,
+                                  const int64_t* chunk_grad,
                                   const int64_t* first_chunk,
                                   int64_t num_chunks, int64_t chunk_size,
                                   const void* scales, const void* decay,
@@ -143,7 +145,7 @@ extern "C" int normopt_cuda_apply(int dtype, int rule, void* const* state,
         launch, static_cast<normopt::RuleId>(rule), grid_for(num_chunks),
         kFinishThreads, reinterpret_cast<T* const*>(state), num_tensors,
         reinterpret_cast<const T* const*>(grads), sizes, chunk_tensor,
-        chunk_start, first_chunk, num_chunks, chunk_size,
+        chunk_start, chunk_grad, first_chunk, num_chunks, chunk_size,
         static_cast<const normopt::TensorScale<A>*>(scales), nullptr, nullptr,
         static_cast<const A*>(decay), args, workspace);
     return rc != 0 ? rc : last_error();

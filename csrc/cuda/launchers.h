@@ -6,7 +6,11 @@
 // host and copied to the device by the caller: `tensors`/`weights`/... are
 // device arrays of N device pointers, `sizes` int64[N], and `chunk_tensor`,
 // `chunk_start`, `first_chunk` the chunk table (chunk_table.h) of those
-// sizes. Launchers only enqueue work on `stream` (no synchronisation) and
+// sizes. Sparse gradients (rows of a dense tensor, the rest zeros) come with
+// `chunk_grad` [2C] and `zeros` [N] of chunk_table.h's
+// build_sparse_chunk_table (null when every gradient is dense): `tensors` /
+// `grads` then point at their rows and `sizes` are the dense sizes.
+// Launchers only enqueue work on `stream` (no synchronisation) and
 // return the cudaError_t of the launch (0 on success). DTYPE codes:
 // normopt/dtype_codes.h; norms and decay are float for 16/32-bit
 // data and double for float64 data; `scales` holds one normopt::TensorScale
@@ -28,8 +32,9 @@ int64_t normopt_cuda_stats_workspace_bytes(int dtype, int64_t num_chunks);
 // `grad_norms` (N values, or null) receives each tensor's L2 norm
 // sqrt(sum g^2), from the same statistics.
 int normopt_cuda_norms(int dtype, const void* const* tensors,
-                       const int64_t* sizes, int num_tensors,
-                       const int32_t* chunk_tensor, const int64_t* chunk_start,
+                       const int64_t* sizes, const int64_t* zeros,
+                       int num_tensors, const int32_t* chunk_tensor,
+                       const int64_t* chunk_start, const int64_t* chunk_grad,
                        const int64_t* first_chunk, int64_t num_chunks,
                        int64_t chunk_size, int kind, int mode, double clipnorm,
                        double eps, void* workspace, void* norms, void* scales,
@@ -63,9 +68,9 @@ int64_t normopt_cuda_apply_workspace_bytes(int dtype, int rule,
 int normopt_cuda_apply(int dtype, int rule, void* const* state,
                        int num_tensors, const void* const* grads,
                        const int64_t* sizes, const int32_t* chunk_tensor,
-                       const int64_t* chunk_start, const int64_t* first_chunk,
-                       int64_t num_chunks, int64_t chunk_size,
-                       const void* scales, const void* decay,
+                       const int64_t* chunk_start, const int64_t* chunk_grad,
+                       const int64_t* first_chunk, int64_t num_chunks,
+                       int64_t chunk_size, const void* scales, const void* decay,
                        const double* args, void* workspace,
                        cudaStream_t stream);
 

@@ -6,13 +6,16 @@
 //                       fixed-order tree in shared memory combines them, and
 //                       for norms reading the moments a second pass over the
 //                       chunk (still in L2) sums (g - chunk mean)^2. Thread 0
-//                       writes the chunk's NormStats via `from_block_sums`.
+//                       writes the chunk's NormStats via `from_block_sums`;
+//                       a chunk of a sparse gradient's absent rows reads
+//                       nothing and writes `zero_stats`.
 //   finish              one thread per tensor merges its chunks' NormStats in
 //                       chunk order (`merge_stats`) and writes the norm
 //                       (`finalize_norm`) and scale (`scale_from_norm`, a
 //                       TensorScale {pre, mult}). A tensor whose plain norm
 //                       overflowed with finite elements is read again by
-//                       that thread (`serial_rescue`, norm_stats.h). With
+//                       that thread (`serial_rescue`, norm_stats.h; a sparse
+//                       gradient's values, then its zeros[t] zeros). With
 //                       `grad_norms` it also writes each tensor's L2 norm
 //                       sqrt(sum g^2) from the same statistics (rescued the
 //                       same way), for the recorded gradient norms.
@@ -68,16 +71,21 @@ __device__ __forceinline__ void block_sum(A* sh) {
 template <typename T>
 __device__ __forceinline__ void chunk_stats(
     const T* const* tensors, const int64_t* sizes, const int32_t* chunk_tensor,
-    const int64_t* chunk_start, int64_t num_chunks, int64_t chunk_size,
-    unsigned needed, NormStats<Acc<T>>* out) {
+    const int64_t* chunk_start, const int64_t* chunk_grad, int64_t num_chunks,
+    int64_t chunk_size, unsigned needed, NormStats<Acc<T>>* out) {
   using A = Acc<T>;
   constexpr int W = Pack<T>::kWidth;
   __shared__ A sh_abs[kThreads], sh_sq[kThreads], sh_sum[kThreads];
   __shared__ A sh_max[kThreads], sh_min[kThreads];
   const int tid = threadIdx.x;
   for (int64_t c = blockIdx.x; c < num_chunks; c += gridDim.x) {
-    const Chunk k = chunk_at(c, chunk_tensor, chunk_start, sizes, chunk_size);
-    const T* p = tensors[k.t] + k.lo;
+    const Chunk k =
+        chunk_at(c, chunk_tensor, chunk_start, sizes, chunk_size, chunk_grad);
+    if (k.g < 0) {  // the same for every thread of the block
+      if (tid == 0) out[c] = zero_stats<A>(k.n);
+      continue;
+    }
+    const T* p = tensors[k.t] + k.g;
     A s_abs = A(0), s_sq = A(0), total = A(0), mx = A(0);
     A mn = positive_infinity(A(0));
     auto visit = [&](A x) {
@@ -145,30 +153,37 @@ __device__ __forceinline__ void chunk_stats(
 template <typename A>
 __device__ A rescue_tensor(NormKind kind, A norm, A max_abs,
                                         const void* data, int64_t n, int dtype,
-                                        A eps) {
+                                        A eps, int64_t zeros) {
   if constexpr (sizeof(A) == 8) {
     const double* p = static_cast<const double*>(data);
     return serial_rescue<A>(kind, norm, max_abs,
-                            [p](int64_t i) { return p[i]; }, n, eps);
+                            [p](int64_t i) { return p[i]; }, n, eps, zeros);
   } else {
     switch (dtype) {
       case kDtypeFloat16: {
         const __half* p = static_cast<const __half*>(data);
         return serial_rescue<A>(kind, norm, max_abs,
-                                [p](int64_t i) { return to_acc(p[i]); }, n, eps);
+                                [p](int64_t i) { return to_acc(p[i]); }, n, eps,
+                                zeros);
       }
       case kDtypeBFloat16: {
         const __nv_bfloat16* p = static_cast<const __nv_bfloat16*>(data);
         return serial_rescue<A>(kind, norm, max_abs,
-                                [p](int64_t i) { return to_acc(p[i]); }, n, eps);
+                                [p](int64_t i) { return to_acc(p[i]); }, n, eps,
+                                zeros);
       }
       default: {
         const float* p = static_cast<const float*>(data);
         return serial_rescue<A>(kind, norm, max_abs,
-                                [p](int64_t i) { return p[i]; }, n, eps);
+                                [p](int64_t i) { return p[i]; }, n, eps, zeros);
       }
     }
   }
+}
+
+// The implicit zeros of tensor t: zeros[t], none where `zeros` is null.
+__device__ __forceinline__ int64_t zeros_of(const int64_t* zeros, int t) {
+  return zeros == nullptr ? 0 : zeros[t];
 }
 
 // Statistics of the n elements p[offset + i * stride] (as dtype code `dtype`)
@@ -202,15 +217,18 @@ __device__ NormStats<A> strided_stats(const void* data, int dtype,
   }
 }
 
-// `tensors`, `sizes` and `dtype` are read only by the rescue pass. chunk_stats
-// gathers every statistic, so the merged max_abs is there to decide it.
+// `tensors`, `sizes`, `zeros` and `dtype` are read only by the rescue pass:
+// tensor t's array holds sizes[t] - zeros[t] elements, the rest of it are
+// zeros (`zeros` null: none). chunk_stats gathers every statistic, so the
+// merged max_abs is there to decide it.
 template <typename A>
 __device__ __forceinline__ void finish(const NormStats<A>* stats,
                                        const int64_t* first_chunk,
                                        int num_tensors, int kind, int mode,
                                        A clipnorm, A eps,
                                        const void* const* tensors,
-                                       const int64_t* sizes, int dtype,
+                                       const int64_t* sizes,
+                                       const int64_t* zeros, int dtype,
                                        A* norms, TensorScale<A>* scales,
                                        A* grad_norms) {
   const int t = blockIdx.x * blockDim.x + threadIdx.x;
@@ -220,18 +238,19 @@ __device__ __forceinline__ void finish(const NormStats<A>* stats,
     s = merge_stats(s, stats[c]);
   }
   const NormKind k = static_cast<NormKind>(kind);
+  const int64_t z = zeros_of(zeros, t);
   A norm = finalize_norm(k, s, eps);
   if (needs_rescue(norm)) {
-    norm = rescue_tensor<A>(k, norm, s.max_abs, tensors[t], sizes[t], dtype,
-                            eps);
+    norm = rescue_tensor<A>(k, norm, s.max_abs, tensors[t], sizes[t] - z,
+                            dtype, eps, z);
   }
   norms[t] = norm;
   scales[t] = scale_from_norm(static_cast<ScaleMode>(mode), norm, clipnorm);
   if (grad_norms != nullptr) {
     A l2 = finalize_norm(NormKind::kL2, s, A(0));
     if (needs_rescue(l2)) {
-      l2 = rescue_tensor<A>(NormKind::kL2, l2, s.max_abs, tensors[t], sizes[t],
-                            dtype, A(0));
+      l2 = rescue_tensor<A>(NormKind::kL2, l2, s.max_abs, tensors[t],
+                            sizes[t] - z, dtype, A(0), z);
     }
     grad_norms[t] = l2;
   }
@@ -259,12 +278,13 @@ __device__ __forceinline__ void scales_from_norms(
 
 // One thread: norms[0] = the norm of the `num_members` tensors members[] as
 // if concatenated, from their chunks' NormStats (chunk_stats gathers every
-// statistic, so the merged max_abs decides the rescue).
+// statistic, so the merged max_abs decides the rescue; `zeros` as finish's).
 template <typename A>
 __device__ __forceinline__ void global_finish(
     const NormStats<A>* stats, const int64_t* first_chunk,
     const int32_t* members, int num_members, int kind, A eps,
-    const void* const* tensors, const int64_t* sizes, int dtype, A* norms) {
+    const void* const* tensors, const int64_t* sizes, const int64_t* zeros,
+    int dtype, A* norms) {
   if (blockIdx.x * blockDim.x + threadIdx.x != 0) return;
   NormStats<A> s = NormStats<A>::empty();
   for (int m = 0; m < num_members; ++m) {
@@ -281,8 +301,10 @@ __device__ __forceinline__ void global_finish(
     NormStats<A> r = NormStats<A>::empty();
     for (int m = 0; m < num_members; ++m) {
       const int t = members[m];
-      r = merge_stats(r, strided_stats<A>(tensors[t], dtype, 0, 1, sizes[t],
+      const int64_t z = zeros_of(zeros, t);
+      r = merge_stats(r, strided_stats<A>(tensors[t], dtype, 0, 1, sizes[t] - z,
                                           pow2<A>(-e), moments));
+      r = merge_stats(r, zero_stats<A>(z));
     }
     norm = rescued_norm(k, r, e, eps);
   }

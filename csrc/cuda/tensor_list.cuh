@@ -6,6 +6,9 @@
 //   tensors[N]      one pointer per tensor (one table per role: grads, weights...)
 //   sizes[N]        element counts (int64: tensors may exceed 2^31 elements)
 //   chunk_tensor[C], chunk_start[C]   the chunk table (csrc/cuda/chunk_table.h)
+//   chunk_grad[2C]  null when every gradient is dense; else, for a list with
+//                   sparse gradients, chunk c's gradient offset and length
+//                   (chunk_table.h: build_sparse_chunk_table)
 // and each block walks chunks c = blockIdx.x, blockIdx.x + gridDim.x, ...
 #ifndef NORMOPT_CUDA_TENSOR_LIST_CUH_
 #define NORMOPT_CUDA_TENSOR_LIST_CUH_
@@ -90,22 +93,36 @@ __device__ __forceinline__ void store_pack(T* p, const Pack<T>& v) {
   *reinterpret_cast<Pack<T>*>(p) = v;
 }
 
-// The chunk a block works on: tensor t, elements [lo, lo + n) of it.
+// The chunk a block works on: tensor t, elements [lo, lo + n) of it (of the
+// variable and slots, and of the dense gradient), whose gradient elements
+// start at element g of gradient t's array; g < 0: they are all zeros (a
+// sparse gradient's absent rows), and nothing of the gradient is read.
 struct Chunk {
   int t;
   int64_t lo;
   int64_t n;
+  int64_t g;
 };
 
+// Chunk c of the table; `chunk_grad` null: every gradient dense (g = lo,
+// n = chunk_size or what is left of the tensor), else g and n are
+// chunk_grad[2c] and chunk_grad[2c + 1].
 __device__ __forceinline__ Chunk chunk_at(int64_t c, const int32_t* chunk_tensor,
                                           const int64_t* chunk_start,
                                           const int64_t* sizes,
-                                          int64_t chunk_size) {
+                                          int64_t chunk_size,
+                                          const int64_t* chunk_grad = nullptr) {
   Chunk k;
   k.t = chunk_tensor[c];
   k.lo = chunk_start[c];
+  if (chunk_grad != nullptr) {
+    k.g = chunk_grad[2 * c];
+    k.n = chunk_grad[2 * c + 1];
+    return k;
+  }
   const int64_t left = sizes[k.t] - k.lo;
   k.n = left < chunk_size ? left : chunk_size;
+  k.g = k.lo;
   return k;
 }
 

@@ -24,6 +24,13 @@
 // step scalars from it (the rule's constructor), so no host code repeats a
 // rule's formulas.
 //
+// A chunk of a sparse gradient's absent rows (Chunk::g < 0, chunk_grad in
+// tensor_list.cuh) has a zero gradient, which is not read: a rule that keeps
+// its state for a zero gradient (kZeroGradientKeepsState: sgd, adagrad) only
+// decays w there, as Keras's update of an IndexedSlices gradient writes the
+// indexed rows only; every other rule runs on it with g = 0, as the CPU
+// kernel does.
+//
 // Each element's scale comes from a ScaleTable: one per tensor, or one per
 // unit of its last axis (granularity "unit", norm_kernels.cuh), or shared
 // (granularity "global": every tensor's entry points at one scale).
@@ -109,7 +116,7 @@ __device__ __forceinline__ void scale_chunks(
 }
 
 // What the apply bodies read of chunk k: w = variable t's chunk, g its
-// gradient's, s[q] its slot q's (slot-major table, as apply_rule_chunks
+// gradient's (null: all zeros), s[q] its slot q's (slot-major table, as apply_rule_chunks
 // takes it), whether every pointer allows 16-byte accesses, the variable's
 // decay and where its scales start.
 template <typename T, int K>
@@ -134,8 +141,8 @@ __device__ __forceinline__ ChunkState<T, K> chunk_state(
     const ScaleTable<Acc<T>>& table, const Acc<T>* decay) {
   ChunkState<T, K> cs;
   cs.w = state[k.t] + k.lo;
-  cs.g = grads[k.t] + k.lo;
-  cs.vec = aligned16(cs.w) && aligned16(cs.g);
+  cs.g = k.g < 0 ? nullptr : grads[k.t] + k.g;
+  cs.vec = aligned16(cs.w) && (cs.g == nullptr || aligned16(cs.g));
 #pragma unroll
   for (int q = 0; q < K; ++q) {
     cs.s[q] = state[(1 + q) * int64_t{num_tensors} + k.t] + k.lo;
@@ -149,8 +156,8 @@ __device__ __forceinline__ ChunkState<T, K> chunk_state(
 }
 
 // element(i, w, slots, g) on every element i of a chunk of n elements, its
-// values loaded into A (16-byte packs where `vec`); with Store, w and the K
-// slots are written back in T, each rounded once.
+// values loaded into A (16-byte packs where `vec`; g null: every g is 0);
+// with Store, w and the K slots are written back in T, each rounded once.
 template <typename T, int K, bool Store, typename Element>
 __device__ __forceinline__ void visit_elements(int64_t n, bool vec, T* w,
                                                T* const* s, const T* g,
@@ -163,7 +170,13 @@ __device__ __forceinline__ void visit_elements(int64_t n, bool vec, T* w,
       [&](int64_t p) {
         const int64_t i = p * W;
         Pack<T> wv = load_pack(w + i);
-        const Pack<T> gv = load_pack(g + i);
+        Pack<T> gv;
+        if (g != nullptr) {
+          gv = load_pack(g + i);
+        } else {
+#pragma unroll
+          for (int j = 0; j < W; ++j) gv.v[j] = from_acc<T>(A(0));
+        }
         Pack<T> sv[KS];
 #pragma unroll
         for (int q = 0; q < K; ++q) sv[q] = load_pack(s[q] + i);
@@ -191,7 +204,7 @@ __device__ __forceinline__ void visit_elements(int64_t n, bool vec, T* w,
         A sa[KS];
 #pragma unroll
         for (int q = 0; q < K; ++q) sa[q] = to_acc(s[q][i]);
-        element(i, wa, sa, to_acc(g[i]));
+        element(i, wa, sa, g != nullptr ? to_acc(g[i]) : A(0));
         if constexpr (Store) {
           w[i] = from_acc<T>(wa);
 #pragma unroll
@@ -207,15 +220,16 @@ template <typename T, typename Rule>
 __device__ __forceinline__ void trust_sums_chunks(
     const Rule& rule, T* const* state, int num_tensors, const T* const* grads,
     const int64_t* sizes, const int32_t* chunk_tensor,
-    const int64_t* chunk_start, int64_t num_chunks, int64_t chunk_size,
-    ScaleTable<Acc<T>> table, const Acc<T>* decay, Acc<T> lr,
-    TrustSums<Acc<T>>* chunk_sums) {
+    const int64_t* chunk_start, const int64_t* chunk_grad, int64_t num_chunks,
+    int64_t chunk_size, ScaleTable<Acc<T>> table, const Acc<T>* decay,
+    Acc<T> lr, TrustSums<Acc<T>>* chunk_sums) {
   using A = Acc<T>;
   constexpr int K = Rule::kSlots;
   __shared__ A sh_w[kThreads], sh_u[kThreads];
   const int tid = threadIdx.x;
   for (int64_t c = blockIdx.x; c < num_chunks; c += gridDim.x) {
-    const Chunk k = chunk_at(c, chunk_tensor, chunk_start, sizes, chunk_size);
+    const Chunk k =
+        chunk_at(c, chunk_tensor, chunk_start, sizes, chunk_size, chunk_grad);
     const ChunkState<T, K> cs =
         chunk_state<T, K>(k, state, num_tensors, grads, table, decay);
     A w_sq = A(0), u_sq = A(0);
@@ -265,13 +279,14 @@ template <typename T, typename Rule>
 __device__ __forceinline__ void trust_update_chunks(
     const Rule& rule, T* const* state, int num_tensors, const T* const* grads,
     const int64_t* sizes, const int32_t* chunk_tensor,
-    const int64_t* chunk_start, int64_t num_chunks, int64_t chunk_size,
-    ScaleTable<Acc<T>> table, const Acc<T>* decay, Acc<T> lr,
-    const TrustSums<Acc<T>>* tensor_sums) {
+    const int64_t* chunk_start, const int64_t* chunk_grad, int64_t num_chunks,
+    int64_t chunk_size, ScaleTable<Acc<T>> table, const Acc<T>* decay,
+    Acc<T> lr, const TrustSums<Acc<T>>* tensor_sums) {
   using A = Acc<T>;
   constexpr int K = Rule::kSlots;
   for (int64_t c = blockIdx.x; c < num_chunks; c += gridDim.x) {
-    const Chunk k = chunk_at(c, chunk_tensor, chunk_start, sizes, chunk_size);
+    const Chunk k =
+        chunk_at(c, chunk_tensor, chunk_start, sizes, chunk_size, chunk_grad);
     const ChunkState<T, K> cs =
         chunk_state<T, K>(k, state, num_tensors, grads, table, decay);
     const TrustSums<A> sums = tensor_sums[k.t];
@@ -284,21 +299,47 @@ __device__ __forceinline__ void trust_update_chunks(
   }
 }
 
+// Decoupled decay alone, w -= w * wd * lr, on a chunk of n elements.
+template <typename T>
+__device__ __forceinline__ void decay_chunk(T* w, int64_t n, Acc<T> wd,
+                                            Acc<T> lr) {
+  constexpr int W = Pack<T>::kWidth;
+  for_each_in_chunk<W>(
+      n, aligned16(w),
+      [&](int64_t q) {
+        Pack<T> v = load_pack(w + q * W);
+#pragma unroll
+        for (int j = 0; j < W; ++j) {
+          v.v[j] = from_acc<T>(decayed<true>(to_acc(v.v[j]), wd, lr));
+        }
+        store_pack(w + q * W, v);
+      },
+      [&](int64_t i) { w[i] = from_acc<T>(decayed<true>(to_acc(w[i]), wd, lr)); });
+}
+
 // One step of a one-phase rule.
 template <typename T, typename Rule>
 __device__ __forceinline__ void apply_one_phase_chunks(
     T* const* state, int num_tensors, const T* const* grads,
     const int64_t* sizes, const int32_t* chunk_tensor,
-    const int64_t* chunk_start, int64_t num_chunks, int64_t chunk_size,
-    ScaleTable<Acc<T>> table, const Acc<T>* decay, const double* args) {
+    const int64_t* chunk_start, const int64_t* chunk_grad, int64_t num_chunks,
+    int64_t chunk_size, ScaleTable<Acc<T>> table, const Acc<T>* decay,
+    const double* args) {
   using A = Acc<T>;
   constexpr int K = Rule::kSlots;
   const Rule rule(args);
   const A lr = A(args[0]);
   for (int64_t c = blockIdx.x; c < num_chunks; c += gridDim.x) {
-    const Chunk k = chunk_at(c, chunk_tensor, chunk_start, sizes, chunk_size);
+    const Chunk k =
+        chunk_at(c, chunk_tensor, chunk_start, sizes, chunk_size, chunk_grad);
     const ChunkState<T, K> cs =
         chunk_state<T, K>(k, state, num_tensors, grads, table, decay);
+    if constexpr (kZeroGradientKeepsState<Rule>) {
+      if (cs.g == nullptr) {  // absent rows: only decayed
+        if (cs.wd != A(0)) decay_chunk<T>(cs.w, k.n, cs.wd, lr);
+        continue;
+      }
+    }
     visit_elements<T, K, true>(k.n, cs.vec, cs.w, cs.s, cs.g, [&](int64_t i, A& wa, A* sa, A ga) {
       update_element<true>(rule, lr, cs.wd, cs.scale(i), wa, sa, ga);
     });
@@ -312,9 +353,9 @@ template <typename T, template <typename> class RuleT>
 __device__ __forceinline__ void apply_rule_chunks(
     T* const* state, int num_tensors, const T* const* grads,
     const int64_t* sizes, const int32_t* chunk_tensor,
-    const int64_t* chunk_start, int64_t num_chunks, int64_t chunk_size,
-    ScaleTable<Acc<T>> table, const Acc<T>* decay, const double* args,
-    int phase, TrustSums<Acc<T>>* chunk_sums,
+    const int64_t* chunk_start, const int64_t* chunk_grad, int64_t num_chunks,
+    int64_t chunk_size, ScaleTable<Acc<T>> table, const Acc<T>* decay,
+    const double* args, int phase, TrustSums<Acc<T>>* chunk_sums,
     const TrustSums<Acc<T>>* tensor_sums) {
   using A = Acc<T>;
   using Rule = RuleT<A>;
@@ -323,18 +364,18 @@ __device__ __forceinline__ void apply_rule_chunks(
     const A lr = A(args[0]);
     if (phase == 1) {
       trust_sums_chunks<T>(rule, state, num_tensors, grads, sizes,
-                           chunk_tensor, chunk_start, num_chunks, chunk_size,
-                           table, decay, lr, chunk_sums);
+                           chunk_tensor, chunk_start, chunk_grad, num_chunks,
+                           chunk_size, table, decay, lr, chunk_sums);
     } else {
       trust_update_chunks<T>(rule, state, num_tensors, grads, sizes,
-                             chunk_tensor, chunk_start, num_chunks,
+                             chunk_tensor, chunk_start, chunk_grad, num_chunks,
                              chunk_size, table, decay, lr, tensor_sums);
     }
   } else {
     (void)phase, (void)chunk_sums, (void)tensor_sums;
     apply_one_phase_chunks<T, Rule>(state, num_tensors, grads, sizes,
-                                    chunk_tensor, chunk_start, num_chunks,
-                                    chunk_size, table, decay, args);
+                                    chunk_tensor, chunk_start, chunk_grad,
+                                    num_chunks, chunk_size, table, decay, args);
   }
 }
 

@@ -333,6 +333,14 @@ NORMOPT_HD int rescue_exponent(Acc x) {
   return e < 0 ? 0 : (e > top ? top : e);
 }
 
+// Statistics of `count` zeros: the implicit zeros of a sparse gradient,
+// which nothing reads.
+template <typename Acc>
+NORMOPT_HD NormStats<Acc> zero_stats(int64_t count) {
+  const Acc zero(0);
+  return from_block_sums<Acc>(count, zero, zero, zero, zero, zero, zero);
+}
+
 // The norm needs the rescue pass: it is not finite. (The pass then reads
 // max|g|; if that is not finite either, an element is inf or NaN and the
 // plain norm stands.)
@@ -375,16 +383,20 @@ NORMOPT_HD NormStats<Acc> serial_scaled_stats(const Load& load, int64_t n,
   return from_block_sums<Acc>(n, s_abs, s_sq, mx, mn, total, centered);
 }
 
-// The norm of n elements `load(i)` whose plain norm is `norm`, with max|g| =
+// The norm of n elements `load(i)` and `zeros` more zeros (a sparse
+// gradient's absent rows) whose plain norm is `norm`, with max|g| =
 // `max_abs`: `norm` itself unless needs_rescue(norm) and max_abs is finite,
-// else rescued_norm over serial_scaled_stats.
+// else rescued_norm over serial_scaled_stats merged with zero_stats.
 template <typename Acc, typename Load>
 NORMOPT_HD Acc serial_rescue(NormKind kind, Acc norm, Acc max_abs,
-                             const Load& load, int64_t n, Acc eps) {
+                             const Load& load, int64_t n, Acc eps,
+                             int64_t zeros = 0) {
   if (!needs_rescue(norm) || !is_finite(max_abs)) return norm;
   const int k = rescue_exponent(max_abs);
-  const NormStats<Acc> s = serial_scaled_stats<Acc>(
-      load, n, pow2<Acc>(-k), (stats_needed(kind) & kStatMoments) != 0);
+  const NormStats<Acc> s = merge_stats(
+      serial_scaled_stats<Acc>(load, n, pow2<Acc>(-k),
+                               (stats_needed(kind) & kStatMoments) != 0),
+      zero_stats<Acc>(zeros));
   return rescued_norm(kind, s, k, eps);
 }
 

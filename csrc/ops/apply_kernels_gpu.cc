@@ -1,7 +1,8 @@
 // GPU kernel of NormoptApply: ApplyOp (apply_op.h) with the CUDA launcher.
 //
 // The CPU kernel's validation and variable locking (copy-on-write on the
-// device), then on the op's stream: one upload of the launch tables (the
+// device), then on the op's stream (a sparse gradient's rows read in place,
+// its absent rows as zeros: launch_tables_gpu.h, GradChunkTable): one upload of the launch tables (the
 // gradient and state pointers, the chunk table and the rule's args), the
 // scales and the gradients' L2 norms (2 launches for a built-in norm, 3 for
 // precomputed norms) and one launch of the rule's apply kernel, which writes
@@ -31,15 +32,9 @@ class ApplyOnDevice<GpuDevice, T> {
     return PrepareOnGpu(ctx, tensor);
   }
 
-  // Sparse gradients (rows and indices) are read by the CPU kernel only; the
-  // Python side densifies them for a GPU variable.
-  absl::Status BeforeLock(tensorflow::OpKernelContext*,
-                          const ApplyStep<T>& step) {
-    if (step.in.grads.any_sparse) {
-      return absl::UnimplementedError(
-          "normopt: the GPU kernel of NormoptApply takes dense gradients "
-          "only ('sparse' must be empty)");
-    }
+  // Nothing before the lock: the launch tables (with a sparse gradient's
+  // rows, GradChunkTable) are built in Run.
+  absl::Status BeforeLock(tensorflow::OpKernelContext*, const ApplyStep<T>&) {
     return absl::OkStatus();
   }
 
@@ -65,7 +60,8 @@ class ApplyOnDevice<GpuDevice, T> {
         normopt_cuda_apply(
             dtype, rule, launch.template Pointers<void>(state), step.n,
             launch.grads(), launch.sizes(), launch.chunk_tensor(),
-            launch.chunk_start(), launch.first_chunk(), launch.num_chunks(),
+            launch.chunk_start(), launch.chunk_grad(), launch.first_chunk(),
+            launch.num_chunks(),
             kGpuChunkElems, scales.data(), in.decay->data(),
             launch.template Array<double>(args),
             bytes > 0 ? workspace.data() : nullptr, launch.stream()),

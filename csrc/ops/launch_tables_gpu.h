@@ -157,6 +157,28 @@ class LaunchTables {
   tensorflow::Tensor on_device_;
 };
 
+// The chunk table of a gradient list: build_chunk_table, or with sparse
+// gradients (GradList::AddRows) build_sparse_chunk_table over their sorted
+// rows, which the kernels read in place (the values stay on the device; the
+// indices are host memory inputs).
+template <typename T>
+cuda::ChunkTable GradChunkTable(const GradList<T>& grads) {
+  if (!grads.any_sparse) {
+    return cuda::build_chunk_table(grads.sizes.data(), grads.size(),
+                                   kGpuChunkElems);
+  }
+  std::vector<cuda::SparseRows> sparse(grads.size());
+  for (int i = 0; i < grads.size(); ++i) {
+    if (!grads.sparse[i]) continue;
+    sparse[i].row_elems = grads.row_elems[i];
+    sparse[i].rows = grads.present_rows[i].data();
+    sparse[i].value_row = grads.value_row[i].data();
+    sparse[i].count = static_cast<int64_t>(grads.present_rows[i].size());
+  }
+  return cuda::build_sparse_chunk_table(grads.sizes.data(), grads.size(),
+                                        kGpuChunkElems, sparse.data());
+}
+
 // One multi-tensor launch over a gradient list: its chunk table and the
 // device tables of the gradients; callers add their own pointer tables
 // (outputs, variables, slots) before Upload.
@@ -164,14 +186,14 @@ template <typename T>
 class GradLaunch {
  public:
   explicit GradLaunch(const GradList<T>& grads)
-      : n_(grads.size()),
-        chunks_(cuda::build_chunk_table(grads.sizes.data(), grads.size(),
-                                        kGpuChunkElems)) {
+      : n_(grads.size()), chunks_(GradChunkTable(grads)) {
     grads_ = tables_.Add(grads.data);
     sizes_ = tables_.Add(grads.sizes);
     chunk_tensor_ = tables_.Add(chunks_.tensor);
     chunk_start_ = tables_.Add(chunks_.start);
     first_chunk_ = tables_.Add(chunks_.first);
+    chunk_grad_ = tables_.Add(chunks_.grad);
+    zeros_ = tables_.Add(chunks_.zeros);
   }
 
   // A table of one device pointer per tensor (null entries allowed).
@@ -202,8 +224,9 @@ class GradLaunch {
         tensorflow::DT_INT8, tensorflow::TensorShape({bytes}), &workspace));
     return CudaStatus(
         normopt_cuda_norms(
-            dtype, tables_.At<const void* const>(grads_), sizes(), n_,
-            chunk_tensor(), chunk_start(), first_chunk(), num_chunks(),
+            dtype, tables_.At<const void* const>(grads_), sizes(), zeros(), n_,
+            chunk_tensor(), chunk_start(), chunk_grad(), first_chunk(),
+            num_chunks(),
             kGpuChunkElems, static_cast<int>(kind), static_cast<int>(mode),
             clipnorm, eps, workspace.data(), norms, scales, grad_norms,
             stream()),
@@ -285,6 +308,14 @@ class GradLaunch {
   const int64_t* first_chunk() const {
     return tables_.At<const int64_t>(first_chunk_);
   }
+  // Null unless the list has sparse gradients (tensor_list.cuh).
+  const int64_t* chunk_grad() const {
+    return chunks_.grad.empty() ? nullptr
+                                : tables_.At<const int64_t>(chunk_grad_);
+  }
+  const int64_t* zeros() const {
+    return chunks_.zeros.empty() ? nullptr : tables_.At<const int64_t>(zeros_);
+  }
   int64_t num_chunks() const {
     return static_cast<int64_t>(chunks_.tensor.size());
   }
@@ -294,7 +325,8 @@ class GradLaunch {
   int n_;
   cuda::ChunkTable chunks_;
   LaunchTables tables_;
-  size_t grads_, sizes_, chunk_tensor_, chunk_start_, first_chunk_;
+  size_t grads_, sizes_, chunk_tensor_, chunk_start_, first_chunk_,
+      chunk_grad_, zeros_;
   stream_executor::Stream* stream_ = nullptr;
 };
 

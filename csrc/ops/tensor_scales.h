@@ -135,10 +135,7 @@ NormStats<AccType<T>> GradChunkStats(const GradList<T>& grads, int64_t i,
   if (!grads.sparse[i]) return stats(grads.data[i] + begin, len);
   int64_t present = 0;
   const T* x = grads.PresentElements(i, begin, len, &present);
-  const Acc zero(0);
-  return merge_stats(
-      stats(x, present),
-      from_block_sums<Acc>(len - present, zero, zero, zero, zero, zero, zero));
+  return merge_stats(stats(x, present), zero_stats<Acc>(len - present));
 }
 
 // The rescue pass of norm_stats.h for tensor i (its chunks in `plan`, read

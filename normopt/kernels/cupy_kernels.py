@@ -13,6 +13,12 @@ for a unit or global norm, exclusions or adaptive clipping (`launch_scales`);
 a trust-ratio rule (`trust_ratio_rules`) 2 more: its apply kernel twice
 (phase 1 and 2) with normopt_trust_sums between them.
 
+`apply` also takes sparse gradients (`SparseRows`: rows of the dense
+gradient and their indices) at granularity "tensor" or "global": the
+kernels read the rows in place and the absent rows as zeros, which are never
+built (csrc/cuda/chunk_table.h, build_sparse_chunk_table). Their indices are
+read on the host, as the TF op's GPU kernel reads them from host memory.
+
 Compiler: `nvcc` when found, else NVRTC (CuPy's default, no jitify); set
 NORMOPT_CUPY_BACKEND=nvrtc|nvcc to choose. The tests compile both routes
 (tests/test_cuda_compile.py). CuPy passes -ftz=true on both: float32
@@ -34,7 +40,7 @@ import shutil
 import numpy as np
 
 from normopt.kernels import _args, _finalize
-from normopt.kernels.chunks import DEFAULT_CHUNK_SIZE, chunk_table
+from normopt.kernels.chunks import DEFAULT_CHUNK_SIZE, chunk_table, sparse_chunk_table
 
 try:
     import cupy as cp
@@ -160,12 +166,25 @@ def _launch(dtype, name, blocks, threads, args):
     kernels(dtype)[name]((int(blocks),), (int(threads),), args)
 
 
+class SparseRows(collections.namedtuple("SparseRows", "values indices")):
+    """A sparse gradient for `apply`: row k of `values` (a CuPy array of
+    shape [K, *variable.shape[1:]]) is row indices[k] of the dense gradient
+    (K ints, host or device, in any order, each at most once); every other
+    row of it is zero."""
+
+
 class TensorList:
     """Device-side description of a list of same-dtype CuPy arrays: pointer
     table, sizes and chunk table. Build once and pass as `plan=` to reuse it
-    across steps (benchmarks do); the arrays must stay alive and in place."""
+    across steps (benchmarks do); the arrays must stay alive and in place.
 
-    def __init__(self, arrays, chunk_size=DEFAULT_CHUNK_SIZE, dtype=None):
+    `shapes` (default: the arrays') are the dense tensors' shapes, which the
+    state arrays of `apply` have; `sparse` maps t to the indices of sparse
+    gradient t, whose array holds those rows of its dense tensor (SparseRows).
+    """
+
+    def __init__(self, arrays, chunk_size=DEFAULT_CHUNK_SIZE, dtype=None, shapes=None,
+                 sparse=None):
         _require()
         self.arrays = list(arrays)
         self.dtype = dtype or _args.common_dtype(self.arrays)
@@ -176,31 +195,56 @@ class TensorList:
                 if np.dtype(a.dtype).itemsize != 2:
                     raise TypeError("bfloat16 data must be passed as 2-byte (uint16) arrays")
         self.acc = np.float64 if self.dtype == "float64" else np.float32
-        self.sizes = np.array([a.size for a in self.arrays], dtype=np.int64)
-        self.table = chunk_table(self.sizes, chunk_size)
+        self.shapes = [tuple(a.shape) for a in self.arrays] if shapes is None else [
+            tuple(int(d) for d in shape) for shape in shapes]
+        self.sizes = np.array([int(np.prod(shape)) for shape in self.shapes], dtype=np.int64)
+        self.sparse = dict(sparse or {})
+        if self.sparse:
+            self.table = sparse_chunk_table(self.sizes, chunk_size, self._sparse_rows())
+        else:
+            self.table = chunk_table(self.sizes, chunk_size)
         self.num_chunks = int(self.table.tensor.size)
         pad = lambda x, dt: cp.asarray(x if x.size else np.zeros(1, dt))  # noqa: E731
         self.sizes_d = pad(self.sizes, np.int64)
         self.tensor_d = pad(self.table.tensor, np.int32)
         self.start_d = pad(self.table.start, np.int64)
         self.first_d = cp.asarray(self.table.first)
+        null = np.uintp(0)
+        self.grad_d = null if self.table.grad is None else pad(self.table.grad, np.int64)
+        self.zeros_d = null if self.table.zeros is None else pad(self.table.zeros, np.int64)
         self._tables = {}
         self._owners = []  # arrays behind the cached pointer tables
-        self.ptrs = self.pointers(self.arrays, "arrays")
+        self.ptrs = self.pointers(self.arrays, "arrays", [a.shape for a in self.arrays])
 
-    def pointers(self, arrays, what):
-        """Device table of data pointers of `arrays` (same shapes as this list),
-        cached so that a reused plan copies nothing to the device per step.
-        The plan keeps the arrays alive: a launch through the table must not
-        write into memory their owner has freed."""
+    def _sparse_rows(self):
+        """{t: (row_elems, host indices)} of the sparse gradients, each
+        checked against its dense shape."""
+        rows = {}
+        for t, indices in self.sparse.items():
+            shape, values = self.shapes[t], self.arrays[t]
+            indices = indices.get() if hasattr(indices, "get") else np.asarray(indices)
+            indices = np.asarray(indices, np.int64).reshape(-1)
+            if len(shape) < 1 or tuple(values.shape) != (indices.size, *shape[1:]):
+                raise ValueError(
+                    f"sparse gradient {t}: values of shape {tuple(values.shape)} and "
+                    f"{indices.size} indices do not make rows of a tensor of shape {shape}")
+            rows[t] = (int(np.prod(shape[1:])), indices)
+        return rows
+
+    def pointers(self, arrays, what, shapes=None):
+        """Device table of data pointers of `arrays` (of this list's dense
+        shapes, or `shapes`), cached so that a reused plan copies nothing to
+        the device per step. The plan keeps the arrays alive: a launch through
+        the table must not write into memory their owner has freed."""
         arrays = list(arrays)
         key = (what, tuple(b.data.ptr for b in arrays))
         if key in self._tables:
             return self._tables[key]
         if len(arrays) != len(self.arrays):
             raise ValueError(f"{what} has {len(arrays)} arrays, expected {len(self.arrays)}")
+        shapes = self.shapes if shapes is None else [tuple(s) for s in shapes]
         for i, (a, b) in enumerate(zip(self.arrays, arrays)):
-            if a.shape != b.shape or a.dtype != b.dtype:
+            if tuple(b.shape) != shapes[i] or a.dtype != b.dtype:
                 raise ValueError(f"{what}[{i}] differs from the list in shape or dtype")
             if not b.flags.c_contiguous:
                 raise ValueError(f"{what}[{i}] is not C-contiguous")
@@ -228,10 +272,19 @@ class TensorList:
         return min(max(self.num_chunks, 1), MAX_BLOCKS)
 
 
-def _plan(arrays, chunk_size, dtype, plan):
+def _plan(arrays, chunk_size, dtype, plan, shapes=None):
+    """`plan`, or the TensorList of `arrays`; SparseRows among them (`apply`
+    only, which gives the dense `shapes`) make a list with sparse gradients."""
     if plan is not None:
         return plan
-    return TensorList([cp.ascontiguousarray(a) for a in arrays], chunk_size, dtype)
+    sparse = {t: a.indices for t, a in enumerate(arrays) if isinstance(a, SparseRows)}
+    if sparse and shapes is None:
+        raise TypeError("sparse gradients (SparseRows) are taken by apply only")
+    if shapes is not None and len(shapes) != len(arrays):
+        raise ValueError(f"{len(arrays)} gradients for {len(shapes)} variables")
+    values = [a.values if isinstance(a, SparseRows) else a for a in arrays]
+    return TensorList([cp.ascontiguousarray(a) for a in values], chunk_size, dtype,
+                      shapes=shapes, sparse=sparse)
 
 
 def _chunk_stats(plan, code):
@@ -240,7 +293,7 @@ def _chunk_stats(plan, code):
     work = cp.empty(STATS_BYTES[acc_name] * max(plan.num_chunks, 1), dtype=cp.uint8)
     if plan.num_chunks:
         _launch(plan.dtype, "chunk_stats", plan.grid(), THREADS, (
-            plan.ptrs, plan.sizes_d, plan.tensor_d, plan.start_d,
+            plan.ptrs, plan.sizes_d, plan.tensor_d, plan.start_d, plan.grad_d,
             np.int64(plan.num_chunks), np.int64(plan.table.chunk_size),
             np.uint32(_finalize.stats_needed(code)), work))
     return work
@@ -254,7 +307,7 @@ def _finish(plan, work, code, mode, clipnorm, eps, grad_norms):
         _launch(plan.dtype, "finish", (n + FINISH_THREADS - 1) // FINISH_THREADS,
                 FINISH_THREADS, (work, plan.first_d, np.int32(n), np.int32(code),
                                  np.int32(_finalize.mode_code(mode)), plan.acc(clipnorm),
-                                 plan.acc(eps), plan.ptrs, plan.sizes_d,
+                                 plan.acc(eps), plan.ptrs, plan.sizes_d, plan.zeros_d,
                                  np.int32(DTYPE_CODE[plan.dtype]), norms, scales,
                                  np.uintp(0) if grad_norms is None else grad_norms))
     return norms, scales
@@ -277,8 +330,7 @@ GRANULARITIES = ("tensor", "unit", "global")
 UNIT_ROWS = 256  # rows of one unit_stats task
 
 
-def _units(array):
-    shape = np.shape(array)
+def _units(shape):
     return int(shape[-1]) if len(shape) >= 2 and shape[-1] > 1 else 1
 
 
@@ -296,17 +348,17 @@ def _norm_slots(plan, code, eps, granularity, kept, work, per_tensor):
             members = cp.asarray(np.array(kept, np.int32))
             _launch(plan.dtype, "global_finish", 1, 1, (
                 work, plan.first_d, members, np.int32(len(kept)), np.int32(code),
-                plan.acc(eps), plan.ptrs, plan.sizes_d, np.int32(DTYPE_CODE[plan.dtype]),
-                norms))
+                plan.acc(eps), plan.ptrs, plan.sizes_d, plan.zeros_d,
+                np.int32(DTYPE_CODE[plan.dtype]), norms))
         first[:n] = 1
         first[kept] = 0
         return norms, first, units
-    unit_tensors = [t for t in kept if granularity == "unit" and _units(plan.arrays[t]) > 1
+    unit_tensors = [t for t in kept if granularity == "unit" and _units(plan.shapes[t]) > 1
                     and plan.sizes[t] > 0]
     slots = 0
     for t in kept:
         first[t] = slots
-        units[t] = _units(plan.arrays[t]) if t in unit_tensors else 1
+        units[t] = _units(plan.shapes[t]) if t in unit_tensors else 1
         slots += int(units[t])
     first[[t for t in range(n) if t not in kept]] = slots
     norms = cp.empty(max(slots, 1), dtype=plan.acc)
@@ -368,6 +420,9 @@ def launch_scales(plan, kind="l2", mode="normalize", clipnorm=1.0, eps=1e-7, *,
         raise ValueError(f"unknown granularity {granularity!r}; expected one of "
                          f"{GRANULARITIES}")
     adaptive = mode == "adaptive"
+    if granularity == "unit" and plan.sparse:
+        raise ValueError("sparse gradients take granularity 'tensor' or 'global', not "
+                         "'unit'")
     if adaptive and weights is None:
         raise ValueError("mode 'adaptive' needs the variables (`weights`)")
     n = len(plan.arrays)
@@ -407,6 +462,8 @@ def _table(scales):
 
 
 def launch_scale(plan, scales, outs):
+    if plan.sparse:
+        raise ValueError("the scale kernel takes dense gradients only")
     if plan.num_chunks:
         _launch(plan.dtype, "scale", plan.grid(), THREADS, (
             plan.ptrs, plan.pointers(outs, "outs"), plan.sizes_d, plan.tensor_d,
@@ -427,7 +484,8 @@ def launch_apply(plan, rule, state_ptrs, scales, decay, *, lr, step=1, hyper=())
         return
     n = len(plan.arrays)
     common = (state_ptrs, np.int32(n), plan.ptrs, plan.sizes_d, plan.tensor_d,
-              plan.start_d, np.int64(plan.num_chunks), np.int64(plan.table.chunk_size),
+              plan.start_d, plan.grad_d, np.int64(plan.num_chunks),
+              np.int64(plan.table.chunk_size),
               *_table(scales), decay, plan.values(args))
     null = np.uintp(0)
     if rule not in trust_ratio_rules():
@@ -476,14 +534,18 @@ def apply(rule, weights, grads, slots, *, lr, step=1, hyper=(), decay=None, kind
           mode="normalize", clipnorm=1.0, eps=1e-7, chunk_size=DEFAULT_CHUNK_SIZE,
           dtype=None, plan=None, granularity="tensor", excluded=(), weight_eps=0.0):
     """One step of update rule `rule` on CuPy arrays, in place; `slots`
-    slot-major (one list per slot of the rule). Returns the per-tensor norms;
+    slot-major (one list per slot of the rule). A gradient may be a
+    SparseRows (granularity "tensor" or "global"): its norm is that of the
+    dense tensor it stands for, and a rule that keeps its state for a zero
+    gradient (sgd, adagrad) changes only its rows, besides decay. Returns
+    the per-tensor norms;
     with another granularity, exclusions or mode "adaptive" (clip factor
     `clipnorm`, weight norms of `weights` floored at `weight_eps`), the scale
     table of `launch_scales`."""
     _require()
     if rule not in rule_names():
         raise ValueError(f"unknown update rule {rule!r}; expected one of {rule_names()}")
-    plan = _plan(grads, chunk_size, dtype, plan)
+    plan = _plan(grads, chunk_size, dtype, plan, shapes=[w.shape for w in weights])
     if granularity == "tensor" and mode != "adaptive" and not excluded:
         n, s = launch_stats(plan, kind, mode, clipnorm, eps)
     else:

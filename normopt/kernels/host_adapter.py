@@ -48,7 +48,12 @@ class CupyOnHost:
         return [self._down(o, a).reshape(np.shape(a)) for o, a in zip(outs, arrays)]
 
     def apply(self, rule, weights, grads, slots, **kw):
-        g, dtype = self._up(grads)
+        """cupy_kernels.apply; a gradient may be a cupy_kernels.SparseRows
+        of NumPy values and indices."""
+        sparse = {i: g for i, g in enumerate(grads) if isinstance(g, cupy_kernels.SparseRows)}
+        g, dtype = self._up([g.values if i in sparse else g for i, g in enumerate(grads)])
+        g = [cupy_kernels.SparseRows(d, sparse[i].indices) if i in sparse else d
+             for i, d in enumerate(g)]
         w, _ = self._up(weights)
         dslots = [self._up(slot)[0] for slot in slots]
         n = cupy_kernels.apply(rule, w, g, dslots, dtype=dtype, **kw)

@@ -10,6 +10,11 @@
 //     -> the 7 merged statistics
 //   chunks CHUNK_SIZE N SIZE_0 ... SIZE_N-1
 //     -> "FIRST..." / "TENSOR..." / "START..." on three lines
+//   sparse_chunks CHUNK_SIZE N SIZE_0 ... SIZE_N-1, then per tensor
+//     ROW_ELEMS COUNT ROW_0 ... ROW_COUNT-1 VALUE_ROW_0 ... (ROW_ELEMS 0 and
+//     COUNT 0: dense)
+//     -> "FIRST..." / "TENSOR..." / "START..." / "GRAD..." / "ZEROS..." on
+//        five lines (build_sparse_chunk_table)
 //   names -> "NUM_KINDS ACCEPTED" (kNumNormKinds, accepted_norm_names(","))
 //   parse NAME -> "CODE STATS_NEEDED" (parse_norm_kind), or "unknown"
 // Numbers are printed with 17 significant digits (double accumulation);
@@ -43,6 +48,12 @@ Stats read_stats(std::istream& in) {
     *field = read_number(in);
   }
   return s;
+}
+
+template <typename V>
+void print_line(const V& values) {
+  for (auto v : values) std::printf("%lld ", static_cast<long long>(v));
+  std::printf("\n");
 }
 
 void print_stats(const Stats& s) {
@@ -91,12 +102,33 @@ int main() {
       for (auto& s : sizes) in >> s;
       const auto table =
           normopt::cuda::build_chunk_table(sizes.data(), n, chunk_size);
-      for (auto f : table.first) std::printf("%lld ", static_cast<long long>(f));
-      std::printf("\n");
-      for (auto t : table.tensor) std::printf("%d ", t);
-      std::printf("\n");
-      for (auto s : table.start) std::printf("%lld ", static_cast<long long>(s));
-      std::printf("\n");
+      print_line(table.first);
+      print_line(table.tensor);
+      print_line(table.start);
+    } else if (op == "sparse_chunks") {
+      long long chunk_size;
+      int n;
+      in >> chunk_size >> n;
+      std::vector<int64_t> sizes(n);
+      for (auto& s : sizes) in >> s;
+      std::vector<std::vector<int64_t>> rows(n), value_row(n);
+      std::vector<normopt::cuda::SparseRows> sparse(n);
+      for (int t = 0; t < n; ++t) {
+        in >> sparse[t].row_elems >> sparse[t].count;
+        rows[t].resize(sparse[t].count);
+        value_row[t].resize(sparse[t].count);
+        for (auto& r : rows[t]) in >> r;
+        for (auto& v : value_row[t]) in >> v;
+        sparse[t].rows = rows[t].data();
+        sparse[t].value_row = value_row[t].data();
+      }
+      const auto table = normopt::cuda::build_sparse_chunk_table(
+          sizes.data(), n, chunk_size, sparse.data());
+      print_line(table.first);
+      print_line(table.tensor);
+      print_line(table.start);
+      print_line(table.grad);
+      print_line(table.zeros);
     } else if (op == "names") {
       std::printf("%d %s\n", normopt::kNumNormKinds,
                   normopt::accepted_norm_names(",").c_str());

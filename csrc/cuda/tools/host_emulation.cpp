@@ -175,8 +175,9 @@ EMU_EXPORT void* emu_kernel(const char* name) {
 }
 
 EMU_EXPORT int emu_norms(int dtype, const void* const* tensors, const int64_t* sizes,
-              int num_tensors, const int32_t* chunk_tensor,
-              const int64_t* chunk_start, const int64_t* first_chunk,
+              const int64_t* zeros, int num_tensors, const int32_t* chunk_tensor,
+              const int64_t* chunk_start, const int64_t* chunk_grad,
+              const int64_t* first_chunk,
               int64_t num_chunks, int64_t chunk_size, int kind, int mode,
               double clipnorm, double eps, void* norms, void* scales,
               void* grad_norms) {
@@ -189,14 +190,14 @@ EMU_EXPORT int emu_norms(int dtype, const void* const* tensors, const int64_t* s
     if (num_chunks > 0) {
       launch(grid_for(num_chunks), kThreads, [&] {
         Entry<T>::chunk_stats(reinterpret_cast<const T* const*>(tensors), sizes,
-                              chunk_tensor, chunk_start, num_chunks, chunk_size,
-                              needed, stats.data());
+                              chunk_tensor, chunk_start, chunk_grad, num_chunks,
+                              chunk_size, needed, stats.data());
       });
     }
     if (num_tensors > 0) {
       launch((num_tensors + kFinishThreads - 1) / kFinishThreads, kFinishThreads, [&] {
         Entry<T>::finish(stats.data(), first_chunk, num_tensors, kind, mode,
-                         A(clipnorm), A(eps), tensors, sizes, dtype,
+                         A(clipnorm), A(eps), tensors, sizes, zeros, dtype,
                          static_cast<A*>(norms),
                          static_cast<normopt::TensorScale<A>*>(scales),
                          static_cast<A*>(grad_norms));
@@ -229,10 +230,10 @@ EMU_EXPORT int emu_scale(int dtype, const void* const* grads, void* const* outs,
 EMU_EXPORT int emu_apply(int dtype, const char* rule, void* const* state,
                          int num_tensors, const void* const* grads,
                          const int64_t* sizes, const int32_t* chunk_tensor,
-                         const int64_t* chunk_start, const int64_t* first_chunk,
-                         int64_t num_chunks, int64_t chunk_size,
-                         const void* scales, const void* decay,
-                         const double* args) {
+                         const int64_t* chunk_start, const int64_t* chunk_grad,
+                         const int64_t* first_chunk, int64_t num_chunks,
+                         int64_t chunk_size, const void* scales,
+                         const void* decay, const double* args) {
   normopt::RuleId id;
   if (!normopt::parse_rule(rule, &id)) return -1;
   const auto emulate = [](unsigned grid, unsigned block, auto kernel,
@@ -248,7 +249,7 @@ EMU_EXPORT int emu_apply(int dtype, const char* rule, void* const* state,
         emulate, id, grid_for(num_chunks), kFinishThreads,
         reinterpret_cast<T* const*>(state), num_tensors,
         reinterpret_cast<const T* const*>(grads), sizes, chunk_tensor,
-        chunk_start, first_chunk, num_chunks, chunk_size,
+        chunk_start, chunk_grad, first_chunk, num_chunks, chunk_size,
         static_cast<const normopt::TensorScale<A>*>(scales), nullptr, nullptr,
         static_cast<const A*>(decay), args, workspace.data());
   });
