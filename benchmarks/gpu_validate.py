@@ -7,7 +7,8 @@ One command on a machine with a GPU, CuPy and Numba-CUDA:
 1. parity of every kernel (norms for all kinds, scale in both modes, every
    update rule of csrc/normopt/update_rules.h through the generic apply,
    SGD/momentum/nesterov, Adam/amsgrad/AdamW; on CuPy also unit-wise and
-   global norms, exclusions and adaptive clipping), through CuPy (csrc/cuda
+   global norms, exclusions and adaptive clipping, and every rule with
+   sparse gradients: rows and their indices), through CuPy (csrc/cuda
    compiled by cupy_kernels) and through Numba-CUDA (numba_cuda), against
    the NumPy float64 reference in tests/reference.py, across dtypes, shapes
    (empty, 1, odd, 2^24 + 5) and lists of 1 to 1000 tensors;
@@ -93,6 +94,7 @@ class Config:
                                "list_30": many(30, 12)}
             self.update_cases = {"odd": [(3,), (0,), (13,)]}
             self.unit_case = (5, 20)  # a unit-wise tensor, added to each update case
+            self.sparse_case = ([(10, 3), (6, 5), (4,)], {0: [7, 2, 9, 0], 1: []})
             self.elements = 4096
             self.list_lengths = (1, 10, 40)
             self.dtypes = ("float32", "float16", "float64")
@@ -107,6 +109,11 @@ class Config:
             self.update_cases = {"odd": [(3,), (7, 13), (1001,), (0,), (65537,)],
                                  "list_100": many(100, MANY_MAX)}
             self.unit_case = (600, 300)  # several unit blocks and row blocks
+            # (dense shapes, {i: listed rows}): rows across chunks, runs of
+            # absent rows longer than a default chunk, none listed
+            self.sparse_case = ([(5000, 64), (700, 3), (1001,), (40, 9)],
+                                {0: [4999, 3, 2500, 17, 18], 1: list(range(699, 0, -2)),
+                                 3: []})
             self.elements = args.elements
             self.list_lengths = (1, 10, 1000)
             self.dtypes = ("float32", "float16", "bfloat16", "float64")
@@ -364,6 +371,11 @@ def parity(backend, cfg, records):
                             record("granularity", dtype, case, chunk, f"{wrapper}-{granularity}",
                                    granularity_error(K, shapes + [cfg.unit_case], dtype,
                                                      wrapper, granularity, kw))
+            if backend.name == "cupy":  # numba_cuda takes dense gradients only
+                shapes, rows = cfg.sparse_case
+                for rule in R.RULE_SLOTS:
+                    record("sparse", dtype, "sparse", chunk, rule,
+                           rule_error(K, rule, shapes, dtype, kw, sparse=rows))
 
 
 def sgd_error(K, shapes, dtype, mu, nesterov, kw, steps=2):
@@ -409,9 +421,12 @@ def adam_error(K, shapes, dtype, amsgrad, wd, kw, steps=2):
     return err
 
 
-def rule_error(K, rule, shapes, dtype, kw, steps=2):
+def rule_error(K, rule, shapes, dtype, kw, steps=2, sparse=None):
     """Every update rule through the generic apply, against reference.rule_step
-    (float64) from the state the kernel stored, decay on, clip mode."""
+    (float64) from the state the kernel stored, decay on, clip mode; with
+    `sparse` ({i: rows}) gradient i given as those rows only, against the
+    dense gradient they stand for (helpers.sparse_gradients)."""
+    import helpers
     import numpy as np
     import reference as R
 
@@ -419,14 +434,16 @@ def rule_error(K, rule, shapes, dtype, kw, steps=2):
     slots = [[np.zeros_like(w) for w in weights] for _ in R.RULE_SLOTS[rule]]
     err = 0.0
     for step in range(1, steps + 1):
-        grads = arrays_for(shapes, dtype, seed=30 + step)
+        grads = given = arrays_for(shapes, dtype, seed=30 + step)
+        if sparse:
+            grads, given = helpers.sparse_gradients(grads, sparse)
         hyper = R.RULE_HYPER[rule]
         if rule == "nadam":
             hyper = hyper + (R.nadam_u_product(hyper[0], step),)
         want = [R.rule_step(rule, w, [q[i] for q in slots], R.transform(g, "l2", "clip", 1.5),
                             0.0625, step, hyper, wd=0.0625)
                 for i, (w, g) in enumerate(zip(weights, grads))]
-        K.apply(rule, weights, grads, slots, lr=0.0625, step=step, hyper=hyper, decay=0.0625,
+        K.apply(rule, weights, given, slots, lr=0.0625, step=step, hyper=hyper, decay=0.0625,
                 kind="l2", mode="clip", clipnorm=1.5, eps=1e-7, **kw)
         for i, (new_w, new_slots) in enumerate(want):
             err = max(err, max_rel_err(weights[i], new_w, dtype))

@@ -93,3 +93,24 @@ def _unfused_sgd():
 def unfused_inner(learning_rate=1e-3):
     """An inner optimizer without a fused rule (the fused_scale path)."""
     return _unfused_sgd()(learning_rate)
+
+
+def sparse_gradients(grads, sparse):
+    """(dense, given): `grads` with every row of gradient i outside the
+    indices sparse[i] zeroed, and what K.apply takes for them: a
+    cupy_kernels.SparseRows of those rows (in the order of the indices) for
+    each i of `sparse`, the other gradients as they are."""
+    from normopt.kernels.cupy_kernels import SparseRows
+
+    dense, given = [], []
+    for i, g in enumerate(grads):
+        if i not in sparse:
+            dense.append(g)
+            given.append(g)
+            continue
+        indices = np.asarray(sparse[i], np.int64)
+        d = np.zeros_like(g)
+        d[indices] = g[indices]
+        dense.append(d)
+        given.append(SparseRows(np.ascontiguousarray(g[indices]), indices))
+    return dense, given

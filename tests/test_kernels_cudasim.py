@@ -93,7 +93,7 @@ if not SIMULATOR:
         assert result["tensorflow_imported"] is False
         assert {r["backend"] for r in result["parity"]} == {"cupy"}
         assert {r["op"] for r in result["parity"]} == {"norms", "scale", "sgd", "adam", "rule",
-                                                       "granularity"}
+                                                       "granularity", "sparse"}
         assert all(r["ok"] for r in result["parity"])
         assert result["backends"]["cupy"]["launches"] == {"1": 3, "10": 3, "40": 3}
         assert result["backends"]["cupy"]["bitwise_identical"] is True

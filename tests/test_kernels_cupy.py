@@ -277,7 +277,7 @@ def test_cupy_sparse_norms_rescued_and_global(K):
     reads its rows and counts its zeros, so its norms are the dense
     gradient's; a global norm over sparse and dense gradients likewise."""
     import reference as R
-    from test_kernels_numba import sparse_gradients
+    from helpers import sparse_gradients
 
     rng = np.random.default_rng(0)
     grads = [np.full((10, 4), 3e37, np.float32), rng.standard_normal((6, 2)).astype(np.float32),

@@ -25,7 +25,7 @@ import pytest
 
 import reference as R
 from conftest import covering
-from helpers import TOL
+from helpers import TOL, sparse_gradients
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHUNK = 8  # tiny chunks so small tensors cross chunk boundaries
@@ -376,27 +376,6 @@ def _rule_decay(decay, count):
 # csrc/normopt/update_rules.h): a sparse gradient's absent rows keep their
 # slots exactly.
 KEEPS_STATE_RULES = ("sgd", "adagrad")
-
-
-def sparse_gradients(grads, sparse):
-    """(dense, given): `grads` with every row of gradient i outside the
-    indices sparse[i] zeroed, and what K.apply takes for them: a
-    cupy_kernels.SparseRows of those rows (in the order of the indices) for
-    each i of `sparse`, the other gradients as they are."""
-    from normopt.kernels.cupy_kernels import SparseRows
-
-    dense, given = [], []
-    for i, g in enumerate(grads):
-        if i not in sparse:
-            dense.append(g)
-            given.append(g)
-            continue
-        indices = np.asarray(sparse[i], np.int64)
-        d = np.zeros_like(g)
-        d[indices] = g[indices]
-        dense.append(d)
-        given.append(SparseRows(np.ascontiguousarray(g[indices]), indices))
-    return dense, given
 
 
 def check_rule(K, rule, shapes, dtype, *, kind="l2", mode="normalize", decay=True, steps=3,

@@ -21,9 +21,11 @@ only): then `norms` (Tensor[N] of acc) holds the norms to use. The norms are
 defined in csrc/normopt/norm_stats.h, the update rules in
 csrc/normopt/update_rules.h.
 
-`apply` also takes tf.IndexedSlices gradients (CPU variables, granularity
-"tensor" or "global"): the op reads their deduplicated rows and indices
-(`sparse_rows`) as the dense tensor they stand for, without building it.
+`apply` also takes tf.IndexedSlices gradients (granularity "tensor" or
+"global"; on a GPU "tensor"): the op reads their deduplicated rows and
+indices (`sparse_rows`) as the dense tensor they stand for, without building
+it. The GPU kernel reads the indices from host memory (a copy from the
+device, which waits for the deduplication).
 
 The ops that scale also return `grad_norms` (Tensor[N] of acc): the L2 norm
 sqrt(sum g_i^2) of every gradient as given, from the statistics the op reads

@@ -7,11 +7,11 @@ variables and iteration counter hold all state, so a model can switch between
 paths (or be saved under one and loaded under another) at any step.
 
 A sparse (tf.IndexedSlices) gradient takes the fused path under every
-fused rule. The CPU op reads its deduplicated rows as the dense tensor they
-stand for, without building it (`op_gradient`), and under SGD and Adagrad,
-whose Keras updates write only the indexed rows, updates only those
-(keras_adapters.INDEXED_SLICES). For a GPU variable, or granularity "unit",
-a rule that moves every row gets it scattered once into that dense tensor
+fused rule. The op (its CPU and its GPU kernel) reads its deduplicated rows
+as the dense tensor they stand for, without building it (`op_gradient`), and
+under SGD and Adagrad, whose Keras updates write only the indexed rows,
+updates only those (keras_adapters.INDEXED_SLICES). At granularity "unit" a
+rule that moves every row gets it scattered once into that dense tensor
 (`dense_gradient`); SGD and Adagrad there, and an inner optimizer without a
 fused rule, keep the pure-TF path, which keeps it sparse.
 """
@@ -182,8 +182,8 @@ def _sparse_blockers(kernel, grads, variables, granularity):
     """Why IndexedSlices gradients keep this step off the compiled path:
     with no fused update at all (the scale-only op would hand the inner
     optimizer a dense gradient), or under a rule whose Keras update writes
-    only the indexed rows where the op cannot read rows (a GPU variable,
-    granularity "unit"; keras_adapters.INDEXED_SLICES)."""
+    only the indexed rows where the op cannot read rows (granularity "unit";
+    keras_adapters.INDEXED_SLICES)."""
     sparse = [v.name for g, v in zip(grads, variables) if isinstance(g, tf.IndexedSlices)]
     if not sparse:
         return []
@@ -199,30 +199,27 @@ def _sparse_blockers(kernel, grads, variables, granularity):
         return [f"{which} sparse (IndexedSlices) and the {kernel} rule has no "
                 "entry in keras_adapters.INDEXED_SLICES"]
     if writes == keras_adapters.INDEXED_ROWS:
-        elsewhere = [v for g, v in zip(grads, variables) if isinstance(g, tf.IndexedSlices)
-                     and not _op_reads_rows(v, granularity)]
-        if elsewhere:
-            off_cpu = sorted({device_type(v) for v in elsewhere} - {"CPU"})
-            where = f"variables on {', '.join(off_cpu)}" if off_cpu else "granularity 'unit'"
+        if not _op_reads_rows(granularity):
             return [
                 f"{which} sparse (IndexedSlices) and Keras's {kernel} update "
-                f"touches only the indexed rows, which the op reads on the CPU "
-                f"at granularity 'tensor' or 'global' only, not with {where}: "
-                "the pure-TF path keeps it sparse"
+                "touches only the indexed rows, which the op reads at "
+                "granularity 'tensor' or 'global' only, not 'unit': the "
+                "pure-TF path keeps it sparse"
             ]
     return []
 
 
-def _op_reads_rows(variable, granularity):
-    """Whether the op reads a sparse gradient's rows (fused.sparse_rows):
-    for a CPU variable at granularity "tensor" or "global"."""
-    return granularity != "unit" and device_type(variable) == "CPU"
+def _op_reads_rows(granularity):
+    """Whether the op reads a sparse gradient's rows (fused.sparse_rows): at
+    granularity "tensor" or "global", on either device (the GPU kernel takes
+    per-tensor norms only, `optimizers` keeps other steps off it)."""
+    return granularity != "unit"
 
 
 def op_gradient(grad, variable, scaling):
     """`grad` as the fused update op takes it: an IndexedSlices stays sparse
     where the op reads rows (`_op_reads_rows`), else `dense_gradient`."""
-    if isinstance(grad, tf.IndexedSlices) and _op_reads_rows(variable, scaling.granularity):
+    if isinstance(grad, tf.IndexedSlices) and _op_reads_rows(scaling.granularity):
         return grad
     return dense_gradient(grad, variable)
 

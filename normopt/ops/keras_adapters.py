@@ -301,26 +301,26 @@ class ScheduleFreeAdamWAdapter(Adapter):
 # Keras's own update_step does with one (tests/test_keras_adapters.py checks
 # the table against the installed Keras). Either way the gradient stands for
 # its dense tensor, duplicate indices summed, and its norm is that tensor's;
-# on the CPU (granularity "tensor" or "global") the fused op reads the
-# deduplicated rows and their indices and never builds that tensor
+# at granularity "tensor" or "global" the fused op (CPU or GPU kernel) reads
+# the deduplicated rows and their indices and never builds that tensor
 # (fused.sparse_rows).
 #
 #   EVERY_ROW     Keras's update reads and writes every element anyway (a
 #                 slot decays everywhere: Adam's m and v, RMSprop's
 #                 velocity, ...; its ops turn g into the dense tensor it
 #                 stands for), so the op runs the rule on every element,
-#                 zeros where g has no row. On a GPU, or per unit, g is
-#                 scattered once into zeros first (fused_step.op_gradient).
+#                 zeros where g has no row. Per unit, g is scattered once
+#                 into zeros first (fused_step.op_gradient).
 #   INDEXED_ROWS  Keras's update writes only the indexed rows (SGD:
 #                 w.scatter_sub(lr g); Adagrad: acc.scatter_add(g^2), then
 #                 w.scatter_sub(lr g / sqrt(acc + eps)) on the same rows,
 #                 although it forms sqrt(acc + eps) over the whole table).
 #                 The rule keeps w and its slots for a zero gradient
 #                 (kZeroGradientKeepsState in csrc/normopt/update_rules.h),
-#                 so the CPU op updates the present rows only (every row
-#                 where the variable decays, as Keras's decay does). On a
-#                 GPU, or per unit, the step stays on the pure-TF path, which
-#                 keeps g sparse end to end: a dense g there would cost reads
+#                 so the op updates the present rows only (every row where
+#                 the variable decays, as Keras's decay does). Per unit,
+#                 the step stays on the pure-TF path, which keeps g
+#                 sparse end to end: a dense g there would cost reads
 #                 and writes of every row against k rows (normalized SGD, 64
 #                 columns, 4096 indices, on 2 CPU cores: 1.1x the sparse step
 #                 at 50000 rows and 6x at 400000 rows).
