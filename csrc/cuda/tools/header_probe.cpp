@@ -94,26 +94,15 @@ int main() {
       const Stats a = read_stats(in);
       const Stats b = read_stats(in);
       print_stats(normopt::merge_stats(a, b));
-    } else if (op == "chunks") {
-      long long chunk_size;
-      int n;
-      in >> chunk_size >> n;
-      std::vector<int64_t> sizes(n);
-      for (auto& s : sizes) in >> s;
-      const auto table =
-          normopt::cuda::build_chunk_table(sizes.data(), n, chunk_size);
-      print_line(table.first);
-      print_line(table.tensor);
-      print_line(table.start);
-    } else if (op == "sparse_chunks") {
+    } else if (op == "chunks" || op == "sparse_chunks") {
       long long chunk_size;
       int n;
       in >> chunk_size >> n;
       std::vector<int64_t> sizes(n);
       for (auto& s : sizes) in >> s;
       std::vector<std::vector<int64_t>> rows(n), value_row(n);
-      std::vector<normopt::cuda::SparseRows> sparse(n);
-      for (int t = 0; t < n; ++t) {
+      std::vector<normopt::cuda::SparseRows> sparse(n);  // "chunks": all dense
+      for (int t = 0; op == "sparse_chunks" && t < n; ++t) {
         in >> sparse[t].row_elems >> sparse[t].count;
         rows[t].resize(sparse[t].count);
         value_row[t].resize(sparse[t].count);
@@ -122,13 +111,19 @@ int main() {
         sparse[t].rows = rows[t].data();
         sparse[t].value_row = value_row[t].data();
       }
-      const auto table = normopt::cuda::build_sparse_chunk_table(
-          sizes.data(), n, chunk_size, sparse.data());
+      const auto table =
+          op == "chunks"
+              ? normopt::cuda::build_chunk_table(sizes.data(), n, chunk_size)
+              : normopt::cuda::build_sparse_chunk_table(sizes.data(), n,
+                                                        chunk_size,
+                                                        sparse.data());
       print_line(table.first);
       print_line(table.tensor);
       print_line(table.start);
-      print_line(table.grad);
-      print_line(table.zeros);
+      if (op == "sparse_chunks") {
+        print_line(table.grad);
+        print_line(table.zeros);
+      }
     } else if (op == "names") {
       std::printf("%d %s\n", normopt::kNumNormKinds,
                   normopt::accepted_norm_names(",").c_str());
