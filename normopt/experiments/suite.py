@@ -60,7 +60,7 @@ MLP_SPECS = [
     OptimizerSpec("adam", 1e-3, "max"),
     # unit-wise normalized Adam and adaptive gradient clipping (AGC, its
     # defaults: clip_factor 0.01, eps 1e-3, l2 per unit) on Adam; the
-    # compiled op does per-tensor scaling only, so these two run in pure TF
+    # compiled op computes the unit norms (and AGC's weight norms) itself
     OptimizerSpec("adam", 1e-3, "l2", granularity="unit"),
     OptimizerSpec("adam", 1e-3, wrapper="adaptive_clip"),
 ]
