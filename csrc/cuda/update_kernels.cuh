@@ -116,9 +116,9 @@ __device__ __forceinline__ void scale_chunks(
 }
 
 // What the apply bodies read of chunk k: w = variable t's chunk, g its
-// gradient's (null: all zeros), s[q] its slot q's (slot-major table, as apply_rule_chunks
-// takes it), whether every pointer allows 16-byte accesses, the variable's
-// decay and where its scales start.
+// gradient's (null: all zeros), s[q] its slot q's (slot-major table, as
+// apply_rule_chunks takes it), whether every pointer allows 16-byte
+// accesses, the variable's decay and where its scales start.
 template <typename T, int K>
 struct ChunkState {
   T* w;
@@ -299,24 +299,6 @@ __device__ __forceinline__ void trust_update_chunks(
   }
 }
 
-// Decoupled decay alone, w -= w * wd * lr, on a chunk of n elements.
-template <typename T>
-__device__ __forceinline__ void decay_chunk(T* w, int64_t n, Acc<T> wd,
-                                            Acc<T> lr) {
-  constexpr int W = Pack<T>::kWidth;
-  for_each_in_chunk<W>(
-      n, aligned16(w),
-      [&](int64_t q) {
-        Pack<T> v = load_pack(w + q * W);
-#pragma unroll
-        for (int j = 0; j < W; ++j) {
-          v.v[j] = from_acc<T>(decayed<true>(to_acc(v.v[j]), wd, lr));
-        }
-        store_pack(w + q * W, v);
-      },
-      [&](int64_t i) { w[i] = from_acc<T>(decayed<true>(to_acc(w[i]), wd, lr)); });
-}
-
 // One step of a one-phase rule.
 template <typename T, typename Rule>
 __device__ __forceinline__ void apply_one_phase_chunks(
@@ -335,8 +317,13 @@ __device__ __forceinline__ void apply_one_phase_chunks(
     const ChunkState<T, K> cs =
         chunk_state<T, K>(k, state, num_tensors, grads, table, decay);
     if constexpr (kZeroGradientKeepsState<Rule>) {
-      if (cs.g == nullptr) {  // absent rows: only decayed
-        if (cs.wd != A(0)) decay_chunk<T>(cs.w, k.n, cs.wd, lr);
+      if (cs.g == nullptr) {  // absent rows: only decayed, no slot read
+        if (cs.wd != A(0)) {
+          visit_elements<T, 0, true>(k.n, aligned16(cs.w), cs.w, cs.s, nullptr,
+                                     [&](int64_t, A& wa, A*, A) {
+                                       wa = decayed<true>(wa, cs.wd, lr);
+                                     });
+        }
         continue;
       }
     }

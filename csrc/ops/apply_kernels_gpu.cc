@@ -2,12 +2,12 @@
 //
 // The CPU kernel's validation and variable locking (copy-on-write on the
 // device), then on the op's stream (a sparse gradient's rows read in place,
-// its absent rows as zeros: launch_tables_gpu.h, GradChunkTable): one upload of the launch tables (the
-// gradient and state pointers, the chunk table and the rule's args), the
-// scales and the gradients' L2 norms (2 launches for a built-in norm, 3 for
-// precomputed norms) and one launch of the rule's apply kernel, which writes
-// the variables and their slots in place (3 launches and a device workspace
-// for a trust-ratio rule). Scalar inputs live in host memory; `decay` and
+// its absent rows as zeros: launch_tables_gpu.h, GradChunkTable): one upload
+// of the launch tables (the gradient and state pointers, the chunk table and
+// the rule's args), the scales and the gradients' L2 norms (2 launches for a
+// built-in norm, 3 for precomputed norms) and one launch of the rule's apply
+// kernel, which writes the variables and their slots in place (3 launches
+// and a device workspace for a trust-ratio rule). Scalar inputs live in host memory; `decay` and
 // `norms` stay on the device.
 #if GOOGLE_CUDA
 
