@@ -1,6 +1,6 @@
 """The fused step on an embedding table's IndexedSlices gradient: the op
 reading the rows (the fused path) against the op given the densified
-gradient (fused_step.dense_gradient, what the fused path did before),
+gradient (tf_backend.dense_gradient, what the fused path did before),
 interleaved, in one run.
 
     python benchmarks/sparse_rows_ab.py [adam|sgd_momentum|rmsprop]
@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 import normopt
-from normopt.ops import fused_step
+from normopt.ops import tf_backend
 from sparse_table import INNERS, WIDTH, random_gradient, time_steps
 
 ROWS = 100_000
@@ -26,17 +26,17 @@ def make_step(inner_name, variant, rng):
     opt = normopt.NormalizedOptimizer(INNERS[inner_name](), "l2")
     table = keras.Variable(rng.normal(size=(ROWS, WIDTH)).astype("float32"))
     opt.build([table])
-    rows_gradient = fused_step.op_gradient
+    rows_gradient = tf_backend.op_gradient
 
     @tf.function
     def step(values, indices):
         # Traced once: the variant decides what the op is given.
         if variant == "dense":
-            fused_step.op_gradient = lambda g, v, s: fused_step.dense_gradient(g, v)
+            tf_backend.op_gradient = lambda g, v, e: tf_backend.dense_gradient(g, v)
         try:
             opt.apply([tf.IndexedSlices(values, indices, tf.constant([ROWS, WIDTH]))], [table])
         finally:
-            fused_step.op_gradient = rows_gradient
+            tf_backend.op_gradient = rows_gradient
 
     return opt, step
 

@@ -16,7 +16,7 @@ _EXPORTS = {
     "normalization_names": "normopt.normalizations",
     "register_normalization": "normopt.normalizations",
     "unregister_normalization": "normopt.normalizations",
-    "FusedPathUnavailable": "normopt.ops.fused_step",
+    "FusedPathUnavailable": "normopt.ops.step_plan",
     "AdaptiveClippedOptimizer": "normopt.optimizers",
     "ClippedOptimizer": "normopt.optimizers",
     "NormalizedOptimizer": "normopt.optimizers",
@@ -61,7 +61,7 @@ if not _started_as_cli():
         register_normalization,
         unregister_normalization,
     )
-    from normopt.ops.fused_step import FusedPathUnavailable  # noqa: E402,F401
+    from normopt.ops.step_plan import FusedPathUnavailable  # noqa: E402,F401
     from normopt.optimizers import (  # noqa: E402,F401
         AdaptiveClippedOptimizer,
         ClippedOptimizer,

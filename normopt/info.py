@@ -58,7 +58,7 @@ def collect():
         "op library note": status.get("note"),
         "op library reason": status["reason"],
         "compiled path under": "no strategy, " + ", ".join(importlib.import_module(
-            "normopt.ops.fused_step").FUSED_STRATEGIES),
+            "normopt.ops.step_plan").FUSED_STRATEGIES),
         "numba": package_version("numba"),
         "cupy": package_version("cupy"),
         "normalizations": ", ".join(normopt.normalization_names()),

@@ -1,4 +1,5 @@
-"""NormalizedOptimizer and ClippedOptimizer: Keras 3 optimizer wrappers.
+"""NormalizedOptimizer, ClippedOptimizer and AdaptiveClippedOptimizer:
+Keras 3 optimizer wrappers.
 
 For each gradient tensor g, with norm(g) one of `normopt.normalizations`:
 
@@ -7,81 +8,25 @@ For each gradient tensor g, with norm(g) one of `normopt.normalizations`:
                           g' = g                       otherwise
 
 then the inner optimizer's own update with g'. The inner optimizer owns every
-slot variable and the iteration counter; the wrapper only transforms the
-gradients (pure TF), or hands the whole step to a fused compiled op when one
-exists for the inner optimizer (see `normopt.ops.fused_step`).
+slot variable and the iteration counter (`normopt.keras_wrapper`). Each step
+runs a plan (`normopt.ops.step_plan`): the gradients scaled in keras.ops
+math (`normopt.ops.scale_math`) or by a compiled op, which may run the whole
+step (`normopt.ops.tf_backend`). Each wrapper kind says how it scales
+(`_scaling`: scale_math.Normalize, Clip or Adaptive).
 """
 
 import numbers
 import re
-import warnings
 
 import keras
 import tensorflow as tf
 from keras.src.utils import tracking
 
 from normopt import normalizations
-from normopt.ops import fused_step, keras_adapters, paths
-from normopt.ops.tf_reference import ADAPTIVE, CLIP, NORMALIZE, scale_gradients
+from normopt.keras_wrapper import InnerOptimizerWrapper, check_base_options, resolve_inner
+from normopt.ops import keras_adapters, scale_math, step_plan, tf_backend
 
-
-def _resolve_inner(optimizer):
-    if isinstance(optimizer, _GradientNormWrapper):
-        raise TypeError(
-            "The inner optimizer is already a normopt wrapper; wrap a plain "
-            "Keras optimizer instead."
-        )
-    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-        raise ValueError(
-            "The inner optimizer must not be a LossScaleOptimizer: the wrapper "
-            "would measure loss-scaled gradients. Put the loss scaling outside, "
-            "LossScaleOptimizer(NormalizedOptimizer(...)) (model.compile does "
-            "this itself under a mixed_float16 policy)."
-        )
-    if isinstance(optimizer, keras.optimizers.Optimizer):
-        return optimizer
-    if isinstance(optimizer, (str, dict)):
-        try:
-            resolved = keras.optimizers.get(optimizer)
-        except (ValueError, TypeError) as exc:
-            raise ValueError(
-                f"Could not build a Keras optimizer from {optimizer!r}: {exc}"
-            ) from None
-        if isinstance(resolved, keras.optimizers.Optimizer):
-            return resolved
-    raise TypeError(
-        "`optimizer` must be a Keras 3 optimizer instance (e.g. "
-        "keras.optimizers.Adam()) or an identifier keras.optimizers.get "
-        f"accepts (e.g. 'adam'); got {type(optimizer).__name__}: "
-        f"{optimizer!r}."
-    )
-
-
-def _replicas_in_sync():
-    """Replica count when apply() runs per replica under tf.distribute, else 1."""
-    if not tf.distribute.has_strategy() or tf.distribute.in_cross_replica_context():
-        return 1
-    return tf.distribute.get_strategy().num_replicas_in_sync
-
-
-def _all_finite(grads):
-    """One boolean: every element of every gradient is finite."""
-    checks = []
-    for g in grads:
-        values = g.values if isinstance(g, tf.IndexedSlices) else g
-        checks.append(tf.reduce_all(tf.math.is_finite(values)))
-    return tf.reduce_all(tf.stack(checks))
-
-
-GRANULARITIES = ("tensor", "unit", "global")
-
-
-def _check_granularity(granularity):
-    if granularity not in GRANULARITIES:
-        raise ValueError(
-            f"`granularity` must be one of {', '.join(map(repr, GRANULARITIES))}, "
-            f"got {granularity!r}."
-        )
+GRANULARITIES = step_plan.GRANULARITIES
 
 
 def _check_fused(fused):
@@ -90,121 +35,10 @@ def _check_fused(fused):
     return fused
 
 
-# Base-optimizer options that belong to the inner optimizer: the wrapper reads
-# and sets the inner optimizer's (`opt.weight_decay = 0.1` sets the inner's),
-# and refuses them as its own constructor arguments unless at their defaults
-# (as keras.optimizers.LossScaleOptimizer does).
-INNER_OPTIONS = {
-    "weight_decay": None,
-    "use_ema": False,
-    "ema_momentum": 0.99,
-    "ema_overwrite_frequency": None,
-    "gradient_accumulation_steps": None,
-}
-# Gradient clipping the wrapper would misread: it would clip the gradients the
-# wrapper then rescales. Refused on the wrapper (ClippedOptimizer's own
-# `clipnorm` is its threshold); the inner optimizer may clip its input.
-CLIP_OPTIONS = ("clipnorm", "clipvalue", "global_clipnorm")
-
-
-def _check_base_options(cls_name, kwargs):
-    """Refuses base-optimizer keyword arguments the wrapper must not take."""
-    for name, default in INNER_OPTIONS.items():
-        value = kwargs.pop(name, default)
-        if value != default:
-            raise ValueError(
-                f"{cls_name} does not take `{name}`: it belongs to the inner "
-                f"optimizer. Set it there, e.g. {cls_name}(keras.optimizers."
-                f"AdamW(..., {name}=...)); `wrapper.{name}` reads and sets the "
-                "inner optimizer's."
-            )
-    for name in CLIP_OPTIONS:
-        if kwargs.pop(name, None) is not None:
-            raise ValueError(_clip_refusal(cls_name, name))
-    if kwargs:
-        raise ValueError(f"Argument(s) not recognized: {kwargs}")
-
-
-def _clip_refusal(cls_name, name):
-    return (
-        f"{cls_name} does not support `{name}`: it would clip gradients that "
-        "the wrapper then rescales. Use ClippedOptimizer(optimizer, "
-        f"normalization, clipnorm=...) to clip by a norm, or set `{name}` on "
-        "the inner optimizer to clip the gradients it receives."
-    )
-
-
-def _inner_option(name):
-    """A property that reads and sets the inner optimizer's `name`."""
-
-    def get(self):
-        return getattr(self.inner_optimizer, name)
-
-    def set_(self, value):
-        # keras.Optimizer.__init__ assigns its defaults before the inner
-        # optimizer is attached: those are not the user's.
-        if "inner_optimizer" in self.__dict__:
-            setattr(self.inner_optimizer, name, value)
-
-    return property(get, set_, doc=f"The inner optimizer's `{name}`.")
-
-
-def _refused_option(name):
-    """A property that is None and refuses any other value."""
-
-    def get(self):
-        return None
-
-    def set_(self, value):
-        if value is not None:
-            raise ValueError(_clip_refusal(type(self).__name__, name))
-
-    return property(get, set_, doc=f"Always None: see `{name}` refusal.")
-
-
-def _unscale(grad, factor):
-    """grad / factor, keeping IndexedSlices sparse."""
-    if isinstance(grad, tf.IndexedSlices):
-        return tf.IndexedSlices(
-            grad.values / tf.cast(factor, grad.values.dtype),
-            grad.indices,
-            grad.dense_shape,
-        )
-    return grad / tf.cast(factor, grad.dtype)
-
-
-def _times(grad, factor):
-    """grad * factor, keeping IndexedSlices sparse."""
-    if isinstance(grad, tf.IndexedSlices):
-        return tf.IndexedSlices(grad.values * factor, grad.indices, grad.dense_shape)
-    return grad * factor
-
-
-def _replica_share(grad, replicas, first):
-    """What one of `replicas` replicas hands an inner optimizer that sums
-    the gradients across replicas again. Dense: 1/R of it (exact for a
-    power-of-two R). IndexedSlices: all of it on the first replica (`first`,
-    a boolean tensor), zero rows elsewhere: that sum concatenates the
-    slices, and 1/R shares would be duplicate rows, which Keras's nonlinear
-    updates (Adam's v += g^2, Adagrad's acc += g^2) square apart."""
-    if isinstance(grad, tf.IndexedSlices):
-        values = tf.where(first, grad.values, tf.zeros_like(grad.values))
-        return tf.IndexedSlices(values, grad.indices, grad.dense_shape)
-    return _unscale(grad, replicas)
-
-
-def _deduplicated(grad):
-    """An IndexedSlices with duplicate indices summed (others as they are)."""
-    if not isinstance(grad, tf.IndexedSlices):
-        return grad
-    values, indices = normalizations.deduplicate(grad)
-    return tf.IndexedSlices(values, indices, grad.dense_shape)
-
-
-class _GradientNormWrapper(keras.optimizers.Optimizer):
-    """Shared machinery of the two wrappers; `_mode` says which one."""
-
-    _mode = None
+class _GradientNormWrapper(InnerOptimizerWrapper):
+    """Shared machinery of the wrappers: configuration, exclusions, the step
+    (plan, then run it) and the recorded norms. A subclass says how it
+    scales in `_scaling()`."""
 
     def __init__(
         self,
@@ -217,31 +51,43 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
         granularity="tensor",
         **kwargs,
     ):
-        inner = _resolve_inner(optimizer)
+        inner = resolve_inner(optimizer, _GradientNormWrapper)
         normalizations.check_normalization(normalization)
-        _check_granularity(granularity)
-        if granularity != "tensor" and normalizations.custom_function(normalization):
-            raise ValueError(
-                f"The custom normalization {normalization!r} measures whole "
-                f"tensors: granularity={granularity!r} needs a built-in norm."
-            )
+        step_plan.check_granularity(
+            granularity, normalization, normalizations.custom_function(normalization) is not None)
         _check_fused(fused)
         if not isinstance(skip_nonfinite, bool):
             raise TypeError(
                 f"`skip_nonfinite` must be True or False, got {skip_nonfinite!r}."
             )
-        _check_base_options(type(self).__name__, kwargs)
-        super().__init__(
-            learning_rate=0.0, loss_scale_factor=loss_scale_factor, name=name
-        )
-        self.inner_optimizer = inner
+        check_base_options(type(self).__name__, kwargs)
+        super().__init__(inner, name=name, loss_scale_factor=loss_scale_factor)
         self.normalization = normalization
         self.granularity = granularity
         self.fused = fused
         self.skip_nonfinite = skip_nonfinite
         self.last_path = None
         if fused:
-            self._check_fused_possible()
+            # What is known already fails now (a kind's own arguments are
+            # not set yet: the plan reads only what its `_kind` says).
+            step_plan.check_construction(
+                self._settings(self._kind), inner, tf_backend.step_context(in_step=False))
+
+    # How this kind scales: a scale_math.Normalize, Clip or Adaptive class,
+    # and `_scaling()` the instance with this wrapper's current arguments.
+    _kind = scale_math.Normalize
+
+    def _scaling(self):
+        return self._kind()
+
+    def _settings(self, scaling=None):
+        return step_plan.Settings(
+            fused=self.fused,
+            normalization=self.normalization,
+            granularity=self.granularity,
+            scaling=scaling or self._scaling(),
+            custom=normalizations.custom_function(self.normalization) is not None,
+        )
 
     def exclude_from_normalization(self, var_list=None, var_names=None):
         """Leaves variables' gradients to the inner optimizer unchanged.
@@ -273,65 +119,6 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
         pattern = getattr(self, "_exclusion_pattern", None)
         return pattern is not None and pattern.search(variable.name) is not None
 
-    def _beyond_compiled(self, path, grads, variables):
-        """Why the compiled op cannot do this wrapper's scaling on `path`,
-        or None. The CPU op takes every granularity, exclusions and adaptive
-        clipping; adaptive clipping needs the variables (the update op, not
-        the scale-only one) and a built-in norm, a global norm one op call
-        (one dtype), and the op's GPU kernel per-tensor norms of every
-        gradient.
-        """
-        found = []
-        adaptive = self._mode == ADAPTIVE
-        if adaptive and path == paths.FUSED_SCALE:
-            found.append(
-                "adaptive clipping with an inner optimizer that has no fused "
-                "update (the scale-only op does not read the variables)"
-            )
-        if adaptive and normalizations.custom_function(self.normalization):
-            found.append("adaptive clipping with a custom normalization")
-        if self.granularity == "global" and len({g.dtype for g in grads}) > 1:
-            found.append("a global norm over gradients of several dtypes")
-        beyond_tensor = (
-            self.granularity != "tensor"
-            or adaptive
-            or any(self._is_excluded(v) for v in variables)
-        )
-        if beyond_tensor and any(
-            fused_step.device_type(v) == "GPU" for v in variables
-        ):
-            found.append(
-                "variables on a GPU (the TF op's GPU kernel takes per-tensor "
-                "norms of every gradient only)"
-            )
-        if not found:
-            return None
-        return "the compiled op cannot scale here: " + "; ".join(found)
-
-    def _scaling(self, variables):
-        """The fused_step.Scaling of this wrapper for `variables`."""
-        adaptive = self._mode == ADAPTIVE
-        return fused_step.Scaling(
-            normalization=self.normalization,
-            mode=self._mode,
-            clipnorm=self.clip_factor if adaptive else self._clipnorm_value(),
-            granularity=self.granularity,
-            excluded=frozenset(id(v) for v in variables if self._is_excluded(v)),
-            weight_eps=self.eps if adaptive else 0.0,
-        )
-
-    def _check_fused_possible(self):
-        """fused=True: fail at construction for what is known already."""
-        path = fused_step.choose_path(
-            True, self.normalization, self.inner_optimizer, [], [], in_step=False
-        )
-        beyond = self._beyond_compiled(path.name, [], [])
-        if beyond:
-            raise fused_step.FusedPathUnavailable(
-                f"fused=True but the compiled path cannot run: {beyond}. "
-                "Use fused=None to fall back to pure TensorFlow."
-            )
-
     # Registry access under the names users of the old Keras 2 wrapper know.
     @staticmethod
     def set_normalization_function(name, fn, override=False):
@@ -343,172 +130,8 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
         """Sorted names of all available normalizations."""
         return normalizations.normalization_names()
 
-    @tracking.no_automatic_dependency_tracking
-    def build(self, var_list):
-        # Always created, so the saved variable list does not depend on
-        # skip_nonfinite.
-        self.skipped_steps = self.add_variable(
-            shape=(),
-            dtype="int",
-            initializer="zeros",
-            aggregation="only_first_replica",
-            name="skipped_steps",
-        )
-        self.inner_optimizer.build(var_list)
-        # Not a Keras variable and not tracked: the recorded norms are no part
-        # of the saved optimizer state, so files keep their variable count.
-        self.__dict__["_gradient_norms"] = tf.Variable(
-            tf.zeros([len(var_list)], tf.float32),
-            trainable=False,
-            name="gradient_norms",
-            synchronization=tf.VariableSynchronization.ON_READ,
-            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
-        )
-        # keras.Optimizer.build would read the delegated use_ema and
-        # gradient_accumulation_steps and give the wrapper EMA and
-        # accumulator slots of its own: the inner optimizer holds those. The
-        # wrapper keeps only the variable index (for unknown-variable checks).
-        self._trainable_variables_indices = {
-            self._var_key(v): i for i, v in enumerate(var_list)
-        }
-        self._trainable_variables = list(var_list)
-        self.built = True
-
-    weight_decay = _inner_option("weight_decay")
-    use_ema = _inner_option("use_ema")
-    ema_momentum = _inner_option("ema_momentum")
-    ema_overwrite_frequency = _inner_option("ema_overwrite_frequency")
-    gradient_accumulation_steps = _inner_option("gradient_accumulation_steps")
-    clipnorm = _refused_option("clipnorm")
-    clipvalue = _refused_option("clipvalue")
-    global_clipnorm = _refused_option("global_clipnorm")
-
-    def exclude_from_weight_decay(self, var_list=None, var_names=None):
-        """The inner optimizer's `exclude_from_weight_decay`."""
-        self.inner_optimizer.exclude_from_weight_decay(
-            var_list=var_list, var_names=var_names
-        )
-
-    @property
-    def _model_variables_moving_average(self):
-        # keras.callbacks.SwapEMAWeights looks one level into a
-        # LossScaleOptimizer and finds the wrapper: point it at the EMA.
-        return keras_adapters.model_variables_moving_average(self.inner_optimizer)
-
-    @property
-    def variables(self):
-        return self._variables + self.inner_optimizer.variables
-
-    @property
-    def gradient_norms(self):
-        """L2 norm of each variable's raw gradient at the latest step.
-
-        A float32 vector, one entry per variable the optimizer was built
-        with (in that order, see `gradient_norm_names`): the gradient before
-        normalization or clipping, unscaled under loss scaling, after the
-        cross-replica sum; 0 for a variable whose gradient was None. None
-        before the optimizer is built. Not saved with the optimizer.
-        """
-        norms = self.__dict__.get("_gradient_norms")
-        return None if norms is None else tf.convert_to_tensor(norms)
-
-    @property
-    def gradient_norm_names(self):
-        """The paths of the variables `gradient_norms` refers to, in order."""
-        return [
-            getattr(v, "path", v.name) for v in getattr(self, "_trainable_variables", [])
-        ]
-
-    def _record_gradient_norms(self, grads, variables, measured=None):
-        """Stores the L2 norms of the raw gradients `grads` of `variables`.
-
-        `measured`: the norms the compiled op took from the statistics it
-        reads anyway (of the gradients unscaled), as parts (variables,
-        vector); the norms of gradients in no part are taken here in TF.
-        Ops per step: a cast (and a concat and a scatter where the parts do
-        not cover the variables in order) and the assign.
-        """
-        parts = list(measured or [])
-        covered = {self._var_key(v) for part, _ in parts for v in part}
-        rest = [(g, v) for g, v in zip(grads, variables) if self._var_key(v) not in covered]
-        if rest:
-            factor = self.inner_optimizer.loss_scale_factor
-            norms = []
-            for g, _ in rest:
-                norm = normalizations.tf_norm(g, "l2", eps=0.0)
-                if factor is not None:
-                    norm = norm / tf.cast(factor, norm.dtype)
-                norms.append(tf.cast(norm, tf.float32))
-            parts.append(([v for _, v in rest], tf.stack(norms)))
-        vectors = [tf.cast(vector, tf.float32) for _, vector in parts]
-        values = vectors[0] if len(vectors) == 1 else tf.concat(vectors, 0)
-        order = [self._var_key(v) for part, _ in parts for v in part]
-        keys = [self._var_key(v) for v in self._trainable_variables]
-        if order != keys:
-            # some variables had no gradient (0), or the parts are in another order
-            index = {k: i for i, k in enumerate(keys)}
-            values = tf.scatter_nd(
-                [[index[k]] for k in order], values, [len(keys)]
-            )
-        self._gradient_norms.assign(values)
-
-    def save_own_variables(self, store):
-        """Saves the wrapper's own variables only.
-
-        The inner optimizer is a child of the wrapper in a saved file and
-        saves its own state under `inner_optimizer/`.
-        """
-        for i, variable in enumerate(self._variables):
-            store[str(i)] = variable.numpy()
-
-    def load_own_variables(self, store):
-        if not self.built:
-            # The inner optimizer is not built either and says so itself.
-            return
-        own = self._variables
-        saved = len(store.keys())
-        # Files of normopt 0.1.0 hold the wrapper's variables followed by a
-        # copy of the inner optimizer's, which loads from inner_optimizer/.
-        legacy = len(own) + len(self.inner_optimizer.variables)
-        if saved in (len(own), legacy):
-            for i, variable in enumerate(own):
-                variable.assign(store[str(i)])
-            return
-        warnings.warn(
-            f"Skipping variable loading for optimizer '{self.name}', because "
-            f"it has {len(own)} variables whereas the saved optimizer has "
-            f"{saved} variables.",
-            stacklevel=2,
-        )
-
-    @property
-    def learning_rate(self):
-        return self.inner_optimizer.learning_rate
-
-    @learning_rate.setter
-    def learning_rate(self, learning_rate):
-        self.inner_optimizer.learning_rate = learning_rate
-
-    @property
-    def iterations(self):
-        return self.inner_optimizer.iterations
-
-    def _clipnorm_value(self):
-        return 1.0
-
-    def scale_loss(self, loss):
-        loss = self.inner_optimizer.scale_loss(loss)
-        if self.loss_scale_factor is not None:
-            loss = loss * self.loss_scale_factor
-        return loss
-
-    def finalize_variable_values(self, var_list):
-        self.inner_optimizer.finalize_variable_values(var_list)
-
-    def apply_gradients(self, grads_and_vars):
-        grads, trainable_variables = zip(*grads_and_vars)
-        self.apply(grads, trainable_variables)
-        return self.iterations
+    def _new_norms_variable(self, count):
+        return tf_backend.norms_variable(count)
 
     def apply(self, grads, trainable_variables=None):
         grads = list(grads)
@@ -533,53 +156,27 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
             self._check_variables_are_known(trainable_variables)
         # Keras's own rules: all None raises, some None warns.
         gs, vs = self._filter_empty_gradients(grads, trainable_variables)
-        factor = self.loss_scale_factor
-        if factor is not None:
+        if self.loss_scale_factor is not None:
             # Set on the wrapper (as keras.optimizers.MultiOptimizer does):
             # gradients of a loss scaled by scale_loss, unscaled before the
             # norm is measured.
-            gs = [
-                g if getattr(v, "overwrite_with_gradient", False) else _unscale(g, factor)
-                for g, v in zip(gs, vs)
-            ]
+            gs = tf_backend.unscale_all(gs, vs, self.loss_scale_factor)
         # Under tf.distribute the norm is that of the cross-replica sum: the
         # gradient of the global batch, as one replica would see it.
-        replicas = _replicas_in_sync()
+        replicas = tf_backend.replicas_in_sync()
         if replicas > 1:
-            gs = tf.distribute.get_replica_context().all_reduce(
-                tf.distribute.ReduceOp.SUM, gs
-            )
+            gs = tf_backend.all_reduce_sum(gs)
         with keras.name_scope(self.name, caller=self):
             if not self.skip_nonfinite:
                 self._record_gradient_norms(gs, vs, self._step(gs, vs, replicas))
                 return
-            # The step may not run: the norms are taken before it, in TF.
+            # The step may not run: the norms are taken before it.
             self._record_gradient_norms(gs, vs)
-            if replicas > 1:
-                # A cond whose branch calls merge_call (as the inner apply
-                # does) must run in cross-replica context.
-                tf.distribute.get_replica_context().merge_call(
-                    self._distributed_step_if_finite,
-                    args=(gs, vs, replicas, _all_finite(gs)),
-                )
-            else:
-                tf.cond(_all_finite(gs), lambda: self._finite_step(gs, vs), self._skip_step)
+            tf_backend.step_if_finite(
+                self._finite_step, self._skip_step, gs, (gs, vs, replicas), replicas)
 
-    def _distributed_step_if_finite(self, distribution, gs, vs, replicas, finite):
-        # Every replica holds the same all-reduced gradients, hence the same
-        # verdict: take the first.
-        finite = distribution.experimental_local_results(finite)[0]
-
-        def step():
-            distribution.extended.call_for_each_replica(
-                self._step, args=(gs, vs, replicas)
-            )
-            return tf.constant(True)
-
-        tf.cond(finite, step, self._skip_step)
-
-    def _finite_step(self, gs, vs):
-        self._step(gs, vs, 1)
+    def _finite_step(self, gs, vs, replicas):
+        self._step(gs, vs, replicas)
         return tf.constant(True)
 
     def _skip_step(self):
@@ -587,108 +184,65 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
         return tf.constant(False)
 
     def _step(self, gs, vs, replicas):
-        """One step on gradients already summed across replicas; returns the
-        L2 norms the compiled op measured (parts, `_record_gradient_norms`),
-        else None."""
+        """One step on gradients already summed across replicas: plan it,
+        run it. Returns the L2 norms the compiled op measured (parts,
+        `_record_gradient_norms`), else None."""
         inner = self.inner_optimizer
         keras_adapters.restore_unsaved_state(inner)
-        path = fused_step.choose_path(
-            self.fused, self.normalization, inner, gs, vs,
-            granularity=self.granularity,
-        )
-        beyond = (
-            self._beyond_compiled(path.name, gs, vs)
-            if path.name in paths.COMPILED
-            else None
-        )
-        if beyond:
-            if self.fused:
-                raise fused_step.FusedPathUnavailable(
-                    f"fused=True but the compiled path cannot run: {beyond}. "
-                    "Use fused=None to fall back to pure TensorFlow."
-                )
-            path = paths.StepPath(paths.TF, beyond)
-        self.last_path = path
-        if path.name in (paths.FUSED, paths.FUSED_TF_NORMS):
-            return fused_step.run_fused_update(inner, self._scaling(vs), gs, vs)
-        factor = inner.loss_scale_factor
-        if factor is not None:
-            # The inner optimizer unscales after us: measure the norm of the
-            # true gradient, then hand back a scaled result.
-            gs = [_unscale(g, factor) for g in gs]
-        # Gradients overwriting their variable, and excluded ones, pass.
-        keep = [
-            i
-            for i, v in enumerate(vs)
-            if not getattr(v, "overwrite_with_gradient", False)
-            and not self._is_excluded(v)
+        context = tf_backend.step_context(gs, vs, [self._is_excluded(v) for v in vs])
+        plan = step_plan.plan_step(self._settings(), inner, context)
+        self.last_path = plan.path
+        if plan.updates_variables:
+            return tf_backend.run_fused_update(inner, plan, gs, vs)
+        return tf_backend.run_inner_step(inner, plan, gs, vs, replicas)
+
+    @property
+    def gradient_norms(self):
+        """L2 norm of each variable's raw gradient at the latest step.
+
+        A float32 vector, one entry per variable the optimizer was built
+        with (in that order, see `gradient_norm_names`): the gradient before
+        normalization or clipping, unscaled under loss scaling, after the
+        cross-replica sum; 0 for a variable whose gradient was None. None
+        before the optimizer is built. Not saved with the optimizer.
+        """
+        norms = self.__dict__.get("_gradient_norms")
+        return None if norms is None else tf.convert_to_tensor(norms)
+
+    @property
+    def gradient_norm_names(self):
+        """The paths of the variables `gradient_norms` refers to, in order."""
+        return [
+            getattr(v, "path", v.name) for v in getattr(self, "_trainable_variables", [])
         ]
-        kept_gs = [gs[i] for i in keep]
-        kept_vs = [vs[i] for i in keep]
-        measured = None
-        if not keep:
-            scaled_kept = []
-        elif path.name == paths.FUSED_SCALE:
-            scaled_kept, measured = fused_step.run_fused_scale(
-                self._scaling([]), kept_gs, kept_vs
-            )
-            # (the op measured the kept gradients, unscaled; the others are
-            # measured in _record_gradient_norms)
-        else:
-            scaled_kept = scale_gradients(
-                kept_gs,
-                self.normalization,
-                self._mode,
-                self._clipnorm_value(),
-                granularity=self.granularity,
-                weights=kept_vs,
-                clip_factor=getattr(self, "clip_factor", None),
-                weight_eps=getattr(self, "eps", None),
-            )
-        # Excluded IndexedSlices go on as the dense tensor they stand for,
-        # as scaled ones do: duplicate indices summed (Keras's nonlinear
-        # updates, Adam's v += g^2, would square each duplicate row apart),
-        # so both paths give the numbers of that dense tensor.
-        scaled = [
-            _deduplicated(g)
-            if self._is_excluded(v) and not getattr(v, "overwrite_with_gradient", False)
-            else g
-            for g, v in zip(gs, vs)
-        ]
-        for i, s in zip(keep, scaled_kept):
-            scaled[i] = s
-        if factor is not None:
-            scaled = [_times(g, factor) for g in scaled]
-        if replicas > 1:
-            first = tf.equal(
-                tf.distribute.get_replica_context().replica_id_in_sync_group, 0
-            )
-            scaled = [_replica_share(g, replicas, first) for g in scaled]
-        inner.apply(scaled, vs)
-        return measured
+
+    def _record_gradient_norms(self, grads, variables, measured=None):
+        """Stores the L2 norms of the raw gradients `grads` of `variables`
+        (`measured`: the parts the compiled op took, tf_backend.record_norms)."""
+        tf_backend.record_norms(
+            self._gradient_norms,
+            [self._var_key(v) for v in self._trainable_variables],
+            grads, variables, measured,
+            self.inner_optimizer.loss_scale_factor, self._var_key)
 
     def get_config(self):
+        config = super().get_config()
         return {
-            "name": self.name,
-            "optimizer": keras.saving.serialize_keras_object(
-                self.inner_optimizer
-            ),
+            "name": config["name"],
+            "optimizer": config["optimizer"],
             "normalization": self.normalization,
             "granularity": self.granularity,
             "fused": self.fused,
             "skip_nonfinite": self.skip_nonfinite,
-            "loss_scale_factor": self.loss_scale_factor,
+            "loss_scale_factor": config["loss_scale_factor"],
             "exclude_from_normalization": list(getattr(self, "_exclusion_names", [])),
         }
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
-        inner = keras.saving.deserialize_keras_object(
-            config.pop("optimizer"), custom_objects=custom_objects
-        )
         excluded = config.pop("exclude_from_normalization", None)
-        optimizer = cls(inner, **config)
+        optimizer = super().from_config(config, custom_objects=custom_objects)
         if excluded:
             optimizer.exclude_from_normalization(var_names=excluded)
         return optimizer
@@ -721,7 +275,7 @@ class NormalizedOptimizer(_GradientNormWrapper):
     `global_clipnorm` are refused on it.
     """
 
-    _mode = NORMALIZE
+    _kind = scale_math.Normalize
 
 
 @keras.saving.register_keras_serializable(package="normopt")
@@ -738,7 +292,7 @@ class ClippedOptimizer(_GradientNormWrapper):
         name: the wrapper's name.
     """
 
-    _mode = CLIP
+    _kind = scale_math.Clip
 
     def __init__(
         self,
@@ -776,8 +330,8 @@ class ClippedOptimizer(_GradientNormWrapper):
             return
         self.__dict__["_threshold"] = _check_clipnorm(value)
 
-    def _clipnorm_value(self):
-        return self.clipnorm
+    def _scaling(self):
+        return scale_math.Clip(self.clipnorm)
 
     def get_config(self):
         config = super().get_config()
@@ -814,7 +368,7 @@ class AdaptiveClippedOptimizer(_GradientNormWrapper):
             NormalizedOptimizer.
     """
 
-    _mode = ADAPTIVE
+    _kind = scale_math.Adaptive
 
     def __init__(
         self,
@@ -845,9 +399,12 @@ class AdaptiveClippedOptimizer(_GradientNormWrapper):
         self.clip_factor = clip_factor
         self.eps = eps
 
+    def _scaling(self):
+        return scale_math.Adaptive(self.clip_factor, self.eps)
+
     @tracking.no_automatic_dependency_tracking
     def build(self, var_list):
-        if self.granularity == "global" and not [
+        if step_plan.merges_all(self.granularity) and not [
             v for v in var_list if not self._is_excluded(v)
         ]:
             raise ValueError(

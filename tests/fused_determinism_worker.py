@@ -20,7 +20,7 @@ def main(threads, out_path):
 
     import keras
     import normopt
-    from normopt.ops import fused
+    from normopt.ops import raw_ops as fused
 
     rng = np.random.RandomState(1234)
     # 2M + 3 elements: 129 chunks, so both threads get many of them.

@@ -37,7 +37,7 @@ tf.config.threading.set_intra_op_parallelism_threads(1)
 import keras  # noqa: E402
 
 import normopt  # noqa: E402
-from normopt.ops.fused_step import strategy_name  # noqa: E402
+from normopt.ops.tf_backend import strategy_name  # noqa: E402
 
 GLOBAL_BATCH = 16
 STEPS = 6

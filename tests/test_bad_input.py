@@ -70,7 +70,7 @@ def test_fused_true_with_unsupported_inner_option(option):
 
 def test_variables_on_a_device_without_kernels_take_the_tf_path():
     """A GPU variable (here a stand-in) must never reach the CPU-only op."""
-    from normopt.ops import fused_step
+    from normopt.ops import scale_math, step_plan, tf_backend
 
     if not library.status()["loaded"]:
         pytest.fail("op library not built: " + str(library.status()["reason"]))
@@ -82,7 +82,12 @@ def test_variables_on_a_device_without_kernels_take_the_tf_path():
 
     inner = keras.optimizers.Adam()
     grads, variables = [tf.zeros([2])], [GpuVariable()]
-    path = fused_step.choose_path(None, "l2", inner, grads, variables)
-    assert path.name == "tf" and "GPU" in path.reason, path
+    context = tf_backend.step_context(grads, variables, [False])
+
+    def path(fused):
+        settings = step_plan.Settings(fused, "l2", "tensor", scale_math.Normalize())
+        return step_plan.choose_path(settings, inner, context)
+
+    assert path(None).name == "tf" and "GPU" in path(None).reason, path(None)
     with pytest.raises(normopt.FusedPathUnavailable, match="GPU"):
-        fused_step.choose_path(True, "l2", inner, grads, variables)
+        path(True)

@@ -165,7 +165,7 @@ def test_benchmark_suite_collects():
 
 def test_every_step_inner_takes_the_fused_path_and_counts_its_slots():
     from normopt.bench import fit_bench, inners
-    from normopt.ops import fused_step, library
+    from normopt.ops import library, step_plan
 
     if not library.status()["loaded"]:
         pytest.fail(f"the op library is not loaded: {library.status()['reason']}")
@@ -176,7 +176,7 @@ def test_every_step_inner_takes_the_fused_path_and_counts_its_slots():
                  "adamax": 2, "nadam": 2, "adadelta": 2, "ftrl": 2, "lion": 1,
                  "lamb": 2, "schedule_free_adamw": 2}[name]
         assert inners.bytes_per_param(name, True) == 12 + 8 * slots + 4
-        assert fused_step.update_kernel(opt) is not None
+        assert step_plan.update_kernel(opt) is not None
 
 
 def test_interleaved_samples_rotate_and_finish_each_sample():

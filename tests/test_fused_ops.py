@@ -1,4 +1,4 @@
-"""The raw compiled ops (normopt.ops.fused) against the NumPy float64 reference.
+"""The raw compiled ops (normopt.ops.raw_ops) against the NumPy float64 reference.
 
 Every test here is about the compiled op and FAILS (does not skip) when the op
 library is not loaded, with the loader's reason: CI builds it.
@@ -16,7 +16,8 @@ import tensorflow as tf
 
 import reference as R
 from helpers import BETA_1, BETA_2, MOMENTUM, TOL, WEIGHT_DECAY
-from normopt.ops import fused, library
+from normopt.ops import library
+from normopt.ops import raw_ops as fused
 
 EPS = 1e-7
 NORMS = list(R.NORM_NAMES) + ["linf"]

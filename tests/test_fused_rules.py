@@ -16,7 +16,7 @@ import normopt
 import reference as R
 from conftest import covering
 from helpers import TOL
-from normopt.ops import fused_step, library
+from normopt.ops import library, step_plan
 
 EPS = 1e-7
 SHAPES = [(5,), (3, 4), (), (2, 3, 2)]
@@ -47,7 +47,7 @@ def test_every_rule_of_the_header_has_a_configuration():
 
     assert set(cupy_kernels.rule_names()) == set(CONFIGS)
     for rule, make in CONFIGS.items():
-        assert fused_step.update_kernel(make()) == rule
+        assert step_plan.update_kernel(make()) == rule
 
 
 def tolerance(rule, dtype, lr):

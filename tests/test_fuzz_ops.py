@@ -27,7 +27,7 @@ def op_library():
     status = library.status()
     if not status["loaded"]:
         pytest.fail(f"the op library did not load: {status['reason']}")
-    from normopt.ops import fused
+    from normopt.ops import raw_ops as fused
 
     return fused
 

@@ -18,7 +18,7 @@ import keras
 import normopt
 import reference as R
 from helpers import unfused_inner
-from normopt import optimizers as wrappers
+from normopt import keras_wrapper as wrappers
 
 # path -> (fused argument, inner optimizer factory, path the step must take,
 #          run the step under XLA)

@@ -11,7 +11,7 @@ tests/reference.py (NumPy float64, written from the formulas).
 `apply(rule, weights, grads, slots, ...)` to every update rule
 (reference.rule_step), `check_rule_against` two modules to each other, and
 `check_rule_matches_tf_op` a module to the TF op's generic apply
-(normopt.ops.fused.apply).
+(normopt.ops.raw_ops.apply).
 """
 
 import functools
@@ -238,7 +238,8 @@ def check_matches_tf_op(K, dtype, shapes, steps=3, **kw):
     from the same state on both sides."""
     import tensorflow as tf
 
-    from normopt.ops import fused, library
+    from normopt.ops import library
+    from normopt.ops import raw_ops as fused
 
     status = library.status()
     assert status["loaded"], f"op library not loaded: {status['reason']}"
@@ -463,13 +464,14 @@ def check_rule_against(K, other, rule, shapes, dtype, *, kind="l2", mode="normal
 def check_rule_matches_tf_op(K, rule, dtype, shapes, steps=3, *, kind="l2", mode="normalize",
                              warm=True, lr=RULE_LR, clipnorm=1.5, **kw):
     """K.apply(rule, ...) against the compiled TF op's generic apply,
-    normopt.ops.fused.apply(rule, variables, slots, grads, *, lr, step,
+    normopt.ops.raw_ops.apply(rule, variables, slots, grads, *, lr, step,
     hyper, decay, kind, mode, clipnorm, epsilon) (slots: slot-major lists of
     tf.Variables), step by step from the same state (MATCH_RTOL, as
     check_matches_tf_op), decay on every other tensor."""
     import tensorflow as tf
 
-    from normopt.ops import fused, library
+    from normopt.ops import library
+    from normopt.ops import raw_ops as fused
 
     status = library.status()
     assert status["loaded"], f"op library not loaded: {status['reason']}"
@@ -841,7 +843,8 @@ def test_cpu_norms_match_tf_op(K, dtype):
     """Numba CPU norms against the compiled TF op (and both against NumPy)."""
     import tensorflow as tf
 
-    from normopt.ops import fused, library
+    from normopt.ops import library
+    from normopt.ops import raw_ops as fused
 
     status = library.status()
     assert status["loaded"], f"op library not loaded: {status['reason']}"

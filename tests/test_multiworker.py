@@ -249,7 +249,7 @@ def test_fused_true_error_caught_from_fit():
 def test_strategy_names_as_written():
     import tensorflow as tf
 
-    from normopt.ops.fused_step import strategy_name
+    from normopt.ops.tf_backend import strategy_name
 
     assert strategy_name(tf.distribute.OneDeviceStrategy("/cpu:0")) == (
         "OneDeviceStrategy")

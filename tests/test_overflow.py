@@ -32,8 +32,9 @@ import normopt
 import reference as R
 from conftest import covering
 from normopt import normalizations as N
-from normopt.ops import fused, library
-from normopt.ops import tf_reference as T
+from normopt.ops import library
+from normopt.ops import raw_ops as fused
+from normopt.ops import tf_backend as T
 
 
 class SubclassedRMSprop(keras.optimizers.RMSprop):

@@ -20,7 +20,7 @@ import tensorflow as tf
 import keras
 import normopt
 import reference as R
-from normopt.ops import fused_step, keras_adapters, library
+from normopt.ops import keras_adapters, library, step_plan, tf_backend
 from test_granularity import EPS, reference_step
 from test_granularity import make_wrapper as granularity_wrapper
 
@@ -177,7 +177,7 @@ def big_gradient(step, dtype):
     values = rng.standard_normal((len(BIG_INDICES), BIG_WIDTH)) * 10.0 ** rng.uniform(-1, 1)
     slices = tf.IndexedSlices(tf.constant(values, dtype), tf.constant(BIG_INDICES, tf.int64),
                               tf.constant([BIG_ROWS, BIG_WIDTH], tf.int64))
-    dense = fused_step.dense_gradient(slices, tf.zeros([BIG_ROWS, BIG_WIDTH], dtype))
+    dense = tf_backend.dense_gradient(slices, tf.zeros([BIG_ROWS, BIG_WIDTH], dtype))
     other = tf.constant(rng.standard_normal((BIG_WIDTH, 3)), dtype)
     return slices, dense, other
 
@@ -395,7 +395,7 @@ def test_indexed_rows_rules_keep_the_sparse_tf_path_per_unit(rule):
     want, _ = numpy_run("normalized", rule, "duplicates", "float64", "unit")
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, **TOL["float64"])
-    with pytest.raises(fused_step.FusedPathUnavailable, match="indexed rows"):
+    with pytest.raises(step_plan.FusedPathUnavailable, match="indexed rows"):
         run(make_wrapper("normalized", rule, True, "unit"), "duplicates", "float64")
 
 

@@ -7,7 +7,7 @@ and returns it as a Python float, blocking until the result is on the host
     tf_eager     normopt.normalizations.tf_norm, eager
     tf_function  the same inside tf.function (graph)
     tf_xla       the same inside tf.function(jit_compile=True)
-    fused_op     normopt.ops.fused.norms, the compiled C++ op (one call, N=1)
+    fused_op     normopt.ops.raw_ops.norms, the compiled C++ op (one call, N=1)
     numba_cpu    normopt.kernels.numba_cpu.norms
     cupy         normopt.kernels.cupy_kernels.norms (GPU)
     numba_cuda   normopt.kernels.numba_cuda.norms (GPU)
@@ -71,7 +71,7 @@ def unavailable_reason(name):
         status = library_status()
         if not status["loaded"]:
             return f"op library not loaded: {status['reason']}"
-        return _import_reason("normopt.ops.fused")
+        return _import_reason("normopt.ops.raw_ops")
     if name == "numba_cpu":
         return _import_reason("normopt.kernels.numba_cpu")
     if name == "cupy":
@@ -116,7 +116,7 @@ def prepare(name, x, norm, eps):
     if name == "fused_op":
         import tensorflow as tf
 
-        from normopt.ops import fused
+        from normopt.ops import raw_ops as fused
 
         g = [tf.constant(x)]
         return lambda: _first(fused.norms(g, norm, eps))

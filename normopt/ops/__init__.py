@@ -1,4 +1,6 @@
-"""Op-level pieces: the compiled op library, path choice, pure-TF reference.
+"""Op-level pieces: the compiled op library and its raw ops (raw_ops), the
+step plan (step_plan), the keras.ops math (scale_math) and what is
+TensorFlow's alone (tf_backend).
 
 Which path a wrapper's latest step took is `wrapper.last_path`, a
 `StepPath(name, reason)` with `name` one of `PATHS` (see `paths`):
@@ -14,8 +16,14 @@ from normopt.ops.paths import (
     FUSED_TF_NORMS,
     TF,
     StepPath,
-    in_xla_context,
 )
+
+
+def in_xla_context():
+    """True while tracing a function that XLA will compile (jit_compile=True)."""
+    from normopt.ops import tf_backend
+
+    return tf_backend.in_xla_context()
 
 
 def library_status():

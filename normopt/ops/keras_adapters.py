@@ -303,14 +303,14 @@ class ScheduleFreeAdamWAdapter(Adapter):
 # its dense tensor, duplicate indices summed, and its norm is that tensor's;
 # at granularity "tensor" or "global" the fused op (CPU or GPU kernel) reads
 # the deduplicated rows and their indices and never builds that tensor
-# (fused.sparse_rows).
+# (raw_ops.sparse_rows).
 #
 #   EVERY_ROW     Keras's update reads and writes every element anyway (a
 #                 slot decays everywhere: Adam's m and v, RMSprop's
 #                 velocity, ...; its ops turn g into the dense tensor it
 #                 stands for), so the op runs the rule on every element,
 #                 zeros where g has no row. Per unit, g is scattered once
-#                 into zeros first (fused_step.op_gradient).
+#                 into zeros first (tf_backend.op_gradient).
 #   INDEXED_ROWS  Keras's update writes only the indexed rows (SGD:
 #                 w.scatter_sub(lr g); Adagrad: acc.scatter_add(g^2), then
 #                 w.scatter_sub(lr g / sqrt(acc + eps)) on the same rows,

@@ -1,4 +1,4 @@
-"""Names of the execution paths a wrapper step can take, and XLA detection.
+"""Names of the execution paths a wrapper step can take.
 
 A wrapper records the path of its latest traced or eager step in
 `wrapper.last_path` (a `StepPath`), so tests and `normopt info` can tell
@@ -15,9 +15,6 @@ which code actually ran:
 
 import collections
 
-from tensorflow.python.framework import ops as tf_ops
-from tensorflow.python.ops import control_flow_util
-
 FUSED = "fused"
 FUSED_TF_NORMS = "fused_tf_norms"
 FUSED_SCALE = "fused_scale"
@@ -26,11 +23,5 @@ ALL = (FUSED, FUSED_TF_NORMS, FUSED_SCALE, TF)
 COMPILED = (FUSED, FUSED_TF_NORMS, FUSED_SCALE)
 
 StepPath = collections.namedtuple("StepPath", ["name", "reason"])
-StepPath.__doc__ = """The path one step took and, for `tf`, why."""
+StepPath.__doc__ = """The path one step took and, for `tf`, why (normopt.ops.step_plan)."""
 
-
-def in_xla_context():
-    """True while tracing a function that XLA will compile (jit_compile=True)."""
-    return control_flow_util.GraphOrParentsInXlaContext(
-        tf_ops.get_default_graph()
-    )

@@ -1,4 +1,4 @@
-"""Thin Python wrappers over the raw compiled ops (csrc/ops).
+"""The raw compiled ops (csrc/ops), as thin Python functions.
 
 Every list holds N tensors of one dtype in {float16, bfloat16, float32,
 float64}; `acc` is float64 for float64 and float32 otherwise. Float
@@ -35,7 +35,7 @@ for its own norm (no second pass over the gradients).
 import tensorflow as tf
 
 from normopt import normalizations
-from normopt.ops import library
+from normopt.ops import library, scale_math
 
 PRECOMPUTED = "precomputed"
 
@@ -52,7 +52,7 @@ def _ops():
 
 def _f64(value):
     """A float64 scalar tensor (a Python float goes in unrounded)."""
-    return normalizations.as_scalar(value, tf.float64)
+    return scale_math.as_scalar(value, "float64")
 
 
 def _common_dtype(grads):
@@ -86,7 +86,7 @@ def norms(grads, kind, epsilon):
         grads=grads,
         epsilon=_f64(epsilon),
         kind=_kind_name(kind),
-        Tacc=normalizations.accumulation_dtype(dtype),
+        Tacc=tf.as_dtype(scale_math.accumulation_dtype(dtype)),
     )
 
 
@@ -101,7 +101,7 @@ def scale_and_norms(grads, kind, mode, clipnorm, epsilon, norms=None,
                     granularity="tensor", excluded=()):
     """([g_i * s_i], grad_norms): `scale`, and the L2 norm of every g_i."""
     grads, dtype = _common_dtype(grads)
-    acc = normalizations.accumulation_dtype(dtype)
+    acc = tf.as_dtype(scale_math.accumulation_dtype(dtype))
     return _ops().normopt_scale(
         grads=grads,
         norms=_norms_input(kind, norms, acc),
@@ -118,7 +118,9 @@ def sparse_rows(grad):
     """(values, indices) of IndexedSlices `grad` for the apply op: its rows
     with duplicate indices summed, and their indices as int64, each once (in
     order of first appearance; the op sorts them)."""
-    values, indices = normalizations.deduplicate(grad)
+    from normopt.ops import tf_backend
+
+    values, indices = tf_backend.deduplicate(grad)
     return values, tf.cast(indices, tf.int64)
 
 
@@ -153,7 +155,7 @@ def apply(rule, variables, slots, grads, *, lr, step, hyper, decay, kind,
         grads[i], rows = sparse_rows(grads[i])
         indices.append(rows)
     grads, dtype = _common_dtype(grads)
-    acc = normalizations.accumulation_dtype(dtype)
+    acc = tf.as_dtype(scale_math.accumulation_dtype(dtype))
     hyper = [_f64(h) for h in hyper]
     return _ops().normopt_apply(
         var=[_handle(v) for v in variables],

@@ -1,0 +1,390 @@
+"""The pure path's math, written once in keras.ops: statistics, norms,
+overflow rescue, scales and how each wrapper kind scales.
+
+Every function here takes dense tensors of any Keras backend (TensorFlow
+sparse gradients are the business of `normopt.ops.tf_backend`) and runs
+under XLA. The norms are those of `csrc/normopt/norm_stats.h`, checked
+against it and against an independent NumPy reference by the tests.
+
+Statistics of one tensor g (or of each unit of its last axis) with n
+elements, in the accumulation dtype (float32 for 16-bit, else the dtype):
+count, sum|g|, sum g^2, max|g|, min|g|, mean and m2 = sum (g - mean)^2;
+`finalize_norm` turns them into a norm, eps added once.
+
+Overflow: every norm is positively homogeneous (norm0(c g) = c norm0(g),
+norm0 without eps). When the plain statistics overflow although every
+element is finite, the norm is recomputed from those of g * 2^-k,
+k = `rescue_exponent(max|g|)`, as norm0(g * 2^-k) * 2^k + eps; only such a
+tensor pays that second read (a cond).
+
+Per norm, with (pre, mult) the scale of `scale_from_norm`:
+
+    g' = (g * pre) * mult
+    normalize: mult = 1 / norm(g)
+    clip:      mult = clipnorm / norm(g) if norm(g) >= clipnorm else 1
+    adaptive:  clip with clipnorm = clip_factor * max(norm(w), weight_eps)
+    pre = 1, unless mult would be below the smallest normal number (where
+    flush-to-zero makes it 0): then pre = 2^-k, k from the norm's exponent,
+    and mult = target / (norm * 2^-k)
+
+The product is formed in the accumulation dtype and cast back, so a 16-bit
+gradient whose norm overflows float16 is still scaled correctly.
+"""
+
+import dataclasses
+import math
+import numbers
+
+import keras
+import numpy as np
+from keras import ops
+
+from normopt import normalizations
+
+NORMALIZE = "normalize"
+CLIP = "clip"
+ADAPTIVE = "adaptive"
+MODES = (NORMALIZE, CLIP, ADAPTIVE)
+
+ALL_STATS = ("sum_abs", "sum_sq", "max_abs", "min_abs", "mean", "m2")
+
+
+# ---------------------------------------------------------------- dtypes
+
+
+def accumulation_dtype(dtype):
+    """"float64" for float64 tensors, "float32" for everything narrower."""
+    return "float64" if keras.backend.standardize_dtype(dtype) == "float64" else "float32"
+
+
+def as_scalar(value, dtype):
+    """A Python number or tensor as a scalar of `dtype`.
+
+    A Python float goes straight to `dtype` (a cast would round it through
+    float32 first, which float64 parity cannot afford).
+    """
+    if isinstance(value, numbers.Real):
+        return ops.convert_to_tensor(value, dtype)
+    return ops.cast(value, dtype)
+
+
+# Bit layout of the accumulation dtypes, for exact powers of two and
+# exponents (XLA-compatible: bit views and shifts): int dtype, mantissa bits,
+# exponent bias, max exponent (FLT_MAX_EXP / DBL_MAX_EXP), min normal.
+_FLOAT_LAYOUT = {
+    "float32": ("int32", 23, 127, 128, 1.17549435082228750797e-38),
+    "float64": ("int64", 52, 1023, 1024, 2.2250738585072013830902e-308),
+}
+
+
+def _layout(dtype):
+    return _FLOAT_LAYOUT[keras.backend.standardize_dtype(dtype)]
+
+
+def pow2(k, dtype):
+    """2^k in float `dtype` for an integer tensor k of normal powers
+    (1 - bias <= k <= bias); mirrors pow2 in norm_stats.h."""
+    itype, mant, bias, _, _ = _layout(dtype)
+    biased = ops.add(ops.cast(k, itype), ops.convert_to_tensor(bias, itype))
+    shifted = ops.left_shift(biased, ops.convert_to_tensor(mant, itype))
+    return ops.view(shifted, keras.backend.standardize_dtype(dtype))
+
+
+def rescue_exponent(x):
+    """frexp's exponent of x >= 0 clamped to [0, max_exp - 2] (an int32
+    tensor); mirrors rescue_exponent in norm_stats.h."""
+    itype, mant, bias, max_exp, _ = _layout(x.dtype)
+    bits = ops.right_shift(ops.view(x, itype), ops.convert_to_tensor(mant, itype))
+    e = ops.cast(ops.bitwise_and(bits, ops.convert_to_tensor(2 * bias + 1, itype)), "int32")
+    return ops.clip(e - (bias - 1), 0, max_exp - 2)
+
+
+# ------------------------------------------------------------ statistics
+
+
+def _static_rows(x):
+    rows = x.shape[0]
+    return None if rows is None else int(rows)
+
+
+def gradient_stats(values, total_count=None, needed=None, pre=None, units=None):
+    """One-pass statistics of a gradient, in its accumulation dtype.
+
+    `values` holds the explicit elements; `total_count` (>= their number) is
+    the element count of the dense tensor they stand for, the rest being
+    zeros (a deduplicated sparse gradient). Returns a dict with count and
+    those of sum_abs, sum_sq, max_abs, min_abs, mean and m2 named in
+    `needed` (all when None), so a graph holds only what its norm reads.
+    With `pre` (a power of two, the rescue pass) the statistics are those of
+    values * pre. With `units` (the size of the last axis) every statistic
+    is a vector: one per index of the last axis, over all others
+    (`total_count` then counts the dense tensor's elements of all units).
+    """
+    needed = set(needed or ALL_STATS)
+    acc = accumulation_dtype(values.dtype)
+    x = ops.reshape(ops.cast(values, acc), [-1] if units is None else [-1, units])
+    if pre is not None:
+        x = x * pre
+    per = 1 if units is None else units
+    rows = _static_rows(x)
+    k = ops.cast(ops.shape(x)[0] if rows is None else rows, acc)
+    n = k if total_count is None else ops.cast(total_count, acc) / per
+    zeros = n - k
+    has_values = k > 0
+    zero = ops.zeros([] if units is None else [units], acc)
+    axis = None if units is None else 0
+    out = dict(count=n + zero)
+    if needed & {"sum_abs", "max_abs", "min_abs"}:
+        a = ops.abs(x)
+    if "sum_abs" in needed:
+        out["sum_abs"] = ops.sum(a, axis=axis)
+    if "sum_sq" in needed:
+        out["sum_sq"] = ops.sum(ops.square(x), axis=axis)
+    # A tensor known to be empty has no maximum or minimum: 0, as below.
+    if "max_abs" in needed:
+        out["max_abs"] = zero if rows == 0 else ops.where(has_values, ops.max(a, axis=axis), zero)
+    if "min_abs" in needed:
+        min_abs = zero if rows == 0 else ops.where(has_values, ops.min(a, axis=axis), zero)
+        out["min_abs"] = ops.where(zeros > 0, zero, min_abs)
+    if needed & {"mean", "m2"}:
+        mean = ops.sum(x, axis=axis) / ops.maximum(n, 1)
+        out["mean"] = mean
+        m2 = ops.sum(ops.square(x - mean), axis=axis)
+        if total_count is not None:
+            # The implicit zeros' share; skipped when there are none, since
+            # 0 * inf (mean^2 above 3.4e38) would be NaN.
+            m2 = m2 + ops.where(zeros > 0, zeros * ops.square(mean), zero)
+        out["m2"] = m2
+    return out
+
+
+def _add_all(tensors):
+    total = tensors[0]
+    for t in tensors[1:]:
+        total = total + t
+    return total
+
+
+def merge_stats(stats):
+    """The statistics of the concatenation of tensors, from each one's
+    (scalar) statistics; mirrors merge_stats in norm_stats.h (Chan et al.):
+    mean = sum n_i mean_i / N, m2 = sum m2_i + n_i (mean_i - mean)^2."""
+    count = _add_all([s["count"] for s in stats])
+    out = dict(count=count)
+    for key in ("sum_abs", "sum_sq"):
+        if key in stats[0]:
+            out[key] = _add_all([s[key] for s in stats])
+    if "max_abs" in stats[0]:
+        out["max_abs"] = ops.max(ops.stack([s["max_abs"] for s in stats]))
+    if "min_abs" in stats[0]:
+        # an empty tensor reports 0: leave it out of the minimum
+        biggest = float(np.finfo(keras.backend.standardize_dtype(count.dtype)).max)
+        values = ops.stack([ops.where(s["count"] > 0, s["min_abs"], biggest) for s in stats])
+        out["min_abs"] = ops.where(count > 0, ops.min(values), ops.zeros([], count.dtype))
+    if "mean" in stats[0]:
+        mean = _add_all([s["count"] * s["mean"] for s in stats]) / ops.maximum(count, 1)
+        out["mean"] = mean
+        out["m2"] = _add_all(
+            [s["m2"] + s["count"] * ops.square(s["mean"] - mean) for s in stats])
+    return out
+
+
+def finalize_norm(name, s, eps):
+    """norm from statistics `s`; mirrors finalize_norm in norm_stats.h."""
+    name = normalizations.canonical_name(name)
+    safe_n = ops.maximum(s["count"], 1)
+    if name == "l1":
+        return s["sum_abs"] + eps
+    if name == "l2":
+        return ops.sqrt(s["sum_sq"]) + eps
+    if name == "l1_l2":
+        return (s["sum_abs"] + ops.sqrt(s["sum_sq"])) / 2 + eps
+    if name == "avg_l1":
+        return s["sum_abs"] / safe_n + eps
+    if name == "avg_l2":
+        return ops.sqrt(s["sum_sq"] / safe_n) + eps
+    if name == "avg_l1_l2":
+        return (s["sum_abs"] / safe_n + ops.sqrt(s["sum_sq"] / safe_n)) / 2 + eps
+    if name == "max":
+        return s["max_abs"] + eps
+    if name == "min_max":
+        return (s["max_abs"] + s["min_abs"]) / 2 + eps
+    if name == "std":
+        return ops.sqrt(s["m2"] / safe_n) + eps
+    raise ValueError(f"{name!r} is not a built-in normalization")
+
+
+# ----------------------------------------------------------------- norms
+
+
+def _eps(eps):
+    return keras.config.epsilon() if eps is None else eps
+
+
+def builtin_norm(values, name, eps, total_count=None, units=None):
+    """Built-in norm `name` of `values` (`total_count` and `units` as in
+    gradient_stats) with the rescue pass of norm_stats.h: where the plain
+    norm is not finite but max|g| is, norm0(g * 2^-k) * 2^k + eps,
+    k = rescue_exponent(max|g|)."""
+    needed = normalizations.STATS_NEEDED[normalizations.canonical_name(name)]
+    eps = as_scalar(_eps(eps), accumulation_dtype(values.dtype))
+
+    def stats(pre=None):
+        return gradient_stats(values, total_count, needed, pre, units)
+
+    return _rescued(name, stats, [values], eps)
+
+
+def merged_norm(parts, name, eps):
+    """Built-in norm `name` of tensors together, as if concatenated (n the
+    total count), with the same rescue as `builtin_norm`. `parts` holds
+    (values, total count or None) per tensor, as in gradient_stats."""
+    needed = normalizations.STATS_NEEDED[normalizations.canonical_name(name)]
+    eps = as_scalar(_eps(eps), accumulation_dtype(parts[0][0].dtype))
+
+    def stats(pre=None):
+        return merge_stats([gradient_stats(v, n, needed, pre) for v, n in parts])
+
+    return _rescued(name, stats, [v for v, _ in parts], eps)
+
+
+def _rescued(name, stats, arrays, eps):
+    """finalize_norm of stats(), or where not finite (any entry) the rescue
+    from stats(pre=2^-k), k from the largest |element| of `arrays`."""
+    norm = finalize_norm(name, stats(), eps)
+    acc = norm.dtype
+
+    def rescue():
+        # a zero appended, so an empty tensor has a maximum
+        max_abs = ops.max(ops.concatenate(
+            [ops.reshape(ops.abs(ops.cast(a, acc)), [-1]) for a in arrays]
+            + [ops.zeros([1], acc)], 0))
+        finite = ops.isfinite(max_abs)
+        k = rescue_exponent(ops.where(finite, max_abs, ops.zeros([], acc)))
+        rescued = finalize_norm(name, stats(pow2(-k, acc)), ops.zeros([], acc)) * pow2(k, acc) + eps
+        return ops.where(ops.logical_and(finite, ops.logical_not(ops.isfinite(norm))), rescued, norm)
+
+    return ops.cond(ops.all(ops.isfinite(norm)), lambda: norm, rescue)
+
+
+# ---------------------------------------------------------------- scales
+
+
+def scale_from_norm(norm, mode, clipnorm):
+    """The scale (pre, mult) of a norm (scalar or vector); mirrors
+    scale_from_norm in norm_stats.h. `mode` is NORMALIZE or CLIP."""
+    dtype = norm.dtype
+    one = ops.ones([], dtype)
+    if mode == NORMALIZE:
+        target = one
+        mult = one / norm
+    else:
+        clipnorm = as_scalar(clipnorm, dtype)
+        clips = norm >= clipnorm
+        target = ops.where(clips, clipnorm, one)
+        mult = ops.where(clips, clipnorm / norm, one)
+    min_normal = as_scalar(_layout(dtype)[4], dtype)
+    tiny = ops.logical_and(
+        ops.logical_and(mult >= 0, mult < min_normal),
+        ops.logical_and(target > 0, ops.isfinite(norm)))
+    k = rescue_exponent(ops.where(tiny, norm, one))
+    pre = ops.where(tiny, pow2(-k, dtype), one)
+    mult = ops.where(tiny, target / (norm * pre), mult)
+    return pre, mult
+
+
+# Tensors up to this many elements apply both products without a cond.
+_SMALL = 1 << 16
+
+
+def _static_size(shape):
+    dims = list(shape)
+    return None if any(d is None for d in dims) else math.prod(int(d) for d in dims)
+
+
+def apply_scale(grad, scale, branch_large=True):
+    """(grad * pre) * mult for scale = (pre, mult), formed in the scale's
+    dtype. With `branch_large` (outside XLA), for a tensor above _SMALL
+    elements the extra product runs only where pre != 1 (a cond), so the
+    usual case is one pass with one multiply; XLA fuses both products."""
+    pre, mult = scale
+    x = ops.cast(grad, mult.dtype)
+    size = _static_size(x.shape)
+    if not branch_large or (size is not None and size <= _SMALL):
+        # A small tensor's extra product is cheaper than a cond (x * 1 is x:
+        # the same bits as x * mult).
+        y = (x * pre) * mult
+    else:
+        y = ops.cond(ops.all(ops.equal(pre, 1)), lambda: x * mult,
+                     lambda: (x * pre) * mult)
+    return ops.cast(y, grad.dtype)
+
+
+# ------------------------------------------------- how each kind scales
+
+
+@dataclasses.dataclass(frozen=True)
+class Normalize:
+    """NormalizedOptimizer: g' = g / norm(g)."""
+
+    mode = NORMALIZE
+    reads_weights = False
+
+    @property
+    def threshold(self):
+        """The ops' `clipnorm` argument."""
+        return 1.0
+
+    @property
+    def weight_eps(self):
+        return 0.0
+
+    def scale(self, norm, weight_norm=None):
+        return scale_from_norm(norm, NORMALIZE, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Clip:
+    """ClippedOptimizer: g' = g * clipnorm / norm(g) where norm(g) >= clipnorm."""
+
+    clipnorm: object = 1.0
+    mode = CLIP
+    reads_weights = False
+
+    @property
+    def threshold(self):
+        return self.clipnorm
+
+    @property
+    def weight_eps(self):
+        return 0.0
+
+    def scale(self, norm, weight_norm=None):
+        return scale_from_norm(norm, CLIP, self.clipnorm)
+
+
+@dataclasses.dataclass(frozen=True)
+class Adaptive:
+    """AdaptiveClippedOptimizer: the clip rule with threshold
+    t = clip_factor * max(norm(w), eps) per norm (at norm(g) == t both give
+    a scale of 1)."""
+
+    clip_factor: float
+    eps: float
+    mode = ADAPTIVE
+    reads_weights = True
+
+    @property
+    def threshold(self):
+        return self.clip_factor
+
+    @property
+    def weight_eps(self):
+        return self.eps
+
+    def scale(self, norm, weight_norm=None):
+        wn = weight_norm
+        threshold = ops.cast(
+            as_scalar(self.clip_factor, wn.dtype) * ops.maximum(wn, as_scalar(self.eps, wn.dtype)),
+            norm.dtype)
+        return scale_from_norm(norm, CLIP, threshold)
