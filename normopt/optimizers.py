@@ -189,7 +189,8 @@ class _GradientNormWrapper(InnerOptimizerWrapper):
         `_record_gradient_norms`), else None."""
         inner = self.inner_optimizer
         keras_adapters.restore_unsaved_state(inner)
-        context = tf_backend.step_context(gs, vs, [self._is_excluded(v) for v in vs])
+        context = tf_backend.step_context(
+            gs, vs, [self._is_excluded(v) for v in vs], compiled=self.fused is not False)
         plan = step_plan.plan_step(self._settings(), inner, context)
         self.last_path = plan.path
         if plan.updates_variables:

@@ -90,12 +90,13 @@ def gradient_facts(grad, variable, excluded):
     )
 
 
-def step_context(grads=(), variables=(), excluded=(), in_step=True):
+def step_context(grads=(), variables=(), excluded=(), in_step=True, compiled=True):
     """The step_plan.Context of a step over `grads` (the pairs with a
-    gradient); in_step=False: at construction."""
+    gradient); in_step=False: at construction; compiled=False (fused=False):
+    the op library is not consulted (nor loaded)."""
     from normopt.ops import library
 
-    status = library.status()
+    status = library.status() if compiled else {"loaded": False, "reason": "fused=False"}
     loaded = bool(status["loaded"])
     strategy = None
     fused_strategy = cross_replica = False
