@@ -156,6 +156,19 @@ class InnerOptimizerWrapper(keras.optimizers.Optimizer):
         self._trainable_variables = list(var_list)
         self.built = True
 
+    def __setattr__(self, name, value):
+        # `loss_scale_factor` set from outside after construction: the outer
+        # optimizer takes over the loss scaling (LossScaleOptimizer sets
+        # None on its inner optimizer, MultiOptimizer its own factor), so
+        # the inner optimizer must not unscale by a factor of its own too;
+        # Keras clears it only one level down, on the wrapper. (Here, not in
+        # a property setter: Keras's tracking skips the assignment of the
+        # value an attribute already has, None over None included.)
+        if name == "loss_scale_factor" and "inner_optimizer" in self.__dict__:
+            if self.inner_optimizer.loss_scale_factor is not None:
+                self.inner_optimizer.loss_scale_factor = None
+        super().__setattr__(name, value)
+
     weight_decay = _inner_option("weight_decay")
     use_ema = _inner_option("use_ema")
     ema_momentum = _inner_option("ema_momentum")

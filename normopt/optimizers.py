@@ -19,6 +19,7 @@ import numbers
 import re
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras.src.utils import tracking
 
@@ -97,11 +98,19 @@ class _GradientNormWrapper(InnerOptimizerWrapper):
         variable is also excluded when any of `var_names` matches its name
         (`re.search`). Excluded gradients are not normalized or clipped and
         do not count in a global norm. `var_names` are saved in the config.
+        `var_names` is a list of patterns: a string alone is refused (its
+        characters would be the patterns).
         """
         if self.built:
             raise ValueError(
                 "`exclude_from_normalization()` can only be configured before "
                 "the optimizer is built."
+            )
+        if isinstance(var_names, str):
+            raise TypeError(
+                "`var_names` must be a list of strings (regular expressions), "
+                f"got the string {var_names!r}. Pass [{var_names!r}] to "
+                "exclude the variables whose name it matches."
             )
         self._excluded_keys = {self._var_key(v) for v in var_list or ()}
         names = list(var_names or ())
@@ -167,32 +176,40 @@ class _GradientNormWrapper(InnerOptimizerWrapper):
         if replicas > 1:
             gs = tf_backend.all_reduce_sum(gs)
         with keras.name_scope(self.name, caller=self):
+            # Planned before any skip: `last_path` names the path of a
+            # skipped step too (the one it would have taken), in eager mode
+            # as when traced.
+            plan = self._plan(gs, vs)
+            self.last_path = plan.path
             if not self.skip_nonfinite:
-                self._record_gradient_norms(gs, vs, self._step(gs, vs, replicas))
+                self._record_gradient_norms(gs, vs, self._step(gs, vs, replicas, plan))
                 return
             # The step may not run: the norms are taken before it.
             self._record_gradient_norms(gs, vs)
             tf_backend.step_if_finite(
-                self._finite_step, self._skip_step, gs, (gs, vs, replicas), replicas)
+                self._finite_step, self._skip_step, gs, (gs, vs, replicas, plan), replicas)
 
-    def _finite_step(self, gs, vs, replicas):
-        self._step(gs, vs, replicas)
+    def _finite_step(self, gs, vs, replicas, plan):
+        self._step(gs, vs, replicas, plan)
         return tf.constant(True)
 
     def _skip_step(self):
         self.skipped_steps.assign_add(1)
         return tf.constant(False)
 
-    def _step(self, gs, vs, replicas):
-        """One step on gradients already summed across replicas: plan it,
-        run it. Returns the L2 norms the compiled op measured (parts,
+    def _plan(self, gs, vs):
+        """The StepPlan of a step on `gs` (raises FusedPathUnavailable for
+        fused=True where the compiled path cannot run)."""
+        context = tf_backend.step_context(
+            gs, vs, [self._is_excluded(v) for v in vs], compiled=self.fused is not False)
+        return step_plan.plan_step(self._settings(), self.inner_optimizer, context)
+
+    def _step(self, gs, vs, replicas, plan):
+        """One step on gradients already summed across replicas, by `plan`.
+        Returns the L2 norms the compiled op measured (parts,
         `_record_gradient_norms`), else None."""
         inner = self.inner_optimizer
         keras_adapters.restore_unsaved_state(inner)
-        context = tf_backend.step_context(
-            gs, vs, [self._is_excluded(v) for v in vs], compiled=self.fused is not False)
-        plan = step_plan.plan_step(self._settings(), inner, context)
-        self.last_path = plan.path
         if plan.updates_variables:
             return tf_backend.run_fused_update(inner, plan, gs, vs)
         return tf_backend.run_inner_step(inner, plan, gs, vs, replicas)
@@ -266,10 +283,15 @@ class NormalizedOptimizer(_GradientNormWrapper):
             inner optimizer would get them; True skips any step whose
             gradients hold an inf or NaN (no variable or slot changes) and
             counts it in `skipped_steps`, which is saved with the model.
+            `last_path` then names the path the skipped step would have
+            taken (in eager mode as under tf.function, which traces both).
         name: the wrapper's name.
         loss_scale_factor: None, or the factor `scale_loss` multiplies the
             loss by; gradients are divided by it before their norms are
-            measured (keras.optimizers.MultiOptimizer sets it).
+            measured (keras.optimizers.MultiOptimizer sets it). A factor
+            set on the wrapper after construction, as MultiOptimizer and
+            LossScaleOptimizer (None) do, replaces the inner optimizer's,
+            which is cleared, as Keras clears that of an optimizer it wraps.
 
     Options of the inner optimizer (`weight_decay`, `use_ema`, ...) are read
     and set through the wrapper; `clipnorm`, `clipvalue` and
@@ -425,8 +447,39 @@ class AdaptiveClippedOptimizer(_GradientNormWrapper):
         return config
 
 
+def _concrete_number(value, name, owner):
+    """A scalar tf.Tensor with a value now (eager) or a NumPy scalar, as a
+    float; any other tensor or variable is a ValueError, as every bad value
+    of these arguments (a Python number is needed: the wrapper keeps the
+    value, not a tensor it could read later)."""
+    if isinstance(value, (tf.Variable, keras.Variable)):
+        raise ValueError(
+            f"{owner}: `{name}` must be a Python number, got a variable "
+            f"({value!r}); its later values would not be seen. Pass its "
+            "value as a number."
+        )
+    if isinstance(value, np.ndarray) and value.shape == () and value.dtype.kind in "fiu":
+        return float(value)
+    if tf.is_tensor(value) and (value.dtype.is_floating or value.dtype.is_integer):
+        if not hasattr(value, "numpy"):
+            raise ValueError(
+                f"{owner}: `{name}` must be a Python number, got the symbolic "
+                f"tensor {value!r} (a tensor is taken only where it has a "
+                "value, in eager mode)."
+            )
+        if value.shape.rank != 0:
+            raise ValueError(
+                f"{owner}: `{name}` must be a Python number, got a tensor of "
+                f"shape {value.shape}."
+            )
+        return float(value.numpy())
+    return value
+
+
 def _check_finite(value, name, owner, low, strict):
-    """`value` as a float if finite and > low (strict) or >= low, else ValueError."""
+    """`value` (a number, or a concrete scalar tensor: `_concrete_number`)
+    as a float if finite and > low (strict) or >= low, else ValueError."""
+    value = _concrete_number(value, name, owner)
     ok = (
         not isinstance(value, bool)
         and isinstance(value, numbers.Real)

@@ -57,6 +57,13 @@ def accumulation_dtype(dtype):
     return "float64" if keras.backend.standardize_dtype(dtype) == "float64" else "float32"
 
 
+def widest_accumulation_dtype(dtypes):
+    """The accumulation dtype of a norm over tensors of all `dtypes`
+    together: float64 if any is float64, else float32."""
+    accs = {accumulation_dtype(d) for d in dtypes}
+    return "float64" if "float64" in accs else "float32"
+
+
 def as_scalar(value, dtype):
     """A Python number or tensor as a scalar of `dtype`.
 
@@ -107,8 +114,10 @@ def _static_rows(x):
     return None if rows is None else int(rows)
 
 
-def gradient_stats(values, total_count=None, needed=None, pre=None, units=None):
-    """One-pass statistics of a gradient, in its accumulation dtype.
+def gradient_stats(values, total_count=None, needed=None, pre=None, units=None,
+                   acc=None):
+    """One-pass statistics of a gradient, in its accumulation dtype (or in
+    `acc`, at least as wide: a norm over gradients of several dtypes).
 
     `values` holds the explicit elements; `total_count` (>= their number) is
     the element count of the dense tensor they stand for, the rest being
@@ -121,7 +130,7 @@ def gradient_stats(values, total_count=None, needed=None, pre=None, units=None):
     (`total_count` then counts the dense tensor's elements of all units).
     """
     needed = set(needed or ALL_STATS)
-    acc = accumulation_dtype(values.dtype)
+    acc = acc or accumulation_dtype(values.dtype)
     x = ops.reshape(ops.cast(values, acc), [-1] if units is None else [-1, units])
     if pre is not None:
         x = x * pre
@@ -238,12 +247,15 @@ def builtin_norm(values, name, eps, total_count=None, units=None):
 def merged_norm(parts, name, eps):
     """Built-in norm `name` of tensors together, as if concatenated (n the
     total count), with the same rescue as `builtin_norm`. `parts` holds
-    (values, total count or None) per tensor, as in gradient_stats."""
+    (values, total count or None) per tensor, as in gradient_stats. Tensors
+    of several dtypes are all accumulated in the widest one's accumulation
+    dtype (float64 if any is float64), which is the dtype of the norm."""
     needed = normalizations.STATS_NEEDED[normalizations.canonical_name(name)]
-    eps = as_scalar(_eps(eps), accumulation_dtype(parts[0][0].dtype))
+    acc = widest_accumulation_dtype([v.dtype for v, _ in parts])
+    eps = as_scalar(_eps(eps), acc)
 
     def stats(pre=None):
-        return merge_stats([gradient_stats(v, n, needed, pre) for v, n in parts])
+        return merge_stats([gradient_stats(v, n, needed, pre, acc=acc) for v, n in parts])
 
     return _rescued(name, stats, [v for v, _ in parts], eps)
 

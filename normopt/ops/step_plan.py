@@ -13,7 +13,9 @@ op library, XLA, tf.distribute strategy, devices; the backend module,
    - a sparse gradient the compiled path cannot take (`_sparse_blockers`);
    - the wrapper's scaling is beyond the op here (`_beyond_compiled`).
    With fused=True any reason is raised as `FusedPathUnavailable` (`refusal`,
-   the one place the text is written);
+   the one place the text is written). A global norm over gradients of
+   several dtypes is measured by TensorFlow and handed to the op
+   (`shared_norm`; the path fused_tf_norms or fused_scale says why);
 2. per gradient an `Entry`: its role (scaled, excluded, no gradient,
    overwrites its variable), its form (dense, sparse read as rows, sparse
    scattered into a dense tensor for the op) and its scale group;
@@ -54,6 +56,14 @@ FUSED_STRATEGIES = ("MirroredStrategy", "MultiWorkerMirroredStrategy")
 GPU_OPT_IN_ENV = "NORMOPT_ENABLE_GPU_OPS"
 
 COMPILED_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+# StepPath.reason of a compiled step whose global norm, over gradients of
+# several dtypes, TensorFlow measures (`several_dtypes_global`).
+SEVERAL_DTYPES_REASON = (
+    "a global norm over gradients of several dtypes: TensorFlow measures it "
+    "(statistics in float64 where any gradient is float64), the compiled op "
+    "scales each dtype's gradients by it"
+)
 
 
 class FusedPathUnavailable(RuntimeError):
@@ -150,6 +160,7 @@ class StepPlan:
     groups: tuple
     settings: Settings
     xla: bool = False
+    shared_norm: bool = False   # TF measures the global norm the op uses
 
     @property
     def name(self):
@@ -180,7 +191,8 @@ def plan_step(settings, inner, context):
         Entry(role, _form(f, path, settings.granularity), group_of.get(i))
         for i, (role, f) in enumerate(zip(roles, facts))
     )
-    return StepPlan(path, entries, groups, settings, context.xla)
+    shared = path.name in paths.COMPILED and several_dtypes_global(settings.granularity, facts)
+    return StepPlan(path, entries, groups, settings, context.xla, shared)
 
 
 def check_construction(settings, inner, context):
@@ -210,6 +222,9 @@ def choose_path(settings, inner, context):
             name = paths.FUSED_TF_NORMS if settings.custom else paths.FUSED
         beyond = _beyond_compiled(settings, name, facts)
         if beyond is None:
+            if several_dtypes_global(settings.granularity, facts):
+                name = paths.FUSED_SCALE if name == paths.FUSED_SCALE else paths.FUSED_TF_NORMS
+                return StepPath(name, SEVERAL_DTYPES_REASON)
             return StepPath(name, None)
         reasons.append(beyond)
     if settings.fused:
@@ -235,6 +250,15 @@ def check_granularity(granularity, normalization, custom):
 def merges_all(granularity):
     """Whether one norm measures all scaled gradients together."""
     return granularity == "global"
+
+
+def several_dtypes_global(granularity, facts):
+    """Whether a step takes one global norm over gradients of more than one
+    dtype (those not excluded): the op, one call per dtype, cannot merge
+    their statistics, so TensorFlow measures that norm."""
+    if not merges_all(granularity):
+        return False
+    return len({f.dtype for f in facts if not f.excluded}) > 1
 
 
 def update_kernel(inner):
@@ -326,8 +350,10 @@ def _beyond_compiled(settings, path_name, facts):
     """Why the compiled op cannot do this wrapper's scaling on `path_name`,
     or None. The CPU op takes every granularity, exclusions and adaptive
     clipping; adaptive clipping needs the variables (the update op, not the
-    scale-only one) and a built-in norm, a global norm one op call (one
-    dtype), and the op's GPU kernel per-tensor norms of every gradient.
+    scale-only one), a built-in norm and, globally, gradients of one dtype
+    (the op takes a global norm over several dtypes measured in TF,
+    `several_dtypes_global`, in the normalize and clip modes only); the op's
+    GPU kernel takes per-tensor norms of every gradient.
     """
     found = []
     adaptive = settings.scaling.reads_weights
@@ -338,8 +364,11 @@ def _beyond_compiled(settings, path_name, facts):
         )
     if adaptive and settings.custom:
         found.append("adaptive clipping with a custom normalization")
-    if merges_all(settings.granularity) and len({f.dtype for f in facts}) > 1:
-        found.append("a global norm over gradients of several dtypes")
+    if adaptive and several_dtypes_global(settings.granularity, facts):
+        found.append(
+            "adaptive clipping with a global norm over gradients of "
+            "several dtypes"
+        )
     beyond_tensor = (
         settings.granularity != "tensor"
         or adaptive

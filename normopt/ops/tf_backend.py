@@ -389,20 +389,43 @@ def _norm_args(normalization, grads):
     return "precomputed", tf.stack([norm_of(g, normalization) for g in grads])
 
 
+def _shared_norm(plan, grads, excluded=()):
+    """The global norm of `grads` but the `excluded` indices, in the widest
+    accumulation dtype, where the plan has TF measure it (a global norm over
+    several dtypes: `plan.shared_norm`), else None."""
+    if not plan.shared_norm:
+        return None
+    kept = [values_and_count(g) for i, g in enumerate(grads) if i not in excluded]
+    return scale_math.merged_norm(kept, plan.settings.normalization, keras.config.epsilon())
+
+
+def _call_norm_args(plan, gs, shared):
+    """(kind, norms, granularity) of one op call over the gradients `gs` of
+    one dtype: the built-in (or TF-measured custom) norms at the plan's
+    granularity, or, given `shared` (a global norm over several dtypes),
+    that norm as every tensor's precomputed norm."""
+    if shared is None:
+        kind, norms = _norm_args(plan.settings.normalization, gs)
+        return kind, norms, plan.settings.granularity
+    acc = scale_math.accumulation_dtype(gs[0].dtype)
+    return "precomputed", tf.fill([len(gs)], tf.cast(shared, acc)), "tensor"
+
+
 def run_fused_scale(plan, grads, variables):
     """(gradients scaled by the compiled op, in the order given; the op's L2
     norms of the gradients as parts: one (variables, vector) per op call). A
-    global norm needs one dtype (one op call): the plan sees to it."""
+    global norm over several dtypes is measured in TF (`_shared_norm`)."""
     from normopt.ops import raw_ops
 
     settings = plan.settings
+    shared = _shared_norm(plan, grads)
     scaled, parts = {}, []
     for group in _by_dtype(range(len(grads)), grads):
         gs = [grads[i] for i in group]
-        kind, norms = _norm_args(settings.normalization, gs)
+        kind, norms, granularity = _call_norm_args(plan, gs, shared)
         out, l2 = raw_ops.scale_and_norms(
             gs, kind, settings.scaling.mode, settings.scaling.threshold,
-            keras.config.epsilon(), norms=norms, granularity=settings.granularity)
+            keras.config.epsilon(), norms=norms, granularity=granularity)
         scaled.update(zip(group, out))
         parts.append(([variables[i] for i in group], l2))
     return [scaled[i] for i in range(len(grads))], parts
@@ -466,11 +489,12 @@ def _update_variables(inner, plan, grads, variables, on_device=None):
     lr = tf.cast(inner.learning_rate, tf.float64)
     step = tf.cast(inner.iterations + 1, tf.float64)
     excluded = set(plan.indices(step_plan.EXCLUDED))
+    shared = _shared_norm(plan, grads, excluded)
     parts = []
     for group in _by_dtype(range(len(grads)), grads):
         gs = [grads[i] for i in group]
         vs = [variables[i] for i in group]
-        kind, norms = _norm_args(settings.normalization, gs)
+        kind, norms, granularity = _call_norm_args(plan, gs, shared)
         acc = scale_math.accumulation_dtype(gs[0].dtype)
         decay = tf.constant([keras_adapters.weight_decay(inner, v) for v in vs], dtype=acc)
         slots = adapter.slots(inner, keras_adapters.variable_indices(inner, vs))
@@ -488,7 +512,7 @@ def _update_variables(inner, plan, grads, variables, on_device=None):
             clipnorm=settings.scaling.threshold,
             epsilon=keras.config.epsilon(),
             norms=norms,
-            granularity=settings.granularity,
+            granularity=granularity,
             excluded=[k for k, i in enumerate(group) if i in excluded],
             weight_eps=settings.scaling.weight_eps,
         )
