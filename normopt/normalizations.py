@@ -28,12 +28,12 @@ registered by name with `register_normalization`.
 
 import threading
 
-from normopt.kernels import _finalize
+from normopt import header_tables
 
-# The header's norm table (via normopt.kernels._finalize): names in code
-# order, and aliases.
-BUILTIN_NORMALIZATIONS = _finalize.NORM_KINDS
-ALIASES = _finalize.ALIASES
+# The header's norm table (normopt.header_tables): names in code order, and
+# aliases.
+BUILTIN_NORMALIZATIONS = header_tables.NORM_KINDS
+ALIASES = header_tables.ALIASES
 
 _lock = threading.Lock()
 _custom = {}
@@ -110,7 +110,7 @@ def check_normalization(name):
 
 
 # The statistics each norm reads: stats_needed of norm_stats.h, as field names.
-STATS_NEEDED = {name: _finalize.stats_fields(name) for name in BUILTIN_NORMALIZATIONS}
+STATS_NEEDED = {name: header_tables.stats_fields(name) for name in BUILTIN_NORMALIZATIONS}
 
 
 def tf_norm(grad, name, eps=None, per_unit=False):

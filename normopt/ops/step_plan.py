@@ -34,6 +34,9 @@ from normopt.ops import keras_adapters, paths
 from normopt.ops.paths import StepPath
 
 GRANULARITIES = ("tensor", "unit", "global")
+# Those the compiled ops take (their `granularity` attr); a granularity only
+# the pure path runs is added to GRANULARITIES and `scale_groups` alone.
+OP_GRANULARITIES = ("tensor", "unit", "global")
 
 # What happens to a gradient.
 SCALED = "scaled"          # measured and scaled by its group's norm
@@ -356,6 +359,8 @@ def _beyond_compiled(settings, path_name, facts):
     GPU kernel takes per-tensor norms of every gradient.
     """
     found = []
+    if settings.granularity not in OP_GRANULARITIES:
+        found.append(f"granularity {settings.granularity!r}")
     adaptive = settings.scaling.reads_weights
     if adaptive and path_name == paths.FUSED_SCALE:
         found.append(
