@@ -73,17 +73,22 @@ class Arm:
         return UNAVAILABLE[self.key]()
 
 
-# Learning rates per arm for the default run. PROVISIONAL (no sweep has run
-# yet): replace with the values `normopt experiments lm --sweep` chooses.
-LEARNING_RATES = {"adamw": 2e-3, "normalized_l2": 2e-3, "normalized_map": 2e-3, "muon": 2e-3}
-LEARNING_RATE_SOURCE = "provisional, not swept"
+# Learning rates per arm for the default run: the best final validation loss
+# of `normopt experiments lm --sweep` (seed 0, 200 steps; table in
+# docs/EXPERIMENTS.md, section 5), run 2026-12-07. Muon's first grid
+# (1e-3..1.6e-2) had its best at the top edge, so 3.2e-2 and 6.4e-2 were run
+# too (both worse); its grid below now includes 3.2e-2. The map arm has not
+# been swept (it cannot run yet): its rate is normalized_l2's until it is.
+LEARNING_RATES = {"adamw": 4e-3, "normalized_l2": 4e-3, "normalized_map": 4e-3, "muon": 1.6e-2}
+LEARNING_RATE_SOURCE = "--sweep of 2026-12-07 (seed 0, 200 steps)"
+MAP_RATE_SOURCE = "not swept (arm unavailable): normalized_l2's rate"
 
 _GRID = (5e-4, 1e-3, 2e-3, 4e-3, 8e-3)
 ARMS = (
     Arm("adamw", "AdamW", _GRID),
     Arm("normalized_l2", "Normalized AdamW (l2)", _GRID),
     Arm("normalized_map", "Normalized AdamW (map: spectral hidden, l2 rest)", _GRID),
-    Arm("muon", "Muon", tuple(2 * lr for lr in _GRID)),
+    Arm("muon", "Muon", tuple(2 * lr for lr in _GRID) + (3.2e-2,)),
 )
 
 
@@ -346,7 +351,8 @@ def run_lm(quick, seed, overrides, bar_factory, out_dir):
     arms = []
     with bar_factory(len(ready) * len(seeds) * cfg["steps"], "lm", "step") as bar:
         for arm in ARMS:
-            record = _arm_record(arm, LEARNING_RATES[arm.key], LEARNING_RATE_SOURCE)
+            source = MAP_RATE_SOURCE if arm.key == "normalized_map" else LEARNING_RATE_SOURCE
+            record = _arm_record(arm, LEARNING_RATES[arm.key], source)
             reason = arm.unavailable_reason()
             if reason is not None:
                 arms.append(dict(record, status="unavailable", reason=reason, runs=[]))

@@ -57,7 +57,7 @@ def table_rows(result):
                 _sweep_rows(result))
     n = len(result["seeds"])
     return (["arm", "lr", f"final val loss (mean ± half range, {n} seeds)", "train loss",
-             "tokens/s", "path", "time s", ""], [_lm_row(a) for a in result["arms"]])
+             "tokens/s", "path", "time s (all seeds)", ""], [_lm_row(a) for a in result["arms"]])
 
 
 def _moving_average(values, width):
@@ -72,6 +72,20 @@ def _title(result):
     s, m = result["settings"], result["model"]
     return (f"{m['depth']}-layer width-{m['width']} causal transformer ({m['parameters']:,} "
             f"params), stdlib characters, context {s['context']}, batch {s['batch_size']}")
+
+
+def _clip_first_point(ax, result):
+    """Bounds the validation axis by the evaluations after step 0: the untrained
+    model's loss (far above the rest) would flatten every later difference."""
+    later = [v for a in result["arms"] if a["status"] == "ran" for r in a["runs"]
+             for v in r["curves"]["val_loss"][1:] if v is not None and math.isfinite(v)]
+    first = [r["curves"]["val_loss"][0] for a in result["arms"] if a["status"] == "ran"
+             for r in a["runs"]]
+    if not later or max(first) <= max(later):
+        return
+    low, high = min(later), max(later)
+    ax.set_ylim(low - 0.05 * (high - low), high + 0.1 * (high - low))
+    ax.set_title(f"validation loss (step 0, off the axis: {min(first):.2f}-{max(first):.2f})")
 
 
 def plot_lm(result, path, pyplot):
@@ -91,6 +105,7 @@ def plot_lm(result, path, pyplot):
                  title=f"training loss ({SMOOTHING}-step moving average)" if smoothed
                  else "training loss")
     ax_val.set(xlabel="step", ylabel="cross-entropy (nats/char)", title="validation loss")
+    _clip_first_point(ax_val, result)
     for ax in (ax_train, ax_val):
         ax.grid(alpha=0.3)
     ax_val.legend(fontsize=7, title=f"seeds {result['seeds']} (line styles)",
