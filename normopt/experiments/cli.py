@@ -43,7 +43,7 @@ def _seed(text):
 
 
 def add_arguments(parser):
-    parser.add_argument("name", choices=CHOICES, help="which experiment (all: every one, in order)")
+    parser.add_argument("name", choices=CHOICES, help="which experiment (all: every one but lm, in order)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes (seconds per experiment): a smoke test, not a result")
     parser.add_argument("--out", default=DEFAULT_OUT,

@@ -56,7 +56,8 @@ def table_rows(result):
         return (["arm", "learning rate", f"val loss after {result['sweep_steps']} steps", ""],
                 _sweep_rows(result))
     n = len(result["seeds"])
-    return (["arm", "lr", f"final val loss (mean ± half range, {n} seeds)", "train loss",
+    seeds = f"{n} seeds" if n != 1 else "1 seed"
+    return (["arm", "lr", f"final val loss (mean ± half range, {seeds})", "train loss",
              "tokens/s", "path", "time s (all seeds)", ""], [_lm_row(a) for a in result["arms"]])
 
 
