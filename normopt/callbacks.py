@@ -70,12 +70,19 @@ class GradientNormMonitor(keras.callbacks.Callback):
 
     `grad_norm` = sqrt(sum over variables of |g_v|^2), the L2 norm of all raw
     gradients together (before normalization or clipping, unscaled), is set
-    in the batch logs every `every` batches and in the epoch logs as the
+    in the batch logs every `every` batches (batches 0, every, 2 * every, ...
+    of each epoch) and in the epoch logs as the
     mean over the epoch's logged batches, so it shows in the progress bar,
     `History`, `CSVLogger` and Keras's TensorBoard callback (list this
     callback before those). With `log_dir`, each layer's norm (the L2 norm
     over its variables) is written as the TensorBoard scalar
     `grad_norm/<layer>` at the optimizer's step.
+
+    With `steps_per_execution` > 1 Keras calls the callback once per
+    execution, after its last batch: a call logs the norm of that batch when
+    the execution held a batch to log, so there is a record every `every`
+    batches where `every` is a multiple of `steps_per_execution`, and one
+    per call where `every` is smaller.
 
     Args:
         every: log every `every`-th batch (>= 1).
@@ -93,6 +100,7 @@ class GradientNormMonitor(keras.callbacks.Callback):
         self._wrapper = None
         self._writer = None
         self._epoch_values = []
+        self._last_batch = -1
 
     def on_train_begin(self, logs=None):
         self._wrapper = find_wrapper(self.model.optimizer)
@@ -103,9 +111,17 @@ class GradientNormMonitor(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_values = []
+        self._last_batch = -1
+
+    def _due(self, batch):
+        """Whether the batches since the last call, (last, batch], hold a
+        multiple of `every` (`batch`: the last batch of the execution)."""
+        due = batch // self.every > self._last_batch // self.every
+        self._last_batch = batch
+        return due
 
     def on_train_batch_end(self, batch, logs=None):
-        if batch % self.every or self._wrapper.gradient_norms is None:
+        if not self._due(batch) or self._wrapper.gradient_norms is None:
             return
         norms = self._wrapper.gradient_norms.numpy()
         value = global_norm(norms)

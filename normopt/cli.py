@@ -14,6 +14,8 @@ import os
 import sys
 import tempfile
 
+from normopt import extras
+
 # subcommand -> (module, one-line help); each module has add_arguments(parser)
 # and run(args) -> exit code. Importing the module and add_arguments must not
 # import TensorFlow, Keras, Numba or Matplotlib (`normopt CMD --help` stays
@@ -115,12 +117,31 @@ def import_tensorflow_quietly():
                     sys.stderr.write(line)
 
 
+def _command_words(argv):
+    """`normopt` and the positional words of argv, e.g. "normopt bench fit"."""
+    words = ["normopt"]
+    for arg in argv:
+        if arg.startswith("-"):
+            break
+        words.append(arg)
+    return " ".join(words)
+
+
 def main(argv=None):
     quiet_tensorflow_logs()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(argv).parse_args(argv)
+    module = importlib.import_module(args._module)
+    # Optional packages the command needs are checked before any work
+    # (TensorFlow's import included): one line and status 2, no traceback.
+    requirements = getattr(module, "requirements", None)
+    try:
+        extras.require(requirements(args) if requirements else (), _command_words(argv))
+    except extras.MissingOptional as exc:
+        print(f"normopt: error: {exc}", file=sys.stderr)
+        return 2
     import_tensorflow_quietly()
-    return importlib.import_module(args._module).run(args) or 0
+    return module.run(args) or 0
 
 
 if __name__ == "__main__":

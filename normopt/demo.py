@@ -15,6 +15,12 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
 
+def requirements(args):
+    """(module, extra) pairs the demo needs (checked by normopt.cli)."""
+    del args
+    return [("sklearn", "demo")]
+
+
 def load_digits_split(seed=0):
     import numpy as np
     from sklearn.datasets import load_digits

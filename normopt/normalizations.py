@@ -48,6 +48,13 @@ def accumulation_dtype(dtype):
     return tf.float64 if tf.as_dtype(dtype) == tf.float64 else tf.float32
 
 
+def widest_accumulation_dtype(dtypes):
+    """The accumulation dtype of a norm over gradients of all `dtypes`
+    together: float64 if any is float64, else float32."""
+    accs = {accumulation_dtype(d) for d in dtypes}
+    return tf.float64 if tf.float64 in accs else tf.float32
+
+
 def as_scalar(value, dtype):
     """A Python number or tensor as a scalar of `dtype`.
 
@@ -159,8 +166,10 @@ def rescue_exponent(x):
     return tf.clip_by_value(e - (bias - 1), 0, max_exp - 2)
 
 
-def gradient_stats(values, total_count=None, needed=None, pre=None, units=None):
-    """One-pass statistics of a gradient, in its accumulation dtype.
+def gradient_stats(values, total_count=None, needed=None, pre=None, units=None,
+                   acc=None):
+    """One-pass statistics of a gradient, in its accumulation dtype (or in
+    `acc`, at least as wide: a norm over gradients of several dtypes).
 
     `values` holds the explicit elements; `total_count` (>= their number) is
     the element count of the dense tensor they stand for, the rest being
@@ -173,7 +182,7 @@ def gradient_stats(values, total_count=None, needed=None, pre=None, units=None):
     (`total_count` then counts the dense tensor's elements of all units).
     """
     needed = set(needed or ("sum_abs", "sum_sq", "max_abs", "min_abs", "mean", "m2"))
-    acc = accumulation_dtype(values.dtype)
+    acc = acc or accumulation_dtype(values.dtype)
     x = tf.reshape(tf.cast(values, acc), [-1] if units is None else [-1, units])
     if pre is not None:
         x = x * pre
@@ -275,14 +284,16 @@ def builtin_norm(values, name, eps, total_count=None, units=None):
 def global_norm(grads, name, eps):
     """Built-in norm `name` of all `grads` together, as if concatenated (n
     the total count), with the same rescue as `builtin_norm`. IndexedSlices
-    count as the dense tensors they stand for."""
+    count as the dense tensors they stand for. Gradients of several dtypes
+    are all accumulated in the widest one's accumulation dtype (float64 if
+    any is float64), which is the dtype of the norm."""
     needed = STATS_NEEDED[canonical_name(name)]
     parts = [_values_and_count(g) for g in grads]
-    acc = accumulation_dtype(parts[0][0].dtype)
+    acc = widest_accumulation_dtype([v.dtype for v, _ in parts])
     eps = as_scalar(keras.config.epsilon() if eps is None else eps, acc)
 
     def stats(pre=None):
-        return merge_stats([gradient_stats(v, n, needed, pre) for v, n in parts])
+        return merge_stats([gradient_stats(v, n, needed, pre, acc=acc) for v, n in parts])
 
     return _rescued(name, stats, [v for v, _ in parts], eps)
 

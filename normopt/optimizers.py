@@ -17,6 +17,7 @@ import re
 import warnings
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras.src.utils import tracking
 
@@ -251,11 +252,19 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
         variable is also excluded when any of `var_names` matches its name
         (`re.search`). Excluded gradients are not normalized or clipped and
         do not count in a global norm. `var_names` are saved in the config.
+        `var_names` is a list of patterns: a string alone is refused (its
+        characters would be the patterns).
         """
         if self.built:
             raise ValueError(
                 "`exclude_from_normalization()` can only be configured before "
                 "the optimizer is built."
+            )
+        if isinstance(var_names, str):
+            raise TypeError(
+                "`var_names` must be a list of strings (regular expressions), "
+                f"got the string {var_names!r}. Pass [{var_names!r}] to "
+                "exclude the variables whose name it matches."
             )
         self._excluded_keys = {self._var_key(v) for v in var_list or ()}
         names = list(var_names or ())
@@ -277,9 +286,10 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
         """Why the compiled op cannot do this wrapper's scaling on `path`,
         or None. The CPU op takes every granularity, exclusions and adaptive
         clipping; adaptive clipping needs the variables (the update op, not
-        the scale-only one) and a built-in norm, a global norm one op call
-        (one dtype), and the op's GPU kernel per-tensor norms of every
-        gradient.
+        the scale-only one), a built-in norm and, globally, gradients of one
+        dtype (the op takes a global norm over several dtypes measured in TF,
+        fused_step.several_dtypes_global, in the normalize and clip modes
+        only); the op's GPU kernel takes per-tensor norms of every gradient.
         """
         found = []
         adaptive = self._mode == ADAPTIVE
@@ -290,8 +300,11 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
             )
         if adaptive and normalizations.custom_function(self.normalization):
             found.append("adaptive clipping with a custom normalization")
-        if self.granularity == "global" and len({g.dtype for g in grads}) > 1:
-            found.append("a global norm over gradients of several dtypes")
+        if adaptive and self._several_dtypes_global(grads, variables):
+            found.append(
+                "adaptive clipping with a global norm over gradients of "
+                "several dtypes"
+            )
         beyond_tensor = (
             self.granularity != "tensor"
             or adaptive
@@ -308,6 +321,14 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
             return None
         return "the compiled op cannot scale here: " + "; ".join(found)
 
+    def _excluded_ids(self, variables):
+        return frozenset(id(v) for v in variables if self._is_excluded(v))
+
+    def _several_dtypes_global(self, grads, variables):
+        return fused_step.several_dtypes_global(
+            self.granularity, self._excluded_ids(variables), grads, variables
+        )
+
     def _scaling(self, variables):
         """The fused_step.Scaling of this wrapper for `variables`."""
         adaptive = self._mode == ADAPTIVE
@@ -316,7 +337,7 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
             mode=self._mode,
             clipnorm=self.clip_factor if adaptive else self._clipnorm_value(),
             granularity=self.granularity,
-            excluded=frozenset(id(v) for v in variables if self._is_excluded(v)),
+            excluded=self._excluded_ids(variables),
             weight_eps=self.eps if adaptive else 0.0,
         )
 
@@ -373,6 +394,19 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
         }
         self._trainable_variables = list(var_list)
         self.built = True
+
+    def __setattr__(self, name, value):
+        # `loss_scale_factor` set from outside after construction: the outer
+        # optimizer takes over the loss scaling (LossScaleOptimizer sets
+        # None on its inner optimizer, MultiOptimizer its own factor), so
+        # the inner optimizer must not unscale by a factor of its own too;
+        # Keras clears it only one level down, on the wrapper. (Here, not in
+        # a property setter: Keras's tracking skips the assignment of the
+        # value an attribute already has, None over None included.)
+        if name == "loss_scale_factor" and "inner_optimizer" in self.__dict__:
+            if self.inner_optimizer.loss_scale_factor is not None:
+                self.inner_optimizer.loss_scale_factor = None
+        super().__setattr__(name, value)
 
     weight_decay = _inner_option("weight_decay")
     use_ema = _inner_option("use_ema")
@@ -550,8 +584,13 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
                 tf.distribute.ReduceOp.SUM, gs
             )
         with keras.name_scope(self.name, caller=self):
+            # Chosen before any skip: `last_path` names the path of a skipped
+            # step too (the one it would have taken), in eager mode as when
+            # traced.
+            path = self._step_path(gs, vs)
+            self.last_path = path
             if not self.skip_nonfinite:
-                self._record_gradient_norms(gs, vs, self._step(gs, vs, replicas))
+                self._record_gradient_norms(gs, vs, self._step(gs, vs, replicas, path))
                 return
             # The step may not run: the norms are taken before it, in TF.
             self._record_gradient_norms(gs, vs)
@@ -560,55 +599,65 @@ class _GradientNormWrapper(keras.optimizers.Optimizer):
                 # does) must run in cross-replica context.
                 tf.distribute.get_replica_context().merge_call(
                     self._distributed_step_if_finite,
-                    args=(gs, vs, replicas, _all_finite(gs)),
+                    args=(gs, vs, replicas, _all_finite(gs), path),
                 )
             else:
-                tf.cond(_all_finite(gs), lambda: self._finite_step(gs, vs), self._skip_step)
+                tf.cond(
+                    _all_finite(gs),
+                    lambda: self._finite_step(gs, vs, path),
+                    self._skip_step,
+                )
 
-    def _distributed_step_if_finite(self, distribution, gs, vs, replicas, finite):
+    def _distributed_step_if_finite(self, distribution, gs, vs, replicas, finite, path):
         # Every replica holds the same all-reduced gradients, hence the same
         # verdict: take the first.
         finite = distribution.experimental_local_results(finite)[0]
 
         def step():
             distribution.extended.call_for_each_replica(
-                self._step, args=(gs, vs, replicas)
+                self._step, args=(gs, vs, replicas, path)
             )
             return tf.constant(True)
 
         tf.cond(finite, step, self._skip_step)
 
-    def _finite_step(self, gs, vs):
-        self._step(gs, vs, 1)
+    def _finite_step(self, gs, vs, path):
+        self._step(gs, vs, 1, path)
         return tf.constant(True)
 
     def _skip_step(self):
         self.skipped_steps.assign_add(1)
         return tf.constant(False)
 
-    def _step(self, gs, vs, replicas):
-        """One step on gradients already summed across replicas; returns the
-        L2 norms the compiled op measured (parts, `_record_gradient_norms`),
-        else None."""
-        inner = self.inner_optimizer
-        keras_adapters.restore_unsaved_state(inner)
+    def _step_path(self, gs, vs):
+        """The StepPath of a step on `gs` (fused_step.choose_path, then what
+        the compiled op cannot scale); raises FusedPathUnavailable for
+        fused=True where the op cannot run."""
         path = fused_step.choose_path(
-            self.fused, self.normalization, inner, gs, vs,
+            self.fused, self.normalization, self.inner_optimizer, gs, vs,
             granularity=self.granularity,
         )
-        beyond = (
-            self._beyond_compiled(path.name, gs, vs)
-            if path.name in paths.COMPILED
-            else None
-        )
+        if path.name not in paths.COMPILED:
+            return path
+        beyond = self._beyond_compiled(path.name, gs, vs)
         if beyond:
             if self.fused:
                 raise fused_step.FusedPathUnavailable(
                     f"fused=True but the compiled path cannot run: {beyond}. "
                     "Use fused=None to fall back to pure TensorFlow."
                 )
-            path = paths.StepPath(paths.TF, beyond)
-        self.last_path = path
+            return paths.StepPath(paths.TF, beyond)
+        if self._several_dtypes_global(gs, vs):
+            name = paths.FUSED_SCALE if path.name == paths.FUSED_SCALE else paths.FUSED_TF_NORMS
+            return paths.StepPath(name, fused_step.SEVERAL_DTYPES_REASON)
+        return path
+
+    def _step(self, gs, vs, replicas, path):
+        """One step on gradients already summed across replicas, on `path`
+        (`_step_path`); returns the L2 norms the compiled op measured
+        (parts, `_record_gradient_norms`), else None."""
+        inner = self.inner_optimizer
+        keras_adapters.restore_unsaved_state(inner)
         if path.name in (paths.FUSED, paths.FUSED_TF_NORMS):
             return fused_step.run_fused_update(inner, self._scaling(vs), gs, vs)
         factor = inner.loss_scale_factor
@@ -711,10 +760,15 @@ class NormalizedOptimizer(_GradientNormWrapper):
             inner optimizer would get them; True skips any step whose
             gradients hold an inf or NaN (no variable or slot changes) and
             counts it in `skipped_steps`, which is saved with the model.
+            `last_path` then names the path the skipped step would have
+            taken (in eager mode as under tf.function, which traces both).
         name: the wrapper's name.
         loss_scale_factor: None, or the factor `scale_loss` multiplies the
             loss by; gradients are divided by it before their norms are
-            measured (keras.optimizers.MultiOptimizer sets it).
+            measured (keras.optimizers.MultiOptimizer sets it). A factor
+            set on the wrapper after construction, as MultiOptimizer and
+            LossScaleOptimizer (None) do, replaces the inner optimizer's,
+            which is cleared, as Keras clears that of an optimizer it wraps.
 
     Options of the inner optimizer (`weight_decay`, `use_ema`, ...) are read
     and set through the wrapper; `clipnorm`, `clipvalue` and
@@ -867,8 +921,39 @@ class AdaptiveClippedOptimizer(_GradientNormWrapper):
         return config
 
 
+def _concrete_number(value, name, owner):
+    """A scalar tf.Tensor with a value now (eager) or a NumPy scalar, as a
+    float; any other tensor or variable is a ValueError, as every bad value
+    of these arguments (a Python number is needed: the wrapper keeps the
+    value, not a tensor it could read later)."""
+    if isinstance(value, (tf.Variable, keras.Variable)):
+        raise ValueError(
+            f"{owner}: `{name}` must be a Python number, got a variable "
+            f"({value!r}); its later values would not be seen. Pass its "
+            "value as a number."
+        )
+    if isinstance(value, np.ndarray) and value.shape == () and value.dtype.kind in "fiu":
+        return float(value)
+    if tf.is_tensor(value) and (value.dtype.is_floating or value.dtype.is_integer):
+        if not hasattr(value, "numpy"):
+            raise ValueError(
+                f"{owner}: `{name}` must be a Python number, got the symbolic "
+                f"tensor {value!r} (a tensor is taken only where it has a "
+                "value, in eager mode)."
+            )
+        if value.shape.rank != 0:
+            raise ValueError(
+                f"{owner}: `{name}` must be a Python number, got a tensor of "
+                f"shape {value.shape}."
+            )
+        return float(value.numpy())
+    return value
+
+
 def _check_finite(value, name, owner, low, strict):
-    """`value` as a float if finite and > low (strict) or >= low, else ValueError."""
+    """`value` (a number, or a concrete scalar tensor: `_concrete_number`)
+    as a float if finite and > low (strict) or >= low, else ValueError."""
+    value = _concrete_number(value, name, owner)
     ok = (
         not isinstance(value, bool)
         and isinstance(value, numbers.Real)

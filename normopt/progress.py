@@ -30,11 +30,14 @@ def is_terminal(stream=None):
 
 
 def live_bar_enabled(enabled=True, stream=None):
-    """Whether to draw a live (carriage-return) bar on `stream` (default sys.stderr).
+    """Whether to draw a live (carriage-return) bar on `stream` (default
+    sys.stderr): on a terminal, with tqdm (optional) installed.
 
-    For code that makes its own tqdm bar and only takes an on/off flag.
+    For code that takes only an on/off flag (see `live_bar`).
     """
-    return bool(enabled) and is_terminal(stream)
+    from normopt import extras
+
+    return bool(enabled) and is_terminal(stream) and extras.available("tqdm")
 
 
 class NullProgress:
@@ -99,15 +102,26 @@ class LineProgress(NullProgress):
 def bar(total, desc, unit, stream=None, enabled=True):
     """A progress bar on `stream` (default sys.stderr, looked up at call time).
 
-    tqdm on a terminal, `LineProgress` elsewhere, `NullProgress` when not
-    `enabled`. All three have update(n), set_postfix_str(text), close() and
-    work as context managers.
+    tqdm on a terminal, `LineProgress` elsewhere or where tqdm (optional) is
+    not installed, `NullProgress` when not `enabled`. All three have
+    update(n), set_postfix_str(text), close() and work as context managers.
     """
     stream = sys.stderr if stream is None else stream
     if not enabled:
         return NullProgress()
-    if not is_terminal(stream):
+    if not live_bar_enabled(True, stream):
         return LineProgress(total, desc, unit, stream)
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit=unit, file=stream)
+
+
+def live_bar(total, desc, unit, enabled=True, stream=None):
+    """A tqdm bar on `stream` erased when closed, where `live_bar_enabled`;
+    else `NullProgress` (for fine-grained progress not worth plain lines)."""
+    stream = sys.stderr if stream is None else stream
+    if not live_bar_enabled(enabled, stream):
+        return NullProgress()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, file=stream, leave=False)

@@ -28,6 +28,55 @@ def test_bad_clipnorm(clipnorm):
         normopt.ClippedOptimizer(keras.optimizers.SGD(), clipnorm=clipnorm)
 
 
+def test_clipnorm_as_a_concrete_scalar_tensor_or_numpy_scalar():
+    import numpy as np
+    import tensorflow as tf
+
+    for value in (tf.constant(0.5), tf.constant(0.5, tf.float64), np.float32(0.5),
+                  np.array(0.5)):
+        opt = normopt.ClippedOptimizer(keras.optimizers.SGD(), clipnorm=value)
+        assert opt.clipnorm == 0.5 and type(opt.clipnorm) is float
+        assert opt.get_config()["clipnorm"] == 0.5
+    clip_factor = tf.constant(0.25)
+    opt = normopt.AdaptiveClippedOptimizer("sgd", clip_factor=clip_factor)
+    assert opt.clip_factor == 0.25 and type(opt.clip_factor) is float
+
+
+def test_clipnorm_that_is_no_concrete_scalar_asks_for_a_python_number():
+    import tensorflow as tf
+
+    for value in (tf.constant([0.5]), tf.Variable(0.5), keras.Variable(0.5)):
+        with pytest.raises(ValueError, match="`clipnorm` must be a Python number"):
+            normopt.ClippedOptimizer(keras.optimizers.SGD(), clipnorm=value)
+    with pytest.raises(ValueError, match="finite number > 0, got -1.0"):
+        normopt.ClippedOptimizer(keras.optimizers.SGD(), clipnorm=tf.constant(-1.0))
+    found = []
+    inner = keras.optimizers.SGD()  # its variables: outside the tf.function
+
+    @tf.function
+    def construct(value):
+        try:
+            normopt.ClippedOptimizer(inner, clipnorm=value)
+        except ValueError as err:
+            found.append(str(err))
+
+    construct(tf.constant(0.5))
+    assert len(found) == 1 and "Python number" in found[0] and "symbolic" in found[0]
+
+
+def test_exclude_from_normalization_refuses_a_string():
+    """A string would be taken as its characters: 'bias' as b, i, a, s."""
+    opt = normopt.NormalizedOptimizer("sgd")
+    with pytest.raises(TypeError, match=r"list of strings.*got the string 'bias'.*\['bias'\]"):
+        opt.exclude_from_normalization(var_names="bias")
+    opt.exclude_from_normalization(var_names=["bias"])
+    import numpy as np
+
+    kernel = keras.Variable(np.ones(2), name="dense_kernel")
+    bias = keras.Variable(np.ones(2), name="dense_bias")
+    assert [opt._is_excluded(v) for v in (kernel, bias)] == [False, True]
+
+
 @pytest.mark.parametrize("optimizer", [None, 3, object(), "not_an_optimizer",
                                        keras.layers.Dense(2)])
 def test_non_optimizer(optimizer):

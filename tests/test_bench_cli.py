@@ -64,6 +64,25 @@ def test_json_records_environment_and_bandwidth(quick_run):
     assert bw["bytes_per_s"] == max(p["bytes_per_s"] for p in bw["probes"]) > 0
 
 
+def test_json_records_whether_the_machine_was_busy(quick_run):
+    """The verdict and its signals are recorded, and each timed figure says
+    whether it can be trusted (the verdict itself depends on this machine:
+    tests/test_bench_busy.py feeds the signals in)."""
+    _, data, _ = quick_run
+    verdict = data["busy_machine"]
+    assert verdict["busy"] == bool(verdict["reasons"])
+    signals = verdict["signals"]
+    assert signals["cpus"] == data["environment"]["cpu_count"]
+    probes = data["bandwidth"]["probes"]
+    assert signals["bandwidth_probe_disagreement"] == pytest.approx(
+        1 - min(p["bytes_per_s"] for p in probes) / max(p["bytes_per_s"] for p in probes))
+    for case in data["norms"]["cases"] + data["step"]["cases"]:
+        if case["status"] == "ok":
+            assert case["trusted"] is (not case["untrusted_reasons"])
+            assert case["trusted"] or not verdict["busy"] or (
+                "the machine was busy during the run" in case["untrusted_reasons"])
+
+
 def test_every_norm_size_and_available_impl_is_timed(quick_run):
     _, data, _ = quick_run
     result = data["norms"]

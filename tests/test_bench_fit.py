@@ -236,6 +236,53 @@ def test_model_path_times_a_saved_token_model(tmp_path):
     assert data["settings"]["model_path"] == str(path)
 
 
+def _multi_input_model(kind):
+    """Token ids (vocabulary 30), a category id (vocabulary 4: the Embedding
+    found first is the larger one) and float features, as a list or a dict
+    (keys not in sorted order); two outputs."""
+    tokens = keras.Input((5,), dtype="int32", name="tokens")
+    category = keras.Input((1,), dtype="int32", name="category")
+    features = keras.Input((3,), name="features")
+    t = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(30, 4)(tokens))
+    c = keras.layers.Flatten()(keras.layers.Embedding(4, 2)(category))
+    x = keras.layers.Concatenate()([t, c, features])
+    outputs = [keras.layers.Dense(2)(x), keras.layers.Dense(1)(x)]
+    if kind == "list":
+        return keras.Model([tokens, category, features], outputs, name="multi")
+    return keras.Model({"tokens": tokens, "features": features, "category": category},
+                       outputs, name="multi")
+
+
+@pytest.mark.parametrize("kind", ["list", "dict"])
+def test_model_path_times_a_saved_multi_input_model(kind, tmp_path):
+    """A saved model with several inputs, as a list or a dict, integer ones
+    feeding Embeddings of different sizes: every call is timed, each int
+    input drawing valid indices of the Embedding it feeds."""
+    model = _multi_input_model(kind)
+    path = str(tmp_path / "multi.keras")
+    model.save(path)
+    result = fit_bench.fit(path, ["sgd_momentum"], batch_size=4, repeats=1,
+                           steps_per_sample=1, warmup=1)
+    cases = result["cases"]
+    assert [c["variant"] for c in cases] == CALLS
+    for c in cases:
+        _check_time(c, repeats=1)
+    want = {"tokens": {"shape": [4, 5], "dtype": "int32", "int_bound": 30},
+            "category": {"shape": [4, 1], "dtype": "int32", "int_bound": 4},
+            "features": {"shape": [4, 3], "dtype": "float32", "int_bound": None}}
+    loaded = keras.models.load_model(path, compile=False)
+    assert cases[0]["inputs"] == [want[t.name] for t in loaded.inputs]
+    # The batch is packed as the model takes it, each array where its input is.
+    specs = fit_models.input_specs(loaded, 4)
+    x = fit_models.synthetic_inputs(specs, 0, fit_models.input_structure(loaded))
+    named = x if kind == "dict" else dict(zip(["tokens", "category", "features"], x))
+    assert isinstance(x, dict if kind == "dict" else tuple)
+    for name, array in named.items():
+        assert list(array.shape) == want[name]["shape"] and array.dtype == want[name]["dtype"]
+        if want[name]["int_bound"]:
+            assert 0 <= array.min() and array.max() < want[name]["int_bound"]
+
+
 def test_input_specs_of_unknown_dims_and_int_inputs_without_embedding():
     inp = keras.Input((None, 2), dtype="int32")
     model = keras.Model(inp, keras.layers.Dense(1)(keras.ops.cast(inp, "float32")))
@@ -243,6 +290,21 @@ def test_input_specs_of_unknown_dims_and_int_inputs_without_embedding():
     assert spec == ((3, fit_models.DEFAULT_UNKNOWN_DIM, 2), "int32", fit_models.DEFAULT_INT_BOUND)
     x = fit_models.synthetic_inputs([spec])
     assert x.dtype == np.int32 and x.min() >= 0 and x.max() < fit_models.DEFAULT_INT_BOUND
+
+
+def test_params_column_shows_the_count_of_small_and_large_models():
+    """97 parameters read "97", not "0k"; three significant digits in k,
+    two decimals in M."""
+    from normopt.bench import fit_report
+
+    def params_cell(n):
+        case = {"model": "m", "params": n, "batch_size": 4, "inner": "adam",
+                "variant": "plain", "status": "failed", "error": "not run"}
+        return fit_report.rows({"cases": [case]})[0][fit_report.HEADER.index("params")]
+
+    assert [params_cell(n) for n in (97, 999, 1_234, 12_345, 588_298, 999_700,
+                                      14_708_746)] == [
+        "97", "999", "1.23k", "12.3k", "588k", "1.00M", "14.71M"]
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -141,8 +141,10 @@ class _Seen(keras.callbacks.Callback):
     def __init__(self, wrapper):
         super().__init__()
         self.wrapper, self.batches, self.epochs, self.recorded = wrapper, [], [], []
+        self.indices = []
 
     def on_train_batch_end(self, batch, logs=None):
+        self.indices.append(batch)
         self.batches.append(logs.get("grad_norm"))
         self.recorded.append(self.wrapper.gradient_norms.numpy().copy())
 
@@ -216,6 +218,30 @@ def test_monitor_every_n_batches():
     model.fit(x, y, batch_size=4, epochs=1, verbose=0,
               callbacks=[GradientNormMonitor(every=3), seen])
     assert [b is not None for b in seen.batches] == [i % 3 == 0 for i in range(8)]
+
+
+@pytest.mark.parametrize("every,logged", [(1, [3, 7, 11, 15]), (4, [3, 7, 11, 15]),
+                                          (6, [3, 7, 15]), (8, [3, 11])])
+def test_monitor_every_n_batches_with_steps_per_execution(every, logged):
+    """Keras calls the callback after batches 3, 7, 11, 15 of each epoch
+    (steps_per_execution=4, 16 batches): a call logs when the batches it
+    covers hold a multiple of `every`."""
+    model, x, y = model_and_data()
+    wrapper = normopt.NormalizedOptimizer(keras.optimizers.SGD(0.01))
+    model.compile(optimizer=wrapper, loss="mse", steps_per_execution=4)
+    seen = _Seen(wrapper)
+    history = model.fit(x, y, batch_size=2, epochs=2, verbose=0,
+                        callbacks=[GradientNormMonitor(every=every), seen])
+    assert seen.indices == [3, 7, 11, 15] * 2
+    for epoch in range(2):
+        calls = range(4 * epoch, 4 * epoch + 4)
+        assert [seen.indices[i] for i in calls if seen.batches[i] is not None] == logged
+        values = [seen.batches[i] for i in calls if seen.batches[i] is not None]
+        for i in calls:
+            if seen.batches[i] is not None:
+                # the norm of the execution's last step
+                assert seen.batches[i] == pytest.approx(l2(seen.recorded[i]), rel=1e-6)
+        assert history.history["grad_norm"][epoch] == pytest.approx(np.mean(values), rel=1e-6)
 
 
 def test_monitor_with_a_plain_optimizer_says_what_it_needs():

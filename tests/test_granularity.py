@@ -317,3 +317,87 @@ def test_adaptive_global_without_variables():
         opt.build([keras.Variable(np.zeros(2))])
     with pytest.raises(ValueError, match="needs at least one variable"):
         normopt.AdaptiveClippedOptimizer("sgd", granularity="global").build([])
+
+
+# A global norm over gradients of several dtypes: the norm of all of them
+# concatenated, its statistics accumulated in the widest dtype (float64 here),
+# each variable updated in its own dtype. The pure-TF path measures and
+# scales; with fused=None the op scales and updates each dtype by the norm
+# TensorFlow measured (path fused_tf_norms), except adaptive clipping, which
+# keeps the pure-TF path and says why.
+MIXED_PATH = {"normalized": "fused_tf_norms", "clipped": "fused_tf_norms", "adaptive": "tf"}
+
+
+def mixed_step(kind, name, fused, grads, weights, dtypes, exclude=None):
+    opt = make_wrapper(kind, name, "global", fused)
+    variables = [keras.Variable(np.asarray(w, d), dtype=d) for w, d in zip(weights, dtypes)]
+    if exclude is not None:
+        opt.exclude_from_normalization(var_list=[variables[i] for i in exclude])
+    opt.apply([tf.constant(np.asarray(g, d)) for g, d in zip(grads, dtypes)], variables)
+    return opt, [np.asarray(w, np.float64) - v.numpy().astype(np.float64)
+                 for v, w in zip(variables, weights)]
+
+
+def assert_mixed_path(opt, kind, fused):
+    if fused is False:
+        assert opt.last_path == ("tf", "fused=False")
+        return
+    assert opt.last_path.name == MIXED_PATH[kind]
+    assert "several dtypes" in opt.last_path.reason
+
+
+@pytest.mark.parametrize("fused", [None, False])
+@pytest.mark.parametrize("kind", KINDS)
+def test_global_norm_over_float32_and_float64(kind, fused):
+    """The issue's case: [3, 4] (float32) and [0, 12] (float64), SGD(1)."""
+    grads = [np.array([3.0, 4.0]), np.array([0.0, 12.0])]
+    weights = [np.array([1.0, -1.0]), np.array([0.5, 2.0])]
+    opt, got = mixed_step(kind, "l2", fused, grads, weights, ["float32", "float64"])
+    assert_mixed_path(opt, kind, fused)
+    want = reference_step(kind, grads, weights, "l2", "global")
+    np.testing.assert_allclose(got[0], want[0], **TOL["float32"])
+    np.testing.assert_allclose(got[1], want[1], **TOL["float64"])
+    np.testing.assert_allclose(opt.gradient_norms.numpy(), [5.0, 12.0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("fused", [None, False])
+@pytest.mark.parametrize("kind,name", covering(KINDS, ["l2", "std", "min_max", "avg_l1"]))
+def test_global_norm_over_float32_and_float64_accumulates_in_float64(kind, name, fused):
+    """float32 statistics would miss the float64 variables' tolerance."""
+    grads, weights = data(4)
+    dtypes = ["float32", "float64", "float32", "float64"]
+    grads = [np.asarray(g, d).astype(np.float64) for g, d in zip(grads, dtypes)]
+    weights = [np.asarray(w, d).astype(np.float64) for w, d in zip(weights, dtypes)]
+    opt, got = mixed_step(kind, name, fused, grads, weights, dtypes)
+    assert_mixed_path(opt, kind, fused)
+    want = reference_step(kind, grads, weights, name, "global")
+    for g, w, d in zip(got, want, dtypes):
+        np.testing.assert_allclose(g, w, **TOL[d])
+
+
+@pytest.mark.parametrize("dtypes", [["float16", "float32", "bfloat16", "float32"],
+                                    ["float16", "bfloat16", "float16", "float16"]])
+def test_global_norm_over_16_bit_and_float32_gradients(dtypes):
+    grads, weights = data(5)
+    grads = [np.asarray(tf.cast(tf.constant(g, "float32"), d).numpy(), np.float64)
+             for g, d in zip(grads, dtypes)]
+    weights = [np.asarray(tf.cast(tf.constant(w, "float32"), d).numpy(), np.float64)
+               for w, d in zip(weights, dtypes)]
+    opt, got = mixed_step("normalized", "l2", None, grads, weights, dtypes)
+    assert_mixed_path(opt, "normalized", None)
+    want = reference_step("normalized", grads, weights, "l2", "global")
+    for g, w, w0, d in zip(got, want, weights, dtypes):
+        rtol, atol = STORED_TOL[d]
+        assert np.all(np.abs(g - w) <= rtol * (np.abs(w0) + np.abs(w)) + atol), d
+
+
+def test_global_norm_over_one_dtype_besides_an_excluded_one_stays_fused():
+    """Only the gradients in the norm count: an excluded float64 one leaves
+    one dtype, which the op measures itself."""
+    grads, weights = data(6)
+    dtypes = ["float32", "float64", "float32", "float32"]
+    opt, got = mixed_step("clipped", "l2", None, grads, weights, dtypes, exclude=[1])
+    assert opt.last_path == ("fused", None)
+    want = reference_step("clipped", grads, weights, "l2", "global", excluded=(1,))
+    for g, w, d in zip(got, want, dtypes):
+        np.testing.assert_allclose(g, w, **TOL[d])

@@ -7,9 +7,15 @@ release that renames one fails here, naming it, instead of sending every
 step silently down another path.
 """
 
+import io
+import logging
+
+import numpy as np
 import pytest
+import tensorflow as tf
 
 import keras
+import normopt
 from helpers import unfused_inner
 from normopt.ops import keras_adapters
 
@@ -113,3 +119,42 @@ def test_indexed_slices_table_matches_keras(rule):
         np.testing.assert_allclose(variable.numpy()[absent], start[absent] * decay, rtol=1e-7)
         for slot, old in zip(slots, before):
             np.testing.assert_array_equal(slot.numpy()[absent], old[absent])
+
+
+
+def _user_step(opt, var, options):
+    def step(grad):
+        opt.apply([grad], [var])
+
+    return tf.function(step, experimental_autograph_options=options)
+
+
+def test_no_autograph_warning_in_a_users_tf_function():
+    """A user's tf.function around opt.apply: AutoGraph converts every
+    normopt function it calls and logs a warning for one it cannot convert
+    (an empty body once it drops the docstring). It remembers a failed
+    function per set of conversion options and warns once: options no other
+    test uses make it convert them anew here."""
+    options = (tf.autograph.experimental.Feature.NAME_SCOPES,)
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logger = logging.getLogger("tensorflow")
+    logger.addHandler(handler)
+    try:
+        for name in ("adam", "sgd"):
+            var = keras.Variable(np.ones((3, 2), np.float32))
+            opt = normopt.NormalizedOptimizer(name)
+            _user_step(opt, var, options)(tf.ones((3, 2)))
+            # the step ran through the adapter's hooks
+            assert opt.last_path.name == "fused"
+    finally:
+        logger.removeHandler(handler)
+    assert "AutoGraph could not transform" not in stream.getvalue(), stream.getvalue()
+
+
+def test_every_adapter_hook_converts_with_autograph():
+    """The hooks every step calls convert (to_graph raises where they do not,
+    whatever was converted before)."""
+    for adapter in keras_adapters.ADAPTERS.values():
+        for hook in (adapter.before_update, adapter.restore):
+            tf.autograph.to_graph(hook)

@@ -1031,3 +1031,21 @@ def test_step_scalars_follow_the_table(acc):
     if A is np.float32:  # the test tells "in double" from "in A" apart
         assert np.float32(1 - b1) != one - np.float32(b1)
         assert np.float32(1 - b2) != one - np.float32(b2)
+
+
+def test_cpu_norm_finish_compiles_without_type_safety_warnings(K, monkeypatch):
+    """The per-tensor finish of the norms (what `normopt bench` runs) compiles
+    without Numba's "unsafe cast from uint64 to int64" warning: it is compiled
+    afresh here (Numba's on-disk cache would skip the compile, and its
+    warnings with it) with every Numba type-safety warning an error."""
+    import warnings
+
+    import numba
+    from numba.core.errors import NumbaTypeSafetyWarning
+
+    monkeypatch.setattr(K, "_finish", numba.njit(parallel=True)(K._finish.py_func))
+    arrays = make_arrays([(3 * CHUNK + 1,), (0,), (5,)], "float32")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NumbaTypeSafetyWarning)
+        got = K.norms(arrays, "l2", 1e-7, chunk_size=CHUNK)
+    assert_close(got, [R.norm(a, "l2") for a in arrays], "float32", "l2")

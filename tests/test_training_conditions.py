@@ -61,6 +61,38 @@ def test_explicit_loss_scale_optimizer_around_wrapper():
     np.testing.assert_allclose(-var.numpy(), g, rtol=1e-6)
 
 
+def _lso_step(optimizer, grad, start):
+    """`start` after one LossScaleOptimizer(optimizer) step on `grad` (the
+    gradient of the loss LossScaleOptimizer scales)."""
+    lso = keras.optimizers.LossScaleOptimizer(optimizer)
+    var = keras.Variable(np.asarray(start, np.float32))
+    lso.apply([tf.constant(np.asarray(grad, np.float32)) * lso.initial_scale], [var])
+    return var.numpy()
+
+
+@pytest.mark.parametrize("fused,path", [(None, "fused"), (False, "tf")])
+def test_inner_loss_scale_factor_under_a_loss_scale_optimizer(fused, path):
+    """Keras's test_finite_step_with_inner_loss_scale with the wrapper in
+    between: LossScaleOptimizer clears the factor of the optimizer it wraps
+    (the wrapper), and the wrapper clears its inner optimizer's, as Keras
+    would, so the factor does not divide the update."""
+    grad, start = [1.0, 6.0, 7.0, 2.0], [1.0, 2.0, 3.0, 4.0]
+    want = _lso_step(keras.optimizers.SGD(0.5, loss_scale_factor=100), grad, start)
+    np.testing.assert_allclose(want, [0.5, -1.0, -0.5, 3.0], rtol=1e-4, atol=1e-4)
+    wrapper = normopt.ClippedOptimizer(keras.optimizers.SGD(0.5, loss_scale_factor=100),
+                                       clipnorm=1e30, fused=fused)
+    np.testing.assert_allclose(_lso_step(wrapper, grad, start), want, rtol=1e-6)
+    assert wrapper.last_path.name == path
+    assert wrapper.inner_optimizer.loss_scale_factor is None
+    # normalized: Keras's result on the NumPy-normalized gradient
+    wrapper = normopt.NormalizedOptimizer(keras.optimizers.SGD(0.5, loss_scale_factor=100),
+                                          fused=fused)
+    unit = np.asarray(grad) / R.norm(np.asarray(grad), "l2")
+    want = _lso_step(keras.optimizers.SGD(0.5, loss_scale_factor=100), unit, start)
+    np.testing.assert_allclose(_lso_step(wrapper, grad, start), want, rtol=1e-6)
+    assert wrapper.last_path.name == path
+
+
 @pytest.mark.parametrize("fused,path", [(False, "tf"), (True, "fused")])
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_16bit_gradient_whose_squares_overflow(dtype, fused, path):
@@ -146,6 +178,23 @@ def test_skip_nonfinite_changes_nothing_and_counts(fused, bad):
     assert int(opt.iterations.numpy()) == 1
     opt.apply(good, [w, b])
     assert int(opt.iterations.numpy()) == 2
+
+
+@pytest.mark.parametrize("fused,path", [(None, "fused"), (False, "tf")])
+def test_skipped_eager_step_sets_last_path(fused, path):
+    """A skipped step names the path it would have taken, in eager mode as
+    under tf.function (which traces both branches)."""
+    w = keras.Variable(np.ones(3, np.float32))
+    opt = normopt.NormalizedOptimizer(keras.optimizers.SGD(0.1), "l2", fused=fused,
+                                      skip_nonfinite=True)
+    opt.apply([tf.constant([1.0, np.nan, 1.0])], [w])
+    assert int(opt.skipped_steps.numpy()) == 1
+    np.testing.assert_array_equal(w.numpy(), np.ones(3, np.float32))
+    assert opt.last_path is not None and opt.last_path.name == path
+    traced = normopt.NormalizedOptimizer(keras.optimizers.SGD(0.1), "l2", fused=fused,
+                                         skip_nonfinite=True)
+    tf.function(lambda: traced.apply([tf.constant([1.0, np.nan, 1.0])], [w]))()
+    assert traced.last_path == opt.last_path
 
 
 def test_nonfinite_without_skip_behaves_like_inner():

@@ -2,6 +2,8 @@
 
     cases.py            layer sizes and the variable sets of the step benchmark
     timing.py           the repeat timer and the memory-bandwidth probe
+    busy.py             whether the machine was busy during a run, and which
+                        figures not to trust (marked ! in the tables)
     environment.py      machine and library versions recorded with every run
     norm_impls.py       the norm implementations (pure TF, fused op, Numba, GPU)
     norms_bench.py      time per norm call, per size and implementation

@@ -8,15 +8,18 @@
     normopt bench fit --model M.keras --inners adam   a saved model of yours
 
 Tables go to the terminal, every figure to `--json` and a PNG to `--plot`
-(both default to files in `--out-dir`). Options a mode does not use are
-ignored; unset ones take that mode's default (see DEFAULTS).
+(both default to files in `--out-dir`; without Matplotlib a note replaces
+the PNG). A run on a busy machine says so and marks the figures it cannot
+trust (normopt.bench.busy). Options a mode does not use are ignored; unset
+ones take that mode's default (see DEFAULTS).
 """
 
 import argparse
 import os
 import sys
 
-from normopt.bench import cases, fit_bench, fit_models, norm_impls, step_bench
+from normopt import extras
+from normopt.bench import busy, cases, fit_bench, fit_models, norm_impls, step_bench
 
 MODES = ("quick", "norms", "step", "fit")
 MAX_EXP = 30
@@ -148,13 +151,14 @@ def add_arguments(parser):
                    "architectures a few hundred times smaller, for smoke tests")
     g.add_argument("--model", metavar="PATH", dest="model_path",
                    help="time a saved .keras model on synthetic data of its input "
-                   "shapes and dtypes instead of the reference models")
+                   "shapes and dtypes (one input, a list or a dict) instead of "
+                   "the reference models")
     g.add_argument("--batch-size", type=_int_at_least(1),
                    help="batch size (default: each reference model's own; --model: 32)")
     g.add_argument("--vocabulary", type=_int_at_least(1),
                    help="--model: integer inputs draw from [0, VOCABULARY) (default: "
-                   "the first Embedding layer's input_dim, else "
-                   f"{fit_models.DEFAULT_INT_BOUND})")
+                   "per input, the smallest input_dim of the Embedding layers it "
+                   f"feeds, else {fit_models.DEFAULT_INT_BOUND})")
     g.add_argument("--steps-per-sample", type=_int_at_least(1),
                    help="fit: back-to-back steps per timed sample (default 3; quick 2)")
     g = parser.add_argument_group("timing and output")
@@ -252,6 +256,30 @@ def _fit_settings(args):
     return settings
 
 
+def _busy_verdict(env, cpu_start, payload, probes=()):
+    """busy.machine_verdict of the run that began at `cpu_start`, recorded in
+    payload["busy_machine"] (see normopt.bench.busy)."""
+    cpus = env["cpu_count"]
+    share = busy.other_cpu_share(cpu_start, busy.cpu_snapshot(), cpus)
+    verdict = busy.machine_verdict(cpus, env["load_average_1_5_15_min"],
+                                   payload["load_average_1_5_15_min_after"], share, probes)
+    payload["busy_machine"] = verdict
+    return verdict
+
+
+def _write_plot(args, draw, env):
+    """draw(title) writes the PNG, unless --no-plot; without the plotting
+    library a one-line note replaces it (the table and JSON are written)."""
+    if args.no_plot:
+        return
+    note = extras.plot_note("bench")
+    if note:
+        print(note)
+        return
+    draw(f"{env['cpu_model']}, {env['cpu_count']} CPUs, {env['date_utc']}")
+    print(f"plot: {args.plot}")
+
+
 def run_fit(args):
     """`normopt bench fit`: table on stdout, JSON and PNG (see fit_bench)."""
     import time
@@ -264,6 +292,7 @@ def run_fit(args):
     tf.get_logger().setLevel("ERROR")
     started = time.perf_counter()
     env = environment.collect()
+    cpu_start = busy.cpu_snapshot()
     print(f"normopt bench fit{' --quick' if args.quick else ''}: {env['cpu_model']}, "
           f"{env['cpu_count']} CPUs, TF {env['tensorflow']}, Keras {env['keras']}, op "
           f"library {'loaded' if env['op_library']['loaded'] else 'not loaded'}")
@@ -287,13 +316,14 @@ def run_fit(args):
     payload["fit"] = result
     payload["runtime_s"] = time.perf_counter() - started
     payload["load_average_1_5_15_min_after"] = environment.load_average()
+    verdict = _busy_verdict(env, cpu_start, payload)
+    busy.flag(result["cases"], verdict)
+    if busy.summary(verdict):
+        print(busy.summary(verdict))
     print("\n" + fit_report.table(result))
     report.write_json(args.json, payload)
     print(f"\nJSON: {args.json}")
-    if not args.no_plot:
-        fit_report.plot(args.plot, result,
-                        title=f"{env['cpu_model']}, {env['cpu_count']} CPUs, {env['date_utc']}")
-        print(f"plot: {args.plot}")
+    _write_plot(args, lambda title: fit_report.plot(args.plot, result, title=title), env)
     print(f"runtime: {payload['runtime_s']:.0f} s")
     return 0
 
@@ -315,6 +345,7 @@ def run(args):
     # where the carriage-return redraws do not pile up as lines.
     progress = progress_output.live_bar_enabled(not args.no_progress, sys.stderr)
     env = environment.collect()
+    cpu_start = busy.cpu_snapshot()
     probe_bytes = args.bandwidth_mib * 2**20
     probes = [timing.memory_bandwidth(probe_bytes)]
     print(f"normopt bench {args.mode}: {env['cpu_model']}, {env['cpu_count']} CPUs, "
@@ -340,21 +371,24 @@ def run(args):
                  "probes": probes}
     payload["bandwidth"] = bandwidth
     payload["load_average_1_5_15_min_after"] = environment.load_average()
+    verdict = _busy_verdict(env, cpu_start, payload, probes)
     print(f"memory bandwidth: {bw / 1e9:.1f} GB/s (before the run "
           f"{probes[0]['bytes_per_s'] / 1e9:.1f}, after {probes[1]['bytes_per_s'] / 1e9:.1f}; "
           f"{bandwidth['method']})")
+    if busy.summary(verdict):
+        print(busy.summary(verdict))
     if norms_result is not None:
         timing.add_percent_of_bandwidth(norms_result["cases"], bw)
+        busy.flag(norms_result["cases"], verdict)
         payload["norms"] = norms_result
         print("\n" + report.norms_table(norms_result, bandwidth))
     if step_result is not None:
         timing.add_percent_of_bandwidth(step_result["cases"], bw)
+        busy.flag(step_result["cases"], verdict)
         payload["step"] = step_result
         print("\n" + report.step_table(step_result, bandwidth))
     report.write_json(args.json, payload)
     print(f"\nJSON: {args.json}")
-    if not args.no_plot:
-        report.plot(args.plot, norms_result, step_result,
-                    title=f"{env['cpu_model']}, {env['cpu_count']} CPUs, {env['date_utc']}")
-        print(f"plot: {args.plot}")
+    _write_plot(args, lambda title: report.plot(args.plot, norms_result, step_result,
+                                                title=title), env)
     return 0

@@ -306,7 +306,7 @@ def _run_model(name, build, inners, batch_size, *, classification, norm,
     keras.utils.set_random_seed(seed)
     first = build()
     specs = fit_models.input_specs(first, batch_size, vocabulary)
-    x = fit_models.synthetic_inputs(specs, seed)
+    x = fit_models.synthetic_inputs(specs, seed, fit_models.input_structure(first))
     y = fit_models.synthetic_targets(first, batch_size, classification, seed + 1)
     weights = first.get_weights()
     params = int(sum(int(np.prod(v.shape)) for v in first.trainable_variables))
@@ -367,11 +367,12 @@ def fit(model, inners=None, *, batch_size=32, norm="l2", repeats=15,
     copy with the same weights; a subclassed model cannot be cloned, pass a
     callable instead), a path to a saved `.keras` model, or a zero-argument
     callable returning a new model. Inputs are synthetic with the model's
-    input shapes and dtypes (unknown dimensions past the batch become 16;
-    integer inputs draw from [0, vocabulary), by default the first Embedding
-    layer's input_dim). `loss` defaults to mean squared error against normal
-    targets of each output's shape (the loss does not change the optimizer's
-    cost). `inners`: names from INNER_CANDIDATES, default `default_inners()`.
+    input shapes and dtypes, in its input structure (one input, a list or a
+    dict; unknown dimensions past the batch become 16; integer inputs draw
+    from [0, vocabulary), by default per input from [0, the smallest
+    input_dim of the Embedding layers it feeds)). `loss` defaults to mean
+    squared error against normal targets of each output's shape (the loss
+    does not change the optimizer's cost). `inners`: names from INNER_CANDIDATES, default `default_inners()`.
     Records are as in `run`. `progress`: True for a normopt.progress bar on
     stderr (a live bar on a terminal, plain lines otherwise), or a bar to use.
     """

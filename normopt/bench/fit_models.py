@@ -127,33 +127,87 @@ def reference_model(name, scale="reference"):
     return ModelCase(name, lambda: builder(tiny), 8 if tiny else batch, note)
 
 
-def first_embedding_size(model):
-    """input_dim of the first Embedding layer found (depth first), else None."""
-    import keras
-
-    stack = list(model.layers)
-    while stack:
-        layer = stack.pop(0)
-        if isinstance(layer, keras.layers.Embedding):
-            return int(layer.input_dim)
-        stack = list(getattr(layer, "layers", [])) + stack
-    return None
-
-
 DEFAULT_INT_BOUND = 100   # int inputs of a model without an Embedding layer
 DEFAULT_UNKNOWN_DIM = 16  # a None dimension other than the batch
 
 
+def embedding_sizes(layer):
+    """input_dim of every Embedding layer in `layer` (depth first, itself included)."""
+    import keras
+
+    stack, sizes = [layer], []
+    while stack:
+        layer = stack.pop(0)
+        if isinstance(layer, keras.layers.Embedding):
+            sizes.append(int(layer.input_dim))
+        stack = list(getattr(layer, "layers", [])) + stack
+    return sizes
+
+
+def _embeddings_fed_by(model, tensor):
+    """input_dims of the Embedding layers that `tensor` reaches in `model`'s
+    layer graph (through any layers; all of a nested model's Embeddings),
+    or None where the graph cannot be read (a subclassed model)."""
+    import keras
+
+    operations = getattr(model, "_operations", None)
+    if not operations:
+        return None
+    reached, sizes, changed = {id(tensor)}, [], True
+    while changed:  # until nothing new is reached; graphs are small
+        changed = False
+        for op in operations:
+            for node in getattr(op, "_inbound_nodes", ()):
+                outputs = [id(t) for t in node.output_tensors]
+                if set(outputs) <= reached or not any(
+                        id(t) in reached for t in node.input_tensors):
+                    continue
+                reached.update(outputs)
+                changed = True
+                if isinstance(op, (keras.layers.Embedding, keras.Model)):
+                    sizes += embedding_sizes(op)
+    return sizes
+
+
+def int_bounds(model):
+    """Per input of `model.inputs`: indices valid for every Embedding layer it
+    feeds, i.e. the smallest input_dim among them; DEFAULT_INT_BOUND for an
+    input that feeds none. Where the graph cannot be read, the smallest
+    input_dim of all the model's Embedding layers for every input."""
+    every = embedding_sizes(model)
+    bounds = []
+    for tensor in model.inputs:
+        try:
+            fed = _embeddings_fed_by(model, tensor)
+        except (AttributeError, TypeError):  # a graph this code cannot walk
+            fed = None
+        sizes = every if fed is None else fed
+        bounds.append(min(sizes) if sizes else DEFAULT_INT_BOUND)
+    return bounds
+
+
+def input_structure(model):
+    """The model's inputs as it takes them: one KerasTensor, a list or a dict
+    (a functional model's `input`; `inputs` of a Sequential one)."""
+    try:
+        structure = model.input
+    except (AttributeError, ValueError):  # a Sequential model never called
+        structure = model.inputs
+    if isinstance(structure, (list, tuple)) and len(structure) == 1:
+        return structure[0]
+    return structure
+
+
 def input_specs(model, batch_size, vocabulary=None):
-    """[(shape, dtype name, int upper bound or None)] of each model input.
+    """[(shape, dtype name, int upper bound or None)] of each of `model.inputs`.
 
     Unknown dimensions past the batch become DEFAULT_UNKNOWN_DIM; integer
-    inputs draw from [0, vocabulary), the vocabulary being the first
-    Embedding layer's input_dim unless given.
+    inputs draw from [0, vocabulary), by default from [0, bound) of
+    `int_bounds` (valid indices of the Embedding layers each feeds).
     """
-    bound = vocabulary or first_embedding_size(model) or DEFAULT_INT_BOUND
+    bounds = [vocabulary] * len(model.inputs) if vocabulary else int_bounds(model)
     specs = []
-    for tensor in model.inputs:
+    for tensor, bound in zip(model.inputs, bounds):
         shape = (batch_size,) + tuple(
             DEFAULT_UNKNOWN_DIM if d is None else int(d) for d in tensor.shape[1:]
         )
@@ -164,8 +218,13 @@ def input_specs(model, batch_size, vocabulary=None):
     return specs
 
 
-def synthetic_inputs(specs, seed=0):
-    """One batch for `input_specs` (a single array for a one-input model)."""
+def synthetic_inputs(specs, seed=0, structure=None):
+    """One batch for `input_specs`, packed as `structure` (`input_structure`:
+    one array, a tuple for a list, a dict); without it one array for one
+    input, else a tuple. Tuples, not lists: tf.data takes a list for one
+    tensor."""
+    import keras
+
     rng = np.random.default_rng(seed)
     arrays = []
     for shape, dtype, bound in specs:
@@ -173,7 +232,9 @@ def synthetic_inputs(specs, seed=0):
             arrays.append(rng.integers(0, bound, size=shape).astype(dtype))
         else:
             arrays.append(rng.standard_normal(shape).astype(dtype))
-    return arrays[0] if len(arrays) == 1 else arrays
+    if structure is None:
+        return arrays[0] if len(arrays) == 1 else tuple(arrays)
+    return keras.tree.lists_to_tuples(keras.tree.pack_sequence_as(structure, arrays))
 
 
 def synthetic_targets(model, batch_size, classification, seed=1):
@@ -188,4 +249,4 @@ def synthetic_targets(model, batch_size, classification, seed=1):
         ).astype("float32")
         for t in model.outputs
     ]
-    return targets[0] if len(targets) == 1 else targets
+    return targets[0] if len(targets) == 1 else tuple(targets)

@@ -3,7 +3,8 @@
 import math
 import os
 
-from normopt.bench.report import format_spread
+from normopt.bench import busy
+from normopt.bench.report import format_count, format_spread
 
 COLUMNS = ("fwd_bwd", "plain", "normalized_tf", "normalized_fused")
 HEADINGS = {"fwd_bwd": "fwd+bwd only", "plain": "plain inner",
@@ -25,7 +26,7 @@ def _cell(record):
         return ""
     if record["status"] != "ok":
         return "FAILED"
-    return format_spread(record["time"])
+    return format_spread(record["time"]) + busy.mark(record)
 
 
 def _share(record):
@@ -40,9 +41,7 @@ def _ratio(record, key):
 
 
 def _params(n):
-    if n is None:
-        return "?"
-    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.0f}k"
+    return "?" if n is None else format_count(n)
 
 
 def rows(result):
@@ -74,6 +73,7 @@ def table(result):
         "fused vs X = time(X) / time(fused); opt share = (step - fwd+bwd) / step"
     ]
     lines.append(_table(HEADER, rows(result)))
+    lines += busy.note_lines(result["cases"])
     seen = set()
     for c in result["cases"]:
         if c["status"] != "ok":

@@ -22,9 +22,9 @@ from normopt.bench import norm_impls, timing
 
 
 def _progress(total, enabled, desc):
-    from tqdm import tqdm
+    from normopt import progress
 
-    return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
+    return progress.live_bar(total, desc, "case", enabled=enabled)
 
 
 def run(sizes, norms, impls, dtype="float32", repeats=7, warmup=2,

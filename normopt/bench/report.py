@@ -4,6 +4,8 @@ import json
 import math
 import os
 
+from normopt.bench import busy
+
 
 def format_time(seconds):
     if seconds < 1e-3:
@@ -11,6 +13,15 @@ def format_time(seconds):
     if seconds < 1:
         return f"{seconds * 1e3:.2f}ms"
     return f"{seconds:.2f}s"
+
+
+def format_count(n):
+    """A count in a unit that shows it: 97, 1.23k, 12.3k, 588k, 14.71M."""
+    if n < 1000:
+        return str(n)
+    if n < 999_500:  # three significant digits, below what rounds to 1000k
+        return f"{n / 1e3:.3g}k"
+    return f"{n / 1e6:.2f}M"
 
 
 def format_spread(summary):
@@ -56,7 +67,7 @@ def norms_table(result, bandwidth=None):
                     cell = f"{format_time(c['time']['median_s'])} {c['gb_per_s']:.2f}GB/s"
                     if "pct_bandwidth" in c:
                         cell += f" {c['pct_bandwidth']:.0f}%"
-                    row.append(cell)
+                    row.append(cell + busy.mark(c))
             rows.append(row)
     lines = []
     if bandwidth:
@@ -66,6 +77,7 @@ def norms_table(result, bandwidth=None):
         )
     if rows:
         lines.append(_table(["norm", "size"] + impls, rows))
+        lines += busy.note_lines(cases)
     lines += _unavailable_lines(result["unavailable"])
     lines += [
         f"failed: {c['impl']} {c['norm']} {c['size']}: {c['error']}"
@@ -84,7 +96,7 @@ def _step_cell(record, wrapper):
     if isinstance(speedup, dict):
         speedup = speedup.get(wrapper)
     cell = format_time(record["time"]["median_s"])
-    return cell + (f" ({speedup:.2f}x)" if speedup else "")
+    return cell + (f" ({speedup:.2f}x)" if speedup else "") + busy.mark(record)
 
 
 def step_table(result, bandwidth=None):
@@ -123,6 +135,7 @@ def step_table(result, bandwidth=None):
         lines[0] += f"; bandwidth {bandwidth['bytes_per_s'] / 1e9:.1f} GB/s (copy)"
     header = ["set", "vars/params", "optimizer"] + paths + ["achieved", "path ran"]
     lines.append(_table(header, rows))
+    lines += busy.note_lines(cases)
     seen = set()
     for c in cases:
         if c["status"] != "ok" and (c["path"], c["reason"]) not in seen:

@@ -174,14 +174,14 @@ def _add_ratios(results, set_name, inner, wrappers):
 def run(sets, inners, wrappers, paths, norm="l2", repeats=20, warmup=3,
         progress=True):
     """Runs every set; returns {"cases": [...]} (one record per measurement)."""
-    from tqdm import tqdm
+    from normopt import progress as progress_output
 
     per_set = len(inners) * (
         ("plain" in paths) + len(wrappers) * len([p for p in paths if p != "plain"])
     )
     results = []
-    with tqdm(total=len(sets) * per_set, desc="step", disable=not progress,
-              leave=False) as bar:
+    with progress_output.live_bar(len(sets) * per_set, "step", "case",
+                                  enabled=progress) as bar:
         for name in sets:
             bar.set_postfix_str(name)
             results += run_set(

@@ -15,11 +15,14 @@ import argparse
 import os
 import sys
 
+from normopt import extras
+
 CHOICES = ("convex", "lr-sweep", "mlp", "cnn", "lm", "all")
 DEFAULT_OUT = os.path.join("normopt-out", "experiments")
 DEFAULT_DATASET = {"mlp": "digits", "cnn": "digits"}
 FUSED_CHOICES = {"auto": None, "fused": True, "tf": False}
 ALLOWED_DATASETS = {"mlp": ("digits", "mnist"), "cnn": ("digits", "cifar10")}
+QUADRATIC = ("convex", "lr-sweep")  # the experiments on problems.make_quadratic
 
 
 def _positive_int(text):
@@ -85,6 +88,20 @@ def _fail(message):
     return 2
 
 
+def requirements(args):
+    """(module, extra) pairs of the experiments named (checked by normopt.cli):
+    the convex problem and the digits dataset come from scikit-learn. The
+    plots are optional (see `run`)."""
+    from normopt.experiments.suite import NAMES
+
+    names = NAMES if args.name == "all" else (args.name,)
+    on_digits = [n for n in names if n in ALLOWED_DATASETS
+                 and (_dataset_choice(args, n) or "digits") == "digits"]
+    if on_digits or any(n in QUADRATIC for n in names):
+        return [("sklearn", "experiments")]
+    return []
+
+
 def _dataset_choice(args, name):
     if args.dataset in (None, "digits"):
         return "digits"
@@ -133,10 +150,13 @@ def run(args):
         except FusedPathUnavailable as exc:  # --path fused where the op cannot run
             return _fail(f"--path fused: {exc}")
         result["environment"] = _environment(args)
-        json_path, png_paths = report.save(result, args.out)
+        plot_note = extras.plot_note("experiments")
+        json_path, png_paths = report.save(result, args.out, plots=plot_note is None)
         print(f"\n== {name}{' (quick)' if args.quick else ''}: {_headline(result)}")
         print(report.format_table(result))
-        print(f"wrote {json_path} and {', '.join(png_paths)}")
+        print(f"wrote {', '.join([json_path] + png_paths)}")
+        if plot_note:
+            print(plot_note)
     return 0
 
 

@@ -306,12 +306,15 @@ def file_stem(name):
     return name.replace("-", "_")
 
 
-def save(result, out_dir):
-    """Writes <out>/<name>.json, <out>/<name>.png and the experiment's extra
-    figures (<out>/<name><suffix>.png); returns the JSON path and the PNGs."""
+def save(result, out_dir, plots=True):
+    """Writes <out>/<name>.json and, with `plots`, <out>/<name>.png and the
+    experiment's extra figures (<out>/<name><suffix>.png); returns the JSON
+    path and the PNGs written."""
     os.makedirs(out_dir, exist_ok=True)
     stem = os.path.join(out_dir, file_stem(result["experiment"]))
     json_path = write_json(result, stem + ".json")
+    if not plots:
+        return json_path, []
     pngs = [stem + ".png"]
     PLOTTERS[result["experiment"]](result, pngs[0])
     for suffix, plot in EXTRA_PLOTS.get(result["experiment"], []):

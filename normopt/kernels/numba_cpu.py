@@ -82,7 +82,10 @@ def _finish(stats, first, arrays, kind, mode, clipnorm, eps, min_normal, max_exp
     """Per tensor: merge its chunks in order, then norm (rescued where it
     overflowed) and scale (pre, mult)."""
     for t in prange(first.size - 1):
-        a = arrays[t]
+        # Numba types this prange index as uint64 and a typed List takes a
+        # signed index: without the conversion every compile warns of an
+        # unsafe cast.
+        a = arrays[np.int64(t)]
         norms[t], scales[t, 0], scales[t, 1] = _tensor_finish(
             stats, first[t], first[t + 1], kind, mode, clipnorm, eps, a, 0, a.size,
             min_normal, max_exp, max_value)

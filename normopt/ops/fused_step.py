@@ -265,6 +265,49 @@ class Scaling:
         return [k for k, v in enumerate(variables) if id(v) in self.excluded]
 
 
+def several_dtypes_global(granularity, excluded, grads, variables):
+    """Whether a step takes one global norm over gradients of more than one
+    dtype (those of variables not in `excluded`, a set of ids): the op, one
+    call per dtype, cannot merge their statistics, so TensorFlow measures
+    that norm (`_shared_global_norm`)."""
+    if granularity != "global":
+        return False
+    dtypes = {g.dtype for g, v in zip(grads, variables) if id(v) not in excluded}
+    return len(dtypes) > 1
+
+
+# StepPath.reason of a step that several_dtypes_global sends to the op with
+# TF-measured norms.
+SEVERAL_DTYPES_REASON = (
+    "a global norm over gradients of several dtypes: TensorFlow measures it "
+    "(statistics in float64 where any gradient is float64), the compiled op "
+    "scales each dtype's gradients by it"
+)
+
+
+def _shared_global_norm(scaling, grads, variables):
+    """The global norm of the non-excluded `grads` in the widest
+    accumulation dtype (normalizations.global_norm) where
+    several_dtypes_global, else None."""
+    if not several_dtypes_global(scaling.granularity, scaling.excluded, grads, variables):
+        return None
+    kept = [g for g, v in zip(grads, variables) if id(v) not in scaling.excluded]
+    return normalizations.global_norm(kept, scaling.normalization, keras.config.epsilon())
+
+
+def _group_norm_args(scaling, gs, shared):
+    """(kind, norms, granularity) of one op call over the gradients `gs` of
+    one dtype: the built-in (or TF-measured custom) norms at the scaling's
+    granularity, or, given `shared` (a global norm over several dtypes),
+    that norm as every tensor's precomputed norm."""
+    if shared is None:
+        kind, norms = _norm_args(scaling.normalization, gs)
+        return kind, norms, scaling.granularity
+    acc = normalizations.accumulation_dtype(gs[0].dtype)
+    norms = tf.fill([len(gs)], tf.cast(shared, acc))
+    return "precomputed", norms, "tensor"
+
+
 def _by_dtype(grads, variables):
     groups = collections.OrderedDict()
     for g, v in zip(grads, variables):
@@ -284,17 +327,18 @@ def _norm_args(normalization, grads):
 def run_fused_scale(scaling, grads, variables):
     """(gradients scaled by the compiled op, in the order given; the op's L2
     norms of the gradients as parts: one (variables, vector) per op call). A
-    global norm needs one dtype (one op call): the wrapper sees to it."""
+    global norm over several dtypes is measured in TF (`_shared_global_norm`)."""
     from normopt.ops import fused
 
     eps = keras.config.epsilon()
+    shared = _shared_global_norm(scaling, grads, variables)
     scaled, parts = {}, []
     for group in _by_dtype(grads, variables):
         gs = [g for g, _ in group]
-        kind, norms = _norm_args(scaling.normalization, gs)
+        kind, norms, granularity = _group_norm_args(scaling, gs, shared)
         out, l2 = fused.scale_and_norms(
             gs, kind, scaling.mode, scaling.clipnorm, eps, norms=norms,
-            granularity=scaling.granularity,
+            granularity=granularity,
             excluded=scaling.excluded_in([v for _, v in group]))
         for (_, v), s in zip(group, out):
             scaled[id(v)] = s
@@ -366,11 +410,12 @@ def _update_variables(inner, scaling, grads, variables, on_device=None):
     eps = keras.config.epsilon()
     lr = tf.cast(inner.learning_rate, tf.float64)
     step = tf.cast(inner.iterations + 1, tf.float64)
+    shared = _shared_global_norm(scaling, grads, variables)
     parts = []
     for group in _by_dtype(grads, variables):
         gs = [g for g, _ in group]
         vs = [v for _, v in group]
-        kind, norms = _norm_args(scaling.normalization, gs)
+        kind, norms, granularity = _group_norm_args(scaling, gs, shared)
         acc = normalizations.accumulation_dtype(gs[0].dtype)
         decay = tf.constant([keras_adapters.weight_decay(inner, v) for v in vs], dtype=acc)
         slots = adapter.slots(inner, keras_adapters.variable_indices(inner, vs))
@@ -388,7 +433,7 @@ def _update_variables(inner, scaling, grads, variables, on_device=None):
             clipnorm=scaling.clipnorm,
             epsilon=eps,
             norms=norms,
-            granularity=scaling.granularity,
+            granularity=granularity,
             excluded=scaling.excluded_in(vs),
             weight_eps=scaling.weight_eps,
         )

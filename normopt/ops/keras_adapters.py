@@ -86,13 +86,19 @@ class Adapter:
         """The rule's hyperparameters after lr and t (floats or tensors)."""
         raise NotImplementedError
 
+    # The two hooks below do nothing by default. Each has a statement after
+    # its docstring: AutoGraph, converting them inside a user's tf.function,
+    # strips the docstring and fails on an empty body (with a warning).
+
     def before_update(self, inner):
         """State Keras advances once per step before the variable updates
         (called where variables can be assigned: outside a replica context)."""
+        return None
 
     def restore(self, inner):
         """Brings back state Keras does not save (called at every step, on
         every path, before the update)."""
+        return None
 
 
 def _pick(slot_list, index):

@@ -6,11 +6,16 @@ which code actually ran:
 
     fused           compiled op: norms, scaling and the inner optimizer's
                     update of variables and slots, in one op per dtype
-    fused_tf_norms  a custom (Python) normalization: TensorFlow computes the
+    fused_tf_norms  a custom (Python) normalization, or a global norm over
+                    gradients of several dtypes: TensorFlow computes the
                     norms, the compiled op scales and updates
-    fused_scale     compiled op computes norms and scales the gradients; the
-                    inner optimizer (no fused kernel for it) updates in TF
+    fused_scale     compiled op computes norms (TensorFlow a global norm over
+                    several dtypes) and scales the gradients; the inner
+                    optimizer (no fused kernel for it) updates in TF
     tf              pure TensorFlow throughout (XLA-compatible)
+
+A step skipped for non-finite gradients (`skip_nonfinite=True`) records the
+path it would have taken; `skipped_steps` counts the skips.
 """
 
 import collections
@@ -26,7 +31,8 @@ ALL = (FUSED, FUSED_TF_NORMS, FUSED_SCALE, TF)
 COMPILED = (FUSED, FUSED_TF_NORMS, FUSED_SCALE)
 
 StepPath = collections.namedtuple("StepPath", ["name", "reason"])
-StepPath.__doc__ = """The path one step took and, for `tf`, why."""
+StepPath.__doc__ = """The path one step took and, for `tf`, why (for a
+compiled path, None, or why TensorFlow measured the norms)."""
 
 
 def in_xla_context():
