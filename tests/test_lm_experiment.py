@@ -324,3 +324,24 @@ def test_lm_options_do_not_apply_elsewhere(capsys, tmp_path, argv):
     assert main(["experiments", *argv, "--quick", "--out", str(tmp_path / "o")]) == 2
     assert "apply to lm only" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_lm_without_matplotlib_keeps_table_and_json(monkeypatch, capsys, tmp_path):
+    """As the other experiments: no plot, a one-line note, the table and JSON kept."""
+    import sys
+
+    from normopt.experiments import cli as experiments_cli
+
+    arms = {a.key: a for a in lm.ARMS}
+    monkeypatch.setattr(lm, "ARMS", (arms["adamw"], arms["normalized_map"]))
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert _run_cli("--quick", "--seeds", "1", "--out", str(tmp_path)) == 0
+    out = capsys.readouterr().out
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written[0] == "lm.json" and len(written) == 2
+    assert written[1].startswith("lm_corpus_") and written[1].endswith(".npz")
+    assert "final val loss (mean ± half range, 1 seed)" in out
+    assert ('plot skipped: matplotlib is not installed (pip install '
+            '"normopt[experiments]")' in out.splitlines())
+    # lm needs no scikit-learn (its corpus is the standard library)
+    assert experiments_cli.requirements(type("Args", (), {"name": "lm", "dataset": None})) == []

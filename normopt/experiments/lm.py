@@ -414,7 +414,7 @@ def command(args, overrides, bar_factory, environment):
     """`normopt experiments lm [--sweep]`: run, save JSON and PNG, print the table; exit code."""
     import sys
 
-    from normopt import FusedPathUnavailable
+    from normopt import FusedPathUnavailable, extras
     from normopt.experiments import report
 
     overrides = dict(overrides, seeds=args.seeds)
@@ -425,11 +425,14 @@ def command(args, overrides, bar_factory, environment):
         print(f"normopt experiments: error: --path fused: {exc}", file=sys.stderr)
         return 2
     result["environment"] = environment
-    json_path, png_paths = report.save(result, args.out)
+    plot_note = extras.plot_note("experiments")
+    json_path, png_paths = report.save(result, args.out, plots=plot_note is None)
     print(f"\n== {result['experiment']}{' (quick)' if args.quick else ''}: {_headline(result)}")
     print(report.format_table(result))
     if args.sweep:
         chosen = {a["key"]: a["best_learning_rate"] for a in result["arms"]}
         print(f"chosen learning rates (lm.LEARNING_RATES): {chosen}")
-    print(f"wrote {json_path} and {', '.join(png_paths)}")
+    print(f"wrote {', '.join([json_path] + png_paths)}")
+    if plot_note:
+        print(plot_note)
     return 0
