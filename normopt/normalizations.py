@@ -32,12 +32,12 @@ import threading
 import keras
 import tensorflow as tf
 
-from normopt.kernels import _finalize
+from normopt import header_tables
 
-# The header's norm table (via normopt.kernels._finalize): names in code
-# order, and aliases.
-BUILTIN_NORMALIZATIONS = _finalize.NORM_KINDS
-ALIASES = _finalize.ALIASES
+# The header's norm table (normopt.header_tables): names in code order, and
+# aliases.
+BUILTIN_NORMALIZATIONS = header_tables.NORM_KINDS
+ALIASES = header_tables.ALIASES
 
 _lock = threading.Lock()
 _custom = {}
@@ -137,7 +137,7 @@ def check_normalization(name):
 
 
 # The statistics each norm reads: stats_needed of norm_stats.h, as field names.
-STATS_NEEDED = {name: _finalize.stats_fields(name) for name in BUILTIN_NORMALIZATIONS}
+STATS_NEEDED = {name: header_tables.stats_fields(name) for name in BUILTIN_NORMALIZATIONS}
 
 
 # Bit layout of the accumulation dtypes, for exact powers of two and

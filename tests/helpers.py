@@ -1,8 +1,12 @@
 """Small shared test utilities (no library logic: references live in reference.py)."""
 
 import functools
+import os
+import shutil
+import subprocess
 
 import numpy as np
+import pytest
 
 import reference as R
 
@@ -114,3 +118,28 @@ def sparse_gradients(grads, sparse):
         dense.append(d)
         given.append(SparseRows(np.ascontiguousarray(g[indices]), indices))
     return dense, given
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@functools.lru_cache(maxsize=None)
+def header_probe():
+    """Path of the compiled csrc/cuda/tools/header_probe.cpp (None: no C++ compiler)."""
+    cxx = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+    if cxx is None:
+        return None
+    out = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"normopt_header_probe_{os.getpid()}")
+    subprocess.run([cxx, "-std=c++17", "-O1", "-I", os.path.join(ROOT, "csrc"),
+                    os.path.join(ROOT, "csrc", "cuda", "tools", "header_probe.cpp"), "-o", out],
+                   check=True, capture_output=True, text=True)
+    return out
+
+
+def run_probe(lines):
+    probe = header_probe()
+    if probe is None:
+        pytest.skip("no C++ compiler (g++/c++/clang++) on PATH to build the header probe")
+    done = subprocess.run([probe], input="\n".join(lines) + "\n", check=True,
+                          capture_output=True, text=True)
+    return done.stdout.splitlines()

@@ -4,10 +4,13 @@ The headers define the built-in norms (NORMOPT_NORM_KINDS, NORMOPT_NORM_ALIASES
 and StatBits in csrc/normopt/norm_stats.h), the launchers' dtype codes
 (NORMOPT_DTYPE_CODES in csrc/normopt/dtype_codes.h), the GPU chunk size
 (kDefaultChunkElems in csrc/cuda/chunk_table.h) and the trust-ratio update
-rules (NORMOPT_TRUST_RATIO_RULES in csrc/normopt/update_rules.h). Python holds them once, in
-normopt/kernels/_finalize.py; these tests read the tables out of the header
+rules (NORMOPT_UPDATE_RULES, NORMOPT_TRUST_RATIO_RULES and
+NORMOPT_ZERO_GRADIENT_RULES in csrc/normopt/update_rules.h). Python holds them
+once, in normopt/header_tables.py (no dependencies: production code and the
+Numba kernels both read it); these tests read the tables out of the header
 text and compare, naming each mismatch. (The compiled side of the same
-tables: test_kernels_numba.py's header probe.)
+tables: the header probe, here for the rules and in test_kernels_numba.py
+for the norms.)
 """
 
 import os
@@ -16,7 +19,8 @@ import re
 import pytest
 
 import reference as R
-from normopt.kernels import _finalize as F
+from helpers import run_probe
+from normopt import header_tables as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -200,3 +204,77 @@ def test_no_literal_dtype_codes(pattern, where):
     """The C++ users of the dtype codes name them (dtype_codes.h)."""
     found = re.findall(pattern, header(*where))
     assert not found, f"{'/'.join(where)}: literal dtype codes {found}"
+
+
+def test_kernels_read_the_one_table():
+    """The Numba transcription and the production norm registry hold the
+    header_tables objects, not copies."""
+    from normopt import normalizations
+    from normopt.kernels import _finalize
+
+    for name in ("NORMS", "ALIASES", "KIND_CODES", "NORM_KINDS", "STATS_BY_CODE", "STAT_FIELDS",
+                 "DTYPE_CODES", "DEFAULT_CHUNK_SIZE", "MODE_CODES"):
+        assert getattr(_finalize, name) is getattr(F, name), name
+    assert normalizations.BUILTIN_NORMALIZATIONS is F.NORM_KINDS
+    assert normalizations.ALIASES is F.ALIASES
+
+
+def listed_rules(text, macro):
+    """The X(name) rows of the one-line `#define macro(X) X(a) X(b)...`."""
+    m = re.search(rf"^#define {macro}\(X\)(.*)$", text, re.M)
+    assert m, f"#define {macro}(X) not found"
+    return re.findall(r"\bX\((\w+)\)", m.group(1))
+
+
+def test_rule_table_matches_header():
+    """header_tables.RULES: the header's rules in its order, each row's
+    trust_ratio and zero_gradient_keeps_state as the header's lists name
+    them (static_asserts hold those lists to kTrustRatio and
+    kZeroGradientKeepsState)."""
+    text = header("normopt", "update_rules.h")
+    table = [name for (name,) in rows(macro_body(text, "NORMOPT_UPDATE_RULES"),
+                                      r"(\w+),\s*\w+", "NORMOPT_UPDATE_RULES")]
+    assert list(F.RULES) == table
+    for flag, macro in (("trust_ratio", "NORMOPT_TRUST_RATIO_RULES"),
+                        ("zero_gradient_keeps_state", "NORMOPT_ZERO_GRADIENT_RULES")):
+        listed = listed_rules(text, macro)
+        assert set(listed) <= set(table), f"{macro}: not rules of the table"
+        python = [name for name, facts in F.RULES.items() if getattr(facts, flag)]
+        assert sorted(python) == sorted(listed), f"{flag}: header {listed}, Python {python}"
+
+
+def test_rule_table_matches_compiled_header():
+    """The compiled rules (header probe `rules`): slot names (kSlotNames),
+    hyperparameter counts (kHypers), kTrustRatio and kZeroGradientKeepsState
+    of every row against header_tables.RULES."""
+    compiled = {}
+    for line in run_probe(["rules"]):
+        name, slots, hypers, trust, keeps = line.split()
+        compiled[name] = (tuple(slots.split(",")) if slots != "-" else (), int(hypers),
+                          trust == "1", keeps == "1")
+    python = {name: (f.slots, len(f.hyper), f.trust_ratio, f.zero_gradient_keeps_state)
+              for name, f in F.RULES.items()}
+    problems = diff("rule (slots, hypers, trust ratio, zero gradient keeps state)",
+                    compiled, python)
+    assert not problems, "\n".join(problems)
+
+
+def test_zero_gradient_facts_read_the_table():
+    """Whether a zero gradient keeps a rule's state is stated once (the
+    header, copied in header_tables.RULES): the reference kernels' rules, the fused path's
+    sparse handling and the sparse tests read it there."""
+    from normopt.kernels import _updates
+    from normopt.ops import keras_adapters
+
+    for name, facts in F.RULES.items():
+        want = F.INDEXED_ROWS if facts.zero_gradient_keeps_state else F.EVERY_ROW
+        assert keras_adapters.INDEXED_SLICES[name] == want, name
+        assert keras_adapters.sparse_gradients(name) == want, name
+    assert set(keras_adapters.INDEXED_SLICES) == set(F.RULES)
+    assert keras_adapters.EVERY_ROW is F.EVERY_ROW
+    assert keras_adapters.INDEXED_ROWS is F.INDEXED_ROWS
+    for name, rule in _updates.RULES.items():
+        facts = F.RULES[name]
+        assert (rule.slots, rule.hyper, rule.trust_ratio) == (
+            facts.slots, facts.hyper, facts.trust_ratio), name
+    assert set(_updates.RULES) == set(F.RULES)

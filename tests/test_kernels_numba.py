@@ -14,18 +14,16 @@ tests/reference.py (NumPy float64, written from the formulas).
 (normopt.ops.fused.apply).
 """
 
-import functools
 import itertools
 import os
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
 
 import reference as R
 from conftest import covering
-from helpers import TOL, sparse_gradients
+from helpers import TOL, run_probe, sparse_gradients
+from normopt import header_tables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHUNK = 8  # tiny chunks so small tensors cross chunk boundaries
@@ -372,10 +370,11 @@ def _rule_decay(decay, count):
     return decay or None
 
 
-# Rules whose state a zero gradient keeps (kZeroGradientKeepsState in
-# csrc/normopt/update_rules.h): a sparse gradient's absent rows keep their
-# slots exactly.
-KEEPS_STATE_RULES = ("sgd", "adagrad")
+# Rules whose state a zero gradient keeps (header_tables.RULES, checked
+# against kZeroGradientKeepsState in csrc/normopt/update_rules.h): a sparse
+# gradient's absent rows keep their slots exactly.
+KEEPS_STATE_RULES = tuple(name for name, facts in header_tables.RULES.items()
+                          if facts.zero_gradient_keeps_state)
 
 
 def check_rule(K, rule, shapes, dtype, *, kind="l2", mode="normalize", decay=True, steps=3,
@@ -581,28 +580,6 @@ def test_merge_in_chunks_equals_whole():
     for lo in range(0, 50, 7):
         merged = F.merge_stats(*merged, *numpy_stats(x[lo:lo + 7]))
     np.testing.assert_allclose(np.array(merged, np.float64), np.array(numpy_stats(x)), rtol=1e-12)
-
-
-@functools.lru_cache(maxsize=None)
-def header_probe():
-    """Path of the compiled csrc/cuda/tools/header_probe.cpp (None: no C++ compiler)."""
-    cxx = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
-    if cxx is None:
-        return None
-    out = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"normopt_header_probe_{os.getpid()}")
-    subprocess.run([cxx, "-std=c++17", "-O1", "-I", os.path.join(ROOT, "csrc"),
-                    os.path.join(ROOT, "csrc", "cuda", "tools", "header_probe.cpp"), "-o", out],
-                   check=True, capture_output=True, text=True)
-    return out
-
-
-def run_probe(lines):
-    probe = header_probe()
-    if probe is None:
-        pytest.skip("no C++ compiler (g++/c++/clang++) on PATH to build the header probe")
-    done = subprocess.run([probe], input="\n".join(lines) + "\n", check=True,
-                          capture_output=True, text=True)
-    return done.stdout.splitlines()
 
 
 def test_finalize_matches_header():
@@ -906,6 +883,26 @@ def test_cpu_trust_ratio_rule_across_chunks(K, rule, dtype):
 
 def test_cpu_apply_rejects_bad_arguments(K):
     check_apply_rejects(K, chunk_size=CHUNK)
+
+
+@pytest.mark.parametrize("code", [-1, len(set(r.code for r in _updates.RULES.values())), 99])
+def test_rule_dispatchers_refuse_an_unknown_code(code):
+    """The element dispatchers run the rule of a known code only: any other
+    code is a ValueError (it once ran Ftrl), in plain Python as under
+    @njit (numba_cpu's compiled dispatcher)."""
+    from normopt.kernels import numba_cpu
+
+    sc = (0.1,) * _updates.NUM_SCALARS
+    element = _updates.rule_element(lambda f: f)
+    with pytest.raises(ValueError, match="unknown update rule code"):
+        element(code, 1.0, 0.5, 0.5, 0.5, 1.0, sc)
+    for trust in _updates.trust_elements(lambda f: f):
+        args = {"moments": (0.5, 0.5, 0.5, 1.0), "direction": (0.5, 0.5, 0.5),
+                "ratio": (1.0, 1.0), "step": (1.0, 0.5, 0.5, 0.5, 1.0)}[trust.__name__]
+        with pytest.raises(ValueError, match="unknown update rule code"):
+            trust(code, *args, sc)
+    with pytest.raises(ValueError, match="unknown update rule code"):
+        numba_cpu._rule_element(code, 1.0, 0.5, 0.5, 0.5, 1.0, sc)
 
 
 def test_cpu_wrappers_are_apply(K):

@@ -117,9 +117,11 @@
 //
 // NORMOPT_UPDATE_RULES is the table of them: adding a rule is a struct here
 // and a row there; the op's `rule` attr, the CUDA entry points and the host
-// emulation all come from the table. NORMOPT_TRUST_RATIO_RULES names the
-// trust-ratio rows again, for readers of this file's text (the CuPy front
-// end); a static_assert holds it to the rules' kTrustRatio.
+// emulation all come from the table. NORMOPT_TRUST_RATIO_RULES and
+// NORMOPT_ZERO_GRADIENT_RULES name the trust-ratio rows and the rows that
+// keep their state for a zero gradient again, for readers of this file's
+// text (the CuPy front end, normopt/header_tables.py's test); static_asserts
+// hold them to the rules' kTrustRatio and kZeroGradientKeepsState.
 //
 // Plain C++17 for host code and CUDA device code (NVRTC included), like
 // norm_stats.h.
@@ -535,6 +537,10 @@ struct Lamb {
 // The rows of NORMOPT_UPDATE_RULES whose rule has kTrustRatio: X(name).
 #define NORMOPT_TRUST_RATIO_RULES(X) X(lamb)
 
+// The rows of NORMOPT_UPDATE_RULES whose rule has kZeroGradientKeepsState:
+// X(name).
+#define NORMOPT_ZERO_GRADIENT_RULES(X) X(sgd) X(adagrad)
+
 enum class RuleId : int {
 #define NORMOPT_RULE_ID(name, Rule) k_##name,
   NORMOPT_UPDATE_RULES(NORMOPT_RULE_ID)
@@ -556,6 +562,23 @@ constexpr bool listed_trust_ratio(RuleId id) {
                 ": kTrustRatio and NORMOPT_TRUST_RATIO_RULES disagree");
 NORMOPT_UPDATE_RULES(NORMOPT_TRUST_CHECK)
 #undef NORMOPT_TRUST_CHECK
+
+// Whether rule `id` is listed in NORMOPT_ZERO_GRADIENT_RULES.
+constexpr bool listed_zero_gradient(RuleId id) {
+#define NORMOPT_ZERO_LISTED(name) \
+  if (id == RuleId::k_##name) return true;
+  NORMOPT_ZERO_GRADIENT_RULES(NORMOPT_ZERO_LISTED)
+#undef NORMOPT_ZERO_LISTED
+  return false;
+}
+#define NORMOPT_ZERO_CHECK(name, Rule)                                        \
+  static_assert(kZeroGradientKeepsState<Rule<float>> ==                       \
+                    listed_zero_gradient(RuleId::k_##name),                   \
+                "rule " #name                                                 \
+                ": kZeroGradientKeepsState and NORMOPT_ZERO_GRADIENT_RULES "  \
+                "disagree");
+NORMOPT_UPDATE_RULES(NORMOPT_ZERO_CHECK)
+#undef NORMOPT_ZERO_CHECK
 
 // A rule template as a value: f(RuleTag<Rule>{}) sees Rule as a template.
 template <template <typename> class Rule>
@@ -611,7 +634,8 @@ inline const char* rule_names() {
   return kNames + 2;
 }
 
-// Slot names ("m,v"), slot and hyperparameter counts of rule `id`.
+// Slot names ("m,v"), slot and hyperparameter counts of rule `id`, and
+// its kTrustRatio and kZeroGradientKeepsState.
 inline const char* rule_slot_names(RuleId id) {
   return with_rule(id, [](auto tag) {
     return decltype(tag)::template type<float>::kSlotNames;
@@ -630,6 +654,11 @@ inline int rule_hypers(RuleId id) {
 inline bool rule_trust_ratio(RuleId id) {
   return with_rule(id, [](auto tag) {
     return kIsTrustRatio<typename decltype(tag)::template type<float>>;
+  });
+}
+inline bool rule_zero_gradient_keeps_state(RuleId id) {
+  return with_rule(id, [](auto tag) {
+    return kZeroGradientKeepsState<typename decltype(tag)::template type<float>>;
   });
 }
 #endif

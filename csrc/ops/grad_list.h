@@ -224,21 +224,6 @@ struct GradList {
   int size() const { return tensors.size(); }
 };
 
-// The op's Tacc attr must be the accumulation type of T.
-template <typename T>
-absl::Status CheckAccAttr(tensorflow::OpKernelConstruction* ctx) {
-  tensorflow::DataType acc;
-  TF_RETURN_IF_ERROR(ctx->GetAttr("Tacc", &acc));
-  if (acc != AccDataType<T>()) {
-    return absl::InvalidArgumentError(
-        "normopt: Tacc must be " +
-        tensorflow::DataTypeString(AccDataType<T>()) + " for gradients of " +
-        tensorflow::DataTypeString(tensorflow::DataTypeToEnum<T>::v()) +
-        ", got " + tensorflow::DataTypeString(acc));
-  }
-  return absl::OkStatus();
-}
-
 }  // namespace normopt
 
 #endif  // NORMOPT_OPS_GRAD_LIST_H_

@@ -1,7 +1,10 @@
 // What the CPU and GPU kernels of the three ops read and check before they
 // compute: the attrs, the gradients, the scalar hyperparameters and the
 // per-tensor inputs. Device-agnostic: input tensors are only validated here,
-// never dereferenced. Device kernels derive from these bases.
+// never dereferenced. Device kernels derive from these bases. Every attr
+// and scalar input is parsed and checked here (kind, mode, granularity,
+// Tacc, the scalars and the per-tensor inputs), into the types of
+// tensor_scales.h (NormSource, ScaleMode, Granularity, ScaleSpec).
 #ifndef NORMOPT_OPS_OP_INPUTS_H_
 #define NORMOPT_OPS_OP_INPUTS_H_
 
@@ -12,8 +15,103 @@
 #include "ops/tensor_scales.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
+#include "tensorflow/core/framework/tensor_shape.h"
+#include "tensorflow/core/framework/types.h"
 
 namespace normopt {
+
+// ---- attrs and scalar inputs: parsing and checks ----
+
+constexpr char kPrecomputed[] = "precomputed";
+
+// Attr `kind`: a built-in norm, or (where allowed) "precomputed".
+inline absl::Status ParseNormSource(const std::string& name,
+                                    bool allow_precomputed, NormSource* out) {
+  if (allow_precomputed && name == kPrecomputed) {
+    out->precomputed = true;
+    return absl::OkStatus();
+  }
+  out->precomputed = false;
+  if (parse_norm_kind(name.c_str(), &out->kind)) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      "normopt: unknown norm kind '" + name + "'; expected one of " +
+      accepted_norm_names() +
+      (allow_precomputed ? std::string(" or ") + kPrecomputed : std::string()));
+}
+
+// Attr `mode`: normalize or clip ("adaptive": ScalingOpBase).
+inline absl::Status ParseMode(const std::string& name, ScaleMode* out) {
+  if (parse_scale_mode(name.c_str(), out)) return absl::OkStatus();
+  return absl::InvalidArgumentError("normopt: unknown scale mode '" + name +
+                                    "'; expected normalize or clip");
+}
+
+// The value of a float64 scalar input.
+inline absl::Status ScalarInput(tensorflow::OpKernelContext* ctx,
+                                const char* name, double* out) {
+  const tensorflow::Tensor* t;
+  TF_RETURN_IF_ERROR(ctx->input(name, &t));
+  if (!tensorflow::TensorShapeUtils::IsScalar(t->shape())) {
+    return absl::InvalidArgumentError(
+        std::string("normopt: '") + name + "' must be a scalar, got shape " +
+        t->shape().DebugString());
+  }
+  *out = t->scalar<double>()();
+  return absl::OkStatus();
+}
+
+// Input `clipnorm` in clip mode: finite and >= 0.
+inline absl::Status CheckClipnorm(ScaleMode mode, double clipnorm) {
+  if (mode == ScaleMode::kClip && !(std::isfinite(clipnorm) && clipnorm >= 0)) {
+    return absl::InvalidArgumentError(
+        "normopt: clipnorm must be finite and >= 0 in clip mode, got " +
+        std::to_string(clipnorm));
+  }
+  return absl::OkStatus();
+}
+
+// A 1-D input of `n` values of the accumulation type (norms, decay).
+inline absl::Status CheckPerTensorInput(const tensorflow::Tensor& t,
+                                        const char* name, int64_t n) {
+  if (t.dims() != 1 || t.dim_size(0) != n) {
+    return absl::InvalidArgumentError(
+        std::string("normopt: '") + name + "' must have shape [" +
+        std::to_string(n) + "] (one value per tensor), got " +
+        t.shape().DebugString());
+  }
+  return absl::OkStatus();
+}
+
+// Attr `granularity`: tensor, unit or global.
+inline absl::Status ParseGranularity(const std::string& name,
+                                     Granularity* out) {
+  if (name == "tensor") {
+    *out = Granularity::kTensor;
+  } else if (name == "unit") {
+    *out = Granularity::kUnit;
+  } else if (name == "global") {
+    *out = Granularity::kGlobal;
+  } else {
+    return absl::InvalidArgumentError("normopt: unknown granularity '" + name +
+                                      "'; expected tensor, unit or global");
+  }
+  return absl::OkStatus();
+}
+
+// The op's Tacc attr must be the accumulation type of T.
+template <typename T>
+absl::Status CheckAccAttr(tensorflow::OpKernelConstruction* ctx) {
+  tensorflow::DataType acc;
+  TF_RETURN_IF_ERROR(ctx->GetAttr("Tacc", &acc));
+  if (acc != AccDataType<T>()) {
+    return absl::InvalidArgumentError(
+        "normopt: Tacc must be " +
+        tensorflow::DataTypeString(AccDataType<T>()) + " for gradients of " +
+        tensorflow::DataTypeString(tensorflow::DataTypeToEnum<T>::v()) +
+        ", got " + tensorflow::DataTypeString(acc));
+  }
+  return absl::OkStatus();
+}
 
 // The number of inputs of list input `name`.
 inline absl::Status ListLength(const tensorflow::OpKernel& op,

@@ -9,7 +9,8 @@
 // The scale is `scale_from_norm`, a TensorScale {pre, mult}: g' = (g * pre)
 // * mult, with pre = 1 (the plain g * 1/norm, or g * clipnorm/norm) unless
 // that scale would be below the smallest normal number.
-// With kind "precomputed" the norms come from an input instead.
+// With kind "precomputed" the norms come from an input instead. The ops'
+// attrs and scalar inputs are parsed and checked in op_inputs.h.
 #ifndef NORMOPT_OPS_TENSOR_SCALES_H_
 #define NORMOPT_OPS_TENSOR_SCALES_H_
 
@@ -26,72 +27,14 @@
 #include "ops/unit_stats.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
-#include "tensorflow/core/framework/tensor_shape.h"
 
 namespace normopt {
-
-constexpr char kPrecomputed[] = "precomputed";
 
 // Where the per-tensor norms come from: a built-in kind, or an input.
 struct NormSource {
   bool precomputed = false;
   NormKind kind = NormKind::kL2;
 };
-
-inline absl::Status ParseNormSource(const std::string& name,
-                                    bool allow_precomputed, NormSource* out) {
-  if (allow_precomputed && name == kPrecomputed) {
-    out->precomputed = true;
-    return absl::OkStatus();
-  }
-  out->precomputed = false;
-  if (parse_norm_kind(name.c_str(), &out->kind)) return absl::OkStatus();
-  return absl::InvalidArgumentError(
-      "normopt: unknown norm kind '" + name + "'; expected one of " +
-      accepted_norm_names() +
-      (allow_precomputed ? std::string(" or ") + kPrecomputed : std::string()));
-}
-
-inline absl::Status ParseMode(const std::string& name, ScaleMode* out) {
-  if (parse_scale_mode(name.c_str(), out)) return absl::OkStatus();
-  return absl::InvalidArgumentError("normopt: unknown scale mode '" + name +
-                                    "'; expected normalize or clip");
-}
-
-// The value of a float64 scalar input.
-inline absl::Status ScalarInput(tensorflow::OpKernelContext* ctx,
-                                const char* name, double* out) {
-  const tensorflow::Tensor* t;
-  TF_RETURN_IF_ERROR(ctx->input(name, &t));
-  if (!tensorflow::TensorShapeUtils::IsScalar(t->shape())) {
-    return absl::InvalidArgumentError(
-        std::string("normopt: '") + name + "' must be a scalar, got shape " +
-        t->shape().DebugString());
-  }
-  *out = t->scalar<double>()();
-  return absl::OkStatus();
-}
-
-inline absl::Status CheckClipnorm(ScaleMode mode, double clipnorm) {
-  if (mode == ScaleMode::kClip && !(std::isfinite(clipnorm) && clipnorm >= 0)) {
-    return absl::InvalidArgumentError(
-        "normopt: clipnorm must be finite and >= 0 in clip mode, got " +
-        std::to_string(clipnorm));
-  }
-  return absl::OkStatus();
-}
-
-// A 1-D input of `n` values of the accumulation type (norms, decay).
-inline absl::Status CheckPerTensorInput(const tensorflow::Tensor& t,
-                                        const char* name, int64_t n) {
-  if (t.dims() != 1 || t.dim_size(0) != n) {
-    return absl::InvalidArgumentError(
-        std::string("normopt: '") + name + "' must have shape [" +
-        std::to_string(n) + "] (one value per tensor), got " +
-        t.shape().DebugString());
-  }
-  return absl::OkStatus();
-}
 
 // The norm of one tensor from the statistics of its chunks, merged in chunk
 // order. A chunk holding a NaN reports a NaN max/min (chunk_stats.h) and
@@ -233,21 +176,6 @@ AccType<T> RecordedNorm(tensorflow::OpKernelContext* ctx,
 //           (unit_stats.h); a gradient of at most one axis is one unit
 //   global  one norm over all gradients together, as if concatenated
 enum class Granularity : int { kTensor = 0, kUnit = 1, kGlobal = 2 };
-
-inline absl::Status ParseGranularity(const std::string& name,
-                                     Granularity* out) {
-  if (name == "tensor") {
-    *out = Granularity::kTensor;
-  } else if (name == "unit") {
-    *out = Granularity::kUnit;
-  } else if (name == "global") {
-    *out = Granularity::kGlobal;
-  } else {
-    return absl::InvalidArgumentError("normopt: unknown granularity '" + name +
-                                      "'; expected tensor, unit or global");
-  }
-  return absl::OkStatus();
-}
 
 // How one step's gradients are scaled, per norm (of a tensor, unit or all):
 //   normalize  s = 1 / norm(g)

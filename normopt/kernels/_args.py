@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from normopt.kernels._finalize import DTYPE_CODES
+from normopt.header_tables import DTYPE_CODES
+from normopt.kernels import _updates
 
 NARROW = ("float16", "bfloat16")
 SUPPORTED = tuple(DTYPE_CODES)
@@ -66,20 +67,6 @@ def check_momenta(weights, momenta, momentum):
     check_pairs(weights, momenta, ("weights", "momenta"))
 
 
-def adam_scalars(lr, beta_1, beta_2, adam_epsilon, step, acc):
-    """(lr, alpha, 1 - beta_1, 1 - beta_2, adam_epsilon) of step t = `step`
-    (from 1) in numpy type `acc`, formed as AdamRule's constructor in
-    csrc/normopt/update_rules.h does: 1 - beta in float64 then rounded, and
-
-        alpha = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t)   computed in `acc`.
-    """
-    if step < 1:
-        raise ValueError(f"step must be >= 1 (iterations + 1), got {step}")
-    one, b1, b2, t = acc(1), acc(beta_1), acc(beta_2), acc(step)
-    alpha = acc(lr) * np.sqrt(one - b2**t) / (one - b1**t)
-    return acc(lr), acc(alpha), acc(1.0 - beta_1), acc(1.0 - beta_2), acc(adam_epsilon)
-
-
 def sgd_rule(weights, momenta, momentum, nesterov):
     """(rule, slots, hyper) of an `apply_sgd` call: plain sgd without momenta,
     else sgd_momentum or sgd_nesterov on the one slot list `momenta`."""
@@ -94,8 +81,6 @@ def check_apply(rule, weights, grads, slots, lr, step, hyper):
     (ValueErrors name the rule) and returns (Rule, step scalars array, dtype
     name): grads and each of the rule's slot lists (slot-major, slots[q][t])
     shaped and typed like the weights, `hyper` and `step` as the rule takes them."""
-    from normopt.kernels import _updates
-
     spec = _updates.get_rule(rule)
     if slots is None:
         slots = []

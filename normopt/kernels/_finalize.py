@@ -6,14 +6,10 @@ compile the same plain-Python functions instead of restating the norms. The
 tests check it against the header (a compiled probe) and against the NumPy
 reference.
 
-It is also the one Python copy of the tables the C++ headers define, which
-the rest of the package (normalizations, chunks, cupy_kernels, _args) and the tests
-import: the norm table `NORMS` (name, code, statistics bits; NORMOPT_NORM_KINDS
-in norm_stats.h) with `ALIASES`, the statistics bits `STAT_*` (StatBits), the
-launchers' `DTYPE_CODES` (NORMOPT_DTYPE_CODES in csrc/normopt/dtype_codes.h)
-and the GPU chunk size `DEFAULT_CHUNK_SIZE` (kDefaultChunkElems in
-csrc/cuda/chunk_table.h). tests/test_header_tables.py reads those tables out
-of the headers and checks that these values equal them.
+The tables the C++ headers define (the norm table, the statistics bits,
+the dtype codes, the GPU chunk size) are `normopt.header_tables`, which
+tests/test_header_tables.py checks against the headers; this module imports
+them from there (the Numba kernels read them as its globals).
 
 Statistics of a block of n elements g_i, as a 7-tuple:
 
@@ -47,50 +43,28 @@ g * 2^-k read again by the finishing thread (`serial_scaled_stats`).
 
 import math
 
-# StatBits, as in the header.
-STAT_SUM_ABS = 1
-STAT_SUM_SQ = 2
-STAT_MAX_ABS = 4
-STAT_MIN_ABS = 8
-STAT_MOMENTS = 16
-
-# The statistics (NormStats fields) each bit stands for.
-STAT_FIELDS = {
-    STAT_SUM_ABS: ("sum_abs",),
-    STAT_SUM_SQ: ("sum_sq",),
-    STAT_MAX_ABS: ("max_abs",),
-    STAT_MIN_ABS: ("min_abs",),
-    STAT_MOMENTS: ("mean", "m2"),
-}
-
-# The header's norm table (NORMOPT_NORM_KINDS): (name, NormKind code,
-# statistics bits), in code order; and its aliases (NORMOPT_NORM_ALIASES).
-NORMS = (
-    ("l1", 0, STAT_SUM_ABS),
-    ("l2", 1, STAT_SUM_SQ),
-    ("l1_l2", 2, STAT_SUM_ABS | STAT_SUM_SQ),
-    ("avg_l1", 3, STAT_SUM_ABS),
-    ("avg_l2", 4, STAT_SUM_SQ),
-    ("avg_l1_l2", 5, STAT_SUM_ABS | STAT_SUM_SQ),
-    ("max", 6, STAT_MAX_ABS),
-    ("min_max", 7, STAT_MAX_ABS | STAT_MIN_ABS),
-    ("std", 8, STAT_MOMENTS),
+from normopt.header_tables import (  # noqa: F401 - the kernels' names for the tables
+    ALIASES,
+    DEFAULT_CHUNK_SIZE,
+    DTYPE_CODES,
+    KIND_CODES,
+    MODE_CODES,
+    NORM_KINDS,
+    NORMS,
+    NUM_KINDS,
+    STAT_FIELDS,
+    STAT_MAX_ABS,
+    STAT_MIN_ABS,
+    STAT_MOMENTS,
+    STAT_SUM_ABS,
+    STAT_SUM_SQ,
+    STATS_BY_CODE,
+    accepted_names,
+    kind_code,
+    mode_code,
+    stats_fields,
+    stats_needed,
 )
-ALIASES = {"linf": "max"}
-
-KIND_CODES = {name: code for name, code, _ in NORMS}
-NORM_KINDS = tuple(KIND_CODES)
-NUM_KINDS = len(NORMS)
-# stats_needed by code (a tuple: Numba compiles the lookup as a constant).
-STATS_BY_CODE = tuple(bits for _, _, bits in NORMS)
-MODE_CODES = {"normalize": 0, "clip": 1}
-
-# The launchers' element dtype codes (NORMOPT_DTYPE_CODES).
-DTYPE_CODES = {"float16": 0, "bfloat16": 1, "float32": 2, "float64": 3}
-
-# Elements per full chunk of a GPU launch, the TF GPU op's and the default of
-# the CuPy and Numba paths (kDefaultChunkElems).
-DEFAULT_CHUNK_SIZE = 65536
 
 # Per accumulation dtype: (smallest normal number, max exponent), the
 # header's AccLimits, and the largest finite value (the finish runs in
@@ -102,47 +76,6 @@ ACC_LIMITS = {
 
 STATS_FIELDS = ("count", "sum_abs", "sum_sq", "max_abs", "min_abs", "mean", "m2")
 NUM_STATS = len(STATS_FIELDS)
-
-
-def accepted_names():
-    """Every accepted norm name, in the header's order (`accepted_norm_names`:
-    the rows in code order, each alias right after its row)."""
-    out = []
-    for name in NORM_KINDS:
-        out.append(name)
-        out.extend(alias for alias, target in ALIASES.items() if target == name)
-    return tuple(out)
-
-
-def kind_code(kind):
-    """The header's NormKind code of a norm name (alias `linf` accepted)."""
-    name = ALIASES.get(kind, kind)
-    if name not in KIND_CODES:
-        raise ValueError(
-            f"unknown norm kind {kind!r}; expected one of {', '.join(accepted_names())}"
-        )
-    return KIND_CODES[name]
-
-
-def mode_code(mode):
-    if mode not in MODE_CODES:
-        raise ValueError(f"unknown mode {mode!r}; expected 'normalize' or 'clip'")
-    return MODE_CODES[mode]
-
-
-def stats_needed(kind):
-    """Bit mask of the statistics norm `kind` (a code) reads: its row's bits
-    (0 for a code outside the table, as the header's)."""
-    if 0 <= kind < NUM_KINDS:
-        return STATS_BY_CODE[kind]
-    return 0
-
-
-def stats_fields(name):
-    """The NormStats fields norm `name` (alias accepted) reads, in field
-    order (e.g. ("mean", "m2") for std)."""
-    bits = STATS_BY_CODE[kind_code(name)]
-    return tuple(f for bit, fields in STAT_FIELDS.items() if bits & bit for f in fields)
 
 
 def merge_stats(ca, sa, qa, xa, na_, ma, m2a, cb, sb, qb, xb, nb_, mb, m2b):

@@ -58,7 +58,7 @@ import math
 
 import numpy as np
 
-from normopt.kernels import _args
+from normopt import header_tables
 
 # ---- element rules (compiled by Numba; no literals, all arguments in A) ----
 
@@ -267,16 +267,28 @@ def lamb_step_element(w, u, r, lr):
  RMSPROP_CENTERED, RMSPROP_CENTERED_MOMENTUM, ADAGRAD, ADAMAX, NADAM, LION,
  ADADELTA, FTRL, LAMB, SCHEDULE_FREE_ADAMW) = range(17)
 
+# The dispatchers' refusal of a code no rule has (a constant: Numba raises
+# it from compiled code).
+UNKNOWN_CODE = "unknown update rule code: not the code of a rule of _updates.RULES"
+
 # Most step scalars of any rule (nadam's); sc[0] is always lr.
 NUM_SCALARS = 9
 MAX_SLOTS = 3
 
-Rule = collections.namedtuple("Rule", "name code slots hyper scalars trust_ratio",
-                              defaults=(False,))
+Rule = collections.namedtuple("Rule", "name code slots hyper scalars trust_ratio")
 Rule.__doc__ = ("name; code (the dispatcher's); slots: slot names in order; "
                 "hyper: hyperparameter names in order; scalars(lr, step, hyper, acc) "
                 "-> tuple of step scalars in numpy type acc, lr first; trust_ratio: "
-                "a two-phase rule (`trust_elements`), not one of `rule_element`.")
+                "a two-phase rule (`trust_elements`), not one of `rule_element`. "
+                "slots, hyper and trust_ratio are the rule's row of "
+                "normopt.header_tables.RULES.")
+
+
+def _rule(name, code, scalars):
+    """The Rule of `name`: its dispatcher code and scalars, its facts from
+    the header's table."""
+    facts = header_tables.RULES[name]
+    return Rule(name, code, facts.slots, facts.hyper, scalars, facts.trust_ratio)
 
 
 def sgd_scalars(lr, step, hyper, acc):
@@ -293,9 +305,11 @@ def momentum_scalars(lr, step, hyper, acc):
 def adam_scalars(lr, step, hyper, acc):
     """(lr, alpha, 1 - b1, 1 - b2, eps) of Adam / amsgrad: 1 - b in double then
     cast; alpha = lr * sqrt(1 - b2^t) / (1 - b1^t) in A, b and t cast to A
-    (`_args.adam_scalars`, as AdamRule in csrc/normopt/update_rules.h)."""
+    (as AdamRule's constructor in csrc/normopt/update_rules.h)."""
     beta_1, beta_2, epsilon = hyper
-    return _args.adam_scalars(lr, beta_1, beta_2, epsilon, step, acc)
+    one, b1, b2, t = acc(1), acc(beta_1), acc(beta_2), acc(step)
+    alpha = acc(lr) * np.sqrt(one - b2**t) / (one - b1**t)
+    return acc(lr), acc(alpha), acc(1.0 - beta_1), acc(1.0 - beta_2), acc(epsilon)
 
 
 def rmsprop_scalars(lr, step, hyper, acc):
@@ -392,36 +406,25 @@ def schedule_free_adamw_scalars(lr, step, hyper, acc):
 
 
 RULES = {r.name: r for r in (
-    Rule("sgd", SGD, (), (), sgd_scalars),
-    Rule("sgd_momentum", SGD_MOMENTUM, ("momentum",), ("momentum",), momentum_scalars),
-    Rule("sgd_nesterov", SGD_NESTEROV, ("momentum",), ("momentum",), momentum_scalars),
-    Rule("adam", ADAM, ("m", "v"), ("beta_1", "beta_2", "epsilon"), adam_scalars),
-    Rule("adam_amsgrad", ADAM_AMSGRAD, ("m", "v", "vhat"), ("beta_1", "beta_2", "epsilon"),
-         adam_scalars),
-    Rule("rmsprop", RMSPROP, ("velocity",), ("rho", "epsilon"), rmsprop_scalars),
-    Rule("rmsprop_momentum", RMSPROP_MOMENTUM, ("velocity", "momentum"),
-         ("rho", "epsilon", "momentum"), rmsprop_scalars),
-    Rule("rmsprop_centered", RMSPROP_CENTERED, ("velocity", "average_gradient"),
-         ("rho", "epsilon"), rmsprop_scalars),
-    Rule("rmsprop_centered_momentum", RMSPROP_CENTERED_MOMENTUM,
-         ("velocity", "average_gradient", "momentum"), ("rho", "epsilon", "momentum"),
-         rmsprop_scalars),
-    Rule("adagrad", ADAGRAD, ("accumulator",), ("epsilon",), adagrad_scalars),
-    Rule("adamax", ADAMAX, ("m", "u"), ("beta_1", "beta_2", "epsilon"), adamax_scalars),
-    Rule("nadam", NADAM, ("m", "v"), ("beta_1", "beta_2", "epsilon", "u_product"),
-         nadam_scalars),
-    Rule("lion", LION, ("m",), ("beta_1", "beta_2"), lion_scalars),
-    Rule("adadelta", ADADELTA, ("accumulated_grad", "accumulated_delta_var"),
-         ("rho", "epsilon"), adadelta_scalars),
-    Rule("ftrl", FTRL, ("accumulator", "linear"),
-         ("lr_power", "l1", "l2", "l2_shrinkage", "beta"), ftrl_scalars),
+    _rule("sgd", SGD, sgd_scalars),
+    _rule("sgd_momentum", SGD_MOMENTUM, momentum_scalars),
+    _rule("sgd_nesterov", SGD_NESTEROV, momentum_scalars),
+    _rule("adam", ADAM, adam_scalars),
+    _rule("adam_amsgrad", ADAM_AMSGRAD, adam_scalars),
+    _rule("rmsprop", RMSPROP, rmsprop_scalars),
+    _rule("rmsprop_momentum", RMSPROP_MOMENTUM, rmsprop_scalars),
+    _rule("rmsprop_centered", RMSPROP_CENTERED, rmsprop_scalars),
+    _rule("rmsprop_centered_momentum", RMSPROP_CENTERED_MOMENTUM, rmsprop_scalars),
+    _rule("adagrad", ADAGRAD, adagrad_scalars),
+    _rule("adamax", ADAMAX, adamax_scalars),
+    _rule("nadam", NADAM, nadam_scalars),
+    _rule("lion", LION, lion_scalars),
+    _rule("adadelta", ADADELTA, adadelta_scalars),
+    _rule("ftrl", FTRL, ftrl_scalars),
     # the C++ rule's sqrt variant (lr_power -0.5); the reference keeps **
-    Rule("ftrl_sqrt", FTRL, ("accumulator", "linear"),
-         ("lr_power", "l1", "l2", "l2_shrinkage", "beta"), ftrl_scalars),
-    Rule("lamb", LAMB, ("m", "v"), ("beta_1", "beta_2", "epsilon"), lamb_scalars,
-         trust_ratio=True),
-    Rule("schedule_free_adamw", SCHEDULE_FREE_ADAMW, ("momentum", "velocity"),
-         ("beta_1", "beta_2", "epsilon", "warmup_steps"), schedule_free_adamw_scalars),
+    _rule("ftrl_sqrt", FTRL, ftrl_scalars),
+    _rule("lamb", LAMB, lamb_scalars),
+    _rule("schedule_free_adamw", SCHEDULE_FREE_ADAMW, schedule_free_adamw_scalars),
 )}
 RULE_NAMES = tuple(RULES)
 
@@ -468,7 +471,8 @@ def _is_integral(x):
 def rule_element(jit):
     """element(code, w, s0, s1, s2, g, sc) -> (w, s0, s1, s2): the rule of
     `code` on one element, slots in the rule's order (unused ones returned as
-    given), sc its step scalars (`step_scalars`). Compiled, with the family
+    given), sc its step scalars (`step_scalars`); any other code (a
+    trust-ratio rule's included) is a ValueError. Compiled, with the family
     rules, by `jit`: numba.njit for numba_cpu, cuda.jit(device=True) for
     numba_cuda."""
     sgd, adam, rmsprop = jit(sgd_element), jit(adam_element), jit(rmsprop_element)
@@ -477,6 +481,8 @@ def rule_element(jit):
     ftrl, schedule_free_adamw = jit(ftrl_element), jit(schedule_free_adamw_element)
 
     def element(code, w, s0, s1, s2, g, sc):
+        if code < SGD:
+            raise ValueError(UNKNOWN_CODE)
         if code <= SGD_NESTEROV:
             w, s0 = sgd(w, s0, g, sc[0], sc[1], code != SGD, code == SGD_NESTEROV)
         elif code <= ADAM_AMSGRAD:
@@ -509,8 +515,10 @@ def rule_element(jit):
         elif code == SCHEDULE_FREE_ADAMW:
             w, s0, s1 = schedule_free_adamw(w, s0, s1, g, sc[1], sc[2], sc[3], sc[4], sc[5],
                                             sc[6], sc[7], sc[8])
-        else:
+        elif code == FTRL:
             w, s0, s1 = ftrl(w, s0, s1, g, sc[0], sc[1], sc[2], sc[3], sc[4], sc[5])
+        else:
+            raise ValueError(UNKNOWN_CODE)
         return w, s0, s1, s2
 
     return jit(element)
@@ -526,32 +534,33 @@ def trust_elements(jit):
         direction(code, s0, s1, s2, sc) -> u               of the updated slots
         ratio(code, w_sq, u_sq, sc) -> r                   from a tensor's sums
         step(code, w, s0, s1, s2, r, sc) -> w              w decayed, s updated
+
+    A code of no trust-ratio rule is a ValueError.
     """
     lamb_moments, lamb_direction = jit(lamb_moments_element), jit(lamb_direction_element)
     lamb_ratio, lamb_step = jit(lamb_ratio_element), jit(lamb_step_element)
 
     def moments(code, s0, s1, s2, g, sc):
-        if code == LAMB:
-            s0, s1 = lamb_moments(s0, s1, g, sc[1], sc[2])
+        if code != LAMB:
+            raise ValueError(UNKNOWN_CODE)
+        s0, s1 = lamb_moments(s0, s1, g, sc[1], sc[2])
         return s0, s1, s2
 
     def direction(code, s0, s1, s2, sc):
-        u = s0
-        if code == LAMB:
-            u = lamb_direction(s0, s1, sc[3], sc[4], sc[5])
-        return u
+        if code != LAMB:
+            raise ValueError(UNKNOWN_CODE)
+        return lamb_direction(s0, s1, sc[3], sc[4], sc[5])
 
     direction = jit(direction)
 
     def ratio(code, w_sq, u_sq, sc):
-        r = sc[6]
-        if code == LAMB:
-            r = lamb_ratio(w_sq, u_sq, sc[6])
-        return r
+        if code != LAMB:
+            raise ValueError(UNKNOWN_CODE)
+        return lamb_ratio(w_sq, u_sq, sc[6])
 
     def step(code, w, s0, s1, s2, r, sc):
-        if code == LAMB:
-            w = lamb_step(w, direction(code, s0, s1, s2, sc), r, sc[0])
-        return w
+        if code != LAMB:
+            raise ValueError(UNKNOWN_CODE)
+        return lamb_step(w, direction(code, s0, s1, s2, sc), r, sc[0])
 
     return jit(moments), direction, jit(ratio), jit(step)

@@ -35,6 +35,8 @@ does with one; checked against the installed Keras there too).
 import keras
 import tensorflow as tf
 
+from normopt.header_tables import EVERY_ROW, INDEXED_ROWS, RULES
+
 # (owner, attribute): the private Keras attributes read here. owner "*" is
 # keras.optimizers.Optimizer, read on every inner optimizer.
 READS = (
@@ -322,8 +324,10 @@ class ScheduleFreeAdamWAdapter(Adapter):
 #                 w.scatter_sub(lr g / sqrt(acc + eps)) on the same rows,
 #                 although it forms sqrt(acc + eps) over the whole table).
 #                 The rule keeps w and its slots for a zero gradient
-#                 (kZeroGradientKeepsState in csrc/normopt/update_rules.h),
-#                 so the op updates the present rows only (every row where
+#                 (zero_gradient_keeps_state of normopt.header_tables.RULES,
+#                 kZeroGradientKeepsState in csrc/normopt/update_rules.h:
+#                 the table below is read from it), so the op updates the
+#                 present rows only (every row where
 #                 the variable decays, as Keras's decay does). Per unit,
 #                 the step stays on the pure-TF path, which keeps g
 #                 sparse end to end: a dense g there would cost reads
@@ -351,17 +355,7 @@ class ScheduleFreeAdamWAdapter(Adapter):
 #
 # Keras applies weight decay to every element whatever the gradient; the
 # table is by rule alone.
-EVERY_ROW = "every_row"
-INDEXED_ROWS = "indexed_rows"
-INDEXED_SLICES = {
-    "sgd": INDEXED_ROWS,
-    "adagrad": INDEXED_ROWS,
-    **{rule: EVERY_ROW for rule in (
-        "sgd_momentum", "sgd_nesterov", "adam", "adam_amsgrad", "rmsprop",
-        "rmsprop_momentum", "rmsprop_centered", "rmsprop_centered_momentum",
-        "adamax", "nadam", "adadelta", "ftrl", "ftrl_sqrt", "lion", "lamb",
-        "schedule_free_adamw")},
-}
+INDEXED_SLICES = {name: facts.sparse for name, facts in RULES.items()}
 
 
 def sparse_gradients(rule):

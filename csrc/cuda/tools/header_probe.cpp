@@ -1,5 +1,6 @@
 // Command-line probe of the host side of the shared headers, for the tests:
-// they compare normopt/kernels/_finalize.py and chunks.py against it.
+// they compare normopt/kernels/_finalize.py, chunks.py and
+// normopt/header_tables.py against it.
 //
 // stdin, one query per line:
 //   finalize KIND MODE CLIPNORM EPS COUNT SUM_ABS SUM_SQ MAX_ABS MIN_ABS MEAN M2
@@ -17,6 +18,9 @@
 //        five lines (build_sparse_chunk_table)
 //   names -> "NUM_KINDS ACCEPTED" (kNumNormKinds, accepted_norm_names(","))
 //   parse NAME -> "CODE STATS_NEEDED" (parse_norm_kind), or "unknown"
+//   rules -> per row of NORMOPT_UPDATE_RULES, one line
+//     "NAME SLOT_NAMES HYPERS TRUST_RATIO ZERO_GRADIENT_KEEPS_STATE"
+//     (update_rules.h; SLOT_NAMES "m,v", "-" for none; the flags 0 or 1)
 // Numbers are printed with 17 significant digits (double accumulation);
 // statistics may be nan or inf.
 #include <cstdio>
@@ -28,6 +32,7 @@
 
 #include "cuda/chunk_table.h"
 #include "normopt/norm_stats.h"
+#include "normopt/update_rules.h"
 
 namespace {
 
@@ -136,6 +141,17 @@ int main() {
       } else {
         std::printf("unknown\n");
       }
+    } else if (op == "rules") {
+#define NORMOPT_PROBE_RULE(name, Rule)                                      \
+  {                                                                         \
+    const auto id = normopt::RuleId::k_##name;                              \
+    const std::string slots = normopt::rule_slot_names(id);                 \
+    std::printf("%s %s %d %d %d\n", #name, slots.empty() ? "-" : slots.c_str(), \
+                normopt::rule_hypers(id), normopt::rule_trust_ratio(id) ? 1 : 0, \
+                normopt::rule_zero_gradient_keeps_state(id) ? 1 : 0);       \
+  }
+      NORMOPT_UPDATE_RULES(NORMOPT_PROBE_RULE)
+#undef NORMOPT_PROBE_RULE
     } else if (!op.empty()) {
       std::fprintf(stderr, "unknown query: %s\n", op.c_str());
       return 2;

@@ -1,0 +1,107 @@
+"""benchmarks/performance_summary.py renders docs/PERFORMANCE.md from a run's
+JSON: every measured row appears, with ratios of its own medians, within the
+summary's length, and a partial run renders the parts it has."""
+
+import importlib.util
+import os
+import re
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def summary():
+    path = os.path.join(ROOT, "benchmarks", "performance_summary.py")
+    spec = importlib.util.spec_from_file_location("performance_summary", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def step_row(set_name, inner, plain, graph, xla, fused, bpp=32, params=1e6):
+    gbs = params * bpp / fused / 1e9
+    return {"set": set_name, "inner": inner, "bytes_per_param": bpp,
+            "times_s": {"plain": plain, "tf_graph": graph, "tf_xla": xla, "fused": fused},
+            "fused_vs_tf_graph": graph / fused, "fused_vs_tf_xla": xla / fused,
+            "fused_vs_plain": plain / fused, "fused_gb_per_s": gbs,
+            "fused_pct_bandwidth": 100 * gbs / 30.0, "fused_path_ran": "fused"}
+
+
+def timed(median):
+    return {"status": "ok", "time": {"median_s": median}, "path_ran": "fused"}
+
+
+def data(with_fit=True):
+    out = {
+        "environment": {"date_utc": "2026-12-07T09:00:00+00:00", "cpu_model": "Some CPU",
+                        "cpu_count": 2, "python": "3.11", "tensorflow": "2.21",
+                        "keras": "3.15", "numpy": "2.4", "normopt": "0.1.0", "gpus": []},
+        "load_average": {"start": [4.0, 3.0, 2.0], "end": [5.0, 4.0, 3.0]},
+        "settings": {"repeats": 10, "warmup": 2, "norm_repeats": 5, "no_fit": not with_fit},
+        "duration_s": 600.0,
+        "bandwidth": {"bytes_per_s": 30e9, "probes": [30e9, 25e9]},
+        "adam_rows": [step_row("big", "adam", 0.050, 0.060, 0.024, 0.012),
+                      step_row("eight_1k", "adam", 0.020, 0.022, 0.014, 0.008),
+                      step_row("mlp", "adam", 0.006, 0.007, 0.005, 0.003)],
+        "inner_rows": [step_row("big", "lion", 0.037, 0.050, 0.030, 0.0117, bpp=24)],
+        "wrapper_cases": [
+            {"set": "big", "wrapper": w, "path": p, **timed(t)}
+            for w, tg, tf_ in (("normalized", 0.056, 0.012), ("adaptive", 0.083, 0.017))
+            for p, t in (("tf_graph", tg), ("fused", tf_))],
+        "norm_rows": [{"norm": n, "size": 2**20, "bytes": 4 * 2**20,
+                       "times": {"tf_function": {"median_s": 6e-4},
+                                 "tf_xla": {"median_s": 5e-4},
+                                 "fused_op": {"median_s": 2e-4}}} for n in ("l2", "std")],
+    }
+    if with_fit:
+        out["fit_cases"] = [
+            {"model": "wide_mlp", "variant": v, **timed(t)}
+            for v, t in (("fwd_bwd", 0.040), ("plain", 0.070), ("normalized_tf", 0.069),
+                         ("normalized_fused", 0.050))]
+        out["fit_cases"][-1].update(fused_vs_tf=0.069 / 0.050, fused_vs_plain=0.070 / 0.050)
+    return out
+
+
+def table_rows(text, first_cell):
+    return [line for line in text.splitlines() if line.startswith(f"| {first_cell} |")]
+
+
+def test_every_row_with_its_own_ratios(summary):
+    text = summary.render(data())
+    assert len(text.splitlines()) <= 300
+    big = table_rows(text, "big")
+    # the Adam row: 60 / 12 ms = 5.00x over the graph path, 24 / 12 = 2.00x XLA
+    assert any("5.00x" in r and "2.00x" in r and "4.17x" in r for r in big), big
+    lion = table_rows(text, "lion")
+    assert len(lion) == 1 and f"{0.050 / 0.0117:.2f}x" in lion[0]
+    assert table_rows(text, "adam (first table)")  # big's Adam row joins the inner table
+    adaptive = table_rows(text, "big")
+    assert any("adaptive" in r and f"{0.083 / 0.017:.2f}x" in r
+               and f"{0.017 / 0.012:.2f}x" in r for r in adaptive)
+    assert any("3.00x" in r for r in table_rows(text, "std"))  # 600 us / 200 us
+    assert any(f"{0.069 / 0.050:.2f}x" in r for r in table_rows(text, "wide_mlp"))
+    # the bound: 1e6 parameters x 32 B at 30 GB/s = 1.07 ms against 12 ms
+    assert any("1.07 ms" in r and "12.00 ms" in r for r in big)
+    assert "load average on 2 CPUs: start 4.0, end 5.0" in text
+    assert "perf-log/2026-11-25_to_12-03.md" in text
+
+
+def test_partial_run_renders_its_parts(summary):
+    partial = data(with_fit=False)
+    del partial["norm_rows"], partial["wrapper_cases"]
+    text = summary.render(partial)
+    assert "## Norm of one tensor" not in text
+    assert "## Wrappers and granularity" not in text
+    assert "model.fit" not in text.split("## Reading")[1]
+    assert table_rows(text, "mlp")
+
+
+def test_summary_cites_only_names_that_exist(summary):
+    from test_docs_names import check_span
+
+    spans = set(re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", summary.render(data()),
+                                                   flags=re.S)))
+    problems = [f"`{s}`: {p}" for s in sorted(spans) for p in check_span(s)]
+    assert not problems, problems
