@@ -4,7 +4,8 @@
     normopt experiments lr-sweep          # Adam vs Normalized Adam over lr
     normopt experiments mlp [--dataset digits|mnist]
     normopt experiments cnn [--dataset digits|cifar10]
-    normopt experiments all --quick       # everything, tiny sizes
+    normopt experiments lm [--sweep]      # small causal LM: AdamW, normalized, Muon
+    normopt experiments all --quick       # everything but lm, tiny sizes
 
 Writes <out>/<name>.json (every curve, settings, path taken) and
 <out>/<name>.png, and prints a summary table per experiment.
@@ -16,7 +17,7 @@ import sys
 
 from normopt import extras
 
-CHOICES = ("convex", "lr-sweep", "mlp", "cnn", "all")
+CHOICES = ("convex", "lr-sweep", "mlp", "cnn", "lm", "all")
 DEFAULT_OUT = os.path.join("normopt-out", "experiments")
 DEFAULT_DATASET = {"mlp": "digits", "cnn": "digits"}
 FUSED_CHOICES = {"auto": None, "fused": True, "tf": False}
@@ -45,7 +46,7 @@ def _seed(text):
 
 
 def add_arguments(parser):
-    parser.add_argument("name", choices=CHOICES, help="which experiment (all: every one, in order)")
+    parser.add_argument("name", choices=CHOICES, help="which experiment (all: every one but lm, in order)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes (seconds per experiment): a smoke test, not a result")
     parser.add_argument("--out", default=DEFAULT_OUT,
@@ -57,9 +58,13 @@ def add_arguments(parser):
     parser.add_argument("--epochs", type=_positive_int, default=None,
                         help="override the epochs of mlp and cnn")
     parser.add_argument("--iterations", type=_positive_int, default=None,
-                        help="override the iterations of convex and lr-sweep")
+                        help="override the iterations of convex and lr-sweep, the steps of lm")
     parser.add_argument("--batch-size", type=_positive_int, default=None,
-                        help="override the batch size of mlp and cnn")
+                        help="override the batch size of mlp, cnn and lm")
+    parser.add_argument("--sweep", action="store_true",
+                        help="lm: sweep each arm's learning rate (short runs, --seed only)")
+    parser.add_argument("--seeds", type=_positive_int, default=None,
+                        help="lm: how many seeds (--seed, --seed + 1, ...; default 2)")
     parser.add_argument("--path", choices=tuple(FUSED_CHOICES), default="auto",
                         help="wrapper step path: auto (compiled op where it runs, the default), "
                              "fused (require it) or tf (pure TensorFlow)")
@@ -108,6 +113,8 @@ def run(args):
     from normopt.experiments import data, report, suite
 
     names = list(suite.NAMES) if args.name == "all" else [args.name]
+    if args.name != "lm" and (args.sweep or args.seeds is not None):
+        return _fail(f"--sweep and --seeds apply to lm only, not {args.name}")
     needs_data = [n for n in names if n in ALLOWED_DATASETS]
     if args.dataset not in (None, "digits"):
         wrong = [n for n in needs_data if _dataset_choice(args, n) is None]
@@ -128,6 +135,10 @@ def run(args):
     overrides = {"epochs": args.epochs, "iterations": args.iterations,
                  "batch_size": args.batch_size, "fused": FUSED_CHOICES[args.path]}
     bars = _bar_factory(args.no_progress)
+    if args.name == "lm":  # its own runs and outputs: the comparison or --sweep
+        from normopt.experiments import lm
+
+        return lm.command(args, overrides, bars, _environment(args))
     runners = {"convex": suite.run_convex, "lr-sweep": suite.run_lr_sweep,
                "mlp": suite.run_mlp, "cnn": suite.run_cnn}
     for name in names:

@@ -80,6 +80,10 @@ def _lr_sweep_rows(result):
 def table_rows(result):
     """(header, rows) of the summary table of one experiment."""
     name = result["experiment"]
+    if name in LM_NAMES:
+        from normopt.experiments import lm_report
+
+        return lm_report.table_rows(result)
     if name == "convex":
         return (["optimizer", "path", "initial gap", "final gap", "best gap", "time s", ""],
                 [_quadratic_row(r) for r in result["runs"]])
@@ -283,8 +287,17 @@ def _plot_layer_grad_norms(result, path):
     plt.close(fig)
 
 
+def _plot_lm(result, path):
+    from normopt.experiments import lm_report
+
+    plot = lm_report.plot_sweep if result["experiment"] == "lm-sweep" else lm_report.plot_lm
+    plot(result, path, _pyplot())
+
+
+LM_NAMES = ("lm", "lm-sweep")
 PLOTTERS = {"convex": _plot_quadratic, "lr-sweep": _plot_lr_sweep,
-            "mlp": _plot_classifier, "cnn": _plot_classifier}
+            "mlp": _plot_classifier, "cnn": _plot_classifier,
+            "lm": _plot_lm, "lm-sweep": _plot_lm}
 # Further figures per experiment: (file suffix, plotter).
 EXTRA_PLOTS = {"mlp": [("_grad_norms", _plot_layer_grad_norms)]}
 
