@@ -3,9 +3,14 @@ Keras 3 optimizer wrappers.
 
 For each gradient tensor g, with norm(g) one of `normopt.normalizations`:
 
-    NormalizedOptimizer:  g' = g / norm(g)
-    ClippedOptimizer:     g' = g * clipnorm / norm(g)  if norm(g) >= clipnorm
-                          g' = g                       otherwise
+    NormalizedOptimizer:       g' = g / norm(g)
+    ClippedOptimizer:          g' = g * clipnorm / norm(g)  if norm(g) >= clipnorm
+                               g' = g                       otherwise
+    AdaptiveClippedOptimizer:  t = clip_factor * max(norm(w), eps)
+                               g' = g * t / norm(g)  if norm(g) > t, else g
+
+(norm(g) per tensor, per unit of the last axis, or over all gradients:
+`granularity`)
 
 then the inner optimizer's own update with g'. The inner optimizer owns every
 slot variable and the iteration counter (`normopt.keras_wrapper`). Each step
@@ -292,6 +297,10 @@ class NormalizedOptimizer(_GradientNormWrapper):
             set on the wrapper after construction, as MultiOptimizer and
             LossScaleOptimizer (None) do, replaces the inner optimizer's,
             which is cleared, as Keras clears that of an optimizer it wraps.
+        granularity: "tensor" (default: one norm per gradient tensor),
+            "unit" (one norm per index of the last axis, over all other
+            axes) or "global" (one norm over every non-excluded gradient,
+            as if concatenated).
 
     Options of the inner optimizer (`weight_decay`, `use_ema`, ...) are read
     and set through the wrapper; `clipnorm`, `clipvalue` and
@@ -311,7 +320,8 @@ class ClippedOptimizer(_GradientNormWrapper):
         optimizer: a Keras 3 optimizer, or an identifier such as "adam".
         normalization: norm used for the comparison (default "l2").
         clipnorm: positive number, the largest norm a gradient keeps.
-        fused, skip_nonfinite, loss_scale_factor: as for NormalizedOptimizer.
+        fused, skip_nonfinite, loss_scale_factor, granularity: as for
+            NormalizedOptimizer.
         name: the wrapper's name.
     """
 
