@@ -18,13 +18,12 @@ fused rule, keep the pure-TF path, which keeps it sparse.
 
 import collections
 import dataclasses
-import os
 
 import keras
 import tensorflow as tf
 
 from normopt import normalizations
-from normopt.ops import keras_adapters, paths
+from normopt.ops import keras_adapters, library, paths
 from normopt.ops.paths import StepPath
 
 
@@ -73,20 +72,26 @@ def update_kernel(inner):
     return adapter.rule(inner) if adapter is not None else None
 
 
-# The GPU kernels (csrc/ops/*_gpu.cc) compile and link but have not yet run
-# on a GPU: a CUDA build uses them only when this variable is set to 1.
-GPU_OPT_IN_ENV = "NORMOPT_ENABLE_GPU_OPS"
+GPU_OPT_IN_ENV = library.GPU_OPT_IN_ENV  # the GPU kernels are opt-in
 
 
 def _kernel_devices():
     """Device types the loaded op library has kernels for, and may use."""
-    from tensorflow.python.framework import kernels
-
-    registered = kernels.get_registered_kernels_for_op("NormoptApply")
-    devices = {k.device_type for k in registered.kernel}
-    if os.environ.get(GPU_OPT_IN_ENV, "").strip() != "1":
+    devices = set(library.registered_kernels()["NormoptApply"])
+    if not library.gpu_ops_enabled():
         devices.discard("GPU")
     return devices
+
+
+def _why_no_gpu_kernels():
+    """Why the op library's GPU kernels are not used, for a path's reason."""
+    if "GPU" in library.registered_kernels()["NormoptApply"]:
+        return (f"its GPU kernels need {GPU_OPT_IN_ENV}=1: they are not yet "
+                "validated on a GPU")
+    from normopt.ops import build
+
+    summary = build.cuda_summary(library.details().get("built_for"))
+    return f"it has no GPU kernels: CUDA kernels {summary or 'not recorded'}"
 
 
 def device_type(variable):
@@ -125,11 +130,10 @@ def _blockers(grads, variables, in_step=True):
         devices = _kernel_devices()
         elsewhere = sorted({device_type(v) for v in variables} - devices)
         if elsewhere:
+            why = f" ({_why_no_gpu_kernels()})" if "GPU" in elsewhere else ""
             found.append(
                 f"variables live on {', '.join(elsewhere)} and the op library "
-                f"has kernels for {', '.join(sorted(devices))} only (GPU "
-                f"kernels, when built, need {GPU_OPT_IN_ENV}=1: they are not "
-                "yet validated on a GPU)"
+                f"has kernels for {', '.join(sorted(devices))} only{why}"
             )
     for g, v in zip(grads, variables):
         # An IndexedSlices gradient's dtype is that of its values; whether
