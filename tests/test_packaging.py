@@ -73,8 +73,10 @@ def _sdist(tmp_path):
 
 
 def _fake_record(tf, **override):
+    """What a build for `tf` records: with CUDA kernels for a CUDA build."""
     record = {k: tf[k] for k in build.COMPAT_KEYS}
-    record.update(cuda_kernels="OFF", compiler="test", source_hash="0" * 64)
+    record.update(cuda_kernels="ON" if tf["tf_cuda"] == "1" else "OFF", compiler="test",
+                  source_hash="0" * 64)
     record.update(override)
     return record
 
