@@ -302,7 +302,8 @@ def _venv(path):
 
 
 def _pip(python, *args, env):
-    proc = subprocess.run([python, "-m", "pip", "install", "-q", *args], env=env,
+    quiet = [] if "-v" in args else ["-q"]
+    proc = subprocess.run([python, "-m", "pip", "install", *quiet, *args], env=env,
                           capture_output=True, text=True, timeout=3600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
