@@ -116,7 +116,8 @@ def _plan(build_dir, env, *args):
     """CMake's plan lines (configure with NORMOPT_CUDA_PLAN_ONLY=ON)."""
     proc = subprocess.run(
         [shutil.which("cmake"), "-S", REPO, "-B", str(build_dir),
-         f"-DPython_EXECUTABLE={sys.executable}", f"-DNORMOPT_OUTPUT_FILE={build_dir}/lib.so", "-DNORMOPT_CUDA_PLAN_ONLY=ON", *args],
+         f"-DPython_EXECUTABLE={sys.executable}", f"-DNORMOPT_OUTPUT_FILE={build_dir}/lib.so",
+         "-DNORMOPT_CUDA_PLAN_ONLY=ON", *args],
         env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return [line[3:] for line in proc.stdout.splitlines() if line.startswith("-- normopt: ")]
