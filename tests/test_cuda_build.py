@@ -21,6 +21,7 @@ thing in fresh environments with TensorFlow's CUDA wheel of the installed
 TensorFlow's version (see test_cuda_wheel_build_and_load).
 """
 
+import json
 import os
 import re
 import shutil
