@@ -11,7 +11,10 @@ cannot express there:
   impossible build (no cmake, no compiler, no TensorFlow yet) never fails the
   install: the library is then built on first use (normopt/ops/library.py),
   or `normopt build` builds it, and until then the wrappers run on pure
-  TensorFlow. NORMOPT_SKIP_BUILD=1 skips the build at install time.
+  TensorFlow. NORMOPT_SKIP_BUILD=1 skips the build at install time. On a
+  CUDA build of TensorFlow with nvcc on the PATH the library gets the CUDA
+  kernels; when that part fails the CPU library is built instead, and one
+  line says why the GPU kernels are missing.
 - build_py: CMakeLists.txt and csrc/ are copied into the package as
   normopt/_src, so an installed normopt can rebuild its library when
   TensorFlow changes.
@@ -81,6 +84,10 @@ class OptionalCMakeBuild(build_ext):
             os.remove(target)  # a new inode: a process that loaded the old one keeps it
         nb.build_library(target, tf, src=ext.source_dir, jobs=self.parallel or None,
                          on_line=lambda line: print(line, file=sys.stderr, flush=True))
+        record = nb.read_record(target)
+        if tf.get("tf_cuda") == "1" and not nb.has_cuda_kernels(record):
+            print(f"normopt: the op library has no GPU kernels "
+                  f"({nb.cuda_summary(record)})", file=sys.stderr, flush=True)
 
 
 class BuildPyWithSources(build_py):

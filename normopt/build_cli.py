@@ -56,14 +56,23 @@ def run(args):
         print(f"normopt build: cannot build here: {why}", file=sys.stderr)
         return 1
     tf = build.current_tf()
-    kind = "CUDA build" if tf["tf_cuda"] == "1" else "CPU build"
+    kind = "CUDA build" if tf["tf_cuda"] == "1" else "CPU-only build"
     _say(f"TensorFlow {tf['tf_version']} ({kind}), sources in {src}")
 
     in_place = args.in_place or not (args.cache or build.sources_are_packaged())
-    target = _package_target() if in_place else build.cache_entry(tf, src)[1]
-    if not args.force and build.valid_library(target, tf, src):
+    try:
+        target = _package_target() if in_place else build.cache_entry(tf, src)[1]
+    except (build.BuildError, OSError) as exc:
+        print(f"normopt build: cannot use the cache: {exc}", file=sys.stderr)
+        return 1
+    if not args.force and build.valid_library(target, tf, src) and (
+            in_place or build.untrusted(target) is None):
         _say(f"up to date: {target} (--force rebuilds it)")
         return 0
+    record = build.read_record(target) if os.path.isfile(target) else None
+    changed = build.differences(record, tf, build.source_hash(src)) if record else []
+    if changed and not args.force:
+        _say(f"rebuilding {target}: it was built for " + "; for ".join(changed))
 
     bar = progress.bar(None, "normopt build", "stage",
                        enabled=not (args.no_progress or args.verbose))
@@ -104,5 +113,8 @@ def run(args):
         _say(f"built {path} in {time.perf_counter() - start:.1f} s")
     else:
         _say(f"up to date: {path} (--force rebuilds it)")
-    _say("built for " + build.describe(build.read_record(path)))
+    record = build.read_record(path)
+    _say("built for " + build.describe(record))
+    if record and record.get("tf_cuda") == "1":
+        _say("CUDA kernels " + build.cuda_summary(record))
     return 0

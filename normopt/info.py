@@ -34,6 +34,44 @@ def _built_for(status):
     return build.describe(status.get("built_for"))
 
 
+def _cuda_kernels(status, tf_cuda):
+    """Whether the loaded library has CUDA kernels, for which GPUs, or why not."""
+    from normopt.ops import build
+
+    if not status["loaded"]:
+        return None
+    record = status.get("built_for")
+    if record is None:
+        return "not recorded (a library built before normopt recorded it)"
+    summary = build.cuda_summary(record)
+    if tf_cuda and not build.has_cuda_kernels(record):
+        summary += " (`normopt build --force` rebuilds it, with nvcc on the PATH)"
+    return summary
+
+
+def _kernels(status):
+    """'NormoptNorms (CPU, GPU), ...': the devices TensorFlow has kernels for."""
+    from normopt.ops import library
+
+    if not status["loaded"]:
+        return None
+    return ", ".join(f"{op} ({', '.join(devices) or 'none'})"
+                     for op, devices in library.registered_kernels().items())
+
+
+def _gpu_kernels_used(status):
+    from normopt.ops import library
+
+    if not status["loaded"]:
+        return None
+    if not any("GPU" in d for d in library.registered_kernels().values()):
+        return "no (none registered)"
+    if library.gpu_ops_enabled():
+        return f"yes ({library.GPU_OPT_IN_ENV}=1)"
+    return (f"no: set {library.GPU_OPT_IN_ENV}=1 to use them (not yet validated "
+            "on a GPU)")
+
+
 def collect():
     """Everything `normopt info` prints, as a dict."""
     import keras
@@ -57,6 +95,9 @@ def collect():
         "op library built for": _built_for(status),
         "op library note": status.get("note"),
         "op library reason": status["reason"],
+        "CUDA kernels": _cuda_kernels(status, tf.test.is_built_with_cuda()),
+        "op kernels": _kernels(status),
+        "GPU op kernels used": _gpu_kernels_used(status),
         "compiled path under": "no strategy, " + ", ".join(importlib.import_module(
             "normopt.ops.step_plan").FUSED_STRATEGIES),
         "numba": package_version("numba"),

@@ -118,6 +118,13 @@ LONGEST_FIRST = (
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable
+    # A download of ~600 MB and three full builds: only when asked for by name.
+    if "cuda_wheel" not in (config.getoption("markexpr") or ""):
+        wheel = pytest.mark.skip(reason="builds against TensorFlow's CUDA wheel; "
+                                 "run with -m cuda_wheel")
+        for item in items:
+            if "cuda_wheel" in item.keywords:
+                item.add_marker(wheel)
     if config.getoption("--runslow"):
         return
     skip = pytest.mark.skip(reason="slow sweep; run with --runslow")

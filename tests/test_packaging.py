@@ -7,6 +7,9 @@
                    a copy here; the slow test runs a real one)
     fallback       NORMOPT_DISABLE_OPS, no compiler, automatic builds off, a
                    failed build: pure TF, with the reason in `normopt info`
+    private cache  cache folders are created private to the user; a cached
+                   library others could have written is refused (one line)
+                   and rebuilt; a shared cache folder gets a private subfolder
     race           two processes building the same cache entry at once: one
                    builds, both get the whole library, nothing left behind
     install        pip install of the sdist and of the wheel into a fresh
@@ -70,8 +73,10 @@ def _sdist(tmp_path):
 
 
 def _fake_record(tf, **override):
+    """What a build for `tf` records: with CUDA kernels for a CUDA build."""
     record = {k: tf[k] for k in build.COMPAT_KEYS}
-    record.update(cuda_kernels="OFF", compiler="test", source_hash="0" * 64)
+    record.update(cuda_kernels="ON" if tf["tf_cuda"] == "1" else "OFF", compiler="test",
+                  source_hash="0" * 64)
     record.update(override)
     return record
 
@@ -208,6 +213,43 @@ def test_library_for_another_tensorflow_is_rebuilt_into_the_cache(
     assert left == [build.CACHE_LIB_NAME], left
 
 
+def test_rebuild_message_names_what_differs(isolated_library, monkeypatch, tmp_path, capfd):
+    """Same version, other kind: a CPU-only library in a CUDA TensorFlow (or
+    the reverse) is named as such, not as 'built for 2.21.0, this is 2.21.0'."""
+    tf = build.current_tf()
+    other_kind = "0" if tf["tf_cuda"] == "1" else "1"
+    package_lib = tmp_path / "pkg" / "_normopt_ops.so"
+    package_lib.parent.mkdir()
+    _write_fake_library(package_lib, _fake_record(tf, tf_cuda=other_kind))
+    monkeypatch.setattr(library, "library_path", lambda: str(package_lib))
+    monkeypatch.setattr(build, "missing_tools", lambda: None)
+    monkeypatch.setattr(build, "build_library",
+                        lambda out, tf_info, **k: _write_fake_library(out, _fake_record(tf_info)))
+    assert library.details()["origin"] == "cache"
+    (line,) = capfd.readouterr().err.strip().splitlines()
+    kinds = {"0": "CPU-only build", "1": "CUDA build"}
+    assert (f"was built for a {kinds[other_kind]} of TensorFlow, this is a "
+            f"{kinds[tf['tf_cuda']]}: building it for TensorFlow {tf['tf_version']}") in line, line
+
+
+def test_differences_name_version_kind_abi_and_sources():
+    tf = _tf_stub()
+    record = _fake_record(tf)
+    assert build.differences(record, tf, "0" * 64) == []
+    found = build.differences(
+        dict(record, tf_version="2.98.0", tf_cuda="1", abi_flags="-D_GLIBCXX_USE_CXX11_ABI=0"),
+        tf, "f" * 64)
+    assert found == [
+        "TensorFlow 2.98.0, this is 2.99.0",
+        "a CUDA build of TensorFlow, this is a CPU-only build",
+        "ABI flags `-D_GLIBCXX_USE_CXX11_ABI=0`, this TensorFlow has "
+        "`-D_GLIBCXX_USE_CXX11_ABI=1`",
+        "sources 000000000000, these are ffffffffffff",
+    ]
+    assert build.differences(dict(record, tf_git_version="v2.99.0-rc0"), tf) == [
+        "TensorFlow v2.99.0-rc0, this is v2.99.0-test"]
+
+
 def test_library_without_a_record_is_loaded_as_before(isolated_library, monkeypatch, tmp_path):
     lib = tmp_path / "_normopt_ops.so"
     lib.write_bytes(b"\x7fELF built before records existed")
@@ -282,6 +324,30 @@ def test_failed_build_is_not_retried_automatically(monkeypatch, tmp_path, fake_s
     assert built and os.listdir(os.path.dirname(path)) == [build.CACHE_LIB_NAME]
 
 
+def test_info_names_the_registered_kernels_and_the_cuda_build():
+    """`normopt info` against TensorFlow's own kernel registry and the record."""
+    from tensorflow.python.framework import kernels
+
+    from normopt import info
+
+    status = library.details()
+    if not status["loaded"]:
+        pytest.skip(f"the op library is not loaded: {status['reason']}")
+    collected = info.collect()
+    for op in ("NormoptNorms", "NormoptScale", "NormoptApply"):
+        devices = sorted({k.device_type for k in kernels.get_registered_kernels_for_op(op).kernel})
+        assert "CPU" in devices and f"{op} ({', '.join(devices)})" in collected["op kernels"]
+    record = status["built_for"]
+    if record is None:
+        assert collected["CUDA kernels"].startswith("not recorded")
+        return
+    assert collected["CUDA kernels"].startswith(build.cuda_summary(record))
+    if record["tf_cuda"] == "0":
+        assert collected["CUDA kernels"] == (
+            f"not built: TensorFlow {record['tf_version']} is a CPU-only build")
+        assert collected["GPU op kernels used"] == "no (none registered)"
+
+
 def test_normopt_build_without_cmake_says_so(monkeypatch, capsys):
     import argparse
 
@@ -292,6 +358,107 @@ def test_normopt_build_without_cmake_says_so(monkeypatch, capsys):
                               verbose=False, no_progress=True)
     assert build_cli.run(args) == 1
     assert "cannot build here: cmake is not installed" in capsys.readouterr().err
+
+
+# ---- a private cache ------------------------------------------------------------------
+
+def _mode(path):
+    return os.stat(path).st_mode & 0o777
+
+
+def _cached_fake(tf, record_tf=None):
+    """A valid library for `tf` placed where the cache looks for it."""
+    entry, lib = build.cache_entry(tf)
+    os.makedirs(entry, exist_ok=True)
+    _write_fake_library(lib, _fake_record(record_tf or tf))
+    return entry, lib
+
+
+@pytest.mark.parametrize("file_mode,folder_mode,who", [
+    (0o664, 0o700, "it is writable by group (mode 664)"),
+    (0o600, 0o777, "its folder {entry} is writable by group and others (mode 777)"),
+])
+def test_cached_library_others_can_write_is_refused_and_rebuilt(
+        isolated_library, monkeypatch, capfd, file_mode, folder_mode, who):
+    tf = build.current_tf()
+    monkeypatch.setattr(library, "library_path", lambda: None)
+    monkeypatch.setattr(build, "missing_tools", lambda: None)
+    built = []
+    monkeypatch.setattr(build, "build_library", lambda out, tf_info, **k: built.append(out)
+                        or _write_fake_library(out, _fake_record(tf_info)))
+    entry, lib = _cached_fake(tf)
+    os.chmod(lib, file_mode)
+    os.chmod(entry, folder_mode)
+    status = library.details()
+    assert status["loaded"] and status["path"] == lib and len(built) == 1, status
+    err = capfd.readouterr().err.strip().splitlines()
+    assert err[0] == (f"normopt: not loading the cached library {lib}: "
+                      f"{who.format(entry=entry)}; rebuilding it in a private folder"), err
+    assert "building it for TensorFlow" in err[1] and len(err) == 2, err
+    assert _mode(entry) == 0o700 and not _mode(lib) & 0o022
+    assert build.untrusted(lib) is None
+
+
+def test_cached_library_of_another_user_is_refused(isolated_library, monkeypatch, capfd):
+    if os.geteuid() != 0:
+        pytest.skip("giving a file to another user needs root")
+    tf = build.current_tf()
+    monkeypatch.setattr(library, "library_path", lambda: None)
+    monkeypatch.setattr(build, "missing_tools", lambda: None)
+    monkeypatch.setattr(build, "build_library",
+                        lambda out, tf_info, **k: _write_fake_library(out, _fake_record(tf_info)))
+    entry, lib = _cached_fake(tf)
+    os.chown(lib, 65534, -1)
+    assert library.details()["loaded"]
+    err = capfd.readouterr().err
+    assert (f"not loading the cached library {lib}: it is owned by uid 65534, not by this "
+            "user (uid 0)") in err, err
+    assert os.stat(lib).st_uid == 0
+
+
+def test_cache_folders_are_created_private(monkeypatch, tmp_path, fake_src):
+    monkeypatch.setenv(build.CACHE_ENV, str(tmp_path / "a" / "b" / "cache"))
+    monkeypatch.delenv(build.TREES_ENV, raising=False)
+    old = os.umask(0o002)  # a umask that would leave files and folders group-writable
+    try:
+        path, built, _, _ = build.ensure_cached(
+            _tf_stub(), src=fake_src,
+            builder=lambda out, tf, **k: _write_fake_library(out, _fake_record(tf)))
+        trees = build.trees_dir()
+    finally:
+        os.umask(old)
+    assert built and build.untrusted(path) is None
+    for folder in (tmp_path / "a", tmp_path / "a" / "b", tmp_path / "a" / "b" / "cache",
+                   os.path.dirname(os.path.dirname(path)), os.path.dirname(path), trees):
+        assert _mode(folder) == 0o700, folder
+
+
+def test_shared_cache_folder_gets_a_private_subfolder(monkeypatch, tmp_path, fake_src, capfd):
+    shared = tmp_path / "scratch"
+    shared.mkdir()
+    shared.chmod(0o1777)  # everyone may write here
+    monkeypatch.setenv(build.CACHE_ENV, str(shared))
+    monkeypatch.delenv(build.TREES_ENV, raising=False)
+    private = shared / f"private-{os.geteuid()}"
+    path, built, _, _ = build.ensure_cached(
+        _tf_stub(), src=fake_src,
+        builder=lambda out, tf, **k: _write_fake_library(out, _fake_record(tf)))
+    assert built and path.startswith(str(private) + os.sep) and _mode(private) == 0o700
+    assert build.trees_dir() == str(private / "build")
+    err = capfd.readouterr().err.strip().splitlines()
+    assert err == [f"normopt: the cache folder {shared} is writable by group and others "
+                   f"(mode 1777): using {private}, private to this user, instead"], err
+
+
+def test_cache_folder_of_another_user_is_not_used(monkeypatch, tmp_path, fake_src):
+    """Every folder here looks like someone else's: no private folder, no
+    build, the reason."""
+    monkeypatch.setenv(build.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(build, "_uid", lambda: os.geteuid() + 1)
+    with pytest.raises(build.BuildError, match=r"no private cache folder: .*cache is owned "
+                       r"by uid \d+, not by this user"):
+        build.ensure_cached(_tf_stub(), src=fake_src,
+                            builder=lambda *a, **k: pytest.fail("built"))
 
 
 # ---- two processes racing on the cache --------------------------------------------

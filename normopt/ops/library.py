@@ -9,13 +9,16 @@ TensorFlow).
 Where the library comes from, in order:
 
 1. package: `normopt/ops/_normopt_ops*.so`, built at install time. Loaded when
-   the TensorFlow version and ABI flags it records (normopt/ops/build.py:
-   read_record) are those of the running TensorFlow, or when it records
-   nothing (a library built before records existed, loaded as before).
+   the TensorFlow version, ABI flags and kind (CPU-only or CUDA build) it
+   records (normopt/ops/build.py: read_record) are those of the running
+   TensorFlow, or when it records nothing (a library built before records
+   existed, loaded as before).
 2. cache: the per-user cache entry for this TensorFlow and these sources
-   (build.ensure_cached). When there is none yet, it is built there on first
-   use (one line on stderr says so and how long it took): after a TensorFlow
-   upgrade, or, for an installed copy (sources in normopt/_src), when the
+   (build.ensure_cached), loaded only when private to this user (see
+   build.untrusted). When there is none yet, it is built there on first use
+   (one line on stderr says so, naming what differs, and how long it took):
+   after a TensorFlow upgrade or a switch between TensorFlow's CPU and CUDA
+   wheels, or, for an installed copy (sources in normopt/_src), when the
    install could not build it (no compiler, no cmake, TensorFlow not
    importable at install time). A source checkout without a built library
    just reports it (build it with `pip install -e .` or `normopt build`).
@@ -23,7 +26,10 @@ Where the library comes from, in order:
    explicitly.
 
 `status()` is dict(loaded, path, reason); `details()` adds where the library
-came from and what it was built for.
+came from and what it was built for; `registered_kernels()` lists the
+devices TensorFlow has kernels of the ops for. On a CUDA build of
+TensorFlow, a library without GPU kernels says why on one line when it is
+built, and when it is loaded with NORMOPT_ENABLE_GPU_OPS=1.
 """
 
 import glob
@@ -36,6 +42,10 @@ from normopt.ops import build
 
 DISABLE_ENV = "NORMOPT_DISABLE_OPS"
 AUTOBUILD_ENV = build.AUTOBUILD_ENV
+# The GPU kernels (csrc/ops/*_gpu.cc) compile and link but have not yet run
+# on a GPU: a CUDA build uses them only when this variable is set to 1.
+GPU_OPT_IN_ENV = "NORMOPT_ENABLE_GPU_OPS"
+OPS = ("NormoptNorms", "NormoptScale", "NormoptApply")
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _PATTERN = "_normopt_ops*.so"
 
@@ -73,7 +83,7 @@ def _from_cache(tf_info, why):
     `why` says why the package library is not used. Raises build.BuildError.
     """
     entry, lib = build.cache_entry(tf_info)
-    if lib is not None and build.valid_library(lib, tf_info):
+    if lib is not None and build.cached_library(lib, tf_info):
         return lib, None
     if not _autobuild():
         raise build.BuildError(f"{why}; automatic builds are off ({AUTOBUILD_ENV}=0): "
@@ -102,6 +112,7 @@ def _from_cache(tf_info, why):
                                f"{exc}") from exc
     if built:
         print(f" done in {took:.1f} s", file=sys.stderr, flush=True)
+        _say_why_no_gpu_kernels(tf_info, build.read_record(lib))
         note = f"{why}: built it for TensorFlow {version} into {entry} in {took:.1f} s"
     else:
         note = f"{why}: another process built it for TensorFlow {version} into {entry}"
@@ -132,8 +143,8 @@ def _attempt():
         if record is None or build.compatible(record, tf_info):
             result.update(origin="package", record=record)
             return _load_into(result, path)
-        why = (f"the op library in {_HERE} was built for TensorFlow "
-               f"{record.get('tf_version')}, this is {tf_info['tf_version']}")
+        why = (f"the op library in {_HERE} was built for "
+               + "; for ".join(build.differences(record, tf_info)))
     try:
         lib, note = _from_cache(tf_info, why)
     except Exception as exc:  # no sources, no tools, a failed build: fall back
@@ -153,10 +164,25 @@ def _load_into(result, path):
     return result
 
 
+def gpu_ops_enabled():
+    return os.environ.get(GPU_OPT_IN_ENV, "").strip() == "1"
+
+
+def _say_why_no_gpu_kernels(tf_info, record):
+    """One line when a CUDA build of TensorFlow gets a library without GPU
+    kernels: said when it is built, and at load when the GPU kernels are
+    asked for ($NORMOPT_ENABLE_GPU_OPS=1)."""
+    if tf_info.get("tf_cuda") == "1" and record and not build.has_cuda_kernels(record):
+        build.warn_once(f"the op library has no GPU kernels ({build.cuda_summary(record)}); "
+                        "variables on a GPU take the pure-TF path")
+
+
 def _loaded():
     with _lock:
         if not _cache:
             _cache.update(_attempt())
+            if _cache["module"] is not None and gpu_ops_enabled():
+                _say_why_no_gpu_kernels(build.current_tf(), _cache["record"])
         return _cache
 
 
@@ -195,6 +221,21 @@ def details():
         return dict(result, origin=None, built_for=None, note=None)
     cache = _loaded()
     return dict(result, origin=cache["origin"], built_for=cache["record"], note=cache["note"])
+
+
+def registered_kernels():
+    """{op name: sorted device types} of the kernels TensorFlow has registered
+    for the normopt ops (empty lists before the library is loaded)."""
+    from tensorflow.python.framework import kernels
+
+    found = {}
+    for op in OPS:
+        try:
+            registered = kernels.get_registered_kernels_for_op(op).kernel
+        except Exception:  # an op TensorFlow does not know
+            registered = []
+        found[op] = sorted({k.device_type for k in registered})
+    return found
 
 
 def reset():

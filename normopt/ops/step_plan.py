@@ -54,10 +54,6 @@ DENSIFIED = "densified"    # sparse, scattered once into the dense tensor
 # device on the all-reduced gradients.
 FUSED_STRATEGIES = ("MirroredStrategy", "MultiWorkerMirroredStrategy")
 
-# The GPU kernels (csrc/ops/*_gpu.cc) compile and link but have not yet run
-# on a GPU: a CUDA build uses them only when this variable is set to 1.
-GPU_OPT_IN_ENV = "NORMOPT_ENABLE_GPU_OPS"
-
 COMPILED_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 # StepPath.reason of a compiled step whose global norm, over gradients of
@@ -130,6 +126,7 @@ class Context:
     library_loaded: bool = False
     library_reason: str = ""
     kernel_devices: frozenset = frozenset()
+    no_gpu_kernels: str = ""       # why the op's GPU kernels are not used
     in_step: bool = True
     xla: bool = False
     strategy: object = None        # the active strategy's public name
@@ -292,11 +289,10 @@ def _blockers(facts, context):
         devices = context.kernel_devices
         elsewhere = sorted({f.device for f in facts} - devices)
         if elsewhere:
+            why = f" ({context.no_gpu_kernels})" if "GPU" in elsewhere else ""
             found.append(
                 f"variables live on {', '.join(elsewhere)} and the op library "
-                f"has kernels for {', '.join(sorted(devices))} only (GPU "
-                f"kernels, when built, need {GPU_OPT_IN_ENV}=1: they are not "
-                "yet validated on a GPU)"
+                f"has kernels for {', '.join(sorted(devices))} only{why}"
             )
     for f in facts:
         if f.dtype != f.variable_dtype:

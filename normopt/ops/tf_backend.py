@@ -26,7 +26,6 @@ the pure-TF path, which keeps it sparse.
 """
 
 import collections
-import os
 
 import keras
 import tensorflow as tf
@@ -58,13 +57,23 @@ def strategy_name(strategy):
 
 def _kernel_devices():
     """Device types the loaded op library has kernels for, and may use."""
-    from tensorflow.python.framework import kernels
+    from normopt.ops import library
 
-    registered = kernels.get_registered_kernels_for_op("NormoptApply")
-    devices = {k.device_type for k in registered.kernel}
-    if os.environ.get(step_plan.GPU_OPT_IN_ENV, "").strip() != "1":
+    devices = set(library.registered_kernels()["NormoptApply"])
+    if not library.gpu_ops_enabled():
         devices.discard("GPU")
     return frozenset(devices)
+
+
+def _why_no_gpu_kernels():
+    """Why the loaded op library's GPU kernels are not used (for a reason)."""
+    from normopt.ops import build, library
+
+    if "GPU" in library.registered_kernels()["NormoptApply"]:
+        return (f"its GPU kernels need {library.GPU_OPT_IN_ENV}=1: they are not "
+                "yet validated on a GPU")
+    summary = build.cuda_summary(library.details().get("built_for"))
+    return f"it has no GPU kernels: CUDA kernels {summary or 'not recorded'}"
 
 
 def device_type(variable):
@@ -106,11 +115,16 @@ def step_context(grads=(), variables=(), excluded=(), in_step=True, compiled=Tru
         cross_replica = tf.distribute.in_cross_replica_context()
         fused_strategy = isinstance(
             active, (tf.distribute.MirroredStrategy, tf.distribute.MultiWorkerMirroredStrategy))
+    facts = tuple(gradient_facts(g, v, x) for g, v, x in zip(grads, variables, excluded))
+    devices = _kernel_devices() if loaded and variables else frozenset()
     return step_plan.Context(
-        gradients=tuple(gradient_facts(g, v, x) for g, v, x in zip(grads, variables, excluded)),
+        gradients=facts,
         library_loaded=loaded,
         library_reason=status["reason"],
-        kernel_devices=_kernel_devices() if loaded and variables else frozenset(),
+        kernel_devices=devices,
+        no_gpu_kernels=(_why_no_gpu_kernels()
+                        if "GPU" not in devices and "GPU" in {f.device for f in facts}
+                        else ""),
         in_step=in_step,
         xla=in_step and in_xla_context(),
         strategy=strategy,
