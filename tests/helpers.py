@@ -143,3 +143,24 @@ def run_probe(lines):
     done = subprocess.run([probe], input="\n".join(lines) + "\n", check=True,
                           capture_output=True, text=True)
     return done.stdout.splitlines()
+
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def strict_json(path):
+    """Loads JSON, failing on NaN/Infinity (the files must be strict JSON)."""
+    import json
+
+    def reject(constant):
+        raise AssertionError(f"non-strict JSON constant {constant} in {path}")
+
+    with open(path) as f:
+        return json.load(f, parse_constant=reject)
+
+
+def assert_png(path, min_bytes=5000):
+    """`path` is a PNG file of at least `min_bytes` (a plot, not an empty figure)."""
+    with open(path, "rb") as f:
+        assert f.read(8) == PNG_MAGIC
+    assert os.path.getsize(path) > min_bytes

@@ -6,39 +6,20 @@ from the formulas (closed-form optimum by a NumPy solve, loss at w0, the
 Nesterov stability bound, parameter counts).
 """
 
-import json
 import math
 import re
 
 import numpy as np
 import pytest
 
+from helpers import assert_png, strict_json
 from normopt.cli import main
 from normopt.experiments import data, problems, suite
 from normopt.ops import paths
 
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
 
 def _run_cli(*argv):
     return main(["experiments", *argv, "--no-progress"])
-
-
-def _strict_json(path):
-    """Loads JSON, failing on NaN/Infinity (the files must be strict JSON)."""
-
-    def reject(constant):
-        raise AssertionError(f"non-strict JSON constant {constant} in {path}")
-
-    with open(path) as f:
-        return json.load(f, parse_constant=reject)
-
-
-def _assert_png(path):
-    with open(path, "rb") as f:
-        head = f.read(8)
-    assert head == PNG_MAGIC
-    assert path.stat().st_size > 5000  # a real figure, not an empty canvas
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +30,8 @@ def quick(tmp_path_factory):
         out = tmp_path_factory.mktemp(name.replace("-", "_"))
         assert _run_cli(name, "--quick", "--out", str(out)) == 0
         stem = name.replace("-", "_")
-        _assert_png(out / f"{stem}.png")
-        results[name] = (_strict_json(out / f"{stem}.json"), out)
+        assert_png(out / f"{stem}.png")
+        results[name] = (strict_json(out / f"{stem}.json"), out)
     return results
 
 
@@ -146,8 +127,8 @@ def test_convex_runs_are_repeatable(tmp_path):
     for folder in ("a", "b"):
         assert _run_cli("convex", "--quick", "--iterations", "40", "--out",
                         str(tmp_path / folder)) == 0
-    first = _strict_json(tmp_path / "a" / "convex.json")
-    second = _strict_json(tmp_path / "b" / "convex.json")
+    first = strict_json(tmp_path / "a" / "convex.json")
+    second = strict_json(tmp_path / "b" / "convex.json")
     for r1, r2 in zip(first["runs"], second["runs"], strict=True):
         assert len(r1["curves"]["loss"]) == 41
         assert r1["curves"] == r2["curves"]
@@ -300,7 +281,7 @@ def test_mlp_layer_gradient_norms_and_heatmap(quick):
     from normopt.experiments import models
 
     result, out = quick["mlp"]
-    _assert_png(out / "mlp_grad_norms.png")
+    assert_png(out / "mlp_grad_norms.png")
     cfg = suite.SETTINGS["mlp"]["quick"]
     dataset = data.load_dataset("digits", 0).subset(cfg["train_examples"], cfg["test_examples"])
     keras.utils.set_random_seed(result["seed"])
@@ -396,7 +377,7 @@ def test_dataset_that_does_not_fit_the_experiment(capsys, tmp_path, argv):
 
 def test_path_tf_forces_pure_tensorflow(tmp_path):
     assert _run_cli("convex", "--quick", "--path", "tf", "--out", str(tmp_path)) == 0
-    result = _strict_json(tmp_path / "convex.json")
+    result = strict_json(tmp_path / "convex.json")
     cfg = suite.SETTINGS["convex"]["quick"]
     _, _, l_star = _numpy_problem(cfg["dim"], result["seed"])
     for run in result["runs"]:

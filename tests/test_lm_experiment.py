@@ -8,36 +8,21 @@ same seeded model's logits; the sweep's choice against a NumPy argmin.
 
 import hashlib
 import inspect
-import json
 import math
 
 import numpy as np
 import pytest
 
+from helpers import assert_png, strict_json
 from normopt.cli import main
 from normopt.experiments import lm, lm_data, lm_report
 from normopt.ops import paths
 
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 QUICK_SEEDS = 2
 
 
 def _run_cli(*argv):
     return main(["experiments", "lm", *argv, "--no-progress"])
-
-
-def _strict_json(path):
-    def reject(constant):
-        raise AssertionError(f"non-strict JSON constant {constant} in {path}")
-
-    with open(path) as f:
-        return json.load(f, parse_constant=reject)
-
-
-def _assert_png(path):
-    with open(path, "rb") as f:
-        assert f.read(8) == PNG_MAGIC
-    assert path.stat().st_size > 5000
 
 
 def _reference_ids(text):
@@ -227,8 +212,8 @@ def test_map_arm_reason_is_true_of_the_installed_code():
 def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("lm")
     assert _run_cli("--quick", "--seeds", str(QUICK_SEEDS), "--out", str(out)) == 0
-    _assert_png(out / "lm.png")
-    return _strict_json(out / "lm.json"), out
+    assert_png(out / "lm.png")
+    return strict_json(out / "lm.json"), out
 
 
 def _initial_val_loss_numpy(result, seed):
@@ -303,8 +288,8 @@ def test_quick_sweep_picks_the_lowest_validation_loss(tmp_path, monkeypatch):
     monkeypatch.setattr(lm, "ARMS", (dataclasses.replace(arms["adamw"], grid=(1e-3, 3e-2)),
                                      arms["normalized_map"]))
     assert _run_cli("--quick", "--sweep", "--out", str(tmp_path)) == 0
-    _assert_png(tmp_path / "lm_sweep.png")
-    result = _strict_json(tmp_path / "lm_sweep.json")
+    assert_png(tmp_path / "lm_sweep.png")
+    result = strict_json(tmp_path / "lm_sweep.json")
     assert result["sweep_steps"] == lm.SETTINGS["quick"]["sweep_steps"]
     adamw, mapped = result["arms"]
     lrs = [r["learning_rate"] for r in adamw["runs"]]
