@@ -164,3 +164,14 @@ def assert_png(path, min_bytes=5000):
     with open(path, "rb") as f:
         assert f.read(8) == PNG_MAGIC
     assert os.path.getsize(path) > min_bytes
+
+
+def run_json_script(python, script, env, cwd, timeout):
+    """Runs `script` with the interpreter `python` (another environment's);
+    returns (the JSON object on its last stdout line, its stderr)."""
+    import json
+
+    proc = subprocess.run([python, "-c", script], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr

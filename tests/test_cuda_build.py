@@ -21,7 +21,6 @@ thing in fresh environments with TensorFlow's CUDA wheel of the installed
 TensorFlow's version (see test_cuda_wheel_build_and_load).
 """
 
-import json
 import os
 import re
 import shutil
@@ -31,6 +30,7 @@ import textwrap
 
 import pytest
 
+from helpers import run_json_script
 from normopt.ops import build
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -312,10 +312,7 @@ def _pip(python, *args, env):
 
 
 def _check(python, env, cwd):
-    proc = subprocess.run([python, "-c", _CHECK], env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=3600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
+    return run_json_script(python, _CHECK, env, cwd, timeout=3600)
 
 
 def _assert_fused_on_cpu(result):

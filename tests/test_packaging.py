@@ -38,6 +38,7 @@ from importlib import metadata
 
 import pytest
 
+from helpers import run_json_script
 from normopt.ops import build, library
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -565,10 +566,7 @@ _CHECK = textwrap.dedent("""
 
 
 def _check(python, env, cwd):
-    proc = subprocess.run([python, "-c", _CHECK], env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
+    return run_json_script(python, _CHECK, env, cwd, timeout=600)
 
 
 def test_install_sdist_and_wheel_then_rebuild_for_another_tensorflow(tmp_path):
