@@ -33,7 +33,7 @@ from tensorflow.python.framework import ops as tf_ops
 from tensorflow.python.ops import control_flow_util
 
 from normopt import normalizations
-from normopt.ops import keras_adapters, paths, scale_math, step_plan
+from normopt.ops import keras_adapters, paths, scale_math, spectral_math, step_plan
 
 # ------------------------------------------------------------ context
 
@@ -260,12 +260,27 @@ def _custom_norm(name, fn, grad):
     return tf.cast(tf.ensure_shape(norm, []), scale_math.accumulation_dtype(grad.dtype))
 
 
-def _group_norm(group, tensors, name):
-    """The norm of one scale group of `tensors` (gradients or weights)."""
+def _group_norm(group, tensors, name, vector=None):
+    """The norm of one scale group of `tensors` (gradients or weights);
+    `vector`: the persistent vector of a matrix measured by the spectral
+    norm (`spectral_norm_of`)."""
     members = [tensors[i] for i in group.members]
     if group.merged:
         return scale_math.merged_norm([values_and_count(t) for t in members], name, None)
+    if vector is not None:
+        return spectral_norm_of(members[0], vector)
     return norm_of(members[0], name, per_unit=group.axes is not None)
+
+
+def spectral_norm_of(tensor, vector):
+    """spectral_math.spectral_norm of a tensor of two or more axes, from
+    and into its persistent `vector` (a variable, assigned the new
+    estimate). An IndexedSlices is measured by its deduplicated rows: the
+    absent rows, zero, do not change the singular values."""
+    values = deduplicate(tensor)[0] if isinstance(tensor, tf.IndexedSlices) else tensor
+    norm, new_vector, _ = spectral_math.spectral_norm(values, tf.convert_to_tensor(vector))
+    vector.assign(tf.cast(new_vector, vector.dtype))
+    return norm
 
 
 def _apply_scale(grad, scale, branch_large):
@@ -277,17 +292,23 @@ def _apply_scale(grad, scale, branch_large):
     return scale_math.apply_scale(grad, scale, branch_large)
 
 
-def scale_pure(plan, grads, variables):
+def scale_pure(plan, grads, variables, vectors=None):
     """The gradients with every scale group scaled by its norm (the others
-    as they are), in keras.ops math (`scale_math`)."""
-    scaling, name = plan.scaling, plan.settings.normalization
+    as they are), in keras.ops math (`scale_math`). `vectors`: {index:
+    (gradient's vector, weight's vector or None)} of the matrices a
+    spectral norm measures (`spectral_norm_of`)."""
+    scaling = plan.scaling
+    vectors = vectors or {}
     out = list(grads)
     for group in plan.groups:
-        norm = _group_norm(group, grads, name)
+        first = group.members[0]
+        name = plan.settings.normalization if group.merged else plan.entries[first].norm
+        grad_vector, weight_vector = vectors.get(first, (None, None))
+        norm = _group_norm(group, grads, name, grad_vector)
         weight_norm = None
         if scaling.reads_weights:
             weights = {i: tf.convert_to_tensor(variables[i]) for i in group.members}
-            weight_norm = _group_norm(group, weights, name)
+            weight_norm = _group_norm(group, weights, name, weight_vector)
         scale = scaling.scale(norm, weight_norm)
         for i in group.members:
             out[i] = _apply_scale(grads[i], scale, branch_large=not plan.xla)
@@ -355,10 +376,11 @@ def step_if_finite(step, skip, grads, args, replicas):
 # ---------------------------------------------------------------- executors
 
 
-def run_inner_step(inner, plan, grads, variables, replicas):
+def run_inner_step(inner, plan, grads, variables, replicas, vectors=None):
     """The gradients scaled by the compiled scale op (path fused_scale) or
-    by `scale_pure`, then the inner optimizer's own update. Returns the op's
-    L2 norms of the scaled gradients as parts, else None."""
+    by `scale_pure` (`vectors` as there), then the inner optimizer's own
+    update. Returns the op's L2 norms of the scaled gradients as parts,
+    else None."""
     factor = inner.loss_scale_factor
     if factor is not None:
         # The inner optimizer unscales after us: measure the norm of the
@@ -373,7 +395,7 @@ def run_inner_step(inner, plan, grads, variables, replicas):
         for i, s in zip(keep, scaled):
             out[i] = s
     else:
-        out = scale_pure(plan, grads, variables)
+        out = scale_pure(plan, grads, variables, vectors)
     # Excluded IndexedSlices go on as the dense tensor they stand for, as
     # scaled ones do: duplicate indices summed (Keras's nonlinear updates,
     # Adam's v += g^2, would square each duplicate row apart), so both
