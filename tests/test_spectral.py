@@ -1,0 +1,228 @@
+"""normalization="spectral": the largest singular value of the gradient seen
+as a matrix, against numpy.linalg.norm(matrix, 2) (tests/reference.py), on
+the keras.ops path and the fused op, with its persistent vectors saved."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import reference as R
+from normopt import AdaptiveClippedOptimizer, ClippedOptimizer, NormalizedOptimizer
+from normopt.ops import paths, spectral_math
+
+EPS = 1e-7
+RTOL = 1e-3
+
+
+def _rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+def _with_singular_values(rng, rows, cols, values):
+    """A rows x cols matrix with the given leading singular values."""
+    k = len(values)
+    u, _ = np.linalg.qr(rng.standard_normal((rows, k)))
+    v, _ = np.linalg.qr(rng.standard_normal((cols, k)))
+    return (u * np.asarray(values)) @ v.T
+
+
+def hard_cases():
+    rng = _rng(1)
+    u, w = rng.standard_normal(40), rng.standard_normal(24)
+    cases = {
+        "gaussian": rng.standard_normal((96, 80)),
+        "near_rank_one": np.outer(u, w) + 1e-4 * rng.standard_normal((40, 24)),
+        "clustered": _with_singular_values(
+            rng, 60, 50, [1.0, 0.9999, 0.9995, 0.999, 0.99] + list(np.linspace(0.98, 0.01, 40))),
+        "two_close_then_gap": _with_singular_values(rng, 30, 30, [2.0, 1.98, 0.5, 0.4]),
+        "row": rng.standard_normal((1, 37)),
+        "column": rng.standard_normal((37, 1)),
+        "zeros": np.zeros((6, 5)),
+        "three_axes": rng.standard_normal((4, 6, 9)),
+        "huge": 1e30 * rng.standard_normal((12, 7)),
+        "tiny": 1e-30 * rng.standard_normal((12, 7)),
+        "diagonal": np.diag([1.0, 3.0, 2.0]),
+    }
+    return cases
+
+
+@pytest.mark.parametrize("case", sorted(hard_cases()))
+def test_keras_ops_norm_matches_numpy(case):
+    g = hard_cases()[case].astype(np.float32)
+    vector = tf.zeros([g.shape[-1]], tf.float32)
+    norm, new_vector, steps = spectral_math.spectral_norm(tf.constant(g), vector, EPS)
+    want = R.spectral(g, EPS)
+    np.testing.assert_allclose(float(norm), want, rtol=RTOL)
+    assert 1 <= int(steps) <= spectral_math.MAX_ITERATIONS
+    if case in ("row", "column"):
+        # rank one: the Krylov space is invariant after the first step
+        assert int(steps) <= 2
+    assert np.all(np.isfinite(new_vector.numpy()))
+    np.testing.assert_allclose(np.linalg.norm(new_vector.numpy()), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float64"])
+def test_keras_ops_norm_16_bit_and_float64(dtype):
+    g = tf.cast(tf.constant(_rng(2).standard_normal((50, 30))), dtype)
+    acc = "float64" if dtype == "float64" else "float32"
+    norm, vector, _ = spectral_math.spectral_norm(g, tf.zeros([30], acc), EPS)
+    assert norm.dtype == acc and vector.dtype == acc
+    np.testing.assert_allclose(float(norm), R.spectral(tf.cast(g, "float64").numpy(), EPS),
+                               rtol=1e-5 if dtype == "float64" else RTOL)
+
+
+def test_persistent_vector_is_used():
+    """From the previous step's vector, a slightly changed gradient takes
+    few Lanczos steps; and a start that is exactly a lower singular vector
+    of the new gradient does not trap the estimate (the fixed start mix)."""
+    rng = _rng(3)
+    g = rng.standard_normal((200, 120)).astype(np.float32)
+    _, v, cold = spectral_math.spectral_norm(tf.constant(g), tf.zeros([120]), EPS)
+    g2 = g + 0.01 * rng.standard_normal(g.shape).astype(np.float32)
+    norm, _, warm = spectral_math.spectral_norm(tf.constant(g2), v, EPS)
+    np.testing.assert_allclose(float(norm), R.spectral(g2, EPS), rtol=RTOL)
+    assert int(warm) <= 4 < int(cold)
+    # e_1 is the right singular vector of sigma = 1 here, sigma_1 = 3
+    d = np.diag([1.0, 3.0, 2.0]).astype(np.float32)
+    norm, _, _ = spectral_math.spectral_norm(tf.constant(d), tf.constant([1.0, 0.0, 0.0]), 0.0)
+    np.testing.assert_allclose(float(norm), 3.0, rtol=1e-6)
+
+
+def _sgd_steps(wrapper, weights, grads_per_step, lr=0.1):
+    """Applies each step's gradients through `wrapper` (its inner SGD at lr),
+    returns the variables' values after every step."""
+    variables = [keras.Variable(w, name=f"v{i}") for i, w in enumerate(weights)]
+    out = []
+    for grads in grads_per_step:
+        wrapper.apply([tf.constant(g) for g in grads], variables)
+        out.append([v.numpy() for v in variables])
+    return out
+
+
+def _reference_scale(kind, g, w, clipnorm=0.5, clip_factor=0.05, eps=1e-3):
+    n = R.spectral(g, EPS)
+    if kind == "normalize":
+        return 1.0 / n
+    if kind == "clip":
+        return clipnorm / n if n >= clipnorm else 1.0
+    t = clip_factor * max(R.spectral(w, EPS), eps)
+    return t / n if n > t else 1.0
+
+
+WRAPPERS = {
+    "normalize": lambda fused: NormalizedOptimizer(
+        keras.optimizers.SGD(0.1), "spectral", fused=fused),
+    "clip": lambda fused: ClippedOptimizer(
+        keras.optimizers.SGD(0.1), "spectral", clipnorm=0.5, fused=fused),
+    "adaptive": lambda fused: AdaptiveClippedOptimizer(
+        keras.optimizers.SGD(0.1), clip_factor=0.05, eps=1e-3, normalization="spectral",
+        granularity="tensor", fused=fused),
+}
+
+
+def _check_wrapper_steps(kind, fused, expect_path):
+    rng = _rng(4)
+    weights = [rng.standard_normal((30, 20)).astype(np.float32),
+               rng.standard_normal((3, 4, 5)).astype(np.float32),
+               rng.standard_normal((7,)).astype(np.float32)]
+    steps = [[rng.standard_normal(w.shape).astype(np.float32) for w in weights]
+             for _ in range(3)]
+    opt = WRAPPERS[kind](fused)
+    got = _sgd_steps(opt, weights, steps)
+    assert opt.last_path.name == expect_path, opt.last_path
+    w = [x.astype(np.float64) for x in weights]
+    for step, grads in enumerate(steps):
+        for i, g in enumerate(grads):
+            # every step, the first included; a vector's spectral norm is l2
+            w[i] = w[i] - 0.1 * _reference_scale(kind, g, w[i]) * g
+            np.testing.assert_allclose(got[step][i], w[i], rtol=2e-3, atol=1e-5,
+                                       err_msg=f"step {step}, variable {i}")
+
+
+@pytest.mark.parametrize("kind", sorted(WRAPPERS))
+def test_wrappers_pure_path(kind):
+    _check_wrapper_steps(kind, False, paths.TF)
+
+
+@pytest.mark.parametrize("kind", sorted(WRAPPERS))
+def test_wrappers_fused_path(kind):
+    _check_wrapper_steps(kind, True, paths.FUSED)
+
+
+def test_spectral_takes_granularity_tensor_only():
+    for granularity in ("unit", "global"):
+        with pytest.raises(ValueError, match="'spectral' normalization measures a whole tensor"):
+            NormalizedOptimizer(keras.optimizers.SGD(), "spectral", granularity=granularity)
+    # AdaptiveClippedOptimizer's default granularity is "unit"
+    with pytest.raises(ValueError, match="granularity='tensor'"):
+        AdaptiveClippedOptimizer(keras.optimizers.SGD(), normalization="spectral")
+
+
+def test_saved_variables_and_names():
+    """One vector per matrix measured by the spectral norm (two for the
+    adaptive wrapper: gradient and weight), after skipped_steps, in variable
+    order; none for vectors, excluded variables or other norms."""
+    variables = [keras.Variable(np.ones((4, 3), "float32"), name="a"),
+                 keras.Variable(np.ones((5,), "float32"), name="b"),
+                 keras.Variable(np.ones((2, 2, 6), "float64"), name="c"),
+                 keras.Variable(np.ones((3, 3), "float32"), name="skip")]
+    opt = AdaptiveClippedOptimizer(keras.optimizers.SGD(), normalization="spectral",
+                                   granularity="tensor")
+    opt.exclude_from_normalization(var_names=["skip"])
+    opt.build(variables)
+    own = [(v.name, tuple(v.shape), v.dtype) for v in opt._variables]
+    assert own[:2] == [("iteration", (), "int64"), ("learning_rate", (), "float32")]
+    assert own[2:] == [("skipped_steps", (), "int64"),
+                   ("a_spectral_grad", (3,), "float32"), ("a_spectral_weight", (3,), "float32"),
+                   ("c_spectral_grad", (6,), "float64"), ("c_spectral_weight", (6,), "float64")]
+    plain = NormalizedOptimizer(keras.optimizers.SGD(), "l2")
+    plain.build(variables)
+    assert [v.name for v in plain._variables] == ["iteration", "learning_rate", "skipped_steps"]
+
+
+def _model(seed=0):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((6,))
+    h = keras.layers.Dense(8, activation="tanh", name="hidden")(inputs)
+    outputs = keras.layers.Dense(3, name="out")(h)
+    return keras.Model(inputs, outputs)
+
+
+def _vectors(optimizer):
+    return [v for v in optimizer._variables if "_spectral_" in v.name]
+
+
+@pytest.mark.parametrize("fused", [False, None])
+def test_resume_is_exact(tmp_path, fused):
+    """Saved mid-training (the persistent vectors with it), loaded and
+    continued: bit for bit the weights of the uninterrupted run."""
+    rng = _rng(5)
+    x = rng.standard_normal((64, 6)).astype("float32")
+    y = rng.standard_normal((64, 3)).astype("float32")
+
+    def compiled(model):
+        model.compile(AdaptiveClippedOptimizer(keras.optimizers.Adam(0.01), clip_factor=0.1,
+                                               normalization="spectral", granularity="tensor",
+                                               fused=fused), "mse", jit_compile=False)
+        return model
+
+    first = compiled(_model())
+    first.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    vectors = [v.numpy() for v in _vectors(first.optimizer)]
+    assert len(vectors) == 4 and all(abs(np.linalg.norm(v) - 1) < 1e-5 for v in vectors)
+    first.save(tmp_path / "m.keras")
+    resumed = keras.models.load_model(tmp_path / "m.keras")
+    resumed.jit_compile = False
+    for a, b in zip(_vectors(resumed.optimizer), vectors):
+        np.testing.assert_array_equal(a.numpy(), b)
+    # the uninterrupted run goes on; the resumed one from the file
+    first.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    resumed.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    if fused is None:
+        assert resumed.optimizer.last_path.name == paths.FUSED
+    for a, b in zip(_vectors(resumed.optimizer), _vectors(first.optimizer)):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    straight = first
+    for a, b in zip(resumed.get_weights(), straight.get_weights()):
+        np.testing.assert_array_equal(a, b)
