@@ -422,8 +422,6 @@ def _beyond_compiled(settings, path_name, facts):
             "the spectral norm beside a custom normalization (measured in "
             "TensorFlow, handed to the op as precomputed norms)"
         )
-    if matrices or len(set(norms)) > 1:  # TEMPORARY until the op takes them
-        found.append("spectral or several norms (not in the op yet)")
     sparse = [facts[i].name for i in matrices if facts[i].sparse]
     if sparse:
         found.append(
