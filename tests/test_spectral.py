@@ -226,3 +226,110 @@ def test_resume_is_exact(tmp_path, fused):
     straight = first
     for a, b in zip(resumed.get_weights(), straight.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+# ------------------------------------------------------- the op and the plan
+
+
+def test_constants_agree_with_the_header():
+    """The fused op's Lanczos (csrc/ops/spectral_norm.h) stops where the
+    keras.ops one does."""
+    import os
+    import re
+
+    path = os.path.join(os.path.dirname(__file__), "..", "csrc", "ops", "spectral_norm.h")
+    text = open(path).read()
+
+    def constant(name):
+        return float(re.search(rf"constexpr \w+ {name} = ([0-9.e+-]+);", text).group(1))
+
+    assert constant("kSpectralTolerance") == spectral_math.TOLERANCE
+    assert constant("kSpectralMaxSteps") == spectral_math.MAX_ITERATIONS
+    assert constant("kSpectralBreakdown") == spectral_math.BREAKDOWN
+    assert constant("kSpectralStartMix") == spectral_math.START_MIX
+    assert "2654435761" in text and "2135587861" in text
+
+
+def test_op_takes_a_norm_per_tensor_in_one_call():
+    """raw_ops.apply_step (SGD) with kinds spectral, l1, max, spectral and a
+    vector per matrix: every variable moves by its own norm, the vectors
+    come back normalized, in one call."""
+    from normopt.ops import raw_ops
+
+    rng = _rng(6)
+    shapes = [(20, 9), (5,), (4, 3), (2, 3, 7)]
+    kinds = ["spectral", "l1", "max", "spectral"]
+    ws = [rng.standard_normal(s).astype("float32") for s in shapes]
+    gs = [rng.standard_normal(s).astype("float32") for s in shapes]
+    variables = [tf.Variable(w) for w in ws]
+    vectors = [tf.zeros([9]), tf.zeros([7])]
+    _, new = raw_ops.apply_step(
+        "sgd", variables, [], [tf.constant(g) for g in gs], lr=0.1, step=1.0, hyper=[],
+        decay=tf.zeros([4]), kind="l2", mode="normalize", clipnorm=1.0, epsilon=EPS,
+        kinds=kinds, spectral_vectors=vectors)
+    for v, w, g, kind in zip(variables, ws, gs, kinds):
+        n = R.spectral(g, EPS) if kind == "spectral" else R.norm(g, kind, EPS)
+        np.testing.assert_allclose(v.numpy(), w - 0.1 * g / n, rtol=1e-4, atol=1e-6)
+    assert [tuple(v.shape) for v in new] == [(9,), (7,)]
+    for v in new:
+        np.testing.assert_allclose(np.linalg.norm(v.numpy()), 1.0, rtol=1e-5)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="must hold 2 vectors"):
+        raw_ops.apply_step(
+            "sgd", variables, [], [tf.constant(g) for g in gs], lr=0.1, step=1.0, hyper=[],
+            decay=tf.zeros([4]), kind="l2", mode="normalize", clipnorm=1.0, epsilon=EPS,
+            kinds=kinds, spectral_vectors=vectors[:1])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="needs NormoptApply"):
+        raw_ops.scale([tf.constant(gs[0])], "spectral", "normalize", 1.0, EPS)
+
+
+def test_wrapper_step_is_one_op_call():
+    """A step under a map of four norms (spectral among them) is one
+    NormoptApply in the traced graph."""
+    rng = _rng(7)
+    variables = [keras.Variable(rng.standard_normal(s).astype("float32"), name=n)
+                 for n, s in (("a", (6, 5)), ("b", (4,)), ("c", (3, 2)), ("d", (5, 5)))]
+    opt = NormalizedOptimizer(keras.optimizers.Adam(0.01), "l2", normalization_map={
+        "a": "spectral", "b": "l1", "c": "max"})
+    opt.build(variables)
+    grads = [tf.constant(rng.standard_normal(v.shape).astype("float32")) for v in variables]
+    step = tf.function(lambda: opt.apply(grads, variables))
+    graph = step.get_concrete_function().graph
+    applies = [op for op in graph.get_operations() if op.type == "NormoptApply"]
+    assert len(applies) == 1
+    assert [k.decode() for k in applies[0].get_attr("kinds")] == ["spectral", "l1", "max", "l2"]
+    step()
+    assert opt.last_path.name == paths.FUSED
+
+
+def test_plan_keeps_spectral_off_where_the_op_cannot():
+    """Sparse gradients, the scale-only op and GPU variables take the
+    keras.ops path for the spectral norm, each with its reason."""
+    from normopt.ops import scale_math, step_plan
+
+    def settings(**kw):
+        return step_plan.Settings(fused=None, normalization="spectral", granularity="tensor",
+                                  scaling=scale_math.Normalize(), **kw)
+
+    def context(*facts):
+        return step_plan.Context(gradients=facts, library_loaded=True,
+                                 kernel_devices=frozenset({"CPU", "GPU"}))
+
+    def fact(name, rank=2, **kw):
+        return step_plan.Gradient(name=name, dtype="float32", variable_dtype="float32",
+                                  rank=rank, **kw)
+
+    adam = keras.optimizers.Adam()
+    plan = step_plan.plan_step(settings(), adam, context(fact("w"), fact("b", rank=1)))
+    assert plan.name == paths.FUSED
+    assert [e.norm for e in plan.entries] == ["spectral", "spectral"]
+    plan = step_plan.plan_step(settings(), adam, context(fact("emb", sparse=True)))
+    assert plan.name == paths.TF and "sparse gradient of emb under the spectral" in plan.path.reason
+    plan = step_plan.plan_step(settings(), keras.optimizers.Adafactor(), context(fact("w")))
+    assert plan.name == paths.TF and "scale-only op has no spectral pass" in plan.path.reason
+    plan = step_plan.plan_step(settings(), adam, context(fact("w", device="GPU")))
+    assert plan.name == paths.TF and "not the spectral norm" in plan.path.reason
+    mixed = settings(norms=("l1", "l2"))
+    plan = step_plan.plan_step(mixed, adam, context(fact("w", device="GPU"), fact("v", device="GPU")))
+    assert plan.name == paths.TF and "normalization_map" in plan.path.reason
+    assert step_plan.spectral_indices(["spectral", "l2", "spectral", "spectral"], (
+        fact("a"), fact("b"), fact("c", rank=1), fact("d", excluded=True))) == [0]
