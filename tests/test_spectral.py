@@ -62,6 +62,59 @@ def test_keras_ops_norm_matches_numpy(case):
     np.testing.assert_allclose(np.linalg.norm(new_vector.numpy()), 1.0, rtol=1e-5)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("shape", [(512, 512), (1024, 256), (64, 2048), (8, 16, 300)])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_large_gaussian_matrices_both_paths(shape, seed):
+    """Gaussian matrices (close top singular values: the slowest case for
+    Lanczos) from a cold start, keras.ops and the fused op."""
+    from normopt.ops import raw_ops
+
+    g = _rng(10 + seed).standard_normal(shape).astype(np.float32)
+    want = R.spectral(g, EPS)
+    norm, _, _ = spectral_math.spectral_norm(tf.constant(g), tf.zeros([shape[-1]]), EPS)
+    np.testing.assert_allclose(float(norm), want, rtol=RTOL)
+    w = tf.Variable(np.zeros(shape, np.float32))
+    raw_ops.apply_step("sgd", [w], [], [tf.constant(g)], lr=1.0, step=1.0, hyper=[],
+                       decay=tf.zeros([1]), kind="spectral", mode="normalize", clipnorm=1.0,
+                       epsilon=EPS, spectral_vectors=[tf.zeros([shape[-1]])])
+    np.testing.assert_allclose(-w.numpy(), g / want, rtol=RTOL, atol=1e-7)
+
+
+def _op_step(g, dtype="float32"):
+    """w after one fused SGD step (lr 1) from w = 0 normalizing g (a `dtype`
+    matrix) by its spectral norm: -g / spectral(g)."""
+    from normopt.ops import raw_ops
+
+    acc = "float64" if dtype == "float64" else "float32"
+    w = tf.Variable(tf.zeros(g.shape, dtype))
+    _, new = raw_ops.apply_step(
+        "sgd", [w], [], [tf.cast(tf.constant(g), dtype)], lr=1.0, step=1.0, hyper=[],
+        decay=tf.zeros([1], acc), kind="spectral", mode="normalize", clipnorm=1.0,
+        epsilon=EPS, spectral_vectors=[tf.zeros([g.shape[-1]], acc)])
+    return tf.cast(w, "float64").numpy(), new[0].numpy()
+
+
+@pytest.mark.parametrize("case", sorted(hard_cases()))
+def test_fused_op_norm_matches_numpy(case):
+    g = hard_cases()[case].astype(np.float32)
+    w, vector = _op_step(g)
+    np.testing.assert_allclose(-w, g / R.spectral(g, EPS), rtol=RTOL, atol=1e-30)
+    np.testing.assert_allclose(np.linalg.norm(vector), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float64"])
+def test_fused_op_16_bit_and_float64(dtype):
+    g = tf.cast(tf.constant(_rng(2).standard_normal((50, 30))), dtype).numpy()
+    g64 = tf.cast(g, "float64").numpy()
+    w, _ = _op_step(g, dtype)
+    want = R.spectral(g64, EPS)
+    # the norm, through the rounding of the 16-bit step (unbiased: the median)
+    big = np.abs(g64) > 0.1
+    np.testing.assert_allclose(np.median(g64[big] / -w[big]), want,
+                               rtol=1e-5 if dtype == "float64" else RTOL)
+
+
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float64"])
 def test_keras_ops_norm_16_bit_and_float64(dtype):
     g = tf.cast(tf.constant(_rng(2).standard_normal((50, 30))), dtype)
