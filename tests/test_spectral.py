@@ -345,7 +345,7 @@ def test_wrapper_step_is_one_op_call():
         "a": "spectral", "b": "l1", "c": "max"})
     opt.build(variables)
     grads = [tf.constant(rng.standard_normal(v.shape).astype("float32")) for v in variables]
-    step = tf.function(lambda: opt.apply(grads, variables))
+    step = tf.function(lambda: opt.apply(grads, variables), autograph=False)
     graph = step.get_concrete_function().graph
     applies = [op for op in graph.get_operations() if op.type == "NormoptApply"]
     assert len(applies) == 1
