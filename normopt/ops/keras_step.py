@@ -79,7 +79,7 @@ class Tensors:
         except (TypeError, ValueError, AttributeError, NotImplementedError) as exc:
             raise TypeError(
                 f"The custom normalization {name!r} failed on a {backend} "
-                f"gradient ({type(exc).__name__}: {exc}). {_KERAS_OPS_HINT}"
+                f"gradient ({type(exc).__name__}: {_first_line(exc)}). {_KERAS_OPS_HINT}"
             ) from exc
         if not (ops.is_tensor(norm) or isinstance(norm, (numbers.Real, np.ndarray, np.generic))):
             raise TypeError(
@@ -103,6 +103,10 @@ class Tensors:
     def weight(self, variable):
         """A variable's current value (adaptive clipping's norm(w))."""
         return ops.convert_to_tensor(variable)
+
+
+def _first_line(exc):
+    return (str(exc).strip().splitlines() or [""])[0]
 
 
 _KERAS_OPS_HINT = (
@@ -305,5 +309,6 @@ def record_norms(target, keys, grads, variables, measured, factor, key_of, tenso
 
 
 def norms_value(target):
-    """The recorded norms as a backend tensor."""
-    return ops.convert_to_tensor(target)
+    """The recorded norms as a backend tensor (a copy: on PyTorch the
+    variable's value is the Parameter itself)."""
+    return ops.copy(target.value)
