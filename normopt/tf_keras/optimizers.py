@@ -124,6 +124,9 @@ class _TfKerasWrapper(tf_keras.optimizers.Optimizer):
         keras_wrapper.check_base_options(type(self).__name__, kwargs)
         super().__init__(name=name or type(self).__name__)
         self.inner_optimizer = inner
+        # The inner counter, also as the base class's `_iterations` child: a
+        # SavedModel revives any tf_keras optimizer as one with that variable.
+        self._iterations = inner.iterations
         self.normalization = normalization
         self.granularity = granularity
         self.fused = fused
