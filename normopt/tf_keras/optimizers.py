@@ -23,6 +23,8 @@ Keras 3. What differs, the tf_keras optimizer's internals, is in
 `normopt.ops.tf_keras_adapters`.
 """
 
+import copy
+
 import keras
 import tensorflow as tf
 import tf_keras
@@ -281,8 +283,9 @@ class _TfKerasWrapper(tf_keras.optimizers.Optimizer):
         config = dict(config)
         config.pop("is_legacy_optimizer", None)
         excluded = config.pop("exclude_from_normalization", None)
+        # deserialize rewrites the dict it reads (class names in lower case)
         inner = tf_keras.optimizers.deserialize(
-            config.pop("optimizer"), custom_objects=custom_objects)
+            copy.deepcopy(config.pop("optimizer")), custom_objects=custom_objects)
         optimizer = cls(inner, **config)
         if excluded:
             optimizer.exclude_from_normalization(var_names=excluded)
