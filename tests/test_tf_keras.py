@@ -397,6 +397,25 @@ def test_h5_round_trip_resumes_exactly(make, tmp_path):
     _resumes_exactly(model, loaded, x, y)
 
 
+def test_h5_round_trip_under_loss_scaling(tmp_path):
+    """A LossScaleOptimizer around the wrapper (what model.compile makes
+    under a mixed_float16 policy) saves and loads with it. (tf_keras
+    restarts a LossScaleOptimizer's state from .h5, around any optimizer.)"""
+    x, y = _data()
+    opt = tf_keras.mixed_precision.LossScaleOptimizer(
+        NormalizedOptimizer(tf_keras.optimizers.Adam(0.01)))
+    model = _model(opt)
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0, shuffle=False)
+    assert opt.inner_optimizer.last_path.name == "fused"
+    path = str(tmp_path / "scaled.h5")
+    model.save(path)
+    loaded = tf_keras.models.load_model(path)
+    assert type(loaded.optimizer.inner_optimizer) is NormalizedOptimizer
+    assert loaded.optimizer.inner_optimizer.get_config() == opt.inner_optimizer.get_config()
+    loaded.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    assert loaded.optimizer.inner_optimizer.last_path.name == "fused"
+
+
 def test_savedmodel_round_trip_resumes_exactly(tmp_path):
     """As for any tf_keras optimizer, load_model rebuilds the optimizer from
     its config, and the SavedModel's checkpoint restores its state."""

@@ -383,3 +383,10 @@ class AdaptiveClippedOptimizer(_TfKerasWrapper):
         config["clip_factor"] = self.clip_factor
         config["eps"] = self.eps
         return config
+
+
+# Also under the plain class names, as the original wrapper registered
+# them: tf_keras finds an optimizer nested in another's config (a
+# LossScaleOptimizer's in an .h5 file) by that name alone.
+for _cls in (NormalizedOptimizer, ClippedOptimizer, AdaptiveClippedOptimizer):
+    tf_keras.utils.get_custom_objects().setdefault(_cls.__name__, _cls)
