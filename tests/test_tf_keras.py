@@ -499,11 +499,15 @@ def test_without_tf_keras_and_with_tf_use_legacy_keras():
     """One fresh process (TensorFlow imported once): with tf-keras missing,
     `import normopt` and the Keras 3 wrappers work and normopt.tf_keras says
     what to install; with it back and TF_USE_LEGACY_KERAS=1, tf.keras is
-    tf_keras and its optimizers wrap and train."""
+    tf_keras and its optimizers wrap and train, on the fused path under a
+    MirroredStrategy of 2 CPUs as on one replica (the norm is that of the
+    summed gradient)."""
     last = _run(
         "import sys\n"
         "sys.modules['tf_keras'] = None\n"  # not installed
         "import keras, normopt, numpy as np, tensorflow as tf\n"
+        "cpu = tf.config.list_physical_devices('CPU')[0]\n"
+        "tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)\n"
         "v = keras.Variable([3.0, 4.0])\n"
         "normopt.NormalizedOptimizer(keras.optimizers.SGD(0.5)).apply([tf.constant([3.0, 4.0])], [v])\n"
         "assert abs(float(v[0]) - 2.7) < 1e-6, v\n"
@@ -516,13 +520,23 @@ def test_without_tf_keras_and_with_tf_use_legacy_keras():
         "import tf_keras\n"
         "from normopt.tf_keras import NormalizedOptimizer\n"
         "assert tf.keras.optimizers.legacy.SGD is tf_keras.optimizers.legacy.SGD\n"
-        "opt = NormalizedOptimizer(tf.keras.optimizers.legacy.SGD(0.1, momentum=0.9))\n"
-        "m = tf.keras.Sequential([tf.keras.layers.Dense(2, input_shape=(3,))])\n"
-        "m.compile(opt, 'mse')\n"
-        "m.fit(np.ones((8, 3)), np.ones((8, 2)), batch_size=4, verbose=0)\n"
-        "print(opt.last_path.name, int(opt.iterations))\n",
+        "x = np.random.RandomState(0).randn(16, 3).astype('float32')\n"
+        "y = np.random.RandomState(1).randn(16, 2).astype('float32')\n"
+        "def train(strategy):\n"
+        "    with strategy.scope():\n"
+        "        tf.keras.utils.set_random_seed(0)\n"
+        "        m = tf.keras.Sequential([tf.keras.layers.Dense(2, input_shape=(3,))])\n"
+        "        opt = NormalizedOptimizer(tf.keras.optimizers.legacy.SGD(0.1, momentum=0.9))\n"
+        "        m.compile(opt, 'mse')\n"
+        "    m.fit(x, y, batch_size=8, shuffle=False, verbose=0)\n"
+        "    return m.get_weights(), opt.last_path.name, int(opt.iterations.numpy())\n"
+        "two = train(tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1']))\n"
+        "one = train(tf.distribute.get_strategy())\n"
+        "err = max(float(np.abs(a - b).max()) for a, b in zip(two[0], one[0]))\n"
+        "assert err < 1e-6, err\n"
+        "print(two[1], one[1], two[2])\n",
         TF_USE_LEGACY_KERAS="1",
     )
     first, last = last
     assert first.startswith("ImportError: normopt.tf_keras wraps Keras 2") and "tf-keras" in first
-    assert last == "fused 2"
+    assert last == "fused fused 2"

@@ -11,6 +11,10 @@ checks each against the installed Keras, naming the one a release renamed.
 moves every row or only the indexed ones (from what Keras's own update
 does with one; checked against the installed Keras there too).
 
+For an optimizer of the tf-keras package (Keras 2) each function marked
+`@for_tf_keras` runs its namesake in `normopt.ops.tf_keras_adapters`
+instead, so the plan and the executors read any optimizer through here.
+
     SGD      sgd | sgd_momentum | sgd_nesterov   momentums           mu
     Adam     adam | adam_amsgrad                 _momentums, _velocities,
     AdamW                                        [_velocity_hats]    b1, b2, eps
