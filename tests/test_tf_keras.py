@@ -45,6 +45,8 @@ INNERS = {
     "legacy_sgd_momentum": lambda: tf_keras.optimizers.legacy.SGD(LR, momentum=MU, decay=0.25),
     "legacy_adam_amsgrad": lambda: tf_keras.optimizers.legacy.Adam(LR, B1, B2, amsgrad=True),
     "legacy_sgd": lambda: tf_keras.optimizers.legacy.SGD(LR),
+    # decoupled weight decay, applied by the op before the rule
+    "new_adamw": lambda: tf_keras.optimizers.AdamW(LR, weight_decay=0.25, beta_1=B1, beta_2=B2),
     "new_rmsprop": lambda: tf_keras.optimizers.RMSprop(LR),  # no fused tf_keras rule
 }
 FUSED_SCALE_ONLY = {"new_rmsprop"}
