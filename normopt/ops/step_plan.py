@@ -231,6 +231,8 @@ def choose_path(settings, inner, context):
         )
     if not reasons:
         reasons.extend(_sparse_blockers(kernel, facts, settings.granularity))
+    if not reasons and kernel is not None:
+        reasons.extend(keras_adapters.sparse_refusals(inner, [f.name for f in facts if f.sparse]))
     if not reasons:
         if kernel is None:
             name = paths.FUSED_SCALE

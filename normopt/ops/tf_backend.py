@@ -76,9 +76,16 @@ def _why_no_gpu_kernels():
     return f"it has no GPU kernels: CUDA kernels {summary or 'not recorded'}"
 
 
+def tf_variable(variable):
+    """The tf.Variable behind a Keras 3 variable (`.value`), or a tf
+    variable itself (tf_keras's, whose `value` is a method)."""
+    value = getattr(variable, "value", variable)
+    return variable if callable(value) else value
+
+
 def device_type(variable):
     """'GPU', 'CPU', ... of the device a (Keras or tf) variable lives on."""
-    device = getattr(getattr(variable, "value", variable), "device", "") or ""
+    device = getattr(tf_variable(variable), "device", "") or ""
     return tf.DeviceSpec.from_string(device).device_type or "CPU"
 
 
@@ -368,7 +375,7 @@ def run_inner_step(inner, plan, grads, variables, replicas):
     """The gradients scaled by the compiled scale op (path fused_scale) or
     by `scale_pure`, then the inner optimizer's own update. Returns the op's
     L2 norms of the scaled gradients as parts, else None."""
-    factor = inner.loss_scale_factor
+    factor = keras_adapters.loss_scale_factor(inner)
     if factor is not None:
         # The inner optimizer unscales after us: measure the norm of the
         # true gradient, then hand back a scaled result.
@@ -391,10 +398,10 @@ def run_inner_step(inner, plan, grads, variables, replicas):
         out[i] = deduplicated(out[i])
     if factor is not None:
         out = [_times(g, factor) for g in out]
-    if replicas > 1:
+    if replicas > 1 and keras_adapters.sums_across_replicas(inner):
         first = tf.equal(tf.distribute.get_replica_context().replica_id_in_sync_group, 0)
         out = [_replica_share(g, replicas, first) for g in out]
-    inner.apply(out, variables)
+    keras_adapters.apply_gradients(inner, out, variables)
     return measured
 
 
@@ -483,7 +490,7 @@ def run_fused_update(inner, plan, grads, variables):
         for i, device in enumerate(distribution.extended.worker_devices):
 
             def on_device(v, i=i):
-                return distribution.experimental_local_results(v.value)[i]
+                return distribution.experimental_local_results(tf_variable(v))[i]
 
             with tf.device(device):
                 per_device.append(_update_variables(
@@ -509,7 +516,7 @@ def _update_variables(inner, plan, grads, variables, on_device=None):
     adapter = keras_adapters.adapter_for(inner)
     rule = adapter.rule(inner)
     hyper = adapter.hyper(inner)
-    lr = tf.cast(inner.learning_rate, tf.float64)
+    lr = keras_adapters.learning_rate(inner)
     step = tf.cast(inner.iterations + 1, tf.float64)
     excluded = set(plan.indices(step_plan.EXCLUDED))
     shared = _shared_norm(plan, grads, excluded)
