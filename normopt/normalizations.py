@@ -108,7 +108,8 @@ def check_normalization(name):
         raise ValueError(
             f"Unknown normalization {name!r}. Available: "
             f"{', '.join(normalization_names())}. A custom one must be "
-            "registered with normopt.register_normalization(name, fn) (also "
+            "registered with normopt.register_normalization(name, fn) or "
+            "NormalizedOptimizer.set_normalization_function(name, fn) (also "
             "before loading a model saved with it)."
         )
     return name

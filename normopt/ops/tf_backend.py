@@ -33,7 +33,7 @@ from tensorflow.python.framework import ops as tf_ops
 from tensorflow.python.ops import control_flow_util
 
 from normopt import normalizations
-from normopt.ops import keras_adapters, paths, scale_math, spectral_math, step_plan
+from normopt.ops import keras_adapters, keras_step, paths, scale_math, step_plan
 
 # ------------------------------------------------------------ context
 
@@ -76,9 +76,16 @@ def _why_no_gpu_kernels():
     return f"it has no GPU kernels: CUDA kernels {summary or 'not recorded'}"
 
 
+def tf_variable(variable):
+    """The tf.Variable behind a Keras 3 variable (`.value`), or a tf
+    variable itself (tf_keras's, whose `value` is a method)."""
+    value = getattr(variable, "value", variable)
+    return variable if callable(value) else value
+
+
 def device_type(variable):
     """'GPU', 'CPU', ... of the device a (Keras or tf) variable lives on."""
-    device = getattr(getattr(variable, "value", variable), "device", "") or ""
+    device = getattr(tf_variable(variable), "device", "") or ""
     return tf.DeviceSpec.from_string(device).device_type or "CPU"
 
 
@@ -260,29 +267,6 @@ def _custom_norm(name, fn, grad):
     return tf.cast(tf.ensure_shape(norm, []), scale_math.accumulation_dtype(grad.dtype))
 
 
-def _group_norm(group, tensors, name, vector=None):
-    """The norm of one scale group of `tensors` (gradients or weights);
-    `vector`: the persistent vector of a matrix measured by the spectral
-    norm (`spectral_norm_of`)."""
-    members = [tensors[i] for i in group.members]
-    if group.merged:
-        return scale_math.merged_norm([values_and_count(t) for t in members], name, None)
-    if vector is not None:
-        return spectral_norm_of(members[0], vector)
-    return norm_of(members[0], name, per_unit=group.axes is not None)
-
-
-def spectral_norm_of(tensor, vector):
-    """spectral_math.spectral_norm of a tensor of two or more axes, from
-    and into its persistent `vector` (a variable, assigned the new
-    estimate). An IndexedSlices is measured by its deduplicated rows: the
-    absent rows, zero, do not change the singular values."""
-    values = deduplicate(tensor)[0] if isinstance(tensor, tf.IndexedSlices) else tensor
-    norm, new_vector, _ = spectral_math.spectral_norm(values, tf.convert_to_tensor(vector))
-    vector.assign(tf.cast(new_vector, vector.dtype))
-    return norm
-
-
 def _apply_scale(grad, scale, branch_large):
     """scale_math.apply_scale, keeping IndexedSlices sparse (deduplicated)."""
     if isinstance(grad, tf.IndexedSlices):
@@ -292,27 +276,36 @@ def _apply_scale(grad, scale, branch_large):
     return scale_math.apply_scale(grad, scale, branch_large)
 
 
+class TfTensors(keras_step.Tensors):
+    """The group loop's reads of TensorFlow gradients: an IndexedSlices
+    counts as the dense tensor it stands for (`norm_of`; its deduplicated
+    rows for the spectral norm) and stays sparse when scaled
+    (`_apply_scale`)."""
+
+    def values_and_count(self, grad):
+        return values_and_count(grad)
+
+    def unit_count(self, grad):
+        return unit_count(grad)
+
+    def norm(self, grad, name, eps=None, per_unit=False):
+        return norm_of(grad, name, eps, per_unit)
+
+    def apply_scale(self, grad, scale, branch_large):
+        return _apply_scale(grad, scale, branch_large)
+
+    def weight(self, variable):
+        return tf.convert_to_tensor(variable)
+
+
+TF_TENSORS = TfTensors()
+
+
 def scale_pure(plan, grads, variables, vectors=None):
     """The gradients with every scale group scaled by its norm (the others
-    as they are), in keras.ops math (`scale_math`). `vectors`: {index:
-    (gradient's vector, weight's vector or None)} of the matrices a
-    spectral norm measures (`spectral_norm_of`)."""
-    scaling = plan.scaling
-    vectors = vectors or {}
-    out = list(grads)
-    for group in plan.groups:
-        first = group.members[0]
-        name = plan.settings.normalization if group.merged else plan.entries[first].norm
-        grad_vector, weight_vector = vectors.get(first, (None, None))
-        norm = _group_norm(group, grads, name, grad_vector)
-        weight_norm = None
-        if scaling.reads_weights:
-            weights = {i: tf.convert_to_tensor(variables[i]) for i in group.members}
-            weight_norm = _group_norm(group, weights, name, weight_vector)
-        scale = scaling.scale(norm, weight_norm)
-        for i in group.members:
-            out[i] = _apply_scale(grads[i], scale, branch_large=not plan.xla)
-    return out
+    as they are), in keras.ops math: keras_step.scale_groups, the one group
+    loop, over TensorFlow gradients (`TfTensors`); `vectors` as there."""
+    return keras_step.scale_groups(plan, grads, variables, TF_TENSORS, vectors)
 
 
 def scale_gradient(grad, normalization, mode, clipnorm=1.0, eps=None):
@@ -349,11 +342,14 @@ def _replica_share(grad, replicas, first):
     return _unscale(grad, replicas)
 
 
-def step_if_finite(step, skip, grads, args, replicas):
+def step_if_finite(step, skip, grads, args, replicas, state=()):
     """step(*args) where every gradient is finite, else skip() (both return
     a boolean tensor); under a strategy through a merge_call (a cond whose
     branch calls merge_call, as the inner apply does, must run in
-    cross-replica context), which hands each replica its own `args`."""
+    cross-replica context), which hands each replica its own `args`.
+    `state` (the variables a step may assign) is for the stateless
+    backends' executor (keras_step.step_if_finite): tf.cond needs none."""
+    del state
     if replicas == 1:
         tf.cond(all_finite(grads), lambda: step(*args), skip)
         return
@@ -381,7 +377,7 @@ def run_inner_step(inner, plan, grads, variables, replicas, vectors=None):
     by `scale_pure` (`vectors` as there), then the inner optimizer's own
     update. Returns the op's L2 norms of the scaled gradients as parts,
     else None."""
-    factor = inner.loss_scale_factor
+    factor = keras_adapters.loss_scale_factor(inner)
     if factor is not None:
         # The inner optimizer unscales after us: measure the norm of the
         # true gradient, then hand back a scaled result.
@@ -404,10 +400,10 @@ def run_inner_step(inner, plan, grads, variables, replicas, vectors=None):
         out[i] = deduplicated(out[i])
     if factor is not None:
         out = [_times(g, factor) for g in out]
-    if replicas > 1:
+    if replicas > 1 and keras_adapters.sums_across_replicas(inner):
         first = tf.equal(tf.distribute.get_replica_context().replica_id_in_sync_group, 0)
         out = [_replica_share(g, replicas, first) for g in out]
-    inner.apply(out, variables)
+    keras_adapters.apply_gradients(inner, out, variables)
     return measured
 
 
@@ -507,7 +503,7 @@ def run_fused_update(inner, plan, grads, variables, vectors=None):
         for i, device in enumerate(distribution.extended.worker_devices):
 
             def on_device(v, i=i):
-                return distribution.experimental_local_results(v.value)[i]
+                return distribution.experimental_local_results(tf_variable(v))[i]
 
             with tf.device(device):
                 per_device.append(_update_variables(
@@ -535,7 +531,7 @@ def _update_variables(inner, plan, grads, variables, on_device=None, vectors=Non
     adapter = keras_adapters.adapter_for(inner)
     rule = adapter.rule(inner)
     hyper = adapter.hyper(inner)
-    lr = tf.cast(inner.learning_rate, tf.float64)
+    lr = keras_adapters.learning_rate(inner)
     step = tf.cast(inner.iterations + 1, tf.float64)
     excluded = set(plan.indices(step_plan.EXCLUDED))
     shared = _shared_norm(plan, grads, excluded)
@@ -597,6 +593,11 @@ def norms_variable(count):
         synchronization=tf.VariableSynchronization.ON_READ,
         aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
     )
+
+
+def norms_value(target):
+    """The recorded norms as a tensor."""
+    return tf.convert_to_tensor(target)
 
 
 def record_norms(target, keys, grads, variables, measured, factor, key_of):
