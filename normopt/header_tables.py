@@ -36,7 +36,7 @@ STAT_MAX_ABS = 4
 STAT_MIN_ABS = 8
 STAT_MOMENTS = 16
 # Not a statistic: a norm of the matrix view, measured by a matrix pass of
-# its own (csrc/normopt/spectral.h); the row's other bits give its value for
+# its own (csrc/ops/spectral_norm.h); the row's other bits give its value for
 # a tensor of at most one axis. Statistics-only consumers (the Numba and
 # CuPy kernels, the GPU kernels) refuse such a norm (`MATRIX_NORMS`).
 STAT_MATRIX = 32

@@ -23,9 +23,10 @@
 //   min_max   (max_abs + min_abs) / 2 + eps
 //   std       sqrt(m2 / n) + eps                 (population std)
 //   spectral  the largest singular value of g seen as a matrix (all axes
-//             but the last as rows) + eps: spectral.h, a matrix pass of its
-//             own (kStatMatrix); sqrt(sum_sq) + eps, the l2 norm, for a
-//             tensor of at most one axis, which is what finalize_norm gives
+//             but the last as rows) + eps: csrc/ops/spectral_norm.h, a
+//             matrix pass of its own (kStatMatrix); sqrt(sum_sq) + eps,
+//             the l2 norm, for a tensor of at most one axis, which is
+//             what finalize_norm gives
 //
 // Averages over an empty tensor are 0, so every norm of an empty tensor is eps.
 //
@@ -104,10 +105,10 @@ enum StatBits : unsigned {
   kStatMinAbs = 1u << 3,
   kStatMoments = 1u << 4,  // mean and m2
   // Not a statistic: the norm of the matrix view of a tensor of two or more
-  // axes (spectral.h), measured by a matrix pass of its own; the other bits
-  // of the row give its value for a tensor of at most one axis. Consumers
-  // that compute norms from statistics alone refuse such a row
-  // (`is_matrix_norm`).
+  // axes (csrc/ops/spectral_norm.h), measured by a matrix pass of its own;
+  // the other bits of the row give its value for a tensor of at most one
+  // axis. Consumers that compute norms from statistics alone refuse such a
+  // row (`is_matrix_norm`).
   kStatMatrix = 1u << 5,
 };
 

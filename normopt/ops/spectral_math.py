@@ -7,7 +7,7 @@ last as rows, the last as columns: the view of granularity "unit"),
 
 the largest singular value; a tensor of at most one axis is measured by l2.
 
-Method (the same in csrc/normopt/spectral.h, the fused op's):
+Method (the same in csrc/ops/spectral_norm.h, the fused op's):
 
 1. G is scaled by p = 2^-e, e the exponent of max|G| (frexp), so that every
    element of G' = p G is below 1 in magnitude: sigma_1(G')^2 neither
@@ -70,7 +70,7 @@ def vector_size(shape):
 
 def start_vector(n):
     """The fixed start r of length n (float64 NumPy): r_i = h_i / 2^32 - 1/2,
-    h_i = (2654435761 i + 2135587861) mod 2^32; spectral.h's
+    h_i = (2654435761 i + 2135587861) mod 2^32; spectral_norm.h's
     `start_element`."""
     i = np.arange(n, dtype=np.uint64)
     h = (i * np.uint64(2654435761) + np.uint64(2135587861)) % np.uint64(1 << 32)
