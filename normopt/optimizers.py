@@ -200,12 +200,6 @@ class _GradientNormWrapper(InnerOptimizerWrapper):
         self.__dict__["_variable_norms"] = norms
         self.__dict__["_spectral_vectors"] = vectors
 
-    def _step_vectors(self, vs):
-        """{index in vs: (gradient's vector, weight's vector or None)} of the
-        matrices the spectral norm measures."""
-        vectors = self.__dict__.get("_spectral_vectors") or {}
-        return {i: vectors[self._var_key(v)] for i, v in enumerate(vs)
-                if self._var_key(v) in vectors}
 
     def apply(self, grads, trainable_variables=None):
         grads = list(grads)
@@ -271,7 +265,8 @@ class _GradientNormWrapper(InnerOptimizerWrapper):
         context = executors.current().step_context(
             gs, vs, [self._is_excluded(v) for v in vs], compiled=self.fused is not False)
         settings = self._settings()
-        if self.normalization_map:
+        # (getattr: normopt.tf_keras's wrappers share this method, not the map)
+        if getattr(self, "normalization_map", None):
             norms = self.__dict__["_variable_norms"]
             settings = dataclasses.replace(
                 settings, norms=tuple(norms[self._var_key(v)] for v in vs))
@@ -284,7 +279,7 @@ class _GradientNormWrapper(InnerOptimizerWrapper):
         inner = self.inner_optimizer
         keras_adapters.restore_unsaved_state(inner)
         run = executors.current()
-        vectors = self._step_vectors(vs)
+        vectors = _step_vectors(self, vs)
         if plan.updates_variables:
             return run.run_fused_update(inner, plan, gs, vs, vectors=vectors)
         return run.run_inner_step(inner, plan, gs, vs, replicas, vectors=vectors)
@@ -452,6 +447,17 @@ class ClippedOptimizer(_GradientNormWrapper):
         config = super().get_config()
         config["clipnorm"] = self.clipnorm
         return config
+
+
+def _step_vectors(wrapper, vs):
+    """{index in vs: (gradient's vector, weight's vector or None)} of the
+    matrices the spectral norm measures (none for a wrapper without them,
+    normopt.tf_keras's included)."""
+    vectors = wrapper.__dict__.get("_spectral_vectors")
+    if not vectors:
+        return {}
+    return {i: vectors[wrapper._var_key(v)] for i, v in enumerate(vs)
+            if wrapper._var_key(v) in vectors}
 
 
 def _check_clipnorm(clipnorm):

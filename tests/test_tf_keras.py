@@ -28,7 +28,7 @@ import reference as R
 tf_keras = pytest.importorskip("tf_keras")
 
 import normopt  # noqa: E402
-from normopt import normalizations  # noqa: E402
+from normopt import header_tables, normalizations  # noqa: E402
 from normopt.tf_keras import AdaptiveClippedOptimizer, ClippedOptimizer, NormalizedOptimizer  # noqa: E402
 
 # Hyperparameters exactly representable in float32.
@@ -157,7 +157,8 @@ def test_new_style_sgd_without_momentum_writes_its_momentum_as_tf_keras_does():
         np.testing.assert_allclose(a.numpy(), b.numpy(), **TOL)
 
 
-@pytest.mark.parametrize("name", sorted(normalizations.normalization_names()))
+@pytest.mark.parametrize("name", sorted(set(normalizations.normalization_names())
+                                         - set(header_tables.MATRIX_NORMS)))
 def test_every_builtin_norm(name):
     inner = tf_keras.optimizers.legacy.SGD(LR)
     opt, plain = NormalizedOptimizer(inner, normalization=name), _plain_copy(inner)
@@ -169,6 +170,12 @@ def test_every_builtin_norm(name):
     assert opt.last_path.name == "fused"
     for a, b in zip(ws, ref):
         np.testing.assert_allclose(a.numpy(), b.numpy(), **TOL)
+
+
+def test_matrix_norms_are_refused():
+    for name in header_tables.MATRIX_NORMS:
+        with pytest.raises(ValueError, match=f"do not take the '{name}' normalization"):
+            NormalizedOptimizer(tf_keras.optimizers.legacy.SGD(LR), normalization=name)
 
 
 def test_global_granularity_exclusions_and_gradient_norms():

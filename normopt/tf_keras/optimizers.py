@@ -116,6 +116,13 @@ class _TfKerasWrapper(tf_keras.optimizers.Optimizer):
     ):
         inner = _resolve_inner(optimizer)
         normalizations.check_normalization(normalization)
+        if step_plan.is_matrix_norm(normalization):
+            raise ValueError(
+                f"normopt.tf_keras wrappers do not take the {normalization!r} "
+                "normalization (its persistent vectors are optimizer variables "
+                "of the Keras 3 wrappers): use normopt.NormalizedOptimizer and "
+                "its kin with Keras 3."
+            )
         step_plan.check_granularity(
             granularity, normalization, normalizations.custom_function(normalization) is not None)
         keras3._check_fused(fused)
