@@ -480,7 +480,7 @@ def sparse_refusals(inner, sparse_names):
 @for_tf_keras
 def learning_rate(inner):
     """The learning rate of this step, as a float64 tensor."""
-    return tf.cast(inner.learning_rate, tf.float64)
+    return ops.cast(inner.learning_rate, "float64")
 
 
 @for_tf_keras
