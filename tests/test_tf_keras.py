@@ -29,6 +29,7 @@ tf_keras = pytest.importorskip("tf_keras")
 
 import normopt  # noqa: E402
 from normopt import normalizations  # noqa: E402
+from normopt.ops import step_plan  # noqa: E402
 from normopt.tf_keras import AdaptiveClippedOptimizer, ClippedOptimizer, NormalizedOptimizer  # noqa: E402
 
 # Hyperparameters exactly representable in float32.
@@ -157,7 +158,8 @@ def test_new_style_sgd_without_momentum_writes_its_momentum_as_tf_keras_does():
         np.testing.assert_allclose(a.numpy(), b.numpy(), **TOL)
 
 
-@pytest.mark.parametrize("name", sorted(normalizations.normalization_names()))
+@pytest.mark.parametrize("name", sorted(
+    n for n in normalizations.normalization_names() if not step_plan.is_matrix_norm(n)))
 def test_every_builtin_norm(name):
     inner = tf_keras.optimizers.legacy.SGD(LR)
     opt, plain = NormalizedOptimizer(inner, normalization=name), _plain_copy(inner)
@@ -169,6 +171,13 @@ def test_every_builtin_norm(name):
     assert opt.last_path.name == "fused"
     for a, b in zip(ws, ref):
         np.testing.assert_allclose(a.numpy(), b.numpy(), **TOL)
+
+
+def test_spectral_is_refused_with_the_keras3_wrappers_named():
+    # Its persistent per-variable vectors are optimizer state the tf_keras
+    # wrappers do not hold.
+    with pytest.raises(ValueError, match="Keras 3 wrappers"):
+        NormalizedOptimizer(tf_keras.optimizers.SGD(LR), normalization="spectral")
 
 
 def test_global_granularity_exclusions_and_gradient_norms():
