@@ -167,6 +167,11 @@ class _TfKerasWrapper(tf_keras.optimizers.Optimizer):
     def iterations(self):
         return self.inner_optimizer.iterations
 
+    @iterations.setter
+    def iterations(self, variable):
+        self.inner_optimizer.iterations = variable
+        self._iterations = self.inner_optimizer.iterations
+
     @property
     def learning_rate(self):
         return self.inner_optimizer.learning_rate
