@@ -47,9 +47,13 @@ INNERS = {
     "legacy_sgd": lambda: tf_keras.optimizers.legacy.SGD(LR),
     # decoupled weight decay, applied by the op before the rule
     "new_adamw": lambda: tf_keras.optimizers.AdamW(LR, weight_decay=0.25, beta_1=B1, beta_2=B2),
-    "new_rmsprop": lambda: tf_keras.optimizers.RMSprop(LR),  # no fused tf_keras rule
+    "new_rmsprop": lambda: tf_keras.optimizers.RMSprop(LR, rho=B1, momentum=0.5, centered=True),
+    "new_adagrad": lambda: tf_keras.optimizers.Adagrad(LR),
+    "new_adamax": lambda: tf_keras.optimizers.Adamax(LR, beta_1=B1, beta_2=B2),
+    "new_lion": lambda: tf_keras.optimizers.Lion(LR / 16, beta_1=B1, beta_2=B2),
+    "legacy_rmsprop": lambda: tf_keras.optimizers.legacy.RMSprop(LR),  # no fused rule
 }
-FUSED_SCALE_ONLY = {"new_rmsprop"}
+FUSED_SCALE_ONLY = {"legacy_rmsprop"}
 
 
 def _variables(seed=0):
@@ -94,14 +98,17 @@ def _plain_copy(inner):
     return type(inner).from_config(inner.get_config())
 
 
-PARITY = [("normalize", name) for name in INNERS] + [
-    ("clip", "new_adam"), ("clip", "legacy_sgd_momentum"),
-    ("adaptive", "legacy_adam_amsgrad"), ("adaptive", "new_sgd_nesterov"),
+# Every inner under NormalizedOptimizer in both modes, but the rules shared
+# with Keras 3 beyond SGD and Adam (eager: the same op runs in a function).
+EAGER_ONLY = {"new_rmsprop", "new_adagrad", "new_adamax", "new_lion"}
+PARITY = [("normalize", name, mode) for name in INNERS for mode in ("eager", "function")
+          if mode == "eager" or name not in EAGER_ONLY] + [
+    ("clip", "new_adam", "function"), ("clip", "legacy_sgd_momentum", "eager"),
+    ("adaptive", "legacy_adam_amsgrad", "function"), ("adaptive", "new_sgd_nesterov", "eager"),
 ]
 
 
-@pytest.mark.parametrize("kind, inner_name", PARITY)
-@pytest.mark.parametrize("mode", ["eager", "function"])
+@pytest.mark.parametrize("kind, inner_name, mode", PARITY)
 def test_matches_plain_tf_keras_on_numpy_scaled_gradients(kind, inner_name, mode):
     inner = INNERS[inner_name]()
     plain = _plain_copy(inner)
