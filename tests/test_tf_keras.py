@@ -29,7 +29,11 @@ tf_keras = pytest.importorskip("tf_keras")
 
 import normopt  # noqa: E402
 from normopt import normalizations  # noqa: E402
-from normopt.tf_keras import AdaptiveClippedOptimizer, ClippedOptimizer, NormalizedOptimizer  # noqa: E402
+from normopt.tf_keras import (  # noqa: E402
+    AdaptiveClippedOptimizer,
+    ClippedOptimizer,
+    NormalizedOptimizer,
+)
 
 # Hyperparameters exactly representable in float32.
 LR, MU, B1, B2 = 0.0625, 0.875, 0.875, 0.96875
@@ -212,7 +216,8 @@ def test_skip_nonfinite_leaves_every_state_alone():
 
 
 def _sparse(g, rows):
-    return tf.IndexedSlices(tf.constant(g[rows], tf.float32), tf.constant(rows), tf.constant(g.shape))
+    return tf.IndexedSlices(tf.constant(g[rows], tf.float32), tf.constant(rows),
+                            tf.constant(g.shape))
 
 
 def _dense_of(g, rows):
@@ -460,7 +465,8 @@ def test_custom_normalizer_loads_once_registered_again(tmp_path):
         path = str(tmp_path / "custom.h5")
         model.save(path)
         normopt.unregister_normalization("mean")
-        with pytest.raises(ValueError, match="Unknown normalization 'mean'.*set_normalization_function"):
+        with pytest.raises(ValueError,
+                           match="Unknown normalization 'mean'.*set_normalization_function"):
             tf_keras.models.load_model(path)
         NormalizedOptimizer.set_normalization_function("mean", mean_norm)
         loaded = tf_keras.models.load_model(path)
@@ -516,9 +522,11 @@ def test_without_tf_keras_and_with_tf_use_legacy_keras():
         "sys.modules['tf_keras'] = None\n"  # not installed
         "import keras, normopt, numpy as np, tensorflow as tf\n"
         "cpu = tf.config.list_physical_devices('CPU')[0]\n"
-        "tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)\n"
+        "tf.config.set_logical_device_configuration(\n"
+        "    cpu, [tf.config.LogicalDeviceConfiguration()] * 2)\n"
         "v = keras.Variable([3.0, 4.0])\n"
-        "normopt.NormalizedOptimizer(keras.optimizers.SGD(0.5)).apply([tf.constant([3.0, 4.0])], [v])\n"
+        "normopt.NormalizedOptimizer(keras.optimizers.SGD(0.5)).apply(\n"
+        "    [tf.constant([3.0, 4.0])], [v])\n"
         "assert abs(float(v[0]) - 2.7) < 1e-6, v\n"
         "try:\n"
         "    import normopt.tf_keras\n"

@@ -42,7 +42,8 @@ def test_read_attribute_exists(owner, attribute):
         f"attribute {attribute!r}, which normopt/ops/tf_keras_adapters.py reads")
 
 
-@pytest.mark.parametrize("cls", list(adapters.ADAPTERS), ids=lambda c: c.__module__ + "." + c.__name__)
+@pytest.mark.parametrize("cls", list(adapters.ADAPTERS),
+                         ids=lambda c: c.__module__ + "." + c.__name__)
 def test_adapter_slots_are_the_optimizers_variables(cls):
     opt = cls(**ALL_SLOTS.get(cls.__name__, {}))
     variable = tf.Variable([1.0, 2.0])

@@ -36,10 +36,11 @@ Two families, one adapter per exact class with a fused rule:
 The fused rules are Keras 3's update rules; these tf_keras updates are the
 same formulas (legacy ones through TF's ResourceApplyKerasMomentum and
 ResourceApplyAdam[WithAmsgrad] kernels, whose rounding order differs
-slightly). Not adapted: new-style Nadam, Adadelta, Ftrl and Adafactor and
-every other legacy optimizer (their parity with a fused rule is unchecked). Legacy `decay` and learning-rate schedules are in the learning
-rate the op gets (`learning_rate`). Every other optimizer runs its own
-update after the gradients are scaled (path fused_scale or tf).
+slightly). Legacy `decay` and learning-rate schedules are in the learning
+rate the op gets (`learning_rate`). Every other optimizer (new-style
+Nadam, Adadelta, Ftrl, Adafactor; legacy RMSprop, Adagrad, ...: no adapter,
+their parity with a fused rule unchecked) runs its own update after the
+gradients are scaled (path fused_scale or tf).
 """
 
 import tensorflow as tf

@@ -184,7 +184,8 @@ class _TfKerasWrapper(tf_keras.optimizers.Optimizer):
     def variables(self):
         """The wrapper's own variables (`skipped_steps`), then the inner
         optimizer's, in its order."""
-        return CallableList(list(self._variables) + adapters.optimizer_variables(self.inner_optimizer))
+        inner = adapters.optimizer_variables(self.inner_optimizer)
+        return CallableList(list(self._variables) + inner)
 
     def set_weights(self, weights):
         if not self.built:
