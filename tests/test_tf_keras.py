@@ -8,7 +8,7 @@
                 (string identifiers, the nine norms, a custom normalizer
                 written with tf_keras.backend, compile/fit, constraints,
                 no gradients, config round trip)
-    save/load   .h5 and SavedModel resume exactly; a custom normalizer
+    save/load   .h5, .keras and SavedModel resume exactly; a custom normalizer
                 loads once registered again and fails clearly otherwise
     beside      Keras 3 keeps working in the same process; `import normopt`
                 without tf-keras; TF_USE_LEGACY_KERAS=1 (a subprocess)
@@ -394,16 +394,19 @@ def _resumes_exactly(model, loaded, x, y):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
-@pytest.mark.parametrize("make", [
-    lambda: NormalizedOptimizer(tf_keras.optimizers.Adam(0.01), normalization="std"),
-    lambda: ClippedOptimizer(tf_keras.optimizers.legacy.SGD(0.05, momentum=0.9),
-                             normalization="l2", clipnorm=0.5, skip_nonfinite=True),
-], ids=["new_adam", "legacy_sgd"])
-def test_h5_round_trip_resumes_exactly(make, tmp_path):
+@pytest.mark.parametrize("make, suffix", [
+    (lambda: NormalizedOptimizer(tf_keras.optimizers.Adam(0.01), normalization="std"), ".h5"),
+    (lambda: ClippedOptimizer(tf_keras.optimizers.legacy.SGD(0.05, momentum=0.9),
+                              normalization="l2", clipnorm=0.5, skip_nonfinite=True), ".h5"),
+    # tf_keras's own format
+    (lambda: NormalizedOptimizer(tf_keras.optimizers.legacy.Adam(0.01, amsgrad=True),
+                                 granularity="unit"), ".keras"),
+], ids=["new_adam", "legacy_sgd", "legacy_adam_keras_format"])
+def test_h5_and_keras_round_trips_resume_exactly(make, suffix, tmp_path):
     x, y = _data()
     model = _model(make())
     model.fit(x, y, epochs=1, batch_size=16, verbose=0, shuffle=False)
-    path = str(tmp_path / "model.h5")
+    path = str(tmp_path / ("model" + suffix))
     model.save(path)
     loaded = tf_keras.models.load_model(path)
     assert loaded.optimizer.get_config() == model.optimizer.get_config()
