@@ -44,6 +44,7 @@ _SHARED = (
     "_scaling",
     "_plan",
     "_step",
+    "_step_vectors",
     "_finite_step",
     "_skip_step",
     "gradient_norms",
@@ -103,6 +104,8 @@ class _TfKerasWrapper(tf_keras.optimizers.Optimizer):
     scales (`_kind`, `_scaling()`), as in normopt.optimizers."""
 
     _kind = scale_math.Normalize
+    # A norm per variable is the Keras 3 wrappers' (`_plan` reads it).
+    normalization_map = None
 
     def __init__(
         self,
@@ -116,6 +119,13 @@ class _TfKerasWrapper(tf_keras.optimizers.Optimizer):
     ):
         inner = _resolve_inner(optimizer)
         normalizations.check_normalization(normalization)
+        if step_plan.is_matrix_norm(normalization):
+            raise ValueError(
+                f"The {normalization!r} normalization keeps a vector per "
+                "variable in the optimizer's state, which the tf_keras "
+                "wrappers do not hold: use it with the Keras 3 wrappers "
+                "(from normopt import NormalizedOptimizer)."
+            )
         step_plan.check_granularity(
             granularity, normalization, normalizations.custom_function(normalization) is not None)
         keras3._check_fused(fused)
