@@ -177,6 +177,11 @@ class _TfKerasWrapper(tf_keras.optimizers.Optimizer):
     def iterations(self):
         return self.inner_optimizer.iterations
 
+    @iterations.setter
+    def iterations(self, variable):
+        self.inner_optimizer.iterations = variable
+        self._iterations = self.inner_optimizer.iterations
+
     @property
     def learning_rate(self):
         return self.inner_optimizer.learning_rate
@@ -189,7 +194,8 @@ class _TfKerasWrapper(tf_keras.optimizers.Optimizer):
     def variables(self):
         """The wrapper's own variables (`skipped_steps`), then the inner
         optimizer's, in its order."""
-        return CallableList(list(self._variables) + adapters.optimizer_variables(self.inner_optimizer))
+        inner = adapters.optimizer_variables(self.inner_optimizer)
+        return CallableList(list(self._variables) + inner)
 
     def set_weights(self, weights):
         if not self.built:
