@@ -496,3 +496,29 @@ def test_gradient_norm_monitor_logs_the_global_norm_each_batch():
     np.testing.assert_allclose(logged[0], np.sqrt(sum(np.sum(g * g) for g in first)), rtol=1e-5)
     # the second batch's norm, not the first one's again
     assert logged[1] != logged[0]
+
+
+def test_gradient_norm_monitor_log_dir_needs_tensorflow_and_says_so(tmp_path):
+    import importlib.util
+
+    from normopt.callbacks import GradientNormMonitor
+
+    if importlib.util.find_spec("tensorflow") is None:
+        with pytest.raises(ImportError, match="needs TensorFlow installed"):
+            GradientNormMonitor(log_dir=str(tmp_path))
+        return
+    pytest.importorskip("tensorboard")
+    x, y = _data(16)
+    model = _model()
+    model.compile(optimizer=NormalizedOptimizer(keras.optimizers.SGD(LR)), loss="mse")
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0,
+              callbacks=[GradientNormMonitor(log_dir=str(tmp_path))])
+    assert [f for f in os.listdir(tmp_path) if f.startswith("events.out.tfevents")]
+
+
+def test_info_reports_the_backend():
+    from normopt import info
+
+    collected = info.collect()
+    assert collected["keras backend"] == BACKEND
+    assert collected["wrapper path"].startswith("keras (keras.ops")
