@@ -252,16 +252,18 @@ def all_finite(grads):
 def step_if_finite(step, skip, grads, args, replicas=1, state=()):
     """step(*args) where every gradient is finite, else skip().
 
-    JAX: a functional cond. Each branch runs in a StatelessScope mapping
-    `state` (every variable either may assign) to its current values and
-    returns their new values; the chosen values are assigned after, so the
-    step also runs inside `stateless_apply` under `jax.jit`. Elsewhere
-    (PyTorch: a Python branch on the value) the branches assign directly.
+    JAX under jit: a functional cond. Each branch runs in a StatelessScope
+    mapping `state` (every variable either may assign) to its current
+    values and returns their new values; the chosen values are assigned
+    after, so the step also runs inside `stateless_apply` under `jax.jit`.
+    Elsewhere (JAX op by op, PyTorch: a Python branch on the value) the
+    chosen branch assigns directly.
     """
     del replicas
     finite = all_finite(grads)
-    if keras.backend.backend() != "jax":
-        ops.cond(finite, lambda: step(*args), skip)
+    if scale_math.has_value(finite):
+        # a value now: one branch runs, assigning as it goes
+        step(*args) if bool(finite) else skip()
         return
     state = list(state)
     current = [v.value for v in state]
