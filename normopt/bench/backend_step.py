@@ -1,0 +1,307 @@
+"""Whole optimizer steps on Keras's JAX and torch backends, each in its own process.
+
+Keras fixes its backend when it is imported, so `normopt bench` (TensorFlow)
+times the other backends in child processes:
+
+    python -m normopt.bench.backend_step --backend jax --sets big,mlp --inners adam
+
+prints one JSON object (the last line of stdout); `run(backend, ...)` starts
+that child with KERAS_BACKEND set and reads the object back, or says why
+there is none (backend not installed, the child failed). Variants, per
+(variable set, inner optimizer), timed interleaved (timing.py):
+
+    plain                the bare inner optimizer
+    normalized           NormalizedOptimizer(inner, norm), fused=None (the
+                         keras.ops path on these backends)
+    normalized_foreach   torch only: the same with the torch._foreach_norm
+                         norms of normopt.ops.torch_norms (when it is there)
+
+    jax    `optimizer.stateless_apply(optimizer_vars, grads, trainable_vars)`
+           under `jax.jit`, both states donated, as Keras's JAX training
+           loop writes it
+    torch  `optimizer.apply(grads, variables)`, eager (Keras's torch
+           optimizers update with torch._foreach_*)
+
+Each record's `vs_plain` is its median over plain's, same run. Before the
+timing, one step of every normalized variant from the initial state is
+checked against one step of the plain inner optimizer on gradients divided
+by their norm in NumPy (float64): `max_rel_diff` (over all variables,
+relative to max(|w|, 1e-3)). Gradients are constant arrays drawn like
+step_bench's (seed 0).
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from normopt.bench import cases, inners, timing
+
+BACKENDS = ("jax", "torch")
+INSTALL_HINT = {"jax": "pip install normopt[jax]", "torch": "pip install normopt[torch]"}
+CHILD_TIMEOUT_S = 900
+
+
+# ---------------------------------------------------------------- the parent
+
+
+def installed(backend):
+    """Whether `backend`'s package can be found (without importing it)."""
+    import importlib.util
+
+    return importlib.util.find_spec(backend) is not None
+
+
+def run(backend, sets, inner_names, norm="l2", repeats=20, warmup=3, python=None,
+        timeout=CHILD_TIMEOUT_S):
+    """{"backend", "status": ok|skipped|failed, ...}: the child's result
+    (environment and cases) when it ran, else the reason."""
+    if python is None and not installed(backend):
+        return {"backend": backend, "status": "skipped",
+                "reason": f"{backend} is not installed ({INSTALL_HINT[backend]})"}
+    argv = [python or sys.executable, "-m", "normopt.bench.backend_step",
+            "--backend", backend, "--sets", ",".join(sets),
+            "--inners", ",".join(inner_names), "--norm", norm,
+            "--repeats", str(repeats), "--warmup", str(warmup)]
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
+    try:
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"backend": backend, "status": "failed",
+                "reason": f"no result within {timeout} s"}
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"backend": backend, "status": "failed",
+                "reason": f"exit code {proc.returncode}: {tail}"}
+    return json.loads(lines[-1])
+
+
+# ----------------------------------------------------------------- the child
+
+
+def _variants(backend):
+    names = ["plain", "normalized"]
+    if backend == "torch" and _foreach_hook() is not None:
+        names.append("normalized_foreach")
+    return names
+
+
+def _foreach_hook():
+    """normopt.ops.torch_norms when this installation has it, else None."""
+    try:
+        from normopt.ops import torch_norms
+    except ImportError:
+        return None
+    return torch_norms
+
+
+def _optimizer(inner, variant, norm):
+    base = inners.make_inner(inner)
+    if variant == "plain":
+        return base
+    from normopt import NormalizedOptimizer
+
+    return NormalizedOptimizer(base, normalization=norm)
+
+
+def _numpy_normalized(grads, norm, eps):
+    """g / norm(g) in float64, per tensor (tests/reference.py's formulas
+    for the norms the step benchmark uses)."""
+    out = []
+    for g in grads:
+        x = g.astype(np.float64)
+        a = np.abs(x)
+        value = {"l1": a.sum(), "l2": np.sqrt((x * x).sum()), "max": a.max()}[norm] + eps
+        out.append((x / value).astype(g.dtype))
+    return out
+
+
+def _max_rel_diff(got, want):
+    return max(float(np.max(np.abs(np.asarray(g, np.float64) - w)
+                            / np.maximum(np.abs(w), 1e-3)))
+               for g, w in zip(got, want))
+
+
+class _JaxStep:
+    """A jitted stateless step of `opt` from `initial`, state donated."""
+
+    def __init__(self, opt, initial):
+        import jax
+        import keras
+
+        variables = [keras.Variable(v) for v in initial]
+        opt.build(variables)
+        self.opt = opt
+        self.opt_values = [v.value for v in opt.variables]
+        self.initial = initial
+
+        def step(opt_values, train_values, grads):
+            train_values, opt_values = opt.stateless_apply(opt_values, grads, train_values)
+            return opt_values, train_values
+
+        self.jitted = jax.jit(step, donate_argnums=(0, 1))
+        self.state = None
+
+    def first(self, grads):
+        """One step from the initial state (fresh copies: donation)."""
+        import jax.numpy as jnp
+
+        opt_values = [jnp.array(v, copy=True) for v in self.opt_values]
+        train = [jnp.asarray(w) for w in self.initial]
+        opt_values, train = self.jitted(opt_values, train, grads)
+        self.state = (opt_values, train)
+        return [np.asarray(t) for t in train]
+
+    def call(self, grads):
+        import jax
+
+        def timed():
+            self.state = self.jitted(self.state[0], self.state[1], grads)
+            jax.block_until_ready(self.state)
+        return timed
+
+
+class _TorchStep:
+    """opt.apply(grads, variables), eager."""
+
+    def __init__(self, opt, initial):
+        import keras
+
+        self.variables = [keras.Variable(v) for v in initial]
+        opt.build(self.variables)
+        self.opt = opt
+
+    def first(self, grads):
+        self.opt.apply(grads, self.variables)
+        return [np.asarray(keras_to_numpy(v)) for v in self.variables]
+
+    def call(self, grads):
+        return lambda: self.opt.apply(grads, self.variables)
+
+
+def keras_to_numpy(variable):
+    from keras import ops
+
+    return ops.convert_to_numpy(variable)
+
+
+def _path_ran(opt, variant):
+    if variant == "plain":
+        return "plain"
+    path = getattr(opt, "last_path", None)
+    return getattr(path, "name", None) or str(path)
+
+
+def measure_set(backend, set_name, inner, norm, repeats, warmup, seed=0):
+    """Records of every variant of (set, inner) on this process's backend."""
+    import keras
+
+    shapes = cases.step_shapes(set_name)
+    params = cases.parameter_count(shapes)
+    rng = np.random.default_rng(seed)
+    host_grads = [rng.standard_normal(s, dtype=np.float32) * 1e-2 for s in shapes]
+    initial = [rng.standard_normal(s, dtype=np.float32) * 0.05 for s in shapes]
+    grads = [keras.ops.convert_to_tensor(g) for g in host_grads]
+    make = _JaxStep if backend == "jax" else _TorchStep
+    hook = _foreach_hook()
+    steps, calls, failed = {}, {}, {}
+    reference = None
+    for variant in _variants(backend):
+        try:
+            opt = _optimizer(inner, variant, norm)
+            if variant == "normalized_foreach":
+                opt = hook.foreach_enabled(opt)
+            steps[variant] = make(opt, initial)
+        except Exception as exc:  # a variant this installation cannot run
+            failed[variant] = f"{type(exc).__name__}: {exc}"
+    if "plain" in steps:
+        # the plain inner's first step on NumPy-normalized gradients
+        checker = make(_optimizer(inner, "plain", norm), initial)
+        normalized = _numpy_normalized(host_grads, norm, keras.config.epsilon())
+        reference = checker.first([keras.ops.convert_to_tensor(g) for g in normalized])
+    rel = {}
+    for variant, step in list(steps.items()):
+        try:
+            first = step.first(grads)
+            if variant != "plain" and reference is not None:
+                rel[variant] = _max_rel_diff(first, reference)
+            calls[variant] = step.call(grads)
+            calls[variant]()  # the timed call's own compile (jax: donated state)
+        except Exception as exc:
+            failed[variant] = f"{type(exc).__name__}: {exc}"
+            steps.pop(variant)
+            calls.pop(variant, None)
+    stats = timing.time_calls_interleaved(calls, repeats, warmup) if calls else {}
+    plain = stats.get("plain", {}).get("median_s")
+    records = []
+    for variant in _variants(backend):
+        record = {"backend": backend, "set": set_name, "variables": len(shapes),
+                  "params": params, "inner": inner, "variant": variant, "norm": norm,
+                  "bytes_per_param": inners.bytes_per_param(inner, variant != "plain")}
+        if variant in failed:
+            record.update(status="unavailable", reason=failed[variant])
+        else:
+            seconds = stats[variant]["median_s"]
+            record.update(status="ok", time=stats[variant],
+                          path_ran=_path_ran(steps[variant].opt, variant),
+                          gb_per_s=params * record["bytes_per_param"] / seconds / 1e9)
+            if plain:
+                record["vs_plain"] = seconds / plain
+            if variant in rel:
+                record["max_rel_diff"] = rel[variant]
+        records.append(record)
+    return records
+
+
+def child_environment(backend):
+    import platform
+
+    import keras
+
+    from normopt.bench import environment
+
+    module = __import__(backend)
+    env = {"backend": keras.backend.backend(), backend: module.__version__,
+           "keras": keras.version(), "python": platform.python_version(),
+           "load_average_1_5_15_min": environment.load_average(),
+           # whether the wrapper pulled TensorFlow in (it should not)
+           "tensorflow_imported": "tensorflow" in sys.modules}
+    if backend == "torch":
+        env["torch_threads"] = module.get_num_threads()
+    if backend == "jax":
+        env["jax_devices"] = [str(d) for d in module.devices()]
+    return env
+
+
+def child_main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", required=True, choices=BACKENDS)
+    parser.add_argument("--sets", required=True)
+    parser.add_argument("--inners", default="adam")
+    parser.add_argument("--norm", default="l2")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    args = parser.parse_args(argv)
+    import keras
+
+    if keras.backend.backend() != args.backend:
+        parser.error(f"KERAS_BACKEND is {keras.backend.backend()!r}, not {args.backend!r}")
+    records = []
+    for set_name in args.sets.split(","):
+        for inner in args.inners.split(","):
+            records += measure_set(args.backend, set_name, inner, args.norm,
+                                   args.repeats, args.warmup)
+    env = child_environment(args.backend)
+    result = {"backend": args.backend, "status": "ok", "environment": env,
+              "variants": _variants(args.backend), "cases": records}
+    print(json.dumps(result, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(child_main())
