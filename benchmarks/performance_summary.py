@@ -268,7 +268,7 @@ BACKEND_INTRO = [
 
 def _backend_section(adam, backends):
     lines = ["## Every backend: Adam, plain and normalized", "", *BACKEND_INTRO, "",
-             _md(["set", "backend", "plain Adam", "normalized", "time", "vs plain"],
+             _md(["set", "backend", "plain Adam", "normalized", "time", "time / plain"],
                  _backend_rows(adam, backends)), ""]
     for name, result in backends.items():
         env = result.get("environment", {})
