@@ -12,9 +12,10 @@ there is none (backend not installed, the child failed). Variants, per
 
     plain                the bare inner optimizer
     normalized           NormalizedOptimizer(inner, norm), fused=None (the
-                         keras.ops path on these backends)
-    normalized_foreach   torch only: the same with the torch._foreach_norm
-                         norms of normopt.ops.torch_norms (when it is there)
+                         keras.ops path on these backends; on torch with its
+                         torch._foreach_norm norms turned off)
+    normalized_foreach   torch only: the same with them (normopt.ops.torch_norms,
+                         the default there)
 
     jax    `optimizer.stateless_apply(optimizer_vars, grads, trainable_vars)`
            under `jax.jit`, both states donated, as Keras's JAX training
@@ -85,22 +86,18 @@ def run(backend, sets, inner_names, norm="l2", repeats=20, warmup=3, python=None
 
 
 def _variants(backend):
-    names = ["plain", "normalized"]
-    if backend == "torch" and _foreach_hook() is not None:
-        names.append("normalized_foreach")
-    return names
+    return ["plain", "normalized"] + (["normalized_foreach"] if backend == "torch" else [])
 
 
-def _foreach_hook():
-    """normopt.ops.torch_norms when this installation has it, else None."""
-    try:
-        from normopt.ops import torch_norms
-    except ImportError:
-        return None
-    return torch_norms
+def _foreach_norms(variant):
+    """The context a torch variant runs in: `_foreach_norm` on or off."""
+    from normopt.ops import torch_norms
+
+    return torch_norms.foreach_norms(variant == "normalized_foreach")
 
 
 def _optimizer(inner, variant, norm):
+    """The inner optimizer (plain) or NormalizedOptimizer of it."""
     base = inners.make_inner(inner)
     if variant == "plain":
         return base
@@ -167,21 +164,25 @@ class _JaxStep:
 
 
 class _TorchStep:
-    """opt.apply(grads, variables), eager."""
+    """opt.apply(grads, variables), eager, `_foreach_norm` on or off."""
 
-    def __init__(self, opt, initial):
+    def __init__(self, opt, initial, variant="plain"):
         import keras
 
         self.variables = [keras.Variable(v) for v in initial]
         opt.build(self.variables)
         self.opt = opt
+        self.variant = variant
 
     def first(self, grads):
-        self.opt.apply(grads, self.variables)
+        self.call(grads)()
         return [np.asarray(keras_to_numpy(v)) for v in self.variables]
 
     def call(self, grads):
-        return lambda: self.opt.apply(grads, self.variables)
+        def timed():
+            with _foreach_norms(self.variant):
+                self.opt.apply(grads, self.variables)
+        return timed
 
 
 def keras_to_numpy(variable):
@@ -207,21 +208,20 @@ def measure_set(backend, set_name, inner, norm, repeats, warmup, seed=0):
     host_grads = [rng.standard_normal(s, dtype=np.float32) * 1e-2 for s in shapes]
     initial = [rng.standard_normal(s, dtype=np.float32) * 0.05 for s in shapes]
     grads = [keras.ops.convert_to_tensor(g) for g in host_grads]
-    make = _JaxStep if backend == "jax" else _TorchStep
-    hook = _foreach_hook()
+    if backend == "jax":
+        make = lambda opt, initial, variant: _JaxStep(opt, initial)  # noqa: E731
+    else:
+        make = _TorchStep
     steps, calls, failed = {}, {}, {}
     reference = None
     for variant in _variants(backend):
         try:
-            opt = _optimizer(inner, variant, norm)
-            if variant == "normalized_foreach":
-                opt = hook.foreach_enabled(opt)
-            steps[variant] = make(opt, initial)
+            steps[variant] = make(_optimizer(inner, variant, norm), initial, variant)
         except Exception as exc:  # a variant this installation cannot run
             failed[variant] = f"{type(exc).__name__}: {exc}"
     if "plain" in steps:
         # the plain inner's first step on NumPy-normalized gradients
-        checker = make(_optimizer(inner, "plain", norm), initial)
+        checker = make(_optimizer(inner, "plain", norm), initial, "plain")
         normalized = _numpy_normalized(host_grads, norm, keras.config.epsilon())
         reference = checker.first([keras.ops.convert_to_tensor(g) for g in normalized])
     rel = {}

@@ -19,8 +19,16 @@ norm of finite elements is not finite, the keras.ops norm with its rescue
 pass replaces it (`scale_math.builtin_norm`); whether any is not finite is
 one host read per call, where the keras.ops path reads one per tensor.
 
-`foreach_norms(False)` (a context manager) turns it off for a block: the
-benchmark times the wrapper with and without it in one process.
+The scaling of the gradients of whole-tensor groups (`scaled`): the scales
+of all of them at once (`plan.scaling.scale` on the vector of their norms,
+the same elementwise math as one scalar at a time), then, where every
+`pre` is 1 (one host read), g' = g * mult for all in one
+`torch._foreach_mul` per gradient dtype, the product formed in the scale's
+dtype and cast back as `scale_math.apply_scale` does; otherwise, and for
+unit-wise and global groups, `keras_step.Tensors.scaled`.
+
+`foreach_norms(False)` (a context manager) turns both off for a block: the
+benchmark times the wrapper with and without them in one process.
 """
 
 import contextlib
@@ -56,9 +64,13 @@ def chunked_norms(tensors, ord_, dtype):
     squares, inf: their maximum), chunks of CHUNK elements."""
     views, counts = [], []
     for t in tensors:
-        parts = t.reshape(-1).split(CHUNK)
-        views.extend(parts)
-        counts.append(len(parts))
+        if t.numel() <= CHUNK:
+            views.append(t)
+            counts.append(1)
+        else:
+            parts = t.reshape(-1).split(CHUNK)
+            views.extend(parts)
+            counts.append(len(parts))
     partial = torch._foreach_norm(views, ord_, dtype=dtype)
     norms, multi, k = [], [], 0
     for count in counts:
@@ -92,8 +104,7 @@ class ForeachTensors(keras_step.Tensors):
         norms = [None] * len(grads)
         groups = {}
         for i, g in enumerate(grads):
-            if (isinstance(g, torch.Tensor) and g.is_floating_point() and g.numel() > 0
-                    and not g.is_sparse):
+            if _dense(g) and g.numel() > 0:
                 groups.setdefault(_accumulation(g), []).append(i)
             else:
                 norms[i] = self.norm(g, name, eps)
@@ -105,6 +116,32 @@ class ForeachTensors(keras_step.Tensors):
             self._rescue(grads, members, norms, name, eps)
         return norms
 
+    def scaled(self, plan, grads, norms, weight_norms):
+        whole = [k for k, group in enumerate(plan.groups)
+                 if len(group.members) == 1 and not group.merged and group.axes is None
+                 and _dense(grads[group.members[0]])]
+        if not _state["enabled"] or not whole:
+            return super().scaled(plan, grads, norms, weight_norms)
+        out, rest = list(grads), set(range(len(plan.groups))) - set(whole)
+        by_dtype = {}
+        for k in whole:
+            by_dtype.setdefault(norms[k].dtype, []).append(k)
+        for ks in by_dtype.values():
+            norm = torch.stack([norms[k] for k in ks])
+            weight_norm = (None if weight_norms[ks[0]] is None
+                           else torch.stack([weight_norms[k] for k in ks]))
+            pre, mult = plan.scaling.scale(norm, weight_norm)
+            if not bool(torch.all(pre == 1)):
+                rest.update(ks)
+                continue
+            members = [plan.groups[k].members[0] for k in ks]
+            for i, g in zip(members, _scaled_all([grads[i] for i in members],
+                                                 list(mult.unbind()), mult.dtype)):
+                out[i] = g
+        for k in sorted(rest):
+            self.scale_group(plan, plan.groups[k], norms[k], weight_norms[k], grads, out)
+        return out
+
     def _rescue(self, grads, members, norms, name, eps):
         """The keras.ops norm (with its overflow rescue) of every member
         whose `_foreach_norm` is not finite: one host read for all."""
@@ -114,6 +151,24 @@ class ForeachTensors(keras_step.Tensors):
         for i in members:
             if not bool(torch.isfinite(norms[i])):
                 norms[i] = scale_math.builtin_norm(grads[i], name, eps)
+
+
+def _dense(t):
+    return isinstance(t, torch.Tensor) and t.is_floating_point() and not t.is_sparse
+
+
+def _scaled_all(grads, mults, dtype):
+    """[g * m] formed in `dtype` and cast back to each g's dtype."""
+    out = [None] * len(grads)
+    by_dtype = {}
+    for i, g in enumerate(grads):
+        by_dtype.setdefault(g.dtype, []).append(i)
+    for gdtype, idx in by_dtype.items():
+        xs = [grads[i] if gdtype == dtype else grads[i].to(dtype) for i in idx]
+        ys = torch._foreach_mul(xs, [mults[i] for i in idx])
+        for i, y in zip(idx, ys):
+            out[i] = y if gdtype == dtype else y.to(gdtype)
+    return out
 
 
 FOREACH = ForeachTensors()
