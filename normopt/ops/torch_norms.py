@@ -5,16 +5,17 @@
     l2   sqrt(sum g^2) + eps  ord 2
     max  max |g| + eps        ord inf
 
-reduced in the accumulation dtype of `scale_math` (float32 for 16-bit
-gradients: `dtype=torch.float32`, float64 for float64), in two calls per
-accumulation dtype (`chunked_norms`): one over every chunk of CHUNK elements
-of every gradient, one over each gradient's chunk norms. Chunks, because
-torch's CPU norm kernels accumulate each reduction serially, whose rounding
-error grows with its length: one call over a 4096 x 4096 float32 tensor is
-off by 4e-3 (l1) and 8e-4 (l2) relative, against 1e-7 in chunks (measured,
-torch 2.14; the keras.ops sums are pairwise). Every other norm, a custom one, and an empty tensor
-take the keras.ops path (`keras_step.Tensors`), whose numbers these are
-(tests/test_torch_norms.py checks both against NumPy). Overflow: where a
+returned in the accumulation dtype of `scale_math` (float32 for 16-bit and
+float32 gradients, float64 for float64) and reduced in float64, in two calls
+per accumulation dtype (`chunked_norms`): one over every chunk of CHUNK
+elements of every gradient, one over each gradient's chunk norms. Torch's
+CPU norm kernels accumulate each reduction serially, in the dtype they are
+given: one float32 call over a 4096 x 4096 tensor is off by 4e-3 (l1) and
+8e-4 (l2) relative, and float32 chunks still by up to 3e-6, against 5e-9
+for float64 chunks and 1e-7 for the keras.ops path's pairwise float32 sums
+(measured, torch 2.14). So these are the keras.ops path's norms rounded
+better, not worse; max is exact in any dtype and reduced in its own.
+Overflow: where a
 norm of finite elements is not finite, the keras.ops norm with its rescue
 pass replaces it (`scale_math.builtin_norm`); whether any is not finite is
 one host read per call, where the keras.ops path reads one per tensor.
@@ -40,8 +41,8 @@ from normopt import normalizations
 from normopt.ops import keras_step, scale_math
 
 ORDS = {"l1": 1.0, "l2": 2.0, "max": math.inf}
-# Elements per reduction of the first call: the serial error of 2^14 float32
-# terms is ~1e-7 relative; a 4096 x 4096 tensor is 1024 chunks.
+# Elements per reduction of the first call: a 4096 x 4096 tensor is 1024
+# chunks (with 2^12 the list's length costs more than the float64 sums).
 CHUNK = 1 << 14
 _ACC = {"float64": torch.float64}
 _state = {"enabled": True}
@@ -59,9 +60,11 @@ def foreach_norms(enabled):
 
 
 def chunked_norms(tensors, ord_, dtype):
-    """[norm(t, ord_) for t in tensors] accumulated in `dtype`: the norm of
-    each tensor's chunk norms (ord 1: their sum, 2: the root of their sum of
-    squares, inf: their maximum), chunks of CHUNK elements."""
+    """[norm(t, ord_) for t in tensors] in `dtype`: the norm of each
+    tensor's chunk norms (ord 1: their sum, 2: the root of their sum of
+    squares, inf: their maximum), chunks of CHUNK elements, the sums
+    accumulated in float64."""
+    wide = dtype if ord_ == math.inf else torch.float64
     views, counts = [], []
     for t in tensors:
         if t.numel() <= CHUNK:
@@ -71,7 +74,7 @@ def chunked_norms(tensors, ord_, dtype):
             parts = t.reshape(-1).split(CHUNK)
             views.extend(parts)
             counts.append(len(parts))
-    partial = torch._foreach_norm(views, ord_, dtype=dtype)
+    partial = torch._foreach_norm(views, ord_, dtype=wide)
     norms, multi, k = [], [], 0
     for count in counts:
         if count == 1:
@@ -83,7 +86,9 @@ def chunked_norms(tensors, ord_, dtype):
     if multi:
         for (i, _), n in zip(multi, torch._foreach_norm([m for _, m in multi], ord_)):
             norms[i] = n
-    return norms
+    if wide == dtype:
+        return norms
+    return list(torch.stack(norms).to(dtype).unbind())
 
 
 def _accumulation(tensor):
