@@ -116,8 +116,9 @@ def measure(args, save):
         done("fit", fit_cases=fit["cases"])
     backends = {}
     for backend in filter(None, args.backends.split(",")):
+        python = args.torch_python if backend == "torch" else None
         backends[backend] = backend_step.run(backend, args.adam_sets.split(","), ["adam"],
-                                             "l2", args.repeats, args.warmup)
+                                             "l2", args.repeats, args.warmup, python=python)
         done(f"{backend}_steps", backend_steps=backends)
     probes.append(timing.memory_bandwidth())
     bw = timing.reference_bandwidth(probes)
@@ -564,6 +565,9 @@ def main(argv=None):
     m.add_argument("--backends", default="jax,torch",
                    help="other Keras backends timed on the Adam sets, each in its own "
                    "process where installed (default jax,torch; empty: none)")
+    m.add_argument("--torch-python", metavar="PATH",
+                   help="the interpreter of an environment with torch and normopt "
+                   "(default: this one, if torch is installed here)")
     r = sub.add_parser("render", help="write the markdown summary from the JSON")
     r.add_argument("--json", required=True, metavar="PATH")
     r.add_argument("--out", metavar="PATH", help="default: print it")

@@ -36,6 +36,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -68,6 +69,7 @@ def run(backend, sets, inner_names, norm="l2", repeats=20, warmup=3, python=None
             "--inners", ",".join(inner_names), "--norm", norm,
             "--repeats", str(repeats), "--warmup", str(warmup)]
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
+    started = time.perf_counter()
     try:
         proc = subprocess.run(argv, env=env, capture_output=True, text=True,
                               timeout=timeout)
@@ -79,7 +81,9 @@ def run(backend, sets, inner_names, norm="l2", repeats=20, warmup=3, python=None
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         return {"backend": backend, "status": "failed",
                 "reason": f"exit code {proc.returncode}: {tail}"}
-    return json.loads(lines[-1])
+    result = json.loads(lines[-1])
+    result["runtime_s"] = time.perf_counter() - started  # the child's, start to end
+    return result
 
 
 # ----------------------------------------------------------------- the child

@@ -180,6 +180,9 @@ def backend_step_table(backends):
                              f"({c['set']}, {c['inner']}): {c['reason']}")
         if result["status"] != "ok":
             lines.append(f"{result['status']}: {result['backend']}: {result['reason']}")
+        elif "runtime_s" in result:
+            lines.append(f"{result['backend']}: its process took {result['runtime_s']:.0f} s "
+                         "(imports, compiles, timing)")
     out = ["other backends, each in its own process: median step time (x = time / plain's, "
            "same run); jax: stateless_apply under jax.jit, torch: eager apply"]
     if rows:
