@@ -3,7 +3,7 @@
 Keras fixes its backend when it is imported, so `normopt bench` (TensorFlow)
 times the other backends in child processes:
 
-    python -m normopt.bench.backend_step --backend jax --sets big,mlp --inners adam
+    KERAS_BACKEND=jax python -m normopt.bench.backend_step --backend jax --sets big,mlp
 
 prints one JSON object (the last line of stdout); `run(backend, ...)` starts
 that child with KERAS_BACKEND set and reads the object back, or says why
@@ -12,10 +12,11 @@ there is none (backend not installed, the child failed). Variants, per
 
     plain                the bare inner optimizer
     normalized           NormalizedOptimizer(inner, norm), fused=None (the
-                         keras.ops path on these backends; on torch with its
-                         torch._foreach_norm norms turned off)
-    normalized_foreach   torch only: the same with them (normopt.ops.torch_norms,
-                         the default there)
+                         keras.ops path on these backends; on torch with
+                         normopt.ops.torch_norms turned off)
+    normalized_foreach   torch only: the same with it (the default there: the
+                         norms and the scaling by torch._foreach_norm and
+                         torch._foreach_mul)
 
     jax    `optimizer.stateless_apply(optimizer_vars, grads, trainable_vars)`
            under `jax.jit`, both states donated, as Keras's JAX training
