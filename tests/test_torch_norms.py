@@ -244,3 +244,21 @@ def test_recorded_gradient_norms_match_numpy(calls):
     assert calls["norm"] >= 2  # the max norms, then the recorded l2 norms
     want = [np.sqrt((g.astype(np.float64) ** 2).sum()) for g in grads]
     np.testing.assert_allclose(keras.ops.convert_to_numpy(opt.gradient_norms), want, rtol=1e-6)
+
+
+def test_recorded_l2_norms_reuse_the_l2_normalization_pass(calls):
+    """l2 normalization then the recorded l2 norms: one _foreach_norm (all
+    tensors fit one chunk), since the same unchanged tensors come twice; a
+    gradient changed in place between two calls is measured again."""
+    grads, initial = _setup(4)
+    _, opt = _step(NormalizedOptimizer(keras.optimizers.SGD(LR)), grads, initial)
+    assert calls["norm"] == 1
+    want = [np.sqrt((g.astype(np.float64) ** 2).sum()) for g in grads]
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(opt.gradient_norms), want, rtol=1e-6)
+    tensors = [torch.from_numpy(g) for g in grads]
+    first = torch_norms.FOREACH.tensor_norms(tensors, "l2")
+    tensors[0].mul_(2.0)
+    second = torch_norms.FOREACH.tensor_norms(tensors, "l2", eps=0.0)
+    assert calls["norm"] == 3
+    np.testing.assert_allclose(float(second[0]), 2 * want[0], rtol=1e-6)
+    np.testing.assert_allclose(float(second[1]), float(first[1]) - EPS, rtol=1e-6)
