@@ -10,10 +10,12 @@ gradient of the set, one value per tensor, three ways, timed interleaved:
                  keras.ops path, its overflow check included)
     raw_ops      the bare keras.ops reduction per tensor, no overflow check
     foreach      torch._foreach_norm(grads, ord, dtype=float32 for 16-bit
-                 inputs) + eps: one call for all tensors
-    chunked      normopt.ops.torch_norms.ForeachTensors.tensor_norms: two
+                 inputs) + eps: one call for all tensors (serial float32
+                 sums: see the relative differences)
+    chunked      normopt.ops.torch_norms.chunked_norms + eps: two
                  _foreach_norm calls, over chunks of each tensor, then over
-                 each one's chunk norms (torch's CPU kernels sum serially)
+                 each one's chunk norms, summed in float64 (torch's CPU
+                 kernels sum serially); what the torch backend uses
 
 and the scaling g * s of every gradient by its own scalar: a keras.ops
 multiply per tensor against torch._foreach_mul. Every result is checked
@@ -104,8 +106,10 @@ def main(argv=None):
                     calls["keras_ops"] = lambda: [scale_math.builtin_norm(g, name, eps)
                                                   for g in grads]
                 if torch_norms is not None:
-                    calls["chunked"] = lambda: torch_norms.FOREACH.tensor_norms(
-                        grads, name, eps)
+                    # chunked_norms itself: tensor_norms would reuse the
+                    # previous call's norms of these same tensors
+                    calls["chunked"] = lambda: torch._foreach_add(
+                        torch_norms.chunked_norms(grads, ord_, acc), eps)
                 want = np.array([numpy_norm(x, name, eps) for x in exact])
                 rel = {}
                 for impl, call in calls.items():
