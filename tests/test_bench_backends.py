@@ -28,7 +28,7 @@ def step_run(tmp_path_factory):
     json_path = out / "step.json"
     code = main([
         "bench", "step", "--sets", "tiny", "--inners", "adam", "--wrappers", "normalized",
-        "--paths", "plain,tf_graph", "--backends", "jax,torch", "--repeats", "2",
+        "--paths", "plain", "--backends", "jax,torch", "--repeats", "2",
         "--warmup", "1", "--bandwidth-mib", "8", "--no-progress", "--no-plot",
         "--json", str(json_path),
     ])
