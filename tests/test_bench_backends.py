@@ -14,10 +14,15 @@ import json
 import math
 import sys
 
+import keras
 import pytest
 
-from normopt.bench import backend_step
-from normopt.cli import main
+if keras.backend.backend() != "tensorflow":
+    pytest.skip("the bench runs on TensorFlow and starts the other backends itself",
+                allow_module_level=True)
+
+from normopt.bench import backend_step  # noqa: E402
+from normopt.cli import main  # noqa: E402
 
 TINY_PARAMS = 32 * 16 + 16 + 16 * 4 + 4
 
