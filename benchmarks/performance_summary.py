@@ -7,17 +7,19 @@
 (the summary links the JSON when it is kept under docs/, as docs/perf-log/
 <date>_summary.json).
 
-`measure` times, in one process and in this order: the copy bandwidth; the
+`measure` times, in this order: the copy bandwidth; the
 whole optimizer step of NormalizedOptimizer(Adam) on the 4096^2, 8 x 1024^2
 and 122-variable MLP sets (plain Adam, pure-TF graph, XLA and fused paths
 interleaved); the same for every other fused inner optimizer on 4096^2; the
 wrappers (per tensor, per unit, global, AGC, clipped) on 4096^2 and the MLP;
 one norm call of every built-in norm at 2^16, 2^20 and 2^24 elements
 (tf.function, XLA and the fused op interleaved); `normopt bench fit --quick`
-(six models x Adam); the bandwidth again. It records the machine, versions
-and the load average before and after each part. `render` writes the
-markdown summary from that JSON alone (`--markdown PATH` on `measure` does
-both). Ratios are of medians of samples taken in turn, so they hold under a
+(six models x Adam); the Adam step on the same three sets on JAX (plain vs
+normalized, jitted `stateless_apply`) and on PyTorch where it is installed,
+each in its own process (normopt.bench.backend_step; the rest in this
+one); the bandwidth again. It records the machine, versions and the load
+average before and after each part. `render` writes the markdown summary
+from that JSON alone (`--markdown PATH` on `measure` does both). Ratios are of medians of samples taken in turn, so they hold under a
 changing load better than the absolute times.
 """
 
@@ -72,7 +74,7 @@ def measure(args, save):
     import tensorflow as tf
 
     import step_ratios
-    from normopt.bench import environment, fit_bench, step_bench, timing
+    from normopt.bench import backend_step, environment, fit_bench, step_bench, timing
 
     tf.get_logger().setLevel("ERROR")
     start = time.time()
@@ -112,9 +114,15 @@ def measure(args, save):
         for c in fit["cases"]:
             c.pop("samples_s", None)
         done("fit", fit_cases=fit["cases"])
+    backends = {}
+    for backend in filter(None, args.backends.split(",")):
+        python = args.torch_python if backend == "torch" else None
+        backends[backend] = backend_step.run(backend, args.adam_sets.split(","), ["adam"],
+                                             "l2", args.repeats, args.warmup, python=python)
+        done(f"{backend}_steps", backend_steps=backends)
     probes.append(timing.memory_bandwidth())
     bw = timing.reference_bandwidth(probes)
-    for result in step_results:
+    for result in step_results + [{"cases": b.get("cases", [])} for b in backends.values()]:
         timing.add_percent_of_bandwidth(result["cases"], bw)
     load["end"] = environment.load_average()
     out.update(
@@ -212,6 +220,101 @@ def _fit_table(cases):
                 "fused vs TF", "fused vs plain", "fused path"], rows), by
 
 
+BACKEND_NAMES = {"jax": "JAX", "torch": "PyTorch"}
+BACKEND_PATHS = {("jax", "normalized"): "keras.ops, jitted",
+                 ("torch", "normalized"): "keras.ops only, eager",
+                 ("torch", "normalized_foreach"):
+                     "`_foreach_norm`, `_foreach_mul` (default), eager"}
+# the variant a user gets by default, which the target is read on
+DEFAULT_VARIANT = {"jax": "normalized", "torch": "normalized_foreach"}
+# normalized Adam over plain Adam, the issue's targets (reported, not asserted)
+BACKEND_TARGETS = {"jax": 1.10, "torch": 1.3}
+
+
+def _backend_rows(adam, backends):
+    """Per set: TensorFlow's plain, pure-TF graph and fused Adam step (the
+    first table), then each other backend's plain and normalized ones."""
+    by_set = {}
+    for name, result in backends.items():
+        for c in result.get("cases", []):
+            if c["status"] == "ok":
+                by_set.setdefault(c["set"], {}).setdefault(name, {})[c["variant"]] = c
+    rows = []
+    for set_name in dict.fromkeys(list(adam) + list(by_set)):
+        tf_times = adam.get(set_name, {}).get("times_s", {})
+        if "plain" in tf_times:
+            for path, label in (("tf_graph", "pure-TF graph"), ("fused", "fused op")):
+                if path in tf_times:
+                    rows.append([set_name, "TensorFlow", _ms(tf_times["plain"]), label,
+                                 _ms(tf_times[path]), _x(tf_times[path] / tf_times["plain"])])
+        for name, variants in by_set.get(set_name, {}).items():
+            plain = variants.get("plain")
+            for variant, c in variants.items():
+                if variant == "plain":
+                    continue
+                rows.append([set_name, BACKEND_NAMES.get(name, name),
+                             _ms(plain["time"]["median_s"]) if plain else "n/a",
+                             BACKEND_PATHS.get((name, variant), variant),
+                             _ms(c["time"]["median_s"]), _x(c.get("vs_plain"))])
+    return rows
+
+
+BACKEND_INTRO = [
+    "NormalizedOptimizer(Adam, \"l2\") against plain Keras Adam on the same sets, each",
+    "backend in its own process (`normopt.bench.backend_step`: Keras fixes its backend",
+    "at import). TensorFlow: the first table's `tf.function` paths. JAX: `stateless_apply`",
+    "under `jax.jit`, both states donated, `fused=None` (the keras.ops path). PyTorch:",
+    "eager `apply`. A backend's plain and normalized steps were timed interleaved:",
+    "compare ratios within a backend, times across backends only roughly (other",
+    "processes, other moments of the load).",
+]
+
+
+def _backend_section(adam, backends):
+    lines = ["## Every backend: Adam, plain and normalized", "", *BACKEND_INTRO, "",
+             _md(["set", "backend", "plain Adam", "normalized", "time", "time / plain"],
+                 _backend_rows(adam, backends)), ""]
+    for name, result in backends.items():
+        env = result.get("environment", {})
+        if result.get("status") == "ok":
+            lines.append(f"- {BACKEND_NAMES.get(name, name)} {env.get(name, '')}, Keras "
+                         f"{env.get('keras', '')}; TensorFlow imported in that process: "
+                         f"{'yes' if env.get('tensorflow_imported') else 'no'}.")
+        else:
+            lines.append(f"- {BACKEND_NAMES.get(name, name)}: {result.get('status')}, "
+                         f"{result.get('reason')}.")
+    return lines + [""]
+
+
+def _backend_reading(backends):
+    """One bullet per backend: its default normalized step over plain, per
+    set, against the target (the other variants in parentheses)."""
+    lines = []
+    for name, limit in BACKEND_TARGETS.items():
+        ok = [c for c in backends.get(name, {}).get("cases", [])
+              if c["status"] == "ok" and "vs_plain" in c and c["variant"] != "plain"]
+        default = [c for c in ok if c["variant"] == DEFAULT_VARIANT[name]]
+        if not default:
+            continue
+        parts = []
+        for c in default:
+            others = [o for o in ok if o["set"] == c["set"] and o is not c]
+            parts.append(f"{c['set']} {c['vs_plain']:.2f}x" + "".join(
+                f" ({o['vs_plain']:.2f}x {BACKEND_PATHS.get((name, o['variant']), o['variant'])})"
+                for o in others))
+        met = [c["set"] for c in default if c["vs_plain"] <= limit]
+        missed = [c["set"] for c in default if c["vs_plain"] > limit]
+        verdict = ("met on every set" if not missed else
+                   f"not met ({', '.join(missed)})" if not met else
+                   f"met on {', '.join(met)}, not on {', '.join(missed)}")
+        load = backends[name].get("environment", {}).get("load_average_1_5_15_min")
+        lines.append(
+            f"- **{BACKEND_NAMES[name]}.** Normalized Adam over plain Adam: "
+            f"{', '.join(parts)}; target <= {limit:.2f}x: {verdict}."
+            + (f" 1-minute load {load[0]:.1f} at the end of its run." if load else ""))
+    return lines
+
+
 def _bound_rows(rows, bw):
     """Per Adam row: the least time its bytes take at the copy bandwidth."""
     out = []
@@ -305,6 +408,8 @@ def _tables(data, adam, inner_rows, norms, fit_md):
     if adam:
         lines += ["## Whole optimizer step, NormalizedOptimizer(Adam, \"l2\")", "",
                   *STEP_INTRO, "", _step_table(data["adam_rows"], "set"), ""]
+    if data.get("backend_steps"):
+        lines += _backend_section(adam, data["backend_steps"])
     if data.get("inner_rows"):
         lines += [f"## Every fused inner optimizer X on {INNER_SET} (4096x4096)", "",
                   "NormalizedOptimizer(X, \"l2\"); the same four paths, interleaved per X.",
@@ -358,9 +463,9 @@ def _wrapper_ratios(cases):
             if w != "normalized" and (s, "normalized") in fused]
 
 
-def _reading(adam, inner_rows, norms, fit, wrapper_ratios):
+def _reading(adam, inner_rows, norms, fit, wrapper_ratios, backends):
     big, mlp = adam.get("big", {}), adam.get("mlp", {})
-    lines = ["## Reading", ""]
+    lines = ["## Reading", ""] + _backend_reading(backends)
     if big:
         lines.append(
             f"- **Large tensors: at the memory limit.** Fused Adam on 4096^2 ran "
@@ -446,7 +551,8 @@ def render(data, json_path=None):
     fit_md, fit = _fit_table(data["fit_cases"]) if data.get("fit_cases") else ("", {})
     lines = (_header(data, json_path) + _tables(data, adam, inner_rows, norms, fit_md)
              + _reading(adam, inner_rows, norms, fit,
-                        _wrapper_ratios(data.get("wrapper_cases", []))))
+                        _wrapper_ratios(data.get("wrapper_cases", [])),
+                        data.get("backend_steps", {})))
     return "\n".join(lines)
 
 
@@ -466,6 +572,12 @@ def main(argv=None):
     m.add_argument("--wrapper-sets", default=",".join(WRAPPER_SETS))
     m.add_argument("--norm-exps", default=",".join(str(n.bit_length() - 1) for n in NORM_SIZES))
     m.add_argument("--fit-models", default=None, help="default: the six reference models")
+    m.add_argument("--backends", default="jax,torch",
+                   help="other Keras backends timed on the Adam sets, each in its own "
+                   "process where installed (default jax,torch; empty: none)")
+    m.add_argument("--torch-python", metavar="PATH",
+                   help="the interpreter of an environment with torch and normopt "
+                   "(default: this one, if torch is installed here)")
     r = sub.add_parser("render", help="write the markdown summary from the JSON")
     r.add_argument("--json", required=True, metavar="PATH")
     r.add_argument("--out", metavar="PATH", help="default: print it")

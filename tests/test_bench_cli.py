@@ -33,6 +33,8 @@ def quick_run(tmp_path_factory):
         "bench", "quick", "--norms", ",".join(NORMS), "--min-exp", "8",
         "--max-exp", "10", "--exp-step", "1", "--repeats", "2", "--warmup", "1",
         "--sets", "eight_1k", "--bandwidth-mib", "16", "--no-progress",
+        # the other backends' children: tests/test_bench_backends.py
+        "--backends", "none",
         "--json", str(json_path), "--plot", str(plot_path),
     ])
     with open(json_path) as f:

@@ -253,11 +253,17 @@ def _multi_input_model(kind):
                        outputs, name="multi")
 
 
-@pytest.mark.parametrize("kind", ["list", "dict"])
+MULTI_INPUTS = {"tokens": {"shape": [4, 5], "dtype": "int32", "int_bound": 30},
+                "category": {"shape": [4, 1], "dtype": "int32", "int_bound": 4},
+                "features": {"shape": [4, 3], "dtype": "float32", "int_bound": None}}
+
+
+@pytest.mark.parametrize("kind", ["list", pytest.param("dict", marks=pytest.mark.slow)])
 def test_model_path_times_a_saved_multi_input_model(kind, tmp_path):
-    """A saved model with several inputs, as a list or a dict, integer ones
-    feeding Embeddings of different sizes: every call is timed, each int
-    input drawing valid indices of the Embedding it feeds."""
+    """A saved model with several inputs, as a list (the dict with
+    --runslow: its batch is checked below), integer ones feeding Embeddings
+    of different sizes: every call is timed, each int input drawing valid
+    indices of the Embedding it feeds."""
     model = _multi_input_model(kind)
     path = str(tmp_path / "multi.keras")
     model.save(path)
@@ -267,20 +273,37 @@ def test_model_path_times_a_saved_multi_input_model(kind, tmp_path):
     assert [c["variant"] for c in cases] == CALLS
     for c in cases:
         _check_time(c, repeats=1)
-    want = {"tokens": {"shape": [4, 5], "dtype": "int32", "int_bound": 30},
-            "category": {"shape": [4, 1], "dtype": "int32", "int_bound": 4},
-            "features": {"shape": [4, 3], "dtype": "float32", "int_bound": None}}
     loaded = keras.models.load_model(path, compile=False)
-    assert cases[0]["inputs"] == [want[t.name] for t in loaded.inputs]
-    # The batch is packed as the model takes it, each array where its input is.
+    assert cases[0]["inputs"] == [MULTI_INPUTS[t.name] for t in loaded.inputs]
+
+
+@pytest.mark.parametrize("kind", ["list", "dict"])
+def test_multi_input_batch_is_packed_as_the_model_takes_it(kind, tmp_path):
+    """The batch of a saved multi-input model (list or dict) is packed as the
+    model takes it, each array where its input is, with valid indices: the
+    loaded model runs forward and backward on it."""
+    import tensorflow as tf
+
+    path = str(tmp_path / "multi.keras")
+    _multi_input_model(kind).save(path)
+    loaded = keras.models.load_model(path, compile=False)
     specs = fit_models.input_specs(loaded, 4)
+    assert [dict(zip(("shape", "dtype", "int_bound"), (list(s[0]), s[1], s[2])))
+            for s in specs] == [MULTI_INPUTS[t.name] for t in loaded.inputs]
     x = fit_models.synthetic_inputs(specs, 0, fit_models.input_structure(loaded))
     named = x if kind == "dict" else dict(zip(["tokens", "category", "features"], x))
     assert isinstance(x, dict if kind == "dict" else tuple)
     for name, array in named.items():
-        assert list(array.shape) == want[name]["shape"] and array.dtype == want[name]["dtype"]
-        if want[name]["int_bound"]:
-            assert 0 <= array.min() and array.max() < want[name]["int_bound"]
+        want = MULTI_INPUTS[name]
+        assert list(array.shape) == want["shape"] and array.dtype == want["dtype"]
+        if want["int_bound"]:
+            assert 0 <= array.min() and array.max() < want["int_bound"]
+    with tf.GradientTape() as tape:
+        outputs = loaded(x, training=True)
+        loss = sum(tf.reduce_sum(o) for o in outputs)
+    grads = tape.gradient(loss, loaded.trainable_weights)
+    assert [tuple(o.shape) for o in outputs] == [(4, 2), (4, 1)]
+    assert all(g is not None for g in grads)
 
 
 def test_input_specs_of_unknown_dims_and_int_inputs_without_embedding():

@@ -1,11 +1,12 @@
 """The CUDA sources without a GPU.
 
-- Compile check of every csrc/cuda/*.cu with the installed nvcc (sm_80 and
-  sm_90): each file compiled once (`-c`, warnings as errors, ptxas verbose),
-  all files in parallel; by default cupy_module.cu to sm_90 machine code and
-  the others to sm_80 PTX (`default_archs`), every file to machine code for
-  both with --runslow; the entry points that normopt.kernels.cupy_kernels
-  looks up by name must be among those cupy_module.cu defines.
+- Compile check of csrc/cuda/*.cu with the installed nvcc (sm_80 and sm_90):
+  each file compiled once (`-c`, warnings as errors, ptxas verbose), in
+  parallel; by default launchers.cu to sm_80 machine code and cupy_module.cu
+  only through NVRTC below (`default_archs`), every file to machine code for
+  both with --runslow, where the entry points that
+  normopt.kernels.cupy_kernels looks up by name must be among those
+  cupy_module.cu defines for each.
 - CuPy's NVRTC route: cupy_module.cu through libnvrtc with CuPy's options.
 - The kernels run on the CPU by csrc/cuda/tools/host_emulation.cpp, against
   the NumPy reference and the TF CPU op.
@@ -46,16 +47,18 @@ def find_nvcc():
 
 
 def default_archs(source, every):
-    """The (architecture, code) pairs a source is compiled for: machine code
-    (sm_XX, through ptxas) for every one of ARCHS with --runslow. By default
-    cupy_module.cu, which holds every kernel, gets machine code for the
-    newest, and the other sources (the same kernel templates) PTX for the
-    oldest (compute_XX: the front end and the PTX, without ptxas)."""
+    """The (architecture, code) pairs a source is compiled for by nvcc:
+    machine code (sm_XX, through ptxas) for every one of ARCHS with
+    --runslow. By default launchers.cu (and any other source but
+    cupy_module.cu) gets machine code for the oldest; cupy_module.cu (the
+    same kernel templates, for CuPy) none: the default run compiles it the
+    way CuPy does, through NVRTC (test_cupy_module_compiles_with_nvrtc checks
+    its entry points and warnings there)."""
     if every:
         return tuple((a, f"sm_{a}") for a in ARCHS)
     if source.endswith("cupy_module.cu"):
-        return ((ARCHS[-1], f"sm_{ARCHS[-1]}"),)
-    return ((ARCHS[0], f"compute_{ARCHS[0]}"),)
+        return ()
+    return ((ARCHS[0], f"sm_{ARCHS[0]}"),)
 
 
 def compile_one(nvcc, source, out_dir, archs):
@@ -79,23 +82,30 @@ def test_every_cuda_source_compiles(tmp_path, request):
         reason = "nvcc not found on PATH or in /usr/local/cuda/bin; CUDA compile check skipped"
         print(reason)
         pytest.skip(reason)
-    with ThreadPoolExecutor(max_workers=len(SOURCES)) as pool:
-        every = request.config.getoption("--runslow")
-        archs = {s: default_archs(s, every) for s in SOURCES}
+    every = request.config.getoption("--runslow")
+    archs = {s: default_archs(s, every) for s in SOURCES}
+    compiled = [s for s in SOURCES if archs[s]]
+    with ThreadPoolExecutor(max_workers=len(compiled)) as pool:
         results = list(pool.map(lambda s: compile_one(nvcc, s, str(tmp_path), archs[s]),
-                                SOURCES))
+                                compiled))
     failures = [f"{os.path.relpath(s, ROOT)} (rc {rc}):\n{log}" for s, rc, log in results if rc]
     assert not failures, "nvcc failed:\n" + "\n".join(failures)
-    for source in SOURCES:
+    for source in compiled:
         assert (tmp_path / (os.path.basename(source) + ".o")).stat().st_size > 0
+        # machine code went through ptxas: it names every kernel it compiled
+        assert re.search(r"Compiling entry function '\w+' for 'sm_\d+'",
+                         dict((s, log) for s, _, log in results)[source]), source
 
+    cupy_module = next(s for s in SOURCES if s.endswith("cupy_module.cu"))
+    if cupy_module not in compiled:
+        return
     from normopt.kernels.cupy_kernels import SUFFIX, entry_names
 
-    log = next(log for s, _, log in results if s.endswith("cupy_module.cu"))
+    log = next(log for s, _, log in results if s == cupy_module)
     defined = set(re.findall(r"Compiling entry function '(\w+)' for 'sm_(\d+)'", log))
     for dtype in SUFFIX:
         for name in entry_names(dtype).values():
-            for arch, _ in archs[next(s for s in SOURCES if s.endswith("cupy_module.cu"))]:
+            for arch, _ in archs[cupy_module]:
                 assert (name, arch) in defined, f"{name} (sm_{arch}) missing from cupy_module.cu"
 
 

@@ -12,14 +12,14 @@
                    and rebuilt; a shared cache folder gets a private subfolder
     race           two processes building the same cache entry at once: one
                    builds, both get the whole library, nothing left behind
-    install        pip install of the sdist and of the wheel into a fresh
-                   environment (offline, with pip's build isolation) builds
-                   against the TensorFlow there and runs the fused path; a
-                   faked recorded version makes two processes racing at start
-                   rebuild it, for real, into the cache. The builds share this
-                   user's CMake trees, so with the checkout already built they
-                   only relink (about a minute, on one xdist worker beside the
-                   rest of the suite)
+    install        pip wheel of the sdist and an install of that wheel into a
+                   fresh environment (offline, with pip's build isolation)
+                   build against the TensorFlow there and run the fused path;
+                   a faked recorded version makes two processes racing at
+                   start rebuild it, for real, into the cache; pip install of
+                   the sdist itself (the same build, in one step) with
+                   --runslow. The builds share this user's CMake trees, so
+                   with the checkout already built they only relink
 """
 
 import base64
@@ -123,8 +123,14 @@ def isolated_library(monkeypatch, tmp_path, fake_src):
 
 # ---- sdist -------------------------------------------------------------------------
 
-def test_sdist_holds_everything_the_build_needs(tmp_path):
-    src, archive = _sdist(tmp_path)
+@pytest.fixture(scope="module")
+def sdist(tmp_path_factory):
+    """(checkout copy, sdist archive): made once for the tests that read it."""
+    return _sdist(tmp_path_factory.mktemp("sdist"))
+
+
+def test_sdist_holds_everything_the_build_needs(sdist):
+    src, archive = sdist
     with tarfile.open(archive) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
     needed = set(build.source_files(src)) | {
@@ -569,18 +575,15 @@ def _check(python, env, cwd):
     return run_json_script(python, _CHECK, env, cwd, timeout=600)
 
 
-def test_install_sdist_and_wheel_then_rebuild_for_another_tensorflow(tmp_path):
+def _install_env(tmp_path, archive):
+    """(python, env, offline pip arguments, sdist) of a fresh environment.
+    Libraries go to a fresh cache; the CMake trees are this user's (the ones
+    `pip install -e .` of this checkout filled, same TensorFlow): the sources
+    are identical, so each build recompiles nothing that is up to date and
+    CI pays for at most one compile (its setup already paid for it)."""
     if SITE is None:
         pytest.skip("TensorFlow is not in a site-packages directory of this Python")
-    times = {}
-    t = time.perf_counter()
-    _, archive = _sdist(tmp_path)
     python, wheelhouse = _fresh_env(tmp_path)
-    times["sdist+venv"] = time.perf_counter() - t
-    # Libraries go to a fresh cache; the CMake trees are this user's (the ones
-    # `pip install -e .` of this checkout filled, same TensorFlow): the sources
-    # are identical, so each build below recompiles nothing that is up to date
-    # and CI pays for at most one compile (its setup already paid for it).
     env = dict(os.environ)
     user_trees = os.path.join(build.cache_root(), "build")
     env.update({build.CACHE_ENV: str(tmp_path / "cache"),
@@ -588,23 +591,42 @@ def test_install_sdist_and_wheel_then_rebuild_for_another_tensorflow(tmp_path):
     for var in (library.DISABLE_ENV, build.AUTOBUILD_ENV, "NORMOPT_SKIP_BUILD", "PYTHONPATH"):
         env.pop(var, None)
     offline = ["--no-index", "--find-links", wheelhouse, "--no-deps", "-q"]
-    cwd = str(tmp_path)
-    tf = build.current_tf()
+    return python, env, offline, archive
 
-    # 1. pip install <sdist>: pip's default build isolation, TensorFlow found anyway
-    t = time.perf_counter()
-    subprocess.run([python, "-m", "pip", "install", *offline, archive], env=env, cwd=cwd,
-                   check=True, timeout=900)
-    times["pip install sdist"] = time.perf_counter() - t
-    result, _ = _check(python, env, cwd)
+
+def _check_installed(result, tmp_path, tf):
+    """The fused path ran on the library installed into the fresh venv,
+    built for this TensorFlow, with the sources for a rebuild beside it."""
     assert result["path"] == "fused", result
     assert result["origin"] == "package" and result["module"].startswith(str(tmp_path / "venv"))
     assert build.compatible(result["record"], tf)
-    installed_lib = result["lib"]
     src_dir = os.path.join(os.path.dirname(result["module"]), "_src")
     assert os.path.isfile(os.path.join(src_dir, "CMakeLists.txt"))
 
-    # 2. pip wheel <sdist>, then install that wheel
+
+@pytest.mark.slow
+def test_install_sdist_directly(tmp_path, sdist):
+    """pip install <sdist>: pip's default build isolation, TensorFlow found
+    anyway. (pip builds a wheel of the sdist and installs it: the default run
+    does that in two explicit steps, below.)"""
+    python, env, offline, archive = _install_env(tmp_path, sdist[1])
+    cwd = str(tmp_path)
+    subprocess.run([python, "-m", "pip", "install", *offline, archive], env=env, cwd=cwd,
+                   check=True, timeout=900)
+    result, _ = _check(python, env, cwd)
+    _check_installed(result, tmp_path, build.current_tf())
+
+
+def test_install_wheel_of_the_sdist_then_rebuild_for_another_tensorflow(tmp_path, sdist):
+    times = {}
+    t = time.perf_counter()
+    python, env, offline, archive = _install_env(tmp_path, sdist[1])
+    times["venv"] = time.perf_counter() - t
+    cwd = str(tmp_path)
+    tf = build.current_tf()
+
+    # 1. pip wheel <sdist> (pip's build isolation, TensorFlow found anyway),
+    #    then install that wheel
     t = time.perf_counter()
     subprocess.run([python, "-m", "pip", "wheel", *offline, "-w", str(tmp_path / "wheels"),
                     archive], env=env, cwd=cwd, check=True, timeout=900)
@@ -617,9 +639,10 @@ def test_install_sdist_and_wheel_then_rebuild_for_another_tensorflow(tmp_path):
                     str(tmp_path / "wheels" / whl)], env=env, cwd=cwd, check=True, timeout=300)
     times["pip wheel + install"] = time.perf_counter() - t
     result, _ = _check(python, env, cwd)
-    assert result["path"] == "fused" and result["origin"] == "package", result
+    _check_installed(result, tmp_path, tf)
+    installed_lib = result["lib"]
 
-    # 3. the installed library now claims another TensorFlow: two processes
+    # 2. the installed library now claims another TensorFlow: two processes
     #    starting at once rebuild it (once) into the cache, and both load it
     with open(installed_lib, "rb") as f:
         data = f.read()
@@ -648,3 +671,15 @@ def test_install_sdist_and_wheel_then_rebuild_for_another_tensorflow(tmp_path):
     entries = os.listdir(tmp_path / "cache" / "ops")
     assert len([e for e in entries if not e.endswith(".lock")]) == 1, entries
     print("packaging test times:", {k: round(v, 1) for k, v in times.items()})
+
+
+def test_find_tf_without_tensorflow_is_no_build_error(tmp_path):
+    """An environment without TensorFlow (JAX or PyTorch only): find_tf says
+    so with its own error, on which setup.py's build step prints one calm
+    line and builds nothing (not the failed-build message)."""
+    python = tmp_path / "python"
+    # -S: no site-packages, so no TensorFlow, as in a JAX-only environment
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "$@"\n')
+    python.chmod(0o755)
+    with pytest.raises(build.NoTensorFlow, match="No module named 'tensorflow'"):
+        build.find_tf(str(python))

@@ -105,3 +105,40 @@ def test_summary_cites_only_names_that_exist(summary):
                                                    flags=re.S)))
     problems = [f"`{s}`: {p}" for s in sorted(spans) for p in check_span(s)]
     assert not problems, problems
+
+
+def backend_case(backend, set_name, variant, median, plain):
+    return {"backend": backend, "set": set_name, "inner": "adam", "variant": variant,
+            "status": "ok", "time": {"median_s": median}, "vs_plain": median / plain}
+
+
+def test_every_backend_beside_tensorflow(summary):
+    """JAX's and torch's plain and normalized Adam join TensorFlow's plain,
+    pure-TF and fused rows per set, each ratio over its own backend's plain
+    step, and the reading says which target each met."""
+    d = data(with_fit=False)
+    d["backend_steps"] = {
+        "jax": {"backend": "jax", "status": "ok",
+                "environment": {"jax": "0.10.2", "keras": "3.15", "tensorflow_imported": False},
+                "cases": [backend_case("jax", s, v, t, p)
+                          for s, p, n in (("big", 0.040, 0.042), ("mlp", 0.004, 0.0048))
+                          for v, t in (("plain", p), ("normalized", n))]},
+        "torch": {"backend": "torch", "status": "skipped",
+                  "reason": "torch is not installed (pip install normopt[torch])"},
+    }
+    text = summary.render(d)
+    section = text.split("## Every backend")[1].split("\n## ")[0]
+    big = table_rows(section, "big")
+    assert any("TensorFlow" in r and "50.00 ms" in r and "fused op" in r and "12.00 ms" in r
+               and f"{0.012 / 0.050:.2f}x" in r for r in big), big
+    assert any("TensorFlow" in r and "pure-TF graph" in r and "1.20x" in r for r in big)
+    assert any("JAX" in r and "40.00 ms" in r and "42.00 ms" in r and "1.05x" in r
+               for r in big), big
+    assert any("JAX" in r and "1.20x" in r for r in table_rows(section, "mlp"))
+    assert "PyTorch: skipped, torch is not installed" in section
+    assert "TensorFlow imported in that process: no" in section
+    reading = text.split("## Reading")[1]
+    assert "big 1.05x, mlp 1.20x; target <= 1.10x: met on big, not on mlp." in reading
+    assert "PyTorch" not in reading
+    # without the part, no section
+    assert "## Every backend" not in summary.render(data(with_fit=False))

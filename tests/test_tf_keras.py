@@ -8,7 +8,7 @@
                 (string identifiers, the nine norms, a custom normalizer
                 written with tf_keras.backend, compile/fit, constraints,
                 no gradients, config round trip)
-    save/load   .h5 and SavedModel resume exactly; a custom normalizer
+    save/load   .h5, .keras and SavedModel resume exactly; a custom normalizer
                 loads once registered again and fails clearly otherwise
     beside      Keras 3 keeps working in the same process; `import normopt`
                 without tf-keras; TF_USE_LEGACY_KERAS=1 (a subprocess)
@@ -28,8 +28,13 @@ import reference as R
 tf_keras = pytest.importorskip("tf_keras")
 
 import normopt  # noqa: E402
-from normopt import header_tables, normalizations  # noqa: E402
-from normopt.tf_keras import AdaptiveClippedOptimizer, ClippedOptimizer, NormalizedOptimizer  # noqa: E402
+from normopt import normalizations  # noqa: E402
+from normopt.ops import step_plan  # noqa: E402
+from normopt.tf_keras import (  # noqa: E402
+    AdaptiveClippedOptimizer,
+    ClippedOptimizer,
+    NormalizedOptimizer,
+)
 
 # Hyperparameters exactly representable in float32.
 LR, MU, B1, B2 = 0.0625, 0.875, 0.875, 0.96875
@@ -47,9 +52,13 @@ INNERS = {
     "legacy_sgd": lambda: tf_keras.optimizers.legacy.SGD(LR),
     # decoupled weight decay, applied by the op before the rule
     "new_adamw": lambda: tf_keras.optimizers.AdamW(LR, weight_decay=0.25, beta_1=B1, beta_2=B2),
-    "new_rmsprop": lambda: tf_keras.optimizers.RMSprop(LR),  # no fused tf_keras rule
+    "new_rmsprop": lambda: tf_keras.optimizers.RMSprop(LR, rho=B1, momentum=0.5, centered=True),
+    "new_adagrad": lambda: tf_keras.optimizers.Adagrad(LR),
+    "new_adamax": lambda: tf_keras.optimizers.Adamax(LR, beta_1=B1, beta_2=B2),
+    "new_lion": lambda: tf_keras.optimizers.Lion(LR / 16, beta_1=B1, beta_2=B2),
+    "legacy_rmsprop": lambda: tf_keras.optimizers.legacy.RMSprop(LR),  # no fused rule
 }
-FUSED_SCALE_ONLY = {"new_rmsprop"}
+FUSED_SCALE_ONLY = {"legacy_rmsprop"}
 
 
 def _variables(seed=0):
@@ -94,14 +103,17 @@ def _plain_copy(inner):
     return type(inner).from_config(inner.get_config())
 
 
-PARITY = [("normalize", name) for name in INNERS] + [
-    ("clip", "new_adam"), ("clip", "legacy_sgd_momentum"),
-    ("adaptive", "legacy_adam_amsgrad"), ("adaptive", "new_sgd_nesterov"),
+# Every inner under NormalizedOptimizer in both modes, but the rules shared
+# with Keras 3 beyond SGD and Adam (eager: the same op runs in a function).
+EAGER_ONLY = {"new_rmsprop", "new_adagrad", "new_adamax", "new_lion"}
+PARITY = [("normalize", name, mode) for name in INNERS for mode in ("eager", "function")
+          if mode == "eager" or name not in EAGER_ONLY] + [
+    ("clip", "new_adam", "function"), ("clip", "legacy_sgd_momentum", "eager"),
+    ("adaptive", "legacy_adam_amsgrad", "function"), ("adaptive", "new_sgd_nesterov", "eager"),
 ]
 
 
-@pytest.mark.parametrize("kind, inner_name", PARITY)
-@pytest.mark.parametrize("mode", ["eager", "function"])
+@pytest.mark.parametrize("kind, inner_name, mode", PARITY)
 def test_matches_plain_tf_keras_on_numpy_scaled_gradients(kind, inner_name, mode):
     inner = INNERS[inner_name]()
     plain = _plain_copy(inner)
@@ -157,8 +169,13 @@ def test_new_style_sgd_without_momentum_writes_its_momentum_as_tf_keras_does():
         np.testing.assert_allclose(a.numpy(), b.numpy(), **TOL)
 
 
-@pytest.mark.parametrize("name", sorted(set(normalizations.normalization_names())
-                                         - set(header_tables.MATRIX_NORMS)))
+# The spectral norm keeps a vector per variable, the Keras 3 wrappers' state:
+# refused here (test_refuses_what_it_cannot_wrap).
+STATISTICS_NORMS = sorted(n for n in normalizations.normalization_names()
+                          if not step_plan.is_matrix_norm(n))
+
+
+@pytest.mark.parametrize("name", STATISTICS_NORMS)
 def test_every_builtin_norm(name):
     inner = tf_keras.optimizers.legacy.SGD(LR)
     opt, plain = NormalizedOptimizer(inner, normalization=name), _plain_copy(inner)
@@ -170,12 +187,6 @@ def test_every_builtin_norm(name):
     assert opt.last_path.name == "fused"
     for a, b in zip(ws, ref):
         np.testing.assert_allclose(a.numpy(), b.numpy(), **TOL)
-
-
-def test_matrix_norms_are_refused():
-    for name in header_tables.MATRIX_NORMS:
-        with pytest.raises(ValueError, match=f"do not take the '{name}' normalization"):
-            NormalizedOptimizer(tf_keras.optimizers.legacy.SGD(LR), normalization=name)
 
 
 def test_global_granularity_exclusions_and_gradient_norms():
@@ -212,7 +223,8 @@ def test_skip_nonfinite_leaves_every_state_alone():
 
 
 def _sparse(g, rows):
-    return tf.IndexedSlices(tf.constant(g[rows], tf.float32), tf.constant(rows), tf.constant(g.shape))
+    return tf.IndexedSlices(tf.constant(g[rows], tf.float32), tf.constant(rows),
+                            tf.constant(g.shape))
 
 
 def _dense_of(g, rows):
@@ -269,6 +281,8 @@ def test_refuses_what_it_cannot_wrap():
         ClippedOptimizer("sgd", normalization="nope")
     with pytest.raises(ValueError, match="weight_decay"):
         NormalizedOptimizer("sgd", weight_decay=0.1)
+    with pytest.raises(ValueError, match="spectral.*Keras 3 wrappers"):
+        NormalizedOptimizer("sgd", normalization="spectral")
 
 
 # ------------------------------------------------ the original wrapper's API
@@ -389,16 +403,19 @@ def _resumes_exactly(model, loaded, x, y):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
-@pytest.mark.parametrize("make", [
-    lambda: NormalizedOptimizer(tf_keras.optimizers.Adam(0.01), normalization="std"),
-    lambda: ClippedOptimizer(tf_keras.optimizers.legacy.SGD(0.05, momentum=0.9),
-                             normalization="l2", clipnorm=0.5, skip_nonfinite=True),
-], ids=["new_adam", "legacy_sgd"])
-def test_h5_round_trip_resumes_exactly(make, tmp_path):
+@pytest.mark.parametrize("make, suffix", [
+    (lambda: NormalizedOptimizer(tf_keras.optimizers.Adam(0.01), normalization="std"), ".h5"),
+    (lambda: ClippedOptimizer(tf_keras.optimizers.legacy.SGD(0.05, momentum=0.9),
+                              normalization="l2", clipnorm=0.5, skip_nonfinite=True), ".h5"),
+    # tf_keras's own format
+    (lambda: NormalizedOptimizer(tf_keras.optimizers.legacy.Adam(0.01, amsgrad=True),
+                                 granularity="unit"), ".keras"),
+], ids=["new_adam", "legacy_sgd", "legacy_adam_keras_format"])
+def test_h5_and_keras_round_trips_resume_exactly(make, suffix, tmp_path):
     x, y = _data()
     model = _model(make())
     model.fit(x, y, epochs=1, batch_size=16, verbose=0, shuffle=False)
-    path = str(tmp_path / "model.h5")
+    path = str(tmp_path / ("model" + suffix))
     model.save(path)
     loaded = tf_keras.models.load_model(path)
     assert loaded.optimizer.get_config() == model.optimizer.get_config()
@@ -460,7 +477,8 @@ def test_custom_normalizer_loads_once_registered_again(tmp_path):
         path = str(tmp_path / "custom.h5")
         model.save(path)
         normopt.unregister_normalization("mean")
-        with pytest.raises(ValueError, match="Unknown normalization 'mean'.*set_normalization_function"):
+        with pytest.raises(ValueError,
+                           match="Unknown normalization 'mean'.*set_normalization_function"):
             tf_keras.models.load_model(path)
         NormalizedOptimizer.set_normalization_function("mean", mean_norm)
         loaded = tf_keras.models.load_model(path)
@@ -516,9 +534,11 @@ def test_without_tf_keras_and_with_tf_use_legacy_keras():
         "sys.modules['tf_keras'] = None\n"  # not installed
         "import keras, normopt, numpy as np, tensorflow as tf\n"
         "cpu = tf.config.list_physical_devices('CPU')[0]\n"
-        "tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)\n"
+        "tf.config.set_logical_device_configuration(\n"
+        "    cpu, [tf.config.LogicalDeviceConfiguration()] * 2)\n"
         "v = keras.Variable([3.0, 4.0])\n"
-        "normopt.NormalizedOptimizer(keras.optimizers.SGD(0.5)).apply([tf.constant([3.0, 4.0])], [v])\n"
+        "normopt.NormalizedOptimizer(keras.optimizers.SGD(0.5)).apply(\n"
+        "    [tf.constant([3.0, 4.0])], [v])\n"
         "assert abs(float(v[0]) - 2.7) < 1e-6, v\n"
         "try:\n"
         "    import normopt.tf_keras\n"

@@ -17,7 +17,8 @@ tf_keras = pytest.importorskip("tf_keras")
 from normopt.ops import keras_adapters  # noqa: E402
 from normopt.ops import tf_keras_adapters as adapters  # noqa: E402
 
-ALL_SLOTS = {"SGD": dict(momentum=0.5), "Adam": dict(amsgrad=True), "AdamW": dict(amsgrad=True)}
+ALL_SLOTS = {"SGD": dict(momentum=0.5), "Adam": dict(amsgrad=True), "AdamW": dict(amsgrad=True),
+             "RMSprop": dict(momentum=0.5, centered=True)}
 
 
 def _class(owner):
@@ -41,7 +42,8 @@ def test_read_attribute_exists(owner, attribute):
         f"attribute {attribute!r}, which normopt/ops/tf_keras_adapters.py reads")
 
 
-@pytest.mark.parametrize("cls", list(adapters.ADAPTERS), ids=lambda c: c.__module__ + "." + c.__name__)
+@pytest.mark.parametrize("cls", list(adapters.ADAPTERS),
+                         ids=lambda c: c.__module__ + "." + c.__name__)
 def test_adapter_slots_are_the_optimizers_variables(cls):
     opt = cls(**ALL_SLOTS.get(cls.__name__, {}))
     variable = tf.Variable([1.0, 2.0])
@@ -61,7 +63,8 @@ def test_dispatch_and_no_adapter_for_a_subclass():
         pass
 
     assert keras_adapters.adapter_for(Mine()) is None
-    assert keras_adapters.adapter_for(tf_keras.optimizers.RMSprop()) is None
+    assert keras_adapters.adapter_for(tf_keras.optimizers.Nadam()) is None
+    assert keras_adapters.adapter_for(tf_keras.optimizers.legacy.RMSprop()) is None
     assert keras_adapters.unsupported_options(tf_keras.optimizers.legacy.Adam(clipvalue=1.0)) == [
         "clipvalue"]
     assert keras_adapters.sums_across_replicas(Mine()) is False
@@ -74,6 +77,11 @@ SPARSE_CASES = {
     "legacy SGD": lambda: tf_keras.optimizers.legacy.SGD(0.1),
     "legacy SGD momentum": lambda: tf_keras.optimizers.legacy.SGD(0.1, momentum=0.5),
     "legacy Adam": lambda: tf_keras.optimizers.legacy.Adam(0.1, amsgrad=True),
+    "new RMSprop": lambda: tf_keras.optimizers.RMSprop(0.1),
+    "new RMSprop momentum": lambda: tf_keras.optimizers.RMSprop(0.1, momentum=0.5, centered=True),
+    "new Adagrad": lambda: tf_keras.optimizers.Adagrad(0.1),
+    "new Adamax": lambda: tf_keras.optimizers.Adamax(0.1),
+    "new Lion": lambda: tf_keras.optimizers.Lion(0.1),
 }
 
 

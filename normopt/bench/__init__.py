@@ -8,6 +8,8 @@
     norm_impls.py       the norm implementations (pure TF, fused op, Numba, GPU)
     norms_bench.py      time per norm call, per size and implementation
     step_bench.py       time per optimizer step, per variable set and path
+    backend_step.py     the same step on Keras's JAX and torch backends, each
+                        in a child process (plain vs normalized)
     fit_models.py       the reference models of the fit benchmark, synthetic data
     fit_bench.py        time per model.fit step, per model, inner optimizer and
                         variant (plain / normalized pure TF / normalized fused)

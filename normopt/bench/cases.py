@@ -13,11 +13,15 @@ what training sees:
                  two LayerNorms, feed-forward 512 -> 2048 -> 512
     big          one 4096 x 4096 tensor
     eight_1k     eight 1024 x 1024 tensors
+    tiny         a 32 -> 16 -> 4 dense net's four variables (tests; not in
+                 the default list)
 """
 
 import math
 
 STEP_SETS = ("mlp", "resnet", "transformer", "big", "eight_1k")
+# every set --sets accepts: the defaults and the tests' small one
+KNOWN_SETS = STEP_SETS + ("tiny",)
 
 
 def layer_sizes(min_exp, max_exp, step=1):
@@ -86,8 +90,10 @@ def step_shapes(name):
         return [(4096, 4096)]
     if name == "eight_1k":
         return [(1024, 1024)] * 8
+    if name == "tiny":
+        return [(32, 16), (16,), (16, 4), (4,)]
     if name not in _MODELS:
-        raise KeyError(f"unknown variable set {name!r}; known: {STEP_SETS}")
+        raise KeyError(f"unknown variable set {name!r}; known: {KNOWN_SETS}")
     model = _MODELS[name]()
     return [tuple(int(d) for d in v.shape) for v in model.trainable_variables]
 

@@ -3,6 +3,8 @@
     normopt bench                  quick default of both (well under 2 min here)
     normopt bench norms            norms per layer size, every implementation
     normopt bench step             whole optimizer steps on realistic variable sets
+                                   (TensorFlow, then JAX and PyTorch, each in its
+                                   own process, where installed: --backends)
     normopt bench fit              whole model.fit steps of six reference models
     normopt bench fit --quick      the same six models, Adam only, few samples
     normopt bench fit --model M.keras --inners adam   a saved model of yours
@@ -19,7 +21,8 @@ import os
 import sys
 
 from normopt import extras
-from normopt.bench import busy, cases, fit_bench, fit_models, norm_impls, step_bench
+from normopt.bench import (backend_step, busy, cases, fit_bench, fit_models, norm_impls,
+                           step_bench)
 
 MODES = ("quick", "norms", "step", "fit")
 MAX_EXP = 30
@@ -47,7 +50,7 @@ COMMON = dict(
     min_exp=8, max_exp=20, exp_step=2, repeats=7, warmup=2, bandwidth_mib=256,
     norms=None, sets=cases.STEP_SETS, inners=step_bench.INNERS,
     wrappers=step_bench.WRAPPERS, paths=step_bench.PATHS,
-    impls=norm_impls.IMPLEMENTATIONS,
+    impls=norm_impls.IMPLEMENTATIONS, backends=backend_step.BACKENDS,
 )
 
 
@@ -129,7 +132,7 @@ def add_arguments(parser):
                    help="exponent step (default 2; quick 4)")
     g.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     g = parser.add_argument_group("step benchmark")
-    g.add_argument("--sets", type=_choices("variable set", cases.STEP_SETS),
+    g.add_argument("--sets", type=_choices("variable set", cases.KNOWN_SETS),
                    help=f"comma-separated variable sets (default: all of {','.join(cases.STEP_SETS)}; "
                    "quick: eight_1k,mlp)")
     g.add_argument("--inners", type=_choices("inner optimizer", INNER_NAMES),
@@ -145,6 +148,11 @@ def add_arguments(parser):
                    help="comma-separated paths (default: plain,tf_graph,tf_xla,fused)")
     g.add_argument("--step-norm", type=_norm_list, default=("l2",),
                    help="the norm the wrappers use (default l2)")
+    g.add_argument("--backends", type=_choices("backend", backend_step.BACKENDS + ("none",)),
+                   help="other Keras backends whose step is timed too, each in its own "
+                   "process: plain inner vs NormalizedOptimizer (the first inner, --step-norm) "
+                   "on the same sets (default: jax,torch, each where "
+                   "installed; none: TensorFlow only)")
     g = parser.add_argument_group(
         "fit benchmark",
         "full (default): the six reference models x every fused inner "
@@ -246,7 +254,8 @@ def resolve(args):
 
 def _settings(args):
     keys = ("mode", "norms", "impls", "sizes", "dtype", "sets", "inners",
-            "wrappers", "paths", "step_norm", "repeats", "warmup", "bandwidth_mib")
+            "wrappers", "paths", "step_norm", "backends", "repeats", "warmup",
+            "bandwidth_mib")
     return {k: getattr(args, k) for k in keys}
 
 
@@ -337,6 +346,17 @@ def run_fit(args):
     return 0
 
 
+def _other_backends(args):
+    """{backend: backend_step.run's result} of --backends (the first inner
+    optimizer, normalized with --step-norm, on --sets)."""
+    out = {}
+    for backend in args.backends:
+        if backend != "none":
+            out[backend] = backend_step.run(backend, args.sets, args.inners[:1],
+                                            args.step_norm[0], args.repeats, args.warmup)
+    return out
+
+
 def run(args):
     try:
         resolve(args)
@@ -373,6 +393,7 @@ def run(args):
             args.sets, args.inners, args.wrappers, args.paths,
             args.step_norm[0], args.repeats, args.warmup, progress=progress,
         )
+        step_result["backends"] = _other_backends(args)
     probes.append(timing.memory_bandwidth(probe_bytes))
     bw = timing.reference_bandwidth(probes)
     bandwidth = {"bytes_per_s": bw, "method": probes[0]["method"],
@@ -394,8 +415,13 @@ def run(args):
     if step_result is not None:
         timing.add_percent_of_bandwidth(step_result["cases"], bw)
         busy.flag(step_result["cases"], verdict)
+        for other in step_result["backends"].values():
+            timing.add_percent_of_bandwidth(other.get("cases", []), bw)
+            busy.flag(other.get("cases", []), verdict)
         payload["step"] = step_result
         print("\n" + report.step_table(step_result, bandwidth))
+        if step_result["backends"]:
+            print("\n" + report.backend_step_table(step_result["backends"]))
     report.write_json(args.json, payload)
     print(f"\nJSON: {args.json}")
     _write_plot(args, lambda title: report.plot(args.plot, norms_result, step_result,

@@ -144,6 +144,54 @@ def step_table(result, bandwidth=None):
     return "\n".join(lines)
 
 
+def backend_step_table(backends):
+    """One row per (backend, set, inner): each variant's median and its
+    ratio to plain's; then why a backend did not run."""
+    rows, lines = [], []
+    shown = [v for v in ("plain", "normalized", "normalized_foreach")
+             if any(c["variant"] == v for r in backends.values() for c in r.get("cases", []))]
+    for result in backends.values():
+        cases = result.get("cases", [])
+        variants = result.get("variants", [])
+        find = {(c["set"], c["inner"], c["variant"]): c for c in cases}
+        for set_name, inner in dict.fromkeys((c["set"], c["inner"]) for c in cases):
+            some = find[(set_name, inner, variants[0])]
+            row = [result["backend"], set_name, f"{some['variables']}/{some['params']:,}",
+                   inner]
+            ran, check = [], []
+            for variant in shown:
+                c = find.get((set_name, inner, variant))
+                if c is None:
+                    row.append("")
+                elif c["status"] != "ok":
+                    row.append("unavailable")
+                else:
+                    ratio = c.get("vs_plain") if variant != "plain" else None
+                    row.append(format_time(c["time"]["median_s"])
+                               + (f" ({ratio:.2f}x)" if ratio else "") + busy.mark(c))
+                    if variant != "plain":
+                        ran.append(c["path_ran"])
+                        if "max_rel_diff" in c:
+                            check.append(f"{c['max_rel_diff']:.1e}")
+            rows.append(row + ["/".join(dict.fromkeys(ran)), " ".join(check)])
+        for c in cases:
+            if c["status"] != "ok":
+                lines.append(f"unavailable: {result['backend']} {c['variant']} "
+                             f"({c['set']}, {c['inner']}): {c['reason']}")
+        if result["status"] != "ok":
+            lines.append(f"{result['status']}: {result['backend']}: {result['reason']}")
+        elif "runtime_s" in result:
+            lines.append(f"{result['backend']}: its process took {result['runtime_s']:.0f} s "
+                         "(imports, compiles, timing)")
+    out = ["other backends, each in its own process: median step time (x = time / plain's, "
+           "same run); jax: stateless_apply under jax.jit, torch: eager apply"]
+    if rows:
+        out.append(_table(["backend", "set", "vars/params", "inner", *shown, "path ran",
+                           "max rel diff"], rows))
+        out += busy.note_lines([c for r in backends.values() for c in r.get("cases", [])])
+    return "\n".join(out + lines)
+
+
 def write_json(path, payload):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:

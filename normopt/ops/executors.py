@@ -11,13 +11,18 @@ so the wrappers call `current().name(...)` without importing TensorFlow on
 the other backends.
 """
 
-import importlib
-
 import keras
 
 
 def current():
     """The executor module of Keras's backend."""
+    # Import statements, not importlib: a step calls this inside a user's
+    # tf.function, where AutoGraph would try to convert importlib's
+    # functions and warn that it cannot.
     if keras.backend.backend() == "tensorflow":
-        return importlib.import_module("normopt.ops.tf_backend")
-    return importlib.import_module("normopt.ops.keras_step")
+        from normopt.ops import tf_backend
+
+        return tf_backend
+    from normopt.ops import keras_step
+
+    return keras_step

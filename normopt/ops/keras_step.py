@@ -111,6 +111,22 @@ class Tensors:
     def apply_scale(self, grad, scale, branch_large):
         return scale_math.apply_scale(grad, scale, branch_large)
 
+    def scaled(self, plan, grads, norms, weight_norms):
+        """`grads` with the members of each group of `plan` scaled by the
+        group's norm (and weight norm): (pre, mult) = plan.scaling.scale(...),
+        then `apply_scale`. The hook for "the scaling of many tensors at
+        once" (normopt.ops.torch_norms: one `torch._foreach_mul`)."""
+        out = list(grads)
+        for group, norm, weight_norm in zip(plan.groups, norms, weight_norms):
+            self.scale_group(plan, group, norm, weight_norm, grads, out)
+        return out
+
+    def scale_group(self, plan, group, norm, weight_norm, grads, out):
+        """out[i] = grads[i] scaled by the group's scale, for its members."""
+        scale = plan.scaling.scale(norm, weight_norm)
+        for i in group.members:
+            out[i] = self.apply_scale(grads[i], scale, branch_large=not plan.xla)
+
     def weight(self, variable):
         """A variable's current value (adaptive clipping's norm(w))."""
         return ops.convert_to_tensor(variable)
@@ -132,8 +148,12 @@ DENSE = Tensors()
 
 def backend_tensors(backend=None):
     """The Tensors this executor uses on `backend` (default: Keras's): the
-    place to plug in a backend's multi-tensor norms (`tensor_norms`)."""
-    del backend
+    place to plug in a backend's multi-tensor norms (`tensor_norms`).
+    PyTorch: `torch._foreach_norm` (normopt.ops.torch_norms)."""
+    if (backend or keras.backend.backend()) == "torch":
+        from normopt.ops import torch_norms
+
+        return torch_norms.FOREACH
     return DENSE
 
 
@@ -159,12 +179,7 @@ def scale_groups(plan, grads, variables, tensors=DENSE, vectors=None):
         weights = {i: tensors.weight(variables[i]) for g in plan.groups for i in g.members}
         weight_norms = _group_norms(plan.groups, weights, names, tensors,
                                     [m[1] for m in matrices])
-    out = list(grads)
-    for group, norm, weight_norm in zip(plan.groups, norms, weight_norms):
-        scale = scaling.scale(norm, weight_norm)
-        for i in group.members:
-            out[i] = tensors.apply_scale(grads[i], scale, branch_large=not plan.xla)
-    return out
+    return tensors.scaled(plan, grads, norms, weight_norms)
 
 
 def _group_norms(groups, values, names, tensors, vectors):
@@ -252,16 +267,18 @@ def all_finite(grads):
 def step_if_finite(step, skip, grads, args, replicas=1, state=()):
     """step(*args) where every gradient is finite, else skip().
 
-    JAX: a functional cond. Each branch runs in a StatelessScope mapping
-    `state` (every variable either may assign) to its current values and
-    returns their new values; the chosen values are assigned after, so the
-    step also runs inside `stateless_apply` under `jax.jit`. Elsewhere
-    (PyTorch: a Python branch on the value) the branches assign directly.
+    JAX under jit: a functional cond. Each branch runs in a StatelessScope
+    mapping `state` (every variable either may assign) to its current
+    values and returns their new values; the chosen values are assigned
+    after, so the step also runs inside `stateless_apply` under `jax.jit`.
+    Elsewhere (JAX op by op, PyTorch: a Python branch on the value) the
+    chosen branch assigns directly.
     """
     del replicas
     finite = all_finite(grads)
-    if keras.backend.backend() != "jax":
-        ops.cond(finite, lambda: step(*args), skip)
+    if scale_math.has_value(finite):
+        # a value now: one branch runs, assigning as it goes
+        step(*args) if bool(finite) else skip()
         return
     state = list(state)
     current = [v.value for v in state]

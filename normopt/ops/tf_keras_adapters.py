@@ -20,6 +20,11 @@ Two families, one adapter per exact class with a fused rule:
                                           tf_keras does)         mu
     Adam    adam | adam_amsgrad           _momentums, _velocities,
     AdamW                                 [_velocity_hats]       b1, b2, eps
+    RMSprop rmsprop[_centered][_momentum] _velocities, [_average_gradients],
+                                          [_momentums]           rho, eps, [mu]
+    Adagrad adagrad                       _accumulators          eps
+    Adamax  adamax                        _m, _u                 b1, b2, eps
+    Lion    lion                          momentums              b1, b2
 
     legacy (tf_keras.optimizers.legacy.*): slots by variable, get_slot(v, name)
 
@@ -32,8 +37,10 @@ The fused rules are Keras 3's update rules; these tf_keras updates are the
 same formulas (legacy ones through TF's ResourceApplyKerasMomentum and
 ResourceApplyAdam[WithAmsgrad] kernels, whose rounding order differs
 slightly). Legacy `decay` and learning-rate schedules are in the learning
-rate the op gets (`learning_rate`). Every other optimizer runs its own
-update after the gradients are scaled (path fused_scale or tf).
+rate the op gets (`learning_rate`). Every other optimizer (new-style
+Nadam, Adadelta, Ftrl, Adafactor; legacy RMSprop, Adagrad, ...: no adapter,
+their parity with a fused rule unchecked) runs its own update after the
+gradients are scaled (path fused_scale or tf).
 """
 
 import tensorflow as tf
@@ -61,6 +68,13 @@ READS = (
     ("new:AdamW", "_momentums"),
     ("new:AdamW", "_velocities"),
     ("new:AdamW", "_velocity_hats"),
+    ("new:RMSprop", "_velocities"),
+    ("new:RMSprop", "_average_gradients"),
+    ("new:RMSprop", "_momentums"),
+    ("new:Adagrad", "_accumulators"),
+    ("new:Adamax", "_m"),
+    ("new:Adamax", "_u"),
+    ("new:Lion", "momentums"),
     ("legacy:*", "_iterations"),
     ("legacy:*", "_create_all_weights"),
     ("legacy:*", "_decayed_lr"),
@@ -152,6 +166,64 @@ class NewAdamWAdapter(NewAdamAdapter):
     optimizer = tf_keras.optimizers.AdamW
 
 
+class NewRmspropAdapter(NewAdapter):
+    optimizer = tf_keras.optimizers.RMSprop
+
+    def rule(self, inner):
+        return ("rmsprop" + ("_centered" if inner.centered else "")
+                + ("_momentum" if inner.momentum > 0 else ""))
+
+    def slots(self, inner, index):
+        found = [_pick(inner._velocities, index)]
+        if inner.centered:
+            found.append(_pick(inner._average_gradients, index))
+        if inner.momentum > 0:
+            found.append(_pick(inner._momentums, index))
+        return found
+
+    def hyper(self, inner):
+        return [inner.rho, inner.epsilon] + ([inner.momentum] if inner.momentum > 0 else [])
+
+
+class NewAdagradAdapter(NewAdapter):
+    optimizer = tf_keras.optimizers.Adagrad
+
+    def rule(self, inner):
+        return "adagrad"
+
+    def slots(self, inner, index):
+        return [_pick(inner._accumulators, index)]
+
+    def hyper(self, inner):
+        return [inner.epsilon]
+
+
+class NewAdamaxAdapter(NewAdapter):
+    optimizer = tf_keras.optimizers.Adamax
+
+    def rule(self, inner):
+        return "adamax"
+
+    def slots(self, inner, index):
+        return [_pick(inner._m, index), _pick(inner._u, index)]
+
+    def hyper(self, inner):
+        return [inner.beta_1, inner.beta_2, inner.epsilon]
+
+
+class NewLionAdapter(NewAdapter):
+    optimizer = tf_keras.optimizers.Lion
+
+    def rule(self, inner):
+        return "lion"
+
+    def slots(self, inner, index):
+        return [_pick(inner.momentums, index)]
+
+    def hyper(self, inner):
+        return [inner.beta_1, inner.beta_2]
+
+
 def _slots_of(inner, variables, names):
     return [[inner.get_slot(v, name) for v in variables] for name in names]
 
@@ -191,7 +263,8 @@ class LegacyAdamAdapter(Adapter):
 
 ADAPTERS = {
     a.optimizer: a
-    for a in (NewSgdAdapter(), NewAdamAdapter(), NewAdamWAdapter(),
+    for a in (NewSgdAdapter(), NewAdamAdapter(), NewAdamWAdapter(), NewRmspropAdapter(),
+              NewAdagradAdapter(), NewAdamaxAdapter(), NewLionAdapter(),
               LegacySgdAdapter(), LegacyAdamAdapter())
 }
 

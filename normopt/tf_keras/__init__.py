@@ -35,10 +35,13 @@ def _import_tf_keras():
     try:
         import tf_keras  # noqa: F401
     except ImportError as exc:
+        import tensorflow as tf
+
+        line = ".".join(tf.__version__.split(".")[:2])
         raise ImportError(
             "normopt.tf_keras wraps Keras 2 optimizers and needs the tf-keras "
-            "package of your TensorFlow's version (pip install "
-            f"'tf-keras~=<TensorFlow's major.minor>.0'): {exc}"
+            "package of your TensorFlow's version: pip install "
+            f"\"tf-keras~={line}.0\" ({exc})"
         ) from exc
 
 

@@ -44,6 +44,7 @@ _SHARED = (
     "_scaling",
     "_plan",
     "_step",
+    "_step_vectors",
     "_finite_step",
     "_skip_step",
     "gradient_norms",
@@ -103,6 +104,8 @@ class _TfKerasWrapper(tf_keras.optimizers.Optimizer):
     scales (`_kind`, `_scaling()`), as in normopt.optimizers."""
 
     _kind = scale_math.Normalize
+    # A norm per variable is the Keras 3 wrappers' (`_plan` reads it).
+    normalization_map = None
 
     def __init__(
         self,
@@ -118,10 +121,10 @@ class _TfKerasWrapper(tf_keras.optimizers.Optimizer):
         normalizations.check_normalization(normalization)
         if step_plan.is_matrix_norm(normalization):
             raise ValueError(
-                f"normopt.tf_keras wrappers do not take the {normalization!r} "
-                "normalization (its persistent vectors are optimizer variables "
-                "of the Keras 3 wrappers): use normopt.NormalizedOptimizer and "
-                "its kin with Keras 3."
+                f"The {normalization!r} normalization keeps a vector per "
+                "variable in the optimizer's state, which the tf_keras "
+                "wrappers do not hold: use it with the Keras 3 wrappers "
+                "(from normopt import NormalizedOptimizer)."
             )
         step_plan.check_granularity(
             granularity, normalization, normalizations.custom_function(normalization) is not None)
@@ -174,6 +177,11 @@ class _TfKerasWrapper(tf_keras.optimizers.Optimizer):
     def iterations(self):
         return self.inner_optimizer.iterations
 
+    @iterations.setter
+    def iterations(self, variable):
+        self.inner_optimizer.iterations = variable
+        self._iterations = self.inner_optimizer.iterations
+
     @property
     def learning_rate(self):
         return self.inner_optimizer.learning_rate
@@ -186,7 +194,8 @@ class _TfKerasWrapper(tf_keras.optimizers.Optimizer):
     def variables(self):
         """The wrapper's own variables (`skipped_steps`), then the inner
         optimizer's, in its order."""
-        return CallableList(list(self._variables) + adapters.optimizer_variables(self.inner_optimizer))
+        inner = adapters.optimizer_variables(self.inner_optimizer)
+        return CallableList(list(self._variables) + inner)
 
     def set_weights(self, weights):
         if not self.built:

@@ -1,0 +1,113 @@
+"""`normopt bench step` on the other Keras backends: each runs in its own
+process (normopt.bench.backend_step) and its records join the step JSON
+and table.
+
+No timing is asserted, only that every time is positive and finite and that
+each ratio is that of the recorded medians. The real behaviour is checked
+through the record the child writes: the normalized step ran on that
+backend's keras.ops path, without TensorFlow, and its first step agrees with
+plain Adam on gradients normalized in NumPy. A backend that is not installed
+is reported as skipped, with the command that installs it.
+"""
+
+import json
+import math
+import sys
+
+import keras
+import pytest
+
+if keras.backend.backend() != "tensorflow":
+    pytest.skip("the bench runs on TensorFlow and starts the other backends itself",
+                allow_module_level=True)
+
+from normopt.bench import backend_step  # noqa: E402
+from normopt.cli import main  # noqa: E402
+
+TINY_PARAMS = 32 * 16 + 16 + 16 * 4 + 4
+
+
+@pytest.fixture(scope="module")
+def step_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    json_path = out / "step.json"
+    code = main([
+        "bench", "step", "--sets", "tiny", "--inners", "adam", "--wrappers", "normalized",
+        "--paths", "plain", "--backends", "jax,torch", "--repeats", "2",
+        "--warmup", "1", "--bandwidth-mib", "8", "--no-progress", "--no-plot",
+        "--json", str(json_path),
+    ])
+    with open(json_path) as f:
+        return code, json.load(f)
+
+
+def _positive_finite(stats):
+    for key in ("median_s", "q1_s", "q3_s", "min_s", "max_s"):
+        assert math.isfinite(stats[key]) and stats[key] > 0, (key, stats)
+    assert stats["repeats"] == 2
+
+
+@pytest.mark.parametrize("backend", backend_step.BACKENDS)
+def test_each_backend_runs_in_its_own_process_or_says_why_not(step_run, backend):
+    code, data = step_run
+    assert code == 0
+    result = data["step"]["backends"][backend]
+    assert result["backend"] == backend
+    if not backend_step.installed(backend):
+        assert result["status"] == "skipped"
+        assert f"{backend} is not installed" in result["reason"]
+        assert backend_step.INSTALL_HINT[backend] in result["reason"]
+        return
+    assert result["status"] == "ok", result
+    env = result["environment"]
+    assert env["backend"] == backend
+    assert env["tensorflow_imported"] is False
+    cases = {c["variant"]: c for c in result["cases"]}
+    assert set(cases) == set(result["variants"]) >= {"plain", "normalized"}
+    plain = cases["plain"]
+    for variant, c in cases.items():
+        assert c["status"] == "ok", c
+        assert (c["set"], c["inner"], c["params"], c["variables"]) == (
+            "tiny", "adam", TINY_PARAMS, 4)
+        _positive_finite(c["time"])
+        assert c["vs_plain"] == pytest.approx(c["time"]["median_s"] / plain["time"]["median_s"])
+        assert c["gb_per_s"] == pytest.approx(
+            c["params"] * c["bytes_per_param"] / c["time"]["median_s"] / 1e9)
+        assert "trusted" in c  # the run's busy verdict reaches these records too
+        if variant != "plain":
+            assert c["path_ran"] not in ("fused", "plain"), c
+            assert c["max_rel_diff"] < 1e-4, c  # plain Adam on NumPy-normalized grads
+
+
+def test_the_table_shows_the_backends(step_run, capsys):
+    from normopt.bench import report
+
+    _, data = step_run
+    text = report.backend_step_table(data["step"]["backends"])
+    for backend in backend_step.BACKENDS:
+        result = data["step"]["backends"][backend]
+        if result["status"] == "ok":
+            row = next(line for line in text.splitlines() if line.startswith(backend))
+            assert "tiny" in row and "adam" in row and "x)" in row
+        else:
+            assert f"{result['status']}: {backend}: {result['reason']}" in text
+
+
+def test_a_failed_child_is_reported_not_raised():
+    # given an interpreter, the child is started as asked; an unknown
+    # backend fails it at once (Keras or the argument parser refuses it)
+    result = backend_step.run("theano", ["tiny"], ["adam"], repeats=1, warmup=0,
+                              python=sys.executable)
+    assert result["backend"] == "theano" and result["status"] == "failed"
+    code, _, last_line = result["reason"].partition(": ")
+    assert code in ("exit code 1", "exit code 2") and "theano" in last_line, result
+
+
+def test_tensorflow_only_runs_no_child(tmp_path):
+    json_path = tmp_path / "step.json"
+    assert main(["bench", "step", "--sets", "tiny", "--inners", "adam",
+                 "--wrappers", "normalized", "--paths", "plain", "--backends", "none",
+                 "--repeats", "1", "--warmup", "0", "--bandwidth-mib", "8",
+                 "--no-progress", "--no-plot", "--json", str(json_path)]) == 0
+    with open(json_path) as f:
+        assert json.load(f)["step"]["backends"] == {}
