@@ -279,10 +279,20 @@ class _GradientNormWrapper(InnerOptimizerWrapper):
         inner = self.inner_optimizer
         keras_adapters.restore_unsaved_state(inner)
         run = executors.current()
-        vectors = _step_vectors(self, vs)
+        vectors = self._step_vectors(vs)
         if plan.updates_variables:
             return run.run_fused_update(inner, plan, gs, vs, vectors=vectors)
         return run.run_inner_step(inner, plan, gs, vs, replicas, vectors=vectors)
+
+    def _step_vectors(self, vs):
+        """{index in vs: (gradient's vector, weight's vector or None)} of the
+        matrices the spectral norm measures (none for a wrapper without
+        them, normopt.tf_keras's included)."""
+        vectors = self.__dict__.get("_spectral_vectors")
+        if not vectors:
+            return {}
+        return {i: vectors[self._var_key(v)] for i, v in enumerate(vs)
+                if self._var_key(v) in vectors}
 
     @property
     def gradient_norms(self):
@@ -447,17 +457,6 @@ class ClippedOptimizer(_GradientNormWrapper):
         config = super().get_config()
         config["clipnorm"] = self.clipnorm
         return config
-
-
-def _step_vectors(wrapper, vs):
-    """{index in vs: (gradient's vector, weight's vector or None)} of the
-    matrices the spectral norm measures (none for a wrapper without them,
-    normopt.tf_keras's included)."""
-    vectors = wrapper.__dict__.get("_spectral_vectors")
-    if not vectors:
-        return {}
-    return {i: vectors[wrapper._var_key(v)] for i, v in enumerate(vs)
-            if wrapper._var_key(v) in vectors}
 
 
 def _check_clipnorm(clipnorm):
