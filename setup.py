@@ -11,7 +11,9 @@ cannot express there:
   impossible build (no cmake, no compiler, no TensorFlow yet) never fails the
   install: the library is then built on first use (normopt/ops/library.py),
   or `normopt build` builds it, and until then the wrappers run on pure
-  TensorFlow. NORMOPT_SKIP_BUILD=1 skips the build at install time. On a
+  TensorFlow. Without TensorFlow (a JAX or PyTorch environment) there is
+  nothing to build: one line says so. NORMOPT_SKIP_BUILD=1 skips the build
+  at install time. On a
   CUDA build of TensorFlow with nvcc on the PATH the library gets the CUDA
   kernels; when that part fails the CPU library is built instead, and one
   line says why the GPU kernels are missing.
@@ -73,10 +75,17 @@ class OptionalCMakeBuild(build_ext):
         if os.environ.get("NORMOPT_SKIP_BUILD", "").strip() not in ("", "0"):
             raise RuntimeError("NORMOPT_SKIP_BUILD is set")
         nb = _build_module()
+        try:
+            tf = nb.find_tf(sys.executable)
+        except nb.NoTensorFlow:
+            # A JAX or PyTorch environment: nothing to build, nothing wrong.
+            print("normopt: no TensorFlow here, so no op library to build (it is a "
+                  "TensorFlow op); the wrappers run in keras.ops on JAX and PyTorch.",
+                  file=sys.stderr)
+            return
         missing = nb.missing_tools()
         if missing:
             raise RuntimeError(missing)
-        tf = nb.find_tf(sys.executable)
         target = os.path.abspath(self.get_ext_fullpath(ext.name))
         print(f"normopt: building the op library for TensorFlow {tf['tf_version']} "
               f"({tf['include']})", file=sys.stderr, flush=True)

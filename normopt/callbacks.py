@@ -63,6 +63,15 @@ def _require_tensorboard():
             "GradientNormMonitor(log_dir=...) writes TensorBoard scalars, which "
             "needs the tensorboard package: pip install tensorboard."
         )
+    # The writer is tf.summary's, as for keras.callbacks.TensorBoard: on JAX
+    # or PyTorch it needs TensorFlow installed (imported on first write).
+    if importlib.util.find_spec("tensorflow") is None:
+        raise ImportError(
+            "GradientNormMonitor(log_dir=...) writes TensorBoard scalars with "
+            "tf.summary, which needs TensorFlow installed (as "
+            "keras.callbacks.TensorBoard does on every backend): pip install "
+            "tensorflow-cpu. Without log_dir it needs neither."
+        )
 
 
 class GradientNormMonitor(keras.callbacks.Callback):
@@ -121,9 +130,14 @@ class GradientNormMonitor(keras.callbacks.Callback):
         return due
 
     def on_train_batch_end(self, batch, logs=None):
-        if not self._due(batch) or self._wrapper.gradient_norms is None:
+        if not self._due(batch):
             return
-        norms = self._wrapper.gradient_norms.numpy()
+        # On JAX, reading `self.model` brings the state of the latest step
+        # back to the variables (Keras keeps it apart during an epoch).
+        _ = self.model
+        if self._wrapper.gradient_norms is None:
+            return
+        norms = keras.ops.convert_to_numpy(self._wrapper.gradient_norms)
         value = global_norm(norms)
         self._epoch_values.append(value)
         if logs is not None:
@@ -142,7 +156,7 @@ class GradientNormMonitor(keras.callbacks.Callback):
     def _write_layers(self, norms):
         import tensorflow as tf
 
-        step = int(self._wrapper.iterations.numpy())
+        step = int(keras.ops.convert_to_numpy(self._wrapper.iterations))
         with self._writer.as_default(step=step):
             for layer, value in layer_norms(norms, self._wrapper.gradient_norm_names).items():
                 tf.summary.scalar(f"grad_norm/{layer}", value)

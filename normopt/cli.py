@@ -99,8 +99,8 @@ def import_tensorflow_quietly():
     """Imports TensorFlow with file descriptor 2 sent to a temporary file,
     then writes back to stderr every line but the start-up notices in
     STARTUP_NOISE, so errors and warnings of the import still show."""
-    if "tensorflow" in sys.modules:
-        return
+    if "tensorflow" in sys.modules or importlib.util.find_spec("tensorflow") is None:
+        return  # loaded already, or not installed (JAX or PyTorch only)
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as captured:

@@ -22,8 +22,12 @@ DISTRIBUTIONS = {
     "matplotlib": "matplotlib",
     "tqdm": "tqdm",
     "numba": "numba",
+    "jax": "jax[cpu]",
+    "torch": "torch",
 }
 EXTRAS = {
+    "jax": ("jax",),
+    "torch": ("torch",),
     "kernels": ("numba",),
     "demo": ("sklearn", "tqdm"),
     "bench": ("matplotlib", "tqdm"),

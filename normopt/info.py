@@ -72,21 +72,50 @@ def _gpu_kernels_used(status):
             "on a GPU)")
 
 
+def _backend_path(backend):
+    """Which path the wrappers take on Keras's backend."""
+    if backend == "tensorflow":
+        return "fused (the op library) where it can run, else tf (keras.ops)"
+    return ("keras (keras.ops; the op library is TensorFlow's, used on the "
+            "TensorFlow backend only)")
+
+
 def collect():
     """Everything `normopt info` prints, as a dict."""
+    import importlib.util
+
     import keras
-    import tensorflow as tf
 
     import normopt
+
+    backend = keras.backend.backend()
+    head = {
+        "normopt": normopt.__version__,
+        "python": platform.python_version(),
+    }
+    keras_lines = {
+        "keras": keras.version(),
+        "keras backend": backend,
+        "wrapper path": _backend_path(backend),
+    }
+    tail = {
+        "numba": package_version("numba"),
+        "cupy": package_version("cupy"),
+        "normalizations": ", ".join(normopt.normalization_names()),
+    }
+    if importlib.util.find_spec("tensorflow") is None:
+        return {**head, "tensorflow": "not installed (no op library: it is a "
+                "TensorFlow custom op)", **keras_lines, **tail}
+    import tensorflow as tf
+
     from normopt.ops import library
 
     status = library.details()
     gpus = tf.config.list_physical_devices("GPU")
     return {
-        "normopt": normopt.__version__,
-        "python": platform.python_version(),
+        **head,
         "tensorflow": tf.__version__,
-        "keras": keras.version(),
+        **keras_lines,
         "tf built with CUDA": tf.test.is_built_with_cuda(),
         "GPUs visible to TF": [g.name for g in gpus] or "none",
         "op library loaded": status["loaded"],
@@ -100,9 +129,7 @@ def collect():
         "GPU op kernels used": _gpu_kernels_used(status),
         "compiled path under": "no strategy, " + ", ".join(importlib.import_module(
             "normopt.ops.step_plan").FUSED_STRATEGIES),
-        "numba": package_version("numba"),
-        "cupy": package_version("cupy"),
-        "normalizations": ", ".join(normopt.normalization_names()),
+        **tail,
     }
 
 

@@ -194,7 +194,16 @@ class InnerOptimizerWrapper(keras.optimizers.Optimizer):
 
     @property
     def variables(self):
-        return self._variables + self.inner_optimizer.variables
+        # The wrapper's saved variables, the inner optimizer's, then state a
+        # step changes but no file holds (`_unsaved_variables`): listed so
+        # that a stateless step (JAX's stateless_apply) returns it, last so
+        # that the saved ones keep their indices.
+        return self._variables + self.inner_optimizer.variables + self._unsaved_variables()
+
+    def _unsaved_variables(self):
+        """Keras variables a step assigns that are no part of the saved
+        state (none by default)."""
+        return []
 
     @property
     def learning_rate(self):

@@ -16,21 +16,24 @@ then the inner optimizer's own update with g'. The inner optimizer owns every
 slot variable and the iteration counter (`normopt.keras_wrapper`). Each step
 runs a plan (`normopt.ops.step_plan`): the gradients scaled in keras.ops
 math (`normopt.ops.scale_math`) or by a compiled op, which may run the whole
-step (`normopt.ops.tf_backend`). Each wrapper kind says how it scales
-(`_scaling`: scale_math.Normalize, Clip or Adaptive).
+step (`normopt.ops.tf_backend`). The Keras backend's executor runs the plan
+(`normopt.ops.executors`: tf_backend on TensorFlow, `normopt.ops.keras_step`
+on JAX and PyTorch, where no TensorFlow is imported). Each wrapper kind says
+how it scales (`_scaling`: scale_math.Normalize, Clip or Adaptive).
 """
 
 import numbers
 import re
+import sys
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 from keras.src.utils import tracking
 
 from normopt import normalizations
 from normopt.keras_wrapper import InnerOptimizerWrapper, check_base_options, resolve_inner
-from normopt.ops import keras_adapters, scale_math, step_plan, tf_backend
+from normopt.ops import executors, keras_adapters, scale_math, step_plan
 
 GRANULARITIES = step_plan.GRANULARITIES
 
@@ -77,7 +80,8 @@ class _GradientNormWrapper(InnerOptimizerWrapper):
             # What is known already fails now (a kind's own arguments are
             # not set yet: the plan reads only what its `_kind` says).
             step_plan.check_construction(
-                self._settings(self._kind), inner, tf_backend.step_context(in_step=False))
+                self._settings(self._kind), inner,
+                executors.current().step_context(in_step=False))
 
     # How this kind scales: a scale_math.Normalize, Clip or Adaptive class,
     # and `_scaling()` the instance with this wrapper's current arguments.
@@ -145,7 +149,13 @@ class _GradientNormWrapper(InnerOptimizerWrapper):
         return normalizations.normalization_names()
 
     def _new_norms_variable(self, count):
-        return tf_backend.norms_variable(count)
+        return executors.current().norms_variable(count)
+
+    def _unsaved_variables(self):
+        # Off TensorFlow the recorded norms are a Keras variable a step
+        # assigns: listed in `variables` for stateless steps, never saved.
+        norms = self.__dict__.get("_gradient_norms")
+        return [norms] if isinstance(norms, keras.Variable) else []
 
     def apply(self, grads, trainable_variables=None):
         grads = list(grads)
@@ -170,16 +180,18 @@ class _GradientNormWrapper(InnerOptimizerWrapper):
             self._check_variables_are_known(trainable_variables)
         # Keras's own rules: all None raises, some None warns.
         gs, vs = self._filter_empty_gradients(grads, trainable_variables)
+        run = executors.current()
         if self.loss_scale_factor is not None:
             # Set on the wrapper (as keras.optimizers.MultiOptimizer does):
             # gradients of a loss scaled by scale_loss, unscaled before the
             # norm is measured.
-            gs = tf_backend.unscale_all(gs, vs, self.loss_scale_factor)
+            gs = run.unscale_all(gs, vs, self.loss_scale_factor)
         # Under tf.distribute the norm is that of the cross-replica sum: the
-        # gradient of the global batch, as one replica would see it.
-        replicas = tf_backend.replicas_in_sync()
+        # gradient of the global batch, as one replica would see it (under
+        # keras.distribution on JAX the gradients are that sum already).
+        replicas = run.replicas_in_sync()
         if replicas > 1:
-            gs = tf_backend.all_reduce_sum(gs)
+            gs = run.all_reduce_sum(gs)
         with keras.name_scope(self.name, caller=self):
             # Planned before any skip: `last_path` names the path of a
             # skipped step too (the one it would have taken), in eager mode
@@ -191,21 +203,22 @@ class _GradientNormWrapper(InnerOptimizerWrapper):
                 return
             # The step may not run: the norms are taken before it.
             self._record_gradient_norms(gs, vs)
-            tf_backend.step_if_finite(
-                self._finite_step, self._skip_step, gs, (gs, vs, replicas, plan), replicas)
+            run.step_if_finite(
+                self._finite_step, self._skip_step, gs, (gs, vs, replicas, plan), replicas,
+                state=self.variables + list(self._trainable_variables))
 
     def _finite_step(self, gs, vs, replicas, plan):
         self._step(gs, vs, replicas, plan)
-        return tf.constant(True)
+        return ops.convert_to_tensor(True)
 
     def _skip_step(self):
         self.skipped_steps.assign_add(1)
-        return tf.constant(False)
+        return ops.convert_to_tensor(False)
 
     def _plan(self, gs, vs):
         """The StepPlan of a step on `gs` (raises FusedPathUnavailable for
         fused=True where the compiled path cannot run)."""
-        context = tf_backend.step_context(
+        context = executors.current().step_context(
             gs, vs, [self._is_excluded(v) for v in vs], compiled=self.fused is not False)
         return step_plan.plan_step(self._settings(), self.inner_optimizer, context)
 
@@ -215,9 +228,10 @@ class _GradientNormWrapper(InnerOptimizerWrapper):
         `_record_gradient_norms`), else None."""
         inner = self.inner_optimizer
         keras_adapters.restore_unsaved_state(inner)
+        run = executors.current()
         if plan.updates_variables:
-            return tf_backend.run_fused_update(inner, plan, gs, vs)
-        return tf_backend.run_inner_step(inner, plan, gs, vs, replicas)
+            return run.run_fused_update(inner, plan, gs, vs)
+        return run.run_inner_step(inner, plan, gs, vs, replicas)
 
     @property
     def gradient_norms(self):
@@ -230,7 +244,7 @@ class _GradientNormWrapper(InnerOptimizerWrapper):
         before the optimizer is built. Not saved with the optimizer.
         """
         norms = self.__dict__.get("_gradient_norms")
-        return None if norms is None else tf.convert_to_tensor(norms)
+        return None if norms is None else executors.current().norms_value(norms)
 
     @property
     def gradient_norm_names(self):
@@ -242,7 +256,7 @@ class _GradientNormWrapper(InnerOptimizerWrapper):
     def _record_gradient_norms(self, grads, variables, measured=None):
         """Stores the L2 norms of the raw gradients `grads` of `variables`
         (`measured`: the parts the compiled op took, tf_backend.record_norms)."""
-        tf_backend.record_norms(
+        executors.current().record_norms(
             self._gradient_norms,
             [self._var_key(v) for v in self._trainable_variables],
             grads, variables, measured,
@@ -457,12 +471,19 @@ class AdaptiveClippedOptimizer(_GradientNormWrapper):
         return config
 
 
+def _is_variable(value):
+    if isinstance(value, keras.Variable):
+        return True
+    tf = sys.modules.get("tensorflow")  # a tf.Variable exists only if TF is loaded
+    return tf is not None and isinstance(value, tf.Variable)
+
+
 def _concrete_number(value, name, owner):
-    """A scalar tf.Tensor with a value now (eager) or a NumPy scalar, as a
+    """A scalar tensor with a value now (eager) or a NumPy scalar, as a
     float; any other tensor or variable is a ValueError, as every bad value
     of these arguments (a Python number is needed: the wrapper keeps the
     value, not a tensor it could read later)."""
-    if isinstance(value, (tf.Variable, keras.Variable)):
+    if _is_variable(value):
         raise ValueError(
             f"{owner}: `{name}` must be a Python number, got a variable "
             f"({value!r}); its later values would not be seen. Pass its "
@@ -470,6 +491,10 @@ def _concrete_number(value, name, owner):
         )
     if isinstance(value, np.ndarray) and value.shape == () and value.dtype.kind in "fiu":
         return float(value)
+    if keras.backend.backend() != "tensorflow":
+        return _concrete_backend_number(value, name, owner)
+    import tensorflow as tf
+
     if tf.is_tensor(value) and (value.dtype.is_floating or value.dtype.is_integer):
         if not hasattr(value, "numpy"):
             raise ValueError(
@@ -484,6 +509,31 @@ def _concrete_number(value, name, owner):
             )
         return float(value.numpy())
     return value
+
+
+def _concrete_backend_number(value, name, owner):
+    """`_concrete_number` for a JAX or PyTorch tensor: a concrete real
+    scalar as a float; a traced one (under jax.jit) or one of another shape
+    is a ValueError."""
+    if not ops.is_tensor(value):
+        return value
+    dtype = keras.backend.standardize_dtype(value.dtype)
+    if not (dtype.startswith(("float", "bfloat", "int", "uint"))):
+        return value
+    try:
+        array = ops.convert_to_numpy(value)
+    except Exception:  # a tracer has no value: any failure says so
+        raise ValueError(
+            f"{owner}: `{name}` must be a Python number, got the symbolic "
+            f"tensor {value!r} (a tensor is taken only where it has a value, "
+            "in eager mode)."
+        ) from None
+    if array.shape != ():
+        raise ValueError(
+            f"{owner}: `{name}` must be a Python number, got a tensor of "
+            f"shape {tuple(array.shape)}."
+        )
+    return float(array)
 
 
 def _check_finite(value, name, owner, low, strict):

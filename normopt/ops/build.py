@@ -92,6 +92,11 @@ class BuildError(RuntimeError):
     """A build that could not run or failed; str() says why."""
 
 
+class NoTensorFlow(BuildError):
+    """TensorFlow is not installed for the interpreter (a JAX- or
+    PyTorch-only environment): there is no op library to build."""
+
+
 # ---- sources ---------------------------------------------------------------
 
 def sources_dir():
@@ -176,7 +181,8 @@ def find_tf(python=None):
             info.update(python=python, env=env)
             return info
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-    raise BuildError(f"TensorFlow is not importable by {python} ({last})")
+    error = NoTensorFlow if "No module named 'tensorflow'" in last else BuildError
+    raise error(f"TensorFlow is not importable by {python} ({last})")
 
 
 def compatible(record, tf):

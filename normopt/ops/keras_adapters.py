@@ -33,7 +33,7 @@ does with one; checked against the installed Keras there too).
 """
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from normopt.header_tables import EVERY_ROW, INDEXED_ROWS, RULES
 
@@ -224,14 +224,14 @@ class NadamAdapter(Adapter):
             def advance(step, value):
                 return step + 1, self._advanced(inner, value, step)
 
-            _, value = tf.while_loop(
+            _, value = ops.while_loop(
                 lambda step, _: step <= iterations, advance,
-                (tf.ones([], iterations.dtype), tf.ones([], u_product.dtype)))
+                (ops.ones([], iterations.dtype), ops.ones([], u_product.dtype)))
             return value
 
         def assign():
-            lost = tf.logical_and(iterations > 0, tf.equal(u_product.value, 1.0))
-            u_product.assign(tf.cond(lost, recomputed, lambda: tf.identity(u_product.value)))
+            lost = ops.logical_and(iterations > 0, ops.equal(u_product.value, 1.0))
+            u_product.assign(ops.cond(lost, recomputed, lambda: ops.copy(u_product.value)))
 
         _outside_replicas(assign)
 
@@ -380,7 +380,13 @@ def adapter_for(inner):
 
 def _outside_replicas(fn):
     """fn(), through a merge_call when in a replica context: a mirrored
-    variable is assigned in the cross-replica context."""
+    variable is assigned in the cross-replica context (tf.distribute: on
+    TensorFlow only)."""
+    if keras.backend.backend() != "tensorflow":
+        fn()
+        return
+    import tensorflow as tf
+
     if tf.distribute.has_strategy() and not tf.distribute.in_cross_replica_context():
         tf.distribute.get_replica_context().merge_call(lambda _: fn())
     else:

@@ -5,7 +5,9 @@
 op library, XLA, tf.distribute strategy, devices; the backend module,
 `normopt.ops.tf_backend`, gathers it) and returns a `StepPlan`:
 
-1. the path (`normopt.ops.paths`) and, for `tf`, every reason, in order:
+1. the path (`normopt.ops.paths`) and, for `tf`, every reason, in order
+   (on a Keras backend other than TensorFlow, `Context.backend`, the path is
+   `keras`, the reason that backend, or fused=False; fused=True is refused):
    - fused=False;
    - the step cannot run any compiled op (`_blockers`: library, XLA,
      strategy, devices, dtypes, a gradient overwriting its variable);
@@ -79,12 +81,20 @@ class FusedPathUnavailable(RuntimeError):
     __init__ = Exception.__init__
 
 
-def refusal(reason):
+def refusal(reason, backend="tensorflow"):
     """The error fused=True raises when the compiled path cannot run."""
+    fallback = ("pure TensorFlow" if backend == "tensorflow"
+                else "the keras.ops path (`last_path` 'keras')")
     return FusedPathUnavailable(
         f"fused=True but the compiled path cannot run: {reason}. "
-        "Use fused=None to fall back to pure TensorFlow."
+        f"Use fused=None to fall back to {fallback}."
     )
+
+
+def backend_reason(backend):
+    """Why no compiled op runs on a Keras backend other than TensorFlow."""
+    return (f"the Keras backend is {backend}: the compiled op is TensorFlow's "
+            "(a TensorFlow custom op)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +142,7 @@ class Context:
     strategy: object = None        # the active strategy's public name
     strategy_fused: bool = False   # one of FUSED_STRATEGIES
     cross_replica: bool = False
-    backend: str = "tensorflow"
+    backend: str = "tensorflow"    # keras.backend.backend()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,6 +212,12 @@ def check_construction(settings, inner, context):
 
 def choose_path(settings, inner, context):
     """The StepPath (see the module docstring for the order of reasons)."""
+    if context.backend != "tensorflow":
+        # Every step there is the keras.ops path; only fused=True refuses.
+        if settings.fused:
+            raise refusal(backend_reason(context.backend), context.backend)
+        reason = "fused=False" if settings.fused is False else backend_reason(context.backend)
+        return StepPath(paths.KERAS, reason)
     if settings.fused is False:
         return StepPath(paths.TF, "fused=False")
     facts = context.gradients

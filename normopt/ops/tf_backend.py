@@ -33,7 +33,7 @@ from tensorflow.python.framework import ops as tf_ops
 from tensorflow.python.ops import control_flow_util
 
 from normopt import normalizations
-from normopt.ops import keras_adapters, paths, scale_math, step_plan
+from normopt.ops import keras_adapters, keras_step, paths, scale_math, step_plan
 
 # ------------------------------------------------------------ context
 
@@ -260,14 +260,6 @@ def _custom_norm(name, fn, grad):
     return tf.cast(tf.ensure_shape(norm, []), scale_math.accumulation_dtype(grad.dtype))
 
 
-def _group_norm(group, tensors, name):
-    """The norm of one scale group of `tensors` (gradients or weights)."""
-    members = [tensors[i] for i in group.members]
-    if group.merged:
-        return scale_math.merged_norm([values_and_count(t) for t in members], name, None)
-    return norm_of(members[0], name, per_unit=group.axes is not None)
-
-
 def _apply_scale(grad, scale, branch_large):
     """scale_math.apply_scale, keeping IndexedSlices sparse (deduplicated)."""
     if isinstance(grad, tf.IndexedSlices):
@@ -277,21 +269,35 @@ def _apply_scale(grad, scale, branch_large):
     return scale_math.apply_scale(grad, scale, branch_large)
 
 
+class TfTensors(keras_step.Tensors):
+    """The group loop's reads of TensorFlow gradients: an IndexedSlices
+    counts as the dense tensor it stands for (`norm_of`) and stays sparse
+    when scaled (`_apply_scale`)."""
+
+    def values_and_count(self, grad):
+        return values_and_count(grad)
+
+    def unit_count(self, grad):
+        return unit_count(grad)
+
+    def norm(self, grad, name, eps=None, per_unit=False):
+        return norm_of(grad, name, eps, per_unit)
+
+    def apply_scale(self, grad, scale, branch_large):
+        return _apply_scale(grad, scale, branch_large)
+
+    def weight(self, variable):
+        return tf.convert_to_tensor(variable)
+
+
+TF_TENSORS = TfTensors()
+
+
 def scale_pure(plan, grads, variables):
     """The gradients with every scale group scaled by its norm (the others
-    as they are), in keras.ops math (`scale_math`)."""
-    scaling, name = plan.scaling, plan.settings.normalization
-    out = list(grads)
-    for group in plan.groups:
-        norm = _group_norm(group, grads, name)
-        weight_norm = None
-        if scaling.reads_weights:
-            weights = {i: tf.convert_to_tensor(variables[i]) for i in group.members}
-            weight_norm = _group_norm(group, weights, name)
-        scale = scaling.scale(norm, weight_norm)
-        for i in group.members:
-            out[i] = _apply_scale(grads[i], scale, branch_large=not plan.xla)
-    return out
+    as they are), in keras.ops math: keras_step.scale_groups, the one group
+    loop, over TensorFlow gradients (`TfTensors`)."""
+    return keras_step.scale_groups(plan, grads, variables, TF_TENSORS)
 
 
 def scale_gradient(grad, normalization, mode, clipnorm=1.0, eps=None):
@@ -328,11 +334,14 @@ def _replica_share(grad, replicas, first):
     return _unscale(grad, replicas)
 
 
-def step_if_finite(step, skip, grads, args, replicas):
+def step_if_finite(step, skip, grads, args, replicas, state=()):
     """step(*args) where every gradient is finite, else skip() (both return
     a boolean tensor); under a strategy through a merge_call (a cond whose
     branch calls merge_call, as the inner apply does, must run in
-    cross-replica context), which hands each replica its own `args`."""
+    cross-replica context), which hands each replica its own `args`.
+    `state` (the variables a step may assign) is for the stateless
+    backends' executor (keras_step.step_if_finite): tf.cond needs none."""
+    del state
     if replicas == 1:
         tf.cond(all_finite(grads), lambda: step(*args), skip)
         return
@@ -554,6 +563,11 @@ def norms_variable(count):
         synchronization=tf.VariableSynchronization.ON_READ,
         aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
     )
+
+
+def norms_value(target):
+    """The recorded norms as a tensor."""
+    return tf.convert_to_tensor(target)
 
 
 def record_norms(target, keys, grads, variables, measured, factor, key_of):

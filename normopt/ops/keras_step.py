@@ -1,0 +1,309 @@
+"""A wrapper step on any Keras backend, in keras.ops: the executor of a
+`StepPlan` off TensorFlow (JAX, PyTorch), and the group loop every executor
+shares.
+
+- `Tensors`: how an executor reads gradients: a gradient's explicit values
+  and element count, its norm (built-in or custom), the per-tensor norms of
+  many gradients at once (`tensor_norms`: the one call per step for every
+  per-tensor group, and for the recorded L2 norms; a backend may override
+  it with a multi-tensor kernel, with the same numbers), a scale applied.
+  `normopt.ops.tf_backend` subclasses it for tf.IndexedSlices.
+- `scale_groups(plan, grads, variables, tensors)`: every scale group of a
+  plan measured and its gradients scaled (`scale_math`): the group loop.
+- The executor, under tf_backend's names and arguments: `step_context`,
+  `unscale_all`, `replicas_in_sync`, `all_finite`, `step_if_finite`,
+  `run_inner_step`, `norms_variable`, `record_norms`, `norms_value`.
+
+Stateless steps (JAX): every value a step changes is a Keras variable the
+step assigns: the model's, the inner optimizer's (slots, iterations), the
+wrapper's `skipped_steps` and its recorded gradient norms, all in
+`wrapper.variables`, so `optimizer.stateless_apply` under `jax.jit` returns
+them. A step skipped for non-finite gradients is a functional cond: each
+branch runs in its own StatelessScope and returns the new values of that
+state, which are then assigned (`step_if_finite`); no Python value decides.
+
+Nothing here imports TensorFlow.
+"""
+
+import numbers
+
+import keras
+import numpy as np
+from keras import ops
+
+from normopt import normalizations
+from normopt.ops import scale_math, step_plan
+
+# ------------------------------------------------------------ tensors
+
+
+class Tensors:
+    """How the group loop reads dense gradients (keras.ops, any backend)."""
+
+    def values_and_count(self, grad):
+        """(explicit values, dense element count or None) of a gradient."""
+        return grad, None
+
+    def unit_count(self, grad):
+        """The size of the last axis for granularity "unit", or None (one
+        unit) for a tensor of at most one axis."""
+        shape = tuple(grad.shape)
+        return int(shape[-1]) if len(shape) >= 2 else None
+
+    def norm(self, grad, name, eps=None, per_unit=False):
+        """norm(grad) by name (built-in or registered), in the accumulation
+        dtype; with `per_unit` one built-in norm per index of the last axis."""
+        fn = normalizations.custom_function(name)
+        if fn is not None:
+            return self.custom_norm(name, fn, grad)
+        units = self.unit_count(grad) if per_unit else None
+        values, total = self.values_and_count(grad)
+        return scale_math.builtin_norm(values, name, eps, total, units)
+
+    def tensor_norms(self, grads, name, eps=None):
+        """[norm(g) for g in grads], one norm per whole tensor.
+
+        The hook for "the norms of many tensors at once": a backend with a
+        multi-tensor norm kernel overrides it (same numbers, accumulation
+        and overflow rescue included) and falls back here for the rest.
+        """
+        return [self.norm(g, name, eps) for g in grads]
+
+    def custom_norm(self, name, fn, grad):
+        """fn(grad) as a scalar of the accumulation dtype. A function that
+        fails on this backend's tensors, or returns another framework's
+        tensor (tf.* on JAX), is a TypeError naming the normalization."""
+        backend = keras.backend.backend()
+        try:
+            norm = fn(grad)
+        except (TypeError, ValueError, AttributeError, NotImplementedError) as exc:
+            raise TypeError(
+                f"The custom normalization {name!r} failed on a {backend} "
+                f"gradient ({type(exc).__name__}: {exc}). {_KERAS_OPS_HINT}"
+            ) from exc
+        if not (ops.is_tensor(norm) or isinstance(norm, (numbers.Real, np.ndarray, np.generic))):
+            raise TypeError(
+                f"The custom normalization {name!r} returned a "
+                f"{type(norm).__module__}.{type(norm).__name__}, not a {backend} "
+                f"tensor. {_KERAS_OPS_HINT}"
+            )
+        norm = ops.convert_to_tensor(norm)
+        if len(norm.shape) != 0:
+            raise ValueError(
+                f"The normalization {name!r} returned a tensor of shape "
+                f"{tuple(norm.shape)} for a gradient of shape {tuple(grad.shape)}; "
+                "a norm must be a scalar (one number per gradient tensor, e.g. "
+                "keras.ops.sum(...))."
+            )
+        return ops.cast(norm, scale_math.accumulation_dtype(grad.dtype))
+
+    def apply_scale(self, grad, scale, branch_large):
+        return scale_math.apply_scale(grad, scale, branch_large)
+
+    def weight(self, variable):
+        """A variable's current value (adaptive clipping's norm(w))."""
+        return ops.convert_to_tensor(variable)
+
+
+_KERAS_OPS_HINT = (
+    "Off TensorFlow a custom normalization must be written with keras.ops "
+    "(e.g. lambda g: keras.ops.sqrt(keras.ops.sum(keras.ops.square(g))) + "
+    "keras.config.epsilon()), which runs on every backend, not with tf.* "
+    "or another framework's functions."
+)
+
+DENSE = Tensors()
+
+
+def backend_tensors(backend=None):
+    """The Tensors this executor uses on `backend` (default: Keras's): the
+    place to plug in a backend's multi-tensor norms (`tensor_norms`)."""
+    del backend
+    return DENSE
+
+
+def scale_groups(plan, grads, variables, tensors=DENSE):
+    """The gradients with every scale group of `plan` scaled by its norm
+    (the others as they are), in keras.ops math (`scale_math`).
+
+    Per group: norm = norm(g) (per tensor, per unit, or merged over the
+    group), for adaptive clipping also norm(w) of the variables, then
+    g' = (g * pre) * mult with (pre, mult) = plan.scaling.scale(norm, ...).
+    """
+    scaling, name = plan.scaling, plan.settings.normalization
+    norms = _group_norms(plan.groups, grads, name, tensors)
+    weight_norms = [None] * len(plan.groups)
+    if scaling.reads_weights:
+        weights = {i: tensors.weight(variables[i]) for g in plan.groups for i in g.members}
+        weight_norms = _group_norms(plan.groups, weights, name, tensors)
+    out = list(grads)
+    for group, norm, weight_norm in zip(plan.groups, norms, weight_norms):
+        scale = scaling.scale(norm, weight_norm)
+        for i in group.members:
+            out[i] = tensors.apply_scale(grads[i], scale, branch_large=not plan.xla)
+    return out
+
+
+def _group_norms(groups, values, name, tensors):
+    """The norm of each group of `values` (gradients or weights, by index):
+    the whole-tensor groups in one `tensor_norms` call."""
+    whole = [k for k, g in enumerate(groups) if not g.merged and g.axes is None]
+    norms = [None] * len(groups)
+    measured = tensors.tensor_norms([values[groups[k].members[0]] for k in whole], name)
+    for k, norm in zip(whole, measured):
+        norms[k] = norm
+    for k, group in enumerate(groups):
+        if group.merged:
+            parts = [tensors.values_and_count(values[i]) for i in group.members]
+            norms[k] = scale_math.merged_norm(parts, name, None)
+        elif group.axes is not None:
+            norms[k] = tensors.norm(values[group.members[0]], name, per_unit=True)
+    return norms
+
+
+# ------------------------------------------------------------ context
+
+
+def gradient_facts(grad, variable, excluded):
+    """The step_plan.Gradient of one dense pair (static shapes)."""
+    shape = tuple(grad.shape)
+    return step_plan.Gradient(
+        name=variable.name,
+        dtype=keras.backend.standardize_dtype(grad.dtype),
+        variable_dtype=keras.backend.standardize_dtype(variable.dtype),
+        empty=any(d == 0 for d in shape),
+        overwrite=bool(getattr(variable, "overwrite_with_gradient", False)),
+        excluded=excluded,
+        rank=len(shape),
+    )
+
+
+def step_context(grads=(), variables=(), excluded=(), in_step=True, compiled=True):
+    """The step_plan.Context of a step on this Keras backend: no op library
+    (it is TensorFlow's); on JAX every step is compiled by XLA or runs op
+    by op, so large tensors take both products of a scale without a cond."""
+    del compiled  # nothing to load: the backend alone decides
+    backend = keras.backend.backend()
+    return step_plan.Context(
+        gradients=tuple(gradient_facts(g, v, x) for g, v, x in zip(grads, variables, excluded)),
+        library_loaded=False,
+        library_reason=step_plan.backend_reason(backend),
+        in_step=in_step,
+        xla=in_step and backend == "jax",
+        backend=backend,
+    )
+
+
+# ---------------------------------------------------------- gradients
+
+
+def unscale_all(grads, variables, factor):
+    """Gradients of a loss scaled by `factor`, unscaled (a gradient that
+    overwrites its variable is no gradient of the loss: it passes)."""
+    return [
+        g if getattr(v, "overwrite_with_gradient", False) else g / ops.cast(factor, g.dtype)
+        for g, v in zip(grads, variables)
+    ]
+
+
+def replicas_in_sync():
+    """1: under keras.distribution (JAX) a step's gradients are already
+    those of the global batch (the sum XLA inserts), and no replica calls
+    apply() on its own."""
+    return 1
+
+
+def all_finite(grads):
+    """One boolean tensor: every element of every gradient is finite."""
+    return ops.all(ops.stack([ops.all(ops.isfinite(g)) for g in grads]))
+
+
+def step_if_finite(step, skip, grads, args, replicas=1, state=()):
+    """step(*args) where every gradient is finite, else skip().
+
+    JAX: a functional cond. Each branch runs in a StatelessScope mapping
+    `state` (every variable either may assign) to its current values and
+    returns their new values; the chosen values are assigned after, so the
+    step also runs inside `stateless_apply` under `jax.jit`. Elsewhere
+    (PyTorch: a Python branch on the value) the branches assign directly.
+    """
+    del replicas
+    finite = all_finite(grads)
+    if keras.backend.backend() != "jax":
+        ops.cond(finite, lambda: step(*args), skip)
+        return
+    state = list(state)
+    current = [v.value for v in state]
+
+    def run(fn, *fn_args):
+        with keras.StatelessScope(state_mapping=list(zip(state, current))) as scope:
+            fn(*fn_args)
+        return [scope.get_current_value(v) for v in state]
+
+    new = ops.cond(finite, lambda: run(step, *args), lambda: run(skip))
+    for variable, value in zip(state, new):
+        variable.assign(value)
+
+
+# ---------------------------------------------------------- executor
+
+
+def run_inner_step(inner, plan, grads, variables, replicas=1, tensors=None):
+    """The gradients scaled by `scale_groups`, then the inner optimizer's
+    own update. Returns None (no compiled op measured any norm)."""
+    del replicas
+    factor = inner.loss_scale_factor
+    if factor is not None:
+        # The inner optimizer unscales after us: measure the norm of the
+        # true gradient, then hand back a scaled result.
+        grads = [g / ops.cast(factor, g.dtype) for g in grads]
+    out = scale_groups(plan, grads, variables, tensors or backend_tensors())
+    if factor is not None:
+        out = [g * ops.cast(factor, g.dtype) for g in out]
+    inner.apply(out, variables)
+    return None
+
+
+# -------------------------------------------------------- recorded norms
+
+
+def norms_variable(count):
+    """The float32 vector of recorded gradient norms: a Keras variable (the
+    wrapper lists it in `variables`, so a stateless step returns it, and
+    saves it nowhere)."""
+    return keras.Variable(
+        initializer="zeros",
+        shape=(count,),
+        dtype="float32",
+        trainable=False,
+        name="gradient_norms",
+        aggregation="only_first_replica",
+    )
+
+
+def record_norms(target, keys, grads, variables, measured, factor, key_of, tensors=None):
+    """Assigns `target` the L2 norms of the raw gradients `grads` of
+    `variables` in the order of `keys` (0 for a key with no gradient;
+    `key_of(variable)` is a variable's key), divided by `factor` (the inner
+    optimizer's loss scale factor) unless None. `measured` is unused here
+    (no compiled op measures norms off TensorFlow)."""
+    del measured
+    if not keys:
+        return
+    norms = (tensors or backend_tensors()).tensor_norms(list(grads), "l2", eps=0.0)
+    by_key = {key_of(v): n for v, n in zip(variables, norms)}
+    values = []
+    for key in keys:
+        norm = by_key.get(key)
+        if norm is None:
+            values.append(ops.zeros([], "float32"))
+            continue
+        if factor is not None:
+            norm = norm / ops.cast(factor, norm.dtype)
+        values.append(ops.cast(norm, "float32"))
+    target.assign(ops.stack(values))
+
+
+def norms_value(target):
+    """The recorded norms as a backend tensor."""
+    return ops.convert_to_tensor(target)

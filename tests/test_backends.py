@@ -1,0 +1,444 @@
+"""The wrappers on Keras's JAX backend: what is specific to it.
+
+    no TensorFlow   `import normopt` and a step on JAX leave TensorFlow
+                    unimported (a fresh process)
+    paths           fused=None takes the keras.ops path, `last_path`
+                    'keras' naming the backend; fused=True is refused at
+                    construction, naming it
+    model.fit       compiled and eager: the plain inner optimizer on NumPy-
+                    normalized gradients (JAX autodiff), step by step
+    stateless       `stateless_apply` under `jax.jit`, each wrapper kind and
+                    granularity, exclusions, against NumPy; the recorded
+                    norms are an optimizer variable it returns; a non-finite
+                    step is counted and changes nothing else
+    DataParallel    two CPU devices (a fresh process): the norm is that of
+                    the all-reduced gradient, as on one device
+    custom norms    one in keras.ops runs (compiled); one in tf.* is a
+                    TypeError naming it and keras.ops
+
+Run: KERAS_BACKEND=jax python -m pytest tests/test_backends.py (skipped on
+TensorFlow, where the rest of the suite covers the same wrappers).
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import keras
+
+if keras.backend.backend() != "jax":
+    pytest.skip("JAX backend tests: run with KERAS_BACKEND=jax", allow_module_level=True)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+import helpers  # noqa: E402
+import reference as R  # noqa: E402
+from normopt import (  # noqa: E402
+    AdaptiveClippedOptimizer,
+    ClippedOptimizer,
+    FusedPathUnavailable,
+    NormalizedOptimizer,
+)
+from normopt.ops import paths  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EPS = 1e-7
+LR = 0.01
+SHAPES = [(3, 4), (5,), (2, 3, 2)]
+
+
+def _run_python(script, extra_env=None, timeout=300):
+    """(JSON of the last stdout line, stderr) of `script` in a fresh Python
+    on the JAX backend."""
+    env = dict(os.environ, KERAS_BACKEND="jax", **(extra_env or {}))
+    return helpers.run_json_script(sys.executable, script, env, ROOT, timeout)
+
+
+# ------------------------------------------------------ NumPy references
+
+
+def _units(x):
+    """x as (rows, units): one column per index of the last axis (a tensor
+    of at most one axis is one unit)."""
+    x = np.asarray(x, np.float64)
+    return x.reshape(-1, x.shape[-1]) if x.ndim >= 2 else x.reshape(-1, 1)
+
+
+def _norms(tensors, name, granularity):
+    """Per tensor, the norm broadcastable against it: a scalar ("tensor",
+    "global": one over all `tensors` together) or one per unit."""
+    if granularity == "global":
+        n = R.norm(np.concatenate([np.ravel(t) for t in tensors]), name, EPS)
+        return [n] * len(tensors)
+    if granularity == "unit":
+        out = []
+        for t in tensors:
+            cols = _units(t)
+            n = np.array([R.norm(cols[:, j], name, EPS) for j in range(cols.shape[1])])
+            out.append(n if np.ndim(t) >= 2 else n[0])
+        return out
+    return [R.norm(t, name, EPS) for t in tensors]
+
+
+def _scaled(grads, weights, kind, name, granularity, excluded=()):
+    """The gradients a wrapper hands its inner optimizer, in float64."""
+    keep = [i for i in range(len(grads)) if i not in excluded]
+    gs = [np.asarray(grads[i], np.float64) for i in keep]
+    norms = _norms(gs, name, granularity)
+    if kind == "adaptive":
+        wns = _norms([np.asarray(weights[i], np.float64) for i in keep], name, granularity)
+    out = [np.asarray(g, np.float64) for g in grads]
+    for k, (i, g, n) in enumerate(zip(keep, gs, norms)):
+        if kind == "normalize":
+            out[i] = g / n
+        elif kind == "clip":
+            out[i] = np.where(n >= 0.5, g * 0.5 / n, g)
+        else:  # adaptive, clip_factor 0.1, eps 1e-3
+            t = 0.1 * np.maximum(wns[k], 1e-3)
+            out[i] = np.where(n > t, g * t / n, g)
+    return out
+
+
+def _wrapper(kind, inner, **kwargs):
+    if kind == "normalize":
+        return NormalizedOptimizer(inner, **kwargs)
+    if kind == "clip":
+        return ClippedOptimizer(inner, clipnorm=0.5, **kwargs)
+    return AdaptiveClippedOptimizer(inner, clip_factor=0.1, eps=1e-3, **kwargs)
+
+
+def _variables(seed=0):
+    rng = np.random.default_rng(seed)
+    return [keras.Variable(rng.normal(size=s).astype("float32"), name=f"w{i}")
+            for i, s in enumerate(SHAPES)]
+
+
+def _grad_steps(steps, seed=1):
+    rng = np.random.default_rng(seed)
+    return [[rng.normal(size=s).astype("float32") for s in SHAPES] for _ in range(steps)]
+
+
+def _index(optimizer, name):
+    """The index in `optimizer.variables` of the wrapper's variable `name`,
+    or of the inner optimizer's iteration counter ("iterations")."""
+    if name == "iterations":
+        return [id(v) for v in optimizer.variables].index(id(optimizer.iterations))
+    return [v.name for v in optimizer.variables].index(name)
+
+
+# ---------------------------------------------------------- no TensorFlow
+
+
+def test_import_and_a_step_leave_tensorflow_unimported():
+    result, _ = _run_python(
+        "import json, sys\n"
+        "import keras, numpy as np\n"
+        "import normopt\n"
+        "from normopt import callbacks, NormalizedOptimizer\n"
+        "w = keras.Variable(np.ones((3, 2), 'float32'))\n"
+        "opt = NormalizedOptimizer(keras.optimizers.Adam(), granularity='unit')\n"
+        "opt.apply([np.full((3, 2), 2.0, 'float32')], [w])\n"
+        "print(json.dumps({'tf': sorted(m for m in sys.modules\n"
+        "                               if m.split('.')[0] == 'tensorflow'),\n"
+        "                  'path': opt.last_path.name}))\n")
+    assert result == {"tf": [], "path": "keras"}
+
+
+# ------------------------------------------------------------------ paths
+
+
+def test_fused_none_takes_the_keras_path_and_says_why():
+    opt = NormalizedOptimizer(keras.optimizers.SGD(LR))
+    variables = _variables()
+    opt.apply([np.ones(s, "float32") for s in SHAPES], variables)
+    assert opt.last_path.name == paths.KERAS == paths.pure()
+    assert "the Keras backend is jax" in opt.last_path.reason
+    assert "TensorFlow" in opt.last_path.reason
+
+
+def test_fused_false_takes_the_keras_path():
+    opt = NormalizedOptimizer(keras.optimizers.SGD(LR), fused=False)
+    opt.apply([np.ones(s, "float32") for s in SHAPES], _variables())
+    assert opt.last_path == paths.StepPath(paths.KERAS, "fused=False")
+
+
+@pytest.mark.parametrize("cls", [NormalizedOptimizer, ClippedOptimizer, AdaptiveClippedOptimizer])
+def test_fused_true_is_refused_at_construction_naming_the_backend(cls):
+    with pytest.raises(FusedPathUnavailable, match="Keras backend is jax.*fused=None"):
+        cls(keras.optimizers.Adam(), fused=True)
+
+
+# --------------------------------------------------------------- model.fit
+
+
+def _model(seed=3):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([
+        keras.Input((4,)),
+        keras.layers.Dense(5, activation="tanh"),
+        keras.layers.Dense(2),
+    ])
+
+
+def _data(n=32, seed=4):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, 4)).astype("float32"), rng.normal(size=(n, 2)).astype("float32")
+
+
+def _reference_fit(model, x, y, batch, scale):
+    """Adam (NumPy) on `scale`d JAX gradients of the batch MSE, batch by
+    batch, from the model's current weights (left unchanged)."""
+    weights = [np.asarray(v, np.float64) for v in model.trainable_variables]
+    adam = helpers.reference_inner("adam", LR)
+
+    def loss(ws, xb, yb):
+        pred, _ = model.stateless_call(ws, [], xb)
+        return jnp.mean(jnp.square(pred - yb))
+
+    grad = jax.jit(jax.grad(loss))
+    for start in range(0, len(x), batch):
+        gs = grad([jnp.asarray(w, jnp.float32) for w in weights],
+                  x[start:start + batch], y[start:start + batch])
+        gs = scale([np.asarray(g, np.float64) for g in gs], weights)
+        weights = [adam.step(i, w, g) for i, (w, g) in enumerate(zip(weights, gs))]
+    return weights
+
+
+@pytest.mark.parametrize("mode", ["compiled", "eager"])
+def test_model_fit_matches_plain_adam_on_normalized_gradients(mode):
+    x, y = _data()
+    model = _model()
+    expected = _reference_fit(model, x, y, 16, lambda gs, ws: _scaled(gs, ws, "normalize", "l2",
+                                                                      "tensor"))
+    opt = NormalizedOptimizer(helpers.keras_inner("adam", LR))
+    model.compile(optimizer=opt, loss="mse", run_eagerly=mode == "eager")
+    model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    assert int(opt.iterations) == 2
+    assert opt.last_path.name == paths.KERAS
+    for got, want in zip(model.trainable_variables, expected):
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-5)
+
+
+def test_model_fit_under_adaptive_clipping_per_unit():
+    x, y = _data()
+    model = _model()
+    expected = _reference_fit(model, x, y, 16, lambda gs, ws: _scaled(gs, ws, "adaptive", "l2",
+                                                                      "unit"))
+    opt = AdaptiveClippedOptimizer(helpers.keras_inner("adam", LR), clip_factor=0.1, eps=1e-3)
+    model.compile(optimizer=opt, loss="mse")
+    model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    for got, want in zip(model.trainable_variables, expected):
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-5)
+
+
+# --------------------------------------------------------------- stateless
+
+
+STATELESS_CASES = [
+    ("normalize", "tensor", "l2", ()),
+    ("normalize", "unit", "avg_l1", ()),
+    ("normalize", "global", "std", (1,)),
+    ("clip", "tensor", "max", ()),
+    ("clip", "global", "l1_l2", ()),
+    ("adaptive", "unit", "l2", (1,)),
+    ("adaptive", "tensor", "min_max", ()),
+]
+
+
+@pytest.mark.parametrize("kind, granularity, name, excluded", STATELESS_CASES,
+                         ids=["-".join(map(str, c[:3])) + ("-excl" if c[3] else "")
+                              for c in STATELESS_CASES])
+def test_stateless_apply_under_jit_matches_numpy(kind, granularity, name, excluded):
+    variables = _variables()
+    opt = _wrapper(kind, helpers.keras_inner("momentum", LR), normalization=name,
+                   granularity=granularity)
+    opt.exclude_from_normalization(var_list=[variables[i] for i in excluded])
+    opt.build(variables)
+    step = jax.jit(opt.stateless_apply)
+    opt_values = [v.value for v in opt.variables]
+    values = [v.value for v in variables]
+    sgd = helpers.reference_inner("momentum", LR)
+    expected = [np.asarray(v, np.float64) for v in variables]
+    for grads in _grad_steps(3):
+        values, opt_values = step(opt_values, [jnp.asarray(g) for g in grads], values)
+        scaled = _scaled(grads, expected, kind, name, granularity, excluded)
+        expected = [sgd.step(i, w, g) for i, (w, g) in enumerate(zip(expected, scaled))]
+        recorded = np.asarray(opt_values[_index(opt, "gradient_norms")])
+        np.testing.assert_allclose(recorded, [R.norm(g, "l2", 0.0) for g in grads], rtol=1e-5)
+    for got, want in zip(values, expected):
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
+    assert int(opt_values[_index(opt, "iterations")]) == 3
+    # stateless: the variables themselves are untouched
+    np.testing.assert_array_equal(np.asarray(variables[0]), np.asarray(_variables()[0]))
+
+
+@pytest.mark.parametrize("mode", ["stateless_jit", "apply_eager"])
+def test_skip_nonfinite_counts_and_leaves_the_state(mode):
+    variables = _variables()
+    opt = NormalizedOptimizer(helpers.keras_inner("adam", LR), skip_nonfinite=True)
+    opt.build(variables)
+    grads = _grad_steps(3)
+    grads[1][2][0, 1, 0] = np.nan
+    adam = helpers.reference_inner("adam", LR)
+    expected = [np.asarray(v, np.float64) for v in variables]
+    for k in (0, 2):
+        scaled = _scaled(grads[k], expected, "normalize", "l2", "tensor")
+        expected = [adam.step(i, w, g) for i, (w, g) in enumerate(zip(expected, scaled))]
+
+    if mode == "stateless_jit":
+        step = jax.jit(opt.stateless_apply)
+        opt_values = [v.value for v in opt.variables]
+        values = [v.value for v in variables]
+        states = []
+        for gs in grads:
+            values, opt_values = step(opt_values, [jnp.asarray(g) for g in gs], values)
+            states.append(([np.asarray(v) for v in values], [np.asarray(v) for v in opt_values]))
+        final = values
+    else:
+        states = []
+        for gs in grads:
+            opt.apply([jnp.asarray(g) for g in gs], variables)
+            states.append(([np.asarray(v) for v in variables],
+                           [np.asarray(v) for v in opt.variables]))
+        final = variables
+    skipped, norms = _index(opt, "skipped_steps"), _index(opt, "gradient_norms")
+    (w1, o1), (w2, o2) = states[0], states[1]
+    for a, b in zip(w1, w2):
+        np.testing.assert_array_equal(a, b)  # the model's variables
+    for i, (a, b) in enumerate(zip(o1, o2)):
+        if i not in (skipped, norms):
+            np.testing.assert_array_equal(a, b)  # slots and iterations
+    assert int(o1[skipped]) == 0 and int(o2[skipped]) == 1
+    assert int(states[2][1][skipped]) == 1
+    assert int(states[2][1][_index(opt, "iterations")]) == 2
+    # the norms of the skipped step were recorded: NaN where the NaN was
+    assert np.isnan(o2[norms][2]) and np.isfinite(o2[norms][:2]).all()
+    for got, want in zip(final, expected):
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
+
+
+def test_gradient_norms_after_fit_and_unsaved():
+    x, y = _data(16)
+    model = _model()
+    opt = NormalizedOptimizer(keras.optimizers.SGD(LR))
+    model.compile(optimizer=opt, loss="mse")
+
+    def loss(ws):
+        pred, _ = model.stateless_call(ws, [], x)
+        return jnp.mean(jnp.square(pred - y))
+
+    grads = jax.grad(loss)([v.value for v in model.trainable_variables])
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(opt.gradient_norms),
+                               [R.norm(np.asarray(g), "l2", 0.0) for g in grads], rtol=1e-5)
+    assert opt.gradient_norm_names == [v.path for v in model.trainable_variables]
+    # listed for stateless steps, saved nowhere: the wrapper saves
+    # skipped_steps only, as on TensorFlow
+    assert opt.variables[-1].name == "gradient_norms"
+    store = {}
+    opt.save_own_variables(store)
+    assert len(store) == len(opt.variables) - len(opt.inner_optimizer.variables) - 1
+    assert all(np.shape(value) == () for value in store.values())
+
+
+# ------------------------------------------------------------ DataParallel
+
+
+DATA_PARALLEL = r"""
+import json
+import jax, keras, numpy as np
+from normopt import ClippedOptimizer
+
+assert len(jax.devices()) == 2, jax.devices()
+rng = np.random.default_rng(0)
+x = rng.normal(size=(16, 4)).astype("float32")
+y = rng.normal(size=(16, 2)).astype("float32")
+init = [rng.normal(size=(4, 3)).astype("float32"), np.zeros(3, "float32"),
+        rng.normal(size=(3, 2)).astype("float32"), np.zeros(2, "float32")]
+
+def run(devices):
+    keras.distribution.set_distribution(
+        keras.distribution.DataParallel(devices=jax.devices()[:devices]))
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="tanh"),
+                              keras.layers.Dense(2)])
+    model.set_weights(init)
+    opt = ClippedOptimizer(keras.optimizers.SGD(0.1, momentum=0.9), clipnorm=0.05)
+    model.compile(optimizer=opt, loss="mse")
+    history = []
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            self.model  # on JAX: the step's state back in the variables
+            history.append(np.asarray(opt.gradient_norms).tolist())
+
+    # three steps, one global batch of 16 each
+    model.fit(np.tile(x, (3, 1)), np.tile(y, (3, 1)), batch_size=16, epochs=1,
+              shuffle=False, verbose=0, callbacks=[Record()])
+    sharding = model.trainable_variables[0].value.sharding
+    return dict(weights=[w.tolist() for w in model.get_weights()], norms=history,
+                devices=len(sharding.device_set))
+
+one, two = run(1), run(2)
+# what one device would measure on half the batch (the norm a per-replica
+# gradient would give)
+model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="tanh"),
+                          keras.layers.Dense(2)])
+model.set_weights(init)
+def loss(ws):
+    pred, _ = model.stateless_call(ws, [], x[:8])
+    return jax.numpy.mean(jax.numpy.square(pred - y[:8]))
+half = [float(np.sqrt(np.sum(np.square(g))))
+        for g in jax.grad(loss)([v.value for v in model.trainable_variables])]
+print(json.dumps(dict(one=one, two=two, half=half)))
+"""
+
+
+def test_data_parallel_norm_is_that_of_the_global_batch():
+    result, _ = _run_python(
+        DATA_PARALLEL, {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+    one, two = result["one"], result["two"]
+    assert (one["devices"], two["devices"]) == (1, 2)
+    np.testing.assert_allclose(two["norms"], one["norms"], rtol=1e-5)
+    for a, b in zip(two["weights"], one["weights"]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # per-replica norms would differ: the first step's half-batch gradient
+    assert not np.allclose(result["half"], one["norms"][0], rtol=1e-2)
+
+
+# ------------------------------------------------------------ custom norms
+
+
+def test_custom_keras_ops_norm_runs_compiled(custom_norm):
+    ops = keras.ops
+    custom_norm("sum_sq_root", lambda g: ops.sqrt(ops.sum(ops.square(g))) + 1e-7)
+    x, y = _data(16)
+    model = _model()
+    expected = _reference_fit(model, x, y, 16,
+                              lambda gs, ws: [g / (np.sqrt(np.sum(g * g)) + 1e-7) for g in gs])
+    opt = NormalizedOptimizer(helpers.keras_inner("adam", LR), normalization="sum_sq_root")
+    model.compile(optimizer=opt, loss="mse")
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    assert opt.last_path.name == paths.KERAS
+    for got, want in zip(model.trainable_variables, expected):
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("jit", [True, False], ids=["jit", "eager"])
+def test_custom_tf_norm_is_a_clear_error(custom_norm, jit):
+    tf = pytest.importorskip("tensorflow")
+    custom_norm("tf_l2", lambda g: tf.norm(g) + 1e-7)
+    variables = _variables()
+    opt = NormalizedOptimizer(keras.optimizers.SGD(LR), normalization="tf_l2")
+    opt.build(variables)
+    grads = [jnp.ones(s) for s in SHAPES]
+    with pytest.raises(TypeError, match="'tf_l2'.*keras.ops"):
+        if jit:
+            jax.jit(opt.stateless_apply)([v.value for v in opt.variables], grads,
+                                         [v.value for v in variables])
+        else:
+            opt.apply(grads, variables)
