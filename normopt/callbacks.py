@@ -58,11 +58,6 @@ def layer_norms(norms, names):
 def _require_tensorboard():
     import importlib.util
 
-    if importlib.util.find_spec("tensorboard") is None:
-        raise ImportError(
-            "GradientNormMonitor(log_dir=...) writes TensorBoard scalars, which "
-            "needs the tensorboard package: pip install tensorboard."
-        )
     # The writer is tf.summary's, as for keras.callbacks.TensorBoard: on JAX
     # or PyTorch it needs TensorFlow installed (imported on first write).
     if importlib.util.find_spec("tensorflow") is None:
@@ -71,6 +66,11 @@ def _require_tensorboard():
             "tf.summary, which needs TensorFlow installed (as "
             "keras.callbacks.TensorBoard does on every backend): pip install "
             "tensorflow-cpu. Without log_dir it needs neither."
+        )
+    if importlib.util.find_spec("tensorboard") is None:
+        raise ImportError(
+            "GradientNormMonitor(log_dir=...) writes TensorBoard scalars, which "
+            "needs the tensorboard package: pip install tensorboard."
         )
 
 

@@ -1,23 +1,25 @@
-"""The wrappers on Keras's JAX backend: what is specific to it.
+"""The wrappers on Keras's JAX and PyTorch backends: what is specific to them.
 
     no TensorFlow   `import normopt` and a step on JAX leave TensorFlow
                     unimported (a fresh process)
     paths           fused=None takes the keras.ops path, `last_path`
                     'keras' naming the backend; fused=True is refused at
                     construction, naming it
-    model.fit       compiled and eager: the plain inner optimizer on NumPy-
-                    normalized gradients (JAX autodiff), step by step
-    stateless       `stateless_apply` under `jax.jit`, each wrapper kind and
-                    granularity, exclusions, against NumPy; the recorded
-                    norms are an optimizer variable it returns; a non-finite
-                    step is counted and changes nothing else
-    DataParallel    two CPU devices (a fresh process): the norm is that of
-                    the all-reduced gradient, as on one device
-    custom norms    one in keras.ops runs (compiled); one in tf.* is a
-                    TypeError naming it and keras.ops
+    model.fit       compiled (JAX) and eager: the plain inner optimizer on
+                    NumPy-normalized gradients (the backend's autodiff),
+                    step by step
+    stateless       `stateless_apply` (under `jax.jit` on JAX), each wrapper
+                    kind and granularity, exclusions, against NumPy; the
+                    recorded norms are an optimizer variable it returns; a
+                    non-finite step is counted and changes nothing else
+    DataParallel    JAX, two CPU devices (a fresh process): the norm is that
+                    of the all-reduced gradient, as on one device
+    custom norms    one in keras.ops runs; one in tf.* is a TypeError
+                    naming it and keras.ops
+    monitor         GradientNormMonitor logs the global norm during fit
 
-Run: KERAS_BACKEND=jax python -m pytest tests/test_backends.py (skipped on
-TensorFlow, where the rest of the suite covers the same wrappers).
+Run: KERAS_BACKEND=jax python -m pytest tests/test_backends.py (or torch;
+skipped on TensorFlow, where the rest of the suite covers the same wrappers).
 """
 
 import json
@@ -30,11 +32,22 @@ import pytest
 
 import keras
 
-if keras.backend.backend() != "jax":
-    pytest.skip("JAX backend tests: run with KERAS_BACKEND=jax", allow_module_level=True)
+BACKEND = keras.backend.backend()
+if BACKEND == "tensorflow":
+    pytest.skip("JAX and PyTorch backend tests: run with KERAS_BACKEND=jax or torch",
+                allow_module_level=True)
+if BACKEND == "jax":
+    import jax
+    import jax.numpy as jnp
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
+    jit = jax.jit
+else:
+    import torch
+
+    def jit(fn):
+        return fn
+
+jax_only = pytest.mark.skipif(BACKEND != "jax", reason="JAX only")
 
 import helpers  # noqa: E402
 import reference as R  # noqa: E402
@@ -54,8 +67,8 @@ SHAPES = [(3, 4), (5,), (2, 3, 2)]
 
 def _run_python(script, extra_env=None, timeout=300):
     """(JSON of the last stdout line, stderr) of `script` in a fresh Python
-    on the JAX backend."""
-    env = dict(os.environ, KERAS_BACKEND="jax", **(extra_env or {}))
+    on this backend."""
+    env = dict(os.environ, KERAS_BACKEND=BACKEND, **(extra_env or {}))
     return helpers.run_json_script(sys.executable, script, env, ROOT, timeout)
 
 
@@ -123,6 +136,14 @@ def _grad_steps(steps, seed=1):
     return [[rng.normal(size=s).astype("float32") for s in SHAPES] for _ in range(steps)]
 
 
+def _numpy(x):
+    return keras.ops.convert_to_numpy(x)
+
+
+def _tensor(x):
+    return keras.ops.convert_to_tensor(x)
+
+
 def _index(optimizer, name):
     """The index in `optimizer.variables` of the wrapper's variable `name`,
     or of the inner optimizer's iteration counter ("iterations")."""
@@ -157,7 +178,7 @@ def test_fused_none_takes_the_keras_path_and_says_why():
     variables = _variables()
     opt.apply([np.ones(s, "float32") for s in SHAPES], variables)
     assert opt.last_path.name == paths.KERAS == paths.pure()
-    assert "the Keras backend is jax" in opt.last_path.reason
+    assert f"the Keras backend is {BACKEND}" in opt.last_path.reason
     assert "TensorFlow" in opt.last_path.reason
 
 
@@ -169,7 +190,7 @@ def test_fused_false_takes_the_keras_path():
 
 @pytest.mark.parametrize("cls", [NormalizedOptimizer, ClippedOptimizer, AdaptiveClippedOptimizer])
 def test_fused_true_is_refused_at_construction_naming_the_backend(cls):
-    with pytest.raises(FusedPathUnavailable, match="Keras backend is jax.*fused=None"):
+    with pytest.raises(FusedPathUnavailable, match=f"Keras backend is {BACKEND}.*fused=None"):
         cls(keras.optimizers.Adam(), fused=True)
 
 
@@ -190,26 +211,36 @@ def _data(n=32, seed=4):
     return rng.normal(size=(n, 4)).astype("float32"), rng.normal(size=(n, 2)).astype("float32")
 
 
+def _mse_gradients(model, weights, x, y):
+    """The gradients of the batch MSE of `model` at `weights` (NumPy), by
+    the backend's autodiff, as float64 arrays."""
+    if BACKEND == "jax":
+        def loss(ws):
+            pred, _ = model.stateless_call(ws, [], x)
+            return jnp.mean(jnp.square(pred - y))
+
+        gs = jax.grad(loss)([jnp.asarray(w, jnp.float32) for w in weights])
+        return [np.asarray(g, np.float64) for g in gs]
+    ws = [torch.tensor(np.asarray(w, np.float32), requires_grad=True) for w in weights]
+    pred, _ = model.stateless_call(ws, [], torch.tensor(x))
+    torch.mean(torch.square(pred - torch.tensor(y))).backward()
+    return [w.grad.numpy().astype(np.float64) for w in ws]
+
+
 def _reference_fit(model, x, y, batch, scale):
-    """Adam (NumPy) on `scale`d JAX gradients of the batch MSE, batch by
+    """Adam (NumPy) on `scale`d gradients of the batch MSE, batch by
     batch, from the model's current weights (left unchanged)."""
-    weights = [np.asarray(v, np.float64) for v in model.trainable_variables]
+    weights = [np.asarray(keras.ops.convert_to_numpy(v), np.float64)
+               for v in model.trainable_variables]
     adam = helpers.reference_inner("adam", LR)
-
-    def loss(ws, xb, yb):
-        pred, _ = model.stateless_call(ws, [], xb)
-        return jnp.mean(jnp.square(pred - yb))
-
-    grad = jax.jit(jax.grad(loss))
     for start in range(0, len(x), batch):
-        gs = grad([jnp.asarray(w, jnp.float32) for w in weights],
-                  x[start:start + batch], y[start:start + batch])
-        gs = scale([np.asarray(g, np.float64) for g in gs], weights)
+        gs = _mse_gradients(model, weights, x[start:start + batch], y[start:start + batch])
+        gs = scale(gs, weights)
         weights = [adam.step(i, w, g) for i, (w, g) in enumerate(zip(weights, gs))]
     return weights
 
 
-@pytest.mark.parametrize("mode", ["compiled", "eager"])
+@pytest.mark.parametrize("mode", [pytest.param("compiled", marks=jax_only), "eager"])
 def test_model_fit_matches_plain_adam_on_normalized_gradients(mode):
     x, y = _data()
     model = _model()
@@ -221,7 +252,7 @@ def test_model_fit_matches_plain_adam_on_normalized_gradients(mode):
     assert int(opt.iterations) == 2
     assert opt.last_path.name == paths.KERAS
     for got, want in zip(model.trainable_variables, expected):
-        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(_numpy(got), want, rtol=1e-4, atol=1e-5)
 
 
 def test_model_fit_under_adaptive_clipping_per_unit():
@@ -233,7 +264,7 @@ def test_model_fit_under_adaptive_clipping_per_unit():
     model.compile(optimizer=opt, loss="mse")
     model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
     for got, want in zip(model.trainable_variables, expected):
-        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(_numpy(got), want, rtol=1e-4, atol=1e-5)
 
 
 # --------------------------------------------------------------- stateless
@@ -259,25 +290,27 @@ def test_stateless_apply_under_jit_matches_numpy(kind, granularity, name, exclud
                    granularity=granularity)
     opt.exclude_from_normalization(var_list=[variables[i] for i in excluded])
     opt.build(variables)
-    step = jax.jit(opt.stateless_apply)
+    step = jit(opt.stateless_apply)
     opt_values = [v.value for v in opt.variables]
     values = [v.value for v in variables]
     sgd = helpers.reference_inner("momentum", LR)
     expected = [np.asarray(v, np.float64) for v in variables]
     for grads in _grad_steps(3):
-        values, opt_values = step(opt_values, [jnp.asarray(g) for g in grads], values)
+        values, opt_values = step(opt_values, [_tensor(g) for g in grads], values)
         scaled = _scaled(grads, expected, kind, name, granularity, excluded)
         expected = [sgd.step(i, w, g) for i, (w, g) in enumerate(zip(expected, scaled))]
-        recorded = np.asarray(opt_values[_index(opt, "gradient_norms")])
+        recorded = _numpy(opt_values[_index(opt, "gradient_norms")])
         np.testing.assert_allclose(recorded, [R.norm(g, "l2", 0.0) for g in grads], rtol=1e-5)
     for got, want in zip(values, expected):
-        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(_numpy(got), want, rtol=1e-5, atol=1e-6)
     assert int(opt_values[_index(opt, "iterations")]) == 3
-    # stateless: the variables themselves are untouched
-    np.testing.assert_array_equal(np.asarray(variables[0]), np.asarray(_variables()[0]))
+    if BACKEND == "jax":
+        # stateless: the variables themselves are untouched (Keras's torch
+        # optimizers update in place, stateless_apply included)
+        np.testing.assert_array_equal(_numpy(variables[0]), np.asarray(_variables()[0]))
 
 
-@pytest.mark.parametrize("mode", ["stateless_jit", "apply_eager"])
+@pytest.mark.parametrize("mode", ["stateless", "apply"])
 def test_skip_nonfinite_counts_and_leaves_the_state(mode):
     variables = _variables()
     opt = NormalizedOptimizer(helpers.keras_inner("adam", LR), skip_nonfinite=True)
@@ -290,21 +323,21 @@ def test_skip_nonfinite_counts_and_leaves_the_state(mode):
         scaled = _scaled(grads[k], expected, "normalize", "l2", "tensor")
         expected = [adam.step(i, w, g) for i, (w, g) in enumerate(zip(expected, scaled))]
 
-    if mode == "stateless_jit":
-        step = jax.jit(opt.stateless_apply)
+    if mode == "stateless":
+        step = jit(opt.stateless_apply)
         opt_values = [v.value for v in opt.variables]
         values = [v.value for v in variables]
         states = []
         for gs in grads:
-            values, opt_values = step(opt_values, [jnp.asarray(g) for g in gs], values)
-            states.append(([np.asarray(v) for v in values], [np.asarray(v) for v in opt_values]))
+            values, opt_values = step(opt_values, [_tensor(g) for g in gs], values)
+            states.append(([_numpy(v) for v in values], [_numpy(v) for v in opt_values]))
         final = values
     else:
         states = []
         for gs in grads:
-            opt.apply([jnp.asarray(g) for g in gs], variables)
-            states.append(([np.asarray(v) for v in variables],
-                           [np.asarray(v) for v in opt.variables]))
+            opt.apply([_tensor(g) for g in gs], variables)
+            states.append(([_numpy(v) for v in variables],
+                           [_numpy(v) for v in opt.variables]))
         final = variables
     skipped, norms = _index(opt, "skipped_steps"), _index(opt, "gradient_norms")
     (w1, o1), (w2, o2) = states[0], states[1]
@@ -319,7 +352,7 @@ def test_skip_nonfinite_counts_and_leaves_the_state(mode):
     # the norms of the skipped step were recorded: NaN where the NaN was
     assert np.isnan(o2[norms][2]) and np.isfinite(o2[norms][:2]).all()
     for got, want in zip(final, expected):
-        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(_numpy(got), want, rtol=1e-5, atol=1e-6)
 
 
 def test_gradient_norms_after_fit_and_unsaved():
@@ -328,14 +361,10 @@ def test_gradient_norms_after_fit_and_unsaved():
     opt = NormalizedOptimizer(keras.optimizers.SGD(LR))
     model.compile(optimizer=opt, loss="mse")
 
-    def loss(ws):
-        pred, _ = model.stateless_call(ws, [], x)
-        return jnp.mean(jnp.square(pred - y))
-
-    grads = jax.grad(loss)([v.value for v in model.trainable_variables])
+    grads = _mse_gradients(model, [_numpy(v) for v in model.trainable_variables], x, y)
     model.fit(x, y, batch_size=16, epochs=1, verbose=0)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(opt.gradient_norms),
-                               [R.norm(np.asarray(g), "l2", 0.0) for g in grads], rtol=1e-5)
+    np.testing.assert_allclose(_numpy(opt.gradient_norms),
+                               [R.norm(g, "l2", 0.0) for g in grads], rtol=1e-5)
     assert opt.gradient_norm_names == [v.path for v in model.trainable_variables]
     # listed for stateless steps, saved nowhere: the wrapper saves
     # skipped_steps only, as on TensorFlow
@@ -398,6 +427,7 @@ print(json.dumps(dict(one=one, two=two, half=half)))
 """
 
 
+@jax_only
 def test_data_parallel_norm_is_that_of_the_global_batch():
     result, _ = _run_python(
         DATA_PARALLEL, {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
@@ -425,20 +455,70 @@ def test_custom_keras_ops_norm_runs_compiled(custom_norm):
     model.fit(x, y, batch_size=16, epochs=1, verbose=0)
     assert opt.last_path.name == paths.KERAS
     for got, want in zip(model.trainable_variables, expected):
-        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(_numpy(got), want, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("jit", [True, False], ids=["jit", "eager"])
-def test_custom_tf_norm_is_a_clear_error(custom_norm, jit):
+@pytest.mark.parametrize("compiled", [pytest.param(True, marks=jax_only), False],
+                         ids=["jit", "eager"])
+def test_custom_tf_norm_is_a_clear_error(custom_norm, compiled):
     tf = pytest.importorskip("tensorflow")
     custom_norm("tf_l2", lambda g: tf.norm(g) + 1e-7)
     variables = _variables()
     opt = NormalizedOptimizer(keras.optimizers.SGD(LR), normalization="tf_l2")
     opt.build(variables)
-    grads = [jnp.ones(s) for s in SHAPES]
+    grads = [_tensor(np.ones(s, "float32")) for s in SHAPES]
     with pytest.raises(TypeError, match="'tf_l2'.*keras.ops"):
-        if jit:
+        if compiled:
             jax.jit(opt.stateless_apply)([v.value for v in opt.variables], grads,
                                          [v.value for v in variables])
         else:
             opt.apply(grads, variables)
+
+
+# ---------------------------------------------------------------- monitor
+
+
+def test_gradient_norm_monitor_logs_the_global_norm_each_batch():
+    from normopt.callbacks import GradientNormMonitor
+
+    x, y = _data(32)
+    model = _model()
+    opt = NormalizedOptimizer(keras.optimizers.SGD(LR))
+    model.compile(optimizer=opt, loss="mse")
+    weights = [_numpy(v) for v in model.trainable_variables]
+    first = _mse_gradients(model, weights, x[:16], y[:16])
+    logged = []
+    log = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: logged.append(logs["grad_norm"]))
+    model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0,
+              callbacks=[GradientNormMonitor(), log])
+    assert len(logged) == 2
+    np.testing.assert_allclose(logged[0], np.sqrt(sum(np.sum(g * g) for g in first)), rtol=1e-5)
+    # the second batch's norm, not the first one's again
+    assert logged[1] != logged[0]
+
+
+def test_gradient_norm_monitor_log_dir_needs_tensorflow_and_says_so(tmp_path):
+    import importlib.util
+
+    from normopt.callbacks import GradientNormMonitor
+
+    if importlib.util.find_spec("tensorflow") is None:
+        with pytest.raises(ImportError, match="needs TensorFlow installed"):
+            GradientNormMonitor(log_dir=str(tmp_path))
+        return
+    pytest.importorskip("tensorboard")
+    x, y = _data(16)
+    model = _model()
+    model.compile(optimizer=NormalizedOptimizer(keras.optimizers.SGD(LR)), loss="mse")
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0,
+              callbacks=[GradientNormMonitor(log_dir=str(tmp_path))])
+    assert [f for f in os.listdir(tmp_path) if f.startswith("events.out.tfevents")]
+
+
+def test_info_reports_the_backend():
+    from normopt import info
+
+    collected = info.collect()
+    assert collected["keras backend"] == BACKEND
+    assert collected["wrapper path"].startswith("keras (keras.ops")

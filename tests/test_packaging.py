@@ -648,3 +648,15 @@ def test_install_sdist_and_wheel_then_rebuild_for_another_tensorflow(tmp_path):
     entries = os.listdir(tmp_path / "cache" / "ops")
     assert len([e for e in entries if not e.endswith(".lock")]) == 1, entries
     print("packaging test times:", {k: round(v, 1) for k, v in times.items()})
+
+
+def test_find_tf_without_tensorflow_is_no_build_error(tmp_path):
+    """An environment without TensorFlow (JAX or PyTorch only): find_tf says
+    so with its own error, on which setup.py's build step prints one calm
+    line and builds nothing (not the failed-build message)."""
+    python = tmp_path / "python"
+    # -S: no site-packages, so no TensorFlow, as in a JAX-only environment
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "$@"\n')
+    python.chmod(0o755)
+    with pytest.raises(build.NoTensorFlow, match="No module named 'tensorflow'"):
+        build.find_tf(str(python))

@@ -36,6 +36,7 @@ import keras
 from keras import ops
 
 from normopt.header_tables import EVERY_ROW, INDEXED_ROWS, RULES
+from normopt.ops import scale_math
 
 # (owner, attribute): the private Keras attributes read here. owner "*" is
 # keras.optimizers.Optimizer, read on every inner optimizer.
@@ -231,7 +232,7 @@ class NadamAdapter(Adapter):
 
         def assign():
             lost = ops.logical_and(iterations > 0, ops.equal(u_product.value, 1.0))
-            u_product.assign(ops.cond(lost, recomputed, lambda: ops.copy(u_product.value)))
+            u_product.assign(scale_math.cond(lost, recomputed, lambda: ops.copy(u_product.value)))
 
         _outside_replicas(assign)
 

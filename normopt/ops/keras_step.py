@@ -79,7 +79,7 @@ class Tensors:
         except (TypeError, ValueError, AttributeError, NotImplementedError) as exc:
             raise TypeError(
                 f"The custom normalization {name!r} failed on a {backend} "
-                f"gradient ({type(exc).__name__}: {exc}). {_KERAS_OPS_HINT}"
+                f"gradient ({type(exc).__name__}: {_first_line(exc)}). {_KERAS_OPS_HINT}"
             ) from exc
         if not (ops.is_tensor(norm) or isinstance(norm, (numbers.Real, np.ndarray, np.generic))):
             raise TypeError(
@@ -103,6 +103,10 @@ class Tensors:
     def weight(self, variable):
         """A variable's current value (adaptive clipping's norm(w))."""
         return ops.convert_to_tensor(variable)
+
+
+def _first_line(exc):
+    return (str(exc).strip().splitlines() or [""])[0]
 
 
 _KERAS_OPS_HINT = (
@@ -221,16 +225,18 @@ def all_finite(grads):
 def step_if_finite(step, skip, grads, args, replicas=1, state=()):
     """step(*args) where every gradient is finite, else skip().
 
-    JAX: a functional cond. Each branch runs in a StatelessScope mapping
-    `state` (every variable either may assign) to its current values and
-    returns their new values; the chosen values are assigned after, so the
-    step also runs inside `stateless_apply` under `jax.jit`. Elsewhere
-    (PyTorch: a Python branch on the value) the branches assign directly.
+    JAX under jit: a functional cond. Each branch runs in a StatelessScope
+    mapping `state` (every variable either may assign) to its current
+    values and returns their new values; the chosen values are assigned
+    after, so the step also runs inside `stateless_apply` under `jax.jit`.
+    Elsewhere (JAX op by op, PyTorch: a Python branch on the value) the
+    chosen branch assigns directly.
     """
     del replicas
     finite = all_finite(grads)
-    if keras.backend.backend() != "jax":
-        ops.cond(finite, lambda: step(*args), skip)
+    if scale_math.has_value(finite):
+        # a value now: one branch runs, assigning as it goes
+        step(*args) if bool(finite) else skip()
         return
     state = list(state)
     current = [v.value for v in state]
@@ -305,5 +311,6 @@ def record_norms(target, keys, grads, variables, measured, factor, key_of, tenso
 
 
 def norms_value(target):
-    """The recorded norms as a backend tensor."""
-    return ops.convert_to_tensor(target)
+    """The recorded norms as a backend tensor (a copy: on PyTorch the
+    variable's value is the Parameter itself)."""
+    return ops.copy(target.value)

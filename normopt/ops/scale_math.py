@@ -49,6 +49,35 @@ MODES = (NORMALIZE, CLIP, ADAPTIVE)
 ALL_STATS = ("sum_abs", "sum_sq", "max_abs", "min_abs", "mean", "m2")
 
 
+# ------------------------------------------------------------ branches
+
+
+def has_value(x):
+    """Whether tensor `x` holds a value to branch on in Python: on JAX not a
+    tracer (under jax.jit), on PyTorch not a shape-only ("meta") tensor.
+    False on TensorFlow, whose tf.cond branches in Python itself when
+    eager."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return not isinstance(x, jax.core.Tracer)
+    if backend == "torch":
+        return x.device.type != "meta"
+    return False
+
+
+def cond(pred, true_fn, false_fn):
+    """ops.cond, but a Python branch where the predicate has a value
+    (`has_value`): on JAX op by op, where lax.cond would trace and compile
+    both branches anew at every call, and on PyTorch, where Keras's cond op
+    takes a new name at every call, which torch.compile (jit_compile=True)
+    guards on and recompiles for."""
+    if has_value(pred):
+        return true_fn() if bool(pred) else false_fn()
+    return ops.cond(pred, true_fn, false_fn)
+
+
 # ---------------------------------------------------------------- dtypes
 
 
@@ -276,7 +305,7 @@ def _rescued(name, stats, arrays, eps):
         rescued = finalize_norm(name, stats(pow2(-k, acc)), ops.zeros([], acc)) * pow2(k, acc) + eps
         return ops.where(ops.logical_and(finite, ops.logical_not(ops.isfinite(norm))), rescued, norm)
 
-    return ops.cond(ops.all(ops.isfinite(norm)), lambda: norm, rescue)
+    return cond(ops.all(ops.isfinite(norm)), lambda: norm, rescue)
 
 
 # ---------------------------------------------------------------- scales
@@ -327,7 +356,7 @@ def apply_scale(grad, scale, branch_large=True):
         # the same bits as x * mult).
         y = (x * pre) * mult
     else:
-        y = ops.cond(ops.all(ops.equal(pre, 1)), lambda: x * mult,
+        y = cond(ops.all(ops.equal(pre, 1)), lambda: x * mult,
                      lambda: (x * pre) * mult)
     return ops.cast(y, grad.dtype)
 
