@@ -70,10 +70,10 @@ def custom_norm():
 # on any other backend only these files are collected (the others import
 # TensorFlow or its op library at the top), and the tests in them without
 # the marker (tf.function, IndexedSlices, the fused op, tf.distribute) are
-# deselected: they ran in the TensorFlow process. The tests of
-# OTHER_BACKEND_FILES (what is specific to JAX and PyTorch; they skip
-# themselves on TensorFlow) are all marked here.
-OTHER_BACKEND_FILES = ("test_backends.py",)
+# deselected: they ran in the TensorFlow process. OTHER_BACKEND_FILES hold
+# what is specific to JAX or PyTorch: collected only off TensorFlow, every
+# test in them marked here (each skips itself on a backend it does not cover).
+OTHER_BACKEND_FILES = ("test_backends.py", "test_jax_eager.py")
 BACKEND_NEUTRAL_FILES = OTHER_BACKEND_FILES + (
     "test_wrapper_math.py",
     "test_normalizations.py",
@@ -99,10 +99,11 @@ def _tensorflow_process():
 
 def pytest_ignore_collect(collection_path, config):
     name = collection_path.name
-    if (name.startswith("test_") and name.endswith(".py")
-            and name not in BACKEND_NEUTRAL_FILES and not _tensorflow_process()):
-        return True
-    return None
+    if not (name.startswith("test_") and name.endswith(".py")):
+        return None
+    if _tensorflow_process():
+        return True if name in OTHER_BACKEND_FILES else None
+    return True if name not in BACKEND_NEUTRAL_FILES else None
 
 
 def pytest_report_header(config):

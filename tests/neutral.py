@@ -138,3 +138,62 @@ def gradients(loss, variables):
     value = loss()
     grads = torch.autograd.grad(value, [v.value for v in variables])
     return value, list(grads)
+
+
+def norm_of(grad, name, eps=None, per_unit=False):
+    """norm(grad) by name as the wrappers measure a dense gradient on this
+    backend: its executor's `Tensors.norm` (tf_backend on TensorFlow,
+    keras_step elsewhere)."""
+    if TENSORFLOW:
+        from normopt.ops import tf_backend
+
+        return tf_backend.norm_of(grad, name, eps, per_unit)
+    from normopt.ops import keras_step
+
+    return keras_step.backend_tensors().norm(grad, name, eps, per_unit)
+
+
+def scale_gradient(grad, normalization, mode, clipnorm=1.0, eps=None):
+    """One gradient normalized or clipped by its own norm, as the keras.ops
+    path scales it: tf_backend.scale_gradient on TensorFlow; elsewhere
+    `norm_of`, then scale_math's scale and apply_scale."""
+    if TENSORFLOW:
+        from normopt.ops import tf_backend
+
+        return tf_backend.scale_gradient(grad, normalization, mode, clipnorm, eps)
+    from normopt.ops import keras_step, scale_math
+
+    scaling = scale_math.Normalize() if mode == scale_math.NORMALIZE else scale_math.Clip(clipnorm)
+    tensors = keras_step.backend_tensors()
+    return tensors.apply_scale(grad, scaling.scale(norm_of(grad, normalization, eps)),
+                               branch_large=True)
+
+
+def cases(*axes):
+    """pytest.params over the product of `axes` (lists of values). On
+    TensorFlow every combination runs; on the other backends, where each new
+    shape, dtype or norm costs compiles, a covering subset (conftest.covering:
+    every value of every axis at least once), the rest with --runslow."""
+    from conftest import covering
+
+    return [pytest.param(*p.values, marks=p.marks if not TENSORFLOW else ())
+            for p in covering(*axes)]
+
+
+def saved_variables(opt):
+    """The optimizer variables a saved file holds, in its order: a wrapper's
+    `variables` without the recorded gradient norms (listed off TensorFlow,
+    last, so that a stateless step returns them; saved nowhere)."""
+    return [v for v in opt.variables if v.name != "gradient_norms"]
+
+
+def apply(opt, grads, variables):
+    """One step as Keras trains outside model.fit on this backend:
+    opt.apply eagerly; on JAX stateless_apply under jax.jit
+    (`compiled_apply`), since Keras's own LossScaleOptimizer cannot apply
+    statefully there (its cond leaks tracers, whatever the inner optimizer)."""
+    if BACKEND == "jax":
+        compiled_apply(opt, grads, variables)()
+    else:
+        opt.apply(grads, variables)
+

@@ -33,7 +33,9 @@ import keras
 import normopt
 import reference as R
 from conftest import covering
-from neutral import PURE, TENSORFLOW, compiled, compiled_apply, f64, neutral, tensor as to_tensor
+from neutral import (FLOAT64, PURE, TENSORFLOW, compiled, compiled_apply, f64, neutral, norm_of,
+                     scale_gradient)
+from neutral import tensor as to_tensor
 from normopt import normalizations as N
 
 
@@ -68,6 +70,8 @@ CASES = {
     "bf16_1e19": _case(4, 4_099, 1e19, np.float32),
 }
 NORMS = list(R.NORM_NAMES)
+# the cases a backend can hold (float64 ones where it keeps float64)
+HELD = [name for name in CASES if FLOAT64 or not name.startswith("f64")]
 
 
 def tensor(name):
@@ -77,18 +81,6 @@ def tensor(name):
 
 def as_f64(t):
     return f64(t)
-
-
-def norm_of(t, norm, eps=None):
-    """The norm of a dense gradient by name, as the wrappers measure it."""
-    return N.tf_norm(t, norm, eps)
-
-
-def scale_gradient(t, norm, mode, clipnorm, eps):
-    """One gradient normalized or clipped by its own norm (keras.ops path)."""
-    from normopt.ops import tf_backend as T
-
-    return T.scale_gradient(t, norm, mode, clipnorm, eps)
 
 
 def acc_max(name):
@@ -150,7 +142,8 @@ def every_cheap_covering_costly(axes, cheap, costly, ident=str, costly_axes=None
     subset (conftest.covering) of `costly_axes` (sub-lists of `axes`; default
     `axes` itself), every other combination with --runslow. ident(value)
     names the value in the test id; the values in `neutral_values` are
-    marked backend_neutral."""
+    marked backend_neutral. Off TensorFlow, where every new shape, dtype and
+    norm costs compiles, `cheap` too covers `axes` (the rest --runslow)."""
     def param(combo, value, marks=()):
         name = "-".join(str(v) for v in combo) + "-" + ident(value)
         if value in neutral_values:
@@ -158,7 +151,10 @@ def every_cheap_covering_costly(axes, cheap, costly, ident=str, costly_axes=None
         return pytest.param(*combo, value, marks=marks, id=name)
 
     default = {tuple(p.values) for p in covering(*(costly_axes or axes)) if not p.marks}
-    return ([param(combo, value) for combo in itertools.product(*axes) for value in cheap]
+    cheap_default = {tuple(p.values) for p in covering(*axes) if not p.marks}
+    return ([param(combo, value,
+                   () if TENSORFLOW or combo in cheap_default else (pytest.mark.slow,))
+             for combo in itertools.product(*axes) for value in cheap]
             + [param(combo, costly, () if combo in default else (pytest.mark.slow,))
                for combo in itertools.product(*axes)])
 
@@ -196,7 +192,7 @@ def test_fused_scale(name, norm, mode):
 
 
 @pytest.mark.parametrize("name, norm, xla", every_cheap_covering_costly(
-    [list(CASES), NORMS], [False], True, XLA_ID, neutral_values=(False, True)))
+    [HELD, NORMS], [False], True, XLA_ID, neutral_values=(False, True)))
 def test_tf_norm(name, norm, xla):
     fn = lambda t: norm_of(t, norm, EPS)  # noqa: E731
     if xla:
@@ -205,8 +201,8 @@ def test_tf_norm(name, norm, xla):
 
 
 @pytest.mark.parametrize("name, norm, mode, xla", every_cheap_covering_costly(
-    [["f32_1e19", "f32_3e38", "f64_1e307"], NORMS, ["normalize", "clip"]], [False], True,
-    XLA_ID, neutral_values=(False, True)))
+    [[c for c in ["f32_1e19", "f32_3e38", "f64_1e307"] if c in HELD], NORMS,
+     ["normalize", "clip"]], [False], True, XLA_ID, neutral_values=(False, True)))
 def test_tf_scale(name, norm, mode, xla):
     fn = lambda t: scale_gradient(t, norm, mode, 1.0, EPS)  # noqa: E731
     if xla:
@@ -301,7 +297,8 @@ PATHS = {
     "tf": (False, lambda: keras.optimizers.SGD(LR), lambda: R.SGD(LR), PURE, False),
     "xla": (None, lambda: keras.optimizers.SGD(LR), lambda: R.SGD(LR), PURE, True),
 }
-WRAPPER_CASES = ["f32_1e19", "f32_3e38", "f64_1e160", "f64_1e307"]
+# (float64 where the backend keeps it)
+WRAPPER_CASES = ["f32_1e19", "f32_3e38"] + (["f64_1e160", "f64_1e307"] if FLOAT64 else [])
 
 
 WRAPPER_NORMS = ["l2", "l1_l2", "max", "min_max", "std", "avg_l1"]
