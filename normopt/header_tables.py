@@ -10,7 +10,8 @@ naming each mismatch.
 
     NORMS, ALIASES      NORMOPT_NORM_KINDS, NORMOPT_NORM_ALIASES
                         (csrc/normopt/norm_stats.h): (name, NormKind code,
-                        statistics bits) in code order; alias -> name
+                        statistics bits) in code order; alias -> name;
+                        MATRIX_NORMS the rows marked STAT_MATRIX
     STAT_*              StatBits (norm_stats.h)
     DTYPE_CODES         NORMOPT_DTYPE_CODES (csrc/normopt/dtype_codes.h)
     DEFAULT_CHUNK_SIZE  kDefaultChunkElems (csrc/cuda/chunk_table.h)
@@ -34,6 +35,11 @@ STAT_SUM_SQ = 2
 STAT_MAX_ABS = 4
 STAT_MIN_ABS = 8
 STAT_MOMENTS = 16
+# Not a statistic: a norm of the matrix view, measured by a matrix pass of
+# its own (csrc/normopt/spectral.h); the row's other bits give its value for
+# a tensor of at most one axis. Statistics-only consumers (the Numba and
+# CuPy kernels, the GPU kernels) refuse such a norm (`MATRIX_NORMS`).
+STAT_MATRIX = 32
 
 # The statistics (NormStats fields) each bit stands for.
 STAT_FIELDS = {
@@ -42,6 +48,7 @@ STAT_FIELDS = {
     STAT_MAX_ABS: ("max_abs",),
     STAT_MIN_ABS: ("min_abs",),
     STAT_MOMENTS: ("mean", "m2"),
+    STAT_MATRIX: (),
 }
 
 # NORMOPT_NORM_KINDS: (name, NormKind code, statistics bits), in code order.
@@ -55,6 +62,7 @@ NORMS = (
     ("max", 6, STAT_MAX_ABS),
     ("min_max", 7, STAT_MAX_ABS | STAT_MIN_ABS),
     ("std", 8, STAT_MOMENTS),
+    ("spectral", 9, STAT_SUM_SQ | STAT_MATRIX),
 )
 # NORMOPT_NORM_ALIASES.
 ALIASES = {"linf": "max"}
@@ -62,6 +70,9 @@ ALIASES = {"linf": "max"}
 KIND_CODES = {name: code for name, code, _ in NORMS}
 NORM_KINDS = tuple(KIND_CODES)
 NUM_KINDS = len(NORMS)
+# The norms of the matrix view (STAT_MATRIX) and those made of statistics.
+MATRIX_NORMS = tuple(name for name, _, bits in NORMS if bits & STAT_MATRIX)
+STATISTIC_NORMS = tuple(name for name, _, bits in NORMS if not bits & STAT_MATRIX)
 # stats_needed by code (a tuple: Numba compiles the lookup as a constant).
 STATS_BY_CODE = tuple(bits for _, _, bits in NORMS)
 # The scale modes of tensor_scale (kNormalize, kClip).
@@ -93,6 +104,19 @@ def kind_code(kind):
             f"unknown norm kind {kind!r}; expected one of {', '.join(accepted_names())}"
         )
     return KIND_CODES[name]
+
+
+def statistic_kind_code(kind):
+    """`kind_code` of a norm computed from statistics alone; a ValueError for
+    a matrix norm (STAT_MATRIX), which a statistics kernel cannot measure."""
+    code = kind_code(kind)
+    if STATS_BY_CODE[code] & STAT_MATRIX:
+        raise ValueError(
+            f"norm kind {kind!r} is measured on the matrix view of a tensor, "
+            "not from statistics: this kernel takes only "
+            f"{', '.join(STATISTIC_NORMS)}"
+        )
+    return code
 
 
 def mode_code(mode):

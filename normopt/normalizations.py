@@ -15,6 +15,11 @@ of the gradient g with n elements, eps added once:
     max       max|g| + eps          (alias: linf)
     min_max   (max|g| + min|g|) / 2 + eps
     std       sqrt(mean (g - mean g)^2) + eps   (population std)
+    spectral  sigma_1(G) + eps, the largest singular value of g seen as the
+              matrix G (all axes but the last as rows, the last as
+              columns); l2 for a tensor of at most one axis
+              (`normopt.ops.spectral_math`: not a statistic, granularity
+              "tensor" only)
 
 Averages over an empty tensor are 0, so every norm of an empty tensor is eps.
 
@@ -103,7 +108,8 @@ def check_normalization(name):
         raise ValueError(
             f"Unknown normalization {name!r}. Available: "
             f"{', '.join(normalization_names())}. A custom one must be "
-            "registered with normopt.register_normalization(name, fn) (also "
+            "registered with normopt.register_normalization(name, fn) or "
+            "NormalizedOptimizer.set_normalization_function(name, fn) (also "
             "before loading a model saved with it)."
         )
     return name

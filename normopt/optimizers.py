@@ -22,6 +22,7 @@ on JAX and PyTorch, where no TensorFlow is imported). Each wrapper kind says
 how it scales (`_scaling`: scale_math.Normalize, Clip or Adaptive).
 """
 
+import dataclasses
 import numbers
 import re
 import sys
@@ -31,9 +32,10 @@ import numpy as np
 from keras import ops
 from keras.src.utils import tracking
 
+from normopt import normalization_map as norm_map
 from normopt import normalizations
 from normopt.keras_wrapper import InnerOptimizerWrapper, check_base_options, resolve_inner
-from normopt.ops import executors, keras_adapters, scale_math, step_plan
+from normopt.ops import executors, keras_adapters, scale_math, spectral_math, step_plan
 
 GRANULARITIES = step_plan.GRANULARITIES
 
@@ -58,12 +60,15 @@ class _GradientNormWrapper(InnerOptimizerWrapper):
         name=None,
         loss_scale_factor=None,
         granularity="tensor",
+        normalization_map=None,
         **kwargs,
     ):
         inner = resolve_inner(optimizer, _GradientNormWrapper)
         normalizations.check_normalization(normalization)
+        mapping = norm_map.check_map(normalization_map, type(self).__name__)
         step_plan.check_granularity(
-            granularity, normalization, normalizations.custom_function(normalization) is not None)
+            granularity, normalization, normalizations.custom_function(normalization) is not None,
+            mapping)
         _check_fused(fused)
         if not isinstance(skip_nonfinite, bool):
             raise TypeError(
@@ -73,6 +78,8 @@ class _GradientNormWrapper(InnerOptimizerWrapper):
         super().__init__(inner, name=name, loss_scale_factor=loss_scale_factor)
         self.normalization = normalization
         self.granularity = granularity
+        # Not tracked: Keras would wrap a dict attribute in its own type.
+        self.__dict__["normalization_map"] = mapping
         self.fused = fused
         self.skip_nonfinite = skip_nonfinite
         self.last_path = None
@@ -157,6 +164,49 @@ class _GradientNormWrapper(InnerOptimizerWrapper):
         norms = self.__dict__.get("_gradient_norms")
         return [norms] if isinstance(norms, keras.Variable) else []
 
+    @tracking.no_automatic_dependency_tracking
+    def build(self, var_list):
+        super().build(var_list)
+        self._build_variable_norms(var_list)
+
+    def _build_variable_norms(self, var_list):
+        """Each variable's norm (`normalization_map`), and the persistent
+        vectors of the matrices the spectral norm measures, after
+        `skipped_steps` in the saved variables: per such variable in
+        `var_list` order, `<path>_spectral_grad` (the estimate of its
+        gradient's top right singular vector) and, for a wrapper that
+        measures the weights too, `<path>_spectral_weight`. A wrapper
+        without the spectral norm adds none, so its saved layout is that
+        of earlier versions."""
+        norms, vectors = {}, {}
+        reads_weights = self._kind.reads_weights
+        for v in var_list:
+            path = norm_map.variable_path(v)
+            name = norm_map.norm_for(self.normalization_map, path, self.normalization)
+            norms[self._var_key(v)] = name
+            if not (step_plan.is_matrix_norm(name) and spectral_math.has_matrix(v.shape)
+                    and not self._is_excluded(v)):
+                continue
+            made = []
+            for role in ("grad", "weight") if reads_weights else ("grad",):
+                made.append(self.add_variable(
+                    shape=(spectral_math.vector_size(v.shape),),
+                    dtype=scale_math.accumulation_dtype(v.dtype),
+                    initializer="zeros",
+                    aggregation="only_first_replica",
+                    name=f"{path.replace('/', '_')}_spectral_{role}",
+                ))
+            vectors[self._var_key(v)] = (made[0], made[1] if reads_weights else None)
+        self.__dict__["_variable_norms"] = norms
+        self.__dict__["_spectral_vectors"] = vectors
+
+    def _step_vectors(self, vs):
+        """{index in vs: (gradient's vector, weight's vector or None)} of the
+        matrices the spectral norm measures."""
+        vectors = self.__dict__.get("_spectral_vectors") or {}
+        return {i: vectors[self._var_key(v)] for i, v in enumerate(vs)
+                if self._var_key(v) in vectors}
+
     def apply(self, grads, trainable_variables=None):
         grads = list(grads)
         if trainable_variables is None:
@@ -220,7 +270,12 @@ class _GradientNormWrapper(InnerOptimizerWrapper):
         fused=True where the compiled path cannot run)."""
         context = executors.current().step_context(
             gs, vs, [self._is_excluded(v) for v in vs], compiled=self.fused is not False)
-        return step_plan.plan_step(self._settings(), self.inner_optimizer, context)
+        settings = self._settings()
+        if self.normalization_map:
+            norms = self.__dict__["_variable_norms"]
+            settings = dataclasses.replace(
+                settings, norms=tuple(norms[self._var_key(v)] for v in vs))
+        return step_plan.plan_step(settings, self.inner_optimizer, context)
 
     def _step(self, gs, vs, replicas, plan):
         """One step on gradients already summed across replicas, by `plan`.
@@ -229,9 +284,10 @@ class _GradientNormWrapper(InnerOptimizerWrapper):
         inner = self.inner_optimizer
         keras_adapters.restore_unsaved_state(inner)
         run = executors.current()
+        vectors = self._step_vectors(vs)
         if plan.updates_variables:
-            return run.run_fused_update(inner, plan, gs, vs)
-        return run.run_inner_step(inner, plan, gs, vs, replicas)
+            return run.run_fused_update(inner, plan, gs, vs, vectors=vectors)
+        return run.run_inner_step(inner, plan, gs, vs, replicas, vectors=vectors)
 
     @property
     def gradient_norms(self):
@@ -273,6 +329,8 @@ class _GradientNormWrapper(InnerOptimizerWrapper):
             "skip_nonfinite": self.skip_nonfinite,
             "loss_scale_factor": config["loss_scale_factor"],
             "exclude_from_normalization": list(getattr(self, "_exclusion_names", [])),
+            "normalization_map": (None if self.normalization_map is None
+                                  else dict(self.normalization_map)),
         }
 
     @classmethod
@@ -314,7 +372,15 @@ class NormalizedOptimizer(_GradientNormWrapper):
         granularity: "tensor" (default: one norm per gradient tensor),
             "unit" (one norm per index of the last axis, over all other
             axes) or "global" (one norm over every non-excluded gradient,
-            as if concatenated).
+            as if concatenated). The spectral norm takes "tensor" only.
+        normalization_map: None, or a dict {pattern: norm} giving
+            variables norms of their own (built-in names, "spectral"
+            included), matched on `variable.path` as keras.optimizers'
+            OptimizerMap does: an exact path first, then `re.fullmatch` of
+            each pattern; a variable matching several patterns is a
+            ValueError when the optimizer is built; unmatched variables
+            use `normalization`. Saved in the config. Not with
+            granularity "global".
 
     Options of the inner optimizer (`weight_decay`, `use_ema`, ...) are read
     and set through the wrapper; `clipnorm`, `clipvalue` and
@@ -334,8 +400,8 @@ class ClippedOptimizer(_GradientNormWrapper):
         optimizer: a Keras 3 optimizer, or an identifier such as "adam".
         normalization: norm used for the comparison (default "l2").
         clipnorm: positive number, the largest norm a gradient keeps.
-        fused, skip_nonfinite, loss_scale_factor, granularity: as for
-            NormalizedOptimizer.
+        fused, skip_nonfinite, loss_scale_factor, granularity,
+            normalization_map: as for NormalizedOptimizer.
         name: the wrapper's name.
     """
 
@@ -350,6 +416,7 @@ class ClippedOptimizer(_GradientNormWrapper):
         skip_nonfinite=False,
         name=None,
         loss_scale_factor=None,
+        normalization_map=None,
         **kwargs,
     ):
         _check_clipnorm(clipnorm)
@@ -360,6 +427,7 @@ class ClippedOptimizer(_GradientNormWrapper):
             skip_nonfinite=skip_nonfinite,
             name=name,
             loss_scale_factor=loss_scale_factor,
+            normalization_map=normalization_map,
             **kwargs,
         )
         self.clipnorm = clipnorm
@@ -408,11 +476,12 @@ class AdaptiveClippedOptimizer(_GradientNormWrapper):
             ratio a unit keeps.
         eps: finite number >= 0, the smallest weight norm used (so units
             whose weights are zero still get a threshold).
-        normalization: the norm of g and w (default "l2").
+        normalization: the norm of g and w (default "l2"); with "spectral"
+            (granularity "tensor") w's norm is its spectral norm too.
         granularity: "unit" (default: one norm per index of the last axis),
             "tensor" or "global".
-        fused, skip_nonfinite, name, loss_scale_factor: as for
-            NormalizedOptimizer.
+        fused, skip_nonfinite, name, loss_scale_factor, normalization_map:
+            as for NormalizedOptimizer.
     """
 
     _kind = scale_math.Adaptive
@@ -428,6 +497,7 @@ class AdaptiveClippedOptimizer(_GradientNormWrapper):
         skip_nonfinite=False,
         name=None,
         loss_scale_factor=None,
+        normalization_map=None,
         **kwargs,
     ):
         self_name = type(self).__name__
@@ -441,6 +511,7 @@ class AdaptiveClippedOptimizer(_GradientNormWrapper):
             name=name,
             loss_scale_factor=loss_scale_factor,
             granularity=granularity,
+            normalization_map=normalization_map,
             **kwargs,
         )
         self.clip_factor = clip_factor

@@ -23,6 +23,21 @@ _FORMULAS = {
 }
 NORM_NAMES = tuple(_FORMULAS)
 ALIASES = {"linf": "max"}
+# Norms of the matrix view of a tensor (`spectral`), not functions of its
+# elements as a vector: not in NORM_NAMES, which the statistics tests take.
+MATRIX_NORM_NAMES = ("spectral",)
+
+
+def spectral(g, eps=1e-7):
+    """The largest singular value of g seen as a matrix (all axes but the
+    last as rows, the last as columns) + eps; the l2 norm for at most one
+    axis (numpy.linalg.norm(matrix, 2), in float64)."""
+    g = np.asarray(g, dtype=np.float64)
+    if g.ndim < 2:
+        return np.sqrt((g * g).sum()) + eps
+    if g.size == 0:
+        return eps
+    return np.linalg.norm(g.reshape(-1, g.shape[-1]), 2) + eps
 
 
 def norm(g, name, eps=1e-7):

@@ -133,10 +133,18 @@ def test_norm_table_matches_header():
 
 def test_reference_covers_every_header_norm():
     """tests/reference.py spells out one formula per built-in: exactly the
-    header's norms and aliases (a new norm needs its reference formula)."""
-    header_names = [name for _, _, name, _ in norm_table()]
-    missing = sorted(set(header_names) - set(R.NORM_NAMES))
-    extra = sorted(set(R.NORM_NAMES) - set(header_names))
+    header's norms and aliases (a new norm needs its reference formula): the
+    statistics norms in NORM_NAMES, the rows marked kStatMatrix in
+    MATRIX_NORM_NAMES."""
+    table = norm_table()
+    header_names = [name for _, _, name, _ in table]
+    known = set(R.NORM_NAMES) | set(R.MATRIX_NORM_NAMES)
+    missing = sorted(set(header_names) - known)
+    extra = sorted(known - set(header_names))
+    matrix_bit = stat_bits()["kStatMatrix"]
+    assert {name for _, _, name, bits in table if bits & matrix_bit} == set(R.MATRIX_NORM_NAMES)
+    assert F.MATRIX_NORMS == R.MATRIX_NORM_NAMES
+    assert F.STATISTIC_NORMS == R.NORM_NAMES
     assert not missing and not extra, (f"reference formulas missing for {missing}, "
                                        f"not in the header: {extra}")
     problems = diff("alias", norm_aliases(), R.ALIASES, "tests/reference.py")

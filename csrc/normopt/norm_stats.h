@@ -22,6 +22,10 @@
 //   max       max_abs + eps                      (alias: linf)
 //   min_max   (max_abs + min_abs) / 2 + eps
 //   std       sqrt(m2 / n) + eps                 (population std)
+//   spectral  the largest singular value of g seen as a matrix (all axes
+//             but the last as rows) + eps: spectral.h, a matrix pass of its
+//             own (kStatMatrix); sqrt(sum_sq) + eps, the l2 norm, for a
+//             tensor of at most one axis, which is what finalize_norm gives
 //
 // Averages over an empty tensor are 0, so every norm of an empty tensor is eps.
 //
@@ -99,6 +103,12 @@ enum StatBits : unsigned {
   kStatMaxAbs = 1u << 2,
   kStatMinAbs = 1u << 3,
   kStatMoments = 1u << 4,  // mean and m2
+  // Not a statistic: the norm of the matrix view of a tensor of two or more
+  // axes (spectral.h), measured by a matrix pass of its own; the other bits
+  // of the row give its value for a tensor of at most one axis. Consumers
+  // that compute norms from statistics alone refuse such a row
+  // (`is_matrix_norm`).
+  kStatMatrix = 1u << 5,
 };
 
 // The table of built-in norms: X(enumerator, code, name, statistics bits),
@@ -113,7 +123,8 @@ enum StatBits : unsigned {
   X(kAvgL1L2, 5, "avg_l1_l2", kStatSumAbs | kStatSumSq)    \
   X(kMax, 6, "max", kStatMaxAbs)                           \
   X(kMinMax, 7, "min_max", kStatMaxAbs | kStatMinAbs)      \
-  X(kStd, 8, "std", kStatMoments)
+  X(kStd, 8, "std", kStatMoments)                         \
+  X(kSpectral, 9, "spectral", kStatSumSq | kStatMatrix)
 
 // Other names of a row: A(alias, enumerator). Error messages list an alias
 // right after the name of its row.
@@ -157,6 +168,12 @@ NORMOPT_HD unsigned stats_needed(NormKind kind) {
 #undef NORMOPT_NORM_STATS_CASE
   }
   return 0;
+}
+
+// Whether `kind` is measured on the matrix view (kStatMatrix) rather than
+// from statistics alone.
+NORMOPT_HD bool is_matrix_norm(NormKind kind) {
+  return (stats_needed(kind) & kStatMatrix) != 0;
 }
 
 // max and min that return NaN when either argument is NaN, as
@@ -290,6 +307,8 @@ NORMOPT_HD Acc finalize_norm(NormKind kind, const NormStats<Acc>& s, Acc eps) {
       return (any ? (s.max_abs + s.min_abs) / Acc(2) : Acc(0)) + eps;
     case NormKind::kStd:
       return NORMOPT_SQRT(any ? s.m2 / n : Acc(0)) + eps;
+    case NormKind::kSpectral:  // of a tensor of at most one axis: l2
+      return NORMOPT_SQRT(s.sum_sq) + eps;
   }
   return eps;
 }

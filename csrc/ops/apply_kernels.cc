@@ -144,7 +144,7 @@ class ApplyOnDevice<CpuDevice, T> {
     const auto& in = step.in;
     plan_ = std::make_unique<ChunkPlan>(in.grads.sizes);
     if (!in.spec.adaptive) {
-      scales_.Compute(ctx, in.spec, *plan_, in.grads, {}, *in.norms);
+      scales_.Compute(ctx, in.spec, *plan_, in.grads, {}, *in.norms, &step.vectors);
     }
     return absl::OkStatus();
   }
@@ -154,7 +154,8 @@ class ApplyOnDevice<CpuDevice, T> {
     if (in.spec.adaptive) {
       const std::vector<const T*> weights(step.state.begin(),
                                           step.state.begin() + step.n);
-      scales_.Compute(ctx, in.spec, *plan_, in.grads, weights, *in.norms);
+      scales_.Compute(ctx, in.spec, *plan_, in.grads, weights, *in.norms,
+                      &step.vectors);
     }
     with_rule(step.rule, [&](auto tag) {
       using Rule = typename decltype(tag)::template type<Acc>;

@@ -35,6 +35,10 @@ struct ApplyStep {
   // Output [n] of the accumulation type on the device: the L2 norm of every
   // gradient as given (before scaling), from the statistics of the step.
   tensorflow::Tensor* grad_norms = nullptr;
+  // The persistent vectors of the matrices a matrix norm measures (input
+  // spectral_vectors, output new_spectral_vectors; host memory on the CPU).
+  SpectralVectors<AccType<T>> vectors;
+  int matrices = 0;  // MatrixTensors(in.spec, in.grads).size()
 };
 
 // Specialized per device:
@@ -70,6 +74,7 @@ class ApplyOp : public ApplyOpBase<T> {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(
                             "grad_norms", tensorflow::TensorShape({step.n}),
                             &step.grad_norms));
+    OP_REQUIRES_OK(ctx, ReadSpectralVectors(ctx, &step));
     ApplyOnDevice<Device, T> device;
     OP_REQUIRES_OK(ctx, device.BeforeLock(ctx, step));
 
@@ -142,6 +147,51 @@ class ApplyOp : public ApplyOpBase<T> {
           rule_slot_names(rule_) + "): 'slots' must hold " +
           std::to_string(step->slots * step->n) + " variables, got " +
           std::to_string(n_slots));
+    }
+    return absl::OkStatus();
+  }
+
+  // Input spectral_vectors checked against the matrices the step measures
+  // (one vector of the last axis's length each, twice in mode adaptive),
+  // and output new_spectral_vectors allocated in their shapes.
+  absl::Status ReadSpectralVectors(tensorflow::OpKernelContext* ctx,
+                                   ApplyStep<T>* step) const {
+    using Acc = AccType<T>;
+    const GradList<T>& grads = step->in.grads;
+    const std::vector<int> matrices = MatrixTensors(step->in.spec, grads);
+    step->matrices = static_cast<int>(matrices.size());
+    tensorflow::OpInputList in;
+    TF_RETURN_IF_ERROR(ctx->input_list("spectral_vectors", &in));
+    const int per = step->in.spec.adaptive ? 2 : 1;
+    if (in.size() != per * step->matrices) {
+      return absl::InvalidArgumentError(
+          "normopt: 'spectral_vectors' must hold " +
+          std::to_string(per * step->matrices) + " vectors (one per gradient "
+          "of two or more axes a matrix norm measures" +
+          (per == 2 ? std::string(", then one per its variable") : std::string()) +
+          "), got " + std::to_string(in.size()));
+    }
+    tensorflow::OpOutputList out;
+    TF_RETURN_IF_ERROR(ctx->output_list("new_spectral_vectors", &out));
+    for (int k = 0; k < in.size(); ++k) {
+      const int i = matrices[k % step->matrices];
+      const tensorflow::TensorShape& shape = grads.shapes[i];
+      const int64_t cols = shape.dim_size(shape.dims() - 1);
+      if (grads.sparse[i]) {
+        return absl::InvalidArgumentError(
+            "normopt: gradient " + std::to_string(i) + " is sparse; a matrix "
+            "norm (spectral) takes dense gradients");
+      }
+      if (in[k].dims() != 1 || in[k].dim_size(0) != cols) {
+        return absl::InvalidArgumentError(
+            "normopt: spectral_vectors[" + std::to_string(k) + "] must have "
+            "shape [" + std::to_string(cols) + "] (the last axis of gradient " +
+            std::to_string(i) + "), got " + in[k].shape().DebugString());
+      }
+      tensorflow::Tensor* t;
+      TF_RETURN_IF_ERROR(out.allocate(k, in[k].shape(), &t));
+      step->vectors.in.push_back(in[k].flat<Acc>().data());
+      step->vectors.out.push_back(t->flat<Acc>().data());
     }
     return absl::OkStatus();
   }

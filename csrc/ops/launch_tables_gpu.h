@@ -257,6 +257,12 @@ class GradLaunch {
           "gradient only (no unit or global granularity, exclusions or "
           "adaptive clipping)");
     }
+    if (!source_is_one_statistics_kind(spec)) {
+      return absl::UnimplementedError(
+          "normopt: the GPU kernels take one norm made of statistics for "
+          "every gradient (not a matrix norm such as spectral, nor a norm "
+          "per gradient)");
+    }
     const NormSource& source = spec.source;
     const ScaleMode mode = spec.mode;
     const double clipnorm = spec.clipnorm, eps = spec.eps;
@@ -278,6 +284,10 @@ class GradLaunch {
     TF_RETURN_IF_ERROR(ctx->allocate_temp(AccDataType<T>(), shape, &norms));
     return NormsAndScales(ctx, source.kind, mode, clipnorm, eps, norms.data(),
                           scales->data(), grad_norms->data());
+  }
+
+  static bool source_is_one_statistics_kind(const ScaleSpec& spec) {
+    return spec.source.precomputed || OneStatisticsKind(spec);
   }
 
   // A table of plain values (the rule's args).

@@ -62,6 +62,11 @@ class ScaleOp : public ScalingOpBase<T> {
     const tensorflow::Tensor* given_norms;
     OP_REQUIRES_OK(ctx, this->ReadScaleInputs(ctx, grads.size(), &spec,
                                               &given_norms));
+    OP_REQUIRES(ctx, MatrixTensors(spec, grads).empty(),
+                absl::InvalidArgumentError(
+                    "normopt: NormoptScale takes norms made of statistics; a "
+                    "matrix norm (spectral) of a gradient of two or more axes "
+                    "needs NormoptApply"));
     tensorflow::OpOutputList outputs;
     OP_REQUIRES_OK(ctx, ctx->output_list("scaled", &outputs));
     std::vector<T*> out(grads.size(), nullptr);

@@ -144,6 +144,11 @@ class NormsOpBase : public tensorflow::OpKernel {
     NormSource source;
     OP_REQUIRES_OK(ctx, ParseNormSource(kind, /*allow_precomputed=*/false,
                                         &source));
+    OP_REQUIRES(ctx, !is_matrix_norm(source.kind),
+                absl::InvalidArgumentError(
+                    "normopt: NormoptNorms takes norms made of statistics; '" +
+                    kind + "' measures the matrix view of a tensor (the apply "
+                    "op takes it)"));
     kind_ = source.kind;
     OP_REQUIRES_OK(ctx, CheckAccAttr<T>(ctx));
   }
@@ -168,12 +173,23 @@ class ScalingOpBase : public tensorflow::OpKernel {
   ScalingOpBase(tensorflow::OpKernelConstruction* ctx, bool allow_adaptive)
       : tensorflow::OpKernel(ctx) {
     std::string kind, mode, granularity;
+    std::vector<std::string> kinds;
     OP_REQUIRES_OK(ctx, ctx->GetAttr("kind", &kind));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("kinds", &kinds));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("mode", &mode));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("granularity", &granularity));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("excluded", &spec_.excluded));
     OP_REQUIRES_OK(ctx, ParseNormSource(kind, /*allow_precomputed=*/true,
                                         &spec_.source));
+    OP_REQUIRES(ctx, kinds.empty() || !spec_.source.precomputed,
+                absl::InvalidArgumentError(
+                    "normopt: 'kinds' (a norm per gradient) does not go with "
+                    "kind 'precomputed'"));
+    for (const std::string& name : kinds) {
+      NormSource one;
+      OP_REQUIRES_OK(ctx, ParseNormSource(name, /*allow_precomputed=*/false, &one));
+      spec_.kinds.push_back(one.kind);
+    }
     if (allow_adaptive && mode == "adaptive") {
       spec_.mode = ScaleMode::kClip;
       spec_.adaptive = true;
@@ -181,6 +197,21 @@ class ScalingOpBase : public tensorflow::OpKernel {
       OP_REQUIRES_OK(ctx, ParseMode(mode, &spec_.mode));
     }
     OP_REQUIRES_OK(ctx, ParseGranularity(granularity, &spec_.granularity));
+    std::vector<NormKind> all = spec_.kinds;
+    if (all.empty()) all.push_back(spec_.source.kind);
+    for (NormKind k : all) {
+      OP_REQUIRES(ctx,
+                  spec_.source.precomputed || !is_matrix_norm(k) ||
+                      spec_.granularity == Granularity::kTensor,
+                  absl::InvalidArgumentError(
+                      "normopt: a matrix norm (spectral) takes granularity "
+                      "'tensor'"));
+      OP_REQUIRES(ctx,
+                  spec_.granularity != Granularity::kGlobal || k == all[0],
+                  absl::InvalidArgumentError(
+                      "normopt: a global norm takes one kind for every "
+                      "gradient ('kinds' must all be equal)"));
+    }
     OP_REQUIRES(ctx,
                 !spec_.source.precomputed ||
                     (spec_.granularity == Granularity::kTensor && !spec_.adaptive),
@@ -199,6 +230,13 @@ class ScalingOpBase : public tensorflow::OpKernel {
                                ScaleSpec* spec,
                                const tensorflow::Tensor** norms) const {
     *spec = spec_;
+    if (spec->kinds.empty()) {
+      spec->kinds.assign(n, spec->source.kind);
+    } else if (static_cast<int>(spec->kinds.size()) != n) {
+      return absl::InvalidArgumentError(
+          "normopt: 'kinds' must hold one norm per gradient (" +
+          std::to_string(n) + "), got " + std::to_string(spec->kinds.size()));
+    }
     TF_RETURN_IF_ERROR(ScalarInput(ctx, "epsilon", &spec->eps));
     TF_RETURN_IF_ERROR(ScalarInput(ctx, "clipnorm", &spec->clipnorm));
     if (spec->adaptive) {

@@ -70,6 +70,7 @@ REGISTER_OP("NormoptScale")
     .Output("scaled: N * T")
     .Output("grad_norms: Tacc")
     .Attr("kind: string")
+    .Attr("kinds: list(string) = []")
     .Attr("mode: string")
     .Attr("granularity: string = 'tensor'")
     .Attr("excluded: list(int) = []")
@@ -89,7 +90,9 @@ REGISTER_OP("NormoptScale")
 g_i * s_i, formed in Tacc and rounded back to T, with s_i = 1/norm_i
 (mode "normalize") or clipnorm/norm_i where norm_i >= clipnorm, else 1
 (mode "clip"); and grad_norms_i = sqrt(sum(g_i^2)), the L2 norm of each
-gradient as given, from the same reads.
+gradient as given, from the same reads. `kinds`, when given, holds the norm
+of every gradient (one call for several norms; `kind` is then not read);
+norms of statistics only (a matrix norm: NormoptApply).
 )doc");
 
 REGISTER_OP("NormoptApply")
@@ -106,9 +109,12 @@ REGISTER_OP("NormoptApply")
     .Input("clipnorm: double")
     .Input("epsilon: double")
     .Input("weight_eps: double")
+    .Input("spectral_vectors: S * Tacc")
     .Output("grad_norms: Tacc")
+    .Output("new_spectral_vectors: S * Tacc")
     .Attr("rule: string")
     .Attr("kind: string")
+    .Attr("kinds: list(string) = []")
     .Attr("mode: string")
     .Attr("granularity: string = 'tensor'")
     .Attr("excluded: list(int) = []")
@@ -117,6 +123,7 @@ REGISTER_OP("NormoptApply")
     .Attr("M: int >= 0")
     .Attr("num_vars: int >= 0")
     .Attr("num_slots: int >= 0")
+    .Attr("S: int >= 0")
     .Attr("T: {half, bfloat16, float, double}")
     .Attr("Tacc: {float, double}")
     .SetIsStateful()
@@ -130,6 +137,9 @@ REGISTER_OP("NormoptApply")
       int n;
       TF_RETURN_IF_ERROR(c->GetAttr("N", &n));
       c->set_output(0, c->Vector(n));
+      std::vector<ShapeHandle> vectors;
+      TF_RETURN_IF_ERROR(c->input("spectral_vectors", &vectors));
+      TF_RETURN_IF_ERROR(c->set_output("new_spectral_vectors", vectors));
       return absl::OkStatus();
     })
     .Doc(R"doc(
@@ -149,6 +159,13 @@ zero (CPU only; not with granularity 'unit'). The dense gradient is read
 chunk by chunk, never built.
 Output grad_norms_i = sqrt(sum(g_i^2)): the L2 norm of each gradient as given
 (before the scale), from the statistics the step gathers anyway.
+`kinds`, when given, holds the norm of every gradient (one call for several
+norms; `kind` is then not read). A matrix norm (spectral, granularity
+'tensor', CPU only) measures each dense gradient of two or more axes as the
+matrix of all axes but the last by the last (csrc/ops/spectral_norm.h);
+`spectral_vectors` holds one persistent vector per such gradient (its last
+axis's length), in gradient order, and in mode "adaptive" one per such
+variable after them; `new_spectral_vectors` their next values.
 )doc");
 
 }  // namespace normopt

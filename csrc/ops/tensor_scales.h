@@ -24,6 +24,7 @@
 #include "ops/chunk_stats.h"
 #include "ops/element_types.h"
 #include "ops/grad_list.h"
+#include "ops/spectral_norm.h"
 #include "ops/unit_stats.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
@@ -185,13 +186,53 @@ enum class Granularity : int { kTensor = 0, kUnit = 1, kGlobal = 2 };
 //              granularity (adaptive gradient clipping); `clipnorm` holds
 //              clip_factor
 // Excluded gradients pass unscaled and stay out of a global norm.
+// `kinds` holds the norm of every gradient (attr `kinds`, else `kind` for
+// each; filled when the inputs are read); a matrix norm (spectral) measures
+// the gradients of two or more axes in a pass of its own (spectral_norm.h).
 struct ScaleSpec {
   NormSource source;
+  std::vector<NormKind> kinds;
   ScaleMode mode = ScaleMode::kNormalize;
   bool adaptive = false;
   Granularity granularity = Granularity::kTensor;
   double eps = 0, clipnorm = 0, weight_eps = 0;
   std::vector<int> excluded;  // indices into the gradient list
+};
+
+// Whether every gradient has the same norm and it is made of statistics:
+// what the GPU kernels take.
+inline bool OneStatisticsKind(const ScaleSpec& spec) {
+  for (NormKind k : spec.kinds) {
+    if (k != spec.kinds[0] || is_matrix_norm(k)) return false;
+  }
+  return true;
+}
+
+// The gradients a matrix norm measures as matrices, in order: a matrix
+// kind, two or more axes, not excluded. Each has a persistent vector of its
+// last axis's length (and, adaptive, one for its variable, after all of the
+// gradients'), normopt/ops/step_plan.spectral_indices.
+template <typename T>
+std::vector<int> MatrixTensors(const ScaleSpec& spec, const GradList<T>& grads) {
+  if (spec.source.precomputed) return {};
+  std::vector<char> excluded(grads.size(), 0);
+  for (int i : spec.excluded) excluded[i] = 1;
+  std::vector<int> out;
+  for (int i = 0; i < grads.size(); ++i) {
+    if (is_matrix_norm(spec.kinds[i]) && grads.shapes[i].dims() >= 2 &&
+        !excluded[i]) {
+      out.push_back(i);
+    }
+  }
+  return out;
+}
+
+// The persistent vectors of the matrices (MatrixTensors order; adaptive:
+// the gradients', then the variables'): read from `in`, written to `out`.
+template <typename Acc>
+struct SpectralVectors {
+  std::vector<const Acc*> in;
+  std::vector<Acc*> out;
 };
 
 // The scales of one chunk: element j of the chunk (flat index begin + j)
@@ -249,14 +290,17 @@ class StepScales {
   using Acc = AccType<T>;
 
   // `weights` (the variables, read only) for the adaptive mode, else empty.
+  // `vectors`: those of the matrices a matrix norm measures (none: null).
   void Compute(tensorflow::OpKernelContext* ctx, const ScaleSpec& spec,
                const ChunkPlan& plan, const GradList<T>& grads,
                const std::vector<const T*>& weights,
-               const tensorflow::Tensor& precomputed_norms) {
+               const tensorflow::Tensor& precomputed_norms,
+               const SpectralVectors<Acc>* vectors = nullptr) {
     spec_ = &spec;
     plan_ = &plan;
     grads_ = &grads;
-    kind_ = spec.source.kind;
+    cost_ = 2;
+    for (NormKind k : spec.kinds) cost_ = std::max(cost_, ChunkStatsCost(k));
     eps_ = static_cast<Acc>(spec.eps);
     const int64_t n = grads.size();
     chunk_sq_.assign(plan.size(), Acc(0));
@@ -280,10 +324,11 @@ class StepScales {
       }
       return;
     }
+    ComputeMatrices(ctx, grads, weights, vectors);
     const bool global = spec.granularity == Granularity::kGlobal;
     std::vector<int64_t> pre_chunks;  // chunks whose statistics come first
     for (int64_t i = 0; i < n; ++i) {
-      if (how_[i] == How::kExcluded || units_[i] > 1) continue;
+      if (how_[i] != How::kReady || units_[i] > 1) continue;
       const int64_t count = plan.first[i + 1] - plan.first[i];
       if (!global && count == 1) {
         how_[i] = How::kInPass;
@@ -299,23 +344,27 @@ class StepScales {
     if (spec.adaptive) w_stats.resize(plan.size());
     ParallelForCount(
         ctx, static_cast<int64_t>(pre_chunks.size()),
-        kChunkElems * ChunkStatsCost(kind_) * (spec.adaptive ? 2 : 1),
+        kChunkElems * cost_ * (spec.adaptive ? 2 : 1),
         [&](int64_t k) {
           const int64_t c = pre_chunks[k];
           const Chunk& ch = plan.chunks[c];
           const int64_t len = ch.end - ch.begin;
           g_stats[c] = GradChunkStats(grads, ch.tensor, ch.begin, len,
-                                      NormAndRecordedStats());
+                                      NormAndRecordedStats(ch.tensor));
           chunk_sq_[c] = g_stats[c].sum_sq;
           if (spec.adaptive) {
-            w_stats[c] = ChunkStats<T>(kind_, weights[ch.tensor] + ch.begin, len);
+            w_stats[c] = ChunkStats<T>(Kind(ch.tensor),
+                                       weights[ch.tensor] + ch.begin, len);
           }
         });
     if (global) {
       if (!pre_chunks.empty()) {
-        const Acc g_norm = GroupNorm(ctx, pre_chunks, data, g_stats);
+        // one kind for every gradient of a global norm (op_inputs.h)
+        const NormKind kind = Kind(plan.chunks[pre_chunks[0]].tensor);
+        const Acc g_norm = GroupNorm(ctx, kind, pre_chunks, data, g_stats);
         const Acc w_norm =
-            spec.adaptive ? GroupNorm(ctx, pre_chunks, w_data, w_stats) : Acc(0);
+            spec.adaptive ? GroupNorm(ctx, kind, pre_chunks, w_data, w_stats)
+                          : Acc(0);
         const TensorScale<Acc> shared = ScaleOf(g_norm, w_norm);
         for (int64_t i = 0; i < n; ++i) {
           if (how_[i] == How::kReady) scales_[first_scale_[i]] = shared;
@@ -327,9 +376,10 @@ class StepScales {
         std::vector<int64_t> own;
         for (int64_t c = plan.first[i]; c < plan.first[i + 1]; ++c) own.push_back(c);
         if (own.empty()) continue;  // an empty tensor keeps scale 1
-        const Acc g_norm = GroupNorm(ctx, own, data, g_stats);
+        const Acc g_norm = GroupNorm(ctx, Kind(i), own, data, g_stats);
         const Acc w_norm =
-            spec.adaptive ? GroupNorm(ctx, own, w_data, w_stats) : Acc(0);
+            spec.adaptive ? GroupNorm(ctx, Kind(i), own, w_data, w_stats)
+                          : Acc(0);
         scales_[first_scale_[i]] = ScaleOf(g_norm, w_norm);
       }
     }
@@ -347,8 +397,9 @@ class StepScales {
     const int64_t len = ch.end - ch.begin;
     TensorScale<Acc>* own = &scales_[first_scale_[i]];
     if (how_[i] == How::kInPass) {
+      const NormKind kind = Kind(i);
       const NormStats<Acc> st =
-          GradChunkStats(*grads_, i, ch.begin, len, NormAndRecordedStats());
+          GradChunkStats(*grads_, i, ch.begin, len, NormAndRecordedStats(i));
       chunk_sq_[c] = st.sum_sq;
       // The tensor's one chunk, already read: g (and w).
       auto chunk = [&ch](const T* x) {
@@ -356,27 +407,32 @@ class StepScales {
           return x + (begin - ch.begin);
         };
       };
-      const Acc plain = NormFromChunkStats<Acc>(kind_, &st, 1, eps_);
+      const Acc plain = NormFromChunkStats<Acc>(kind, &st, 1, eps_);
       const Acc g_norm =
           g != nullptr
-              ? RescueNorm<T>(nullptr, kind_, *plan_, i, chunk(g), plain, eps_)
-              : RescueNorm<T>(nullptr, kind_, *plan_, i, GradReads<T>{*grads_},
+              ? RescueNorm<T>(nullptr, kind, *plan_, i, chunk(g), plain, eps_)
+              : RescueNorm<T>(nullptr, kind, *plan_, i, GradReads<T>{*grads_},
                               plain, eps_);
       Acc w_norm = Acc(0);
       if (spec_->adaptive) {
-        const NormStats<Acc> ws = ChunkStats<T>(kind_, w, len);
-        w_norm = RescueNorm<T>(nullptr, kind_, *plan_, i, chunk(w),
-                               NormFromChunkStats<Acc>(kind_, &ws, 1, eps_),
+        const NormStats<Acc> ws = ChunkStats<T>(kind, w, len);
+        w_norm = RescueNorm<T>(nullptr, kind, *plan_, i, chunk(w),
+                               NormFromChunkStats<Acc>(kind, &ws, 1, eps_),
                                eps_);
       }
       *own = ScaleOf(g_norm, w_norm);
-    } else if (how_[i] == How::kExcluded || spec_->source.precomputed) {
+    } else if (how_[i] == How::kExcluded || how_[i] == How::kMatrix ||
+               spec_->source.precomputed) {
       chunk_sq_[c] = ChunkSumSq(i, ch.begin, len);
     }
     if (units_[i] == 1) return ChunkScales<Acc>{own, 1, 0};
     const Acc* mult = mult_only_[i] ? &mult_[first_scale_[i]] : nullptr;
     return ChunkScales<Acc>{own, units_[i], ch.begin % units_[i], mult};
   }
+
+  // The Lanczos steps of each matrix's spectral norm, in MatrixTensors
+  // order (adaptive: the gradients', then the variables').
+  const std::vector<int>& SpectralSteps() const { return spectral_steps_; }
 
   // After the pass: out[i] = the L2 norm of gradient i (RecordedNorm).
   void RecordedNorms(tensorflow::OpKernelContext* ctx,
@@ -394,13 +450,57 @@ class StepScales {
   }
 
  private:
-  enum class How : char { kReady, kInPass, kExcluded };
+  // kMatrix: measured by the matrix pass (ComputeMatrices), scale ready.
+  enum class How : char { kReady, kInPass, kExcluded, kMatrix };
 
-  // The statistics of the norm and of the recorded L2 norm, of n elements.
-  auto NormAndRecordedStats() const {
-    return [kind = kind_](const T* x, int64_t n) {
+  NormKind Kind(int64_t i) const { return spec_->kinds[i]; }
+
+  // The statistics of tensor i's norm and of the recorded L2 norm, of n
+  // elements.
+  auto NormAndRecordedStats(int64_t i) const {
+    return [kind = Kind(i)](const T* x, int64_t n) {
       return ChunkStats<T, false, kRecordedStats>(kind, x, n);
     };
+  }
+
+  // The scales of the matrices a matrix norm measures (spectral_norm.h),
+  // their vectors read and written.
+  void ComputeMatrices(tensorflow::OpKernelContext* ctx,
+                       const GradList<T>& grads,
+                       const std::vector<const T*>& weights,
+                       const SpectralVectors<Acc>* vectors) {
+    spectral_steps_.clear();
+    const std::vector<int> matrices = MatrixTensors(*spec_, grads);
+    const size_t m = matrices.size();
+    std::vector<int> w_steps;
+    for (size_t k = 0; k < m; ++k) {
+      const int i = matrices[k];
+      how_[i] = How::kMatrix;
+      const int64_t cols = grads.shapes[i].dim_size(grads.shapes[i].dims() - 1);
+      const int64_t rows = cols > 0 ? grads.sizes[i] / cols : 0;
+      const bool reads_weights = spec_->adaptive;
+      if (rows == 0 || cols == 0) {  // nothing to measure: the vectors stay
+        std::copy(vectors->in[k], vectors->in[k] + cols, vectors->out[k]);
+        if (reads_weights) {
+          std::copy(vectors->in[m + k], vectors->in[m + k] + cols,
+                    vectors->out[m + k]);
+        }
+        continue;
+      }
+      const SpectralResult<Acc> g = SpectralNorm<T>(
+          ctx, grads.data[i], rows, cols, vectors->in[k], vectors->out[k], eps_);
+      spectral_steps_.push_back(g.steps);
+      Acc w_norm = Acc(0);
+      if (reads_weights) {
+        const SpectralResult<Acc> w =
+            SpectralNorm<T>(ctx, weights[i], rows, cols, vectors->in[m + k],
+                            vectors->out[m + k], eps_);
+        w_norm = w.norm;
+        w_steps.push_back(w.steps);
+      }
+      scales_[first_scale_[i]] = ScaleOf(g.norm, w_norm);
+    }
+    spectral_steps_.insert(spectral_steps_.end(), w_steps.begin(), w_steps.end());
   }
 
   // sum g^2 over elements [begin, begin + len) of gradient i.
@@ -426,12 +526,12 @@ class StepScales {
   // `stats`), rescued like RescueNorm over the same chunks (read by
   // `read`): max|x| over them, then the statistics of x * 2^-k.
   template <typename Read>
-  Acc GroupNorm(tensorflow::OpKernelContext* ctx,
+  Acc GroupNorm(tensorflow::OpKernelContext* ctx, NormKind kind,
                 const std::vector<int64_t>& chunks, const Read& read,
                 const std::vector<NormStats<Acc>>& stats) const {
     NormStats<Acc> s = NormStats<Acc>::empty();
     for (int64_t c : chunks) s = merge_stats(s, stats[c]);
-    const Acc norm = finalize_norm(kind_, s, eps_);
+    const Acc norm = finalize_norm(kind, s, eps_);
     if (!needs_rescue(norm)) return norm;
     const ChunkPlan& plan = *plan_;
     const int64_t count = static_cast<int64_t>(chunks.size());
@@ -449,12 +549,12 @@ class StepScales {
     ParallelForCount(ctx, count, kChunkElems * 4, [&](int64_t k) {
       const Chunk& ch = plan.chunks[chunks[k]];
       const int64_t len = ch.end - ch.begin;
-      st[k] = ChunkStats<T, true>(kind_, read(ch.tensor, ch.begin, len), len,
+      st[k] = ChunkStats<T, true>(kind, read(ch.tensor, ch.begin, len), len,
                                   pre);
     });
     NormStats<Acc> r = NormStats<Acc>::empty();
     for (int64_t k = 0; k < count; ++k) r = merge_stats(r, st[k]);
-    return rescued_norm(kind_, r, e, eps_);
+    return rescued_norm(kind, r, e, eps_);
   }
 
   // Unit-wise tensors: per-unit statistics of g (and w) in tasks of
@@ -483,15 +583,15 @@ class StepScales {
     auto rows = [&](int64_t i) { return grads.sizes[i] / units_[i]; };
     ParallelForCount(
         ctx, static_cast<int64_t>(tasks.size()),
-        kUnitBlock * 64 * ChunkStatsCost(kind_) * (adaptive ? 2 : 1),
+        kUnitBlock * 64 * cost_ * (adaptive ? 2 : 1),
         [&](int64_t k) {
           const Task& t = tasks[k];
           const int64_t at = first_scale_[t.tensor] + t.u0;
-          UnitStats<T, false, kRecordedStats>(kind_, grads.data[t.tensor],
+          UnitStats<T, false, kRecordedStats>(Kind(t.tensor), grads.data[t.tensor],
                                               rows(t.tensor), units_[t.tensor],
                                               t.u0, t.u1, &g_units[at]);
           if (adaptive) {
-            UnitStats<T>(kind_, weights[t.tensor], rows(t.tensor),
+            UnitStats<T>(Kind(t.tensor), weights[t.tensor], rows(t.tensor),
                          units_[t.tensor], t.u0, t.u1, &w_units[at]);
           }
         });
@@ -521,8 +621,9 @@ class StepScales {
     const int64_t units = units_[i];
     std::vector<Acc> norms(units);
     bool rescue = false;
+    const NormKind kind = Kind(i);
     for (int64_t u = 0; u < units; ++u) {
-      norms[u] = finalize_norm(kind_, stats[u], eps_);
+      norms[u] = finalize_norm(kind, stats[u], eps_);
       rescue = rescue || needs_rescue(norms[u]);
     }
     if (!rescue) return norms;
@@ -540,12 +641,12 @@ class StepScales {
     const int64_t blocks = (units + kUnitBlock - 1) / kUnitBlock;
     ParallelForCount(ctx, blocks, kUnitBlock * rows * 4, [&](int64_t b) {
       const int64_t u0 = b * kUnitBlock;
-      UnitStats<T, true>(kind_, x, rows, units, u0,
+      UnitStats<T, true>(kind, x, rows, units, u0,
                          std::min(units, u0 + kUnitBlock), &scaled[u0],
                          pow2<Acc>(-e));
     });
     for (int64_t u = 0; u < units; ++u) {
-      if (needs_rescue(norms[u])) norms[u] = rescued_norm(kind_, scaled[u], e, eps_);
+      if (needs_rescue(norms[u])) norms[u] = rescued_norm(kind, scaled[u], e, eps_);
     }
     return norms;
   }
@@ -553,8 +654,9 @@ class StepScales {
   const ScaleSpec* spec_ = nullptr;
   const ChunkPlan* plan_ = nullptr;
   const GradList<T>* grads_ = nullptr;
-  NormKind kind_ = NormKind::kL2;
+  int cost_ = 2;  // ChunkStatsCost of the costliest kind
   Acc eps_ = Acc(0);
+  std::vector<int> spectral_steps_;
   std::vector<How> how_;
   std::vector<int64_t> units_;        // scales per tensor (1 unless unit-wise)
   std::vector<int64_t> first_scale_;  // tensor i's scales start here

@@ -76,6 +76,15 @@ def _norm_list(text):
     return _choices("norm", known, normalizations.canonical_name)(text)
 
 
+def _statistic_norm_list(text):
+    """Norms the norms benchmark measures: those made of statistics, which
+    every implementation computes (not spectral: `normopt bench step
+    --wrappers normalized_spectral`)."""
+    from normopt import header_tables, normalizations
+
+    return _choices("norm", header_tables.STATISTIC_NORMS, normalizations.canonical_name)(text)
+
+
 def _int_at_least(low):
     def parse(text):
         try:
@@ -105,7 +114,7 @@ def add_arguments(parser):
                         help="quick (default): a short run of both; norms; step; "
                         "fit: whole model.fit steps")
     g = parser.add_argument_group("norms benchmark")
-    g.add_argument("--norms", type=_norm_list,
+    g.add_argument("--norms", type=_statistic_norm_list,
                    help="comma-separated built-in norms (default: all; quick: "
                    "l2,avg_l1_l2,max,std)")
     g.add_argument("--impls", type=_choices("implementation", norm_impls.IMPLEMENTATIONS),
@@ -217,9 +226,9 @@ def resolve(args):
         if getattr(args, key, None) is None:
             setattr(args, key, value)
     if args.norms is None:
-        from normopt import normalizations
+        from normopt import header_tables
 
-        args.norms = normalizations.BUILTIN_NORMALIZATIONS
+        args.norms = header_tables.STATISTIC_NORMS
     if args.sizes is None:
         if args.max_exp > MAX_EXP:
             raise ValueError(f"--max-exp {args.max_exp} is above {MAX_EXP}")

@@ -31,9 +31,11 @@ from normopt.bench import cases, inners, timing
 # One inner optimizer per fused rule family.
 INNERS = inners.STEP_INNERS
 # The default wrappers, and every one (unit-wise and global normalization,
-# adaptive gradient clipping per unit: --wrappers).
+# adaptive gradient clipping per unit, the spectral norm per tensor, whatever
+# the run's norm: --wrappers).
 WRAPPERS = ("normalized", "clipped")
-ALL_WRAPPERS = WRAPPERS + ("normalized_unit", "normalized_global", "adaptive")
+ALL_WRAPPERS = WRAPPERS + ("normalized_unit", "normalized_global", "adaptive",
+                           "normalized_spectral")
 PATHS = ("plain", "tf_graph", "tf_xla", "fused")
 CLIPNORM = 1.0
 
@@ -62,6 +64,8 @@ def make_optimizer(inner, wrapper, path, norm):
                                    granularity=wrapper.split("_")[1])
     if wrapper == "adaptive":
         return AdaptiveClippedOptimizer(base, normalization=norm, fused=fused)
+    if wrapper == "normalized_spectral":
+        return NormalizedOptimizer(base, normalization="spectral", fused=fused)
     raise KeyError(f"unknown wrapper {wrapper!r}; known: {ALL_WRAPPERS}")
 
 

@@ -30,6 +30,8 @@ finalize_norm (eps added once; averages over an empty block are 0):
     avg_l1_l2 (sum_abs/n + sqrt(sum_sq/n))/2 + eps
     max max_abs + eps                 min_max (max_abs + min_abs)/2 + eps
     std sqrt(m2/n) + eps
+    spectral sqrt(sum_sq) + eps (its value for at most one axis: the
+             kernels here refuse it, `statistic_kind_code`)
 
 scale_from_norm: normalize 1/norm; clip clipnorm/norm if norm >= clipnorm else 1,
 as the pair (pre, mult) of `tensor_scale`, applied as (g * pre) * mult: pre = 1
@@ -52,7 +54,9 @@ from normopt.header_tables import (  # noqa: F401 - the kernels' names for the t
     NORM_KINDS,
     NORMS,
     NUM_KINDS,
+    MATRIX_NORMS,
     STAT_FIELDS,
+    STAT_MATRIX,
     STAT_MAX_ABS,
     STAT_MIN_ABS,
     STAT_MOMENTS,
@@ -62,6 +66,8 @@ from normopt.header_tables import (  # noqa: F401 - the kernels' names for the t
     accepted_names,
     kind_code,
     mode_code,
+    STATISTIC_NORMS,
+    statistic_kind_code,
     stats_fields,
     stats_needed,
 )
@@ -129,6 +135,8 @@ def finalize_norm(kind, count, sum_abs, sum_sq, max_abs, min_abs, m2, eps):
         return ((max_abs + min_abs) / 2.0 if any_ else 0.0) + eps
     if kind == 8:
         return math.sqrt(m2 / n if any_ else 0.0) + eps
+    if kind == 9:  # spectral of a tensor of at most one axis: l2
+        return math.sqrt(sum_sq) + eps
     return eps
 
 

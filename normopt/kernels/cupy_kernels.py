@@ -319,7 +319,7 @@ def launch_stats(plan, kind="l2", mode="normalize", clipnorm=1.0, eps=1e-7,
     scales as (pre, mult) rows. `grad_norms`, a device array of N values of
     the accumulation type, receives each gradient's L2 norm sqrt(sum g^2),
     from the same statistics (as the TF op's output of that name)."""
-    code = _finalize.kind_code(kind)
+    code = _finalize.statistic_kind_code(kind)
     n = len(plan.arrays)
     norms, scales = _finish(plan, _chunk_stats(plan, code), code, mode, clipnorm, eps,
                             grad_norms)
@@ -431,7 +431,7 @@ def launch_scales(plan, kind="l2", mode="normalize", clipnorm=1.0, eps=1e-7, *,
         _, scales = launch_stats(plan, kind, mode, clipnorm, eps, grad_norms)
         return scales, None, None
     kept = [t for t in range(n) if t not in excluded]
-    code = _finalize.kind_code(kind)
+    code = _finalize.statistic_kind_code(kind)
     work = _chunk_stats(plan, code)
     per_tensor, _ = _finish(plan, work, code, "normalize", 1.0, eps, grad_norms)
     norms, first, units = _norm_slots(plan, code, eps, granularity, kept, work, per_tensor)

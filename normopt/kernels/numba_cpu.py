@@ -238,7 +238,7 @@ class _Work:
 
 
 def _stats_and_scales(work, dtype, kind, mode, clipnorm, eps, chunk_size):
-    code = _finalize.kind_code(kind)
+    code = _finalize.statistic_kind_code(kind)
     mode_code = _finalize.mode_code(mode)
     sizes = [f.size for f in work.flat]
     table = chunk_table(sizes, chunk_size)

@@ -384,7 +384,7 @@ def launch_stats(packed, kind="l2", mode="normalize", clipnorm=1.0, eps=1e-7,
     """Two launches (chunk stats, finish); returns device (norms, scales),
     scales as (pre, mult) rows."""
     threads = threads or THREADS
-    code = _finalize.kind_code(kind)
+    code = _finalize.statistic_kind_code(kind)
     stats = cuda.device_array((max(packed.num_chunks, 1), _finalize.NUM_STATS),
                               dtype=packed.acc)
     if packed.num_chunks:

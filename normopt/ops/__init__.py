@@ -1,11 +1,13 @@
 """Op-level pieces: the compiled op library and its raw ops (raw_ops), the
-step plan (step_plan), the keras.ops math (scale_math) and what is
-TensorFlow's alone (tf_backend).
+step plan (step_plan), the keras.ops math (scale_math), what is
+TensorFlow's alone (tf_backend), the executor on Keras's other backends
+(keras_step) and which of the two runs a step (executors).
 
 Which path a wrapper's latest step took is `wrapper.last_path`, a
 `StepPath(name, reason)` with `name` one of `PATHS` (see `paths`):
-`fused`, `fused_tf_norms`, `fused_scale` or `tf`. Whether the compiled
-library is available, and why not, is `library_status()`.
+`fused`, `fused_tf_norms`, `fused_scale` or `tf` on TensorFlow, `keras` on
+JAX and PyTorch. Whether the compiled library is available, and why not, is
+`library_status()`.
 """
 
 from normopt.ops.paths import (
@@ -14,6 +16,7 @@ from normopt.ops.paths import (
     FUSED,
     FUSED_SCALE,
     FUSED_TF_NORMS,
+    KERAS,
     TF,
     StepPath,
 )
@@ -38,6 +41,7 @@ __all__ = [
     "FUSED",
     "FUSED_SCALE",
     "FUSED_TF_NORMS",
+    "KERAS",
     "PATHS",
     "StepPath",
     "TF",

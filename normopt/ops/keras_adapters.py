@@ -11,6 +11,10 @@ checks each against the installed Keras, naming the one a release renamed.
 moves every row or only the indexed ones (from what Keras's own update
 does with one; checked against the installed Keras there too).
 
+For an optimizer of the tf-keras package (Keras 2) each function marked
+`@for_tf_keras` runs its namesake in `normopt.ops.tf_keras_adapters`
+instead, so the plan and the executors read any optimizer through here.
+
     SGD      sgd | sgd_momentum | sgd_nesterov   momentums           mu
     Adam     adam | adam_amsgrad                 _momentums, _velocities,
     AdamW                                        [_velocity_hats]    b1, b2, eps
@@ -31,6 +35,8 @@ does with one; checked against the installed Keras there too).
     ScheduleFreeAdamW  schedule_free_adamw       _momentums, _velocities
                                                  b1, b2, eps, warmup_steps
 """
+
+import functools
 
 import keras
 from keras import ops
@@ -70,6 +76,29 @@ READS = (
     ("ScheduleFreeAdamW", "_momentums"),
     ("ScheduleFreeAdamW", "_velocities"),
 )
+
+
+def _is_tf_keras(inner):
+    """Whether `inner` is an optimizer of the tf-keras package (Keras 2)."""
+    if isinstance(inner, keras.optimizers.Optimizer):
+        return False
+    return any(c.__module__.split(".")[0] == "tf_keras" for c in type(inner).__mro__)
+
+
+def for_tf_keras(fn):
+    """`fn(inner, ...)` for a Keras 3 optimizer; for a tf_keras one the
+    function of the same name in normopt.ops.tf_keras_adapters (imported
+    only then: normopt runs without the tf-keras package)."""
+
+    @functools.wraps(fn)
+    def dispatch(inner, *args):
+        if _is_tf_keras(inner):
+            from normopt.ops import tf_keras_adapters
+
+            return getattr(tf_keras_adapters, fn.__name__)(inner, *args)
+        return fn(inner, *args)
+
+    return dispatch
 
 
 class Adapter:
@@ -374,6 +403,7 @@ ADAPTERS = {
 }
 
 
+@for_tf_keras
 def adapter_for(inner):
     """The Adapter of `inner`'s exact class, or None (no fused rule)."""
     return ADAPTERS.get(type(inner))
@@ -394,6 +424,7 @@ def _outside_replicas(fn):
         fn()
 
 
+@for_tf_keras
 def restore_unsaved_state(inner):
     """What `inner` lost in a save/load, brought back before a step."""
     adapter = adapter_for(inner)
@@ -401,6 +432,7 @@ def restore_unsaved_state(inner):
         adapter.restore(inner)
 
 
+@for_tf_keras
 def unsupported_options(inner):
     """Inner-optimizer options the fused rules do not implement."""
     found = []
@@ -414,6 +446,7 @@ def unsupported_options(inner):
     return found
 
 
+@for_tf_keras
 def weight_decay(inner, variable):
     """The decoupled weight decay `inner` applies to `variable` (0 for none)."""
     if inner.weight_decay and inner._use_weight_decay(variable):
@@ -421,11 +454,13 @@ def weight_decay(inner, variable):
     return 0.0
 
 
+@for_tf_keras
 def variable_indices(inner, variables):
     """Each variable's index in `inner`'s slot lists."""
     return [inner._get_variable_index(v) for v in variables]
 
 
+@for_tf_keras
 def advance_iterations(inner):
     """iterations += 1, as Keras does after a step."""
     inner._iterations.assign_add(1)
@@ -434,3 +469,35 @@ def advance_iterations(inner):
 def model_variables_moving_average(inner):
     """`inner`'s EMA of the model variables (SwapEMAWeights reads it)."""
     return inner._model_variables_moving_average
+
+
+@for_tf_keras
+def sparse_refusals(inner, sparse_names):
+    """Why sparse gradients of `sparse_names` keep `inner` off the fused
+    update beyond its rule's INDEXED_SLICES entry (none for Keras 3)."""
+    return []
+
+
+@for_tf_keras
+def learning_rate(inner):
+    """The learning rate of this step, as a float64 tensor."""
+    return ops.cast(inner.learning_rate, "float64")
+
+
+@for_tf_keras
+def loss_scale_factor(inner):
+    """The factor `inner` unscales its gradients by, or None."""
+    return inner.loss_scale_factor
+
+
+@for_tf_keras
+def sums_across_replicas(inner):
+    """Whether `inner`'s own update sums the gradients across replicas again
+    (Keras 3's apply does: each replica hands it its share)."""
+    return True
+
+
+@for_tf_keras
+def apply_gradients(inner, grads, variables):
+    """`inner`'s own update with `grads`."""
+    inner.apply(grads, variables)

@@ -32,7 +32,7 @@ import numpy as np
 from keras import ops
 
 from normopt import normalizations
-from normopt.ops import scale_math, step_plan
+from normopt.ops import scale_math, spectral_math, step_plan
 
 # ------------------------------------------------------------ tensors
 
@@ -97,6 +97,17 @@ class Tensors:
             )
         return ops.cast(norm, scale_math.accumulation_dtype(grad.dtype))
 
+    def spectral_norm(self, grad, vector):
+        """spectral_math.spectral_norm of a gradient (or weight) of two or
+        more axes, from and into its persistent `vector` (a variable,
+        assigned the new estimate). Measured on its explicit values: a
+        sparse gradient's absent rows, zero, do not change the singular
+        values."""
+        values, _ = self.values_and_count(grad)
+        norm, new_vector, _ = spectral_math.spectral_norm(values, ops.convert_to_tensor(vector))
+        vector.assign(ops.cast(new_vector, vector.dtype))
+        return norm
+
     def apply_scale(self, grad, scale, branch_large):
         return scale_math.apply_scale(grad, scale, branch_large)
 
@@ -126,20 +137,28 @@ def backend_tensors(backend=None):
     return DENSE
 
 
-def scale_groups(plan, grads, variables, tensors=DENSE):
+def scale_groups(plan, grads, variables, tensors=DENSE, vectors=None):
     """The gradients with every scale group of `plan` scaled by its norm
     (the others as they are), in keras.ops math (`scale_math`).
 
     Per group: norm = norm(g) (per tensor, per unit, or merged over the
-    group), for adaptive clipping also norm(w) of the variables, then
-    g' = (g * pre) * mult with (pre, mult) = plan.scaling.scale(norm, ...).
+    group; each entry's own norm, `normalization_map`), for adaptive
+    clipping also norm(w) of the variables, then g' = (g * pre) * mult with
+    (pre, mult) = plan.scaling.scale(norm, ...). `vectors`: {index:
+    (gradient's vector, weight's vector or None)} of the matrices the
+    spectral norm measures (`Tensors.spectral_norm`).
     """
-    scaling, name = plan.scaling, plan.settings.normalization
-    norms = _group_norms(plan.groups, grads, name, tensors)
+    scaling = plan.scaling
+    vectors = vectors or {}
+    names = [plan.settings.normalization if g.merged else plan.entries[g.members[0]].norm
+             for g in plan.groups]
+    matrices = [vectors.get(g.members[0], (None, None)) for g in plan.groups]
+    norms = _group_norms(plan.groups, grads, names, tensors, [m[0] for m in matrices])
     weight_norms = [None] * len(plan.groups)
     if scaling.reads_weights:
         weights = {i: tensors.weight(variables[i]) for g in plan.groups for i in g.members}
-        weight_norms = _group_norms(plan.groups, weights, name, tensors)
+        weight_norms = _group_norms(plan.groups, weights, names, tensors,
+                                    [m[1] for m in matrices])
     out = list(grads)
     for group, norm, weight_norm in zip(plan.groups, norms, weight_norms):
         scale = scaling.scale(norm, weight_norm)
@@ -148,20 +167,28 @@ def scale_groups(plan, grads, variables, tensors=DENSE):
     return out
 
 
-def _group_norms(groups, values, name, tensors):
-    """The norm of each group of `values` (gradients or weights, by index):
-    the whole-tensor groups in one `tensor_norms` call."""
-    whole = [k for k, g in enumerate(groups) if not g.merged and g.axes is None]
+def _group_norms(groups, values, names, tensors, vectors):
+    """The norm of each group of `values` (gradients or weights, by index)
+    by its norm `names[k]`: the whole-tensor groups in one `tensor_norms`
+    call per norm, a matrix with a persistent vector (`vectors[k]`) by its
+    spectral norm."""
     norms = [None] * len(groups)
-    measured = tensors.tensor_norms([values[groups[k].members[0]] for k in whole], name)
-    for k, norm in zip(whole, measured):
-        norms[k] = norm
+    whole = {}
+    for k, g in enumerate(groups):
+        if not g.merged and g.axes is None and vectors[k] is None:
+            whole.setdefault(names[k], []).append(k)
+    for name, ks in whole.items():
+        measured = tensors.tensor_norms([values[groups[k].members[0]] for k in ks], name)
+        for k, norm in zip(ks, measured):
+            norms[k] = norm
     for k, group in enumerate(groups):
-        if group.merged:
+        if vectors[k] is not None:
+            norms[k] = tensors.spectral_norm(values[group.members[0]], vectors[k])
+        elif group.merged:
             parts = [tensors.values_and_count(values[i]) for i in group.members]
-            norms[k] = scale_math.merged_norm(parts, name, None)
+            norms[k] = scale_math.merged_norm(parts, names[k], None)
         elif group.axes is not None:
-            norms[k] = tensors.norm(values[group.members[0]], name, per_unit=True)
+            norms[k] = tensors.norm(values[group.members[0]], names[k], per_unit=True)
     return norms
 
 
@@ -254,16 +281,17 @@ def step_if_finite(step, skip, grads, args, replicas=1, state=()):
 # ---------------------------------------------------------- executor
 
 
-def run_inner_step(inner, plan, grads, variables, replicas=1, tensors=None):
-    """The gradients scaled by `scale_groups`, then the inner optimizer's
-    own update. Returns None (no compiled op measured any norm)."""
+def run_inner_step(inner, plan, grads, variables, replicas=1, tensors=None, vectors=None):
+    """The gradients scaled by `scale_groups` (`vectors` as there), then the
+    inner optimizer's own update. Returns None (no compiled op measured any
+    norm)."""
     del replicas
     factor = inner.loss_scale_factor
     if factor is not None:
         # The inner optimizer unscales after us: measure the norm of the
         # true gradient, then hand back a scaled result.
         grads = [g / ops.cast(factor, g.dtype) for g in grads]
-    out = scale_groups(plan, grads, variables, tensors or backend_tensors())
+    out = scale_groups(plan, grads, variables, tensors or backend_tensors(), vectors)
     if factor is not None:
         out = [g * ops.cast(factor, g.dtype) for g in out]
     inner.apply(out, variables)

@@ -90,16 +90,29 @@ def norms(grads, kind, epsilon):
     )
 
 
+def _kinds_attr(kinds, count):
+    """The ops' `kinds` attr: one built-in name per gradient, or [] (every
+    gradient takes `kind`)."""
+    if kinds is None:
+        return []
+    kinds = [normalizations.canonical_name(k) for k in kinds]
+    if len(kinds) != count:
+        raise ValueError(f"normopt: `kinds` must hold one norm per gradient ({count}), "
+                         f"got {len(kinds)}")
+    return kinds
+
+
 def scale(grads, kind, mode, clipnorm, epsilon, norms=None, granularity="tensor",
-          excluded=()):
+          excluded=(), kinds=None):
     """[g_i * s_i], the product formed in acc and cast back to the dtype."""
     return scale_and_norms(grads, kind, mode, clipnorm, epsilon, norms,
-                           granularity, excluded)[0]
+                           granularity, excluded, kinds)[0]
 
 
 def scale_and_norms(grads, kind, mode, clipnorm, epsilon, norms=None,
-                    granularity="tensor", excluded=()):
-    """([g_i * s_i], grad_norms): `scale`, and the L2 norm of every g_i."""
+                    granularity="tensor", excluded=(), kinds=None):
+    """([g_i * s_i], grad_norms): `scale`, and the L2 norm of every g_i.
+    `kinds`: one norm per gradient (statistics norms), in one call."""
     grads, dtype = _common_dtype(grads)
     acc = tf.as_dtype(scale_math.accumulation_dtype(dtype))
     return _ops().normopt_scale(
@@ -108,6 +121,7 @@ def scale_and_norms(grads, kind, mode, clipnorm, epsilon, norms=None,
         clipnorm=_f64(clipnorm),
         epsilon=_f64(epsilon),
         kind=_kind_name(kind),
+        kinds=_kinds_attr(kinds, len(grads)),
         mode=mode,
         granularity=granularity,
         excluded=list(excluded),
@@ -136,7 +150,17 @@ def _dense_rows(grad, variable):
 
 def apply(rule, variables, slots, grads, *, lr, step, hyper, decay, kind,
           mode, clipnorm, epsilon, norms=None, granularity="tensor",
-          excluded=(), weight_eps=0.0):
+          excluded=(), weight_eps=0.0, kinds=None):
+    """`apply_step` without spectral vectors: returns grad_norms."""
+    return apply_step(rule, variables, slots, grads, lr=lr, step=step, hyper=hyper,
+                      decay=decay, kind=kind, mode=mode, clipnorm=clipnorm,
+                      epsilon=epsilon, norms=norms, granularity=granularity,
+                      excluded=excluded, weight_eps=weight_eps, kinds=kinds)[0]
+
+
+def apply_step(rule, variables, slots, grads, *, lr, step, hyper, decay, kind,
+               mode, clipnorm, epsilon, norms=None, granularity="tensor",
+               excluded=(), weight_eps=0.0, kinds=None, spectral_vectors=()):
     """One step of update `rule` (csrc/normopt/update_rules.h) in place.
 
     `slots` is slot-major: one list per slot of the rule, each holding that
@@ -144,8 +168,16 @@ def apply(rule, variables, slots, grads, *, lr, step, hyper, decay, kind,
     hyperparameters after lr and step (Adam: beta_1, beta_2, epsilon), as
     Python floats or scalar tensors; `step` is t = iterations + 1. First
     w -= w * decay_i * lr, then the rule with g' = g * s_i. Returns
-    grad_norms, the L2 norm of every g_i (before the scale). A gradient may
-    be a tf.IndexedSlices (`sparse_rows`).
+    (grad_norms, new spectral vectors): the L2 norm of every g_i (before
+    the scale), and the next values of `spectral_vectors`. A gradient may be
+    a tf.IndexedSlices (`sparse_rows`).
+
+    `kinds`: one norm per gradient (one call for several norms; `kind` is
+    then not read). A matrix norm ("spectral") measures each dense gradient
+    of two or more axes that is not excluded as a matrix, from its
+    persistent vector: `spectral_vectors` holds one per such gradient (its
+    last axis's length, acc), in gradient order, and in mode "adaptive" one
+    per such variable after them (step_plan.spectral_indices).
     """
     grads = list(grads)
     sparse = [i for i, g in enumerate(grads) if isinstance(g, tf.IndexedSlices)]
@@ -177,6 +209,8 @@ def apply(rule, variables, slots, grads, *, lr, step, hyper, decay, kind,
         granularity=granularity,
         excluded=list(excluded),
         sparse=sparse,
+        kinds=_kinds_attr(kinds, len(grads)),
+        spectral_vectors=[tf.cast(v, acc) for v in spectral_vectors],
     )
 
 

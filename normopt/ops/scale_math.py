@@ -249,6 +249,10 @@ def finalize_norm(name, s, eps):
         return (s["max_abs"] + s["min_abs"]) / 2 + eps
     if name == "std":
         return ops.sqrt(s["m2"] / safe_n) + eps
+    if name == "spectral":
+        # its value for a tensor of at most one axis (l2); a matrix is
+        # measured by normopt.ops.spectral_math
+        return ops.sqrt(s["sum_sq"]) + eps
     raise ValueError(f"{name!r} is not a built-in normalization")
 
 

@@ -32,6 +32,7 @@ scales each group.
 
 import dataclasses
 
+from normopt import header_tables
 from normopt.ops import keras_adapters, paths
 from normopt.ops.paths import StepPath
 
@@ -101,13 +102,20 @@ def backend_reason(backend):
 class Settings:
     """What the plan reads of a wrapper: `scaling` is its kind's scaler
     (scale_math.Normalize, Clip or Adaptive); `custom` whether the
-    normalization is a registered Python function."""
+    normalization is a registered Python function; `norms`: the norm of
+    each gradient of the step, in order (`normalization_map`), or empty
+    when every gradient takes `normalization`."""
 
     fused: object
     normalization: str
     granularity: str
     scaling: object
     custom: bool = False
+    norms: tuple = ()
+
+    def norm_list(self, count):
+        """The norm of each of `count` gradients."""
+        return list(self.norms) if self.norms else [self.normalization] * count
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,6 +169,7 @@ class Entry:
     role: str
     form: str = DENSE
     group: object = None
+    norm: object = None  # its norm's name (Settings.norm_list)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,8 +206,9 @@ def plan_step(settings, inner, context):
     roles = [_role(f) for f in facts]
     groups = scale_groups(settings.granularity, roles, facts)
     group_of = {i: k for k, g in enumerate(groups) for i in g.members}
+    norms = settings.norm_list(len(facts))
     entries = tuple(
-        Entry(role, _form(f, path, settings.granularity), group_of.get(i))
+        Entry(role, _form(f, path, settings.granularity), group_of.get(i), norms[i])
         for i, (role, f) in enumerate(zip(roles, facts))
     )
     shared = path.name in paths.COMPILED and several_dtypes_global(settings.granularity, facts)
@@ -231,6 +241,8 @@ def choose_path(settings, inner, context):
         )
     if not reasons:
         reasons.extend(_sparse_blockers(kernel, facts, settings.granularity))
+    if not reasons and kernel is not None:
+        reasons.extend(keras_adapters.sparse_refusals(inner, [f.name for f in facts if f.sparse]))
     if not reasons:
         if kernel is None:
             name = paths.FUSED_SCALE
@@ -248,9 +260,11 @@ def choose_path(settings, inner, context):
     return StepPath(paths.TF, "; ".join(reasons))
 
 
-def check_granularity(granularity, normalization, custom):
+def check_granularity(granularity, normalization, custom, mapped=None):
     """Refuses a granularity that is none of GRANULARITIES, or one a custom
-    normalization (a function of a whole tensor) cannot measure."""
+    normalization or a matrix norm (spectral: functions of a whole tensor)
+    cannot measure, or "global" with a `normalization_map` (`mapped`, its
+    dict; one norm over all gradients has one kind)."""
     if granularity not in GRANULARITIES:
         raise ValueError(
             f"`granularity` must be one of {', '.join(map(repr, GRANULARITIES))}, "
@@ -261,6 +275,34 @@ def check_granularity(granularity, normalization, custom):
             f"The custom normalization {normalization!r} measures whole "
             f"tensors: granularity={granularity!r} needs a built-in norm."
         )
+    names = [normalization] + list((mapped or {}).values())
+    matrix = [n for n in names if is_matrix_norm(n)]
+    if granularity != "tensor" and matrix:
+        raise ValueError(
+            f"The {matrix[0]!r} normalization measures a whole tensor as a "
+            f"matrix: it takes granularity='tensor', got {granularity!r}."
+        )
+    if mapped and merges_all(granularity):
+        raise ValueError(
+            "`normalization_map` gives variables norms of their own, which "
+            "granularity='global' (one norm over all gradients) cannot "
+            "take: use granularity='tensor' or 'unit'."
+        )
+
+
+def is_matrix_norm(name):
+    """Whether built-in `name` is measured on a tensor's matrix view
+    (spectral: STAT_MATRIX in the header's norm table)."""
+    return header_tables.ALIASES.get(name, name) in header_tables.MATRIX_NORMS
+
+
+def spectral_indices(norms, facts):
+    """The gradients a matrix norm measures as matrices: those of two or
+    more axes whose norm is one, not excluded (the others' spectral norm is
+    their l2 norm); in order."""
+    return [i for i, (name, f) in enumerate(zip(norms, facts))
+            if is_matrix_norm(name) and not f.excluded and f.rank is not None
+            and f.rank >= 2]
 
 
 def merges_all(granularity):
@@ -386,15 +428,40 @@ def _beyond_compiled(settings, path_name, facts):
             "adaptive clipping with a global norm over gradients of "
             "several dtypes"
         )
+    norms = settings.norm_list(len(facts))
+    matrices = spectral_indices(norms, facts)
+    if matrices and path_name == paths.FUSED_SCALE:
+        found.append(
+            "the spectral norm with an inner optimizer that has no fused "
+            "update (the scale-only op has no spectral pass)"
+        )
+    if matrices and settings.custom:
+        found.append(
+            "the spectral norm beside a custom normalization (measured in "
+            "TensorFlow, handed to the op as precomputed norms)"
+        )
+    sparse = [facts[i].name for i in matrices if facts[i].sparse]
+    if sparse:
+        found.append(
+            f"the sparse gradient of {sparse[0]} under the spectral norm (the "
+            "op's spectral pass reads dense matrices)"
+        )
+    on_gpu = any(f.device == "GPU" for f in facts)
     beyond_tensor = (
         settings.granularity != "tensor"
         or adaptive
         or any(f.excluded for f in facts)
     )
-    if beyond_tensor and any(f.device == "GPU" for f in facts):
+    if beyond_tensor and on_gpu:
         found.append(
             "variables on a GPU (the TF op's GPU kernel takes per-tensor "
             "norms of every gradient only)"
+        )
+    elif on_gpu and (len(set(norms)) > 1 or any(is_matrix_norm(n) for n in norms)):
+        found.append(
+            "variables on a GPU (the TF op's GPU kernel takes one statistics "
+            "norm for every gradient: not the spectral norm, nor a "
+            "normalization_map)"
         )
     if not found:
         return None

@@ -76,9 +76,16 @@ def _why_no_gpu_kernels():
     return f"it has no GPU kernels: CUDA kernels {summary or 'not recorded'}"
 
 
+def tf_variable(variable):
+    """The tf.Variable behind a Keras 3 variable (`.value`), or a tf
+    variable itself (tf_keras's, whose `value` is a method)."""
+    value = getattr(variable, "value", variable)
+    return variable if callable(value) else value
+
+
 def device_type(variable):
     """'GPU', 'CPU', ... of the device a (Keras or tf) variable lives on."""
-    device = getattr(getattr(variable, "value", variable), "device", "") or ""
+    device = getattr(tf_variable(variable), "device", "") or ""
     return tf.DeviceSpec.from_string(device).device_type or "CPU"
 
 
@@ -271,8 +278,9 @@ def _apply_scale(grad, scale, branch_large):
 
 class TfTensors(keras_step.Tensors):
     """The group loop's reads of TensorFlow gradients: an IndexedSlices
-    counts as the dense tensor it stands for (`norm_of`) and stays sparse
-    when scaled (`_apply_scale`)."""
+    counts as the dense tensor it stands for (`norm_of`; its deduplicated
+    rows for the spectral norm) and stays sparse when scaled
+    (`_apply_scale`)."""
 
     def values_and_count(self, grad):
         return values_and_count(grad)
@@ -293,11 +301,11 @@ class TfTensors(keras_step.Tensors):
 TF_TENSORS = TfTensors()
 
 
-def scale_pure(plan, grads, variables):
+def scale_pure(plan, grads, variables, vectors=None):
     """The gradients with every scale group scaled by its norm (the others
     as they are), in keras.ops math: keras_step.scale_groups, the one group
-    loop, over TensorFlow gradients (`TfTensors`)."""
-    return keras_step.scale_groups(plan, grads, variables, TF_TENSORS)
+    loop, over TensorFlow gradients (`TfTensors`); `vectors` as there."""
+    return keras_step.scale_groups(plan, grads, variables, TF_TENSORS, vectors)
 
 
 def scale_gradient(grad, normalization, mode, clipnorm=1.0, eps=None):
@@ -364,11 +372,12 @@ def step_if_finite(step, skip, grads, args, replicas, state=()):
 # ---------------------------------------------------------------- executors
 
 
-def run_inner_step(inner, plan, grads, variables, replicas):
+def run_inner_step(inner, plan, grads, variables, replicas, vectors=None):
     """The gradients scaled by the compiled scale op (path fused_scale) or
-    by `scale_pure`, then the inner optimizer's own update. Returns the op's
-    L2 norms of the scaled gradients as parts, else None."""
-    factor = inner.loss_scale_factor
+    by `scale_pure` (`vectors` as there), then the inner optimizer's own
+    update. Returns the op's L2 norms of the scaled gradients as parts,
+    else None."""
+    factor = keras_adapters.loss_scale_factor(inner)
     if factor is not None:
         # The inner optimizer unscales after us: measure the norm of the
         # true gradient, then hand back a scaled result.
@@ -377,12 +386,12 @@ def run_inner_step(inner, plan, grads, variables, replicas):
     if plan.name == paths.FUSED_SCALE:
         keep = plan.indices(step_plan.SCALED, step_plan.NO_GRADIENT)
         scaled, measured = run_fused_scale(plan, [grads[i] for i in keep],
-                                           [variables[i] for i in keep])
+                                           [variables[i] for i in keep], keep)
         out = list(grads)
         for i, s in zip(keep, scaled):
             out[i] = s
     else:
-        out = scale_pure(plan, grads, variables)
+        out = scale_pure(plan, grads, variables, vectors)
     # Excluded IndexedSlices go on as the dense tensor they stand for, as
     # scaled ones do: duplicate indices summed (Keras's nonlinear updates,
     # Adam's v += g^2, would square each duplicate row apart), so both
@@ -391,10 +400,10 @@ def run_inner_step(inner, plan, grads, variables, replicas):
         out[i] = deduplicated(out[i])
     if factor is not None:
         out = [_times(g, factor) for g in out]
-    if replicas > 1:
+    if replicas > 1 and keras_adapters.sums_across_replicas(inner):
         first = tf.equal(tf.distribute.get_replica_context().replica_id_in_sync_group, 0)
         out = [_replica_share(g, replicas, first) for g in out]
-    inner.apply(out, variables)
+    keras_adapters.apply_gradients(inner, out, variables)
     return measured
 
 
@@ -405,11 +414,17 @@ def _by_dtype(indices, grads):
     return groups.values()
 
 
-def _norm_args(normalization, grads):
-    """(kind, norms) for the raw ops: built-in name, or TF-computed norms."""
-    if normalizations.custom_function(normalization) is None:
-        return normalizations.canonical_name(normalization), None
-    return "precomputed", tf.stack([norm_of(g, normalization) for g in grads])
+def _norm_args(names, grads):
+    """(kind, norms, kinds) for the raw ops from each gradient's norm name:
+    one built-in for all (kinds None), a built-in each (`kinds`, one op
+    call), or, where any is a registered custom norm, the norms measured
+    here ("precomputed")."""
+    if any(normalizations.custom_function(n) is not None for n in names):
+        return "precomputed", tf.stack([norm_of(g, n) for g, n in zip(grads, names)]), None
+    canonical = [normalizations.canonical_name(n) for n in names]
+    if len(set(canonical)) == 1:
+        return canonical[0], None, None
+    return canonical[0], None, canonical
 
 
 def _shared_norm(plan, grads, excluded=()):
@@ -422,22 +437,25 @@ def _shared_norm(plan, grads, excluded=()):
     return scale_math.merged_norm(kept, plan.settings.normalization, keras.config.epsilon())
 
 
-def _call_norm_args(plan, gs, shared):
-    """(kind, norms, granularity) of one op call over the gradients `gs` of
-    one dtype: the built-in (or TF-measured custom) norms at the plan's
-    granularity, or, given `shared` (a global norm over several dtypes),
-    that norm as every tensor's precomputed norm."""
+def _call_norm_args(plan, group, gs, shared):
+    """(kind, norms, granularity, kinds) of one op call over the gradients
+    `gs` (indices `group` of the plan) of one dtype: the built-in (or
+    TF-measured custom) norms of each at the plan's granularity, or, given
+    `shared` (a global norm over several dtypes), that norm as every
+    tensor's precomputed norm."""
     if shared is None:
-        kind, norms = _norm_args(plan.settings.normalization, gs)
-        return kind, norms, plan.settings.granularity
+        kind, norms, kinds = _norm_args([plan.entries[i].norm for i in group], gs)
+        return kind, norms, plan.settings.granularity, kinds
     acc = scale_math.accumulation_dtype(gs[0].dtype)
-    return "precomputed", tf.fill([len(gs)], tf.cast(shared, acc)), "tensor"
+    return "precomputed", tf.fill([len(gs)], tf.cast(shared, acc)), "tensor", None
 
 
-def run_fused_scale(plan, grads, variables):
+def run_fused_scale(plan, grads, variables, keep=None):
     """(gradients scaled by the compiled op, in the order given; the op's L2
     norms of the gradients as parts: one (variables, vector) per op call). A
-    global norm over several dtypes is measured in TF (`_shared_norm`)."""
+    global norm over several dtypes is measured in TF (`_shared_norm`).
+    `keep`: the plan's index of each of `grads` (default: the same)."""
+    keep = list(range(len(grads))) if keep is None else keep
     from normopt.ops import raw_ops
 
     settings = plan.settings
@@ -445,17 +463,19 @@ def run_fused_scale(plan, grads, variables):
     scaled, parts = {}, []
     for group in _by_dtype(range(len(grads)), grads):
         gs = [grads[i] for i in group]
-        kind, norms, granularity = _call_norm_args(plan, gs, shared)
+        kind, norms, granularity, kinds = _call_norm_args(
+            plan, [keep[i] for i in group], gs, shared)
         out, l2 = raw_ops.scale_and_norms(
             gs, kind, settings.scaling.mode, settings.scaling.threshold,
-            keras.config.epsilon(), norms=norms, granularity=granularity)
+            keras.config.epsilon(), norms=norms, granularity=granularity, kinds=kinds)
         scaled.update(zip(group, out))
         parts.append(([variables[i] for i in group], l2))
     return [scaled[i] for i in range(len(grads))], parts
 
 
-def run_fused_update(inner, plan, grads, variables):
-    """One whole inner-optimizer step through the fused update kernel.
+def run_fused_update(inner, plan, grads, variables, vectors=None):
+    """One whole inner-optimizer step through the fused update kernel
+    (`vectors` as in `scale_pure`: the op reads and the step assigns them).
 
     Under MirroredStrategy and MultiWorkerMirroredStrategy (replica context,
     gradients already summed across all replicas of all workers) the op runs
@@ -472,7 +492,7 @@ def run_fused_update(inner, plan, grads, variables):
     grads = [op_gradient(g, v, e) for g, v, e in zip(grads, variables, plan.entries)]
     if not tf.distribute.has_strategy():
         adapter.before_update(inner)
-        grad_norms = _update_variables(inner, plan, grads, variables)
+        grad_norms = _update_variables(inner, plan, grads, variables, vectors=vectors)
         _finish_step(inner, variables)
         return grad_norms
 
@@ -483,21 +503,23 @@ def run_fused_update(inner, plan, grads, variables):
         for i, device in enumerate(distribution.extended.worker_devices):
 
             def on_device(v, i=i):
-                return distribution.experimental_local_results(v.value)[i]
+                return distribution.experimental_local_results(tf_variable(v))[i]
 
             with tf.device(device):
                 per_device.append(_update_variables(
-                    inner, plan, [g[i] for g in local_grads], variables, on_device))
+                    inner, plan, [g[i] for g in local_grads], variables, on_device,
+                    vectors))
         _finish_step(inner, variables)
         return per_device[0]
 
     return tf.distribute.get_replica_context().merge_call(update, args=(grads,))
 
 
-def _update_variables(inner, plan, grads, variables, on_device=None):
-    """The fused op over `variables` (Keras variables) and their slots;
-    returns the op's L2 norms of the gradients, one (variables, vector) per
-    op call.
+def _update_variables(inner, plan, grads, variables, on_device=None, vectors=None):
+    """The fused op over `variables` (Keras variables) and their slots, and
+    the persistent spectral `vectors` ({index: (gradient's, weight's)}, the
+    op's order: step_plan.spectral_indices); returns the op's L2 norms of
+    the gradients, one (variables, vector) per op call.
 
     `on_device` maps a Keras variable to the copy the op updates (one
     device's component of a mirrored variable); by default the variable.
@@ -509,7 +531,7 @@ def _update_variables(inner, plan, grads, variables, on_device=None):
     adapter = keras_adapters.adapter_for(inner)
     rule = adapter.rule(inner)
     hyper = adapter.hyper(inner)
-    lr = tf.cast(inner.learning_rate, tf.float64)
+    lr = keras_adapters.learning_rate(inner)
     step = tf.cast(inner.iterations + 1, tf.float64)
     excluded = set(plan.indices(step_plan.EXCLUDED))
     shared = _shared_norm(plan, grads, excluded)
@@ -517,11 +539,15 @@ def _update_variables(inner, plan, grads, variables, on_device=None):
     for group in _by_dtype(range(len(grads)), grads):
         gs = [grads[i] for i in group]
         vs = [variables[i] for i in group]
-        kind, norms, granularity = _call_norm_args(plan, gs, shared)
+        kind, norms, granularity, kinds = _call_norm_args(plan, group, gs, shared)
         acc = scale_math.accumulation_dtype(gs[0].dtype)
         decay = tf.constant([keras_adapters.weight_decay(inner, v) for v in vs], dtype=acc)
         slots = adapter.slots(inner, keras_adapters.variable_indices(inner, vs))
-        l2 = raw_ops.apply(
+        matrices = [vectors[i] for i in group if vectors and i in vectors]
+        held = [local(g) for g, _ in matrices]
+        if settings.scaling.reads_weights:
+            held += [local(w) for _, w in matrices]
+        l2, new_vectors = raw_ops.apply_step(
             rule,
             [local(v) for v in vs],
             [[local(s) for s in slot] for slot in slots],
@@ -538,7 +564,11 @@ def _update_variables(inner, plan, grads, variables, on_device=None):
             granularity=granularity,
             excluded=[k for k, i in enumerate(group) if i in excluded],
             weight_eps=settings.scaling.weight_eps,
+            kinds=kinds,
+            spectral_vectors=[tf.convert_to_tensor(v) for v in held],
         )
+        for variable, value in zip(held, new_vectors):
+            variable.assign(value)
         parts.append((vs, l2))
     return parts
 
