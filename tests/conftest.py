@@ -60,6 +60,56 @@ def custom_norm():
         normopt.unregister_normalization(name)
 
 
+# ---- backends: the TensorFlow process and the others (JAX, PyTorch)
+#
+# Keras fixes its backend at import, so each backend is its own pytest
+# process (the README's test command runs TensorFlow's, then JAX's with
+# KERAS_BACKEND=jax). A test that runs on every backend carries the marker
+# `backend_neutral` (on the test, a parameter, or `pytestmark` for a whole
+# file) and lives in one of the files below. On TensorFlow every test runs;
+# on any other backend only these files are collected (the others import
+# TensorFlow or its op library at the top), and the tests in them without
+# the marker (tf.function, IndexedSlices, the fused op, tf.distribute) are
+# deselected: they ran in the TensorFlow process. OTHER_BACKEND_FILES hold
+# what is specific to JAX or PyTorch: collected only off TensorFlow, every
+# test in them marked here (each skips itself on a backend it does not cover).
+OTHER_BACKEND_FILES = ("test_backends.py", "test_spectral_backends.py", "test_jax_eager.py")
+BACKEND_NEUTRAL_FILES = OTHER_BACKEND_FILES + (
+    "test_wrapper_math.py",
+    "test_normalizations.py",
+    "test_overflow.py",
+    "test_granularity.py",
+    "test_gradient_norms.py",
+    "test_save_load.py",
+    "test_saved_fixtures.py",
+    "test_saved_across_backends.py",
+)
+
+
+def keras_backend():
+    """The Keras backend of this process (imports Keras)."""
+    import keras
+
+    return keras.backend.backend()
+
+
+def _tensorflow_process():
+    return keras_backend() == "tensorflow"
+
+
+def pytest_ignore_collect(collection_path, config):
+    name = collection_path.name
+    if not (name.startswith("test_") and name.endswith(".py")):
+        return None
+    if _tensorflow_process():
+        return True if name in OTHER_BACKEND_FILES else None
+    return True if name not in BACKEND_NEUTRAL_FILES else None
+
+
+def pytest_report_header(config):
+    return f"Keras backend: {keras_backend()}"
+
+
 def pytest_configure(config):
     # xdist's loadfile hands out files with the most tests first by default;
     # the collection order (LONGEST_FIRST) is the better guess of their cost.
@@ -115,9 +165,12 @@ LONGEST_FIRST = (
 )
 
 
+# First: the other hooks (`-m backend_neutral` included) see the markers.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable
+    _select_backend_neutral(config, items)
     # A download of ~600 MB and three full builds: only when asked for by name.
     if "cuda_wheel" not in (config.getoption("markexpr") or ""):
         wheel = pytest.mark.skip(reason="builds against TensorFlow's CUDA wheel; "
@@ -131,3 +184,25 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+def _select_backend_neutral(config, items):
+    """On TensorFlow: every backend_neutral test is in BACKEND_NEUTRAL_FILES
+    (else the other backends would never collect it). Elsewhere: only the
+    backend_neutral tests stay, the rest reported as deselected."""
+    for item in items:
+        if item.path.name in OTHER_BACKEND_FILES:
+            item.add_marker(pytest.mark.backend_neutral)
+    neutral = [item for item in items if "backend_neutral" in item.keywords]
+    if _tensorflow_process():
+        stray = sorted({item.path.name for item in neutral
+                        if item.path.name not in BACKEND_NEUTRAL_FILES})
+        if stray:
+            raise pytest.UsageError(
+                f"backend_neutral tests in {', '.join(stray)}: add the file to "
+                "BACKEND_NEUTRAL_FILES in tests/conftest.py")
+        return
+    if len(neutral) < len(items):
+        config.hook.pytest_deselected(
+            items=[item for item in items if "backend_neutral" not in item.keywords])
+        items[:] = neutral

@@ -1,8 +1,10 @@
 """Recorded gradient norms (`wrapper.gradient_norms`) and GradientNormMonitor.
 
-The recorded norms are compared with NumPy L2 norms of the gradients a
-GradientTape gives, on every path; the callback's logs and TensorBoard event
-files are read back.
+The recorded norms are compared with NumPy L2 norms of the gradients the
+backend's autodiff gives (a GradientTape, jax.grad, torch.autograd), on
+every path; the callback's logs and TensorBoard event files are read back.
+The keras.ops path (eager and compiled) and the callback run on every
+backend; the compiled op's own norms and tf.distribute on TensorFlow.
 """
 
 import csv
@@ -14,22 +16,27 @@ import sys
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import keras
 import normopt
 from helpers import unfused_inner
+from keras import ops
+from neutral import (BACKEND, PURE, TENSORFLOW, apply, compiled_apply, f64, gradients, neutral, numpy,
+                     saved_variables)
 from normopt.callbacks import GradientNormMonitor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-# path -> (fused argument, inner optimizer, expected path, XLA)
+# path -> (fused argument, inner optimizer, expected path, compiled); "tf"
+# and "xla": the keras.ops path eagerly and compiled (TensorFlow's XLA, JAX's
+# jit of stateless_apply), on every backend
 PATHS = {
     "fused": (True, keras.optimizers.Adam, "fused", False),
     "fused_scale": (None, unfused_inner, "fused_scale", False),
-    "tf": (False, keras.optimizers.Adam, "tf", False),
-    "xla": (None, keras.optimizers.Adam, "tf", True),
+    "tf": (False, keras.optimizers.Adam, PURE, False),
+    "xla": (None, keras.optimizers.Adam, PURE, True),
 }
+PATH_PARAMS = [pytest.param(p, marks=neutral) if p in ("tf", "xla") else p for p in PATHS]
 
 
 def model_and_data(seed=0, n=32):
@@ -50,7 +57,7 @@ def l2(g):
     return np.sqrt(np.sum(np.square(np.asarray(g, np.float64))))
 
 
-@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("path", PATH_PARAMS)
 def test_recorded_norms_match_the_tape(path):
     fused, inner, expected_path, xla = PATHS[path]
     model, x, y = model_and_data()
@@ -59,34 +66,38 @@ def test_recorded_norms_match_the_tape(path):
     opt.build(variables)
     assert opt.gradient_norms.shape == (len(variables),)
 
-    def step():
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(tf.square(model(x) - y))
-        grads = tape.gradient(loss, variables)
-        # the "frozen" layer's kernel gets no gradient: its norm is 0
-        grads[2] = None
-        opt.apply(grads, variables)
-        return grads
-
-    with tf.GradientTape() as tape:
-        loss = tf.reduce_mean(tf.square(model(x) - y))
-    want = [l2(g) for g in tape.gradient(loss, variables)]
+    _, grads = gradients(lambda: ops.mean(ops.square(ops.subtract(model(x), y))), variables)
+    want = [l2(numpy(g)) for g in grads]
     want[2] = 0.0
+    # the "frozen" layer's kernel gets no gradient: its norm is 0
+    grads[2] = None
     with pytest.warns(UserWarning, match="Gradients do not exist"):
-        (tf.function(step, jit_compile=True) if xla else step)()
+        if xla:
+            compiled_apply(opt, grads, variables)()
+        else:
+            opt.apply(grads, variables)
     assert opt.last_path.name == expected_path
-    got = opt.gradient_norms.numpy()
+    got = numpy(opt.gradient_norms)
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, want, rtol=1e-5)
     assert opt.gradient_norm_names == [v.path for v in variables]
-    # not optimizer state
-    assert not any("gradient_norms" in v.name for v in opt.variables)
+    if TENSORFLOW:  # not optimizer state
+        assert not any("gradient_norms" in v.name for v in opt.variables)
+    # saved nowhere: the wrapper's and the inner optimizer's files hold
+    # only the other variables
+    own, inner = {}, {}
+    opt.save_own_variables(own)
+    opt.inner_optimizer.save_own_variables(inner)
+    assert len(own) + len(inner) == len(saved_variables(opt)) == len(opt.variables) - (
+        0 if TENSORFLOW else 1)
 
 
 @pytest.mark.parametrize("path,op", [("fused", "NormoptApply"), ("fused_scale", "NormoptScale")])
 def test_compiled_paths_record_the_ops_own_norms(path, op):
     """On a compiled path the op is the only reader of every gradient: the
     recorded norms are its output, not a second reduction in TF."""
+    import tensorflow as tf
+
     fused, inner, expected_path, _ = PATHS[path]
     model, _, _ = model_and_data()
     variables = model.trainable_variables
@@ -103,6 +114,7 @@ def test_compiled_paths_record_the_ops_own_norms(path, op):
     np.testing.assert_allclose(opt.gradient_norms.numpy(), [l2(g) for g in grads], rtol=1e-5)
 
 
+@neutral
 def test_recorded_norms_are_unscaled_under_mixed_precision():
     keras.config.set_dtype_policy("mixed_float16")
     try:
@@ -111,14 +123,14 @@ def test_recorded_norms_are_unscaled_under_mixed_precision():
         wrapper = normopt.NormalizedOptimizer(keras.optimizers.Adam(0.01))
         opt = keras.optimizers.LossScaleOptimizer(wrapper, initial_scale=1024.0)
         variables = model.trainable_variables
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(tf.square(tf.cast(model(x), "float32") - y))
-            scaled = opt.scale_loss(loss)
-        scaled_grads = tape.gradient(scaled, variables)
-        opt.apply(scaled_grads, variables)
-        want = [l2(g.numpy().astype(np.float64) / 1024.0) for g in scaled_grads]
-        np.testing.assert_allclose(wrapper.gradient_norms.numpy(), want, rtol=1e-3)
-        assert wrapper.last_path.name == "fused"
+        _, scaled_grads = gradients(
+            lambda: opt.scale_loss(
+                ops.mean(ops.square(ops.subtract(ops.cast(model(x), "float32"), y)))),
+            variables)
+        apply(opt, scaled_grads, variables)
+        want = [l2(f64(g) / 1024.0) for g in scaled_grads]
+        np.testing.assert_allclose(numpy(wrapper.gradient_norms), want, rtol=1e-3)
+        assert wrapper.last_path.name == ("fused" if TENSORFLOW else PURE)
     finally:
         keras.config.set_dtype_policy("float32")
 
@@ -144,9 +156,12 @@ class _Seen(keras.callbacks.Callback):
         self.indices = []
 
     def on_train_batch_end(self, batch, logs=None):
+        # Keras's JAX trainer holds the state outside the variables during
+        # fit; a callback that reads them syncs them first
+        getattr(self.model, "jax_state_sync", lambda: None)()
         self.indices.append(batch)
         self.batches.append(logs.get("grad_norm"))
-        self.recorded.append(self.wrapper.gradient_norms.numpy().copy())
+        self.recorded.append(numpy(self.wrapper.gradient_norms).copy())
 
     def on_epoch_end(self, epoch, logs=None):
         self.epochs.append(logs.get("grad_norm"))
@@ -154,6 +169,8 @@ class _Seen(keras.callbacks.Callback):
 
 def _scalars(event_dir):
     """{tag: [(step, value)]} of every scalar summary under `event_dir`."""
+    import tensorflow as tf
+
     found = {}
     for path in glob.glob(os.path.join(str(event_dir), "**", "events.out.tfevents.*"),
                           recursive=True):
@@ -170,6 +187,7 @@ def _scalars(event_dir):
     return found
 
 
+@neutral
 def test_monitor_logs_history_csv_and_tensorboard(tmp_path):
     model, x, y = model_and_data()
     wrapper = normopt.NormalizedOptimizer(keras.optimizers.Adam(0.01))
@@ -210,6 +228,7 @@ def test_monitor_logs_history_csv_and_tensorboard(tmp_path):
         assert series[-1][1] == pytest.approx(want, rel=1e-6)
 
 
+@neutral
 def test_monitor_every_n_batches():
     model, x, y = model_and_data()
     wrapper = normopt.ClippedOptimizer(keras.optimizers.SGD(0.01), clipnorm=0.5)
@@ -220,6 +239,8 @@ def test_monitor_every_n_batches():
     assert [b is not None for b in seen.batches] == [i % 3 == 0 for i in range(8)]
 
 
+# Keras's PyTorch trainer takes steps_per_execution=1 only
+@(neutral if BACKEND != "torch" else (lambda test: test))
 @pytest.mark.parametrize("every,logged", [(1, [3, 7, 11, 15]), (4, [3, 7, 11, 15]),
                                           (6, [3, 7, 15]), (8, [3, 11])])
 def test_monitor_every_n_batches_with_steps_per_execution(every, logged):
@@ -244,6 +265,7 @@ def test_monitor_every_n_batches_with_steps_per_execution(every, logged):
         assert history.history["grad_norm"][epoch] == pytest.approx(np.mean(values), rel=1e-6)
 
 
+@neutral
 def test_monitor_with_a_plain_optimizer_says_what_it_needs():
     model, x, y = model_and_data()
     model.compile(optimizer=keras.optimizers.Adam(), loss="mse")
@@ -251,6 +273,7 @@ def test_monitor_with_a_plain_optimizer_says_what_it_needs():
         model.fit(x, y, epochs=1, verbose=0, callbacks=[GradientNormMonitor()])
 
 
+@neutral
 @pytest.mark.parametrize("every", [0, -1, 1.5, True])
 def test_monitor_bad_every(every):
     with pytest.raises(ValueError, match="every"):

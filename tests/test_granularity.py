@@ -6,16 +6,21 @@ variable moves by exactly -g'), against a NumPy reference written here from
 the definitions (DESIGN.md, "Beyond per-tensor"): per unit the norm is taken
 over all axes but the last; a tensor of at most one axis is one unit; the
 global norm is that of all non-excluded gradients concatenated.
+
+The keras.ops path (eager, and compiled: TensorFlow's XLA, JAX's jit) runs
+on every backend, in float64 where the backend keeps it (neutral.WIDE); the
+compiled op and IndexedSlices on TensorFlow.
 """
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import keras
 import normopt
 import reference as R
 from conftest import covering
+from neutral import (BACKEND, FLOAT64, PURE, TENSORFLOW, WIDE, apply, compiled_apply, f64, neutral,
+                     neutral_if_float64, numpy_dtype, tensor)
 
 NORMS = list(R.NORM_NAMES)
 GRANULARITIES = ["tensor", "unit", "global"]
@@ -102,35 +107,41 @@ def one_step(opt, grads, weights, dtype, xla=False, exclude=None):
     variables = [keras.Variable(w, dtype=dtype, name=f"v{i}") for i, w in enumerate(weights)]
     if exclude is not None:
         exclude(opt, variables)
-    tensors = [tf.constant(g, dtype) for g in grads]
-    step = lambda: opt.apply(tensors, variables)  # noqa: E731
-    (tf.function(step, jit_compile=True) if xla else step)()
-    return [w - v.numpy().astype(np.float64) for v, w in zip(variables, weights)]
+    tensors = [tensor(g, dtype) for g in grads]
+    if xla:
+        compiled_apply(opt, tensors, variables)()
+    else:
+        opt.apply(tensors, variables)
+    return [w - f64(v) for v, w in zip(variables, weights)]
 
 
 TOL = {"float64": dict(rtol=1e-9, atol=1e-12), "float32": dict(rtol=2e-5, atol=1e-6)}
 
 
 KINDS = ["normalized", "clipped", "adaptive"]
-# Every granularity x norm of NormalizedOptimizer on the pure-TF path; the
-# other wrappers, and fused=None (the compiled op: SGD has a fused rule), on
-# a covering subset by default and in full with --runslow.
+# Every granularity x norm of NormalizedOptimizer on the keras.ops path
+# (TensorFlow; off it, where each new shape and norm costs compiles, a
+# covering subset); the other wrappers, and fused=None (the compiled op: SGD
+# has a fused rule), on a covering subset by default and in full with
+# --runslow.
 CASES = [
     pytest.param(*p.values, fused, id="-".join(p.values) + ("-tf" if fused is False else "-auto"),
-                 marks=() if fused is False and p.values[0] == "normalized" else p.marks)
+                 marks=(() if fused is False and p.values[0] == "normalized" and TENSORFLOW
+                        else p.marks)
+                 + ((neutral,) if fused is False else ()))
     for fused in (False, None) for p in covering(KINDS, GRANULARITIES, NORMS)]
 
 
 @pytest.mark.parametrize("kind,granularity,name,fused", CASES)
 def test_matches_numpy(kind, granularity, name, fused):
-    grads, weights = data()
+    grads, weights = data(dtype=WIDE)
     opt = make_wrapper(kind, name, granularity, fused)
-    got = one_step(opt, grads, weights, "float64")
+    got = one_step(opt, grads, weights, WIDE)
     want = reference_step(kind, grads, weights, name, granularity)
     for g, w in zip(got, want):
-        np.testing.assert_allclose(g, w, **TOL["float64"])
+        np.testing.assert_allclose(g, w, **TOL[WIDE])
     # fused=None: the compiled op does every granularity and adaptive clipping
-    assert opt.last_path.name == ("tf" if fused is False else "fused")
+    assert opt.last_path.name == (PURE if fused is False else "fused")
 
 
 # Several chunks (16384 elements each) and unit blocks (256 units each) of
@@ -148,17 +159,16 @@ def test_fused_dtypes_and_chunks_match_numpy(kind, granularity, name, dtype):
     rng = np.random.RandomState(7)
     grads = [rng.standard_normal(s) * 10.0 ** rng.uniform(-1, 1, s[-1:]) for s in BIG_SHAPES]
     weights = [rng.standard_normal(s) * 0.5 for s in BIG_SHAPES]
-    grads = [tf.constant(g, dtype) for g in grads]
-    variables = [keras.Variable(tf.constant(w, dtype)) for w in weights]
-    w0 = [v.numpy().astype(np.float64) for v in variables]
+    grads = [tensor(g, dtype) for g in grads]
+    variables = [keras.Variable(tensor(w, dtype)) for w in weights]
+    w0 = [f64(v) for v in variables]
     opt = make_wrapper(kind, name, granularity, None)
     opt.apply(grads, variables)
     assert opt.last_path.name == "fused"
-    want = reference_step(kind, [g.numpy().astype(np.float64) for g in grads], w0, name,
-                          granularity)
+    want = reference_step(kind, [f64(g) for g in grads], w0, name, granularity)
     rtol, atol = STORED_TOL[dtype]
     for v, w, g in zip(variables, w0, want):
-        got = w - v.numpy().astype(np.float64)
+        got = w - f64(v)
         # the variable is stored in `dtype`: its rounding bounds the error
         assert np.all(np.abs(got - g) <= rtol * (np.abs(w) + np.abs(g)) + atol), (
             np.max(np.abs(got - g)))
@@ -174,30 +184,34 @@ def test_fused_norm_that_overflows_is_rescued(granularity, name):
     small = np.float32([0.5, -1.5])
     opt = make_wrapper("normalized", name, granularity, None)
     variables = [keras.Variable(np.zeros((4, 3), np.float32)), keras.Variable(np.zeros(2, np.float32))]
-    opt.apply([tf.constant(g), tf.constant(small)], variables)
+    opt.apply([tensor(g), tensor(small)], variables)
     assert opt.last_path.name == "fused"
     want = reference_step("normalized", [g.astype(np.float64), small.astype(np.float64)],
                           None, name, granularity)
     for v, w in zip(variables, want):
-        np.testing.assert_allclose(-v.numpy(), w, rtol=2e-5)
+        np.testing.assert_allclose(-f64(v), w, rtol=2e-5)
 
 
+# Compiled: TensorFlow's XLA, JAX's jit of stateless_apply.
+@neutral
 @pytest.mark.parametrize("kind,granularity,name",
                          covering(["normalized", "adaptive"], GRANULARITIES, ["l2", "std", "min_max"]))
 def test_xla_matches_numpy(kind, granularity, name):
     grads, weights = data(1, "float32")
     opt = make_wrapper(kind, name, granularity, None)
     got = one_step(opt, grads, weights, "float32", xla=True)
-    assert opt.last_path.name == "tf" and "XLA" in opt.last_path.reason
+    assert opt.last_path.name == PURE
+    assert ("XLA" if TENSORFLOW else BACKEND) in opt.last_path.reason
     want = reference_step(kind, grads, weights, name, granularity)
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, **TOL["float32"])
 
 
-@pytest.mark.parametrize("how,granularity,fused", covering(["list", "names"], GRANULARITIES,
-                                                         [False, None]))
+@pytest.mark.parametrize("how,granularity,fused", [
+    pytest.param(*p.values, marks=(*p.marks, neutral) if p.values[2] is False else p.marks)
+    for p in covering(["list", "names"], GRANULARITIES, [False, None])])
 def test_exclusions(how, granularity, fused):
-    grads, weights = data(2)
+    grads, weights = data(2, WIDE)
     opt = make_wrapper("normalized", "l2", granularity, fused)
 
     def exclude(opt, variables):
@@ -206,15 +220,18 @@ def test_exclusions(how, granularity, fused):
         else:
             opt.exclude_from_normalization(var_names=["v1", "^v3$"])
 
-    got = one_step(opt, grads, weights, "float64", exclude=exclude)
+    got = one_step(opt, grads, weights, WIDE, exclude=exclude)
     want = reference_step("normalized", grads, weights, "l2", granularity, excluded=(1, 3))
     for g, w in zip(got, want):
-        np.testing.assert_allclose(g, w, **TOL["float64"])
+        np.testing.assert_allclose(g, w, **TOL[WIDE])
     # handed on untouched: only the rounding of w - g remains
-    np.testing.assert_allclose(got[1], grads[1], rtol=0, atol=1e-15)
-    assert opt.last_path.name == ("tf" if fused is False else "fused")
+    np.testing.assert_allclose(got[1], grads[1], rtol=0,
+                               atol=1e-15 if FLOAT64 else
+                               1e-6 * (np.abs(weights[1]) + np.abs(grads[1])).max())
+    assert opt.last_path.name == (PURE if fused is False else "fused")
 
 
+@neutral
 def test_exclusion_after_build_is_refused():
     opt = normopt.NormalizedOptimizer("sgd")
     opt.build([keras.Variable(np.zeros(2))])
@@ -223,6 +240,8 @@ def test_exclusion_after_build_is_refused():
 
 
 def test_sparse_gradient_uses_the_dense_equivalent_per_unit():
+    import tensorflow as tf
+
     table = np.zeros((50, 4))
     values = np.arange(12, dtype=np.float64).reshape(3, 4) - 5
     indices = np.array([7, 3, 7])
@@ -236,10 +255,11 @@ def test_sparse_gradient_uses_the_dense_equivalent_per_unit():
             opt.apply([tf.IndexedSlices(tf.constant(values), tf.constant(indices),
                                         tf.constant([50, 4]))], [var])
             want = reference_step(kind, [dense], [table + 0.25], name, granularity)[0]
-            np.testing.assert_allclose(0.25 + table - var.numpy(), want, rtol=1e-9, atol=1e-12,
+            np.testing.assert_allclose(0.25 + table - f64(var), want, rtol=1e-9, atol=1e-12,
                                        err_msg=f"{kind} {name} {granularity}")
 
 
+@neutral
 @pytest.mark.parametrize("granularity", ["unit"])
 def test_mixed_precision_trains(granularity):
     keras.config.set_dtype_policy("mixed_float16")
@@ -260,19 +280,21 @@ def test_mixed_precision_trains(granularity):
         keras.config.set_dtype_policy("float32")
 
 
+@neutral
 def test_mixed_precision_step_matches_numpy():
     """Unit norms of an unscaled float16 gradient under a LossScaleOptimizer."""
     grads, weights = data(3, "float16")
     wrapper = make_wrapper("normalized", "l2", "unit", None)
     lso = keras.optimizers.LossScaleOptimizer(wrapper, initial_scale=256.0)
     variables = [keras.Variable(w, dtype="float32") for w in weights]
-    lso.apply([tf.constant(g.astype(np.float32) * 256.0) for g in grads], variables)
+    apply(lso, [tensor(g.astype(np.float32) * 256.0) for g in grads], variables)
     want = reference_step("normalized", [g.astype(np.float64) for g in grads], weights,
                           "l2", "unit")
     for v, w0, g in zip(variables, weights, want):
-        np.testing.assert_allclose(w0.astype(np.float64) - v.numpy(), g, rtol=2e-3, atol=2e-3)
+        np.testing.assert_allclose(w0.astype(np.float64) - f64(v), g, rtol=2e-3, atol=2e-3)
 
 
+@neutral
 @pytest.mark.parametrize("kind,granularity", covering(KINDS, GRANULARITIES))
 def test_save_load_keeps_every_argument(tmp_path, kind, granularity):
     keras.utils.set_random_seed(0)
@@ -292,24 +314,28 @@ def test_save_load_keeps_every_argument(tmp_path, kind, granularity):
         assert (loaded.clip_factor, loaded.eps) == (CLIP_FACTOR, WEIGHT_EPS)
 
 
+@neutral
 @pytest.mark.parametrize("bad", [dict(granularity="layer"), dict(granularity=None)])
 def test_bad_granularity(bad):
     with pytest.raises(ValueError, match="granularity"):
         normopt.NormalizedOptimizer("sgd", **bad)
 
 
+@neutral
 @pytest.mark.parametrize("clip_factor", [0, -1.0, float("nan"), float("inf"), "0.1", True])
 def test_bad_clip_factor(clip_factor):
     with pytest.raises(ValueError, match="clip_factor"):
         normopt.AdaptiveClippedOptimizer("sgd", clip_factor=clip_factor)
 
 
+@neutral
 @pytest.mark.parametrize("eps", [-1e-3, float("nan"), float("inf"), None])
 def test_bad_eps(eps):
     with pytest.raises(ValueError, match="eps"):
         normopt.AdaptiveClippedOptimizer("sgd", eps=eps)
 
 
+@neutral
 def test_adaptive_global_without_variables():
     opt = normopt.AdaptiveClippedOptimizer("sgd", granularity="global")
     opt.exclude_from_normalization(var_names=["."])
@@ -330,23 +356,28 @@ MIXED_PATH = {"normalized": "fused_tf_norms", "clipped": "fused_tf_norms", "adap
 
 def mixed_step(kind, name, fused, grads, weights, dtypes, exclude=None):
     opt = make_wrapper(kind, name, "global", fused)
-    variables = [keras.Variable(np.asarray(w, d), dtype=d) for w, d in zip(weights, dtypes)]
+    variables = [keras.Variable(tensor(np.asarray(w, numpy_dtype(d)), d), dtype=d)
+                 for w, d in zip(weights, dtypes)]
     if exclude is not None:
         opt.exclude_from_normalization(var_list=[variables[i] for i in exclude])
-    opt.apply([tf.constant(np.asarray(g, d)) for g, d in zip(grads, dtypes)], variables)
-    return opt, [np.asarray(w, np.float64) - v.numpy().astype(np.float64)
-                 for v, w in zip(variables, weights)]
+    opt.apply([tensor(np.asarray(g, numpy_dtype(d)), d) for g, d in zip(grads, dtypes)],
+              variables)
+    return opt, [np.asarray(w, np.float64) - f64(v) for v, w in zip(variables, weights)]
 
 
 def assert_mixed_path(opt, kind, fused):
     if fused is False:
-        assert opt.last_path == ("tf", "fused=False")
+        assert opt.last_path == (PURE, "fused=False")
         return
     assert opt.last_path.name == MIXED_PATH[kind]
     assert "several dtypes" in opt.last_path.reason
 
 
-@pytest.mark.parametrize("fused", [None, False])
+# fused=False: the keras.ops path, on every backend that keeps float64
+FUSED_ARGS = [None, pytest.param(False, marks=(neutral,) if FLOAT64 else ())]
+
+
+@pytest.mark.parametrize("fused", FUSED_ARGS)
 @pytest.mark.parametrize("kind", KINDS)
 def test_global_norm_over_float32_and_float64(kind, fused):
     """The issue's case: [3, 4] (float32) and [0, 12] (float64), SGD(1)."""
@@ -357,10 +388,10 @@ def test_global_norm_over_float32_and_float64(kind, fused):
     want = reference_step(kind, grads, weights, "l2", "global")
     np.testing.assert_allclose(got[0], want[0], **TOL["float32"])
     np.testing.assert_allclose(got[1], want[1], **TOL["float64"])
-    np.testing.assert_allclose(opt.gradient_norms.numpy(), [5.0, 12.0], rtol=1e-6)
+    np.testing.assert_allclose(f64(opt.gradient_norms), [5.0, 12.0], rtol=1e-6)
 
 
-@pytest.mark.parametrize("fused", [None, False])
+@pytest.mark.parametrize("fused", FUSED_ARGS)
 @pytest.mark.parametrize("kind,name", covering(KINDS, ["l2", "std", "min_max", "avg_l1"]))
 def test_global_norm_over_float32_and_float64_accumulates_in_float64(kind, name, fused):
     """float32 statistics would miss the float64 variables' tolerance."""
@@ -375,16 +406,19 @@ def test_global_norm_over_float32_and_float64_accumulates_in_float64(kind, name,
         np.testing.assert_allclose(g, w, **TOL[d])
 
 
+# fused=None: TensorFlow measures, the op scales and updates; fused=False:
+# the keras.ops path, on every backend
+@pytest.mark.parametrize("fused", [None, pytest.param(False, marks=neutral)])
 @pytest.mark.parametrize("dtypes", [["float16", "float32", "bfloat16", "float32"],
                                     ["float16", "bfloat16", "float16", "float16"]])
-def test_global_norm_over_16_bit_and_float32_gradients(dtypes):
+def test_global_norm_over_16_bit_and_float32_gradients(dtypes, fused):
     grads, weights = data(5)
-    grads = [np.asarray(tf.cast(tf.constant(g, "float32"), d).numpy(), np.float64)
+    grads = [np.asarray(g, np.float32).astype(numpy_dtype(d)).astype(np.float64)
              for g, d in zip(grads, dtypes)]
-    weights = [np.asarray(tf.cast(tf.constant(w, "float32"), d).numpy(), np.float64)
+    weights = [np.asarray(w, np.float32).astype(numpy_dtype(d)).astype(np.float64)
                for w, d in zip(weights, dtypes)]
-    opt, got = mixed_step("normalized", "l2", None, grads, weights, dtypes)
-    assert_mixed_path(opt, "normalized", None)
+    opt, got = mixed_step("normalized", "l2", fused, grads, weights, dtypes)
+    assert_mixed_path(opt, "normalized", fused)
     want = reference_step("normalized", grads, weights, "l2", "global")
     for g, w, w0, d in zip(got, want, weights, dtypes):
         rtol, atol = STORED_TOL[d]

@@ -1,46 +1,51 @@
-"""The pure-TF norms and the registry, against the NumPy reference."""
+"""The keras.ops norms and the registry, against the NumPy reference."""
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import keras
 import normopt
 import reference as R
 from helpers import TOL
+from keras import ops
+from neutral import FLOAT64, cases, f64, neutral, norm_of, tensor
 from normopt import normalizations as N
 
 SHAPES = [(), (1,), (0,), (7, 13), (2, 3, 5)]
-DTYPES = ["float16", "bfloat16", "float32", "float64"]
+# float64 where the backend keeps it
+DTYPES = ["float16", "bfloat16", "float32"] + (["float64"] if FLOAT64 else [])
 
 
 def _cast(x, dtype):
-    return tf.cast(tf.constant(x, tf.float64), dtype)
+    return ops.cast(tensor(np.asarray(x, np.float64 if FLOAT64 else np.float32)), dtype)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("name", list(R.NORM_NAMES) + ["linf"])
+@neutral
+@pytest.mark.parametrize("name,shape,dtype", cases(list(R.NORM_NAMES) + ["linf"], SHAPES, DTYPES))
 def test_builtin_norms_match_reference(name, shape, dtype):
     g = np.random.RandomState(3).standard_normal(shape) * 3
     t = _cast(g, dtype)
-    exact = t.numpy().astype(np.float64)  # the values after rounding to dtype
-    got = N.tf_norm(t, name)
+    exact = f64(t)  # the values after rounding to dtype
+    got = norm_of(t, name)
     want = R.norm(exact, name, keras.config.epsilon())
-    assert got.dtype == (tf.float64 if dtype == "float64" else tf.float32)
+    assert keras.backend.standardize_dtype(got.dtype) == (
+        "float64" if dtype == "float64" else "float32")
     tol = TOL["float64"] if dtype == "float64" else TOL["float32"]
-    np.testing.assert_allclose(got.numpy(), want, **tol)
+    np.testing.assert_allclose(f64(got), want, **tol)
 
 
+@neutral
 def test_float16_gradient_whose_square_overflows():
     g = np.full((64,), 3000.0)  # g^2 = 9e6 > float16 max 65504
-    t = tf.constant(g, tf.float16)
-    np.testing.assert_allclose(N.tf_norm(t, "l2").numpy(), R.norm(g, "l2"), rtol=1e-6)
-    np.testing.assert_allclose(N.tf_norm(t, "std").numpy(), R.norm(g, "std"), rtol=1e-6)
+    t = tensor(g, "float16")
+    np.testing.assert_allclose(f64(norm_of(t, "l2")), R.norm(g, "l2"), rtol=1e-6)
+    np.testing.assert_allclose(f64(norm_of(t, "std")), R.norm(g, "std"), rtol=1e-6)
 
 
 @pytest.mark.parametrize("name", R.NORM_NAMES)
 def test_indexed_slices_norm_is_norm_of_dense_gradient(name):
+    import tensorflow as tf
+
     values = np.random.RandomState(0).standard_normal((4, 3))
     indices = np.array([5, 1, 5, 2])  # index 5 twice: summed first
     dense = np.zeros((8, 3))
@@ -51,6 +56,7 @@ def test_indexed_slices_norm_is_norm_of_dense_gradient(name):
     np.testing.assert_allclose(got, R.norm(dense, name), rtol=1e-12)
 
 
+@neutral
 def test_builtins_are_the_header_table():
     """The built-in names, aliases and statistics of the TF path are the
     header's norm table (normopt.kernels._finalize, checked against the
@@ -73,6 +79,7 @@ def test_builtins_are_the_header_table():
         assert bool(bits & F.STAT_MOMENTS) == ("m2" in fields) == ("mean" in fields), name
 
 
+@neutral
 def test_registry_lists_builtins_sorted():
     names = normopt.NormalizedOptimizer.get_normalization_functions()
     assert names == sorted(names)
@@ -81,33 +88,37 @@ def test_registry_lists_builtins_sorted():
     assert names == normopt.normalization_names()
 
 
+@neutral
 def test_custom_registration_is_shared(custom_norm):
     normopt.NormalizedOptimizer.set_normalization_function(
-        "my_l1", lambda g: tf.reduce_sum(tf.abs(g)) + 1.0)
+        "my_l1", lambda g: ops.sum(ops.abs(g)) + 1.0)
     try:
         assert "my_l1" in normopt.ClippedOptimizer.get_normalization_functions()
         assert "my_l1" in normopt.normalization_names()
-        np.testing.assert_allclose(N.tf_norm(tf.constant([1.0, -2.0]), "my_l1"), 4.0)
+        np.testing.assert_allclose(f64(norm_of(tensor([1.0, -2.0], "float32"), "my_l1")), 4.0)
     finally:
         normopt.unregister_normalization("my_l1")
     assert "my_l1" not in normopt.normalization_names()
 
 
+@neutral
 def test_builtin_override_needs_explicit_flag(custom_norm):
     with pytest.raises(ValueError, match="override=True"):
-        normopt.register_normalization("l2", lambda g: tf.constant(1.0))
+        normopt.register_normalization("l2", lambda g: ops.ones(()))
     with pytest.raises(ValueError, match="override=True"):
-        normopt.register_normalization("linf", lambda g: tf.constant(1.0))
-    custom_norm("l2", lambda g: tf.constant(2.0), override=True)
-    np.testing.assert_allclose(N.tf_norm(tf.constant([3.0, 4.0]), "l2"), 2.0)
+        normopt.register_normalization("linf", lambda g: ops.ones(()))
+    custom_norm("l2", lambda g: ops.ones(()) * 2.0, override=True)
+    np.testing.assert_allclose(f64(norm_of(tensor([3.0, 4.0], "float32"), "l2")), 2.0)
 
 
+@neutral
 @pytest.mark.parametrize("name", [None, 3, "", ("l2",)])
 def test_bad_registry_name(name):
     with pytest.raises(TypeError, match="name"):
         normopt.register_normalization(name, lambda g: g)
 
 
+@neutral
 def test_bad_registry_function():
     with pytest.raises(TypeError, match="callable"):
         normopt.register_normalization("nope", 3.0)

@@ -15,6 +15,9 @@ Item 2: `std` on the TF/XLA path was NaN for a mean above ~1.8e19 (0 * inf
 in the implicit zeros' share of an IndexedSlices' m2), dense and sparse.
 
 Everything is compared with the float64 NumPy reference (reference.py).
+The keras.ops norms, scales and wrapper steps (eager and compiled) run on
+every backend; the compiled op, IndexedSlices and tf.function's XLA on
+TensorFlow.
 """
 
 import itertools
@@ -25,16 +28,15 @@ import sys
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import keras
 import normopt
 import reference as R
 from conftest import covering
+from neutral import (FLOAT64, PURE, TENSORFLOW, compiled, compiled_apply, f64, neutral, norm_of,
+                     scale_gradient)
+from neutral import tensor as to_tensor
 from normopt import normalizations as N
-from normopt.ops import library
-from normopt.ops import raw_ops as fused
-from normopt.ops import tf_backend as T
 
 
 class SubclassedRMSprop(keras.optimizers.RMSprop):
@@ -68,17 +70,17 @@ CASES = {
     "bf16_1e19": _case(4, 4_099, 1e19, np.float32),
 }
 NORMS = list(R.NORM_NAMES)
+# the cases a backend can hold (float64 ones where it keeps float64)
+HELD = [name for name in CASES if FLOAT64 or not name.startswith("f64")]
 
 
 def tensor(name):
     g = CASES[name]
-    dtype = tf.bfloat16 if name.startswith("bf16") else g.dtype
-    return tf.constant(g, dtype=dtype)
+    return to_tensor(g, "bfloat16" if name.startswith("bf16") else g.dtype.name)
 
 
 def as_f64(t):
-    return np.asarray(tf.cast(t, tf.float64).numpy() if isinstance(t, tf.Tensor) else t,
-                      np.float64)
+    return f64(t)
 
 
 def acc_max(name):
@@ -126,28 +128,39 @@ def check_scaled(got, name, norm, mode, clipnorm=1.0, rtol=2e-5):
 
 
 def needs_library():
+    from normopt.ops import library
+
     status = library.status()
     if not status["loaded"]:
         pytest.fail(f"the op library is not loaded: {status['reason']}")
 
 
-def every_cheap_covering_costly(axes, cheap, costly, ident=str, costly_axes=None):
+def every_cheap_covering_costly(axes, cheap, costly, ident=str, costly_axes=None,
+                                neutral_values=()):
     """pytest.params of (*combo, value): every combination of `axes` with each
     value of `cheap`; with `costly` (XLA, whose compile dominates) a covering
     subset (conftest.covering) of `costly_axes` (sub-lists of `axes`; default
     `axes` itself), every other combination with --runslow. ident(value)
-    names the value in the test id."""
+    names the value in the test id; the values in `neutral_values` are
+    marked backend_neutral. Off TensorFlow, where every new shape, dtype and
+    norm costs compiles, `cheap` too covers `axes` (the rest --runslow)."""
     def param(combo, value, marks=()):
         name = "-".join(str(v) for v in combo) + "-" + ident(value)
+        if value in neutral_values:
+            marks = (*marks, neutral)
         return pytest.param(*combo, value, marks=marks, id=name)
 
     default = {tuple(p.values) for p in covering(*(costly_axes or axes)) if not p.marks}
-    return ([param(combo, value) for combo in itertools.product(*axes) for value in cheap]
+    cheap_default = {tuple(p.values) for p in covering(*axes) if not p.marks}
+    return ([param(combo, value,
+                   () if TENSORFLOW or combo in cheap_default else (pytest.mark.slow,))
+             for combo in itertools.product(*axes) for value in cheap]
             + [param(combo, costly, () if combo in default else (pytest.mark.slow,))
                for combo in itertools.product(*axes)])
 
 
-XLA_ID = {False: "tf", True: "xla"}.get
+# False: eager; True: compiled (TensorFlow: XLA; JAX: jax.jit)
+XLA_ID = {False: "tf", True: "xla"}.get if TENSORFLOW else {False: "eager", True: "jit"}.get
 
 
 # ------------------------------------------------------------- raw ops
@@ -156,6 +169,8 @@ XLA_ID = {False: "tf", True: "xla"}.get
 @pytest.mark.parametrize("norm", NORMS)
 @pytest.mark.parametrize("name", list(CASES))
 def test_fused_norms(name, norm):
+    from normopt.ops import raw_ops as fused
+
     needs_library()
     # the same tensor twice: as one of several chunks, and alone
     got = fused.norms([tensor(name), tensor(name)[:1000]], norm, EPS).numpy()
@@ -166,36 +181,40 @@ def test_fused_norms(name, norm):
 @pytest.mark.parametrize("norm", NORMS)
 @pytest.mark.parametrize("name", list(CASES))
 def test_fused_scale(name, norm, mode):
+    from normopt.ops import raw_ops as fused
+
     needs_library()
     out = fused.scale([tensor(name)], norm, mode, 1.0, EPS)[0]
     check_scaled(out, name, norm, mode)
 
 
-# ------------------------------------------------------ pure TF and XLA
+# ------------------------------------- keras.ops, eager and compiled
 
 
 @pytest.mark.parametrize("name, norm, xla", every_cheap_covering_costly(
-    [list(CASES), NORMS], [False], True, XLA_ID))
+    [HELD, NORMS], [False], True, XLA_ID, neutral_values=(False, True)))
 def test_tf_norm(name, norm, xla):
-    fn = lambda t: N.tf_norm(t, norm, EPS)  # noqa: E731
+    fn = lambda t: norm_of(t, norm, EPS)  # noqa: E731
     if xla:
-        fn = tf.function(fn, jit_compile=True)
+        fn = compiled(fn)
     check_norm(fn(tensor(name)), name, norm)
 
 
 @pytest.mark.parametrize("name, norm, mode, xla", every_cheap_covering_costly(
-    [["f32_1e19", "f32_3e38", "f64_1e307"], NORMS, ["normalize", "clip"]], [False], True,
-    XLA_ID))
+    [[c for c in ["f32_1e19", "f32_3e38", "f64_1e307"] if c in HELD], NORMS,
+     ["normalize", "clip"]], [False], True, XLA_ID, neutral_values=(False, True)))
 def test_tf_scale(name, norm, mode, xla):
-    fn = lambda t: T.scale_gradient(t, norm, mode, 1.0, EPS)  # noqa: E731
+    fn = lambda t: scale_gradient(t, norm, mode, 1.0, EPS)  # noqa: E731
     if xla:
-        fn = tf.function(fn, jit_compile=True)
+        fn = compiled(fn)
     check_scaled(fn(tensor(name)), name, norm, mode)
 
 
 @pytest.mark.parametrize("xla", [False, True], ids=["tf", "xla"])
 @pytest.mark.parametrize("norm", NORMS)
 def test_tf_norm_of_indexed_slices(norm, xla):
+    import tensorflow as tf
+
     """Sparse: 3 rows of 1e19-sized values in a 50x40 tensor (with a
     duplicate index), measured as the dense tensor."""
     rng = np.random.RandomState(5)
@@ -214,8 +233,9 @@ def test_tf_norm_of_indexed_slices(norm, xla):
 # ------------------------------------------ item 2: std with a huge mean
 
 
-@pytest.mark.parametrize("xla", [False, True], ids=["tf", "xla"])
-@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+@pytest.mark.parametrize("xla", [False, True], ids=XLA_ID)
+@pytest.mark.parametrize("sparse", [pytest.param(False, marks=neutral), True],
+                         ids=["dense", "sparse"])
 def test_std_with_mean_above_1p8e19_is_not_nan(sparse, xla):
     """mean^2 overflows float32 above ~1.8e19: the implicit zeros' share
     0 * mean^2 of a dense tensor (or an IndexedSlices covering every row)
@@ -223,14 +243,16 @@ def test_std_with_mean_above_1p8e19_is_not_nan(sparse, xla):
     rng = np.random.RandomState(6)
     values = (2e19 + rng.standard_normal((6, 5)) * 1e18).astype(np.float32)
     if sparse:
+        import tensorflow as tf
+
         # every row present: no implicit zeros
         g = tf.IndexedSlices(tf.constant(values), tf.constant([5, 4, 3, 2, 1, 0]),
                              tf.constant([6, 5]))
     else:
-        g = tf.constant(values)
-    fn = lambda t: N.tf_norm(t, "std", EPS)  # noqa: E731
+        g = to_tensor(values)
+    fn = lambda t: norm_of(t, "std", EPS)  # noqa: E731
     if xla:
-        fn = tf.function(fn, jit_compile=True)
+        fn = compiled(fn)
     got = float(fn(g))
     assert np.isfinite(got), got
     np.testing.assert_allclose(got, R.norm(values, "std", EPS), rtol=1e-4)
@@ -239,6 +261,8 @@ def test_std_with_mean_above_1p8e19_is_not_nan(sparse, xla):
 @pytest.mark.parametrize("xla", [False, True], ids=["tf", "xla"])
 def test_std_of_sparse_huge_rows_with_implicit_zeros(xla):
     """A constant 2e19 in 3 of 10 rows: mean 6e18, std from the zeros' share."""
+    import tensorflow as tf
+
     values = np.full((3, 4), 2e19, np.float32)
     g = tf.IndexedSlices(tf.constant(values), tf.constant([0, 2, 5]), tf.constant([10, 4]))
     fn = lambda t: N.tf_norm(t, "std", EPS)  # noqa: E731
@@ -249,6 +273,9 @@ def test_std_of_sparse_huge_rows_with_implicit_zeros(xla):
 
 
 def test_std_agrees_between_fused_and_tf_for_a_huge_mean():
+    import tensorflow as tf
+    from normopt.ops import raw_ops as fused
+
     needs_library()
     rng = np.random.RandomState(7)
     g = tf.constant((2e19 + rng.standard_normal(1000) * 1e18).astype(np.float32))
@@ -260,15 +287,18 @@ def test_std_agrees_between_fused_and_tf_for_a_huge_mean():
 # ------------------------------------------------------------- wrappers
 
 # path -> (fused argument, inner optimizer, reference, path that must run, XLA)
+# "tf" and "xla" are the keras.ops path eagerly and compiled (TensorFlow's
+# XLA, JAX's jit: neutral.compiled_apply), on every backend.
 LR = 0.125
 PATHS = {
     "fused": (True, lambda: keras.optimizers.SGD(LR), lambda: R.SGD(LR), "fused", False),
     "fused_scale": (None, lambda: SubclassedRMSprop(LR), lambda: R.RMSprop(LR),
                     "fused_scale", False),
-    "tf": (False, lambda: keras.optimizers.SGD(LR), lambda: R.SGD(LR), "tf", False),
-    "xla": (None, lambda: keras.optimizers.SGD(LR), lambda: R.SGD(LR), "tf", True),
+    "tf": (False, lambda: keras.optimizers.SGD(LR), lambda: R.SGD(LR), PURE, False),
+    "xla": (None, lambda: keras.optimizers.SGD(LR), lambda: R.SGD(LR), PURE, True),
 }
-WRAPPER_CASES = ["f32_1e19", "f32_3e38", "f64_1e160", "f64_1e307"]
+# (float64 where the backend keeps it)
+WRAPPER_CASES = ["f32_1e19", "f32_3e38"] + (["f64_1e160", "f64_1e307"] if FLOAT64 else [])
 
 
 WRAPPER_NORMS = ["l2", "l1_l2", "max", "min_max", "std", "avg_l1"]
@@ -279,7 +309,7 @@ WRAPPERS = ["normalized", "clipped"]
 # is test_tf_norm's and test_tf_scale's), every norm with --runslow.
 @pytest.mark.parametrize("norm, wrapper, path", every_cheap_covering_costly(
     [WRAPPER_NORMS, WRAPPERS], [p for p in PATHS if p != "xla"], "xla",
-    costly_axes=[["l2", "std"], WRAPPERS]))
+    costly_axes=[["l2", "std"], WRAPPERS], neutral_values=("tf", "xla")))
 def test_wrapper_steps(norm, wrapper, path):
     fused_arg, inner, reference, expected, xla = PATHS[path]
     if expected.startswith("fused"):
@@ -287,13 +317,13 @@ def test_wrapper_steps(norm, wrapper, path):
     cls = normopt.NormalizedOptimizer if wrapper == "normalized" else normopt.ClippedOptimizer
     mode = "normalize" if wrapper == "normalized" else "clip"
     grads = [tensor(name) for name in WRAPPER_CASES]
-    variables = [keras.Variable(np.zeros(g.shape, g.dtype.as_numpy_dtype), dtype=g.dtype)
-                 for g in grads]
+    variables = [keras.Variable(np.zeros(g.shape, CASES[name].dtype), dtype=CASES[name].dtype)
+                 for g, name in zip(grads, WRAPPER_CASES)]
     opt = cls(inner(), normalization=norm, fused=fused_arg)
     opt.build(variables)
     step = lambda: opt.apply(grads, variables)  # noqa: E731
     if xla:
-        step = tf.function(step, jit_compile=True)
+        step = compiled_apply(opt, grads, variables)
     ref = reference()
     ref_w = [np.zeros(g.shape) for g in grads]
     for _ in range(2):
@@ -303,7 +333,7 @@ def test_wrapper_steps(norm, wrapper, path):
             ref_w[i] = ref.step(i, ref_w[i], g)
     assert opt.last_path.name == expected, opt.last_path
     for name, w, r in zip(WRAPPER_CASES, variables, ref_w):
-        got = np.asarray(w.numpy(), np.float64)
+        got = f64(w)
         assert np.isfinite(got).all()
         if np.isfinite(expected_norm(name, norm)):
             assert np.abs(got).max() > 0, f"{name}: the update was zero"
@@ -318,7 +348,7 @@ def test_wrapper_steps(norm, wrapper, path):
 @pytest.mark.parametrize("name", list(CASES))
 def test_numba_cpu(name, norm):
     numba_cpu = pytest.importorskip("normopt.kernels.numba_cpu")
-    g = np.asarray(tensor(name).numpy()) if not name.startswith("bf16") else None
+    g = CASES[name] if not name.startswith("bf16") else None
     if g is None:
         import ml_dtypes
 

@@ -3,17 +3,19 @@
 Every built-in norm and a custom one, through NormalizedOptimizer and
 ClippedOptimizer, over SGD (plain, momentum, nesterov), Adam, amsgrad and
 AdamW, several steps, shapes including 0-D, odd and empty. Each case runs on
-the pure-TF path and on the fused path; the test asserts which path ran.
+the keras.ops path (on every backend) and on the fused path (TensorFlow);
+the test asserts which path ran.
 """
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import keras
 import normopt
 import reference as R
 from helpers import INNER_KINDS, SHAPES, TOL, keras_inner, make_grads, reference_inner
+from keras import ops
+from neutral import FLOAT64, PURE, cases, f64, neutral, param, tensor
 
 NORMS = list(R.NORM_NAMES) + ["linf"]
 STEPS = 3
@@ -23,15 +25,18 @@ CLIPNORM = 1.0
 # path parameter -> (fused argument, expected path for a built-in norm,
 #                    expected path for a custom norm)
 PATHS = {
-    "tf": (False, "tf", "tf"),
+    "pure": (False, PURE, PURE),
     "fused": (True, "fused", "fused_tf_norms"),
 }
+# the keras.ops path on every backend, the fused op on TensorFlow
+PATH_PARAMS = [param("pure"), param("fused", neutral_=False)]
 
 
 def custom_l2_half(g):
     """A custom normalization: half the l2 norm plus eps."""
-    g = tf.cast(g, tf.float32) if g.dtype != tf.float64 else g
-    return tf.sqrt(tf.reduce_sum(tf.square(g))) / 2 + keras.config.epsilon()
+    if keras.backend.standardize_dtype(g.dtype) != "float64":
+        g = ops.cast(g, "float32")
+    return ops.sqrt(ops.sum(ops.square(g))) / 2 + keras.config.epsilon()
 
 
 def custom_l2_half_np(g):
@@ -51,10 +56,10 @@ def run_case(wrapper_cls, norm, inner_kind, path, dtype="float32", shapes=SHAPES
     opt = wrapper_cls(keras_inner(inner_kind, LR), normalization=norm,
                       fused=fused_arg, **wrapper_kwargs)
     ref = reference_inner(inner_kind, LR)
-    ref_w = [np.asarray(w.numpy(), np.float64) for w in variables]
+    ref_w = [f64(w) for w in variables]
     for step in range(STEPS):
         grads = [g.astype(dtype) for g in make_grads(shapes, seed=step)]
-        opt.apply([tf.constant(g) for g in grads], variables)
+        opt.apply([tensor(g) for g in grads], variables)
         for i, g in enumerate(grads):
             g64 = np.asarray(g, np.float64)
             g_ref = R.transform(g64, norm, mode, CLIPNORM, norm_fn=norm_fn)
@@ -62,28 +67,25 @@ def run_case(wrapper_cls, norm, inner_kind, path, dtype="float32", shapes=SHAPES
     expected = expect_custom if norm_fn is not None else expect_builtin
     assert opt.last_path.name == expected, opt.last_path
     for w, r in zip(variables, ref_w):
-        np.testing.assert_allclose(w.numpy().astype(np.float64), r, **TOL[dtype])
-    assert int(opt.iterations.numpy()) == STEPS
+        np.testing.assert_allclose(f64(w), r, **TOL[dtype])
+    assert int(f64(opt.iterations)) == STEPS
 
 
-@pytest.mark.parametrize("path", list(PATHS))
-@pytest.mark.parametrize("inner_kind", INNER_KINDS)
-@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("path", PATH_PARAMS)
+@pytest.mark.parametrize("norm,inner_kind", cases(NORMS, INNER_KINDS))
 def test_normalized(norm, inner_kind, path):
     run_case(normopt.NormalizedOptimizer, norm, inner_kind, path)
 
 
-@pytest.mark.parametrize("path", list(PATHS))
-@pytest.mark.parametrize("inner_kind", INNER_KINDS)
-@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("path", PATH_PARAMS)
+@pytest.mark.parametrize("norm,inner_kind", cases(NORMS, INNER_KINDS))
 def test_clipped(norm, inner_kind, path):
     run_case(normopt.ClippedOptimizer, norm, inner_kind, path,
              clipnorm=CLIPNORM)
 
 
-@pytest.mark.parametrize("path", list(PATHS))
-@pytest.mark.parametrize("wrapper", ["normalized", "clipped"])
-@pytest.mark.parametrize("inner_kind", ["nesterov", "adam"])
+@pytest.mark.parametrize("path", PATH_PARAMS)
+@pytest.mark.parametrize("inner_kind,wrapper", cases(["nesterov", "adam"], ["normalized", "clipped"]))
 def test_custom_normalization(custom_norm, inner_kind, wrapper, path):
     custom_norm("half_l2", custom_l2_half)
     cls = (normopt.NormalizedOptimizer if wrapper == "normalized"
@@ -93,7 +95,7 @@ def test_custom_normalization(custom_norm, inner_kind, wrapper, path):
              **kwargs)
 
 
-@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("path", PATH_PARAMS if FLOAT64 else list(PATHS))
 @pytest.mark.parametrize("norm", ["l2", "std", "min_max"])
 @pytest.mark.parametrize("inner_kind", ["nesterov", "adam"])
 def test_float64(norm, inner_kind, path):
@@ -106,10 +108,11 @@ def _sgd_one_step(clipnorm, grad):
     w = keras.Variable(np.zeros_like(grad), dtype="float32")
     opt = normopt.ClippedOptimizer(keras.optimizers.SGD(1.0), "l1",
                                    clipnorm=clipnorm, fused=False)
-    opt.apply([tf.constant(grad)], [w])
-    return -w.numpy()
+    opt.apply([tensor(grad)], [w])
+    return -f64(w).astype(np.float32)
 
 
+@neutral
 def test_clip_boundary():
     grad = np.array([0.25, -0.5, 1.0, -0.125], np.float32)
     eps = np.float32(keras.config.epsilon())
@@ -130,15 +133,15 @@ def test_clip_boundary():
     np.testing.assert_allclose(np.abs(got).sum(), 0.5, rtol=1e-6)
 
 
-@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("path", PATH_PARAMS)
 def test_empty_and_none_gradients_pass_through(path):
     fused_arg = PATHS[path][0]
     a = keras.Variable(np.ones((0, 3), np.float32))
     b = keras.Variable(np.ones((2,), np.float32))
     c = keras.Variable(np.ones((2,), np.float32))
     opt = normopt.NormalizedOptimizer(keras.optimizers.SGD(1.0), fused=fused_arg)
-    opt.apply([tf.zeros((0, 3)), tf.constant([3.0, 4.0]), None], [a, b, c])
+    opt.apply([ops.zeros((0, 3)), tensor([3.0, 4.0], "float32"), None], [a, b, c])
     assert a.shape == (0, 3)
-    np.testing.assert_allclose(b.numpy(), 1 - np.array([0.6, 0.8]), rtol=1e-6)
-    np.testing.assert_array_equal(c.numpy(), [1.0, 1.0])
+    np.testing.assert_allclose(f64(b), 1 - np.array([0.6, 0.8]), rtol=1e-6)
+    np.testing.assert_array_equal(f64(c), [1.0, 1.0])
     assert opt.last_path.name == PATHS[path][1]
