@@ -12,6 +12,10 @@ whole optimizer step of NormalizedOptimizer(Adam) on the 4096^2, 8 x 1024^2
 and 122-variable MLP sets (plain Adam, pure-TF graph, XLA and fused paths
 interleaved); the same for every other fused inner optimizer on 4096^2; the
 wrappers (per tensor, per unit, global, AGC, clipped) on 4096^2 and the MLP;
+the per-tensor wrapper with the l2 and the spectral norm, pure-TF graph and
+fused, on 4096^2 and the transformer block (`--no-spectral` leaves it out);
+the tf_keras wrapper around four tf_keras optimizers on 4096^2
+(benchmarks/tf_keras_step.py; `--no-tf-keras`, and skipped without tf_keras);
 one norm call of every built-in norm at 2^16, 2^20 and 2^24 elements
 (tf.function, XLA and the fused op interleaved); `normopt bench fit --quick`
 (six models x Adam); the Adam step on the same three sets on JAX (plain vs
@@ -39,6 +43,14 @@ INNER_SET = "big"
 WRAPPER_SETS = ("big", "mlp")
 NORM_SIZES = (2**16, 2**20, 2**24)
 NORM_IMPLS = ("tf_function", "tf_xla", "fused_op")
+SPECTRAL_SETS = ("big", "transformer")
+SPECTRAL_WRAPPERS = ("normalized", "normalized_spectral")
+TF_KERAS_SET = "big"
+# the issues' targets (reported, not asserted): the tf_keras wrapper's fused
+# step over its pure-TF graph step (issue 32); fused spectral over fused l2 at
+# most, pure-TF spectral over fused spectral at least (issue 33)
+TF_KERAS_TARGET = 3.0
+SPECTRAL_TARGETS = {"fused_spectral_vs_fused_l2": 2.5, "tf_graph_vs_fused_spectral": 2.0}
 LOG = "perf-log/2026-11-25_to_12-03.md"
 
 
@@ -66,6 +78,22 @@ def _norms(sizes, repeats, warmup):
             rows.append({"norm": norm, "size": size, "bytes": int(x.nbytes),
                          "times": times})
     return rows
+
+
+def _tf_keras(repeats, warmup):
+    """benchmarks/tf_keras_step.py's rows on TF_KERAS_SET, every inner
+    optimizer; skipped, with the reason, when tf_keras is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("tf_keras") is None:
+        return {"status": "skipped", "reason": "tf_keras is not installed "
+                "(requirements-tf-keras.txt)"}
+    import tf_keras_step
+
+    rows = [tf_keras_step.add_ratios(tf_keras_step.measure(TF_KERAS_SET, inner, repeats,
+                                                           warmup))
+            for inner in tf_keras_step.INNERS]
+    return {"status": "ok", "rows": rows}
 
 
 def measure(args, save):
@@ -106,6 +134,14 @@ def measure(args, save):
                               args.repeats, args.warmup, progress=False)
     step_results.append(wrappers)
     done("wrappers", wrapper_cases=wrappers["cases"])
+    if not args.no_spectral:
+        spectral = step_bench.run(args.spectral_sets.split(","), ["adam"],
+                                  list(SPECTRAL_WRAPPERS), ["tf_graph", "fused"], "l2",
+                                  args.repeats, args.warmup, progress=False)
+        step_results.append(spectral)
+        done("spectral", spectral_cases=spectral["cases"])
+    if not args.no_tf_keras:
+        done("tf_keras", tf_keras_step=_tf_keras(args.repeats, args.warmup))
     norms = _norms([2**int(e) for e in args.norm_exps.split(",")], args.norm_repeats, 2)
     done("norms", norm_rows=norms)
     if not args.no_fit:
@@ -315,6 +351,108 @@ def _backend_reading(backends):
     return lines
 
 
+def _verdict(values, ok):
+    """"met on every set" / "not met (a, b)" / "met on a, not on b" over
+    {name: value}, `ok(value)` saying which met."""
+    met = [k for k, v in values.items() if ok(v)]
+    missed = [k for k in values if k not in met]
+    return ("met on every set" if not missed else
+            f"not met ({', '.join(missed)})" if not met else
+            f"met on {', '.join(met)}, not on {', '.join(missed)}")
+
+
+def _spectral_rows(cases):
+    """Per set: the l2 and spectral wrappers' pure-TF graph and fused medians,
+    fused spectral / fused l2 and pure-TF spectral / fused spectral."""
+    ok = {(c["set"], c["wrapper"], c["path"]): c for c in cases if c["status"] == "ok"}
+    rows = []
+    for set_name in dict.fromkeys(c["set"] for c in cases):
+        t = {(w, p): ok[(set_name, w, p)]["time"]["median_s"]
+             for w in SPECTRAL_WRAPPERS for p in ("tf_graph", "fused")
+             if (set_name, w, p) in ok}
+        fused = t.get(("normalized_spectral", "fused"))
+        l2, graph = t.get(("normalized", "fused")), t.get(("normalized_spectral", "tf_graph"))
+        ran = ok.get((set_name, "normalized_spectral", "fused"), {}).get("path_ran", "n/a")
+        rows.append({"set": set_name, "times": t, "path_ran": ran,
+                     "fused_spectral_vs_fused_l2": fused / l2 if fused and l2 else None,
+                     "tf_graph_vs_fused_spectral": graph / fused if fused and graph else None})
+    return rows
+
+
+def _spectral_section(cases):
+    table = [[r["set"], *(_ms(r["times"][k]) if k in r["times"] else "n/a"
+                          for k in (("normalized", "tf_graph"), ("normalized", "fused"),
+                                    ("normalized_spectral", "tf_graph"),
+                                    ("normalized_spectral", "fused"))),
+              _x(r["fused_spectral_vs_fused_l2"]), _x(r["tf_graph_vs_fused_spectral"]),
+              r["path_ran"]] for r in _spectral_rows(cases)]
+    return ["## Spectral norm: NormalizedOptimizer(Adam, \"spectral\")", "",
+            "The per-tensor wrapper with `normalization=\"spectral\"` beside the \"l2\" one,",
+            "each on the pure-TF graph path (`fused=False`) and fused; the four calls of a",
+            "set interleaved. Alone:",
+            "`normopt bench step --sets big,transformer --inners adam "
+            "--wrappers normalized,normalized_spectral --paths tf_graph,fused`.", "",
+            _md(["set", "l2 pure-TF graph", "l2 fused", "spectral pure-TF graph",
+                 "spectral fused", "fused spectral / fused l2",
+                 "pure-TF spectral / fused spectral", "spectral path ran"], table), ""]
+
+
+def _spectral_reading(cases):
+    rows = [r for r in _spectral_rows(cases)
+            if r["fused_spectral_vs_fused_l2"] and r["tf_graph_vs_fused_spectral"]]
+    if not rows:
+        return []
+    cost, speed = SPECTRAL_TARGETS.values()
+    fused = {r["set"]: r for r in rows}
+    return [
+        "- **Spectral norm.** Fused spectral over fused l2: "
+        + ", ".join(f"{r['set']} {r['fused_spectral_vs_fused_l2']:.2f}x" for r in rows)
+        + f"; target <= {cost:.2f}x: "
+        + _verdict({k: r["fused_spectral_vs_fused_l2"] for k, r in fused.items()},
+                   lambda v: v <= cost)
+        + ". Pure-TF spectral over fused spectral: "
+        + ", ".join(f"{r['set']} {r['tf_graph_vs_fused_spectral']:.2f}x" for r in rows)
+        + f"; target >= {speed:.2f}x: "
+        + _verdict({k: r for k, r in fused.items()},
+                   lambda r: r["tf_graph_vs_fused_spectral"] >= speed
+                   and r["path_ran"] == "fused") + "."]
+
+
+TF_KERAS_NAMES = {"adam": "Adam", "sgd_nesterov": "SGD (Nesterov)",
+                  "legacy_adam": "legacy Adam", "legacy_sgd_momentum": "legacy SGD (momentum)"}
+
+
+def _tf_keras_section(result):
+    lines = [f"## tf_keras (Keras 2): NormalizedOptimizer(X, \"l2\") on {TF_KERAS_SET} "
+             "(4096x4096)", "",
+             "`normopt.tf_keras.NormalizedOptimizer` around tf_keras optimizers, new-style and",
+             "legacy (`benchmarks/tf_keras_step.py`): plain X, the wrapper with `fused=False`",
+             "(pure-TF graph) and with `fused=None` (fused), each `apply_gradients` in a",
+             "`tf.function`, the three interleaved per X.", ""]
+    if result.get("status") != "ok":
+        return lines + [f"Not measured: {result.get('status')}, {result.get('reason')}.", ""]
+    table = [[TF_KERAS_NAMES.get(r["inner"], r["inner"]),
+              *(_ms(r["times"][p]["median_s"]) for p in ("plain", "tf_graph", "fused")),
+              _x(r.get("fused_vs_tf_graph")), _x(r.get("fused_vs_plain")),
+              r["times"]["fused"].get("path_ran", "n/a")] for r in result["rows"]]
+    return lines + [_md(["inner X", "plain X", "pure-TF graph", "fused", "fused vs graph",
+                         "fused vs plain", "path ran"], table), ""]
+
+
+def _tf_keras_reading(result):
+    rows = [r for r in result.get("rows", []) if r.get("fused_vs_tf_graph")]
+    if result.get("status") != "ok" or not rows:
+        return []
+    names = {TF_KERAS_NAMES.get(r["inner"], r["inner"]): r for r in rows}
+    verdict = _verdict(names, lambda r: r["fused_vs_tf_graph"] >= TF_KERAS_TARGET
+                       and r["times"]["fused"].get("path_ran") == "fused")
+    return ["- **tf_keras.** The wrapper's fused step over its pure-TF graph step on "
+            f"{TF_KERAS_SET}: "
+            + ", ".join(f"{n} {r['fused_vs_tf_graph']:.2f}x" for n, r in names.items())
+            + f"; target >= {TF_KERAS_TARGET:.2f}x: "
+            + verdict.replace("every set", "every X") + "."]
+
+
 def _bound_rows(rows, bw):
     """Per Adam row: the least time its bytes take at the copy bandwidth."""
     out = []
@@ -385,7 +523,9 @@ def _header(data, json_path=None):
         "",
         f"This run: `measure --repeats {settings['repeats']} --warmup {settings['warmup']} "
         f"--norm-repeats {settings['norm_repeats']}`"
-        + (" --no-fit" if settings.get("no_fit") else "") + ". Single parts: "
+        + (" --no-fit" if settings.get("no_fit") else "")
+        + (" --no-spectral" if settings.get("no_spectral") else "")
+        + (" --no-tf-keras" if settings.get("no_tf_keras") else "") + ". Single parts: "
         "`normopt bench step|norms|fit` (`--json`, `--plot`), and "
         "`benchmarks/step_ratios.py` (every inner optimizer on every set). On a quiet "
         "machine `normopt bench` takes under 2 minutes, `normopt bench fit --quick` "
@@ -420,6 +560,10 @@ def _tables(data, adam, inner_rows, norms, fit_md):
                   "(`granularity=\"unit\"`) and global, AdaptiveClippedOptimizer (per unit)",
                   "and ClippedOptimizer (clipnorm 1); all ten calls of a set interleaved.",
                   "", _wrapper_table(data["wrapper_cases"]), ""]
+    if data.get("spectral_cases"):
+        lines += _spectral_section(data["spectral_cases"])
+    if data.get("tf_keras_step"):
+        lines += _tf_keras_section(data["tf_keras_step"])
     if norms:
         lines += ["## Norm of one tensor", "",
                   "One call on a float32 standard-normal vector: "
@@ -463,9 +607,12 @@ def _wrapper_ratios(cases):
             if w != "normalized" and (s, "normalized") in fused]
 
 
-def _reading(adam, inner_rows, norms, fit, wrapper_ratios, backends):
+def _reading(adam, inner_rows, norms, fit, wrapper_ratios, backends, data=None):
+    data = data or {}
     big, mlp = adam.get("big", {}), adam.get("mlp", {})
-    lines = ["## Reading", ""] + _backend_reading(backends)
+    lines = (["## Reading", ""] + _backend_reading(backends)
+             + _tf_keras_reading(data.get("tf_keras_step", {}))
+             + _spectral_reading(data.get("spectral_cases", [])))
     if big:
         lines.append(
             f"- **Large tensors: at the memory limit.** Fused Adam on 4096^2 ran "
@@ -552,7 +699,7 @@ def render(data, json_path=None):
     lines = (_header(data, json_path) + _tables(data, adam, inner_rows, norms, fit_md)
              + _reading(adam, inner_rows, norms, fit,
                         _wrapper_ratios(data.get("wrapper_cases", [])),
-                        data.get("backend_steps", {})))
+                        data.get("backend_steps", {}), data))
     return "\n".join(lines)
 
 
@@ -578,6 +725,13 @@ def main(argv=None):
     m.add_argument("--torch-python", metavar="PATH",
                    help="the interpreter of an environment with torch and normopt "
                    "(default: this one, if torch is installed here)")
+    m.add_argument("--spectral-sets", default=",".join(SPECTRAL_SETS))
+    m.add_argument("--no-spectral", action="store_true",
+                   help="leave out the spectral part (Adam, l2 and spectral wrappers, "
+                   "pure-TF graph and fused, interleaved)")
+    m.add_argument("--no-tf-keras", action="store_true",
+                   help="leave out the tf_keras wrapper's step (benchmarks/tf_keras_step.py; "
+                   "skipped anyway without tf_keras)")
     r = sub.add_parser("render", help="write the markdown summary from the JSON")
     r.add_argument("--json", required=True, metavar="PATH")
     r.add_argument("--out", metavar="PATH", help="default: print it")

@@ -75,6 +75,15 @@ def measure(set_name, inner, repeats, warmup, seed=0):
             "times": stats}
 
 
+def add_ratios(row):
+    """Adds fused_vs_tf_graph and fused_vs_plain (ratios of medians) to a
+    `measure` row; returns it."""
+    m = {p: row["times"][p]["median_s"] for p in PATHS}
+    row["fused_vs_tf_graph"] = m["tf_graph"] / m["fused"]
+    row["fused_vs_plain"] = m["plain"] / m["fused"]
+    return row
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20)
@@ -94,8 +103,7 @@ def main(argv=None):
     found = []
     for r in rows:
         m = {p: r["times"][p]["median_s"] for p in PATHS}
-        ratio = m["tf_graph"] / m["fused"]
-        r["fused_vs_tf_graph"], r["fused_vs_plain"] = ratio, m["plain"] / m["fused"]
+        ratio = add_ratios(r)["fused_vs_tf_graph"]
         print(f"{r['set']:10} {r['inner']:20} {t(m['plain']):>10} {t(m['tf_graph']):>14} "
               f"{t(m['fused']):>10} {ratio:>11.2f}x {r['fused_vs_plain']:>11.2f}x  "
               f"{r['times']['fused']['path_ran']}")

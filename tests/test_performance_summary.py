@@ -142,3 +142,61 @@ def test_every_backend_beside_tensorflow(summary):
     assert "PyTorch" not in reading
     # without the part, no section
     assert "## Every backend" not in summary.render(data(with_fit=False))
+
+
+def test_tf_keras_and_spectral_parts(summary):
+    """The tf_keras wrapper's rows (issue 32) and the spectral cases (issue
+    33) render as tables with their own ratios and a target line each; an
+    old JSON without them renders without the sections."""
+    d = data(with_fit=False)
+    times = {"adam": (0.050, 0.100, 0.025), "legacy_sgd_momentum": (0.040, 0.080, 0.040)}
+    d["tf_keras_step"] = {"status": "ok", "rows": [
+        {"set": "big", "inner": inner, "times": {
+            "plain": {"median_s": p}, "tf_graph": {"median_s": g, "path_ran": "tf_graph"},
+            "fused": {"median_s": f, "path_ran": "fused"}},
+         "fused_vs_tf_graph": g / f, "fused_vs_plain": p / f}
+        for inner, (p, g, f) in times.items()]}
+    d["spectral_cases"] = [
+        {"set": s, "inner": "adam", "wrapper": w, "path": p, **timed(t)}
+        for s, ts in (("big", (0.060, 0.012, 0.090, 0.024)),
+                      ("transformer", (0.010, 0.002, 0.012, 0.006)))
+        for (w, p), t in zip((("normalized", "tf_graph"), ("normalized", "fused"),
+                              ("normalized_spectral", "tf_graph"),
+                              ("normalized_spectral", "fused")), ts)]
+    text = summary.render(d)
+    section = text.split("## tf_keras")[1].split("\n## ")[0]
+    adam = table_rows(section, "Adam")
+    assert len(adam) == 1 and "100.00 ms" in adam[0] and "4.00x" in adam[0], adam
+    legacy = table_rows(section, "legacy SGD (momentum)")
+    assert len(legacy) == 1 and "2.00x" in legacy[0] and "1.00x" in legacy[0], legacy
+    section = text.split("## Spectral norm")[1].split("\n## ")[0]
+    # big: 24 / 12 ms = 2.00x the fused l2 step, 90 / 24 = 3.75x faster than pure TF
+    assert any("24.00 ms" in r and "2.00x" in r and "3.75x" in r
+               for r in table_rows(section, "big"))
+    # transformer: 6 / 2 ms = 3.00x, 12 / 6 = 2.00x
+    assert any("3.00x" in r and "2.00x" in r for r in table_rows(section, "transformer"))
+    reading = text.split("## Reading")[1]
+    assert ("Adam 4.00x, legacy SGD (momentum) 2.00x; target >= 3.00x: met on Adam, "
+            "not on legacy SGD (momentum)." in reading)
+    assert ("big 2.00x, transformer 3.00x; target <= 2.50x: met on big, not on "
+            "transformer." in reading)
+    assert "big 3.75x, transformer 2.00x; target >= 2.00x: met on every set." in reading
+    from test_docs_names import check_span
+
+    spans = set(re.findall(r"`([^`\n]+)`", text))
+    problems = [f"`{s}`: {p}" for s in sorted(spans) for p in check_span(s)]
+    assert not problems, problems
+    skipped = dict(d, tf_keras_step={"status": "skipped", "reason": "tf_keras is not installed"})
+    text = summary.render(skipped)
+    assert "Not measured: skipped, tf_keras is not installed." in text
+    assert "**tf_keras.**" not in text
+
+
+def test_old_json_still_renders(summary):
+    import json
+
+    path = os.path.join(ROOT, "docs", "perf-log", "2026-12-07_summary.json")
+    with open(path) as f:
+        text = summary.render(json.load(f), path)
+    assert "## Whole optimizer step" in text
+    assert "## Spectral norm" not in text and "## tf_keras" not in text
