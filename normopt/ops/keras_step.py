@@ -5,8 +5,10 @@ shares.
 - `Tensors`: how an executor reads gradients: a gradient's explicit values
   and element count, its norm (built-in or custom), the per-tensor norms of
   many gradients at once (`tensor_norms`: the one call per step for every
-  per-tensor group, and for the recorded L2 norms; a backend may override
-  it with a multi-tensor kernel, with the same numbers), a scale applied.
+  per-tensor group, and for the recorded L2 norms the step did not take
+  already; a backend may override it with a multi-tensor kernel, with the
+  same numbers), the scales of many groups at once (`scaled`), a scale
+  applied.
   `normopt.ops.tf_backend` subclasses it for tf.IndexedSlices.
 - `scale_groups(plan, grads, variables, tensors)`: every scale group of a
   plan measured and its gradients scaled (`scale_math`): the group loop.
