@@ -330,6 +330,36 @@ def test_stateless_apply_under_jit_matches_numpy(kind, granularity, name, exclud
         np.testing.assert_array_equal(_numpy(variables[0]), np.asarray(_variables()[0]))
 
 
+@pytest.mark.parametrize("name", ["l2", "std", "min_max", "avg_l1"])
+def test_stateless_tensors_of_one_shape_measured_together_rescue_overflow(name):
+    # Several small tensors of one shape (measured as the rows of one
+    # matrix, scale_math.builtin_norms), one of them with finite elements
+    # whose plain statistics overflow float32: its norm comes from the
+    # rescue pass, every other norm stays its own.
+    shapes = [(4,), (2, 3), (4,), (4,), (2, 3)]
+    rng = np.random.default_rng(3)
+    init = [rng.normal(size=s).astype("float32") for s in shapes]
+    variables = [keras.Variable(w, name=f"v{i}") for i, w in enumerate(init)]
+    opt = NormalizedOptimizer(keras.optimizers.SGD(LR), normalization=name)
+    opt.build(variables)
+    step = jit(opt.stateless_apply)
+    opt_values = [v.value for v in opt.variables]
+    values = [v.value for v in variables]
+    expected = [np.asarray(w, np.float64) for w in init]
+    for t in range(2):
+        grads = [rng.normal(size=s).astype("float32") for s in shapes]
+        if t == 1:
+            grads[2] = (grads[2] * 3e19).astype("float32")  # sum of squares > 3.4e38
+        values, opt_values = step(opt_values, [_tensor(g) for g in grads], values)
+        expected = [w - LR * np.asarray(g, np.float64) / R.norm(g, name, EPS)
+                    for w, g in zip(expected, grads)]
+        recorded = _numpy(opt_values[_index(opt, "gradient_norms")])
+        np.testing.assert_allclose(recorded, [R.norm(g, "l2", 0.0) for g in grads], rtol=1e-5)
+        assert np.all(np.isfinite(recorded))
+        for got, want in zip(values, expected):
+            np.testing.assert_allclose(_numpy(got), want, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("mode", ["stateless", "apply"])
 def test_skip_nonfinite_counts_and_leaves_the_state(mode):
     variables = _variables()

@@ -5,8 +5,10 @@ shares.
 - `Tensors`: how an executor reads gradients: a gradient's explicit values
   and element count, its norm (built-in or custom), the per-tensor norms of
   many gradients at once (`tensor_norms`: the one call per step for every
-  per-tensor group, and for the recorded L2 norms; a backend may override
-  it with a multi-tensor kernel, with the same numbers), a scale applied.
+  per-tensor group, and for the recorded L2 norms the step did not take
+  already; a backend may override it with a multi-tensor kernel, with the
+  same numbers), the scales of many groups at once (`scaled`), a scale
+  applied.
   `normopt.ops.tf_backend` subclasses it for tf.IndexedSlices.
 - `scale_groups(plan, grads, variables, tensors)`: every scale group of a
   plan measured and its gradients scaled (`scale_math`): the group loop.
@@ -66,8 +68,11 @@ class Tensors:
         The hook for "the norms of many tensors at once": a backend with a
         multi-tensor norm kernel overrides it (same numbers, accumulation
         and overflow rescue included) and falls back here for the rest.
+        Built-in norms: `scale_math.builtin_norms` (one rescue cond for all).
         """
-        return [self.norm(g, name, eps) for g in grads]
+        if normalizations.custom_function(name) is not None:
+            return [self.norm(g, name, eps) for g in grads]
+        return scale_math.builtin_norms([self.values_and_count(g) for g in grads], name, eps)
 
     def custom_norm(self, name, fn, grad):
         """fn(grad) as a scalar of the accumulation dtype. A function that
@@ -115,10 +120,32 @@ class Tensors:
         """`grads` with the members of each group of `plan` scaled by the
         group's norm (and weight norm): (pre, mult) = plan.scaling.scale(...),
         then `apply_scale`. The hook for "the scaling of many tensors at
-        once" (normopt.ops.torch_norms: one `torch._foreach_mul`)."""
+        once" (normopt.ops.torch_norms: one `torch._foreach_mul`).
+
+        The scales of scalar norms of one dtype are taken together, from
+        the vector of those norms (the same elementwise math): a few ops
+        per step rather than a few per tensor."""
         out = list(grads)
-        for group, norm, weight_norm in zip(plan.groups, norms, weight_norms):
-            self.scale_group(plan, group, norm, weight_norm, grads, out)
+        by_dtype = {}
+        for k, norm in enumerate(norms):
+            if len(norm.shape) == 0 and (weight_norms[k] is None
+                                         or len(weight_norms[k].shape) == 0):
+                by_dtype.setdefault(keras.backend.standardize_dtype(norm.dtype), []).append(k)
+        single = set()
+        for ks in by_dtype.values():
+            if len(ks) < 2:
+                continue
+            single.update(ks)
+            weight = (None if weight_norms[ks[0]] is None
+                      else ops.stack([weight_norms[k] for k in ks]))
+            pre, mult = plan.scaling.scale(ops.stack([norms[k] for k in ks]), weight)
+            for j, k in enumerate(ks):
+                for i in plan.groups[k].members:
+                    out[i] = self.apply_scale(grads[i], (pre[j], mult[j]),
+                                              branch_large=not plan.xla)
+        for k, (group, norm, weight_norm) in enumerate(zip(plan.groups, norms, weight_norms)):
+            if k not in single:
+                self.scale_group(plan, group, norm, weight_norm, grads, out)
         return out
 
     def scale_group(self, plan, group, norm, weight_norm, grads, out):
@@ -157,7 +184,7 @@ def backend_tensors(backend=None):
     return DENSE
 
 
-def scale_groups(plan, grads, variables, tensors=DENSE, vectors=None):
+def scale_groups(plan, grads, variables, tensors=DENSE, vectors=None, measured=None):
     """The gradients with every scale group of `plan` scaled by its norm
     (the others as they are), in keras.ops math (`scale_math`).
 
@@ -166,14 +193,17 @@ def scale_groups(plan, grads, variables, tensors=DENSE, vectors=None):
     clipping also norm(w) of the variables, then g' = (g * pre) * mult with
     (pre, mult) = plan.scaling.scale(norm, ...). `vectors`: {index:
     (gradient's vector, weight's vector or None)} of the matrices the
-    spectral norm measures (`Tensors.spectral_norm`).
+    spectral norm measures (`Tensors.spectral_norm`). `measured`, a dict,
+    receives {index: (gradient, its L2 norm without eps)} of the gradients
+    measured by a whole-tensor l2 norm (`record_norms` reuses them).
     """
     scaling = plan.scaling
     vectors = vectors or {}
     names = [plan.settings.normalization if g.merged else plan.entries[g.members[0]].norm
              for g in plan.groups]
     matrices = [vectors.get(g.members[0], (None, None)) for g in plan.groups]
-    norms = _group_norms(plan.groups, grads, names, tensors, [m[0] for m in matrices])
+    norms = _group_norms(plan.groups, grads, names, tensors, [m[0] for m in matrices],
+                         measured)
     weight_norms = [None] * len(plan.groups)
     if scaling.reads_weights:
         weights = {i: tensors.weight(variables[i]) for g in plan.groups for i in g.members}
@@ -182,19 +212,29 @@ def scale_groups(plan, grads, variables, tensors=DENSE, vectors=None):
     return tensors.scaled(plan, grads, norms, weight_norms)
 
 
-def _group_norms(groups, values, names, tensors, vectors):
+def _group_norms(groups, values, names, tensors, vectors, measured=None):
     """The norm of each group of `values` (gradients or weights, by index)
     by its norm `names[k]`: the whole-tensor groups in one `tensor_norms`
     call per norm, a matrix with a persistent vector (`vectors[k]`) by its
-    spectral norm."""
+    spectral norm. Whole-tensor l2 norms are measured without eps, eps
+    added after (the same sum: sqrt(sum g^2) + eps), so that `measured`
+    (a dict, when given) receives {index: (value, L2 norm)}."""
     norms = [None] * len(groups)
     whole = {}
     for k, g in enumerate(groups):
         if not g.merged and g.axes is None and vectors[k] is None:
             whole.setdefault(names[k], []).append(k)
     for name, ks in whole.items():
-        measured = tensors.tensor_norms([values[groups[k].members[0]] for k in ks], name)
-        for k, norm in zip(ks, measured):
+        members = [values[groups[k].members[0]] for k in ks]
+        l2 = (normalizations.custom_function(name) is None
+              and normalizations.canonical_name(name) == "l2")
+        got = tensors.tensor_norms(members, name, 0.0 if l2 else None)
+        if l2:
+            if measured is not None:
+                measured.update((groups[k].members[0], (value, norm))
+                                for k, value, norm in zip(ks, members, got))
+            got = _plus_eps(got)
+        for k, norm in zip(ks, got):
             norms[k] = norm
     for k, group in enumerate(groups):
         if vectors[k] is not None:
@@ -205,6 +245,21 @@ def _group_norms(groups, values, names, tensors, vectors):
         elif group.axes is not None:
             norms[k] = tensors.norm(values[group.members[0]], names[k], per_unit=True)
     return norms
+
+
+def _plus_eps(norms):
+    """[n + epsilon for n in norms], added to the norms of one dtype as one
+    vector (a compiled step then holds one add, not one per tensor)."""
+    out = list(norms)
+    by_dtype = {}
+    for i, n in enumerate(norms):
+        by_dtype.setdefault(keras.backend.standardize_dtype(n.dtype), []).append(i)
+    for dtype, idx in by_dtype.items():
+        eps = scale_math.as_scalar(scale_math._eps(None), dtype)
+        summed = ops.stack([norms[i] for i in idx]) + eps
+        for j, i in enumerate(idx):
+            out[i] = summed[j]
+    return out
 
 
 # ------------------------------------------------------------ context
@@ -298,19 +353,22 @@ def step_if_finite(step, skip, grads, args, replicas=1, state=()):
 
 def run_inner_step(inner, plan, grads, variables, replicas=1, tensors=None, vectors=None):
     """The gradients scaled by `scale_groups` (`vectors` as there), then the
-    inner optimizer's own update. Returns None (no compiled op measured any
-    norm)."""
+    inner optimizer's own update. Returns the L2 norms scale_groups took of
+    the gradients as given (`record_norms`' `measured`), or None."""
     del replicas
     factor = inner.loss_scale_factor
+    measured = {}
     if factor is not None:
         # The inner optimizer unscales after us: measure the norm of the
         # true gradient, then hand back a scaled result.
         grads = [g / ops.cast(factor, g.dtype) for g in grads]
-    out = scale_groups(plan, grads, variables, tensors or backend_tensors(), vectors)
+        measured = None  # norms of other tensors than the recorded ones
+    out = scale_groups(plan, grads, variables, tensors or backend_tensors(), vectors,
+                       measured)
     if factor is not None:
         out = [g * ops.cast(factor, g.dtype) for g in out]
     inner.apply(out, variables)
-    return None
+    return measured
 
 
 # -------------------------------------------------------- recorded norms
@@ -334,13 +392,20 @@ def record_norms(target, keys, grads, variables, measured, factor, key_of, tenso
     """Assigns `target` the L2 norms of the raw gradients `grads` of
     `variables` in the order of `keys` (0 for a key with no gradient;
     `key_of(variable)` is a variable's key), divided by `factor` (the inner
-    optimizer's loss scale factor) unless None. `measured` is unused here
-    (no compiled op measures norms off TensorFlow)."""
-    del measured
+    optimizer's loss scale factor) unless None. `measured`: {index in
+    `grads`: (that gradient, its L2 norm)} of the norms the step took
+    (`run_inner_step`), reused; the others are measured here."""
     if not keys:
         return
-    norms = (tensors or backend_tensors()).tensor_norms(list(grads), "l2", eps=0.0)
-    by_key = {key_of(v): n for v, n in zip(variables, norms)}
+    grads = list(grads)
+    measured = measured or {}
+    known = {i: m[1] for i, m in measured.items() if i < len(grads) and m[0] is grads[i]}
+    rest = [i for i in range(len(grads)) if i not in known]
+    if rest:
+        taken = (tensors or backend_tensors()).tensor_norms([grads[i] for i in rest], "l2",
+                                                            eps=0.0)
+        known.update(zip(rest, taken))
+    by_key = {key_of(v): known[i] for i, v in enumerate(variables)}
     values = []
     for key in keys:
         norm = by_key.get(key)

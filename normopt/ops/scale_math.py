@@ -144,7 +144,7 @@ def _static_rows(x):
 
 
 def gradient_stats(values, total_count=None, needed=None, pre=None, units=None,
-                   acc=None):
+                   acc=None, tensors=None):
     """One-pass statistics of a gradient, in its accumulation dtype (or in
     `acc`, at least as wide: a norm over gradients of several dtypes).
 
@@ -157,20 +157,26 @@ def gradient_stats(values, total_count=None, needed=None, pre=None, units=None,
     values * pre. With `units` (the size of the last axis) every statistic
     is a vector: one per index of the last axis, over all others
     (`total_count` then counts the dense tensor's elements of all units).
+    With `tensors` (a static count) `values` holds that many tensors of one
+    size stacked, without `total_count`: one statistic per tensor.
     """
     needed = set(needed or ALL_STATS)
     acc = acc or accumulation_dtype(values.dtype)
     x = ops.reshape(ops.cast(values, acc), [-1] if units is None else [-1, units])
+    if tensors is not None:
+        # one row per tensor: the statistics of each row, as units of x.T
+        x = ops.reshape(ops.cast(values, acc), [tensors, -1])
+        units = tensors
     if pre is not None:
         x = x * pre
     per = 1 if units is None else units
-    rows = _static_rows(x)
+    rows = _static_rows(x) if tensors is None else int(x.shape[1])
     k = ops.cast(ops.shape(x)[0] if rows is None else rows, acc)
     n = k if total_count is None else ops.cast(total_count, acc) / per
     zeros = n - k
     has_values = k > 0
     zero = ops.zeros([] if units is None else [units], acc)
-    axis = None if units is None else 0
+    axis = None if units is None else (0 if tensors is None else 1)
     out = dict(count=n + zero)
     if needed & {"sum_abs", "max_abs", "min_abs"}:
         a = ops.abs(x)
@@ -187,7 +193,8 @@ def gradient_stats(values, total_count=None, needed=None, pre=None, units=None,
     if needed & {"mean", "m2"}:
         mean = ops.sum(x, axis=axis) / ops.maximum(n, 1)
         out["mean"] = mean
-        m2 = ops.sum(ops.square(x - mean), axis=axis)
+        m2 = ops.sum(ops.square(x - (mean if tensors is None else ops.expand_dims(mean, 1))),
+                     axis=axis)
         if total_count is not None:
             # The implicit zeros' share; skipped when there are none, since
             # 0 * inf (mean^2 above 3.4e38) would be NaN.
@@ -293,23 +300,104 @@ def merged_norm(parts, name, eps):
     return _rescued(name, stats, [v for v, _ in parts], eps)
 
 
+# Tensors of one shape up to this many elements each are measured stacked.
+_STACK = 1 << 12
+
+
+def builtin_norms(parts, name, eps):
+    """[builtin_norm(v, name, eps, n) for (v, n) in parts], whole tensors.
+
+    One rescue cond for all: where any norm is not finite, every norm
+    passes through the rescue of `_rescued` (a select, which keeps a finite
+    norm as it is), so a step holds no cond per tensor (XLA fuses nothing
+    across a cond, and compiles each). Fewer, larger reductions: the dense
+    tensors of one shape and dtype up to _STACK elements are measured as
+    the columns of one matrix (`gradient_stats` per unit), and the norms of
+    one accumulation dtype are finalized as one vector (the same
+    elementwise math)."""
+    needed = normalizations.STATS_NEEDED[normalizations.canonical_name(name)]
+    by_acc = {}
+    for j, (values, total) in enumerate(parts):
+        by_acc.setdefault(accumulation_dtype(values.dtype), []).append(j)
+    entries, vectors = [], []
+    for acc, members in by_acc.items():
+        acc_eps = as_scalar(_eps(eps), acc)
+        order, pieces = [], []
+        for js in _stackable(parts, members):
+            if len(js) > 1:
+                rows = ops.stack([ops.reshape(parts[j][0], [-1]) for j in js])
+                pieces.append(gradient_stats(rows, None, needed, tensors=len(js)))
+            else:
+                one = _stats_of(*parts[js[0]], needed)()
+                pieces.append({key: ops.reshape(v, [1]) for key, v in one.items()})
+            order.extend(js)
+        stacked = {key: ops.concatenate([p[key] for p in pieces], 0) if len(pieces) > 1
+                   else pieces[0][key] for key in pieces[0]}
+        vectors.append(finalize_norm(name, stacked, acc_eps))
+        entries.append((order, acc_eps))
+    if not parts:
+        return []
+
+    def rescue():
+        return [ops.stack([_rescue(name, _stats_of(*parts[j], needed), [parts[j][0]],
+                                   acc_eps, vector[i])
+                           for i, j in enumerate(order)])
+                for (order, acc_eps), vector in zip(entries, vectors)]
+
+    finite = ops.all(ops.stack([ops.all(ops.isfinite(v)) for v in vectors]))
+    chosen = cond(finite, lambda: vectors, rescue)
+    norms = [None] * len(parts)
+    for (order, _), vector in zip(entries, chosen):
+        # back in the order of `parts` by one gather, so that a stack of
+        # the norms in that order (the scales) is the vector itself to XLA
+        ranks = sorted(range(len(order)), key=order.__getitem__)
+        if ranks != list(range(len(order))):
+            vector = ops.take(vector, ops.convert_to_tensor(ranks, "int32"), axis=0)
+        for i, j in enumerate(sorted(order)):
+            norms[j] = vector[i]
+    return norms
+
+
+def _stackable(parts, members):
+    """`members` (indices in parts) in runs to measure together: those of
+    one static shape and dtype, dense, of 1 to _STACK elements; each other
+    one alone."""
+    runs = {}
+    for j in members:
+        values, total = parts[j]
+        size = _static_size(values.shape)
+        stack = total is None and size is not None and 0 < size <= _STACK
+        key = (tuple(values.shape), keras.backend.standardize_dtype(values.dtype)) if stack else j
+        runs.setdefault(key, []).append(j)
+    return list(runs.values())
+
+
+def _stats_of(values, total, needed):
+    def stats(pre=None):
+        return gradient_stats(values, total, needed, pre)
+    return stats
+
+
 def _rescued(name, stats, arrays, eps):
     """finalize_norm of stats(), or where not finite (any entry) the rescue
     from stats(pre=2^-k), k from the largest |element| of `arrays`."""
     norm = finalize_norm(name, stats(), eps)
+    return cond(ops.all(ops.isfinite(norm)), lambda: norm,
+                lambda: _rescue(name, stats, arrays, eps, norm))
+
+
+def _rescue(name, stats, arrays, eps, norm):
+    """`norm` where finite, else (where every element of `arrays` is
+    finite) norm0(g * 2^-k) * 2^k + eps from stats(pre=2^-k)."""
     acc = norm.dtype
-
-    def rescue():
-        # a zero appended, so an empty tensor has a maximum
-        max_abs = ops.max(ops.concatenate(
-            [ops.reshape(ops.abs(ops.cast(a, acc)), [-1]) for a in arrays]
-            + [ops.zeros([1], acc)], 0))
-        finite = ops.isfinite(max_abs)
-        k = rescue_exponent(ops.where(finite, max_abs, ops.zeros([], acc)))
-        rescued = finalize_norm(name, stats(pow2(-k, acc)), ops.zeros([], acc)) * pow2(k, acc) + eps
-        return ops.where(ops.logical_and(finite, ops.logical_not(ops.isfinite(norm))), rescued, norm)
-
-    return cond(ops.all(ops.isfinite(norm)), lambda: norm, rescue)
+    # a zero appended, so an empty tensor has a maximum
+    max_abs = ops.max(ops.concatenate(
+        [ops.reshape(ops.abs(ops.cast(a, acc)), [-1]) for a in arrays]
+        + [ops.zeros([1], acc)], 0))
+    finite = ops.isfinite(max_abs)
+    k = rescue_exponent(ops.where(finite, max_abs, ops.zeros([], acc)))
+    rescued = finalize_norm(name, stats(pow2(-k, acc)), ops.zeros([], acc)) * pow2(k, acc) + eps
+    return ops.where(ops.logical_and(finite, ops.logical_not(ops.isfinite(norm))), rescued, norm)
 
 
 # ---------------------------------------------------------------- scales
