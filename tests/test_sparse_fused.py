@@ -271,6 +271,7 @@ def raw_apply_args(rows=4):
                      norms=tf.zeros([0]), clipnorm=tf.constant(1.0, tf.float64),
                      epsilon=tf.constant(1e-7, tf.float64),
                      weight_eps=tf.constant(0.0, tf.float64),
+                     spectral_vectors=[],
                      rule="adam", kind="l2", mode="normalize")
 
 
