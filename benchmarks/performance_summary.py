@@ -64,13 +64,16 @@ def _norms(sizes, repeats, warmup):
     import keras
     from normopt.bench import norm_impls, timing
     from normopt.normalizations import BUILTIN_NORMALIZATIONS
+    from normopt.ops.step_plan import is_matrix_norm
 
     eps = keras.config.epsilon()
     rng = np.random.default_rng(0)
     rows = []
     for size in sizes:
         x = rng.standard_normal(size).astype("float32")
-        for norm in BUILTIN_NORMALIZATIONS:
+        # The statistics norms: the spectral norm has its own part (a
+        # matrix norm; the norm ops and kernels measure statistics).
+        for norm in [n for n in BUILTIN_NORMALIZATIONS if not is_matrix_norm(n)]:
             calls = {impl: norm_impls.prepare(impl, x, norm, eps) for impl in NORM_IMPLS}
             for call in calls.values():
                 call()  # tracing and compilation
