@@ -527,17 +527,7 @@ class AdaptiveClippedOptimizer(_GradientNormWrapper):
 
     @tracking.no_automatic_dependency_tracking
     def build(self, var_list):
-        if step_plan.merges_all(self.granularity) and not [
-            v for v in var_list if not self._is_excluded(v)
-        ]:
-            raise ValueError(
-                "AdaptiveClippedOptimizer(granularity='global') needs at least "
-                f"one variable to clip; got {len(var_list)} variables, all "
-                "excluded from normalization."
-                if var_list
-                else "AdaptiveClippedOptimizer(granularity='global') needs at "
-                "least one variable to clip; it was built with none."
-            )
+        step_plan.check_clippable(self.granularity, var_list, self._is_excluded)
         super().build(var_list)
 
     def get_config(self):

@@ -305,6 +305,21 @@ def spectral_indices(norms, facts):
             and f.rank >= 2]
 
 
+def check_clippable(granularity, var_list, is_excluded):
+    """AdaptiveClippedOptimizer at granularity "global" refuses to be built
+    without a variable to clip (its threshold is a norm of the weights)."""
+    if not merges_all(granularity) or any(not is_excluded(v) for v in var_list):
+        return
+    raise ValueError(
+        "AdaptiveClippedOptimizer(granularity='global') needs at least one "
+        f"variable to clip; got {len(var_list)} variables, all excluded from "
+        "normalization."
+        if var_list
+        else "AdaptiveClippedOptimizer(granularity='global') needs at least "
+        "one variable to clip; it was built with none."
+    )
+
+
 def merges_all(granularity):
     """Whether one norm measures all scaled gradients together."""
     return granularity == "global"

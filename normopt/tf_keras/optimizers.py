@@ -385,13 +385,8 @@ class AdaptiveClippedOptimizer(_TfKerasWrapper):
         self.eps = eps
 
     def build(self, var_list):
-        if (not self.built and step_plan.merges_all(self.granularity)
-                and all(self._is_excluded(v) for v in var_list)):
-            raise ValueError(
-                "AdaptiveClippedOptimizer(granularity='global') needs at least "
-                f"one variable to clip; got {len(var_list)} variables, none of "
-                "them included in normalization."
-            )
+        if not self.built:
+            step_plan.check_clippable(self.granularity, var_list, self._is_excluded)
         super().build(var_list)
 
     def get_config(self):
