@@ -65,6 +65,34 @@ class GradientNormMixin:
     def _scaling(self):
         return self._kind()
 
+    def _check_arguments(self, normalization, granularity, fused, skip_nonfinite, kwargs,
+                         mapping=None):
+        """Refuses what either Keras's wrapper refuses alike, before the base
+        class is set up (`normalization` is checked already)."""
+        step_plan.check_granularity(
+            granularity, normalization, normalizations.custom_function(normalization) is not None,
+            mapping)
+        _check_fused(fused)
+        if not isinstance(skip_nonfinite, bool):
+            raise TypeError(
+                f"`skip_nonfinite` must be True or False, got {skip_nonfinite!r}."
+            )
+        check_base_options(type(self).__name__, kwargs)
+
+    def _set_arguments(self, normalization, granularity, fused, skip_nonfinite):
+        """Sets the checked arguments, once `inner_optimizer` is set."""
+        self.normalization = normalization
+        self.granularity = granularity
+        self.fused = fused
+        self.skip_nonfinite = skip_nonfinite
+        self.last_path = None
+        if fused:
+            # What is known already fails now (a kind's own arguments are
+            # not set yet: the plan reads only what its `_kind` says).
+            step_plan.check_construction(
+                self._settings(self._kind), self.inner_optimizer,
+                executors.current().step_context(in_step=False))
+
     def _settings(self, scaling=None):
         return step_plan.Settings(
             fused=self.fused,
@@ -257,29 +285,11 @@ class _GradientNormWrapper(GradientNormMixin, InnerOptimizerWrapper):
         inner = resolve_inner(optimizer, _GradientNormWrapper)
         normalizations.check_normalization(normalization)
         mapping = norm_map.check_map(normalization_map, type(self).__name__)
-        step_plan.check_granularity(
-            granularity, normalization, normalizations.custom_function(normalization) is not None,
-            mapping)
-        _check_fused(fused)
-        if not isinstance(skip_nonfinite, bool):
-            raise TypeError(
-                f"`skip_nonfinite` must be True or False, got {skip_nonfinite!r}."
-            )
-        check_base_options(type(self).__name__, kwargs)
+        self._check_arguments(normalization, granularity, fused, skip_nonfinite, kwargs, mapping)
         super().__init__(inner, name=name, loss_scale_factor=loss_scale_factor)
-        self.normalization = normalization
-        self.granularity = granularity
         # Not tracked: Keras would wrap a dict attribute in its own type.
         self.__dict__["normalization_map"] = mapping
-        self.fused = fused
-        self.skip_nonfinite = skip_nonfinite
-        self.last_path = None
-        if fused:
-            # What is known already fails now (a kind's own arguments are
-            # not set yet: the plan reads only what its `_kind` says).
-            step_plan.check_construction(
-                self._settings(self._kind), inner,
-                executors.current().step_context(in_step=False))
+        self._set_arguments(normalization, granularity, fused, skip_nonfinite)
 
     def _new_norms_variable(self, count):
         return executors.current().norms_variable(count)

@@ -106,27 +106,13 @@ class _TfKerasWrapper(keras3.GradientNormMixin, keras_wrapper.InnerDelegation,
                 "wrappers do not hold: use it with the Keras 3 wrappers "
                 "(from normopt import NormalizedOptimizer)."
             )
-        step_plan.check_granularity(
-            granularity, normalization, normalizations.custom_function(normalization) is not None)
-        keras3._check_fused(fused)
-        if not isinstance(skip_nonfinite, bool):
-            raise TypeError(
-                f"`skip_nonfinite` must be True or False, got {skip_nonfinite!r}."
-            )
-        keras_wrapper.check_base_options(type(self).__name__, kwargs)
+        self._check_arguments(normalization, granularity, fused, skip_nonfinite, kwargs)
         super().__init__(name=name or type(self).__name__)
         self.inner_optimizer = inner
         # The inner counter, also as the base class's `_iterations` child: a
         # SavedModel revives any tf_keras optimizer as one with that variable.
         self._iterations = inner.iterations
-        self.normalization = normalization
-        self.granularity = granularity
-        self.fused = fused
-        self.skip_nonfinite = skip_nonfinite
-        self.last_path = None
-        if fused:
-            step_plan.check_construction(
-                self._settings(self._kind), inner, tf_backend.step_context(in_step=False))
+        self._set_arguments(normalization, granularity, fused, skip_nonfinite)
 
     def __setattr__(self, name, value):
         if name in _UNTRACKED:
