@@ -32,6 +32,14 @@ INNER_OPTIONS = {
 CLIP_OPTIONS = ("clipnorm", "clipvalue", "global_clipnorm")
 
 
+LOSS_SCALED_INNER = (
+    "The inner optimizer must not be a LossScaleOptimizer: the wrapper "
+    "would measure loss-scaled gradients. Put the loss scaling outside, "
+    "LossScaleOptimizer(NormalizedOptimizer(...)) (model.compile does "
+    "this itself under a mixed_float16 policy)."
+)
+
+
 def resolve_inner(optimizer, wrapper_class):
     """The Keras optimizer `optimizer` names, refusing what cannot be wrapped."""
     if isinstance(optimizer, wrapper_class):
@@ -40,12 +48,7 @@ def resolve_inner(optimizer, wrapper_class):
             "Keras optimizer instead."
         )
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-        raise ValueError(
-            "The inner optimizer must not be a LossScaleOptimizer: the wrapper "
-            "would measure loss-scaled gradients. Put the loss scaling outside, "
-            "LossScaleOptimizer(NormalizedOptimizer(...)) (model.compile does "
-            "this itself under a mixed_float16 policy)."
-        )
+        raise ValueError(LOSS_SCALED_INNER)
     if isinstance(optimizer, keras.optimizers.Optimizer):
         return optimizer
     if isinstance(optimizer, (str, dict)):

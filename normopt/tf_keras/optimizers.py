@@ -59,12 +59,7 @@ def _resolve_inner(optimizer):
             "tf_keras.optimizers.Adam() or tf_keras.optimizers.legacy.Adam()."
         )
     if adapters.is_loss_scale_optimizer(optimizer):
-        raise ValueError(
-            "The inner optimizer must not be a LossScaleOptimizer: the wrapper "
-            "would measure loss-scaled gradients. Put the loss scaling outside, "
-            "LossScaleOptimizer(NormalizedOptimizer(...)) (model.compile does "
-            "this itself under a mixed_float16 policy)."
-        )
+        raise ValueError(keras_wrapper.LOSS_SCALED_INNER)
     if isinstance(optimizer, (str, dict)):
         try:
             optimizer = tf_keras.optimizers.get(optimizer)
