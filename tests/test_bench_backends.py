@@ -76,6 +76,16 @@ def test_each_backend_runs_in_its_own_process_or_says_why_not(step_run, backend)
         if variant != "plain":
             assert c["path_ran"] not in ("fused", "plain"), c
             assert c["max_rel_diff"] < 1e-4, c  # plain Adam on NumPy-normalized grads
+        if backend == "jax":
+            # the compiled step: plain Adam only updates elementwise; the
+            # normalized step also measures each gradient (reductions) and
+            # holds the one overflow-rescue cond of scale_math.builtin_norms
+            hlo = c["hlo"]
+            assert hlo["kernels"] > hlo["reductions"] >= 0, hlo
+            if variant == "plain":
+                assert (hlo["reductions"], hlo["conditionals"]) == (0, 0), hlo
+            else:
+                assert hlo["reductions"] >= 1 and hlo["conditionals"] == 1, hlo
 
 
 def test_the_table_shows_the_backends(step_run, capsys):
@@ -90,6 +100,41 @@ def test_the_table_shows_the_backends(step_run, capsys):
             assert "tiny" in row and "adam" in row and "x)" in row
         else:
             assert f"{result['status']}: {backend}: {result['reason']}" in text
+
+
+_MODULE = """HloModule m
+
+%fused_square (p: f32[8]) -> f32[8] {
+  %p = f32[8]{0} parameter(0)
+  ROOT %m = f32[8]{0} multiply(%p, %p)
+}
+
+%fused_sum (q: f32[8]) -> f32[] {
+  %q = f32[8]{0} parameter(0)
+  %z = f32[] constant(0)
+  ROOT %r = f32[] reduce(%q, %z), dimensions={0}, to_apply=%add
+}
+
+ENTRY %main (a: f32[8], b: f32[8]) -> (f32[8], f32[]) {
+  %a = f32[8]{0} parameter(0)
+  %b = f32[8]{0} parameter(1)
+  %c = f32[] constant(1)
+  %sq = f32[8]{0} fusion(%a), kind=kLoop, calls=%fused_square
+  %s = f32[] fusion(%b), kind=kLoop, calls=%fused_sum
+  %w = f32[] reduce-window(%s, %c), window={}, to_apply=%add
+  %k = (f32[]) conditional(%p, %t, %t), branch_computations={%fused_sum, %fused_square}
+  %g = f32[] get-tuple-element(%k), index=0
+  %v = f32[8]{0} bitcast(%sq)
+  ROOT %out = (f32[8], f32[]) tuple(%v, %g)
+}
+"""
+
+
+def test_hlo_counts_reads_the_entry_computation():
+    # by hand: kernels sq, s, w, k; s calls a reduce and w is one; the
+    # conditional counts once although a branch reduces
+    assert backend_step.hlo_counts(_MODULE) == {
+        "kernels": 4, "reductions": 2, "conditionals": 1}
 
 
 def test_a_failed_child_is_reported_not_raised():

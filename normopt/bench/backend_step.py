@@ -20,7 +20,8 @@ there is none (backend not installed, the child failed). Variants, per
 
     jax    `optimizer.stateless_apply(optimizer_vars, grads, trainable_vars)`
            under `jax.jit`, both states donated, as Keras's JAX training
-           loop writes it
+           loop writes it; its record's `hlo` counts the compiled step's
+           kernels (`hlo_counts`), which no load on the machine changes
     torch  `optimizer.apply(grads, variables)`, eager (Keras's torch
            optimizers update with torch._foreach_*)
 
@@ -138,8 +139,49 @@ def _max_rel_diff(got, want):
                for g, w in zip(got, want))
 
 
+_NO_KERNEL = frozenset(("parameter", "constant", "bitcast", "tuple", "get-tuple-element"))
+_REDUCE_OPS = frozenset(("reduce", "reduce-window"))
+
+
+def hlo_counts(text):
+    """{"kernels", "reductions", "conditionals"} of a compiled XLA module
+    (its `as_text()`), over the entry computation: kernels = instructions
+    that run code (all but parameters, constants, bitcasts and tuples),
+    reductions = those that reduce (a reduce, or a fusion whose computation
+    holds one), conditionals = the lax.cond's. A conditional counts once,
+    whatever its branches hold."""
+    import re
+
+    bodies, name, lines = {}, None, []
+    for line in text.splitlines():
+        head = re.match(r"(ENTRY )?%(\S+) .*\{$", line)
+        if head:
+            name, lines = ("ENTRY" if head.group(1) else head.group(2)), []
+        elif line.startswith("}") and name is not None:
+            bodies[name], name = lines, None
+        elif name is not None:
+            lines.append(line)
+
+    def opcode(line):
+        found = re.search(r"= \S+ ([a-z][\w-]*)\(", line)
+        return found and found.group(1)
+
+    def reduces(line):
+        if opcode(line) in _REDUCE_OPS:
+            return True
+        called = re.search(r"calls=%([\w.-]+)", line)
+        return bool(called) and any(opcode(x) in _REDUCE_OPS
+                                    for x in bodies.get(called.group(1), ()))
+
+    kernels = [x for x in bodies.get("ENTRY", ()) if opcode(x) and opcode(x) not in _NO_KERNEL]
+    return {"kernels": len(kernels),
+            "reductions": sum(map(reduces, kernels)),
+            "conditionals": sum(opcode(x) == "conditional" for x in kernels)}
+
+
 class _JaxStep:
-    """A jitted stateless step of `opt` from `initial`, state donated."""
+    """A jitted stateless step of `opt` from `initial`, state donated;
+    `hlo`: hlo_counts of the step compiled for its first gradients."""
 
     def __init__(self, opt, initial):
         import jax
@@ -157,6 +199,7 @@ class _JaxStep:
 
         self.jitted = jax.jit(step, donate_argnums=(0, 1))
         self.state = None
+        self.hlo = None
 
     def first(self, grads):
         """One step from the initial state (fresh copies: donation)."""
@@ -164,6 +207,10 @@ class _JaxStep:
 
         opt_values = [jnp.array(v, copy=True) for v in self.opt_values]
         train = [jnp.asarray(w) for w in self.initial]
+        if self.hlo is None:
+            # compiled apart (the same XLA module), so that the timed calls
+            # take jax.jit's own dispatch, as a training loop does
+            self.hlo = hlo_counts(self.jitted.lower(opt_values, train, grads).compile().as_text())
         opt_values, train = self.jitted(opt_values, train, grads)
         self.state = (opt_values, train)
         return [np.asarray(t) for t in train]
@@ -269,6 +316,8 @@ def measure_set(backend, set_name, inner, norm, repeats, warmup, seed=0):
                 record["vs_plain"] = seconds / plain
             if variant in rel:
                 record["max_rel_diff"] = rel[variant]
+            if getattr(steps[variant], "hlo", None) is not None:
+                record["hlo"] = steps[variant].hlo
         records.append(record)
     return records
 
