@@ -132,11 +132,20 @@ class ForeachTensors(keras_step.Tensors):
                 norms[i] = self.norm(g, name, eps)
         for acc, members in groups.items():
             measured = self._chunked([grads[i] for i in members], ord_, acc)
-            measured = torch._foreach_add(measured, eps)
+            if eps:
+                # one add on their vector: the same sums, without a kernel
+                # per norm
+                measured = list((torch.stack(measured) + eps).unbind())
             for i, n in zip(members, measured):
                 norms[i] = n
             self._rescue(grads, members, norms, name, eps)
         return norms
+
+    def stack(self, values):
+        return torch.stack(values)
+
+    def unstack(self, vector):
+        return list(vector.unbind())
 
     def scaled(self, plan, grads, norms, weight_norms):
         whole = [k for k, group in enumerate(plan.groups)
