@@ -26,7 +26,9 @@ of all of them at once (`plan.scaling.scale` on the vector of their norms,
 the same elementwise math as one scalar at a time), then, where every
 `pre` is 1 (one host read), g' = g * mult for all in one
 `torch._foreach_mul` per gradient dtype, the product formed in the scale's
-dtype and cast back as `scale_math.apply_scale` does; otherwise, and for
+dtype and cast back as `scale_math.apply_scale` does, and written into the
+memory of the same plan's last step (`_buffers_of`: one gradient-sized
+buffer per whole-tensor gradient, kept between steps); otherwise, and for
 unit-wise and global groups, `keras_step.Tensors.scaled`.
 
 `foreach_norms(False)` (a context manager) turns both off for a block: the
