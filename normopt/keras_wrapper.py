@@ -32,6 +32,14 @@ INNER_OPTIONS = {
 CLIP_OPTIONS = ("clipnorm", "clipvalue", "global_clipnorm")
 
 
+LOSS_SCALED_INNER = (
+    "The inner optimizer must not be a LossScaleOptimizer: the wrapper "
+    "would measure loss-scaled gradients. Put the loss scaling outside, "
+    "LossScaleOptimizer(NormalizedOptimizer(...)) (model.compile does "
+    "this itself under a mixed_float16 policy)."
+)
+
+
 def resolve_inner(optimizer, wrapper_class):
     """The Keras optimizer `optimizer` names, refusing what cannot be wrapped."""
     if isinstance(optimizer, wrapper_class):
@@ -40,12 +48,7 @@ def resolve_inner(optimizer, wrapper_class):
             "Keras optimizer instead."
         )
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-        raise ValueError(
-            "The inner optimizer must not be a LossScaleOptimizer: the wrapper "
-            "would measure loss-scaled gradients. Put the loss scaling outside, "
-            "LossScaleOptimizer(NormalizedOptimizer(...)) (model.compile does "
-            "this itself under a mixed_float16 policy)."
-        )
+        raise ValueError(LOSS_SCALED_INNER)
     if isinstance(optimizer, keras.optimizers.Optimizer):
         return optimizer
     if isinstance(optimizer, (str, dict)):
@@ -120,7 +123,40 @@ def _refused_option(name):
     return property(get, set_, doc=f"Always None: see `{name}` refusal.")
 
 
-class InnerOptimizerWrapper(keras.optimizers.Optimizer):
+class InnerDelegation:
+    """What a wrapper of either Keras (this module's, normopt.tf_keras's)
+    reads and sets on its inner optimizer: the learning rate, the iteration
+    counter and the base-optimizer options; the base class's gradient
+    clipping refused."""
+
+    weight_decay = _inner_option("weight_decay")
+    use_ema = _inner_option("use_ema")
+    ema_momentum = _inner_option("ema_momentum")
+    ema_overwrite_frequency = _inner_option("ema_overwrite_frequency")
+    clipnorm = _refused_option("clipnorm")
+    clipvalue = _refused_option("clipvalue")
+    global_clipnorm = _refused_option("global_clipnorm")
+
+    @property
+    def learning_rate(self):
+        return self.inner_optimizer.learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, learning_rate):
+        self.inner_optimizer.learning_rate = learning_rate
+
+    @property
+    def iterations(self):
+        return self.inner_optimizer.iterations
+
+    def finalize_variable_values(self, var_list):
+        # (a legacy tf_keras optimizer has none)
+        finalize = getattr(self.inner_optimizer, "finalize_variable_values", None)
+        if finalize is not None:
+            finalize(var_list)
+
+
+class InnerOptimizerWrapper(InnerDelegation, keras.optimizers.Optimizer):
     """A Keras optimizer whose inner optimizer holds the state and options.
 
     Subclasses transform the gradients in `apply`; `_new_norms_variable(n)`
@@ -169,14 +205,7 @@ class InnerOptimizerWrapper(keras.optimizers.Optimizer):
                 self.inner_optimizer.loss_scale_factor = None
         super().__setattr__(name, value)
 
-    weight_decay = _inner_option("weight_decay")
-    use_ema = _inner_option("use_ema")
-    ema_momentum = _inner_option("ema_momentum")
-    ema_overwrite_frequency = _inner_option("ema_overwrite_frequency")
     gradient_accumulation_steps = _inner_option("gradient_accumulation_steps")
-    clipnorm = _refused_option("clipnorm")
-    clipvalue = _refused_option("clipvalue")
-    global_clipnorm = _refused_option("global_clipnorm")
 
     def exclude_from_weight_decay(self, var_list=None, var_names=None):
         """The inner optimizer's `exclude_from_weight_decay`."""
@@ -205,26 +234,11 @@ class InnerOptimizerWrapper(keras.optimizers.Optimizer):
         state (none by default)."""
         return []
 
-    @property
-    def learning_rate(self):
-        return self.inner_optimizer.learning_rate
-
-    @learning_rate.setter
-    def learning_rate(self, learning_rate):
-        self.inner_optimizer.learning_rate = learning_rate
-
-    @property
-    def iterations(self):
-        return self.inner_optimizer.iterations
-
     def scale_loss(self, loss):
         loss = self.inner_optimizer.scale_loss(loss)
         if self.loss_scale_factor is not None:
             loss = loss * self.loss_scale_factor
         return loss
-
-    def finalize_variable_values(self, var_list):
-        self.inner_optimizer.finalize_variable_values(var_list)
 
     def apply_gradients(self, grads_and_vars):
         grads, trainable_variables = zip(*grads_and_vars)

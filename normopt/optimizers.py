@@ -46,26 +46,29 @@ def _check_fused(fused):
     return fused
 
 
-class _GradientNormWrapper(InnerOptimizerWrapper):
-    """Shared machinery of the wrappers: configuration, exclusions, the step
-    (plan, then run it) and the recorded norms. A subclass says how it
-    scales in `_scaling()`."""
+class GradientNormMixin:
+    """What the wrappers of both Kerases (this module's and
+    normopt.tf_keras's) do alike, reading nothing of either Keras: the
+    settings, exclusions, the step (plan, then the backend's executor runs
+    it), a skipped step and the recorded norms. A subclass says how it
+    scales (`_kind`, `_scaling()`), and keeps the recorded norms in
+    `_gradient_norms` and the variables it was built with in
+    `_trainable_variables`."""
 
-    def __init__(
-        self,
-        optimizer,
-        normalization="l2",
-        fused=None,
-        skip_nonfinite=False,
-        name=None,
-        loss_scale_factor=None,
-        granularity="tensor",
-        normalization_map=None,
-        **kwargs,
-    ):
-        inner = resolve_inner(optimizer, _GradientNormWrapper)
-        normalizations.check_normalization(normalization)
-        mapping = norm_map.check_map(normalization_map, type(self).__name__)
+    # A norm per variable (None: `normalization` for every variable).
+    normalization_map = None
+
+    # How this kind scales: a scale_math.Normalize, Clip or Adaptive class,
+    # and `_scaling()` the instance with this wrapper's current arguments.
+    _kind = scale_math.Normalize
+
+    def _scaling(self):
+        return self._kind()
+
+    def _check_arguments(self, normalization, granularity, fused, skip_nonfinite, kwargs,
+                         mapping=None):
+        """Refuses what either Keras's wrapper refuses alike, before the base
+        class is set up (`normalization` is checked already)."""
         step_plan.check_granularity(
             granularity, normalization, normalizations.custom_function(normalization) is not None,
             mapping)
@@ -75,11 +78,11 @@ class _GradientNormWrapper(InnerOptimizerWrapper):
                 f"`skip_nonfinite` must be True or False, got {skip_nonfinite!r}."
             )
         check_base_options(type(self).__name__, kwargs)
-        super().__init__(inner, name=name, loss_scale_factor=loss_scale_factor)
+
+    def _set_arguments(self, normalization, granularity, fused, skip_nonfinite):
+        """Sets the checked arguments, once `inner_optimizer` is set."""
         self.normalization = normalization
         self.granularity = granularity
-        # Not tracked: Keras would wrap a dict attribute in its own type.
-        self.__dict__["normalization_map"] = mapping
         self.fused = fused
         self.skip_nonfinite = skip_nonfinite
         self.last_path = None
@@ -87,15 +90,8 @@ class _GradientNormWrapper(InnerOptimizerWrapper):
             # What is known already fails now (a kind's own arguments are
             # not set yet: the plan reads only what its `_kind` says).
             step_plan.check_construction(
-                self._settings(self._kind), inner,
+                self._settings(self._kind), self.inner_optimizer,
                 executors.current().step_context(in_step=False))
-
-    # How this kind scales: a scale_math.Normalize, Clip or Adaptive class,
-    # and `_scaling()` the instance with this wrapper's current arguments.
-    _kind = scale_math.Normalize
-
-    def _scaling(self):
-        return self._kind()
 
     def _settings(self, scaling=None):
         return step_plan.Settings(
@@ -154,6 +150,149 @@ class _GradientNormWrapper(InnerOptimizerWrapper):
     def get_normalization_functions():
         """Sorted names of all available normalizations."""
         return normalizations.normalization_names()
+
+    def _finite_step(self, gs, vs, replicas, plan):
+        self._step(gs, vs, replicas, plan)
+        return ops.convert_to_tensor(True)
+
+    def _skip_step(self):
+        self.skipped_steps.assign_add(1)
+        return ops.convert_to_tensor(False)
+
+    def _plan(self, gs, vs):
+        """The StepPlan of a step on `gs` (raises FusedPathUnavailable for
+        fused=True where the compiled path cannot run)."""
+        run = executors.current()
+        excluded = [self._is_excluded(v) for v in vs]
+        settings = self._settings()
+        if self.normalization_map:
+            norms = self.__dict__["_variable_norms"]
+            settings = dataclasses.replace(
+                settings, norms=tuple(norms[self._var_key(v)] for v in vs))
+        cache = self.__dict__.setdefault("_plan_cache", step_plan.PlanCache())
+        return cache.plan(
+            settings, self.inner_optimizer, run.plan_key(gs, vs, excluded),
+            lambda: run.step_context(gs, vs, excluded, compiled=self.fused is not False))
+
+    def _step(self, gs, vs, replicas, plan):
+        """One step on gradients already summed across replicas, by `plan`.
+        Returns the L2 norms the compiled op measured (parts,
+        `_record_gradient_norms`), else None."""
+        inner = self.inner_optimizer
+        keras_adapters.restore_unsaved_state(inner)
+        run = executors.current()
+        vectors = self._step_vectors(vs)
+        if plan.updates_variables:
+            return run.run_fused_update(inner, plan, gs, vs, vectors=vectors)
+        return run.run_inner_step(inner, plan, gs, vs, replicas, vectors=vectors)
+
+    def _step_vectors(self, vs):
+        """{index in vs: (gradient's vector, weight's vector or None)} of the
+        matrices the spectral norm measures (none for a wrapper without
+        them, normopt.tf_keras's included)."""
+        vectors = self.__dict__.get("_spectral_vectors")
+        if not vectors:
+            return {}
+        return {i: vectors[self._var_key(v)] for i, v in enumerate(vs)
+                if self._var_key(v) in vectors}
+
+    @property
+    def gradient_norms(self):
+        """L2 norm of each variable's raw gradient at the latest step.
+
+        A float32 vector, one entry per variable the optimizer was built
+        with (in that order, see `gradient_norm_names`): the gradient before
+        normalization or clipping, unscaled under loss scaling, after the
+        cross-replica sum; 0 for a variable whose gradient was None. None
+        before the optimizer is built. Not saved with the optimizer.
+        """
+        norms = self.__dict__.get("_gradient_norms")
+        return None if norms is None else executors.current().norms_value(norms)
+
+    @property
+    def gradient_norm_names(self):
+        """The paths of the variables `gradient_norms` refers to, in order."""
+        return [
+            getattr(v, "path", v.name) for v in getattr(self, "_trainable_variables", [])
+        ]
+
+    def _record_gradient_norms(self, grads, variables, measured=None):
+        """Stores the L2 norms of the raw gradients `grads` of `variables`
+        (`measured`: the parts the compiled op took, tf_backend.record_norms)."""
+        executors.current().record_norms(
+            self._gradient_norms,
+            [self._var_key(v) for v in self._trainable_variables],
+            grads, variables, measured,
+            keras_adapters.loss_scale_factor(self.inner_optimizer), self._var_key)
+
+
+class ClipMixin:
+    """ClippedOptimizer's threshold, of either Keras."""
+
+    _kind = scale_math.Clip
+
+    @property
+    def clipnorm(self):
+        """The largest norm a gradient keeps."""
+        return self.__dict__.get("_threshold")
+
+    @clipnorm.setter
+    def clipnorm(self, value):
+        # keras.Optimizer.__init__ sets clipnorm=None before the wrapper has
+        # its threshold.
+        if value is None and "_threshold" not in self.__dict__:
+            return
+        self.__dict__["_threshold"] = _check_clipnorm(value)
+
+    def _scaling(self):
+        return scale_math.Clip(self.clipnorm)
+
+    def get_config(self):
+        config = super().get_config()
+        config["clipnorm"] = self.clipnorm
+        return config
+
+
+class AdaptiveMixin:
+    """AdaptiveClippedOptimizer's clip_factor and eps, of either Keras."""
+
+    _kind = scale_math.Adaptive
+
+    def _scaling(self):
+        return scale_math.Adaptive(self.clip_factor, self.eps)
+
+    def get_config(self):
+        config = super().get_config()
+        config["clip_factor"] = self.clip_factor
+        config["eps"] = self.eps
+        return config
+
+
+class _GradientNormWrapper(GradientNormMixin, InnerOptimizerWrapper):
+    """Shared machinery of the wrappers: configuration, exclusions, the step
+    (plan, then run it) and the recorded norms. A subclass says how it
+    scales in `_scaling()`."""
+
+    def __init__(
+        self,
+        optimizer,
+        normalization="l2",
+        fused=None,
+        skip_nonfinite=False,
+        name=None,
+        loss_scale_factor=None,
+        granularity="tensor",
+        normalization_map=None,
+        **kwargs,
+    ):
+        inner = resolve_inner(optimizer, _GradientNormWrapper)
+        normalizations.check_normalization(normalization)
+        mapping = norm_map.check_map(normalization_map, type(self).__name__)
+        self._check_arguments(normalization, granularity, fused, skip_nonfinite, kwargs, mapping)
+        super().__init__(inner, name=name, loss_scale_factor=loss_scale_factor)
+        # Not tracked: Keras would wrap a dict attribute in its own type.
+        self.__dict__["normalization_map"] = mapping
+        self._set_arguments(normalization, granularity, fused, skip_nonfinite)
 
     def _new_norms_variable(self, count):
         return executors.current().norms_variable(count)
@@ -251,81 +390,6 @@ class _GradientNormWrapper(InnerOptimizerWrapper):
                 self._finite_step, self._skip_step, gs, (gs, vs, replicas, plan), replicas,
                 state=self.variables + list(self._trainable_variables))
 
-    def _finite_step(self, gs, vs, replicas, plan):
-        self._step(gs, vs, replicas, plan)
-        return ops.convert_to_tensor(True)
-
-    def _skip_step(self):
-        self.skipped_steps.assign_add(1)
-        return ops.convert_to_tensor(False)
-
-    def _plan(self, gs, vs):
-        """The StepPlan of a step on `gs` (raises FusedPathUnavailable for
-        fused=True where the compiled path cannot run)."""
-        run = executors.current()
-        excluded = [self._is_excluded(v) for v in vs]
-        settings = self._settings()
-        # (getattr: normopt.tf_keras's wrappers share this method, not the map)
-        if getattr(self, "normalization_map", None):
-            norms = self.__dict__["_variable_norms"]
-            settings = dataclasses.replace(
-                settings, norms=tuple(norms[self._var_key(v)] for v in vs))
-        cache = self.__dict__.setdefault("_plan_cache", step_plan.PlanCache())
-        return cache.plan(
-            settings, self.inner_optimizer, run.plan_key(gs, vs, excluded),
-            lambda: run.step_context(gs, vs, excluded, compiled=self.fused is not False))
-
-    def _step(self, gs, vs, replicas, plan):
-        """One step on gradients already summed across replicas, by `plan`.
-        Returns the L2 norms the compiled op measured (parts,
-        `_record_gradient_norms`), else None."""
-        inner = self.inner_optimizer
-        keras_adapters.restore_unsaved_state(inner)
-        run = executors.current()
-        vectors = self._step_vectors(vs)
-        if plan.updates_variables:
-            return run.run_fused_update(inner, plan, gs, vs, vectors=vectors)
-        return run.run_inner_step(inner, plan, gs, vs, replicas, vectors=vectors)
-
-    def _step_vectors(self, vs):
-        """{index in vs: (gradient's vector, weight's vector or None)} of the
-        matrices the spectral norm measures (none for a wrapper without
-        them, normopt.tf_keras's included)."""
-        vectors = self.__dict__.get("_spectral_vectors")
-        if not vectors:
-            return {}
-        return {i: vectors[self._var_key(v)] for i, v in enumerate(vs)
-                if self._var_key(v) in vectors}
-
-    @property
-    def gradient_norms(self):
-        """L2 norm of each variable's raw gradient at the latest step.
-
-        A float32 vector, one entry per variable the optimizer was built
-        with (in that order, see `gradient_norm_names`): the gradient before
-        normalization or clipping, unscaled under loss scaling, after the
-        cross-replica sum; 0 for a variable whose gradient was None. None
-        before the optimizer is built. Not saved with the optimizer.
-        """
-        norms = self.__dict__.get("_gradient_norms")
-        return None if norms is None else executors.current().norms_value(norms)
-
-    @property
-    def gradient_norm_names(self):
-        """The paths of the variables `gradient_norms` refers to, in order."""
-        return [
-            getattr(v, "path", v.name) for v in getattr(self, "_trainable_variables", [])
-        ]
-
-    def _record_gradient_norms(self, grads, variables, measured=None):
-        """Stores the L2 norms of the raw gradients `grads` of `variables`
-        (`measured`: the parts the compiled op took, tf_backend.record_norms)."""
-        executors.current().record_norms(
-            self._gradient_norms,
-            [self._var_key(v) for v in self._trainable_variables],
-            grads, variables, measured,
-            self.inner_optimizer.loss_scale_factor, self._var_key)
-
     def get_config(self):
         config = super().get_config()
         return {
@@ -399,7 +463,7 @@ class NormalizedOptimizer(_GradientNormWrapper):
 
 
 @keras.saving.register_keras_serializable(package="normopt")
-class ClippedOptimizer(_GradientNormWrapper):
+class ClippedOptimizer(ClipMixin, _GradientNormWrapper):
     """Rescales each gradient whose norm reaches `clipnorm` down to it.
 
         g' = g * clipnorm / norm(g)  if norm(g) >= clipnorm, else g
@@ -412,8 +476,6 @@ class ClippedOptimizer(_GradientNormWrapper):
             normalization_map: as for NormalizedOptimizer.
         name: the wrapper's name.
     """
-
-    _kind = scale_math.Clip
 
     def __init__(
         self,
@@ -440,27 +502,6 @@ class ClippedOptimizer(_GradientNormWrapper):
         )
         self.clipnorm = clipnorm
 
-    @property
-    def clipnorm(self):
-        """The largest norm a gradient keeps."""
-        return self.__dict__.get("_threshold")
-
-    @clipnorm.setter
-    def clipnorm(self, value):
-        # keras.Optimizer.__init__ sets clipnorm=None before the wrapper has
-        # its threshold.
-        if value is None and "_threshold" not in self.__dict__:
-            return
-        self.__dict__["_threshold"] = _check_clipnorm(value)
-
-    def _scaling(self):
-        return scale_math.Clip(self.clipnorm)
-
-    def get_config(self):
-        config = super().get_config()
-        config["clipnorm"] = self.clipnorm
-        return config
-
 
 def _check_clipnorm(clipnorm):
     """A finite clipnorm > 0 as a float, else ValueError."""
@@ -468,7 +509,7 @@ def _check_clipnorm(clipnorm):
 
 
 @keras.saving.register_keras_serializable(package="normopt")
-class AdaptiveClippedOptimizer(_GradientNormWrapper):
+class AdaptiveClippedOptimizer(AdaptiveMixin, _GradientNormWrapper):
     """Adaptive gradient clipping (NFNets): clips relative to the weights' norm.
 
     Per unit (or per tensor, or globally, by `granularity`), with `norm` the
@@ -491,8 +532,6 @@ class AdaptiveClippedOptimizer(_GradientNormWrapper):
         fused, skip_nonfinite, name, loss_scale_factor, normalization_map:
             as for NormalizedOptimizer.
     """
-
-    _kind = scale_math.Adaptive
 
     def __init__(
         self,
@@ -525,19 +564,10 @@ class AdaptiveClippedOptimizer(_GradientNormWrapper):
         self.clip_factor = clip_factor
         self.eps = eps
 
-    def _scaling(self):
-        return scale_math.Adaptive(self.clip_factor, self.eps)
-
     @tracking.no_automatic_dependency_tracking
     def build(self, var_list):
         step_plan.check_clippable(self.granularity, var_list, self._is_excluded)
         super().build(var_list)
-
-    def get_config(self):
-        config = super().get_config()
-        config["clip_factor"] = self.clip_factor
-        config["eps"] = self.eps
-        return config
 
 
 def _is_variable(value):

@@ -16,6 +16,25 @@ PURE = "tf" if TENSORFLOW else "keras"
 neutral = pytest.mark.backend_neutral
 
 
+def skip_module_on_tensorflow():
+    """Called at the top of a file of what is specific to the other backends
+    (conftest.OTHER_BACKEND_FILES): skips the whole module in the TensorFlow
+    process, which collects such a file only when it is named on the command
+    line."""
+    __tracebackhide__ = True  # the skip reported at the test file's line
+    if TENSORFLOW:
+        pytest.skip("JAX and PyTorch backend tests: run with KERAS_BACKEND=jax or torch",
+                    allow_module_level=True)
+
+
+def skip_module_unless(backend, reason):
+    """Called at the top of a file for one backend only: skips the whole
+    module in any other backend's process."""
+    __tracebackhide__ = True
+    if BACKEND != backend:
+        pytest.skip(reason, allow_module_level=True)
+
+
 def tensor(x, dtype=None):
     """A backend tensor of `x` (in `dtype`, else x's own)."""
     x = np.asarray(x)

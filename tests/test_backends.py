@@ -22,9 +22,7 @@ Run: KERAS_BACKEND=jax python -m pytest tests/test_backends.py (or torch;
 skipped on TensorFlow, where the rest of the suite covers the same wrappers).
 """
 
-import json
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -32,20 +30,14 @@ import pytest
 
 import keras
 
-BACKEND = keras.backend.backend()
-if BACKEND == "tensorflow":
-    pytest.skip("JAX and PyTorch backend tests: run with KERAS_BACKEND=jax or torch",
-                allow_module_level=True)
+from neutral import BACKEND, compiled, numpy, skip_module_on_tensorflow, tensor
+
+skip_module_on_tensorflow()
 if BACKEND == "jax":
     import jax
     import jax.numpy as jnp
-
-    jit = jax.jit
 else:
     import torch
-
-    def jit(fn):
-        return fn
 
 jax_only = pytest.mark.skipif(BACKEND != "jax", reason="JAX only")
 
@@ -136,14 +128,6 @@ def _grad_steps(steps, seed=1):
     return [[rng.normal(size=s).astype("float32") for s in SHAPES] for _ in range(steps)]
 
 
-def _numpy(x):
-    return keras.ops.convert_to_numpy(x)
-
-
-def _tensor(x):
-    return keras.ops.convert_to_tensor(x)
-
-
 def _index(optimizer, name):
     """The index in `optimizer.variables` of the wrapper's variable `name`,
     or of the inner optimizer's iteration counter ("iterations")."""
@@ -203,14 +187,14 @@ def test_every_builtin_norm_per_tensor_and_per_unit():
     tensors = keras_step.backend_tensors()
     g = np.random.default_rng(5).normal(size=(6, 3)).astype("float32")
     for name in R.NORM_NAMES + tuple(R.ALIASES):
-        np.testing.assert_allclose(_numpy(tensors.norm(_tensor(g), name)), R.norm(g, name, EPS),
+        np.testing.assert_allclose(numpy(tensors.norm(tensor(g), name)), R.norm(g, name, EPS),
                                    rtol=2e-6, err_msg=name)
         per_unit = [R.norm(g[:, j], name, EPS) for j in range(3)]
-        np.testing.assert_allclose(_numpy(tensors.norm(_tensor(g), name, per_unit=True)),
+        np.testing.assert_allclose(numpy(tensors.norm(tensor(g), name, per_unit=True)),
                                    per_unit, rtol=2e-6, err_msg=name)
         # the norms of many tensors at once (a backend may override it)
-        many = tensors.tensor_norms([_tensor(g), _tensor(g[:2])], name)
-        np.testing.assert_allclose([_numpy(n) for n in many],
+        many = tensors.tensor_norms([tensor(g), tensor(g[:2])], name)
+        np.testing.assert_allclose([numpy(n) for n in many],
                                    [R.norm(g, name, EPS), R.norm(g[:2], name, EPS)],
                                    rtol=2e-6, err_msg=name)
 
@@ -273,7 +257,7 @@ def test_model_fit_matches_plain_adam_on_normalized_gradients(mode):
     assert int(opt.iterations) == 2
     assert opt.last_path.name == paths.KERAS
     for got, want in zip(model.trainable_variables, expected):
-        np.testing.assert_allclose(_numpy(got), want, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(numpy(got), want, rtol=1e-4, atol=1e-5)
 
 
 def test_model_fit_under_adaptive_clipping_per_unit():
@@ -285,7 +269,7 @@ def test_model_fit_under_adaptive_clipping_per_unit():
     model.compile(optimizer=opt, loss="mse")
     model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
     for got, want in zip(model.trainable_variables, expected):
-        np.testing.assert_allclose(_numpy(got), want, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(numpy(got), want, rtol=1e-4, atol=1e-5)
 
 
 # --------------------------------------------------------------- stateless
@@ -310,24 +294,24 @@ def test_stateless_apply_under_jit_matches_numpy(kind, granularity, name, exclud
                    granularity=granularity)
     opt.exclude_from_normalization(var_list=[variables[i] for i in excluded])
     opt.build(variables)
-    step = jit(opt.stateless_apply)
+    step = compiled(opt.stateless_apply)
     opt_values = [v.value for v in opt.variables]
     values = [v.value for v in variables]
     sgd = helpers.reference_inner("momentum", LR)
     expected = [np.asarray(v, np.float64) for v in variables]
     for grads in _grad_steps(3):
-        values, opt_values = step(opt_values, [_tensor(g) for g in grads], values)
+        values, opt_values = step(opt_values, [tensor(g) for g in grads], values)
         scaled = _scaled(grads, expected, kind, name, granularity, excluded)
         expected = [sgd.step(i, w, g) for i, (w, g) in enumerate(zip(expected, scaled))]
-        recorded = _numpy(opt_values[_index(opt, "gradient_norms")])
+        recorded = numpy(opt_values[_index(opt, "gradient_norms")])
         np.testing.assert_allclose(recorded, [R.norm(g, "l2", 0.0) for g in grads], rtol=1e-5)
     for got, want in zip(values, expected):
-        np.testing.assert_allclose(_numpy(got), want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(numpy(got), want, rtol=1e-5, atol=1e-6)
     assert int(opt_values[_index(opt, "iterations")]) == 3
     if BACKEND == "jax":
         # stateless: the variables themselves are untouched (Keras's torch
         # optimizers update in place, stateless_apply included)
-        np.testing.assert_array_equal(_numpy(variables[0]), np.asarray(_variables()[0]))
+        np.testing.assert_array_equal(numpy(variables[0]), np.asarray(_variables()[0]))
 
 
 @pytest.mark.parametrize("name", ["l2", "std", "min_max", "avg_l1"])
@@ -342,7 +326,7 @@ def test_stateless_tensors_of_one_shape_measured_together_rescue_overflow(name):
     variables = [keras.Variable(w, name=f"v{i}") for i, w in enumerate(init)]
     opt = NormalizedOptimizer(keras.optimizers.SGD(LR), normalization=name)
     opt.build(variables)
-    step = jit(opt.stateless_apply)
+    step = compiled(opt.stateless_apply)
     opt_values = [v.value for v in opt.variables]
     values = [v.value for v in variables]
     expected = [np.asarray(w, np.float64) for w in init]
@@ -350,14 +334,14 @@ def test_stateless_tensors_of_one_shape_measured_together_rescue_overflow(name):
         grads = [rng.normal(size=s).astype("float32") for s in shapes]
         if t == 1:
             grads[2] = (grads[2] * 3e19).astype("float32")  # sum of squares > 3.4e38
-        values, opt_values = step(opt_values, [_tensor(g) for g in grads], values)
+        values, opt_values = step(opt_values, [tensor(g) for g in grads], values)
         expected = [w - LR * np.asarray(g, np.float64) / R.norm(g, name, EPS)
                     for w, g in zip(expected, grads)]
-        recorded = _numpy(opt_values[_index(opt, "gradient_norms")])
+        recorded = numpy(opt_values[_index(opt, "gradient_norms")])
         np.testing.assert_allclose(recorded, [R.norm(g, "l2", 0.0) for g in grads], rtol=1e-5)
         assert np.all(np.isfinite(recorded))
         for got, want in zip(values, expected):
-            np.testing.assert_allclose(_numpy(got), want, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(numpy(got), want, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("mode", ["stateless", "apply"])
@@ -374,20 +358,20 @@ def test_skip_nonfinite_counts_and_leaves_the_state(mode):
         expected = [adam.step(i, w, g) for i, (w, g) in enumerate(zip(expected, scaled))]
 
     if mode == "stateless":
-        step = jit(opt.stateless_apply)
+        step = compiled(opt.stateless_apply)
         opt_values = [v.value for v in opt.variables]
         values = [v.value for v in variables]
         states = []
         for gs in grads:
-            values, opt_values = step(opt_values, [_tensor(g) for g in gs], values)
-            states.append(([_numpy(v) for v in values], [_numpy(v) for v in opt_values]))
+            values, opt_values = step(opt_values, [tensor(g) for g in gs], values)
+            states.append(([numpy(v) for v in values], [numpy(v) for v in opt_values]))
         final = values
     else:
         states = []
         for gs in grads:
-            opt.apply([_tensor(g) for g in gs], variables)
-            states.append(([_numpy(v) for v in variables],
-                           [_numpy(v) for v in opt.variables]))
+            opt.apply([tensor(g) for g in gs], variables)
+            states.append(([numpy(v) for v in variables],
+                           [numpy(v) for v in opt.variables]))
         final = variables
     skipped, norms = _index(opt, "skipped_steps"), _index(opt, "gradient_norms")
     (w1, o1), (w2, o2) = states[0], states[1]
@@ -402,7 +386,7 @@ def test_skip_nonfinite_counts_and_leaves_the_state(mode):
     # the norms of the skipped step were recorded: NaN where the NaN was
     assert np.isnan(o2[norms][2]) and np.isfinite(o2[norms][:2]).all()
     for got, want in zip(final, expected):
-        np.testing.assert_allclose(_numpy(got), want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(numpy(got), want, rtol=1e-5, atol=1e-6)
 
 
 def test_gradient_norms_after_fit_and_unsaved():
@@ -411,9 +395,9 @@ def test_gradient_norms_after_fit_and_unsaved():
     opt = NormalizedOptimizer(keras.optimizers.SGD(LR))
     model.compile(optimizer=opt, loss="mse")
 
-    grads = _mse_gradients(model, [_numpy(v) for v in model.trainable_variables], x, y)
+    grads = _mse_gradients(model, [numpy(v) for v in model.trainable_variables], x, y)
     model.fit(x, y, batch_size=16, epochs=1, verbose=0)
-    np.testing.assert_allclose(_numpy(opt.gradient_norms),
+    np.testing.assert_allclose(numpy(opt.gradient_norms),
                                [R.norm(g, "l2", 0.0) for g in grads], rtol=1e-5)
     assert opt.gradient_norm_names == [v.path for v in model.trainable_variables]
     # listed for stateless steps, saved nowhere: the wrapper saves
@@ -429,8 +413,7 @@ def test_gradient_norms_after_fit_and_unsaved():
 
 
 DATA_PARALLEL = r"""
-import json
-import jax, keras, numpy as np
+import json, jax, keras, numpy as np
 from normopt import ClippedOptimizer
 
 assert len(jax.devices()) == 2, jax.devices()
@@ -505,7 +488,7 @@ def test_custom_keras_ops_norm_runs_compiled(custom_norm):
     model.fit(x, y, batch_size=16, epochs=1, verbose=0)
     assert opt.last_path.name == paths.KERAS
     for got, want in zip(model.trainable_variables, expected):
-        np.testing.assert_allclose(_numpy(got), want, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(numpy(got), want, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("compiled", [pytest.param(True, marks=jax_only), False],
@@ -516,7 +499,7 @@ def test_custom_tf_norm_is_a_clear_error(custom_norm, compiled):
     variables = _variables()
     opt = NormalizedOptimizer(keras.optimizers.SGD(LR), normalization="tf_l2")
     opt.build(variables)
-    grads = [_tensor(np.ones(s, "float32")) for s in SHAPES]
+    grads = [tensor(np.ones(s, "float32")) for s in SHAPES]
     with pytest.raises(TypeError, match="'tf_l2'.*keras.ops"):
         if compiled:
             jax.jit(opt.stateless_apply)([v.value for v in opt.variables], grads,
@@ -535,7 +518,7 @@ def test_gradient_norm_monitor_logs_the_global_norm_each_batch():
     model = _model()
     opt = NormalizedOptimizer(keras.optimizers.SGD(LR))
     model.compile(optimizer=opt, loss="mse")
-    weights = [_numpy(v) for v in model.trainable_variables]
+    weights = [numpy(v) for v in model.trainable_variables]
     first = _mse_gradients(model, weights, x[:16], y[:16])
     logged = []
     log = keras.callbacks.LambdaCallback(

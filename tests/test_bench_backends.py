@@ -14,12 +14,11 @@ import json
 import math
 import sys
 
-import keras
 import pytest
+from neutral import skip_module_unless
 
-if keras.backend.backend() != "tensorflow":
-    pytest.skip("the bench runs on TensorFlow and starts the other backends itself",
-                allow_module_level=True)
+skip_module_unless("tensorflow",
+                   "the bench runs on TensorFlow and starts the other backends itself")
 
 from normopt.bench import backend_step  # noqa: E402
 from normopt.cli import main  # noqa: E402

@@ -12,14 +12,13 @@ import numpy as np
 import pytest
 
 import keras
+from neutral import skip_module_unless, tensor
 
-if keras.backend.backend() != "jax":
-    pytest.skip("JAX's eager compiles: run with KERAS_BACKEND=jax", allow_module_level=True)
+skip_module_unless("jax", "JAX's eager compiles: run with KERAS_BACKEND=jax")
 
 import jax  # noqa: E402
 
 import normopt  # noqa: E402
-from neutral import tensor  # noqa: E402
 
 BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
 

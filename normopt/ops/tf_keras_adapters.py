@@ -33,6 +33,11 @@ Two families, one adapter per exact class with a fused rule:
     Adam    adam | adam_amsgrad                 "m", "v", ["vhat"]
                                                                  b1, b2, eps
 
+Each adapter subclasses Keras 3's adapter of the same optimizer
+(keras_adapters), where a rule's slot lists and hyperparameters are written
+once in Keras 3's names; here is only how tf_keras names and reads them
+(`renamed`, `NewStyle`, `Legacy`) and when its SGD keeps a momentum.
+
 The fused rules are Keras 3's update rules; these tf_keras updates are the
 same formulas (legacy ones through TF's ResourceApplyKerasMomentum and
 ResourceApplyAdam[WithAmsgrad] kernels, whose rounding order differs
@@ -48,12 +53,15 @@ import tf_keras
 from tf_keras.src.mixed_precision import loss_scale_optimizer as _lso
 from tf_keras.src.optimizers import utils as _optimizer_utils
 
+from normopt.ops import keras_adapters
+
 # (owner, attribute): the private tf_keras attributes read here. owner
 # "new:*" is tf_keras.optimizers.Optimizer and "legacy:*"
 # tf_keras.optimizers.legacy.Optimizer, read on every inner optimizer of
 # that family; "new:Adam" is tf_keras.optimizers.Adam, "legacy:SGD"
 # tf_keras.optimizers.legacy.SGD, ...
 READS = (
+    # (_iterations, and the new-style slot lists: read by keras_adapters)
     ("new:*", "_iterations"),
     ("new:*", "_index_dict"),
     ("new:*", "_var_key"),
@@ -99,166 +107,77 @@ def is_loss_scale_optimizer(obj):
     return isinstance(obj, (_lso.LossScaleOptimizer, _lso.LossScaleOptimizerV3))
 
 
-class Adapter:
-    """How one tf_keras optimizer class runs as a fused update rule (the
-    interface of keras_adapters.Adapter)."""
+class NewStyle:
+    """tf_keras.optimizers.*: slot lists indexed by the variable's position,
+    as Keras 3's."""
 
-    optimizer = None
-
-    def rule(self, inner):
-        raise NotImplementedError
-
-    def slots(self, inner, keys):
-        """Slot-major lists of slot variables of the variables with `keys`
-        (`variable_indices`)."""
-        raise NotImplementedError
-
-    def hyper(self, inner):
-        raise NotImplementedError
-
-    def before_update(self, inner):
-        return None
-
-    def restore(self, inner):
-        return None
-
-
-def _pick(slot_list, index):
-    return [slot_list[i] for i in index]
-
-
-class NewAdapter(Adapter):
     def before_update(self, inner):
         # A schedule's current value, as tf_keras's apply_gradients sets it.
         inner._compute_current_learning_rate()
 
 
-class NewSgdAdapter(NewAdapter):
+class Legacy:
+    """tf_keras.optimizers.legacy.*: a slot by variable and name,
+    `get_slot(v, renamed[slot list])`; the hyperparameters that can be
+    variables or callables through `_get_hyper`."""
+
+    hypers = ("momentum", "beta_1", "beta_2")
+
+    def slot(self, inner, name, variables):
+        return [inner.get_slot(v, self.renamed[name]) for v in variables]
+
+    def option(self, inner, name):
+        if name in self.hypers:
+            # A float, a float32 variable, or a callable: as the legacy update reads it.
+            return inner._get_hyper(name, tf.float64)
+        return getattr(inner, name)
+
+
+class NewSgdAdapter(NewStyle, keras_adapters.SgdAdapter):
     optimizer = tf_keras.optimizers.SGD
 
-    def rule(self, inner):
-        return "sgd_nesterov" if inner.nesterov and inner.momentum else "sgd_momentum"
-
-    def slots(self, inner, index):
-        return [_pick(inner.momentums, index)]
-
-    def hyper(self, inner):
-        return [inner.momentum]
+    def keeps_momentum(self, inner):
+        # built whatever the momentum: sgd_momentum with mu = 0 writes m as tf_keras does
+        return True
 
 
-class NewAdamAdapter(NewAdapter):
+class NewAdamAdapter(NewStyle, keras_adapters.AdamAdapter):
     optimizer = tf_keras.optimizers.Adam
 
-    def rule(self, inner):
-        return "adam_amsgrad" if inner.amsgrad else "adam"
 
-    def slots(self, inner, index):
-        found = [_pick(inner._momentums, index), _pick(inner._velocities, index)]
-        if inner.amsgrad:
-            found.append(_pick(inner._velocity_hats, index))
-        return found
-
-    def hyper(self, inner):
-        return [inner.beta_1, inner.beta_2, inner.epsilon]
-
-
-class NewAdamWAdapter(NewAdamAdapter):
+class NewAdamWAdapter(NewStyle, keras_adapters.AdamWAdapter):
     optimizer = tf_keras.optimizers.AdamW
 
 
-class NewRmspropAdapter(NewAdapter):
+class NewRmspropAdapter(NewStyle, keras_adapters.RmspropAdapter):
     optimizer = tf_keras.optimizers.RMSprop
 
-    def rule(self, inner):
-        return ("rmsprop" + ("_centered" if inner.centered else "")
-                + ("_momentum" if inner.momentum > 0 else ""))
 
-    def slots(self, inner, index):
-        found = [_pick(inner._velocities, index)]
-        if inner.centered:
-            found.append(_pick(inner._average_gradients, index))
-        if inner.momentum > 0:
-            found.append(_pick(inner._momentums, index))
-        return found
-
-    def hyper(self, inner):
-        return [inner.rho, inner.epsilon] + ([inner.momentum] if inner.momentum > 0 else [])
-
-
-class NewAdagradAdapter(NewAdapter):
+class NewAdagradAdapter(NewStyle, keras_adapters.AdagradAdapter):
     optimizer = tf_keras.optimizers.Adagrad
 
-    def rule(self, inner):
-        return "adagrad"
 
-    def slots(self, inner, index):
-        return [_pick(inner._accumulators, index)]
-
-    def hyper(self, inner):
-        return [inner.epsilon]
-
-
-class NewAdamaxAdapter(NewAdapter):
+class NewAdamaxAdapter(NewStyle, keras_adapters.AdamaxAdapter):
     optimizer = tf_keras.optimizers.Adamax
 
-    def rule(self, inner):
-        return "adamax"
 
-    def slots(self, inner, index):
-        return [_pick(inner._m, index), _pick(inner._u, index)]
-
-    def hyper(self, inner):
-        return [inner.beta_1, inner.beta_2, inner.epsilon]
-
-
-class NewLionAdapter(NewAdapter):
+class NewLionAdapter(NewStyle, keras_adapters.LionAdapter):
     optimizer = tf_keras.optimizers.Lion
-
-    def rule(self, inner):
-        return "lion"
-
-    def slots(self, inner, index):
-        return [_pick(inner.momentums, index)]
-
-    def hyper(self, inner):
-        return [inner.beta_1, inner.beta_2]
+    renamed = {"_momentums": "momentums"}
 
 
-def _slots_of(inner, variables, names):
-    return [[inner.get_slot(v, name) for v in variables] for name in names]
-
-
-def _hyper(inner, name):
-    # A float, a float32 variable, or a callable: as the legacy update reads it.
-    return inner._get_hyper(name, tf.float64)
-
-
-class LegacySgdAdapter(Adapter):
+class LegacySgdAdapter(Legacy, keras_adapters.SgdAdapter):
     optimizer = tf_keras.optimizers.legacy.SGD
+    renamed = {"momentums": "momentum"}
 
-    def rule(self, inner):
-        if not inner._momentum:
-            return "sgd"
-        return "sgd_nesterov" if inner.nesterov else "sgd_momentum"
-
-    def slots(self, inner, variables):
-        return _slots_of(inner, variables, ["momentum"] if inner._momentum else [])
-
-    def hyper(self, inner):
-        return [_hyper(inner, "momentum")] if inner._momentum else []
+    def momentum_on(self, inner):
+        # momentum > 0, or a tensor or callable (then a variable: no bool in a graph)
+        return inner._momentum
 
 
-class LegacyAdamAdapter(Adapter):
+class LegacyAdamAdapter(Legacy, keras_adapters.AdamAdapter):
     optimizer = tf_keras.optimizers.legacy.Adam
-
-    def rule(self, inner):
-        return "adam_amsgrad" if inner.amsgrad else "adam"
-
-    def slots(self, inner, variables):
-        return _slots_of(inner, variables, ["m", "v"] + (["vhat"] if inner.amsgrad else []))
-
-    def hyper(self, inner):
-        return [_hyper(inner, "beta_1"), _hyper(inner, "beta_2"), inner.epsilon]
+    renamed = {"_momentums": "m", "_velocities": "v", "_velocity_hats": "vhat"}
 
 
 ADAPTERS = {
@@ -272,10 +191,6 @@ ADAPTERS = {
 def adapter_for(inner):
     """The Adapter of `inner`'s exact class, or None (no fused rule)."""
     return ADAPTERS.get(type(inner))
-
-
-def restore_unsaved_state(inner):
-    return None
 
 
 def unsupported_options(inner):
@@ -322,10 +237,6 @@ def variable_indices(inner, variables):
     if is_legacy(inner):
         return list(variables)
     return [inner._index_dict[inner._var_key(v)] for v in variables]
-
-
-def advance_iterations(inner):
-    inner._iterations.assign_add(1)
 
 
 def learning_rate(inner):

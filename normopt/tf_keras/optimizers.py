@@ -17,10 +17,11 @@ counter and the learning rate, and is saved under `inner_optimizer`.
 Everything a step does is shared with the Keras 3 wrappers
 (`normopt.optimizers`): the step plan (`normopt.ops.step_plan`), the math
 (`normopt.ops.scale_math`), its TensorFlow executors
-(`normopt.ops.tf_backend`), and the methods below that take them from
-`normopt.optimizers._GradientNormWrapper` (`_SHARED`), which read nothing of
-Keras 3. What differs, the tf_keras optimizer's internals, is in
-`normopt.ops.tf_keras_adapters`.
+(`normopt.ops.tf_backend`), and the methods that take them, in the mixins
+both Kerases' wrappers are made of (`normopt.optimizers.GradientNormMixin`,
+`ClipMixin`, `AdaptiveMixin`; `normopt.keras_wrapper.InnerDelegation`),
+which read nothing of either Keras. What differs, the tf_keras optimizer's
+internals, is in `normopt.ops.tf_keras_adapters`.
 """
 
 import copy
@@ -34,24 +35,6 @@ from normopt import keras_wrapper, normalizations
 from normopt import optimizers as keras3
 from normopt.ops import scale_math, step_plan, tf_backend
 from normopt.ops import tf_keras_adapters as adapters
-
-# Methods of the Keras 3 wrappers these wrappers share as they are: the
-# exclusions, settings, plan, step, skip and the recorded norms' accessors.
-_SHARED = (
-    "exclude_from_normalization",
-    "_is_excluded",
-    "_settings",
-    "_scaling",
-    "_plan",
-    "_step",
-    "_step_vectors",
-    "_finite_step",
-    "_skip_step",
-    "gradient_norms",
-    "gradient_norm_names",
-    "set_normalization_function",
-    "get_normalization_functions",
-)
 
 # Plain Python state, no checkpoint dependency (tf's tracking would wrap a
 # tuple or list in a trackable proxy).
@@ -76,12 +59,7 @@ def _resolve_inner(optimizer):
             "tf_keras.optimizers.Adam() or tf_keras.optimizers.legacy.Adam()."
         )
     if adapters.is_loss_scale_optimizer(optimizer):
-        raise ValueError(
-            "The inner optimizer must not be a LossScaleOptimizer: the wrapper "
-            "would measure loss-scaled gradients. Put the loss scaling outside, "
-            "LossScaleOptimizer(NormalizedOptimizer(...)) (model.compile does "
-            "this itself under a mixed_float16 policy)."
-        )
+        raise ValueError(keras_wrapper.LOSS_SCALED_INNER)
     if isinstance(optimizer, (str, dict)):
         try:
             optimizer = tf_keras.optimizers.get(optimizer)
@@ -99,13 +77,10 @@ def _resolve_inner(optimizer):
     )
 
 
-class _TfKerasWrapper(tf_keras.optimizers.Optimizer):
+class _TfKerasWrapper(keras3.GradientNormMixin, keras_wrapper.InnerDelegation,
+                      tf_keras.optimizers.Optimizer):
     """Shared machinery of the tf_keras wrappers; a subclass says how it
     scales (`_kind`, `_scaling()`), as in normopt.optimizers."""
-
-    _kind = scale_math.Normalize
-    # A norm per variable is the Keras 3 wrappers' (`_plan` reads it).
-    normalization_map = None
 
     def __init__(
         self,
@@ -126,27 +101,13 @@ class _TfKerasWrapper(tf_keras.optimizers.Optimizer):
                 "wrappers do not hold: use it with the Keras 3 wrappers "
                 "(from normopt import NormalizedOptimizer)."
             )
-        step_plan.check_granularity(
-            granularity, normalization, normalizations.custom_function(normalization) is not None)
-        keras3._check_fused(fused)
-        if not isinstance(skip_nonfinite, bool):
-            raise TypeError(
-                f"`skip_nonfinite` must be True or False, got {skip_nonfinite!r}."
-            )
-        keras_wrapper.check_base_options(type(self).__name__, kwargs)
+        self._check_arguments(normalization, granularity, fused, skip_nonfinite, kwargs)
         super().__init__(name=name or type(self).__name__)
         self.inner_optimizer = inner
         # The inner counter, also as the base class's `_iterations` child: a
         # SavedModel revives any tf_keras optimizer as one with that variable.
         self._iterations = inner.iterations
-        self.normalization = normalization
-        self.granularity = granularity
-        self.fused = fused
-        self.skip_nonfinite = skip_nonfinite
-        self.last_path = None
-        if fused:
-            step_plan.check_construction(
-                self._settings(self._kind), inner, tf_backend.step_context(in_step=False))
+        self._set_arguments(normalization, granularity, fused, skip_nonfinite)
 
     def __setattr__(self, name, value):
         if name in _UNTRACKED:
@@ -158,37 +119,14 @@ class _TfKerasWrapper(tf_keras.optimizers.Optimizer):
         # The inner optimizer's counter is the wrapper's (`iterations`).
         pass
 
-    # Options of the inner optimizer, read and set through the wrapper; the
-    # base class's gradient clipping is refused (ClippedOptimizer's
-    # `clipnorm` is its threshold).
-    weight_decay = keras_wrapper._inner_option("weight_decay")
-    use_ema = keras_wrapper._inner_option("use_ema")
-    ema_momentum = keras_wrapper._inner_option("ema_momentum")
-    ema_overwrite_frequency = keras_wrapper._inner_option("ema_overwrite_frequency")
-    clipnorm = keras_wrapper._refused_option("clipnorm")
-    clipvalue = keras_wrapper._refused_option("clipvalue")
-    global_clipnorm = keras_wrapper._refused_option("global_clipnorm")
-
     @property
     def built(self):
         return getattr(self, "_built", False)
 
-    @property
-    def iterations(self):
-        return self.inner_optimizer.iterations
-
-    @iterations.setter
+    @keras_wrapper.InnerDelegation.iterations.setter
     def iterations(self, variable):
         self.inner_optimizer.iterations = variable
         self._iterations = self.inner_optimizer.iterations
-
-    @property
-    def learning_rate(self):
-        return self.inner_optimizer.learning_rate
-
-    @learning_rate.setter
-    def learning_rate(self, learning_rate):
-        self.inner_optimizer.learning_rate = learning_rate
 
     @property
     def variables(self):
@@ -271,17 +209,6 @@ class _TfKerasWrapper(tf_keras.optimizers.Optimizer):
                     self._finite_step, self._skip_step, gs, (gs, vs, replicas, plan), replicas)
         return self.iterations
 
-    def _record_gradient_norms(self, grads, variables, measured=None):
-        tf_backend.record_norms(
-            self._gradient_norms,
-            [self._var_key(v) for v in self._trainable_variables],
-            grads, variables, measured, None, self._var_key)
-
-    def finalize_variable_values(self, var_list):
-        finalize = getattr(self.inner_optimizer, "finalize_variable_values", None)
-        if finalize is not None:
-            finalize(var_list)
-
     def get_config(self):
         return {
             "name": self.name,
@@ -308,10 +235,6 @@ class _TfKerasWrapper(tf_keras.optimizers.Optimizer):
         return optimizer
 
 
-for _name in _SHARED:
-    setattr(_TfKerasWrapper, _name, keras3._GradientNormWrapper.__dict__[_name])
-
-
 @tf_keras.saving.register_keras_serializable(package="normopt")
 class NormalizedOptimizer(_TfKerasWrapper):
     """Normalizes each gradient by its own norm before the inner update.
@@ -332,7 +255,7 @@ class NormalizedOptimizer(_TfKerasWrapper):
 
 
 @tf_keras.saving.register_keras_serializable(package="normopt")
-class ClippedOptimizer(_TfKerasWrapper):
+class ClippedOptimizer(keras3.ClipMixin, _TfKerasWrapper):
     """Rescales each gradient whose norm reaches `clipnorm` down to it.
 
         g' = g * clipnorm / norm(g)  if norm(g) >= clipnorm, else g
@@ -343,10 +266,6 @@ class ClippedOptimizer(_TfKerasWrapper):
         clipnorm: positive number, the largest norm a gradient keeps.
     """
 
-    _kind = scale_math.Clip
-    clipnorm = keras3.ClippedOptimizer.__dict__["clipnorm"]
-    _scaling = keras3.ClippedOptimizer.__dict__["_scaling"]
-
     def __init__(self, optimizer, normalization="l2", clipnorm=1.0, fused=None,
                  skip_nonfinite=False, name=None, **kwargs):
         keras3._check_clipnorm(clipnorm)
@@ -354,14 +273,9 @@ class ClippedOptimizer(_TfKerasWrapper):
                          skip_nonfinite=skip_nonfinite, name=name, **kwargs)
         self.clipnorm = clipnorm
 
-    def get_config(self):
-        config = super().get_config()
-        config["clipnorm"] = self.clipnorm
-        return config
-
 
 @tf_keras.saving.register_keras_serializable(package="normopt")
-class AdaptiveClippedOptimizer(_TfKerasWrapper):
+class AdaptiveClippedOptimizer(keras3.AdaptiveMixin, _TfKerasWrapper):
     """Adaptive gradient clipping (NFNets): clips relative to the weights' norm.
 
         wn = max(norm(w), eps),  gn = norm(g)
@@ -370,9 +284,6 @@ class AdaptiveClippedOptimizer(_TfKerasWrapper):
     per unit (default), tensor or globally (`granularity`). Arguments as for
     normopt.AdaptiveClippedOptimizer, `optimizer` a tf_keras optimizer.
     """
-
-    _kind = scale_math.Adaptive
-    _scaling = keras3.AdaptiveClippedOptimizer.__dict__["_scaling"]
 
     def __init__(self, optimizer, clip_factor=0.01, eps=1e-3, normalization="l2",
                  granularity="unit", fused=None, skip_nonfinite=False, name=None, **kwargs):
@@ -388,12 +299,6 @@ class AdaptiveClippedOptimizer(_TfKerasWrapper):
         if not self.built:
             step_plan.check_clippable(self.granularity, var_list, self._is_excluded)
         super().build(var_list)
-
-    def get_config(self):
-        config = super().get_config()
-        config["clip_factor"] = self.clip_factor
-        config["eps"] = self.eps
-        return config
 
 
 # Also under the plain class names, as the original wrapper registered
