@@ -162,14 +162,17 @@ class GradientNormMixin:
     def _plan(self, gs, vs):
         """The StepPlan of a step on `gs` (raises FusedPathUnavailable for
         fused=True where the compiled path cannot run)."""
-        context = executors.current().step_context(
-            gs, vs, [self._is_excluded(v) for v in vs], compiled=self.fused is not False)
+        run = executors.current()
+        excluded = [self._is_excluded(v) for v in vs]
         settings = self._settings()
         if self.normalization_map:
             norms = self.__dict__["_variable_norms"]
             settings = dataclasses.replace(
                 settings, norms=tuple(norms[self._var_key(v)] for v in vs))
-        return step_plan.plan_step(settings, self.inner_optimizer, context)
+        cache = self.__dict__.setdefault("_plan_cache", step_plan.PlanCache())
+        return cache.plan(
+            settings, self.inner_optimizer, run.plan_key(gs, vs, excluded),
+            lambda: run.step_context(gs, vs, excluded, compiled=self.fused is not False))
 
     def _step(self, gs, vs, replicas, plan):
         """One step on gradients already summed across replicas, by `plan`.

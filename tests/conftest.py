@@ -73,7 +73,8 @@ def custom_norm():
 # deselected: they ran in the TensorFlow process. OTHER_BACKEND_FILES hold
 # what is specific to JAX or PyTorch: collected only off TensorFlow, every
 # test in them marked here (each skips itself on a backend it does not cover).
-OTHER_BACKEND_FILES = ("test_backends.py", "test_spectral_backends.py", "test_jax_eager.py")
+OTHER_BACKEND_FILES = ("test_backends.py", "test_spectral_backends.py", "test_jax_eager.py",
+                       "test_torch_norms.py")
 BACKEND_NEUTRAL_FILES = OTHER_BACKEND_FILES + (
     "test_wrapper_math.py",
     "test_normalizations.py",

@@ -144,6 +144,21 @@ def test_matches_numpy(kind, granularity, name, fused):
     assert opt.last_path.name == (PURE if fused is False else "fused")
 
 
+@neutral_if_float64
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+def test_adaptive_threshold_keeps_float64(granularity):
+    """clip_factor * max(norm(w), eps) in float64: Keras's ops.maximum
+    narrows two float64 tensors to float32 on PyTorch (its type promotion),
+    which put the update 1e-8 relative off there."""
+    grads, weights = data(2, "float64")
+    opt = make_wrapper("adaptive", "std", granularity, False)
+    got = one_step(opt, grads, weights, "float64")
+    want = reference_step("adaptive", grads, weights, "std", granularity)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, **TOL["float64"])
+    assert opt.last_path.name == PURE
+
+
 # Several chunks (16384 elements each) and unit blocks (256 units each) of
 # the compiled op: a chunk that starts mid-row, a unit-wise tensor of two
 # unit blocks, a multi-chunk vector.

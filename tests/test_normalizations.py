@@ -8,7 +8,7 @@ import normopt
 import reference as R
 from helpers import TOL
 from keras import ops
-from neutral import FLOAT64, cases, f64, neutral, norm_of, tensor
+from neutral import FLOAT64, cases, f64, neutral, neutral_if_float64, norm_of, tensor
 from normopt import normalizations as N
 
 SHAPES = [(), (1,), (0,), (7, 13), (2, 3, 5)]
@@ -32,6 +32,20 @@ def test_builtin_norms_match_reference(name, shape, dtype):
         "float64" if dtype == "float64" else "float32")
     tol = TOL["float64"] if dtype == "float64" else TOL["float32"]
     np.testing.assert_allclose(f64(got), want, **tol)
+
+
+@neutral_if_float64
+def test_spectral_norm_keeps_float64():
+    """The Lanczos iteration's products stay float64 (Keras's ops.matmul
+    casts float64 operands to float32 on PyTorch)."""
+    from normopt.ops import spectral_math
+
+    g = np.random.RandomState(4).standard_normal((7, 5))
+    norm, vector, _ = spectral_math.spectral_norm(tensor(g, "float64"), tensor(np.zeros(5)))
+    assert keras.backend.standardize_dtype(norm.dtype) == "float64"
+    assert keras.backend.standardize_dtype(vector.dtype) == "float64"
+    # five Lanczos steps span all of R^5: the estimate is exact
+    np.testing.assert_allclose(f64(norm), R.spectral(g, keras.config.epsilon()), rtol=1e-12)
 
 
 @neutral

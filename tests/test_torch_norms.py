@@ -41,9 +41,11 @@ DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16,
 
 @pytest.fixture
 def calls(monkeypatch):
-    """Counts the torch._foreach_norm and torch._foreach_mul calls."""
+    """Counts the torch._foreach_norm and torch._foreach_mul calls (that
+    one writing into the kept buffers included)."""
     counts = {"norm": 0, "mul": 0}
     norm, mul = torch._foreach_norm, torch._foreach_mul
+    mul_out = torch_norms._foreach_mul_out
 
     def counted_norm(*args, **kwargs):
         counts["norm"] += 1
@@ -54,7 +56,12 @@ def calls(monkeypatch):
         return mul(*args, **kwargs)
 
     monkeypatch.setattr(torch, "_foreach_norm", counted_norm)
+    def counted_mul_out(*args, **kwargs):
+        counts["mul"] += 1
+        return mul_out(*args, **kwargs)
+
     monkeypatch.setattr(torch, "_foreach_mul", counted_mul)
+    monkeypatch.setattr(torch_norms, "_foreach_mul_out", counted_mul_out)
     return counts
 
 
@@ -195,6 +202,42 @@ def test_one_step_of_each_wrapper_matches_numpy(kind, calls):
     assert calls == counted
     for a, b in zip(got, off):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8)
+
+
+def test_scaled_gradients_reuse_their_memory_step_after_step(monkeypatch):
+    """A repeated step writes its scaled gradients into the last step's
+    (the plan is reused): every step's numbers, the caller's gradients
+    untouched, two wrappers stepping in turn kept apart."""
+    written = []
+    mul_out = torch_norms._foreach_mul_out
+
+    def recorded(xs, mults, out):
+        written.append([t.data_ptr() for t in out])
+        return mul_out(xs, mults, out)
+
+    monkeypatch.setattr(torch_norms, "_foreach_mul_out", recorded)
+    _, initial = _setup(3)
+    opts = [NormalizedOptimizer(keras.optimizers.SGD(LR)) for _ in range(2)]
+    variables = [[keras.Variable(w) for w in initial] for _ in opts]
+    want = [[w.astype(np.float64) for w in initial] for _ in opts]
+    for step in range(3):
+        for k, (opt, vs) in enumerate(zip(opts, variables)):
+            grads, _ = _setup(10 * step + k)
+            given = [g.copy() for g in grads]
+            opt.apply([torch.from_numpy(g) for g in grads], vs)
+            for g, c in zip(grads, given):
+                np.testing.assert_array_equal(g, c)
+            want[k] = [w - LR * R.transform(g, "l2") for w, g in zip(want[k], grads)]
+            for v, w in zip(vs, want[k]):
+                np.testing.assert_allclose(keras.ops.convert_to_numpy(v), w, rtol=1e-5,
+                                           atol=1e-7)
+    assert len(written) == 6
+    # one wrapper alone: the same memory every step
+    opt, vs = opts[0], variables[0]
+    for step in range(2):
+        grads, _ = _setup(40 + step)
+        opt.apply([torch.from_numpy(g) for g in grads], vs)
+    assert written[-1] == written[-2]
 
 
 def test_unit_global_and_excluded_groups_keep_the_keras_ops_scaling(calls):

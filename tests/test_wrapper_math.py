@@ -15,7 +15,7 @@ import normopt
 import reference as R
 from helpers import INNER_KINDS, SHAPES, TOL, keras_inner, make_grads, reference_inner
 from keras import ops
-from neutral import FLOAT64, PURE, cases, f64, neutral, param, tensor
+from neutral import FLOAT64, PURE, TENSORFLOW, cases, f64, neutral, param, tensor
 
 NORMS = list(R.NORM_NAMES) + ["linf"]
 STEPS = 3
@@ -145,3 +145,36 @@ def test_empty_and_none_gradients_pass_through(path):
     np.testing.assert_allclose(f64(b), 1 - np.array([0.6, 0.8]), rtol=1e-6)
     np.testing.assert_array_equal(f64(c), [1.0, 1.0])
     assert opt.last_path.name == PATHS[path][1]
+
+
+@neutral
+def test_plan_follows_each_steps_gradients():
+    """Off TensorFlow a step reuses the last plan while its gradients'
+    variables, dtypes, shapes and the settings are those of the last step
+    (step_plan.PlanCache); any change plans anew. One global l2 norm, so a
+    stale plan would measure the wrong gradients."""
+    a = keras.Variable(np.zeros(2, np.float32))
+    b = keras.Variable(np.zeros(2, np.float32))
+    opt = normopt.NormalizedOptimizer(keras.optimizers.SGD(1.0), "l2", granularity="global",
+                                      fused=False)
+    ga, gb = np.array([3.0, 4.0]), np.array([0.0, 12.0])
+    steps = [([ga, gb], [a, b]), ([ga, gb], [a, b]), ([ga, None], [a, b]),
+             ([gb, ga], [b, a]), ([ga, gb], [a, b])]
+    want = {id(a): np.zeros(2), id(b): np.zeros(2)}
+    plans = []
+    for grads, variables in steps:
+        present = [g for g in grads if g is not None]
+        norm = np.sqrt(sum((g * g).sum() for g in present)) + keras.config.epsilon()
+        for g, v in zip(grads, variables):
+            if g is not None:
+                want[id(v)] = want[id(v)] - g / norm
+        opt.apply([None if g is None else tensor(g, "float32") for g in grads], variables)
+        plans.append(opt._plan([tensor(g, "float32") for g in present],
+                               [v for g, v in zip(grads, variables) if g is not None]))
+        for v in (a, b):
+            np.testing.assert_allclose(f64(v), want[id(v)], rtol=1e-6)
+    assert opt.last_path.name == PURE
+    # the same step's plan again (the cache's point), not one of another step
+    assert (plans[1] is plans[0]) == (not TENSORFLOW)
+    assert plans[2] is not plans[1] and plans[3] is not plans[2]
+    assert [len(p.entries) for p in plans] == [2, 2, 1, 2, 2]

@@ -113,6 +113,17 @@ class Tensors:
         vector.assign(ops.cast(new_vector, vector.dtype))
         return norm
 
+    def stack(self, values):
+        """One tensor of `values` (tensors of one dtype and shape) stacked
+        along a new first axis: `ops.stack`, which a backend may override
+        with its own where Keras's costs (normopt.ops.torch_norms: Keras's
+        torch stack flattens its list as a tree, ~50 us per tensor)."""
+        return ops.stack(values)
+
+    def unstack(self, vector):
+        """[vector[0], vector[1], ...]: the entries of a vector."""
+        return [vector[j] for j in range(int(vector.shape[0]))]
+
     def apply_scale(self, grad, scale, branch_large):
         return scale_math.apply_scale(grad, scale, branch_large)
 
@@ -137,8 +148,8 @@ class Tensors:
                 continue
             single.update(ks)
             weight = (None if weight_norms[ks[0]] is None
-                      else ops.stack([weight_norms[k] for k in ks]))
-            pre, mult = plan.scaling.scale(ops.stack([norms[k] for k in ks]), weight)
+                      else self.stack([weight_norms[k] for k in ks]))
+            pre, mult = plan.scaling.scale(self.stack([norms[k] for k in ks]), weight)
             for j, k in enumerate(ks):
                 for i in plan.groups[k].members:
                     out[i] = self.apply_scale(grads[i], (pre[j], mult[j]),
@@ -233,7 +244,7 @@ def _group_norms(groups, values, names, tensors, vectors, measured=None):
             if measured is not None:
                 measured.update((groups[k].members[0], (value, norm))
                                 for k, value, norm in zip(ks, members, got))
-            got = _plus_eps(got)
+            got = _plus_eps(got, tensors)
         for k, norm in zip(ks, got):
             norms[k] = norm
     for k, group in enumerate(groups):
@@ -247,18 +258,18 @@ def _group_norms(groups, values, names, tensors, vectors, measured=None):
     return norms
 
 
-def _plus_eps(norms):
+def _plus_eps(norms, tensors=DENSE):
     """[n + epsilon for n in norms], added to the norms of one dtype as one
     vector (a compiled step then holds one add, not one per tensor)."""
     out = list(norms)
     by_dtype = {}
     for i, n in enumerate(norms):
-        by_dtype.setdefault(keras.backend.standardize_dtype(n.dtype), []).append(i)
+        by_dtype.setdefault(n.dtype, []).append(i)
     for dtype, idx in by_dtype.items():
-        eps = scale_math.as_scalar(scale_math._eps(None), dtype)
-        summed = ops.stack([norms[i] for i in idx]) + eps
-        for j, i in enumerate(idx):
-            out[i] = summed[j]
+        eps = scale_math.as_scalar(scale_math._eps(None), keras.backend.standardize_dtype(dtype))
+        summed = tensors.stack([norms[i] for i in idx]) + eps
+        for i, value in zip(idx, tensors.unstack(summed)):
+            out[i] = value
     return out
 
 
@@ -277,6 +288,38 @@ def gradient_facts(grad, variable, excluded):
         excluded=excluded,
         rank=len(shape),
     )
+
+
+def plan_key(grads, variables, excluded):
+    """What the Context of a step over these pairs depends on, cheap to
+    compare (step_plan.PlanCache): per pair the variable (its name, dtype
+    and the backend are fixed), the gradient's dtype and shape, the
+    exclusion and overwrite flags. The variables themselves are held in
+    the key, so their ids stay theirs while it is kept; compared by
+    identity (a tuple compares its items by `is` first, and `_Pinned`
+    compares nothing else)."""
+    try:
+        return tuple(
+            (_Pinned(v), g.dtype, tuple(g.shape), bool(x),
+             bool(getattr(v, "overwrite_with_gradient", False)))
+            for g, v, x in zip(grads, variables, excluded))
+    except (AttributeError, TypeError):  # no static dtype or shape: plan anew
+        return None
+
+
+class _Pinned:
+    """A variable in a key, equal only to itself."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def __eq__(self, other):
+        return isinstance(other, _Pinned) and other.obj is self.obj
+
+    def __hash__(self):
+        return id(self.obj)
 
 
 def step_context(grads=(), variables=(), excluded=(), in_step=True, compiled=True):
@@ -405,17 +448,29 @@ def record_norms(target, keys, grads, variables, measured, factor, key_of, tenso
         taken = (tensors or backend_tensors()).tensor_norms([grads[i] for i in rest], "l2",
                                                             eps=0.0)
         known.update(zip(rest, taken))
+    tensors = tensors or backend_tensors()
     by_key = {key_of(v): known[i] for i, v in enumerate(variables)}
-    values = []
-    for key in keys:
-        norm = by_key.get(key)
-        if norm is None:
-            values.append(ops.zeros([], "float32"))
-            continue
+    norms = [by_key.get(key) for key in keys]
+    # one vector per dtype of the norms (a step of one dtype: one stack,
+    # one cast), divided and cast as a whole (the same elementwise math)
+    by_dtype = {}
+    for j, norm in enumerate(norms):
+        if norm is not None:
+            by_dtype.setdefault(keras.backend.standardize_dtype(norm.dtype), []).append(j)
+    vectors = []
+    for idx in by_dtype.values():
+        vector = tensors.stack([norms[j] for j in idx])
         if factor is not None:
-            norm = norm / ops.cast(factor, norm.dtype)
-        values.append(ops.cast(norm, "float32"))
-    target.assign(ops.stack(values))
+            vector = vector / ops.cast(factor, vector.dtype)
+        vectors.append((idx, ops.cast(vector, "float32")))
+    if len(vectors) == 1 and len(vectors[0][0]) == len(keys):
+        target.assign(vectors[0][1])
+        return
+    values = [ops.zeros([], "float32")] * len(keys)
+    for idx, vector in vectors:
+        for j, k in enumerate(idx):
+            values[k] = vector[j]
+    target.assign(tensors.stack(values))
 
 
 def norms_value(target):

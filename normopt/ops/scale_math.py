@@ -104,6 +104,30 @@ def as_scalar(value, dtype):
     return ops.cast(value, dtype)
 
 
+def maximum(x, y):
+    """The elementwise maximum of tensor `x` and `y` (a tensor or Python
+    number), in x's dtype; where x is NaN, x.
+
+    Not `ops.maximum`: Keras's type promotion (`keras.backend.result_type`)
+    narrows float64 to float32 on every backend but TensorFlow, and the
+    torch backend's maximum casts to it, so `ops.maximum` of two float64
+    tensors is float32 there (a float64 adaptive threshold rounded to
+    float32). A select keeps the dtype on every backend.
+    """
+    y = as_scalar(y, x.dtype) if isinstance(y, numbers.Real) else ops.cast(y, x.dtype)
+    return ops.where(x < y, y, x)
+
+
+def matmul(a, b):
+    """a @ b for `a` and `b` of one or two axes, in their dtype: `ops.einsum`,
+    since the torch backend's `ops.matmul` also casts to Keras's promoted
+    dtype (float32 for float64 operands; see `maximum`)."""
+    left = "ij" if len(a.shape) == 2 else "j"
+    right = "jk" if len(b.shape) == 2 else "j"
+    out = left.replace("j", "") + right.replace("j", "")
+    return ops.einsum(f"{left},{right}->{out}", a, b)
+
+
 # Bit layout of the accumulation dtypes, for exact powers of two and
 # exponents (XLA-compatible: bit views and shifts): int dtype, mantissa bits,
 # exponent bias, max exponent (FLT_MAX_EXP / DBL_MAX_EXP), min normal.
@@ -191,7 +215,7 @@ def gradient_stats(values, total_count=None, needed=None, pre=None, units=None,
         min_abs = zero if rows == 0 else ops.where(has_values, ops.min(a, axis=axis), zero)
         out["min_abs"] = ops.where(zeros > 0, zero, min_abs)
     if needed & {"mean", "m2"}:
-        mean = ops.sum(x, axis=axis) / ops.maximum(n, 1)
+        mean = ops.sum(x, axis=axis) / maximum(n, 1)
         out["mean"] = mean
         m2 = ops.sum(ops.square(x - (mean if tensors is None else ops.expand_dims(mean, 1))),
                      axis=axis)
@@ -227,7 +251,7 @@ def merge_stats(stats):
         values = ops.stack([ops.where(s["count"] > 0, s["min_abs"], biggest) for s in stats])
         out["min_abs"] = ops.where(count > 0, ops.min(values), ops.zeros([], count.dtype))
     if "mean" in stats[0]:
-        mean = _add_all([s["count"] * s["mean"] for s in stats]) / ops.maximum(count, 1)
+        mean = _add_all([s["count"] * s["mean"] for s in stats]) / maximum(count, 1)
         out["mean"] = mean
         out["m2"] = _add_all(
             [s["m2"] + s["count"] * ops.square(s["mean"] - mean) for s in stats])
@@ -237,7 +261,7 @@ def merge_stats(stats):
 def finalize_norm(name, s, eps):
     """norm from statistics `s`; mirrors finalize_norm in norm_stats.h."""
     name = normalizations.canonical_name(name)
-    safe_n = ops.maximum(s["count"], 1)
+    safe_n = maximum(s["count"], 1)
     if name == "l1":
         return s["sum_abs"] + eps
     if name == "l2":
@@ -518,6 +542,6 @@ class Adaptive:
     def scale(self, norm, weight_norm=None):
         wn = weight_norm
         threshold = ops.cast(
-            as_scalar(self.clip_factor, wn.dtype) * ops.maximum(wn, as_scalar(self.eps, wn.dtype)),
+            as_scalar(self.clip_factor, wn.dtype) * maximum(wn, self.eps),
             norm.dtype)
         return scale_from_norm(norm, CLIP, threshold)

@@ -126,16 +126,16 @@ def spectral_norm(x, vector, eps=None):
 
     def body(k, basis, alpha, beta, ritz, last, done):
         q = ops.take(basis, k, axis=0)
-        w = ops.matmul(ops.matmul(g, q), g)
+        w = scale_math.matmul(scale_math.matmul(g, q), g)
         a = ops.sum(q * w)
         for _ in range(2):
-            w = w - ops.matmul(ops.matmul(basis, w), basis)
+            w = w - scale_math.matmul(scale_math.matmul(basis, w), basis)
         b = ops.sqrt(ops.sum(w * w))
         hot = ops.cast(ops.arange(steps) == k, acc)
         alpha = alpha + hot * a
         beta = beta + hot * b
         values, vectors = ops.eigh(_tridiagonal(alpha, beta, k + 1))
-        theta = ops.maximum(values[-1], 0)
+        theta = scale_math.maximum(values[-1], 0)
         estimate = ops.sqrt(theta)
         k1 = k + 1
         changed = ops.abs(estimate - last) > TOLERANCE * estimate
@@ -152,7 +152,7 @@ def spectral_norm(x, vector, eps=None):
     state = (ops.convert_to_tensor(0, "int32"), basis, zeros, zeros, zeros,
              ops.zeros([], acc), ops.convert_to_tensor(False))
     k, basis, _, _, ritz, estimate, _ = ops.while_loop(cond, body, state, maximum_iterations=steps)
-    y = ops.matmul(ritz, basis[:steps])
+    y = scale_math.matmul(ritz, basis[:steps])
     size = ops.sqrt(ops.sum(y * y))
     keep = ops.logical_or(ops.logical_not(ops.isfinite(size)), size <= 0)
     new_vector = ops.where(keep, q, y / ops.where(keep, ops.ones_like(size), size))

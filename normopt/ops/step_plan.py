@@ -215,6 +215,33 @@ def plan_step(settings, inner, context):
     return StepPlan(path, entries, groups, settings, context.xla, shared)
 
 
+class PlanCache:
+    """One wrapper's last StepPlan, reused by a step with the same key and
+    settings: the plan of a step is `plan_step(settings, inner, context)`,
+    and off TensorFlow `choose_path` reads nothing of the inner optimizer,
+    so there it is a function of the settings and the context alone. `key`
+    (the executor's `plan_key`) stands for the context: None plans anew
+    (TensorFlow: the path also reads the inner optimizer's options, the op
+    library, the strategy and XLA). Kept for one key: a model's steps
+    repeat theirs."""
+
+    def __init__(self):
+        self._last = None
+
+    def plan(self, settings, inner, key, make_context):
+        """The plan for `settings` and the context `make_context()` builds
+        (called only when no plan is reused)."""
+        last = self._last
+        if key is not None and last is not None and last[0] == key and last[1] == settings:
+            return last[2]
+        self._last = None
+        context = make_context()
+        plan = plan_step(settings, inner, context)
+        if key is not None and context.backend != "tensorflow":
+            self._last = (key, settings, plan)
+        return plan
+
+
 def check_construction(settings, inner, context):
     """fused=True: fails at construction for what is known already."""
     choose_path(settings, inner, context)

@@ -106,6 +106,12 @@ def gradient_facts(grad, variable, excluded):
     )
 
 
+def plan_key(grads, variables, excluded):
+    """None: every step is planned (step_plan.PlanCache); the path here
+    reads the op library, the strategy, XLA and the inner optimizer."""
+    return None
+
+
 def step_context(grads=(), variables=(), excluded=(), in_step=True, compiled=True):
     """The step_plan.Context of a step over `grads` (the pairs with a
     gradient); in_step=False: at construction; compiled=False (fused=False):

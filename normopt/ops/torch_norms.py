@@ -26,7 +26,9 @@ of all of them at once (`plan.scaling.scale` on the vector of their norms,
 the same elementwise math as one scalar at a time), then, where every
 `pre` is 1 (one host read), g' = g * mult for all in one
 `torch._foreach_mul` per gradient dtype, the product formed in the scale's
-dtype and cast back as `scale_math.apply_scale` does; otherwise, and for
+dtype and cast back as `scale_math.apply_scale` does, and written into the
+memory of the same plan's last step (`_buffers_of`: one gradient-sized
+buffer per whole-tensor gradient, kept between steps); otherwise, and for
 unit-wise and global groups, `keras_step.Tensors.scaled`.
 
 `foreach_norms(False)` (a context manager) turns both off for a block: the
@@ -35,6 +37,7 @@ benchmark times the wrapper with and without them in one process.
 
 import contextlib
 import math
+import weakref
 
 import torch
 
@@ -102,6 +105,7 @@ class ForeachTensors(keras_step.Tensors):
 
     def __init__(self):
         self._last = None
+        self._buffers = (None, {})
 
     def _chunked(self, tensors, ord_, acc):
         """chunked_norms(...), or the norms of the call just before when it
@@ -132,11 +136,20 @@ class ForeachTensors(keras_step.Tensors):
                 norms[i] = self.norm(g, name, eps)
         for acc, members in groups.items():
             measured = self._chunked([grads[i] for i in members], ord_, acc)
-            measured = torch._foreach_add(measured, eps)
+            if eps:
+                # one add on their vector: the same sums, without a kernel
+                # per norm
+                measured = list((torch.stack(measured) + eps).unbind())
             for i, n in zip(members, measured):
                 norms[i] = n
             self._rescue(grads, members, norms, name, eps)
         return norms
+
+    def stack(self, values):
+        return torch.stack(values)
+
+    def unstack(self, vector):
+        return list(vector.unbind())
 
     def scaled(self, plan, grads, norms, weight_norms):
         whole = [k for k, group in enumerate(plan.groups)
@@ -145,6 +158,7 @@ class ForeachTensors(keras_step.Tensors):
         if not _state["enabled"] or not whole:
             return super().scaled(plan, grads, norms, weight_norms)
         out, rest = list(grads), set(range(len(plan.groups))) - set(whole)
+        buffers = self._buffers_of(plan)
         by_dtype = {}
         for k in whole:
             by_dtype.setdefault(norms[k].dtype, []).append(k)
@@ -157,12 +171,32 @@ class ForeachTensors(keras_step.Tensors):
                 rest.update(ks)
                 continue
             members = [plan.groups[k].members[0] for k in ks]
+            kept = buffers.setdefault(mult.dtype, {})
             for i, g in zip(members, _scaled_all([grads[i] for i in members],
-                                                 list(mult.unbind()), mult.dtype)):
+                                                 list(mult.unbind()), mult.dtype, kept)):
                 out[i] = g
         for k in sorted(rest):
             self.scale_group(plan, plan.groups[k], norms[k], weight_norms[k], grads, out)
         return out
+
+    def _buffers_of(self, plan):
+        """The scaled gradients' memory of the last step of `plan`, reused
+        by its next step ({mult dtype: {index: tensor}}): a step of a
+        reused plan (step_plan.PlanCache) allocates no new gradients, whose
+        fresh pages cost more than the multiply on large tensors. Kept for
+        the one plan of the last step, while that plan lives; a buffer is
+        dead between steps (the inner optimizer reads it within its step)."""
+        ref, buffers = self._buffers
+        if ref is not None and ref() is plan:
+            return buffers
+        buffers = {}
+
+        def drop(dead, self=self):
+            if self._buffers[0] is dead:
+                self._buffers = (None, {})
+
+        self._buffers = (weakref.ref(plan, drop), buffers)
+        return buffers
 
     def _rescue(self, grads, members, norms, name, eps):
         """The keras.ops norm (with its overflow rescue) of every member
@@ -179,15 +213,34 @@ def _dense(t):
     return isinstance(t, torch.Tensor) and t.is_floating_point() and not t.is_sparse
 
 
-def _scaled_all(grads, mults, dtype):
-    """[g * m] formed in `dtype` and cast back to each g's dtype."""
+def _foreach_mul_out(xs, mults, out):
+    """out[i] = xs[i] * mults[i], in one call (torch._foreach_mul writing
+    into `out`)."""
+    torch.ops.aten._foreach_mul.List_out(xs, mults, out=out)
+
+
+def _scaled_all(grads, mults, dtype, buffers=None):
+    """[g * m] formed in `dtype` and cast back to each g's dtype. A product
+    in g's own dtype is written into `buffers[k]` (k: g's index here), kept
+    from the step before where it fits (`buffers`, a dict, receives the
+    new ones)."""
+    buffers = {} if buffers is None else buffers
     out = [None] * len(grads)
     by_dtype = {}
     for i, g in enumerate(grads):
         by_dtype.setdefault(g.dtype, []).append(i)
     for gdtype, idx in by_dtype.items():
         xs = [grads[i] if gdtype == dtype else grads[i].to(dtype) for i in idx]
-        ys = torch._foreach_mul(xs, [mults[i] for i in idx])
+        ys = []
+        for i, x in zip(idx, xs):
+            kept = buffers.get(i) if gdtype == dtype else None
+            if kept is None or kept.shape != x.shape or kept.dtype != x.dtype or (
+                    kept.device != x.device):
+                kept = torch.empty_like(x)
+                if gdtype == dtype:
+                    buffers[i] = kept
+            ys.append(kept)
+        _foreach_mul_out(xs, [mults[i] for i in idx], ys)
         for i, y in zip(idx, ys):
             out[i] = y if gdtype == dtype else y.to(gdtype)
     return out
