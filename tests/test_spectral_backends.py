@@ -67,3 +67,21 @@ def test_stateless_spectral_and_map_match_numpy(kind):
     for name in vector_names:
         vector = numpy(opt_values[names.index(name)])
         np.testing.assert_allclose(np.linalg.norm(vector), 1.0, rtol=1e-5)
+
+
+def test_spectral_norm_of_float64_under_jax_x64():
+    """With JAX's 64-bit mode on, a Python 0 is int64 beside the int32 Lanczos
+    counter; the basis update refused that mix of start indices."""
+    if keras.backend.backend() != "jax":
+        pytest.skip("JAX's x64 mode")
+    import jax
+
+    rng = np.random.default_rng(3)
+    w0, g = rng.standard_normal((9, 5)), rng.standard_normal((9, 5))
+    with jax.enable_x64(True):
+        v = keras.Variable(w0, dtype="float64")
+        opt = NormalizedOptimizer(keras.optimizers.SGD(LR), "spectral")
+        opt.apply([keras.ops.convert_to_tensor(g, "float64")], [v])
+        got = numpy(v)
+    want = w0 - LR * g / R.spectral(g)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-3 * LR)

@@ -143,7 +143,9 @@ def spectral_norm(x, vector, eps=None):
             ops.logical_or(k1 >= steps, b <= BREAKDOWN * theta),
             ops.logical_and(k1 >= 2, ops.logical_not(changed)))
         nxt = ops.where(b > 0, w / ops.where(b > 0, b, ops.ones_like(b)), ops.zeros_like(w))
-        basis = ops.slice_update(basis, [ops.minimum(k1, steps), 0], nxt[None, :])
+        # both start indices k1's dtype: JAX with x64 makes a Python 0 int64
+        row = ops.minimum(k1, steps)
+        basis = ops.slice_update(basis, [row, ops.zeros_like(row)], nxt[None, :])
         return k1, basis, alpha, beta, vectors[:, -1], estimate, stop
 
     def cond(k, basis, alpha, beta, ritz, last, done):
