@@ -151,7 +151,12 @@ def pytest_addoption(parser):
 # 2026-12-03), longest first. Under pytest-xdist's --dist loadfile a worker
 # takes the next file when it finishes one; handing out the long ones first
 # keeps a long file from starting last and running alone at the end.
+# test_kernels_numba.py goes first: it compiles the Numba CPU kernels for
+# every dtype into Numba's on-disk cache (normopt/kernels/__pycache__), which
+# the processes started later load instead of compiling again (the
+# simulator suite's child alone spent ~35 s compiling them).
 LONGEST_FIRST = (
+    "test_kernels_numba.py",     # 60 (Numba compiles)
     "test_cuda_compile.py",      # 75 s
     "test_overflow.py",          # 71
     "test_keras_integration.py",  # 66

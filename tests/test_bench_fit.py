@@ -211,31 +211,6 @@ def test_python_entry_times_a_model_object():
         np.testing.assert_array_equal(w0, w1)
 
 
-def test_model_path_times_a_saved_token_model(tmp_path):
-    ids = keras.Input((5,), dtype="int32")
-    x = keras.layers.Embedding(13, 4)(ids)
-    x = keras.layers.GlobalAveragePooling1D()(x)
-    model = keras.Model(ids, keras.layers.Dense(2)(x), name="tokens")
-    path = tmp_path / "tokens.keras"
-    model.save(path)
-    json_path = tmp_path / "out.json"
-    code, stdout = _run_cli([
-        "bench", "fit", "--model", str(path), "--inners", "adam", "--batch-size", "4",
-        "--repeats", "2", "--steps-per-sample", "1", "--warmup", "1", "--no-progress",
-        "--no-plot", "--json", str(json_path),
-    ])
-    assert code == 0
-    assert "tokens.keras" in stdout
-    with open(json_path) as f:
-        data = json.load(f)
-    cases = data["fit"]["cases"]
-    assert [c["variant"] for c in cases] == CALLS
-    for c in cases:
-        _check_time(c)
-        assert c["inputs"] == [{"shape": [4, 5], "dtype": "int32", "int_bound": 13}]
-    assert data["settings"]["model_path"] == str(path)
-
-
 def _multi_input_model(kind):
     """Token ids (vocabulary 30), a category id (vocabulary 4: the Embedding
     found first is the larger one) and float features, as a list or a dict
@@ -260,19 +235,31 @@ MULTI_INPUTS = {"tokens": {"shape": [4, 5], "dtype": "int32", "int_bound": 30},
 
 @pytest.mark.parametrize("kind", ["list", pytest.param("dict", marks=pytest.mark.slow)])
 def test_model_path_times_a_saved_multi_input_model(kind, tmp_path):
-    """A saved model with several inputs, as a list (the dict with
-    --runslow: its batch is checked below), integer ones feeding Embeddings
-    of different sizes: every call is timed, each int input drawing valid
-    indices of the Embedding it feeds."""
+    """`normopt bench fit --model PATH` on a saved model with several inputs,
+    as a list (the dict with --runslow: its batch is checked below), integer
+    ones feeding Embeddings of different sizes: every call is timed, each int
+    input drawing valid indices of the Embedding it feeds; the table names
+    the file and the JSON records its path. (A single token-id input is the
+    `tokens` input here.)"""
     model = _multi_input_model(kind)
     path = str(tmp_path / "multi.keras")
     model.save(path)
-    result = fit_bench.fit(path, ["sgd_momentum"], batch_size=4, repeats=1,
-                           steps_per_sample=1, warmup=1)
-    cases = result["cases"]
+    json_path = tmp_path / "out.json"
+    code, stdout = _run_cli([
+        "bench", "fit", "--model", path, "--inners", "sgd_momentum", "--batch-size", "4",
+        "--repeats", "1", "--steps-per-sample", "1", "--warmup", "1", "--no-progress",
+        "--no-plot", "--json", str(json_path),
+    ])
+    assert code == 0
+    assert "multi.keras" in stdout
+    with open(json_path) as f:
+        data = json.load(f)
+    assert data["settings"]["model_path"] == path
+    cases = data["fit"]["cases"]
     assert [c["variant"] for c in cases] == CALLS
     for c in cases:
         _check_time(c, repeats=1)
+        assert c["inner"] == "sgd_momentum"
     loaded = keras.models.load_model(path, compile=False)
     assert cases[0]["inputs"] == [MULTI_INPUTS[t.name] for t in loaded.inputs]
 
