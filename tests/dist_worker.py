@@ -3,7 +3,9 @@
     dist_worker.py REPLICAS JOBS_JSON
 
 JOBS_JSON is a list of [kind, fused, skip, save_to, load_from]; one JSON line
-is printed per job, in order. Used by test_distribute.py in a subprocess:
+is printed per job, in order. Kind "recorded_norms" (2 replicas) is one
+custom-loop step whose recorded gradient norms are compared with a tape's
+(`recorded_norms`). Used by test_distribute.py in a subprocess:
 logical devices must be set up before TensorFlow initializes, which an
 in-process test cannot guarantee; one launch runs every job of a replica
 count (a TensorFlow start-up costs more than a job).
@@ -111,7 +113,63 @@ def main(replicas, kind, fused, skip, save_to=None, load_from=None):
     }))
 
 
+def recorded_norms(fused):
+    """One step of a custom loop under the strategy on a global batch of 16
+    (8 per replica): the wrapper's recorded norms, their names, the path,
+    and the per-variable L2 norms (NumPy) of the global batch's gradient
+    taken with a GradientTape in this process without any strategy."""
+    fused = json.loads(fused)
+    rng = np.random.RandomState(0)
+    x = rng.standard_normal((16, 5)).astype("float32")
+    y = rng.standard_normal((16, 1)).astype("float32")
+
+    def make_model():
+        keras.utils.set_random_seed(0)
+        return keras.Sequential([keras.Input((5,)), keras.layers.Dense(4, activation="tanh"),
+                                 keras.layers.Dense(1)])
+
+    def loss_fn(model, x, y):
+        return tf.reduce_sum(tf.square(model(x) - y))
+
+    reference = make_model()
+    with tf.GradientTape() as tape:
+        loss = loss_fn(reference, x, y)
+    grads = tape.gradient(loss, reference.trainable_variables)
+    expected = [float(np.sqrt(np.sum(np.square(g.numpy().astype(np.float64)))))
+                for g in grads]
+
+    strategy = mirrored()
+    with strategy.scope():
+        model = make_model()
+        opt = normopt.NormalizedOptimizer(keras.optimizers.Adam(0.1), fused=fused)
+        opt.build(model.trainable_variables)
+    data = strategy.experimental_distribute_dataset(
+        tf.data.Dataset.from_tensor_slices((x, y)).batch(16))
+
+    @tf.function
+    def step(xb, yb):
+        def replica(xr, yr):
+            with tf.GradientTape() as tape:
+                loss = loss_fn(model, xr, yr)
+            opt.apply(tape.gradient(loss, model.trainable_variables),
+                      model.trainable_variables)
+        strategy.run(replica, args=(xb, yb))
+
+    for xb, yb in data:
+        step(xb, yb)
+    print(json.dumps({
+        "replicas": strategy.num_replicas_in_sync,
+        "norms": [float(v) for v in opt.gradient_norms.numpy()],
+        "names": opt.gradient_norm_names,
+        "expected": expected,
+        "path": opt.last_path.name,
+    }))
+
+
 if __name__ == "__main__":
     for job in json.loads(sys.argv[2]):
-        main(int(sys.argv[1]), *[arg or None for arg in job])
+        if job[0] == "recorded_norms":
+            recorded_norms(job[1])
+        else:
+            main(int(sys.argv[1]), *[arg or None for arg in job])
         sys.stdout.flush()

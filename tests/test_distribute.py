@@ -49,6 +49,10 @@ CASES = [(k, f) for k in KINDS for f in FUSED] + [("normalized_nadam", "true")] 
 SLOW_CASES = {("clipped_nesterov", "false"), ("embedding_adam", "false")}
 
 
+# The recorded gradient norms of a custom-loop step (dist_worker.recorded_norms).
+NORMS_JOB = ("recorded_norms", "null", "", "", "")
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, request):
     """Every scenario: one launch on 2 replicas, then one on 1 replica."""
@@ -58,7 +62,8 @@ def runs(tmp_path_factory, request):
     plain = [(k, f, "noskip", "", "") for k, f in CASES
              if every or (k, f) not in SLOW_CASES]
     skip = [("normalized_adam", f, "skip", "", "") for f in ("false", "true")]
-    two = run_worker(2, plain + skip + [("normalized_adam", "true", "noskip", dist, "")])
+    two = run_worker(2, plain + skip + [("normalized_adam", "true", "noskip", dist, ""),
+                                        NORMS_JOB])
     one = run_worker(1, plain + skip + [
         ("normalized_adam", "null", "noskip", single, ""),
         ("normalized_adam", "false", "noskip", "", dist),
@@ -111,3 +116,12 @@ def test_save_distributed_load_single(runs):
     from_single = runs["one"][("normalized_adam", "null", "noskip", "", single)]
     assert from_dist["iterations"] == 16
     assert_same_training(from_dist, from_single)
+
+
+def test_recorded_norms_after_the_cross_replica_sum(runs):
+    """The wrapper's recorded norms on 2 replicas are those of the global
+    batch's gradient (after the cross-replica sum), as a tape takes them."""
+    result = runs["two"][NORMS_JOB]
+    assert result["replicas"] == 2
+    assert result["path"] == "fused"
+    np.testing.assert_allclose(result["norms"], result["expected"], rtol=1e-5)

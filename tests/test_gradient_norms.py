@@ -4,15 +4,13 @@ The recorded norms are compared with NumPy L2 norms of the gradients the
 backend's autodiff gives (a GradientTape, jax.grad, torch.autograd), on
 every path; the callback's logs and TensorBoard event files are read back.
 The keras.ops path (eager and compiled) and the callback run on every
-backend; the compiled op's own norms and tf.distribute on TensorFlow.
+backend; the compiled op's own norms on TensorFlow (under tf.distribute:
+test_distribute.py).
 """
 
 import csv
 import glob
-import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -25,7 +23,6 @@ from neutral import (BACKEND, PURE, TENSORFLOW, apply, compiled_apply, f64, grad
                      saved_variables)
 from normopt.callbacks import GradientNormMonitor
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 # path -> (fused argument, inner optimizer, expected path, compiled); "tf"
 # and "xla": the keras.ops path eagerly and compiled (TensorFlow's XLA, JAX's
@@ -133,18 +130,6 @@ def test_recorded_norms_are_unscaled_under_mixed_precision():
         assert wrapper.last_path.name == ("fused" if TENSORFLOW else PURE)
     finally:
         keras.config.set_dtype_policy("float32")
-
-
-def test_recorded_norms_after_the_cross_replica_sum():
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [os.path.dirname(HERE), os.environ.get("PYTHONPATH", "")]))
-    out = subprocess.run([sys.executable, os.path.join(HERE, "grad_norm_worker.py"), "null"],
-                         capture_output=True, text=True, env=env, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["replicas"] == 2
-    assert result["path"] == "fused"
-    np.testing.assert_allclose(result["norms"], result["expected"], rtol=1e-5)
 
 
 class _Seen(keras.callbacks.Callback):
