@@ -73,7 +73,10 @@ def test_each_backend_runs_in_its_own_process_or_says_why_not(step_run, backend)
         assert c["gb_per_s"] == pytest.approx(
             c["params"] * c["bytes_per_param"] / c["time"]["median_s"] / 1e9)
         assert "trusted" in c  # the run's busy verdict reaches these records too
-        if variant != "plain":
+        if variant == "plain":
+            # built twice (first and last), both copies timed and pooled
+            assert c["time"]["copies"] == 2 and c["plain_again_vs_first"] > 0, c
+        else:
             assert c["path_ran"] not in ("fused", "plain"), c
             assert c["max_rel_diff"] < 1e-4, c  # plain Adam on NumPy-normalized grads
         if backend == "jax":
