@@ -91,14 +91,30 @@ def test_norms_of_many_tensors_match_numpy(name, dtype, calls):
         np.testing.assert_allclose(float(n), R.norm(_exact(g), name, EPS), rtol=rtol)
 
 
-@pytest.mark.parametrize("name", ["l1", "l2"])
-def test_a_4096_squared_tensor_is_summed_in_chunks(name, calls):
+@pytest.mark.parametrize("name, foreach_calls", [("l1", 2), ("l2", 0)])
+def test_a_4096_squared_tensor_is_summed_in_chunks(name, foreach_calls, calls):
     """One _foreach_norm over 2^24 float32 elements sums serially on the
-    CPU (4e-3 relative error for l1); the chunked sums are within 1e-6."""
+    CPU (4e-3 relative error for l1); l1 in float64 chunks (two calls: the
+    chunks, then each tensor's chunk norms), l2 from float32 row norms
+    summed in float64 (no _foreach_norm): both the float64 norm rounded to
+    float32."""
     (g,) = _tensors([(4096, 4096)], torch.float32)
     (n,) = torch_norms.FOREACH.tensor_norms([g], name)
-    assert calls["norm"] == 2  # the chunks, then each tensor's chunk norms
-    np.testing.assert_allclose(float(n), R.norm(_exact(g), name, EPS), rtol=1e-6)
+    assert calls["norm"] == foreach_calls
+    np.testing.assert_allclose(float(n), R.norm(_exact(g), name, EPS), rtol=1.2e-7)
+
+
+@pytest.mark.parametrize("value", [1e-25, 1e20, 3e-3])
+def test_l2_row_norms_whose_squares_leave_float32_are_taken_in_float64(value):
+    """Rows of float32 squares underflow (1e-25) or overflow (1e20) where
+    the float64 norm is a normal float32: those norms are taken again in
+    float64 chunks, the others kept."""
+    n = torch_norms.ROWS_FROM + 300
+    grads = [torch.full((n,), value, dtype=torch.float32),
+             _tensors([(n,)], torch.float32)[0]]
+    got = torch_norms.FOREACH.tensor_norms(grads, "l2", eps=0.0)
+    for g, norm in zip(grads, got):
+        np.testing.assert_allclose(float(norm), R.norm(_exact(g), "l2", 0.0), rtol=1.2e-7)
 
 
 def test_eps_zero_empty_and_non_finite(calls):
@@ -216,6 +232,7 @@ def test_scaled_gradients_reuse_their_memory_step_after_step(monkeypatch):
         return mul_out(xs, mults, out)
 
     monkeypatch.setattr(torch_norms, "_foreach_mul_out", recorded)
+    monkeypatch.setattr(torch_norms, "KEEP_FROM", 1)  # every gradient kept
     _, initial = _setup(3)
     opts = [NormalizedOptimizer(keras.optimizers.SGD(LR)) for _ in range(2)]
     variables = [[keras.Variable(w) for w in initial] for _ in opts]
@@ -305,3 +322,53 @@ def test_recorded_l2_norms_reuse_the_l2_normalization_pass(calls):
     assert calls["norm"] == 3
     np.testing.assert_allclose(float(second[0]), 2 * want[0], rtol=1e-6)
     np.testing.assert_allclose(float(second[1]), float(first[1]) - EPS, rtol=1e-6)
+
+
+def test_skip_nonfinite_reuses_the_recorded_norms_and_no_step_reuses_the_last():
+    """Under skip_nonfinite the recorded l2 norms, taken first, serve the
+    normalization (one _foreach_norm per step); the same gradient tensors
+    given again at the next step are measured again (a step's norms are
+    kept for that step only)."""
+    grads, initial = _setup(5)
+    tensors = [torch.from_numpy(g) for g in grads]
+    for skip in (False, True):
+        opt = NormalizedOptimizer(keras.optimizers.SGD(LR), skip_nonfinite=skip)
+        variables = [keras.Variable(w) for w in initial]
+        counted = []
+        norm = torch._foreach_norm
+        try:
+            torch._foreach_norm = lambda *a, **k: counted.append(1) or norm(*a, **k)
+            opt.apply(tensors, variables)
+            opt.apply(tensors, variables)
+        finally:
+            torch._foreach_norm = norm
+        assert len(counted) == 2
+        want = [w - 2 * LR * R.transform(g, "l2") for w, g in zip(initial, grads)]
+        for v, w in zip(variables, want):
+            np.testing.assert_allclose(keras.ops.convert_to_numpy(v), w, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["normalized", "clipped", "max"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float64"])
+def test_the_whole_step_gives_the_group_loops_numbers(kind, dtype, monkeypatch):
+    """ForeachTensors.scale_all (the whole step in a few torch calls) and
+    the group loop it stands for (tensor_norms, then scaled) give the same
+    bits, a tensor above ROWS_FROM and KEEP_FROM elements included."""
+    make, _ = KINDS[kind]
+    shapes = SHAPES + [(300, 256)]
+    rng = np.random.default_rng(6)
+    grads = [torch.from_numpy(rng.standard_normal(s).astype(np.float32) * 0.3).to(DTYPES[dtype])
+             for s in shapes]
+    initial = [(rng.standard_normal(s) * 0.5).astype(np.float32) for s in shapes]
+    got = []
+    for whole in (True, False):
+        if not whole:
+            monkeypatch.setattr(torch_norms.ForeachTensors, "scale_all",
+                                lambda self, *args: None)
+        opt = make()
+        variables = [keras.Variable(torch.from_numpy(w.copy()).to(DTYPES[dtype])) for w in initial]
+        opt.apply(grads, variables)
+        got.append([keras.ops.convert_to_numpy(v) for v in variables]
+                   + [keras.ops.convert_to_numpy(opt.gradient_norms)])
+    for a, b in zip(*got):
+        np.testing.assert_array_equal(a, b)

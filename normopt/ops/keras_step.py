@@ -39,6 +39,16 @@ from normopt.ops import scale_math, spectral_math, step_plan
 # ------------------------------------------------------------ tensors
 
 
+def group_indices(keys):
+    """{key: [the indices i with keys[i] == key]}, keys in order of first
+    appearance (`keys` any iterable; a None key is left out)."""
+    groups = {}
+    for i, key in enumerate(keys):
+        if key is not None:
+            groups.setdefault(key, []).append(i)
+    return groups
+
+
 class Tensors:
     """How the group loop reads dense gradients (keras.ops, any backend)."""
 
@@ -137,11 +147,10 @@ class Tensors:
         the vector of those norms (the same elementwise math): a few ops
         per step rather than a few per tensor."""
         out = list(grads)
-        by_dtype = {}
-        for k, norm in enumerate(norms):
-            if len(norm.shape) == 0 and (weight_norms[k] is None
-                                         or len(weight_norms[k].shape) == 0):
-                by_dtype.setdefault(keras.backend.standardize_dtype(norm.dtype), []).append(k)
+        by_dtype = group_indices(
+            keras.backend.standardize_dtype(norm.dtype)
+            if len(norm.shape) == 0 and (w is None or len(w.shape) == 0) else None
+            for norm, w in zip(norms, weight_norms))
         single = set()
         for ks in by_dtype.values():
             if len(ks) < 2:
@@ -158,6 +167,13 @@ class Tensors:
             if k not in single:
                 self.scale_group(plan, group, norm, weight_norm, grads, out)
         return out
+
+    def scale_all(self, plan, grads, vectors, measured):
+        """What `scale_groups` returns (and `measured` receives), taken in
+        one go where a backend can, else None (the group loop runs): the
+        hook for a plan of whole-tensor groups only
+        (normopt.ops.torch_norms)."""
+        return None
 
     def scale_group(self, plan, group, norm, weight_norm, grads, out):
         """out[i] = grads[i] scaled by the group's scale, for its members."""
@@ -210,6 +226,9 @@ def scale_groups(plan, grads, variables, tensors=DENSE, vectors=None, measured=N
     """
     scaling = plan.scaling
     vectors = vectors or {}
+    whole = tensors.scale_all(plan, grads, vectors, measured)
+    if whole is not None:
+        return whole
     names = [plan.settings.normalization if g.merged else plan.entries[g.members[0]].norm
              for g in plan.groups]
     matrices = [vectors.get(g.members[0], (None, None)) for g in plan.groups]
@@ -231,10 +250,8 @@ def _group_norms(groups, values, names, tensors, vectors, measured=None):
     added after (the same sum: sqrt(sum g^2) + eps), so that `measured`
     (a dict, when given) receives {index: (value, L2 norm)}."""
     norms = [None] * len(groups)
-    whole = {}
-    for k, g in enumerate(groups):
-        if not g.merged and g.axes is None and vectors[k] is None:
-            whole.setdefault(names[k], []).append(k)
+    whole = group_indices(names[k] if not g.merged and g.axes is None and vectors[k] is None
+                          else None for k, g in enumerate(groups))
     for name, ks in whole.items():
         members = [values[groups[k].members[0]] for k in ks]
         l2 = (normalizations.custom_function(name) is None
@@ -262,10 +279,7 @@ def _plus_eps(norms, tensors=DENSE):
     """[n + epsilon for n in norms], added to the norms of one dtype as one
     vector (a compiled step then holds one add, not one per tensor)."""
     out = list(norms)
-    by_dtype = {}
-    for i, n in enumerate(norms):
-        by_dtype.setdefault(n.dtype, []).append(i)
-    for dtype, idx in by_dtype.items():
+    for dtype, idx in group_indices(n.dtype for n in norms).items():
         eps = scale_math.as_scalar(scale_math._eps(None), keras.backend.standardize_dtype(dtype))
         summed = tensors.stack([norms[i] for i in idx]) + eps
         for i, value in zip(idx, tensors.unstack(summed)):
@@ -453,10 +467,7 @@ def record_norms(target, keys, grads, variables, measured, factor, key_of, tenso
     norms = [by_key.get(key) for key in keys]
     # one vector per dtype of the norms (a step of one dtype: one stack,
     # one cast), divided and cast as a whole (the same elementwise math)
-    by_dtype = {}
-    for j, norm in enumerate(norms):
-        if norm is not None:
-            by_dtype.setdefault(keras.backend.standardize_dtype(norm.dtype), []).append(j)
+    by_dtype = group_indices(None if norm is None else norm.dtype for norm in norms)
     vectors = []
     for idx in by_dtype.values():
         vector = tensors.stack([norms[j] for j in idx])
