@@ -63,8 +63,8 @@ def custom_norm():
 # ---- backends: the TensorFlow process and the others (JAX, PyTorch)
 #
 # Keras fixes its backend at import, so each backend is its own pytest
-# process (the README's test command runs TensorFlow's, and in it
-# test_other_backends.py runs JAX's with KERAS_BACKEND=jax). A test that runs on every backend carries the marker
+# process (the README's test command runs TensorFlow's, then JAX's with
+# KERAS_BACKEND=jax). A test that runs on every backend carries the marker
 # `backend_neutral` (on the test, a parameter, or `pytestmark` for a whole
 # file) and lives in one of the files below. On TensorFlow every test runs;
 # on any other backend only these files are collected (the others import
@@ -148,30 +148,26 @@ def pytest_addoption(parser):
 
 
 # The files that take longest (seconds of one worker, 2-core machine,
-# 2026-12-07), longest first. Under pytest-xdist's --dist loadfile a worker
+# 2026-12-03), longest first. Under pytest-xdist's --dist loadfile a worker
 # takes the next file when it finishes one; handing out the long ones first
 # keeps a long file from starting last and running alone at the end.
-# test_other_backends.py (the JAX process) goes first, then
-# test_kernels_numba.py: it compiles the Numba CPU kernels for every dtype
-# into Numba's on-disk cache (normopt/kernels/__pycache__), which the
-# processes started later load instead of compiling again (the simulator
-# suite's child alone spent ~35 s compiling them).
+# test_kernels_numba.py goes first: it compiles the Numba CPU kernels for
+# every dtype into Numba's on-disk cache (normopt/kernels/__pycache__), which
+# the processes started later load instead of compiling again (the
+# simulator suite's child alone spent ~35 s compiling them).
 LONGEST_FIRST = (
-    "test_other_backends.py",    # 170 (the JAX process)
-    "test_kernels_numba.py",     # 29 (Numba compiles)
-    "test_cuda_compile.py",      # 70
-    "test_experiments.py",       # 57
-    "test_distribute.py",        # 55
-    "test_packaging.py",         # 55
-    "test_kernels_cudasim.py",   # 52
-    "test_overflow.py",          # 48
-    "test_save_load.py",         # 48
-    "test_multiworker.py",       # 43
-    "test_keras_integration.py",  # 43
-    "test_lm_experiment.py",     # 37
-    "test_tf_keras.py",          # 33
-    "test_fused_switch.py",      # 33
-    "test_bench_fit.py",         # 31
+    "test_kernels_numba.py",     # 60 (Numba compiles)
+    "test_cuda_compile.py",      # 75 s
+    "test_overflow.py",          # 71
+    "test_keras_integration.py",  # 66
+    "test_packaging.py",         # 65
+    "test_save_load.py",         # 60
+    "test_distribute.py",        # 59
+    "test_kernels_cudasim.py",   # 55
+    "test_experiments.py",       # 51
+    "test_bench_fit.py",         # 46
+    "test_fused_switch.py",      # 41
+    "test_multiworker.py",       # 31
 )
 
 
@@ -194,22 +190,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
-
-
-_BACKEND_SUITES = []
-
-
-def pytest_runtest_logreport(report):
-    """Keeps the counts of the other backends' pytest processes
-    (test_other_backends.py), which run inside one test each."""
-    if report.when == "call":
-        _BACKEND_SUITES.extend(value for key, value in report.user_properties
-                               if key == "backend_suite")
-
-
-def pytest_terminal_summary(terminalreporter):
-    for line in _BACKEND_SUITES:
-        terminalreporter.write_line(f"backend-neutral tests on {line}")
 
 
 def _select_backend_neutral(config, items):
