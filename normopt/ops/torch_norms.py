@@ -38,10 +38,10 @@ call, where the keras.ops path reads one per tensor.
 A plan of whole-tensor groups only, of one built-in norm among these three,
 normalizing or clipping (`ForeachTensors.scale_all`, which keras_step's
 `scale_groups` asks first) takes its whole step here: the norms of each
-accumulation dtype as one vector (`norm_vector`), its scales in torch (the
-same elementwise math as `scale_math.scale_from_norm` where no scale is
-below the smallest normal, which with the finiteness of the norms is the
-step's one host read; else the group loop below runs), then one multiply
+accumulation dtype as one vector (`norm_vector`), its scales from it
+(`plan.scaling.scale`, i.e. `scale_math.scale_from_norm`; that every norm
+is finite and every pre is 1 is the step's one host read, else the group
+loop below runs), then one multiply
 (`_scaled_all`). What it decides of a plan is kept with the plan.
 
 The scaling of the gradients of whole-tensor groups (`scaled`): the scales
@@ -87,7 +87,6 @@ ROW = 256
 # buffers (`_buffers_of`).
 KEEP_FROM = 1 << 16
 _ACC = {torch.float64: torch.float64}
-_MIN_NORMAL = {torch.float32: 2.0 ** -126, torch.float64: 2.0 ** -1022}
 _state = {"enabled": True}
 
 
@@ -352,22 +351,12 @@ class ForeachTensors(keras_step.Tensors):
 
 
 def _scales(scaling, norms):
-    """(mult, fine) of a vector of norms without eps: g' = g * mult as
-    scale_math.scale_from_norm(norms + eps) gives it where `fine` (a
-    boolean tensor: every norm finite, no mult below the smallest
-    normal, so every pre is 1), in the same elementwise operations:
-
-        Normalize:  mult = 1 / (norm + eps)
-        Clip:       mult = clipnorm / (norm + eps) where norm + eps >= clipnorm, else 1
-    """
-    norm = norms + scale_math._eps(None)
-    one = norm.new_ones(())
-    if isinstance(scaling, scale_math.Clip):
-        clipnorm = torch.tensor(scaling.clipnorm, dtype=norm.dtype)
-        mult = torch.where(norm >= clipnorm, clipnorm / norm, one)
-    else:
-        mult = one / norm
-    return mult, (torch.isfinite(norms) & (mult >= torch.finfo(mult.dtype).tiny)).all()
+    """(mult, fine) of a vector of norms without eps: (pre, mult) =
+    scaling.scale(norms + eps) (scale_math.scale_from_norm), and `fine` (a
+    boolean tensor) where every norm is finite and every pre is 1 (no mult
+    below the smallest normal), so that g' = g * mult."""
+    pre, mult = scaling.scale(norms + scale_math._eps(None))
+    return mult, torch.isfinite(norms).all() & (pre == 1).all()
 
 
 def _whole_plan(plan, grads):
