@@ -39,16 +39,6 @@ from normopt.ops import scale_math, spectral_math, step_plan
 # ------------------------------------------------------------ tensors
 
 
-def group_indices(keys):
-    """{key: [the indices i with keys[i] == key]}, keys in order of first
-    appearance (`keys` any iterable; a None key is left out)."""
-    groups = {}
-    for i, key in enumerate(keys):
-        if key is not None:
-            groups.setdefault(key, []).append(i)
-    return groups
-
-
 class Tensors:
     """How the group loop reads dense gradients (keras.ops, any backend)."""
 
@@ -147,7 +137,7 @@ class Tensors:
         the vector of those norms (the same elementwise math): a few ops
         per step rather than a few per tensor."""
         out = list(grads)
-        by_dtype = group_indices(
+        by_dtype = scale_math.group_indices(
             keras.backend.standardize_dtype(norm.dtype)
             if len(norm.shape) == 0 and (w is None or len(w.shape) == 0) else None
             for norm, w in zip(norms, weight_norms))
@@ -250,8 +240,9 @@ def _group_norms(groups, values, names, tensors, vectors, measured=None):
     added after (the same sum: sqrt(sum g^2) + eps), so that `measured`
     (a dict, when given) receives {index: (value, L2 norm)}."""
     norms = [None] * len(groups)
-    whole = group_indices(names[k] if not g.merged and g.axes is None and vectors[k] is None
-                          else None for k, g in enumerate(groups))
+    whole = scale_math.group_indices(
+        names[k] if not g.merged and g.axes is None and vectors[k] is None else None
+        for k, g in enumerate(groups))
     for name, ks in whole.items():
         members = [values[groups[k].members[0]] for k in ks]
         l2 = (normalizations.custom_function(name) is None
@@ -279,7 +270,7 @@ def _plus_eps(norms, tensors=DENSE):
     """[n + epsilon for n in norms], added to the norms of one dtype as one
     vector (a compiled step then holds one add, not one per tensor)."""
     out = list(norms)
-    for dtype, idx in group_indices(n.dtype for n in norms).items():
+    for dtype, idx in scale_math.group_indices(n.dtype for n in norms).items():
         eps = scale_math.as_scalar(scale_math._eps(None), keras.backend.standardize_dtype(dtype))
         summed = tensors.stack([norms[i] for i in idx]) + eps
         for i, value in zip(idx, tensors.unstack(summed)):
@@ -467,7 +458,8 @@ def record_norms(target, keys, grads, variables, measured, factor, key_of, tenso
     norms = [by_key.get(key) for key in keys]
     # one vector per dtype of the norms (a step of one dtype: one stack,
     # one cast), divided and cast as a whole (the same elementwise math)
-    by_dtype = group_indices(None if norm is None else norm.dtype for norm in norms)
+    by_dtype = scale_math.group_indices(None if norm is None else norm.dtype
+                                        for norm in norms)
     vectors = []
     for idx in by_dtype.values():
         vector = tensors.stack([norms[j] for j in idx])

@@ -324,6 +324,25 @@ def merged_norm(parts, name, eps):
     return _rescued(name, stats, [v for v, _ in parts], eps)
 
 
+def group_indices(keys):
+    """{key: [the indices i with keys[i] == key]}, keys in order of first
+    appearance (`keys` any iterable; a None key is left out)."""
+    groups = {}
+    for i, key in enumerate(keys):
+        if key is not None:
+            groups.setdefault(key, []).append(i)
+    return groups
+
+
+def _sorted_by(vector, keys):
+    """The entries of `vector` (vector[i] belongs to keys[i]) in the order
+    of their keys: one gather, none where already in that order."""
+    ranks = sorted(range(len(keys)), key=keys.__getitem__)
+    if ranks == list(range(len(keys))):
+        return vector
+    return ops.take(vector, ops.convert_to_tensor(ranks, "int32"), axis=0)
+
+
 # Tensors of one shape up to this many elements each are measured stacked.
 _STACK = 1 << 12
 
@@ -341,9 +360,7 @@ def builtin_norms(parts, name, eps):
     one accumulation dtype are finalized as one vector (the same
     elementwise math)."""
     needed = normalizations.STATS_NEEDED[normalizations.canonical_name(name)]
-    by_acc = {}
-    for j, (values, total) in enumerate(parts):
-        by_acc.setdefault(accumulation_dtype(values.dtype), []).append(j)
+    by_acc = group_indices(accumulation_dtype(values.dtype) for values, _ in parts)
     entries, vectors = [], []
     for acc, members in by_acc.items():
         acc_eps = as_scalar(_eps(eps), acc)
@@ -373,9 +390,7 @@ def builtin_norms(parts, name, eps):
     for (order, _), vector in zip(entries, chosen):
         # back in the order of `parts` by one gather, so that a stack of
         # the norms in that order (the scales) is the vector itself to XLA
-        ranks = sorted(range(len(order)), key=order.__getitem__)
-        if ranks != list(range(len(order))):
-            vector = ops.take(vector, ops.convert_to_tensor(ranks, "int32"), axis=0)
+        vector = _sorted_by(vector, order)
         for i, j in enumerate(sorted(order)):
             norms[j] = vector[i]
     return norms
@@ -388,16 +403,10 @@ def _rescue_vector(name, parts, order, needed, eps, vector):
     rescue branch holds a few ops per shape rather than per tensor: the
     size of a branch that does not run still costs a compiled step time
     (XLA:CPU, measured in the JAX step benchmark)."""
-    runs = {}
-    for i, j in enumerate(order):
-        values, total = parts[j]
-        size = _static_size(values.shape)
-        dense = total is None and size is not None and size > 0
-        key = ((tuple(values.shape), keras.backend.standardize_dtype(values.dtype)) if dense
-               else ("alone", i))
-        runs.setdefault(key, []).append(i)
+    position = {j: i for i, j in enumerate(order)}
     positions, pieces = [], []
-    for run in runs.values():
+    for js in _stackable(parts, order, limit=None):
+        run = [position[j] for j in js]
         if len(run) == 1:
             i = run[0]
             got = ops.reshape(_rescue(name, _stats_of(*parts[order[i]], needed),
@@ -407,11 +416,7 @@ def _rescue_vector(name, parts, order, needed, eps, vector):
                                ops.take(vector, ops.convert_to_tensor(run, "int32"), axis=0))
         positions.extend(run)
         pieces.append(got)
-    out = ops.concatenate(pieces, 0) if len(pieces) > 1 else pieces[0]
-    ranks = sorted(range(len(positions)), key=positions.__getitem__)
-    if ranks != list(range(len(positions))):
-        out = ops.take(out, ops.convert_to_tensor(ranks, "int32"), axis=0)
-    return out
+    return _sorted_by(ops.concatenate(pieces, 0) if len(pieces) > 1 else pieces[0], positions)
 
 
 def _rescue_rows(name, arrays, needed, eps, norms):
@@ -429,18 +434,19 @@ def _rescue_rows(name, arrays, needed, eps, norms):
                      rescued, norms)
 
 
-def _stackable(parts, members):
+def _stackable(parts, members, limit=_STACK):
     """`members` (indices in parts) in runs to measure together: those of
-    one static shape and dtype, dense, of 1 to _STACK elements; each other
-    one alone."""
-    runs = {}
-    for j in members:
+    one static shape and dtype, dense, of 1 to `limit` elements (any number
+    where None); each other one alone."""
+    def key(j):
         values, total = parts[j]
         size = _static_size(values.shape)
-        stack = total is None and size is not None and 0 < size <= _STACK
-        key = (tuple(values.shape), keras.backend.standardize_dtype(values.dtype)) if stack else j
-        runs.setdefault(key, []).append(j)
-    return list(runs.values())
+        if total is None and size is not None and 0 < size and (limit is None
+                                                                or size <= limit):
+            return (tuple(values.shape), keras.backend.standardize_dtype(values.dtype))
+        return ("alone", j)
+
+    return [[members[k] for k in ks] for ks in group_indices(map(key, members)).values()]
 
 
 def _stats_of(values, total, needed):

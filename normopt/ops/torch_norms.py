@@ -147,13 +147,6 @@ def row_norms(tensor):
     return torch.linalg.vector_norm(parts, 2, dtype=torch.float64)
 
 
-def _row_measured(tensors, ord_, acc):
-    """The indices of `tensors` that `norm_vector` measures by `row_norms`."""
-    if ord_ != 2.0 or acc is not torch.float32:
-        return []
-    return [j for j, t in enumerate(tensors) if t.numel() > ROWS_FROM]
-
-
 def norm_vector(tensors, ord_, acc):
     """The vector of norm(t, ord_) of `tensors` (dense, non-empty, of one
     accumulation dtype `acc`), in `acc`, no eps; see the module docstring
@@ -167,7 +160,8 @@ def norm_vector(tensors, ord_, acc):
         wide = torch.stack([row_norms(tensors[j]) for j in rowwise])
         for j, n in zip(rowwise, wide.unbind()):
             norms[j] = n
-        if not bool((torch.isfinite(wide) & (wide >= torch.tensor(floors, dtype=wide.dtype))).all()):
+        least = torch.tensor(floors, dtype=wide.dtype)
+        if not bool((torch.isfinite(wide) & (wide >= least)).all()):
             # float32 squares that overflow, or underflow where it matters
             for j, n, floor in zip(rowwise, wide.tolist(), floors):
                 if not (math.isfinite(n) and n >= floor):
@@ -216,7 +210,7 @@ class ForeachTensors(keras_step.Tensors):
             return super().tensor_norms(grads, name, eps)
         eps = scale_math._eps(eps)
         norms = [None] * len(grads)
-        groups = keras_step.group_indices(
+        groups = scale_math.group_indices(
             _accumulation(g) if _dense(g) and g.numel() > 0 else None for g in grads)
         for i, g in enumerate(grads):
             if not (_dense(g) and g.numel() > 0):
@@ -301,7 +295,7 @@ class ForeachTensors(keras_step.Tensors):
             return super().scaled(plan, grads, norms, weight_norms)
         out, rest = list(grads), set(range(len(plan.groups))) - set(whole)
         buffers = self._buffers_of(plan)
-        by_dtype = keras_step.group_indices(norms[k].dtype if k in set(whole) else None
+        by_dtype = scale_math.group_indices(None if k in rest else norms[k].dtype
                                             for k in range(len(norms)))
         for ks in by_dtype.values():
             norm = torch.stack([norms[k] for k in ks])
@@ -378,7 +372,7 @@ def _whole_plan(plan, grads):
     ord_ = ORDS.get(normalizations.canonical_name(name))
     if ord_ is None:
         return None
-    by_acc = keras_step.group_indices(_accumulation(grads[i]) for i in members)
+    by_acc = scale_math.group_indices(_accumulation(grads[i]) for i in members)
     return ord_, tuple((acc, [members[j] for j in js]) for acc, js in by_acc.items())
 
 
@@ -400,7 +394,7 @@ def _scaled_all(grads, mults, dtype, buffers=None):
     in one `torch._foreach_mul`."""
     buffers = {} if buffers is None else buffers
     out = [None] * len(grads)
-    for gdtype, idx in keras_step.group_indices(g.dtype for g in grads).items():
+    for gdtype, idx in scale_math.group_indices(g.dtype for g in grads).items():
         same = gdtype == dtype
         xs = [grads[i] if same else grads[i].to(dtype) for i in idx]
         kept = [j for j, x in enumerate(xs) if same and x.numel() >= KEEP_FROM]
