@@ -341,6 +341,11 @@ class _GradientNormWrapper(GradientNormMixin, InnerOptimizerWrapper):
 
 
     def apply(self, grads, trainable_variables=None):
+        # Inside a user's tf.function, traced without AutoGraph
+        # (tf_backend.unconverted), as Keras's own optimizers are.
+        return executors.current().unconverted(self._apply)(grads, trainable_variables)
+
+    def _apply(self, grads, trainable_variables):
         grads = list(grads)
         if trainable_variables is None:
             if not self.built:

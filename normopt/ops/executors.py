@@ -6,9 +6,9 @@
 
 Both expose the same functions (step_context, unscale_all, replicas_in_sync,
 all_reduce_sum where replicas > 1, step_if_finite, run_inner_step,
-run_fused_update on TensorFlow, norms_variable, record_norms, norms_value),
-so the wrappers call `current().name(...)` without importing TensorFlow on
-the other backends.
+run_fused_update on TensorFlow, norms_variable, record_norms, norms_value,
+unconverted), so the wrappers call `current().name(...)` without importing
+TensorFlow on the other backends.
 """
 
 import keras

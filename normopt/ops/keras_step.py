@@ -327,6 +327,11 @@ class _Pinned:
         return id(self.obj)
 
 
+def unconverted(fn):
+    """`fn` as it is (TensorFlow's executor keeps AutoGraph out of it)."""
+    return fn
+
+
 def step_context(grads=(), variables=(), excluded=(), in_step=True, compiled=True):
     """The step_plan.Context of a step on this Keras backend: no op library
     (it is TensorFlow's); on JAX every step is compiled by XLA or runs op

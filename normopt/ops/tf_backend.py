@@ -307,11 +307,12 @@ class TfTensors(keras_step.Tensors):
 TF_TENSORS = TfTensors()
 
 
-def scale_pure(plan, grads, variables, vectors=None):
+def scale_pure(plan, grads, variables, vectors=None, measured=None):
     """The gradients with every scale group scaled by its norm (the others
     as they are), in keras.ops math: keras_step.scale_groups, the one group
-    loop, over TensorFlow gradients (`TfTensors`); `vectors` as there."""
-    return keras_step.scale_groups(plan, grads, variables, TF_TENSORS, vectors)
+    loop, over TensorFlow gradients (`TfTensors`); `vectors` and `measured`
+    as there."""
+    return keras_step.scale_groups(plan, grads, variables, TF_TENSORS, vectors, measured)
 
 
 def scale_gradient(grad, normalization, mode, clipnorm=1.0, eps=None):
@@ -319,6 +320,20 @@ def scale_gradient(grad, normalization, mode, clipnorm=1.0, eps=None):
     scaling = scale_math.Normalize() if mode == scale_math.NORMALIZE else scale_math.Clip(clipnorm)
     norm = norm_of(grad, normalization, eps)
     return _apply_scale(grad, scaling.scale(norm), branch_large=not in_xla_context())
+
+
+# ---------------------------------------------------------- AutoGraph
+
+
+def unconverted(fn):
+    """`fn`, called as written inside a user's tf.function: AutoGraph
+    converts every function such a function calls, unless its module is
+    one it leaves alone (Keras's, TensorFlow's), and converting the
+    wrapper's step costs ~10 s at the first trace in a process and ~1 s at
+    each later one. The step needs no conversion: it branches on no
+    tensor in Python (the same code runs on JAX and PyTorch), so it is
+    traced as Keras's own optimizers are."""
+    return tf.autograph.experimental.do_not_convert(fn)
 
 
 # ---------------------------------------------------------- tf.distribute
@@ -397,7 +412,10 @@ def run_inner_step(inner, plan, grads, variables, replicas, vectors=None):
         for i, s in zip(keep, scaled):
             out[i] = s
     else:
-        out = scale_pure(plan, grads, variables, vectors)
+        # the whole-tensor L2 norms the group loop takes are the recorded
+        # ones (of these gradients only where nothing unscaled them)
+        measured = {} if factor is None else None
+        out = scale_pure(plan, grads, variables, vectors, measured)
     # Excluded IndexedSlices go on as the dense tensor they stand for, as
     # scaled ones do: duplicate indices summed (Keras's nonlinear updates,
     # Adam's v += g^2, would square each duplicate row apart), so both
@@ -611,20 +629,26 @@ def record_norms(target, keys, grads, variables, measured, factor, key_of):
     `variables` in the order of `keys` (0 for a key with no gradient;
     `key_of(variable)` is a variable's key).
 
-    `measured`: the norms the compiled op took from the statistics it reads
-    anyway (of the gradients unscaled), as parts (variables, vector); the
-    norms of gradients in no part are taken here. `factor`: the inner
-    optimizer's loss scale factor, or None. Ops per step: a cast (and a
-    concat and a scatter where the parts do not cover the keys in order)
-    and the assign.
+    `measured`: the L2 norms the step took. From the compiled op, the
+    norms it took from the statistics it reads anyway (of the gradients
+    unscaled), as parts (variables, vector); the norms of gradients in no
+    part are taken here. Otherwise (the pure path, or None)
+    `keras_step.record_norms`' {index: (gradient, norm)}: the same math as
+    every backend's. `factor`: the inner optimizer's loss scale factor, or
+    None. Ops per step on the compiled path: a cast (and a concat and a
+    scatter where the parts do not cover the keys in order) and the assign.
     """
-    parts = list(measured or [])
+    if not isinstance(measured, list):
+        keras_step.record_norms(target, keys, grads, variables, measured, factor, key_of,
+                                TF_TENSORS)
+        return
+    parts = list(measured)
     covered = {key_of(v) for part, _ in parts for v in part}
     rest = [(g, v) for g, v in zip(grads, variables) if key_of(v) not in covered]
     if rest:
+        # one multi-tensor norm (one rescue cond for all, not one per tensor)
         norms = []
-        for g, _ in rest:
-            norm = norm_of(g, "l2", eps=0.0)
+        for norm in TF_TENSORS.tensor_norms([g for g, _ in rest], "l2", eps=0.0):
             if factor is not None:
                 norm = norm / tf.cast(factor, norm.dtype)
             norms.append(tf.cast(norm, tf.float32))

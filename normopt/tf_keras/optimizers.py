@@ -176,6 +176,7 @@ class _TfKerasWrapper(keras3.GradientNormMixin, keras_wrapper.InnerDelegation,
                     "a new optimizer instance."
                 )
 
+    @tf.autograph.experimental.do_not_convert  # as Keras 3's (tf_backend.unconverted)
     def apply_gradients(self, grads_and_vars, name=None, skip_gradients_aggregation=False,
                         **kwargs):
         """Scales the gradients (one plan, `normopt.ops.step_plan`), then
