@@ -9,6 +9,7 @@ step silently down another path.
 
 import io
 import logging
+import sys
 
 import numpy as np
 import pytest
@@ -127,6 +128,33 @@ def _user_step(opt, var, options):
         opt.apply([grad], [var])
 
     return tf.function(step, experimental_autograph_options=options)
+
+
+@pytest.mark.parametrize("call", ["apply", "apply_gradients"])
+def test_the_step_is_traced_as_written_in_a_users_tf_function(custom_norm, call):
+    """AutoGraph converts the functions a user's tf.function calls, unless
+    told not to; the wrapper's step is not converted (as Keras's optimizers
+    are not), so the custom normalization it calls runs as written here."""
+    files = []
+
+    def l2_here(g):
+        files.append(sys._getframe().f_code.co_filename)
+        return tf.norm(g) + 1e-7
+
+    custom_norm("l2_here", l2_here)
+    var = keras.Variable(np.ones((3, 2), np.float32))
+    opt = normopt.NormalizedOptimizer(keras.optimizers.SGD(0.1), "l2_here")
+
+    @tf.function
+    def step(grad):
+        if call == "apply":
+            opt.apply([grad], [var])
+        else:
+            opt.apply_gradients([(grad, var)])
+
+    step(tf.fill((3, 2), 2.0))
+    assert files and set(files) == {__file__}
+    np.testing.assert_allclose(var.numpy(), 1 - 0.1 * 2 / (np.sqrt(6 * 4) + 1e-7), rtol=1e-6)
 
 
 def test_no_autograph_warning_in_a_users_tf_function():

@@ -367,6 +367,28 @@ def test_readme_custom_normalization():
         normopt.unregister_normalization("mean")
 
 
+def test_the_step_is_traced_as_written_in_a_users_tf_function(custom_norm):
+    """As Keras 3's: a user's tf.function does not have AutoGraph convert the
+    wrapper's step, so the custom normalization runs as written here."""
+    files = []
+
+    def l1_here(g):
+        files.append(sys._getframe().f_code.co_filename)
+        return tf.reduce_sum(tf.abs(g)) + 1e-7
+
+    custom_norm("l1_here", l1_here)
+    var = tf.Variable(np.ones((3, 2), np.float32))
+    opt = NormalizedOptimizer(tf_keras.optimizers.SGD(0.1), "l1_here")
+
+    @tf.function
+    def step(grad):
+        opt.apply_gradients([(grad, var)])
+
+    step(tf.fill((3, 2), 2.0))
+    assert files and set(files) == {__file__}
+    np.testing.assert_allclose(var.numpy(), 1 - 0.1 * 2 / (12 + 1e-7), rtol=1e-6)
+
+
 def test_string_identifier_constraints_and_no_gradients():
     """The original tests' contract: a string optimizer, variable
     constraints after the update, and a model without gradients refused."""
