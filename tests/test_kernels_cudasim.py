@@ -8,6 +8,12 @@ Cases are the shared checks of test_kernels_numba.py, on tiny chunks and
 4-thread blocks so the simulator's Python threads stay cheap; the generic
 apply runs every rule for 2 steps on a few shapes (against the reference and
 against numba_cpu), its full dtype/mode/decay sweep with --runslow.
+
+The child imports neither Keras nor TensorFlow (~9 s): normopt.kernels comes
+without normopt/__init__.py, and conftest is told the backend
+(NORMOPT_TESTS_KERAS_BACKEND). The comparison with the TF op runs in this
+process instead, which has TensorFlow, against the simulated kernels of a
+small child (tests/cudasim_worker.py).
 """
 
 import os
@@ -24,7 +30,10 @@ if not SIMULATOR:
     def test_simulator_suite(request):
         """The child run gets --runslow when this one has it; the only skips
         allowed are the slow sweeps without it."""
-        env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+        from conftest import keras_backend
+
+        env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1",
+                   NORMOPT_TESTS_KERAS_BACKEND=keras_backend())
         runslow = ["--runslow"] if request.config.getoption("--runslow") else []
         done = subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", __file__]
@@ -40,6 +49,26 @@ if not SIMULATOR:
         skips = [line for line in done.stdout.splitlines() if line.startswith("SKIPPED")]
         assert all("slow sweep; run with --runslow" in line for line in skips), skips
         assert bool(skips) != bool(runslow), skips
+
+    @pytest.fixture(scope="module")
+    def simulated():
+        from cudasim_worker import SimulatedKernels
+
+        with SimulatedKernels() as kernels:
+            yield kernels
+
+    @pytest.mark.parametrize("dtype", ["float64", pytest.param("float32", marks=pytest.mark.slow)])
+    def test_sim_updates_match_tf_op(simulated, dtype):
+        """The simulated Numba CUDA kernels (a child process) against the TF
+        CPU op (this process), step by step: float64 (the tight tolerance) by
+        default; float32 with --runslow (the float32 updates are checked
+        against the reference in the simulator suite)."""
+        from test_kernels_numba import SHAPE_LISTS, check_matches_tf_op
+
+        before = simulated.calls
+        check_matches_tf_op(simulated, dtype, SHAPE_LISTS["chunk_edges"][:5] + [()], steps=2,
+                            **KW)
+        assert simulated.calls > before
 
     @pytest.mark.slow
     def test_gpu_validate_dry_run(tmp_path):
@@ -105,6 +134,14 @@ else:
     # interval makes it an order of magnitude faster.
     sys.setswitchinterval(1e-5)
 
+    if "normopt" not in sys.modules:  # normopt.kernels without Keras and TensorFlow
+        import types
+
+        _pkg = types.ModuleType("normopt")
+        _pkg.__path__ = [os.path.join(os.path.dirname(os.path.dirname(
+            os.path.abspath(__file__))), "normopt")]
+        sys.modules["normopt"] = _pkg
+
     from conftest import covering  # noqa: E402
     from test_kernels_numba import (  # noqa: E402
         ADAM_VARIANTS,
@@ -120,7 +157,6 @@ else:
         check_rule_against,
         rule_cases,
         check_bitwise_repeatable,
-        check_matches_tf_op,
         check_momenta_with_zero_momentum,
         check_nan_propagates,
         check_norms,
@@ -162,13 +198,14 @@ else:
     def test_sim_scale(K, mode):
         check_scale(K, SHAPE_LISTS["mixed"], "float32", mode, **KW)
 
-    @pytest.mark.parametrize("dtype", ["float32", "float16"])
-    @pytest.mark.parametrize("variant", sorted(SGD_VARIANTS))
+    # every variant and every dtype once; their product with --runslow
+    @pytest.mark.parametrize("variant,dtype", covering(sorted(SGD_VARIANTS),
+                                                       ["float32", "float16"]))
     def test_sim_sgd(K, variant, dtype):
         check_sgd(K, SHAPE_LISTS["chunk_edges"][:5] + [()], dtype, variant, **KW)
 
-    @pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
-    @pytest.mark.parametrize("variant", sorted(ADAM_VARIANTS))
+    @pytest.mark.parametrize("variant,dtype", covering(sorted(ADAM_VARIANTS),
+                                                       ["float32", "float64", "float16"]))
     def test_sim_adam(K, variant, dtype):
         check_adam(K, SHAPE_LISTS["chunk_edges"][:5] + [()], dtype, variant, **KW)
 
@@ -181,12 +218,6 @@ else:
 
     def test_sim_momenta_with_zero_momentum(K):
         check_momenta_with_zero_momentum(K, "float32", **KW)
-
-    @pytest.mark.parametrize("dtype", ["float64", pytest.param("float32", marks=pytest.mark.slow)])
-    def test_sim_updates_match_tf_op(K, dtype):
-        """float64 (the tight tolerance) by default; float32 with --runslow
-        (the float32 updates are checked against the reference above)."""
-        check_matches_tf_op(K, dtype, SHAPE_LISTS["chunk_edges"][:5] + [()], steps=2, **KW)
 
     def test_sim_bitwise_repeatable(K):
         check_bitwise_repeatable(K, many_shapes(20, 30), **KW)
@@ -238,3 +269,9 @@ else:
                    steps=2, **KW)
         check_rule_against(cpu, K, rule, RULE_SHAPES, dtype, mode=mode, decay=decay,
                            steps=2, kw=dict(chunk_size=8), other_kw=KW)
+
+    @pytest.mark.skipif(not os.environ.get("NORMOPT_TESTS_KERAS_BACKEND"),
+                        reason="conftest imported Keras: not started by test_simulator_suite")
+    def test_sim_child_imported_no_tensorflow():
+        """Last: nothing above imported Keras or TensorFlow (each ~9 s here)."""
+        assert "tensorflow" not in sys.modules and "keras" not in sys.modules

@@ -391,10 +391,18 @@ def test_host_emulated_cuda(emulated, name, norm):
         CASES.update(check)
 
 
+# normopt.kernels without normopt/__init__.py (which imports Keras and
+# TensorFlow, ~9 s here), as benchmarks/gpu_validate.py does; a short GIL
+# switch interval, since the simulator busy-waits on its block threads.
 _SIM_SCRIPT = r"""
-import json, sys
+import json, os, sys, types
 import numpy as np
+sys.setswitchinterval(1e-5)
+pkg = types.ModuleType("normopt")
+pkg.__path__ = [os.path.join(os.getcwd(), "normopt")]
+sys.modules["normopt"] = pkg
 from normopt.kernels import numba_cuda
+assert numba_cuda.SIMULATED
 cases = {k: np.load(v) for k, v in json.loads(sys.argv[1]).items()}
 out = {}
 for name, g in cases.items():
@@ -403,6 +411,7 @@ for name, g in cases.items():
         s = numba_cuda.scale([g], norm, "normalize", 1.0, 1e-7, chunk_size=64, threads=4)[0]
         out[name + "/" + norm] = [float(n), [float(x) for x in s]]
 print(json.dumps(out))
+assert "tensorflow" not in sys.modules and "keras" not in sys.modules
 """
 
 
