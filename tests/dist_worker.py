@@ -1,14 +1,19 @@
 """Runs training scenarios on 1 or 2 logical CPU replicas; prints JSON.
 
-    dist_worker.py REPLICAS JOBS_JSON
+    dist_worker.py JOBS_JSON
 
-JOBS_JSON is a list of [kind, fused, skip, save_to, load_from]; one JSON line
-is printed per job, in order. Kind "recorded_norms" (2 replicas) is one
-custom-loop step whose recorded gradient norms are compared with a tape's
-(`recorded_norms`). Used by test_distribute.py in a subprocess:
-logical devices must be set up before TensorFlow initializes, which an
-in-process test cannot guarantee; one launch runs every job of a replica
-count (a TensorFlow start-up costs more than a job).
+JOBS_JSON is a list of [replicas, kind, fused, skip, save_to, load_from]; one
+JSON line is printed per job, in order. A job on 2 replicas runs under a
+MirroredStrategy of the process's 2 logical CPUs, one on 1 replica without
+any strategy. Kind "recorded_norms" (2 replicas) is one custom-loop step
+whose recorded gradient norms are compared with a tape's (`recorded_norms`).
+Used by test_distribute.py in a subprocess: logical devices must be set up
+before TensorFlow initializes, which an in-process test cannot guarantee;
+one launch runs every job (a TensorFlow start-up costs more than a job).
+NORMOPT_TEST_AUTOGRAPH=1: the custom loop's tf.function converts with
+AutoGraph, as a user's does (test_distribute.py sets it under --runslow; by
+default it does not: converting normopt's Python code costs ~10 s of CPU per
+process, gives the same ops, and is tested in-process).
 """
 
 import json
@@ -146,7 +151,6 @@ def recorded_norms(fused):
     data = strategy.experimental_distribute_dataset(
         tf.data.Dataset.from_tensor_slices((x, y)).batch(16))
 
-    @tf.function
     def step(xb, yb):
         def replica(xr, yr):
             with tf.GradientTape() as tape:
@@ -154,6 +158,8 @@ def recorded_norms(fused):
             opt.apply(tape.gradient(loss, model.trainable_variables),
                       model.trainable_variables)
         strategy.run(replica, args=(xb, yb))
+
+    step = tf.function(step, autograph=os.environ.get("NORMOPT_TEST_AUTOGRAPH") == "1")
 
     for xb, yb in data:
         step(xb, yb)
@@ -167,9 +173,9 @@ def recorded_norms(fused):
 
 
 if __name__ == "__main__":
-    for job in json.loads(sys.argv[2]):
+    for replicas, *job in json.loads(sys.argv[1]):
         if job[0] == "recorded_norms":
             recorded_norms(job[1])
         else:
-            main(int(sys.argv[1]), *[arg or None for arg in job])
+            main(int(replicas), *[arg or None for arg in job])
         sys.stdout.flush()
