@@ -4,6 +4,7 @@ The norm is taken of the gradient after the cross-replica sum, so 2 replicas
 on a global batch must give the result of 1 replica on the same batch.
 """
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -18,9 +19,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def run_worker(jobs, autograph=False):
     """One process running `jobs` ((replicas, *job)) in turn; a result per
     job (dist_worker.py)."""
+    legacy = any(job[1] == "legacy_keras" for job in jobs)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [os.path.dirname(HERE), os.environ.get("PYTHONPATH", "")]),
-        NORMOPT_TEST_AUTOGRAPH="1" if autograph else "0")
+        NORMOPT_TEST_AUTOGRAPH="1" if autograph else "0",
+        TF_USE_LEGACY_KERAS="1" if legacy else "0")
     out = subprocess.run(
         [sys.executable, os.path.join(HERE, "dist_worker.py"),
          json.dumps([[str(a) for a in job] for job in jobs])],
@@ -59,6 +62,13 @@ SLOW_CASES = {("clipped_nesterov", "false"), ("embedding_adam", "false"),
 NORMS_JOB = (2, "recorded_norms", "null", "", "", "")
 
 
+# test_without_tf_keras_and_with_tf_use_legacy_keras, last in the launch
+# (which then starts with TF_USE_LEGACY_KERAS=1 and tf-keras hidden until
+# its first check is done: dist_worker.without_tf_keras).
+TF_KERAS = importlib.util.find_spec("tf_keras") is not None
+LEGACY_JOB = (2, "legacy_keras", "null", "", "", "")
+
+
 # The model a parity job (normalized_adam, fused) saves, for
 # test_save_distributed_load_single: on 2 replicas to "dist", on 1 to "single".
 SAVED = ("normalized_adam", "true")
@@ -82,6 +92,8 @@ def runs(tmp_path_factory, request):
     # pure-TF path; saved without (fused), loaded with fused=None
     jobs["from_dist"] = ("normalized_adam", "false", "noskip", "", dist)
     jobs["from_single"] = ("normalized_adam", "null", "noskip", "", single)
+    if TF_KERAS:
+        jobs[LEGACY_JOB] = LEGACY_JOB[1:]
     keys = list(jobs)
     replicas = [k[0] if isinstance(k, tuple) else 1 for k in keys]
     results = run_worker([(r, *jobs[k]) for r, k in zip(replicas, keys)],
@@ -90,7 +102,7 @@ def runs(tmp_path_factory, request):
     return {"one": {k[1:]: v for k, v in by_key.items() if isinstance(k, tuple) and k[0] == 1},
             "two": {k[1:]: v for k, v in by_key.items() if isinstance(k, tuple) and k[0] == 2},
             "from_dist": by_key["from_dist"], "from_single": by_key["from_single"],
-            "norms": by_key[NORMS_JOB]}
+            "norms": by_key[NORMS_JOB], "legacy": by_key.get(LEGACY_JOB)}
 
 
 def assert_same_training(a, b, rtol=1e-5, atol=1e-6):
@@ -146,3 +158,25 @@ def test_recorded_norms_after_the_cross_replica_sum(runs):
     assert result["replicas"] == 2
     assert result["path"] == "fused"
     np.testing.assert_allclose(result["norms"], result["expected"], rtol=1e-5)
+
+
+def test_without_tf_keras_and_with_tf_use_legacy_keras(runs):
+    """(normopt.tf_keras beside Keras 3, a job of this launch for its fresh
+    process: TensorFlow imported once.) With tf-keras missing, `import
+    normopt` and the Keras 3 wrappers work and normopt.tf_keras says what to
+    install; with it back and TF_USE_LEGACY_KERAS=1, tf.keras is tf_keras and
+    its optimizers wrap and train, on the fused path under a MirroredStrategy
+    of 2 CPUs as on one replica (the norm is that of the summed gradient)."""
+    if not TF_KERAS:
+        pytest.skip("tf_keras is not installed")
+    got = runs["legacy"]
+    np.testing.assert_allclose(got["keras3_step"], [2.7, 3.6], rtol=0, atol=1e-6)
+    error = got["import_error"]
+    assert error is not None and error.startswith("normopt.tf_keras wraps Keras 2"), error
+    assert "tf-keras" in error
+    assert got["tf_keras_is_tf_keras"]
+    two, one = got["two"], got["one"]
+    assert (two[3], one[3]) == (2, 1)  # replicas
+    for a, b in zip(two[0], one[0]):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    assert (two[1], one[1], two[2]) == ("fused", "fused", 2)
