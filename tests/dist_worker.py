@@ -1,14 +1,21 @@
 """Runs training scenarios on 1 or 2 logical CPU replicas; prints JSON.
 
-    dist_worker.py REPLICAS JOBS_JSON
+    dist_worker.py JOBS_JSON
 
-JOBS_JSON is a list of [kind, fused, skip, save_to, load_from]; one JSON line
-is printed per job, in order. Kind "recorded_norms" (2 replicas) is one
-custom-loop step whose recorded gradient norms are compared with a tape's
-(`recorded_norms`). Used by test_distribute.py in a subprocess:
-logical devices must be set up before TensorFlow initializes, which an
-in-process test cannot guarantee; one launch runs every job of a replica
-count (a TensorFlow start-up costs more than a job).
+JOBS_JSON is a list of [replicas, kind, fused, skip, save_to, load_from]; one
+JSON line is printed per job, in order. A job on 2 replicas runs under a
+MirroredStrategy of the process's 2 logical CPUs, one on 1 replica without
+any strategy. Kind "recorded_norms" (2 replicas) is one custom-loop step
+whose recorded gradient norms are compared with a tape's (`recorded_norms`);
+kind "legacy_keras" (last, with TF_USE_LEGACY_KERAS=1 in the environment)
+checks normopt without tf-keras, then normopt.tf_keras (`legacy_keras`).
+Used by test_distribute.py in a subprocess: logical devices must be set up
+before TensorFlow initializes, which an in-process test cannot guarantee;
+one launch runs every job (a TensorFlow start-up costs more than a job).
+NORMOPT_TEST_AUTOGRAPH=1: the custom loop's tf.function converts with
+AutoGraph, as a user's does (test_distribute.py sets it under --runslow; by
+default it does not: converting normopt's Python code costs ~10 s of CPU per
+process, gives the same ops, and is tested in-process).
 """
 
 import json
@@ -25,11 +32,36 @@ tf.config.set_logical_device_configuration(
 )
 
 import contextlib  # noqa: E402
+import importlib  # noqa: E402
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+# The job "legacy_keras" (test_distribute.py starts this process with
+# TF_USE_LEGACY_KERAS=1 for it): its first part runs here, before anything
+# imports normopt, as if tf-keras were not installed.
+if os.environ.get("TF_USE_LEGACY_KERAS") == "1":
+    sys.modules["tf_keras"] = None  # not installed
+
 import normopt  # noqa: E402
+
+
+def without_tf_keras():
+    """`import normopt` and the Keras 3 wrappers work without tf-keras, and
+    normopt.tf_keras says what to install; then tf-keras is back."""
+    v = keras.Variable([3.0, 4.0])
+    normopt.NormalizedOptimizer(keras.optimizers.SGD(0.5)).apply([tf.constant([3.0, 4.0])], [v])
+    try:
+        importlib.import_module("normopt.tf_keras")
+        error = None
+    except ImportError as exc:
+        error = str(exc)
+    del sys.modules["tf_keras"]
+    return {"keras3_step": v.numpy().tolist(), "import_error": error}
+
+
+WITHOUT_TF_KERAS = (without_tf_keras() if os.environ.get("TF_USE_LEGACY_KERAS") == "1"
+                    else None)
 
 
 def build(kind, fused, skip):
@@ -146,7 +178,6 @@ def recorded_norms(fused):
     data = strategy.experimental_distribute_dataset(
         tf.data.Dataset.from_tensor_slices((x, y)).batch(16))
 
-    @tf.function
     def step(xb, yb):
         def replica(xr, yr):
             with tf.GradientTape() as tape:
@@ -154,6 +185,8 @@ def recorded_norms(fused):
             opt.apply(tape.gradient(loss, model.trainable_variables),
                       model.trainable_variables)
         strategy.run(replica, args=(xb, yb))
+
+    step = tf.function(step, autograph=os.environ.get("NORMOPT_TEST_AUTOGRAPH") == "1")
 
     for xb, yb in data:
         step(xb, yb)
@@ -166,10 +199,41 @@ def recorded_norms(fused):
     }))
 
 
+def legacy_keras():
+    """With TF_USE_LEGACY_KERAS=1 tf.keras is tf_keras, and its optimizers
+    wrap and train with model.fit, on the fused path, under the strategy of
+    2 CPUs as on one replica (the norm is that of the summed gradient)."""
+    import tf_keras
+
+    from normopt.tf_keras import NormalizedOptimizer
+
+    x = np.random.RandomState(0).randn(16, 3).astype("float32")
+    y = np.random.RandomState(1).randn(16, 2).astype("float32")
+
+    def train(strategy):
+        with strategy.scope():
+            tf.keras.utils.set_random_seed(0)
+            m = tf.keras.Sequential([tf.keras.layers.Dense(2, input_shape=(3,))])
+            opt = NormalizedOptimizer(tf.keras.optimizers.legacy.SGD(0.1, momentum=0.9))
+            m.compile(opt, "mse")
+        m.fit(x, y, batch_size=8, shuffle=False, verbose=0)
+        return ([w.tolist() for w in m.get_weights()], opt.last_path.name,
+                int(opt.iterations.numpy()), strategy.num_replicas_in_sync)
+
+    two = train(mirrored())
+    one = train(tf.distribute.get_strategy())
+    print(json.dumps(dict(
+        WITHOUT_TF_KERAS,
+        tf_keras_is_tf_keras=tf.keras.optimizers.legacy.SGD is tf_keras.optimizers.legacy.SGD,
+        two=two, one=one)))
+
+
 if __name__ == "__main__":
-    for job in json.loads(sys.argv[2]):
+    for replicas, *job in json.loads(sys.argv[1]):
         if job[0] == "recorded_norms":
             recorded_norms(job[1])
+        elif job[0] == "legacy_keras":
+            legacy_keras()
         else:
-            main(int(sys.argv[1]), *[arg or None for arg in job])
+            main(int(replicas), *[arg or None for arg in job])
         sys.stdout.flush()

@@ -6,11 +6,13 @@ Each JOB is `PATH:MODE` with PATH `tf` or `fused` (the wrapper's
 fused=False / fused=True) and MODE one of
     ref     train uninterrupted, no backup; write OUT_DIR/ref-PATH.npz
     kill    train with a backup in OUT_DIR/backup-PATH, SIGKILL this process
-            in the middle of epoch KILL_EPOCH (never returns)
+            in the middle of epoch KILL_EPOCH (never returns); when a kill
+            job follows, it runs at that point instead, inside this one's
+            model.fit, so that one SIGKILL stops both trainings mid-epoch
     resume  the same training, same backup: restores and finishes; write
             OUT_DIR/resumed-PATH.npz
 Jobs run in order in this one process (test_faults.py chains them so that
-three launches cover both paths).
+two launches cover both paths).
 """
 
 import json
@@ -48,9 +50,14 @@ class Epochs(keras.callbacks.Callback):
 
 
 class KillAt(keras.callbacks.Callback):
-    """SIGKILL at the start of batch KILL_BATCH of epoch KILL_EPOCH."""
+    """SIGKILL at the start of batch KILL_BATCH of epoch KILL_EPOCH, or
+    there `then()` (the next kill job, which never returns)."""
 
     epoch = 0
+
+    def __init__(self, then=None):
+        super().__init__()
+        self.then = then
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
@@ -58,10 +65,12 @@ class KillAt(keras.callbacks.Callback):
     def on_train_batch_begin(self, batch, logs=None):
         if self.epoch == KILL_EPOCH and batch == KILL_BATCH:
             sys.stdout.flush()
+            if self.then is not None:
+                self.then()
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def train(out_dir, path, mode):
+def train(out_dir, path, mode, then=None):
     rng = np.random.RandomState(0)
     x = rng.standard_normal((BATCH * BATCHES, 6)).astype("float32")
     y = np.stack([x.sum(1), x[:, 0] - x[:, 1]], 1).astype("float32")
@@ -84,7 +93,7 @@ def train(out_dir, path, mode):
         callbacks.append(keras.callbacks.BackupAndRestore(
             os.path.join(out_dir, f"backup-{path}")))
     if mode == "kill":
-        callbacks.append(KillAt())
+        callbacks.append(KillAt(then))
     model.fit(x, y, batch_size=BATCH, epochs=EPOCHS, shuffle=False, verbose=0,
               callbacks=callbacks)
     assert opt.last_path.name == ("fused" if path == "fused" else "tf")
@@ -98,6 +107,16 @@ def train(out_dir, path, mode):
     )
 
 
+def run(out_dir, jobs):
+    if not jobs:
+        return
+    path, mode = jobs[0].split(":")
+    if mode == "kill" and len(jobs) > 1 and jobs[1].endswith(":kill"):
+        train(out_dir, path, mode, then=lambda: run(out_dir, jobs[1:]))
+    else:
+        train(out_dir, path, mode)
+        run(out_dir, jobs[1:])
+
+
 if __name__ == "__main__":
-    for job in sys.argv[2:]:
-        train(sys.argv[1], *job.split(":"))
+    run(sys.argv[1], sys.argv[2:])

@@ -4,6 +4,7 @@ The norm is taken of the gradient after the cross-replica sum, so 2 replicas
 on a global batch must give the result of 1 replica on the same batch.
 """
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -15,19 +16,22 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def run_worker(replicas, jobs):
-    """One process on `replicas` replicas running `jobs` in turn; a result
-    per job (dist_worker.py)."""
+def run_worker(jobs, autograph=False):
+    """One process running `jobs` ((replicas, *job)) in turn; a result per
+    job (dist_worker.py)."""
+    legacy = any(job[1] == "legacy_keras" for job in jobs)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [os.path.dirname(HERE), os.environ.get("PYTHONPATH", "")]))
+        [os.path.dirname(HERE), os.environ.get("PYTHONPATH", "")]),
+        NORMOPT_TEST_AUTOGRAPH="1" if autograph else "0",
+        TF_USE_LEGACY_KERAS="1" if legacy else "0")
     out = subprocess.run(
-        [sys.executable, os.path.join(HERE, "dist_worker.py"), str(replicas),
+        [sys.executable, os.path.join(HERE, "dist_worker.py"),
          json.dumps([[str(a) for a in job] for job in jobs])],
         capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
     assert len(lines) == len(jobs), out.stderr[-3000:]
-    return {tuple(map(str, job)): json.loads(ln) for job, ln in zip(jobs, lines)}
+    return [json.loads(ln) for ln in lines]
 
 
 KINDS = ["normalized_adam", "clipped_nesterov"]
@@ -44,32 +48,61 @@ FUSED = ["false", "true"]
 CASES = [(k, f) for k in KINDS for f in FUSED] + [("normalized_nadam", "true")] + [
     ("global_adam", "true"), ("agc_adam", "true"), ("embedding_adam", "false"),
     ("embedding_adam", "true"), ("embedding_adagrad", "null")]
-# Pure-TF cases that the default run leaves to --runslow: normalized_adam
+# Cases that the default run leaves to --runslow. Pure TF: normalized_adam
 # keeps the pure-TF path covered, and these add only TF's own distribution.
-SLOW_CASES = {("clipped_nesterov", "false"), ("embedding_adam", "false")}
+# ClippedOptimizer on the fused path: the clipping formula is the same code
+# as normalized_adam's scaling (tested in-process), and test_multiworker.py
+# keeps ClippedOptimizer's fused path under a multi-replica strategy.
+SLOW_CASES = {("clipped_nesterov", "false"), ("embedding_adam", "false"),
+              ("clipped_nesterov", "true")}
 
 
-# The recorded gradient norms of a custom-loop step (dist_worker.recorded_norms).
-NORMS_JOB = ("recorded_norms", "null", "", "", "")
+# The recorded gradient norms of a custom-loop step (dist_worker.recorded_norms),
+# on 2 replicas; its tf.function converts with AutoGraph under --runslow only.
+NORMS_JOB = (2, "recorded_norms", "null", "", "", "")
+
+
+# test_without_tf_keras_and_with_tf_use_legacy_keras, last in the launch
+# (which then starts with TF_USE_LEGACY_KERAS=1 and tf-keras hidden until
+# its first check is done: dist_worker.without_tf_keras).
+TF_KERAS = importlib.util.find_spec("tf_keras") is not None
+LEGACY_JOB = (2, "legacy_keras", "null", "", "", "")
+
+
+# The model a parity job (normalized_adam, fused) saves, for
+# test_save_distributed_load_single: on 2 replicas to "dist", on 1 to "single".
+SAVED = ("normalized_adam", "true")
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, request):
-    """Every scenario: one launch on 2 replicas, then one on 1 replica."""
+    """Every scenario, in one launch: each on 2 replicas (MirroredStrategy),
+    then on 1 replica (no strategy), then the loads of the saved models."""
     tmp = tmp_path_factory.mktemp("distribute")
     dist, single = str(tmp / "dist.keras"), str(tmp / "single.keras")
     every = request.config.getoption("--runslow")
-    plain = [(k, f, "noskip", "", "") for k, f in CASES
-             if every or (k, f) not in SLOW_CASES]
-    skip = [("normalized_adam", f, "skip", "", "") for f in ("false", "true")]
-    two = run_worker(2, plain + skip + [("normalized_adam", "true", "noskip", dist, ""),
-                                        NORMS_JOB])
-    one = run_worker(1, plain + skip + [
-        ("normalized_adam", "null", "noskip", single, ""),
-        ("normalized_adam", "false", "noskip", "", dist),
-        ("normalized_adam", "null", "noskip", "", single),
-    ])
-    return {"one": one, "two": two, "dist": dist, "single": single}
+    plain = [(k, f, "noskip") for k, f in CASES if every or (k, f) not in SLOW_CASES]
+    skip = [("normalized_adam", f, "skip") for f in ("false", "true")]
+    jobs = {}
+    for replicas, save in ((2, dist), (1, single)):
+        for job in plain + skip:
+            jobs[(replicas, *job)] = (*job, save if job == (*SAVED, "noskip") else "", "")
+    jobs[NORMS_JOB] = NORMS_JOB[1:]
+    # resumed on 1 replica: saved under the strategy (fused), loaded on the
+    # pure-TF path; saved without (fused), loaded with fused=None
+    jobs["from_dist"] = ("normalized_adam", "false", "noskip", "", dist)
+    jobs["from_single"] = ("normalized_adam", "null", "noskip", "", single)
+    if TF_KERAS:
+        jobs[LEGACY_JOB] = LEGACY_JOB[1:]
+    keys = list(jobs)
+    replicas = [k[0] if isinstance(k, tuple) else 1 for k in keys]
+    results = run_worker([(r, *jobs[k]) for r, k in zip(replicas, keys)],
+                         autograph=every)
+    by_key = dict(zip(keys, results))
+    return {"one": {k[1:]: v for k, v in by_key.items() if isinstance(k, tuple) and k[0] == 1},
+            "two": {k[1:]: v for k, v in by_key.items() if isinstance(k, tuple) and k[0] == 2},
+            "from_dist": by_key["from_dist"], "from_single": by_key["from_single"],
+            "norms": by_key[NORMS_JOB], "legacy": by_key.get(LEGACY_JOB)}
 
 
 def assert_same_training(a, b, rtol=1e-5, atol=1e-6):
@@ -85,7 +118,7 @@ def assert_same_training(a, b, rtol=1e-5, atol=1e-6):
     pytest.param(k, f, marks=(pytest.mark.slow,) if (k, f) in SLOW_CASES else ())
     for k, f in CASES])
 def test_two_replicas_match_one(runs, kind, fused):
-    job = (kind, fused, "noskip", "", "")
+    job = (kind, fused, "noskip")
     one, two = runs["one"][job], runs["two"][job]
     assert two["replicas"] == 2
     # the compiled op runs per device under MirroredStrategy
@@ -97,7 +130,7 @@ def test_two_replicas_match_one(runs, kind, fused):
 
 @pytest.mark.parametrize("fused", ["false", "true"])
 def test_skip_nonfinite_under_distribution(runs, fused):
-    job = ("normalized_adam", fused, "skip", "", "")
+    job = ("normalized_adam", fused, "skip")
     one, two = runs["one"][job], runs["two"][job]
     assert two["path"] == ("tf" if fused == "false" else "fused")
     assert one["skipped"] == 2  # the poisoned batch, once per epoch
@@ -108,12 +141,12 @@ def test_skip_nonfinite_under_distribution(runs, fused):
 def test_save_distributed_load_single(runs):
     """Saved under MirroredStrategy (fused), resumed on one device (pure TF):
     the same as never distributed."""
-    dist, single = runs["dist"], runs["single"]
-    saved = runs["two"][("normalized_adam", "true", "noskip", dist, "")]
-    assert saved["path"] == "fused"
-    from_dist = runs["one"][("normalized_adam", "false", "noskip", "", dist)]
-    assert from_dist["path"] == "tf"
-    from_single = runs["one"][("normalized_adam", "null", "noskip", "", single)]
+    saved = runs["two"][(*SAVED, "noskip")]  # the parity job, saved
+    assert saved["path"] == "fused" and saved["replicas"] == 2
+    from_dist = runs["from_dist"]
+    assert from_dist["path"] == "tf" and from_dist["replicas"] == 1
+    from_single = runs["from_single"]
+    assert from_single["path"] == "fused"
     assert from_dist["iterations"] == 16
     assert_same_training(from_dist, from_single)
 
@@ -121,7 +154,29 @@ def test_save_distributed_load_single(runs):
 def test_recorded_norms_after_the_cross_replica_sum(runs):
     """The wrapper's recorded norms on 2 replicas are those of the global
     batch's gradient (after the cross-replica sum), as a tape takes them."""
-    result = runs["two"][NORMS_JOB]
+    result = runs["norms"]
     assert result["replicas"] == 2
     assert result["path"] == "fused"
     np.testing.assert_allclose(result["norms"], result["expected"], rtol=1e-5)
+
+
+def test_without_tf_keras_and_with_tf_use_legacy_keras(runs):
+    """(normopt.tf_keras beside Keras 3, a job of this launch for its fresh
+    process: TensorFlow imported once.) With tf-keras missing, `import
+    normopt` and the Keras 3 wrappers work and normopt.tf_keras says what to
+    install; with it back and TF_USE_LEGACY_KERAS=1, tf.keras is tf_keras and
+    its optimizers wrap and train, on the fused path under a MirroredStrategy
+    of 2 CPUs as on one replica (the norm is that of the summed gradient)."""
+    if not TF_KERAS:
+        pytest.skip("tf_keras is not installed")
+    got = runs["legacy"]
+    np.testing.assert_allclose(got["keras3_step"], [2.7, 3.6], rtol=0, atol=1e-6)
+    error = got["import_error"]
+    assert error is not None and error.startswith("normopt.tf_keras wraps Keras 2"), error
+    assert "tf-keras" in error
+    assert got["tf_keras_is_tf_keras"]
+    two, one = got["two"], got["one"]
+    assert (two[3], one[3]) == (2, 1)  # replicas
+    for a, b in zip(two[0], one[0]):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    assert (two[1], one[1], two[2]) == ("fused", "fused", 2)

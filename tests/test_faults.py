@@ -27,19 +27,19 @@ def launch(out_dir, *jobs):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Three launches: kill tf; resume tf, kill fused; resume fused + refs."""
+    """Two launches: kill tf and fused (the fused training runs inside the
+    tf one's model.fit, where that one stops mid-epoch: one SIGKILL ends
+    both mid-epoch); resume both + refs."""
     out = tmp_path_factory.mktemp("faults")
-    first = launch(out, "tf:kill")
-    second = launch(out, "tf:resume", "fused:kill")
-    third = launch(out, "fused:resume", "tf:ref", "fused:ref")
-    return out, (first, second, third)
+    first = launch(out, "tf:kill", "fused:kill")
+    second = launch(out, "tf:resume", "fused:resume", "tf:ref", "fused:ref")
+    return out, (first, second)
 
 
 def test_runs_were_killed_mid_epoch(runs):
-    out, (first, second, third) = runs
+    out, (first, second) = runs
     assert first.returncode == -9, first.stderr[-3000:]
-    assert second.returncode == -9, second.stderr[-3000:]
-    assert third.returncode == 0, third.stderr[-3000:]
+    assert second.returncode == 0, second.stderr[-3000:]
 
 
 @pytest.mark.parametrize("path", ["tf", "fused"])

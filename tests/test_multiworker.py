@@ -1,9 +1,10 @@
 """MultiWorkerMirroredStrategy with 2 real worker processes on localhost.
 
 One launch of the cluster (2 workers, RING collectives over gRPC on
-127.0.0.1 ports picked free now) runs every scenario of
-multiworker_worker.py in turn, next to a third process that trains the same
-scenarios without a strategy on the same global batches. The last scenario
+127.0.0.1 ports picked free now) runs the scenarios of multiworker_worker.py
+in turn (all of them with --runslow, and then with AutoGraph converting the
+step as a user's tf.function does), next to a third process that trains the
+same scenarios without a strategy on the same global batches. The last scenario
 kills worker 1 (SIGKILL) mid-training: worker 0 must fail with a clear error
 within the collective timeout, not hang.
 """
@@ -24,7 +25,12 @@ COLLECTIVE_TIMEOUT_S = 30
 LAUNCH_TIMEOUT_S = 900  # a loaded 2-core machine; a normal run takes ~1-2 min
 CUSTOM_LOOP = ["adam_tf", "adam_fused", "adam_auto", "clip_tf", "clip_fused",
                "sgd_fused"]
-SCENARIOS = CUSTOM_LOOP + ["fit", "kill"]
+# Scenarios the default run leaves to --runslow (each scenario costs every
+# process a trace): adam_auto (fused=None takes the path fused=True took in
+# adam_fused: the same choice, tested in-process) and clip_tf (the pure-TF
+# path under the strategy is adam_tf's; the clipping formula is the same
+# code on either wrapper, and clip_fused keeps ClippedOptimizer here).
+SLOW_SCENARIOS = {"adam_auto", "clip_tf"}
 
 
 def free_ports(n):
@@ -50,9 +56,15 @@ def parse(out):
     return results
 
 
+def custom_loop(every):
+    return [n for n in CUSTOM_LOOP if every or n not in SLOW_SCENARIOS]
+
+
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, request):
     """{task: {scenario: result}} for tasks 0, 1 (workers) and -1 (one process)."""
+    every = request.config.getoption("--runslow")
+    loop = custom_loop(every)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
     logs = tmp_path_factory.mktemp("multiworker")
     base = dict(
@@ -61,6 +73,9 @@ def runs(tmp_path_factory):
                                     os.environ.get("PYTHONPATH", "")]),
         NORMOPT_MW_TIMEOUT=str(COLLECTIVE_TIMEOUT_S),
         TF_CPP_MIN_LOG_LEVEL="2",
+        # the README's recipe converts the step with AutoGraph: with --runslow
+        # (by default the step runs unconverted: multiworker_worker.AUTOGRAPH)
+        NORMOPT_MW_AUTOGRAPH="1" if every else "0",
     )
     base.pop("TF_CONFIG", None)
     procs = {}
@@ -68,12 +83,12 @@ def runs(tmp_path_factory):
     try:
         for task in (0, 1, -1):
             env = dict(base)
-            names = SCENARIOS
+            names = loop + ["fit", "kill"]
             if task >= 0:
                 env["TF_CONFIG"] = json.dumps(
                     {"cluster": cluster, "task": {"type": "worker", "index": task}})
             else:
-                names = CUSTOM_LOOP + ["sgd_per_worker_norms", "fit"]
+                names = loop + ["sgd_per_worker_norms", "fit"]
             procs[task] = subprocess.Popen(
                 [sys.executable, WORKER, str(task), *names],
                 stdout=subprocess.PIPE,
@@ -116,7 +131,9 @@ def assert_close(a, b, rtol=1e-5, atol=1e-6):
             np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
 
 
-@pytest.mark.parametrize("name", CUSTOM_LOOP)
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=(pytest.mark.slow,) if n in SLOW_SCENARIOS else ())
+    for n in CUSTOM_LOOP])
 def test_workers_match_one_process(runs, name):
     w0, w1, one = (result(runs, t, name) for t in (0, 1, -1))
     assert w0["replicas"] == 2
@@ -132,8 +149,10 @@ def test_workers_match_one_process(runs, name):
     assert_close(w0, one)
 
 
-def test_nonfinite_seen_by_one_worker_skips_on_both(runs):
-    for name in ("adam_tf", "adam_fused", "clip_tf", "clip_fused"):
+def test_nonfinite_seen_by_one_worker_skips_on_both(runs, request):
+    ran = custom_loop(request.config.getoption("--runslow"))
+    # the scenarios with skip_nonfinite (multiworker_worker.SCENARIOS)
+    for name in [n for n in ("adam_tf", "adam_fused", "clip_tf", "clip_fused") if n in ran]:
         for task in (0, 1, -1):
             got = result(runs, task, name)
             # worker 1's half of one global batch holds a NaN target

@@ -10,14 +10,13 @@
                 no gradients, config round trip)
     save/load   .h5, .keras and SavedModel resume exactly; a custom normalizer
                 loads once registered again and fails clearly otherwise
-    beside      Keras 3 keeps working in the same process; `import normopt`
-                without tf-keras; TF_USE_LEGACY_KERAS=1 (a subprocess)
+    beside      Keras 3 keeps working in the same process (`import normopt`
+                without tf-keras and TF_USE_LEGACY_KERAS=1 need a fresh
+                process: test_distribute.py's launch checks them)
 """
 
 import copy
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -537,57 +536,6 @@ def test_not_on_another_keras3_backend():
         _check_keras_backend("jax")
 
 
-def _run(script, **env):
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **env})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout.strip().splitlines()[-2:]
-
-
-def test_without_tf_keras_and_with_tf_use_legacy_keras():
-    """One fresh process (TensorFlow imported once): with tf-keras missing,
-    `import normopt` and the Keras 3 wrappers work and normopt.tf_keras says
-    what to install; with it back and TF_USE_LEGACY_KERAS=1, tf.keras is
-    tf_keras and its optimizers wrap and train, on the fused path under a
-    MirroredStrategy of 2 CPUs as on one replica (the norm is that of the
-    summed gradient)."""
-    last = _run(
-        "import sys\n"
-        "sys.modules['tf_keras'] = None\n"  # not installed
-        "import keras, normopt, numpy as np, tensorflow as tf\n"
-        "cpu = tf.config.list_physical_devices('CPU')[0]\n"
-        "tf.config.set_logical_device_configuration(\n"
-        "    cpu, [tf.config.LogicalDeviceConfiguration()] * 2)\n"
-        "v = keras.Variable([3.0, 4.0])\n"
-        "normopt.NormalizedOptimizer(keras.optimizers.SGD(0.5)).apply(\n"
-        "    [tf.constant([3.0, 4.0])], [v])\n"
-        "assert abs(float(v[0]) - 2.7) < 1e-6, v\n"
-        "try:\n"
-        "    import normopt.tf_keras\n"
-        "    raise SystemExit('imported without tf_keras')\n"
-        "except ImportError as exc:\n"
-        "    print('ImportError:', exc)\n"
-        "del sys.modules['tf_keras']\n"
-        "import tf_keras\n"
-        "from normopt.tf_keras import NormalizedOptimizer\n"
-        "assert tf.keras.optimizers.legacy.SGD is tf_keras.optimizers.legacy.SGD\n"
-        "x = np.random.RandomState(0).randn(16, 3).astype('float32')\n"
-        "y = np.random.RandomState(1).randn(16, 2).astype('float32')\n"
-        "def train(strategy):\n"
-        "    with strategy.scope():\n"
-        "        tf.keras.utils.set_random_seed(0)\n"
-        "        m = tf.keras.Sequential([tf.keras.layers.Dense(2, input_shape=(3,))])\n"
-        "        opt = NormalizedOptimizer(tf.keras.optimizers.legacy.SGD(0.1, momentum=0.9))\n"
-        "        m.compile(opt, 'mse')\n"
-        "    m.fit(x, y, batch_size=8, shuffle=False, verbose=0)\n"
-        "    return m.get_weights(), opt.last_path.name, int(opt.iterations.numpy())\n"
-        "two = train(tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1']))\n"
-        "one = train(tf.distribute.get_strategy())\n"
-        "err = max(float(np.abs(a - b).max()) for a, b in zip(two[0], one[0]))\n"
-        "assert err < 1e-6, err\n"
-        "print(two[1], one[1], two[2])\n",
-        TF_USE_LEGACY_KERAS="1",
-    )
-    first, last = last
-    assert first.startswith("ImportError: normopt.tf_keras wraps Keras 2") and "tf-keras" in first
-    assert last == "fused fused 2"
+# `import normopt` without tf-keras and TF_USE_LEGACY_KERAS=1: in a fresh
+# process, which test_distribute.py's launch (2 logical CPUs) provides
+# (test_without_tf_keras_and_with_tf_use_legacy_keras there).
