@@ -12,10 +12,6 @@ checks normopt without tf-keras, then normopt.tf_keras (`legacy_keras`).
 Used by test_distribute.py in a subprocess: logical devices must be set up
 before TensorFlow initializes, which an in-process test cannot guarantee;
 one launch runs every job (a TensorFlow start-up costs more than a job).
-NORMOPT_TEST_AUTOGRAPH=1: the custom loop's tf.function converts with
-AutoGraph, as a user's does (test_distribute.py sets it under --runslow; by
-default it does not: converting normopt's Python code costs ~10 s of CPU per
-process, gives the same ops, and is tested in-process).
 """
 
 import json
@@ -186,7 +182,7 @@ def recorded_norms(fused):
                       model.trainable_variables)
         strategy.run(replica, args=(xb, yb))
 
-    step = tf.function(step, autograph=os.environ.get("NORMOPT_TEST_AUTOGRAPH") == "1")
+    step = tf.function(step)
 
     for xb, yb in data:
         step(xb, yb)

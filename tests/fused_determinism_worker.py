@@ -34,14 +34,11 @@ def main(threads, out_path):
     for i, g in enumerate(fused.scale(grads, "std", "clip", 2.0, 1e-7)):
         results[f"scale_{i}"] = g.numpy()
 
-    # Without AutoGraph: converting normopt's Python code costs seconds per
-    # process and has nothing to do with the kernels' bits (the conversion is
-    # tested in-process, test_keras_adapters.py).
     variables = [keras.Variable(w) for w in init]
     opt = normopt.NormalizedOptimizer(
         keras.optimizers.AdamW(0.01, weight_decay=0.01, amsgrad=True),
         normalization="std", fused=True)
-    step = tf.function(lambda gs: opt.apply(gs, variables), autograph=False)
+    step = tf.function(lambda gs: opt.apply(gs, variables))
     for _ in range(2):
         step(grads)
     if opt.last_path.name != "fused":
@@ -55,7 +52,7 @@ def main(threads, out_path):
     variables = [keras.Variable(w) for w in init]
     opt = normopt.ClippedOptimizer(keras.optimizers.Lamb(0.01, weight_decay=0.01),
                                    normalization="l2", clipnorm=1.0, fused=True)
-    step = tf.function(lambda gs: opt.apply(gs, variables), autograph=False)
+    step = tf.function(lambda gs: opt.apply(gs, variables))
     for _ in range(2):
         step(grads)
     if opt.last_path.name != "fused":
@@ -72,7 +69,7 @@ def main(threads, out_path):
                               tf.constant(rows), tf.constant([60000, 40]))
     opt = normopt.NormalizedOptimizer(keras.optimizers.Adam(0.01), normalization="std",
                                       fused=True)
-    step = tf.function(lambda g: opt.apply([g], [table]), autograph=False)
+    step = tf.function(lambda g: opt.apply([g], [table]))
     for _ in range(2):
         step(slices)
     if opt.last_path.name != "fused":

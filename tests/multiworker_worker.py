@@ -44,14 +44,6 @@ STEPS = 6
 NAN_STEP = 3  # worker 1's half of this global batch has a NaN target
 KILL_STEP = 3  # scenario `kill`: worker 1 kills itself (SIGKILL) here
 COLLECTIVE_TIMEOUT_S = float(os.environ.get("NORMOPT_MW_TIMEOUT", "30"))
-# The step's tf.function converts with AutoGraph as a user's does (the
-# README's recipe) when NORMOPT_MW_AUTOGRAPH=1 (test_multiworker.py sets it
-# under --runslow); by default it does not: AutoGraph's conversion of
-# normopt's Python code costs ~10 s of CPU in each process, produces the same
-# ops (normopt has no Python control flow on tensors: model.fit, which does
-# not convert, runs the same code) and is tested in-process
-# (test_keras_adapters.py).
-AUTOGRAPH = os.environ.get("NORMOPT_MW_AUTOGRAPH", "0") == "1"
 
 # name: (optimizer kind, fused, skip_nonfinite)
 SCENARIOS = {
@@ -143,13 +135,12 @@ def custom_loop(strategy, task, name, kind, fused, skip, kill_at=None):
         grads = tape.gradient(loss, model.trainable_variables)
         opt.apply(grads, model.trainable_variables)
 
+    @tf.function
     def step(xb, yb):
         if strategy:
             strategy.run(replica_step, args=(xb, yb))
         else:
             replica_step(xb, yb)
-
-    step = tf.function(step, autograph=AUTOGRAPH)
 
     x, y = data(poison=skip)
     for s in range(STEPS):

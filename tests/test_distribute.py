@@ -16,13 +16,12 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def run_worker(jobs, autograph=False):
+def run_worker(jobs):
     """One process running `jobs` ((replicas, *job)) in turn; a result per
     job (dist_worker.py)."""
     legacy = any(job[1] == "legacy_keras" for job in jobs)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [os.path.dirname(HERE), os.environ.get("PYTHONPATH", "")]),
-        NORMOPT_TEST_AUTOGRAPH="1" if autograph else "0",
         TF_USE_LEGACY_KERAS="1" if legacy else "0")
     out = subprocess.run(
         [sys.executable, os.path.join(HERE, "dist_worker.py"),
@@ -96,8 +95,7 @@ def runs(tmp_path_factory, request):
         jobs[LEGACY_JOB] = LEGACY_JOB[1:]
     keys = list(jobs)
     replicas = [k[0] if isinstance(k, tuple) else 1 for k in keys]
-    results = run_worker([(r, *jobs[k]) for r, k in zip(replicas, keys)],
-                         autograph=every)
+    results = run_worker([(r, *jobs[k]) for r, k in zip(replicas, keys)])
     by_key = dict(zip(keys, results))
     return {"one": {k[1:]: v for k, v in by_key.items() if isinstance(k, tuple) and k[0] == 1},
             "two": {k[1:]: v for k, v in by_key.items() if isinstance(k, tuple) and k[0] == 2},

@@ -73,9 +73,6 @@ def runs(tmp_path_factory, request):
                                     os.environ.get("PYTHONPATH", "")]),
         NORMOPT_MW_TIMEOUT=str(COLLECTIVE_TIMEOUT_S),
         TF_CPP_MIN_LOG_LEVEL="2",
-        # the README's recipe converts the step with AutoGraph: with --runslow
-        # (by default the step runs unconverted: multiworker_worker.AUTOGRAPH)
-        NORMOPT_MW_AUTOGRAPH="1" if every else "0",
     )
     base.pop("TF_CONFIG", None)
     procs = {}
