@@ -43,6 +43,7 @@ rebuilt). Inside the cache:
 
 import contextlib
 import hashlib
+import inspect
 import json
 import os
 import platform
@@ -74,17 +75,31 @@ _PACKAGE = os.path.dirname(_HERE)
 # target environment's site-packages (and so its TensorFlow).
 _ISOLATION_VARS = ("PYTHONPATH", "PYTHONNOUSERSITE", "PYTHONHOME")
 
+
+def _cmake_lines(tf):
+    """The lines CMakeLists.txt's own query of TensorFlow prints (compile
+    flags, link flags, library directory, CUDA build, version, git version,
+    CUDA architectures), handed to CMake as NORMOPT_TF_LINES so that the
+    configure step does not import TensorFlow again."""
+    s = tf.sysconfig
+    return [" ".join(s.get_compile_flags()), " ".join(s.get_link_flags()), s.get_lib(),
+            str(int(tf.test.is_built_with_cuda())), tf.__version__,
+            str(tf.version.GIT_VERSION),
+            " ".join(s.get_build_info().get("cuda_compute_capabilities") or [])]
+
+
 # Prints what CMakeLists.txt asks of TensorFlow, plus the include directory
 # (which installation it is), as one JSON line.
 _TF_QUERY = (
     "import json, os; os.environ['TF_CPP_MIN_LOG_LEVEL'] = '3'\n"
     "import tensorflow as tf\n"
+    + inspect.getsource(_cmake_lines) +
     "flags = tf.sysconfig.get_compile_flags()\n"
     "print(json.dumps(dict(tf_version=tf.__version__,"
     " tf_git_version=str(tf.version.GIT_VERSION),"
     " abi_flags=' '.join(f for f in flags if f.startswith('-D')),"
     " tf_cuda=str(int(tf.test.is_built_with_cuda())),"
-    " include=tf.sysconfig.get_include())))\n"
+    " include=tf.sysconfig.get_include(), cmake_lines=_cmake_lines(tf))))\n"
 )
 
 
@@ -153,6 +168,7 @@ def current_tf():
         "abi_flags": " ".join(f for f in flags if f.startswith("-D")),
         "tf_cuda": str(int(tf.test.is_built_with_cuda())),
         "include": tf.sysconfig.get_include(),
+        "cmake_lines": _cmake_lines(tf),
         "python": sys.executable,
         "env": None,
     }
@@ -665,6 +681,8 @@ def _cmake(tree, out, tf, src, env, *, jobs, on_line, args):
             # the architectures are chosen afresh by every configure
             "-UCMAKE_CUDA_ARCHITECTURES", *args,
         ]
+        if tf.get("cmake_lines"):
+            configure.append("-DNORMOPT_TF_LINES=" + ";".join(tf["cmake_lines"]))
         compile_ = ["cmake", "--build", os.path.join(tree, "build"),
                     "--parallel", str(jobs or default_jobs())]
         for cmd in (configure, compile_):
