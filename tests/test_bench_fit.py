@@ -36,17 +36,44 @@ def _run_cli(argv):
 
 
 @pytest.fixture(scope="module")
-def cli_run(tmp_path_factory):
+def baseline_models():
+    """The models the cli_run fixture's fwd_bwd baselines timed (filled by it)."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory, baseline_models):
     out = tmp_path_factory.mktemp("fit")
     json_path, plot_path = out / "fit.json", out / "fit.png"
-    code, stdout = _run_cli([
-        "bench", "fit", "--quick", "--scale", "tiny", "--models", ",".join(MODELS),
-        "--inners", "adam", "--repeats", str(REPEATS), "--steps-per-sample", "1",
-        "--warmup", "1", "--no-progress", "--json", str(json_path),
-        "--plot", str(plot_path),
-    ])
+    real = fit_bench._fwd_bwd_call
+
+    def spy(model, dataset):
+        baseline_models.append(model)
+        return real(model, dataset)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fit_bench, "_fwd_bwd_call", spy)
+        code, stdout = _run_cli([
+            "bench", "fit", "--quick", "--scale", "tiny", "--models", ",".join(MODELS),
+            "--inners", "adam", "--repeats", str(REPEATS), "--steps-per-sample", "1",
+            "--warmup", "1", "--no-progress", "--json", str(json_path),
+            "--plot", str(plot_path),
+        ])
     with open(json_path) as f:
         return code, stdout, json.load(f), plot_path
+
+
+def test_cli_baselines_ran_on_models_no_optimizer_stepped(cli_run, baseline_models):
+    """The fwd_bwd baseline of each model (the transformer's Embedding
+    included) timed its own copy, which no optimizer ever stepped, though
+    the three variants of the same group trained theirs (see
+    test_baseline_runs_on_a_model_no_optimizer_stepped)."""
+    _, _, data, _ = cli_run
+    assert len(baseline_models) == len(MODELS)
+    for model in baseline_models:
+        assert int(model.optimizer.iterations) == 0
+    for c in data["fit"]["cases"]:
+        assert c["status"] == "ok", c
 
 
 def _check_time(record, repeats=REPEATS):
@@ -165,6 +192,7 @@ def test_fwd_bwd_baseline_computes_every_gradient():
         np.testing.assert_allclose(_dense(g), _dense(w), rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow  # by default: test_cli_baselines_ran_on_models_no_optimizer_stepped
 def test_baseline_runs_on_a_model_no_optimizer_stepped(monkeypatch):
     """The fwd_bwd baseline times its own copy of the model, never stepped:
     after a Keras sparse update (here plain Adagrad's scatters into the
@@ -234,24 +262,32 @@ MULTI_INPUTS = {"tokens": {"shape": [4, 5], "dtype": "int32", "int_bound": 30},
 
 
 @pytest.mark.parametrize("kind", ["list", pytest.param("dict", marks=pytest.mark.slow)])
-def test_model_path_times_a_saved_multi_input_model(kind, tmp_path):
+def test_model_path_times_a_saved_multi_input_model(kind, tmp_path, monkeypatch):
     """`normopt bench fit --model PATH` on a saved model with several inputs,
     as a list (the dict with --runslow: its batch is checked below), integer
     ones feeding Embeddings of different sizes: every call is timed, each int
     input drawing valid indices of the Embedding it feeds; the table names
     the file and the JSON records its path. (A single token-id input is the
-    `tokens` input here.)"""
+    `tokens` input here.) Without Matplotlib (blocked here) the table and
+    JSON are kept and one note replaces the plot (as in
+    tests/test_optional_packages.py, whose own bench fit run is --runslow)."""
+    import sys
+
     model = _multi_input_model(kind)
     path = str(tmp_path / "multi.keras")
     model.save(path)
-    json_path = tmp_path / "out.json"
+    json_path, plot_path = tmp_path / "out.json", tmp_path / "out.png"
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
     code, stdout = _run_cli([
         "bench", "fit", "--model", path, "--inners", "sgd_momentum", "--batch-size", "4",
         "--repeats", "1", "--steps-per-sample", "1", "--warmup", "1", "--no-progress",
-        "--no-plot", "--json", str(json_path),
+        "--json", str(json_path), "--plot", str(plot_path),
     ])
     assert code == 0
-    assert "multi.keras" in stdout
+    assert "multi.keras" in stdout and "normalized fused" in stdout  # the table
+    assert not plot_path.exists()
+    assert ('plot skipped: matplotlib is not installed (pip install "normopt[bench]")'
+            in stdout.splitlines())
     with open(json_path) as f:
         data = json.load(f)
     assert data["settings"]["model_path"] == path

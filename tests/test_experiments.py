@@ -22,17 +22,41 @@ def _run_cli(*argv):
     return main(["experiments", *argv, "--no-progress"])
 
 
-@pytest.fixture(scope="module")
-def quick(tmp_path_factory):
-    """name -> (JSON dict, output folder) of each --quick experiment, run once."""
+# The classifier runs of the default quick fixture: one run per kind of
+# optimizer the suites hold (plain and wrapped, each inner, per-tensor,
+# unit-wise and adaptive clipping), not every learning-rate/norm pairing:
+# each Keras fit costs seconds of tracing, the norms are checked elsewhere,
+# and every spec is built by the tests below. The whole lists train in
+# test_classifier_quick_full_suites (--runslow).
+MLP_QUICK = ["Adam lr=0.001", "Normalized Adam (l2) lr=0.001",
+             "Normalized Adam (l2, unit) lr=0.001", "AGC Adam (clip 0.01) lr=0.001"]
+CNN_QUICK = ["SGD-nesterov lr=0.01", "Normalized Adam (l2) lr=0.001"]
+
+
+def _specs(specs, labels):
+    by_label = {s.label: s for s in specs}
+    return [by_label[label] for label in labels]
+
+
+def _run_quick(tmp_path_factory, names):
     results = {}
-    for name in suite.NAMES:
+    for name in names:
         out = tmp_path_factory.mktemp(name.replace("-", "_"))
         assert _run_cli(name, "--quick", "--out", str(out)) == 0
         stem = name.replace("-", "_")
         assert_png(out / f"{stem}.png")
         results[name] = (strict_json(out / f"{stem}.json"), out)
     return results
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    """name -> (JSON dict, output folder) of each --quick experiment, run once
+    (mlp and cnn on the MLP_QUICK / CNN_QUICK runs of their suites)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(suite, "MLP_SPECS", _specs(suite.MLP_SPECS, MLP_QUICK))
+        mp.setattr(suite, "CNN_SPECS", _specs(suite.CNN_SPECS, CNN_QUICK))
+        return _run_quick(tmp_path_factory, suite.NAMES)
 
 
 def _numpy_problem(dim, seed):
@@ -123,14 +147,13 @@ def test_convex_plain_sgd_divergence_is_reported(quick):
     assert last is None or last - l_star > 10 * (run["curves"]["loss"][0] - l_star)
 
 
-def test_convex_runs_are_repeatable(tmp_path):
-    for folder in ("a", "b"):
-        assert _run_cli("convex", "--quick", "--iterations", "10", "--out",
-                        str(tmp_path / folder)) == 0
-    first = strict_json(tmp_path / "a" / "convex.json")
-    second = strict_json(tmp_path / "b" / "convex.json")
+def test_convex_runs_are_repeatable(quick, tmp_path):
+    """The same command again (the fixture's run is the first) gives the same curves."""
+    first, _ = quick["convex"]
+    assert _run_cli("convex", "--quick", "--out", str(tmp_path)) == 0
+    second = strict_json(tmp_path / "convex.json")
     for r1, r2 in zip(first["runs"], second["runs"], strict=True):
-        assert len(r1["curves"]["loss"]) == 11
+        assert r1["optimizer"] == r2["optimizer"]
         assert r1["curves"] == r2["curves"]
 
 
@@ -165,14 +188,27 @@ def _mlp_parameter_count(inputs, depth, width, classes):
     return dense + batch_norm + width * classes + classes
 
 
-@pytest.mark.parametrize("name,specs", [("mlp", suite.MLP_SPECS), ("cnn", suite.CNN_SPECS)])
-def test_classifier_quick(quick, name, specs):
-    result, _ = quick[name]
+@pytest.mark.parametrize("name,labels", [("mlp", MLP_QUICK), ("cnn", CNN_QUICK)])
+def test_classifier_quick(quick, name, labels):
+    _check_classifier(quick[name][0], name, labels)
+
+
+@pytest.mark.slow
+def test_classifier_quick_full_suites(tmp_path_factory):
+    """`--quick` mlp and cnn as shipped: every run of both suites."""
+    full = _run_quick(tmp_path_factory, ("mlp", "cnn"))
+    _check_classifier(full["mlp"][0], "mlp", MLP_LABELS)
+    _check_classifier(full["cnn"][0], "cnn", [s.label for s in suite.CNN_SPECS])
+    _check_unit_wise_and_agc(full["mlp"][0], MLP_LABELS)
+    _check_probe(*full["mlp"])
+
+
+def _check_classifier(result, name, labels):
     cfg = suite.SETTINGS[name]["quick"]
     assert result["dataset"]["name"] == "digits"
     assert result["dataset"]["train_examples"] == cfg["train_examples"]
     assert result["dataset"]["image_shape"] == [8, 8, 1]
-    assert [r["optimizer"]["label"] for r in result["runs"]] == [s.label for s in specs]
+    assert [r["optimizer"]["label"] for r in result["runs"]] == labels
     for run in result["runs"]:
         for key in ("train_loss", "test_loss", "train_accuracy", "test_accuracy"):
             curve = run["curves"][key]
@@ -250,8 +286,11 @@ def test_path_fused_forces_every_wrapped_run():
 
 
 def test_mlp_quick_unit_wise_and_agc_runs(quick):
-    result, _ = quick["mlp"]
-    assert [r["optimizer"]["label"] for r in result["runs"]] == MLP_LABELS
+    _check_unit_wise_and_agc(quick["mlp"][0], MLP_QUICK)
+
+
+def _check_unit_wise_and_agc(result, labels):
+    assert [r["optimizer"]["label"] for r in result["runs"]] == labels
     unit = _run(result, "Normalized Adam (l2, unit) lr=0.001")
     agc = _run(result, "AGC Adam (clip 0.01) lr=0.001")
     assert unit["optimizer"] == {
@@ -275,12 +314,15 @@ def test_mlp_quick_unit_wise_and_agc_runs(quick):
 def test_mlp_layer_gradient_norms_and_heatmap(quick):
     """Per-layer probe norms: before training they equal NumPy norms of a
     GradientTape gradient of the same seeded model on the same probe batch."""
+    _check_probe(*quick["mlp"])
+
+
+def _check_probe(result, out):
     import keras
     import tensorflow as tf
 
     from normopt.experiments import models
 
-    result, out = quick["mlp"]
     assert_png(out / "mlp_grad_norms.png")
     cfg = suite.SETTINGS["mlp"]["quick"]
     dataset = data.load_dataset("digits", 0).subset(cfg["train_examples"], cfg["test_examples"])
@@ -376,12 +418,17 @@ def test_dataset_that_does_not_fit_the_experiment(capsys, tmp_path, argv):
 
 
 def test_path_tf_forces_pure_tensorflow(tmp_path):
-    assert _run_cli("convex", "--quick", "--path", "tf", "--out", str(tmp_path)) == 0
+    # --iterations replaces the quick preset's count (400 here, not 300)
+    assert _run_cli("convex", "--quick", "--path", "tf", "--iterations", "400",
+                    "--out", str(tmp_path)) == 0
     result = strict_json(tmp_path / "convex.json")
     cfg = suite.SETTINGS["convex"]["quick"]
+    assert cfg["iterations"] != 400 and result["settings"]["iterations"] == 400
     _, _, l_star = _numpy_problem(cfg["dim"], result["seed"])
+    assert len(result["runs"]) == len(suite.CONVEX_SPECS)
     for run in result["runs"]:
         wrapped = run["optimizer"]["normalization"] is not None
         assert run["path"] == (paths.TF if wrapped else "keras")
+        assert len(run["curves"]["loss"]) == 401
     loss = _run(result, "Normalized SGD-nesterov (l2) lr=0.1")["curves"]["loss"]
     assert loss[-1] - l_star < 1e-2 * (loss[0] - l_star)

@@ -18,7 +18,10 @@ from normopt.cli import main
 from normopt.experiments import lm, lm_data, lm_report
 from normopt.ops import paths
 
-QUICK_SEEDS = 2
+# The quick fixture trains every arm on one seed (each run costs seconds of
+# tracing); two seeds, their runs and the mean/spread over them, are checked
+# on AdamW alone in test_lm_without_matplotlib_keeps_table_and_json.
+QUICK_SEEDS = 1
 
 
 def _run_cli(*argv):
@@ -235,18 +238,23 @@ def _initial_val_loss_numpy(result, seed):
 
 def test_quick_run_outputs_every_available_arm(quick):
     result, out = quick
-    cfg = lm.SETTINGS["quick"]
     assert result["experiment"] == "lm" and result["seeds"] == list(range(QUICK_SEEDS))
     assert [a["key"] for a in result["arms"]] == [a.key for a in lm.ARMS]
     assert (out / result["corpus"]["cache_file"].rsplit("/", 1)[1]).exists()
+    ran = [a for a in result["arms"] if a["status"] == "ran"]
+    assert {a["key"] for a in ran} >= {"adamw", "normalized_l2", "muon"}
+    _check_arm_runs(result, ran, QUICK_SEEDS)
+    assert "(mean ± half range, 1 seed)" in lm_report.table_rows(result)[0][2]
+
+
+def _check_arm_runs(result, ran, seeds):
+    cfg = lm.SETTINGS["quick"]
     want_path = {"adamw": "keras", "muon": "keras", "normalized_l2": paths.FUSED,
                  "normalized_map": paths.FUSED}
     initial = {s: _initial_val_loss_numpy(result, s) for s in result["seeds"]}
-    ran = [a for a in result["arms"] if a["status"] == "ran"]
-    assert {a["key"] for a in ran} >= {"adamw", "normalized_l2", "muon"}
     for arm in ran:
         assert arm["learning_rate"] == lm.LEARNING_RATES[arm["key"]]
-        assert len(arm["runs"]) == QUICK_SEEDS
+        assert [r["seed"] for r in arm["runs"]] == list(range(seeds))
         for run in arm["runs"]:
             assert run["path"] == want_path[arm["key"]]  # the wrapper's last_path
             curves = run["curves"]
@@ -281,12 +289,14 @@ def test_quick_run_reports_the_map_arm_as_the_installed_code_allows(quick):
 
 def test_quick_sweep_picks_the_lowest_validation_loss(tmp_path, monkeypatch):
     """AdamW at two rates (the other arms left out to keep the test short) and
-    the unavailable map arm: the chosen rate is NumPy's argmin, the map arm listed."""
+    the map arm (at one rate, or unavailable where the installed code cannot
+    build it): the chosen rate is NumPy's argmin, the map arm listed."""
     import dataclasses
 
     arms = {a.key: a for a in lm.ARMS}
     monkeypatch.setattr(lm, "ARMS", (dataclasses.replace(arms["adamw"], grid=(1e-3, 3e-2)),
-                                     arms["normalized_map"]))
+                                     dataclasses.replace(arms["normalized_map"],
+                                                         grid=(4e-3,))))
     assert _run_cli("--quick", "--sweep", "--out", str(tmp_path)) == 0
     assert_png(tmp_path / "lm_sweep.png")
     result = strict_json(tmp_path / "lm_sweep.json")
@@ -299,6 +309,10 @@ def test_quick_sweep_picks_the_lowest_validation_loss(tmp_path, monkeypatch):
     assert all(r["path"] == "keras" for r in adamw["runs"])
     assert all(len(r["curves"]["train_loss"]) == result["sweep_steps"] for r in adamw["runs"])
     assert mapped["status"] == ("unavailable" if _map_missing_here() else "ran")
+    if mapped["status"] == "ran":
+        assert [r["learning_rate"] for r in mapped["runs"]] == [4e-3]
+        assert mapped["best_learning_rate"] == 4e-3
+        assert all(r["path"] == paths.FUSED for r in mapped["runs"])
     rows = lm_report.table_rows(result)[1]
     assert [r[3] for r in rows[:2]] == ["chosen" if lr == adamw["best_learning_rate"] else ""
                                          for lr in lrs]
@@ -312,20 +326,29 @@ def test_lm_options_do_not_apply_elsewhere(capsys, tmp_path, argv):
 
 
 def test_lm_without_matplotlib_keeps_table_and_json(monkeypatch, capsys, tmp_path):
-    """As the other experiments: no plot, a one-line note, the table and JSON kept."""
+    """As the other experiments: no plot, a one-line note, the table and JSON
+    kept. AdamW alone (the other arms left out to keep the test short) on two
+    seeds: each seed's runs as in the quick fixture, their mean and half range."""
     import sys
 
     from normopt.experiments import cli as experiments_cli
 
     arms = {a.key: a for a in lm.ARMS}
-    monkeypatch.setattr(lm, "ARMS", (arms["adamw"], arms["normalized_map"]))
+    monkeypatch.setattr(lm, "ARMS", (arms["adamw"],))
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    assert _run_cli("--quick", "--seeds", "1", "--out", str(tmp_path)) == 0
+    assert _run_cli("--quick", "--seeds", "2", "--out", str(tmp_path)) == 0
     out = capsys.readouterr().out
     written = sorted(p.name for p in tmp_path.iterdir())
     assert written[0] == "lm.json" and len(written) == 2
     assert written[1].startswith("lm_corpus_") and written[1].endswith(".npz")
-    assert "final val loss (mean ± half range, 1 seed)" in out
+    assert "final val loss (mean ± half range, 2 seeds)" in out
+    result = strict_json(tmp_path / "lm.json")
+    assert result["seeds"] == [0, 1]
+    (arm,) = result["arms"]
+    assert arm["key"] == "adamw" and arm["status"] == "ran"
+    _check_arm_runs(result, [arm], 2)
+    vals = [r["final"]["val_loss"] for r in arm["runs"]]
+    assert vals[0] != vals[1]  # two seeds, two different runs
     assert ('plot skipped: matplotlib is not installed (pip install '
             '"normopt[experiments]")' in out.splitlines())
     # lm needs no scikit-learn (its corpus is the standard library)

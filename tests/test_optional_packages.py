@@ -95,6 +95,9 @@ def _main(argv):
     return code, out.getvalue()
 
 
+# By default the same check runs inside tests/test_bench_fit.py's
+# test_model_path_times_a_saved_multi_input_model (one bench fit run for both).
+@pytest.mark.slow
 def test_bench_fit_without_matplotlib_keeps_table_and_json(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     json_path, plot_path = tmp_path / "fit.json", tmp_path / "fit.png"
