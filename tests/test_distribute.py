@@ -57,7 +57,7 @@ SLOW_CASES = {("clipped_nesterov", "false"), ("embedding_adam", "false"),
 
 
 # The recorded gradient norms of a custom-loop step (dist_worker.recorded_norms),
-# on 2 replicas; its tf.function converts with AutoGraph under --runslow only.
+# on 2 replicas.
 NORMS_JOB = (2, "recorded_norms", "null", "", "", "")
 
 

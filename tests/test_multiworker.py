@@ -2,9 +2,8 @@
 
 One launch of the cluster (2 workers, RING collectives over gRPC on
 127.0.0.1 ports picked free now) runs the scenarios of multiworker_worker.py
-in turn (all of them with --runslow, and then with AutoGraph converting the
-step as a user's tf.function does), next to a third process that trains the
-same scenarios without a strategy on the same global batches. The last scenario
+in turn (all of them with --runslow), next to a third process that trains
+the same scenarios without a strategy on the same global batches. The last scenario
 kills worker 1 (SIGKILL) mid-training: worker 0 must fail with a clear error
 within the collective timeout, not hang.
 """
