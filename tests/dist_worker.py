@@ -174,6 +174,7 @@ def recorded_norms(fused):
     data = strategy.experimental_distribute_dataset(
         tf.data.Dataset.from_tensor_slices((x, y)).batch(16))
 
+    @tf.function
     def step(xb, yb):
         def replica(xr, yr):
             with tf.GradientTape() as tape:
@@ -181,8 +182,6 @@ def recorded_norms(fused):
             opt.apply(tape.gradient(loss, model.trainable_variables),
                       model.trainable_variables)
         strategy.run(replica, args=(xb, yb))
-
-    step = tf.function(step)
 
     for xb, yb in data:
         step(xb, yb)
