@@ -159,27 +159,32 @@ def pytest_addoption(parser):
     )
 
 
-# The files that take longest (seconds of one worker, 2-core machine,
-# 2026-12-03), longest first. Under pytest-xdist's --dist loadfile a worker
-# takes the next file when it finishes one; handing out the long ones first
-# keeps a long file from starting last and running alone at the end.
-# test_kernels_numba.py goes first: it compiles the Numba CPU kernels for
-# every dtype into Numba's on-disk cache (normopt/kernels/__pycache__), which
-# the processes started later load instead of compiling again (the
-# simulator suite's child alone spent ~35 s compiling them).
+# The files that take longest (seconds of one worker in a clean CI run on a
+# 2-core machine, 2026-12-07), longest first. Under pytest-xdist's --dist
+# loadfile a worker takes the next file when it finishes one; handing out the
+# long ones first keeps a long file from starting last and running alone at
+# the end. test_kernels_numba.py goes first: it compiles the Numba CPU
+# kernels for every dtype into Numba's on-disk cache
+# (normopt/kernels/__pycache__), which the processes started later load
+# instead of compiling again (the simulator suite's child alone spent ~35 s
+# compiling them).
 LONGEST_FIRST = (
-    "test_kernels_numba.py",     # 60 (Numba compiles)
-    "test_cuda_compile.py",      # 75 s
-    "test_overflow.py",          # 71
-    "test_keras_integration.py",  # 66
-    "test_packaging.py",         # 65
-    "test_save_load.py",         # 60
-    "test_distribute.py",        # 59
-    "test_kernels_cudasim.py",   # 55
-    "test_experiments.py",       # 51
-    "test_bench_fit.py",         # 46
-    "test_fused_switch.py",      # 41
-    "test_multiworker.py",       # 31
+    "test_kernels_numba.py",     # 50 (Numba compiles)
+    "test_cuda_compile.py",      # 114
+    "test_kernels_cudasim.py",   # 70
+    "test_distribute.py",        # 65
+    "test_keras_integration.py",  # 57
+    "test_packaging.py",         # 56
+    "test_save_load.py",         # 55
+    "test_kernels_cupy.py",      # 47
+    "test_experiments.py",       # 45
+    "test_overflow.py",          # 41
+    "test_lm_experiment.py",     # 40
+    "test_bench_fit.py",         # 39
+    "test_multiworker.py",       # 37
+    "test_faults.py",            # 34
+    "test_fused_switch.py",      # 34
+    "test_fused_determinism.py",  # 26
 )
 
 

@@ -17,6 +17,7 @@
 
 import copy
 import os
+import sys
 
 import numpy as np
 import pytest

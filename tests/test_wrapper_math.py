@@ -4,7 +4,10 @@ Every built-in norm and a custom one, through NormalizedOptimizer and
 ClippedOptimizer, over SGD (plain, momentum, nesterov), Adam, amsgrad and
 AdamW, several steps, shapes including 0-D, odd and empty. Each case runs on
 the keras.ops path (on every backend) and on the fused path (TensorFlow);
-the test asserts which path ran.
+the test asserts which path ran. Norm and inner optimizer are independent
+parts of a step (the fused op too: a norm kernel, then a rule's update), so
+by default every norm and every inner optimizer runs once per wrapper and
+path (conftest.covering); their whole product with --runslow.
 """
 
 import numpy as np
@@ -15,6 +18,7 @@ import normopt
 import reference as R
 from helpers import INNER_KINDS, SHAPES, TOL, keras_inner, make_grads, reference_inner
 from keras import ops
+from conftest import covering
 from neutral import FLOAT64, PURE, TENSORFLOW, cases, f64, neutral, param, tensor
 
 NORMS = list(R.NORM_NAMES) + ["linf"]
@@ -72,13 +76,13 @@ def run_case(wrapper_cls, norm, inner_kind, path, dtype="float32", shapes=SHAPES
 
 
 @pytest.mark.parametrize("path", PATH_PARAMS)
-@pytest.mark.parametrize("norm,inner_kind", cases(NORMS, INNER_KINDS))
+@pytest.mark.parametrize("norm,inner_kind", covering(NORMS, INNER_KINDS))
 def test_normalized(norm, inner_kind, path):
     run_case(normopt.NormalizedOptimizer, norm, inner_kind, path)
 
 
 @pytest.mark.parametrize("path", PATH_PARAMS)
-@pytest.mark.parametrize("norm,inner_kind", cases(NORMS, INNER_KINDS))
+@pytest.mark.parametrize("norm,inner_kind", covering(NORMS, INNER_KINDS))
 def test_clipped(norm, inner_kind, path):
     run_case(normopt.ClippedOptimizer, norm, inner_kind, path,
              clipnorm=CLIPNORM)
