@@ -25,7 +25,6 @@ SGD and Adagrad there, and an inner optimizer without a fused rule, keep
 the pure-TF path, which keeps it sparse.
 """
 
-import collections
 
 import keras
 import tensorflow as tf
@@ -431,13 +430,6 @@ def run_inner_step(inner, plan, grads, variables, replicas, vectors=None):
     return measured
 
 
-def _by_dtype(indices, grads):
-    groups = collections.OrderedDict()
-    for i in indices:
-        groups.setdefault(grads[i].dtype, []).append(i)
-    return groups.values()
-
-
 def _norm_args(names, grads):
     """(kind, norms, kinds) for the raw ops from each gradient's norm name:
     one built-in for all (kinds None), a built-in each (`kinds`, one op
@@ -485,7 +477,7 @@ def run_fused_scale(plan, grads, variables, keep=None):
     settings = plan.settings
     shared = _shared_norm(plan, grads)
     scaled, parts = {}, []
-    for group in _by_dtype(range(len(grads)), grads):
+    for group in scale_math.group_indices(g.dtype for g in grads).values():
         gs = [grads[i] for i in group]
         kind, norms, granularity, kinds = _call_norm_args(
             plan, [keep[i] for i in group], gs, shared)
@@ -560,7 +552,7 @@ def _update_variables(inner, plan, grads, variables, on_device=None, vectors=Non
     excluded = set(plan.indices(step_plan.EXCLUDED))
     shared = _shared_norm(plan, grads, excluded)
     parts = []
-    for group in _by_dtype(range(len(grads)), grads):
+    for group in scale_math.group_indices(g.dtype for g in grads).values():
         gs = [grads[i] for i in group]
         vs = [variables[i] for i in group]
         kind, norms, granularity, kinds = _call_norm_args(plan, group, gs, shared)
