@@ -12,8 +12,8 @@
                     kind and granularity, exclusions, against NumPy; the
                     recorded norms are an optimizer variable it returns; a
                     non-finite step is counted and changes nothing else
-    DataParallel    JAX, two CPU devices (a fresh process): the norm is that
-                    of the all-reduced gradient, as on one device
+    DataParallel    JAX, two CPU devices (the same fresh process): the norm
+                    is that of the all-reduced gradient, as on one device
     custom norms    one in keras.ops runs; one in tf.* is a TypeError
                     naming it and keras.ops
     monitor         GradientNormMonitor logs the global norm during fit
@@ -22,6 +22,7 @@ Run: KERAS_BACKEND=jax python -m pytest tests/test_backends.py (or torch;
 skipped on TensorFlow, where the rest of the suite covers the same wrappers).
 """
 
+import functools
 import os
 import sys
 
@@ -139,19 +140,41 @@ def _index(optimizer, name):
 # ---------------------------------------------------------- no TensorFlow
 
 
-def test_import_and_a_step_leave_tensorflow_unimported():
-    result, _ = _run_python(
-        "import json, sys\n"
-        "import keras, numpy as np\n"
-        "import normopt\n"
-        "from normopt import callbacks, NormalizedOptimizer\n"
-        "w = keras.Variable(np.ones((3, 2), 'float32'))\n"
-        "opt = NormalizedOptimizer(keras.optimizers.Adam(), granularity='unit')\n"
-        "opt.apply([np.full((3, 2), 2.0, 'float32')], [w])\n"
-        "print(json.dumps({'tf': sorted(m for m in sys.modules\n"
-        "                               if m.split('.')[0] == 'tensorflow'),\n"
-        "                  'path': opt.last_path.name}))\n")
-    assert result == {"tf": [], "path": "keras"}
+# One fresh Python serves both checks that need one (a process costs ~10 s
+# of imports): first `import normopt` and a step, whose TensorFlow modules it
+# records before anything else runs; then, on JAX, the DataParallel runs on
+# two host devices (DATA_PARALLEL below).
+NO_TENSORFLOW = r"""
+import json, sys
+import keras, numpy as np
+import normopt
+from normopt import callbacks, NormalizedOptimizer
+w = keras.Variable(np.ones((3, 2), 'float32'))
+opt = NormalizedOptimizer(keras.optimizers.Adam(), granularity='unit')
+opt.apply([np.full((3, 2), 2.0, 'float32')], [w])
+fresh = {'tf': sorted(m for m in sys.modules if m.split('.')[0] == 'tensorflow'),
+         'path': opt.last_path.name}
+result = {}
+"""
+
+
+@pytest.fixture(scope="module")
+def fresh_process():
+    """The JSON a fresh Python on this backend printed: "fresh" (the no
+    TensorFlow check), on JAX also DATA_PARALLEL's one, two and half."""
+    script = NO_TENSORFLOW
+    extra_env = None
+    if BACKEND == "jax":
+        script += DATA_PARALLEL
+        extra_env = {"XLA_FLAGS": (os.environ.get("XLA_FLAGS", "")
+                                   + " --xla_force_host_platform_device_count=2").strip()}
+    result, _ = _run_python(script + "print(json.dumps(dict(result, fresh=fresh)))\n",
+                            extra_env)
+    return result
+
+
+def test_import_and_a_step_leave_tensorflow_unimported(fresh_process):
+    assert fresh_process["fresh"] == {"tf": [], "path": "keras"}
 
 
 # ------------------------------------------------------------------ paths
@@ -245,12 +268,21 @@ def _reference_fit(model, x, y, batch, scale):
     return weights
 
 
+@functools.cache
+def _normalized_adam_reference():
+    """_reference_fit of a fresh _model() on _data() under NormalizedOptimizer
+    (l2, per tensor): the reference both modes below compare with (the
+    backend's eager autodiff step by step, computed once)."""
+    x, y = _data()
+    return _reference_fit(_model(), x, y, 16,
+                          lambda gs, ws: _scaled(gs, ws, "normalize", "l2", "tensor"))
+
+
 @pytest.mark.parametrize("mode", [pytest.param("compiled", marks=jax_only), "eager"])
 def test_model_fit_matches_plain_adam_on_normalized_gradients(mode):
     x, y = _data()
+    expected = _normalized_adam_reference()
     model = _model()
-    expected = _reference_fit(model, x, y, 16, lambda gs, ws: _scaled(gs, ws, "normalize", "l2",
-                                                                      "tensor"))
     opt = NormalizedOptimizer(helpers.keras_inner("adam", LR))
     model.compile(optimizer=opt, loss="mse", run_eagerly=mode == "eager")
     model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
@@ -413,7 +445,7 @@ def test_gradient_norms_after_fit_and_unsaved():
 
 
 DATA_PARALLEL = r"""
-import json, jax, keras, numpy as np
+import jax
 from normopt import ClippedOptimizer
 
 assert len(jax.devices()) == 2, jax.devices()
@@ -456,14 +488,13 @@ def loss(ws):
     return jax.numpy.mean(jax.numpy.square(pred - y[:8]))
 half = [float(np.sqrt(np.sum(np.square(g))))
         for g in jax.grad(loss)([v.value for v in model.trainable_variables])]
-print(json.dumps(dict(one=one, two=two, half=half)))
+result = dict(one=one, two=two, half=half)
 """
 
 
 @jax_only
-def test_data_parallel_norm_is_that_of_the_global_batch():
-    result, _ = _run_python(
-        DATA_PARALLEL, {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+def test_data_parallel_norm_is_that_of_the_global_batch(fresh_process):
+    result = fresh_process
     one, two = result["one"], result["two"]
     assert (one["devices"], two["devices"]) == (1, 2)
     np.testing.assert_allclose(two["norms"], one["norms"], rtol=1e-5)

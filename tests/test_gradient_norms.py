@@ -224,17 +224,29 @@ def test_monitor_every_n_batches():
     assert [b is not None for b in seen.batches] == [i % 3 == 0 for i in range(8)]
 
 
+@pytest.fixture(scope="module")
+def model_of_four_steps_per_execution():
+    """A model compiled with steps_per_execution=4 (and its wrapper, data),
+    shared by the `every` cases below: its training function is compiled
+    once, each case fits it on with its own callbacks (the monitor logs by
+    the batch index within the epoch; each value is checked against the
+    norms recorded at that call)."""
+    model, x, y = model_and_data()
+    wrapper = normopt.NormalizedOptimizer(keras.optimizers.SGD(0.01))
+    model.compile(optimizer=wrapper, loss="mse", steps_per_execution=4)
+    return model, wrapper, x, y
+
+
 # Keras's PyTorch trainer takes steps_per_execution=1 only
 @(neutral if BACKEND != "torch" else (lambda test: test))
 @pytest.mark.parametrize("every,logged", [(1, [3, 7, 11, 15]), (4, [3, 7, 11, 15]),
                                           (6, [3, 7, 15]), (8, [3, 11])])
-def test_monitor_every_n_batches_with_steps_per_execution(every, logged):
+def test_monitor_every_n_batches_with_steps_per_execution(every, logged,
+                                                          model_of_four_steps_per_execution):
     """Keras calls the callback after batches 3, 7, 11, 15 of each epoch
     (steps_per_execution=4, 16 batches): a call logs when the batches it
     covers hold a multiple of `every`."""
-    model, x, y = model_and_data()
-    wrapper = normopt.NormalizedOptimizer(keras.optimizers.SGD(0.01))
-    model.compile(optimizer=wrapper, loss="mse", steps_per_execution=4)
+    model, wrapper, x, y = model_of_four_steps_per_execution
     seen = _Seen(wrapper)
     history = model.fit(x, y, batch_size=2, epochs=2, verbose=0,
                         callbacks=[GradientNormMonitor(every=every), seen])
