@@ -326,8 +326,9 @@ def _check_unit_wise_and_agc(result, labels):
     # the compiled op does unit-wise norms and adaptive clipping
     assert unit["path"] == paths.FUSED and agc["path"] == paths.FUSED
     assert _run(result, "Adam lr=0.001")["optimizer"]["wrapper"] is None
-    if "Normalized Adam (l2) lr=0.001" in labels:  # the full suite (by default: the cnn's)
-        assert _run(result, "Normalized Adam (l2) lr=0.001")["optimizer"]["granularity"] == "tensor"
+    per_tensor = "Normalized Adam (l2) lr=0.001"
+    if per_tensor in labels:  # the full suite (by default the cnn's run is checked)
+        assert _run(result, per_tensor)["optimizer"]["granularity"] == "tensor"
     epochs = suite.SETTINGS["mlp"]["quick"]["epochs"]
     for run in (unit, agc):
         assert run["final"]["best_test_accuracy"] == max(run["curves"]["test_accuracy"])
