@@ -20,7 +20,11 @@ from normopt.bench import fit_bench, fit_models
 from normopt.cli import main
 from normopt.ops import library_status
 
-MODELS = ["wide_mlp", "transformer"]
+# A dense model and one with an Embedding (integer inputs, a sparse gradient):
+# each traces its four calls, the transformer's normalized_tf step alone
+# several seconds, so the transformer's group runs with --runslow
+# (test_transformer_group_times_every_call).
+MODELS = ["wide_mlp", "embedding"]
 CALLS = ["fwd_bwd", "plain", "normalized_tf", "normalized_fused"]
 REPEATS = 2
 op_library = pytest.mark.skipif(
@@ -64,7 +68,7 @@ def cli_run(tmp_path_factory, baseline_models):
 
 
 def test_cli_baselines_ran_on_models_no_optimizer_stepped(cli_run, baseline_models):
-    """The fwd_bwd baseline of each model (the transformer's Embedding
+    """The fwd_bwd baseline of each model (the embedding model's Embedding
     included) timed its own copy, which no optimizer ever stepped, though
     the three variants of the same group trained theirs (see
     test_baseline_runs_on_a_model_no_optimizer_stepped)."""
@@ -119,8 +123,25 @@ def test_json_holds_every_model_and_call_with_its_path(cli_run):
             assert fused["path_reason"]
         assert fused["fused_vs_tf"] > 0 and fused["fused_vs_plain"] > 0
         assert "optimizer_share" in fused
-    # The transformer's token ids are integers below the Embedding's vocabulary.
-    (spec,) = by[("transformer", "plain")]["inputs"]
+    # The embedding model's token ids are integers below the Embedding's vocabulary.
+    (spec,) = by[("embedding", "plain")]["inputs"]
+    assert spec["dtype"] == "int32" and spec["int_bound"] == 50
+
+
+@pytest.mark.slow  # by default the cli_run fixture times wide_mlp and embedding
+def test_transformer_group_times_every_call():
+    """The tiny transformer (attention, LayerNorm, an Embedding fed token ids
+    below its vocabulary): every call timed, each with its path."""
+    cases = fit_bench.run(["transformer"], ["adam"], scale="tiny", repeats=1,
+                          steps_per_sample=1, warmup=1)["cases"]
+    assert [c["variant"] for c in cases] == CALLS
+    for c in cases:
+        _check_time(c, repeats=1)
+    by = {c["variant"]: c for c in cases}
+    assert by["fwd_bwd"]["path_ran"] == "none" and by["plain"]["path_ran"] == "plain"
+    assert by["normalized_tf"]["path_ran"] == "tf"
+    assert by["normalized_fused"]["path_ran"] in ("fused", "tf")
+    (spec,) = by["plain"]["inputs"]
     assert spec["dtype"] == "int32" and spec["int_bound"] == 50
 
 

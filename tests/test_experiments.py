@@ -27,9 +27,10 @@ def _run_cli(*argv):
 # unit-wise and adaptive clipping), not every learning-rate/norm pairing:
 # each Keras fit costs seconds of tracing, the norms are checked elsewhere,
 # and every spec is built by the tests below. The whole lists train in
-# test_classifier_quick_full_suites (--runslow).
-MLP_QUICK = ["Adam lr=0.001", "Normalized Adam (l2) lr=0.001",
-             "Normalized Adam (l2, unit) lr=0.001", "AGC Adam (clip 0.01) lr=0.001"]
+# test_classifier_quick_full_suites (--runslow). The per-tensor Normalized
+# Adam run is the cnn's (the mlp's own is in the full suite).
+MLP_QUICK = ["Adam lr=0.001", "Normalized Adam (l2, unit) lr=0.001",
+             "AGC Adam (clip 0.01) lr=0.001"]
 CNN_QUICK = ["SGD-nesterov lr=0.01", "Normalized Adam (l2) lr=0.001"]
 
 
@@ -147,7 +148,25 @@ def test_convex_plain_sgd_divergence_is_reported(quick):
     assert last is None or last - l_star > 10 * (run["curves"]["loss"][0] - l_star)
 
 
-def test_convex_runs_are_repeatable(quick, tmp_path):
+def test_convex_runs_are_repeatable(quick, tmp_path, monkeypatch):
+    """The same command again (the fixture's run is the first) gives the same
+    curves: here on two of its runs, a plain and a wrapped one, run alone
+    (so neither depends on the runs before it either); all eight with
+    --runslow (test_convex_all_runs_are_repeatable)."""
+    first, _ = quick["convex"]
+    specs = [suite.CONVEX_SPECS[5], suite.CONVEX_SPECS[1]]
+    monkeypatch.setattr(suite, "CONVEX_SPECS", specs)
+    assert _run_cli("convex", "--quick", "--out", str(tmp_path)) == 0
+    second = strict_json(tmp_path / "convex.json")
+    assert [r["optimizer"]["label"] for r in second["runs"]] == [s.label for s in specs]
+    for r2 in second["runs"]:
+        r1 = _run(first, r2["optimizer"]["label"])
+        assert r1["optimizer"] == r2["optimizer"]
+        assert r1["curves"] == r2["curves"]
+
+
+@pytest.mark.slow  # by default two of the runs: test_convex_runs_are_repeatable
+def test_convex_all_runs_are_repeatable(quick, tmp_path):
     """The same command again (the fixture's run is the first) gives the same curves."""
     first, _ = quick["convex"]
     assert _run_cli("convex", "--quick", "--out", str(tmp_path)) == 0
@@ -287,6 +306,9 @@ def test_path_fused_forces_every_wrapped_run():
 
 def test_mlp_quick_unit_wise_and_agc_runs(quick):
     _check_unit_wise_and_agc(quick["mlp"][0], MLP_QUICK)
+    # the per-tensor run beside them (the mlp's own in the full suite)
+    per_tensor = _run(quick["cnn"][0], "Normalized Adam (l2) lr=0.001")
+    assert per_tensor["optimizer"]["granularity"] == "tensor"
 
 
 def _check_unit_wise_and_agc(result, labels):
@@ -304,7 +326,9 @@ def _check_unit_wise_and_agc(result, labels):
     # the compiled op does unit-wise norms and adaptive clipping
     assert unit["path"] == paths.FUSED and agc["path"] == paths.FUSED
     assert _run(result, "Adam lr=0.001")["optimizer"]["wrapper"] is None
-    assert _run(result, "Normalized Adam (l2) lr=0.001")["optimizer"]["granularity"] == "tensor"
+    per_tensor = "Normalized Adam (l2) lr=0.001"
+    if per_tensor in labels:  # the full suite (by default the cnn's run is checked)
+        assert _run(result, per_tensor)["optimizer"]["granularity"] == "tensor"
     epochs = suite.SETTINGS["mlp"]["quick"]["epochs"]
     for run in (unit, agc):
         assert run["final"]["best_test_accuracy"] == max(run["curves"]["test_accuracy"])
