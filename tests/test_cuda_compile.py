@@ -233,7 +233,7 @@ def emulation_sources_hash():
     return digest.hexdigest()
 
 
-def build_emulation(tmp_path_factory, block_threads):
+def build_emulation(tmp_path_factory, block_threads, opt=None):
     """The host emulation of csrc/cuda with `block_threads` per block.
 
     Built once per test run and configuration (g++ takes seconds), by whichever
@@ -246,12 +246,12 @@ def build_emulation(tmp_path_factory, block_threads):
     CPU the optimizer costs are more than those runs win back (measured:
     compile and runs ~35 s -> ~30 s of CPU). The production block size
     (256: the CuPy stand-in of test_kernels_cupy.py, its heavy cases) keeps
-    -O1."""
+    -O1, as does `opt="-O1"`."""
     cxx = shutil.which("g++") or shutil.which("clang++")
     include = cuda_include()
     if cxx is None or include is None:
         pytest.skip("host emulation needs g++/clang++ (C++20) and the CUDA toolkit headers")
-    opt = "-O0" if block_threads <= 32 else "-O1"
+    opt = opt or ("-O0" if block_threads <= 32 else "-O1")
     cmd = [cxx, "-std=c++20", opt, "-shared", "-fPIC", "-pthread",
            "-fvisibility=hidden", "-Wl,-Bsymbolic",
            f"-DNORMOPT_CUDA_BLOCK_THREADS={block_threads}",
@@ -501,11 +501,14 @@ def test_emulated_cuda_vector_path_many_tensors_and_repeatability(emulated):
 
 
 @pytest.mark.slow
-def test_emulated_cuda_tensor_over_2_31_elements(emulated):
+def test_emulated_cuda_tensor_over_2_31_elements(tmp_path_factory):
     """64-bit indexing: elements past 2^31 are read where they are, and the
     count is not truncated (avg_l1 divides by it). calloc'ed zeros: the 4 GiB
-    float16 tensor costs no memory until written."""
+    float16 tensor costs no memory until written. An -O1 build of the small
+    blocks: the 2^31 elements take minutes on the -O0 one."""
     import numpy as np
+
+    emulated = HostEmulated(build_emulation(tmp_path_factory, 8, opt="-O1"))
 
     n = 2**31 + 70_000
     x = np.zeros(n, np.float16)
