@@ -170,13 +170,22 @@ def nvrtc_ptx(nvrtc, source, options):
         nvrtc.nvrtcDestroyProgram(ctypes.byref(prog))
 
 
-@pytest.mark.parametrize("arch", [ARCHS[0]] + [pytest.param(a, marks=pytest.mark.slow)
-                                                for a in ARCHS[1:]])
-def test_cupy_module_compiles_with_nvrtc(arch):
+@pytest.mark.parametrize("arch,optimized",
+                         [(ARCHS[0], False)] + [pytest.param(a, True, marks=pytest.mark.slow)
+                                                for a in ARCHS])
+def test_cupy_module_compiles_with_nvrtc(arch, optimized):
     """cupy_module.cu through NVRTC with the options CuPy's RawModule passes
     on its NVRTC route (no jitify; CuPy adds the toolkit and CCCL includes,
     -ftz=true and --device-as-default-execution-space): every entry point
-    cupy_kernels looks up is in the PTX, and NVRTC prints no warning."""
+    cupy_kernels looks up is in the PTX, and NVRTC prints no warning.
+
+    By default with -G as well (NVVM's optimizer off: ~15 s -> ~5 s of CPU).
+    What this checks is NVRTC's front end (the headers under NVRTC, every
+    template instantiated, its warnings) and the entry points' names, none of
+    which depends on the optimizer; the PTX is never run or inspected (the
+    register and shared-memory check is ptxas on nvcc's route above, on
+    optimized code). Exactly CuPy's options, optimized, for both
+    architectures with --runslow."""
     from normopt.kernels.cupy_kernels import SUFFIX, entry_names, nvrtc_options
 
     include = cuda_include()
@@ -190,6 +199,8 @@ def test_cupy_module_compiles_with_nvrtc(arch):
     options += [f"-I{d}" for d in includes]
     options += ["-ftz=true", "--device-as-default-execution-space",
                 f"--gpu-architecture=compute_{arch}"]
+    if not optimized:
+        options.append("-G")
     ok, out = nvrtc_ptx(nvrtc, '#include "cuda/cupy_module.cu"\n', options)
     assert ok, out
     entries = set(re.findall(r"\.entry\s+(\w+)", out))
@@ -222,18 +233,26 @@ def emulation_sources_hash():
     return digest.hexdigest()
 
 
-def build_emulation(tmp_path_factory, block_threads):
+def build_emulation(tmp_path_factory, block_threads, opt=None):
     """The host emulation of csrc/cuda with `block_threads` per block.
 
     Built once per test run and configuration (g++ takes seconds), by whichever
     module or xdist worker asks first: kept in emulation_cache_dir under a hash
     of the compile command and the sources, built under a file lock (another
-    worker waits, then finds it) and renamed into place only when complete."""
+    worker waits, then finds it) and renamed into place only when complete.
+
+    The small-block build (8 threads: the tiny-chunk tests here and in
+    test_overflow.py) is compiled at -O0: its runs are short, so the ~3 s of
+    CPU the optimizer costs are more than those runs win back (measured:
+    compile and runs ~35 s -> ~30 s of CPU). The production block size
+    (256: the CuPy stand-in of test_kernels_cupy.py, its heavy cases) keeps
+    -O1, as does `opt="-O1"`."""
     cxx = shutil.which("g++") or shutil.which("clang++")
     include = cuda_include()
     if cxx is None or include is None:
         pytest.skip("host emulation needs g++/clang++ (C++20) and the CUDA toolkit headers")
-    cmd = [cxx, "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread",
+    opt = opt or ("-O0" if block_threads <= 32 else "-O1")
+    cmd = [cxx, "-std=c++20", opt, "-shared", "-fPIC", "-pthread",
            "-fvisibility=hidden", "-Wl,-Bsymbolic",
            f"-DNORMOPT_CUDA_BLOCK_THREADS={block_threads}",
            "-I", os.path.join(ROOT, "csrc"), "-I", include,
@@ -482,11 +501,14 @@ def test_emulated_cuda_vector_path_many_tensors_and_repeatability(emulated):
 
 
 @pytest.mark.slow
-def test_emulated_cuda_tensor_over_2_31_elements(emulated):
+def test_emulated_cuda_tensor_over_2_31_elements(tmp_path_factory):
     """64-bit indexing: elements past 2^31 are read where they are, and the
     count is not truncated (avg_l1 divides by it). calloc'ed zeros: the 4 GiB
-    float16 tensor costs no memory until written."""
+    float16 tensor costs no memory until written. An -O1 build of the small
+    blocks: the 2^31 elements take minutes on the -O0 one."""
     import numpy as np
+
+    emulated = HostEmulated(build_emulation(tmp_path_factory, 8, opt="-O1"))
 
     n = 2**31 + 70_000
     x = np.zeros(n, np.float16)
