@@ -7,7 +7,10 @@ TASK 0 or 1: a worker of the cluster TF_CONFIG describes (2 workers on
 one process, no strategy, on the same global batches. Prints one JSON line
 per scenario, in order, as each finishes. Used by test_multiworker.py: a
 process can create MultiWorkerMirroredStrategy once, so one launch of the
-cluster runs every scenario in turn (the last one, `kill`, ends it).
+cluster runs every scenario in turn (the last one, `kill`, ends it: one
+more step of the last custom loop, or a loop of its own when it runs
+alone). The test runs TASK -1's scenarios in its own process (`run`), which
+has TensorFlow imported already, instead of a third launch.
 
 Each global batch of GLOBAL_BATCH rows is split in two halves, one per
 worker; the halves differ in scale by 10x, so normalizing each worker's
@@ -31,8 +34,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-tf.config.threading.set_inter_op_parallelism_threads(1)
-tf.config.threading.set_intra_op_parallelism_threads(1)
+if __name__ == "__main__":  # a worker; imported by the test, TF is set up there
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    tf.config.threading.set_intra_op_parallelism_threads(1)
 
 import keras  # noqa: E402
 
@@ -143,29 +147,46 @@ def custom_loop(strategy, task, name, kind, fused, skip, kill_at=None):
             replica_step(xb, yb)
 
     x, y = data(poison=skip)
+
+    def run_step(s):
+        step(tf.constant(shard(x, s, task)), tf.constant(shard(y, s, task)))
+        model.weights[0].numpy()
+
+    _last_step[:] = [run_step]
     for s in range(STEPS):
         if kill_at is not None and s == kill_at:
-            if task == 1:
-                os.kill(os.getpid(), signal.SIGKILL)
-            started = time.monotonic()
-            try:
-                step(tf.constant(shard(x, s, task)), tf.constant(shard(y, s, task)))
-                model.weights[0].numpy()
-            except Exception as exc:  # what the survivor sees
-                print(json.dumps({
-                    "scenario": name,
-                    "error": type(exc).__name__,
-                    "message": str(exc)[:2000],
-                    "seconds": time.monotonic() - started,
-                }), flush=True)
-                return
-            print(json.dumps({"scenario": name, "error": None,
-                              "seconds": time.monotonic() - started}), flush=True)
+            kill_one(task, name, lambda: run_step(s))
             return
-        step(tf.constant(shard(x, s, task)), tf.constant(shard(y, s, task)))
+        run_step(s)
     report(name, model, opt,
            replicas=strategy.num_replicas_in_sync if strategy else 1,
            strategy=strategy_name(strategy) if strategy else None)
+
+
+# The step of the last custom loop run in this process (the `kill` scenario
+# goes on training with it: no trace of its own).
+_last_step = []
+
+
+def kill_one(task, name, run_step):
+    """Worker 1 kills itself (SIGKILL); worker 0 runs `run_step` (one more
+    training step, whose collectives wait for worker 1) and reports the
+    error it gets and how long it took."""
+    if task == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    started = time.monotonic()
+    try:
+        run_step()
+    except Exception as exc:  # what the survivor sees
+        print(json.dumps({
+            "scenario": name,
+            "error": type(exc).__name__,
+            "message": str(exc)[:2000],
+            "seconds": time.monotonic() - started,
+        }), flush=True)
+        return
+    print(json.dumps({"scenario": name, "error": None,
+                      "seconds": time.monotonic() - started}), flush=True)
 
 
 def per_worker_norms(name):
@@ -227,6 +248,17 @@ def main(task, names):
             communication_options=options)
     print(f"task {task}: strategy up at {time.monotonic() - STARTED:.1f}s",
           file=sys.stderr, flush=True)
+    run(strategy, task, names)
+    sys.stdout.flush()
+    # Skip interpreter teardown: with a peer gone, TF's collective executor
+    # and gRPC threads can block exit.
+    os._exit(0)
+
+
+def run(strategy, task, names):
+    """Runs the scenarios `names` in turn, a JSON line each on stdout; a
+    crash under the strategy ends the process (the cluster's state is
+    unknown)."""
     for name in names:
         print(f"task {task}: {name} at {time.monotonic() - STARTED:.1f}s",
               file=sys.stderr, flush=True)
@@ -235,6 +267,8 @@ def main(task, names):
                 per_worker_norms(name)
             elif name == "fit":
                 fit(strategy, task, name)
+            elif name == "kill" and _last_step:  # the last loop's training goes on
+                kill_one(task, name, lambda: _last_step[0](0))
             elif name == "kill":
                 custom_loop(strategy, task, name, "normalized_adam", True, False,
                             kill_at=KILL_STEP)
@@ -246,10 +280,6 @@ def main(task, names):
                   flush=True)
             if strategy:  # the cluster's state is unknown: stop
                 sys.exit(3)
-    sys.stdout.flush()
-    # Skip interpreter teardown: with a peer gone, TF's collective executor
-    # and gRPC threads can block exit.
-    os._exit(0)
 
 
 if __name__ == "__main__":

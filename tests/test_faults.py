@@ -3,6 +3,13 @@ keras.callbacks.BackupAndRestore ends bit-identical to an uninterrupted run,
 weights and optimizer slots, on the fused and the pure-TF paths.
 
 (The 2-worker case, one worker killed, is in test_multiworker.py.)
+
+The pure-TF path runs with --runslow (a third of the file's CPU: three more
+trainings): what the kill and the restore exercise, the optimizer's
+variables written by the backup and read back, is the same on both paths,
+and a pure-TF training resumed from saved state is checked bit for bit by
+test_save_load.py's test_save_load_continue_is_identical (fused=False
+throughout).
 """
 
 import json
@@ -25,14 +32,20 @@ def launch(out_dir, *jobs):
         capture_output=True, text=True, env=env, timeout=600)
 
 
+PATHS = ["tf", "fused"]
+SLOW_PATHS = {"tf"}
+
+
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, request):
     """Two launches: kill tf and fused (the fused training runs inside the
     tf one's model.fit, where that one stops mid-epoch: one SIGKILL ends
-    both mid-epoch); resume both + refs."""
+    both mid-epoch); resume both + refs. Without --runslow fused only."""
+    every = request.config.getoption("--runslow")
+    paths = [p for p in PATHS if every or p not in SLOW_PATHS]
     out = tmp_path_factory.mktemp("faults")
-    first = launch(out, "tf:kill", "fused:kill")
-    second = launch(out, "tf:resume", "fused:resume", "tf:ref", "fused:ref")
+    first = launch(out, *[f"{p}:kill" for p in paths])
+    second = launch(out, *[f"{p}:resume" for p in paths], *[f"{p}:ref" for p in paths])
     return out, (first, second)
 
 
@@ -42,7 +55,8 @@ def test_runs_were_killed_mid_epoch(runs):
     assert second.returncode == 0, second.stderr[-3000:]
 
 
-@pytest.mark.parametrize("path", ["tf", "fused"])
+@pytest.mark.parametrize("path", [
+    pytest.param(p, marks=(pytest.mark.slow,) if p in SLOW_PATHS else ()) for p in PATHS])
 def test_resumed_run_is_bit_identical(runs, path):
     out, procs = runs
     ref = out / f"ref-{path}.npz"

@@ -15,10 +15,11 @@
     install        pip wheel of the sdist and an install of that wheel into a
                    fresh environment (offline, with pip's build isolation)
                    build against the TensorFlow there and run the fused path;
-                   a faked recorded version makes two processes racing at
-                   start rebuild it, for real, into the cache; pip install of
-                   the sdist itself (the same build, in one step) with
-                   --runslow. The builds share this user's CMake trees, so
+                   a faked recorded version makes a process rebuild it, for
+                   real, into the cache (two processes racing at start with
+                   --runslow: the race itself is `race` above, through the
+                   same ensure_cached); pip install of the sdist itself (the
+                   same build, in one step) with --runslow. The builds share this user's CMake trees, so
                    with the checkout already built they only relink
 """
 
@@ -621,7 +622,13 @@ def test_install_sdist_directly(tmp_path, sdist):
     _check_installed(result, tmp_path, build.current_tf())
 
 
-def test_install_wheel_of_the_sdist_then_rebuild_for_another_tensorflow(tmp_path, sdist):
+def test_install_wheel_of_the_sdist_then_rebuild_for_another_tensorflow(tmp_path, sdist,
+                                                                        request):
+    # One process rebuilds by default; two race with --runslow. (A racer
+    # costs a TensorFlow start-up, ~8 s of CPU; the race on the cache, one
+    # build and both getting the whole library, is test_two_processes_racing_
+    # on_the_cache's, through the same build.ensure_cached.)
+    racers = 2 if request.config.getoption("--runslow") else 1
     times = {}
     t = time.perf_counter()
     python, env, offline, archive = _install_env(tmp_path, sdist[1])
@@ -646,8 +653,9 @@ def test_install_wheel_of_the_sdist_then_rebuild_for_another_tensorflow(tmp_path
     _check_installed(result, tmp_path, tf)
     installed_lib = result["lib"]
 
-    # 2. the installed library now claims another TensorFlow: two processes
-    #    starting at once rebuild it (once) into the cache, and both load it
+    # 2. the installed library now claims another TensorFlow: a process
+    #    rebuilds it into the cache and loads it (with --runslow two processes
+    #    starting at once: it is rebuilt once, and both load it)
     with open(installed_lib, "rb") as f:
         data = f.read()
     old = f"tf_version={tf['tf_version']}\n".encode()
@@ -657,15 +665,15 @@ def test_install_wheel_of_the_sdist_then_rebuild_for_another_tensorflow(tmp_path
         f.write(data.replace(old, fake))
     t = time.perf_counter()
     procs = [subprocess.Popen([python, "-c", _CHECK], env=env, cwd=cwd, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+                              stderr=subprocess.PIPE, text=True) for _ in range(racers)]
     outs = [p.communicate(timeout=900) for p in procs]
-    times["rebuild (2 racing processes)"] = time.perf_counter() - t
+    times[f"rebuild ({racers} process{'es' if racers > 1 else ''})"] = time.perf_counter() - t
     for proc, (out, err) in zip(procs, outs):
         assert proc.returncode == 0, err[-3000:]
     results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
-    assert [r["path"] for r in results] == ["fused", "fused"], results
+    assert [r["path"] for r in results] == ["fused"] * racers, results
     assert {r["origin"] for r in results} == {"cache"}
-    assert results[0]["lib"] == results[1]["lib"]
+    assert {r["lib"] for r in results} == {results[0]["lib"]}
     assert results[0]["lib"].startswith(str(tmp_path / "cache" / "ops"))
     assert build.compatible(results[0]["record"], tf)
     announced = [line for _, err in outs for line in err.splitlines()

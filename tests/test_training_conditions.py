@@ -7,6 +7,7 @@ import tensorflow as tf
 import keras
 import normopt
 import reference as R
+from conftest import covering
 
 
 @pytest.fixture
@@ -24,8 +25,13 @@ def regression_data(n=128, seed=0):
     return x, np.stack([x.sum(1), x[:, 0] * 2], 1).astype("float32")
 
 
-@pytest.mark.parametrize("policy_name", ["mixed_float16", "mixed_bfloat16"])
-@pytest.mark.parametrize("wrapper", ["normalized", "clipped"])
+# Each wrapper and each policy once (the other two pairs with --runslow): a
+# mixed policy gives both wrappers the same float32 variables and (under
+# mixed_float16) the same LossScaleOptimizer around them, which unscales
+# before the norm (test_explicit_loss_scale_optimizer_around_wrapper clips
+# under one).
+@pytest.mark.parametrize("wrapper, policy_name", covering(
+    ["normalized", "clipped"], ["mixed_float16", "mixed_bfloat16"]))
 def test_mixed_precision_training(policy, policy_name, wrapper):
     policy(policy_name)
     keras.utils.set_random_seed(0)
