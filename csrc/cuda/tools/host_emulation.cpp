@@ -2,9 +2,9 @@
 //
 // Built by the tests with a host C++ compiler (g++ -std=c++20 -shared), not
 // nvcc: CUDA's keywords become plain C++, and each block runs on the calling
-// thread as blockDim.x fibers (ucontext), one per CUDA thread, switched
-// round-robin: a fiber runs until its next __syncthreads() or its end, so
-// every thread of the block reaches a barrier before any passes it.
+// thread as blockDim.x fibers, one per CUDA thread, switched round-robin: a
+// fiber runs until its next __syncthreads() or its end, so every thread of
+// the block reaches a barrier before any passes it.
 // __shared__ is a static (blocks run one after another) and threadIdx is set
 // for the fiber that runs. No OS thread is started, whatever the block size.
 // The entry points of entry_points.cuh are called unchanged, so the kernels'
@@ -15,6 +15,7 @@
 // The emu_* functions take host pointers and mirror launchers.h (emu_apply
 // takes the rule by name); emu_kernel gives a launcher of any entry point by
 // name, for a CuPy stand-in.
+#include <setjmp.h>
 #include <ucontext.h>
 
 #include <cmath>
@@ -35,15 +36,10 @@ struct EmuDim3 {
 };
 EmuDim3 threadIdx, blockIdx, blockDim, gridDim;
 
-// The fibers of the block that runs.
-ucontext_t emu_scheduler;
-std::vector<ucontext_t> emu_fibers;
-
 // Back to the scheduler; it resumes this fiber once every other fiber of the
 // block has reached the barrier (or its end).
-inline void __syncthreads() {
-  swapcontext(&emu_fibers[threadIdx.x], &emu_scheduler);
-}
+void emu_yield();
+inline void __syncthreads() { emu_yield(); }
 inline float __int_as_float(int bits) {
   float f;
   std::memcpy(&f, &bits, sizeof f);
@@ -73,31 +69,54 @@ constexpr size_t kFiberStack = size_t{256} << 10;
 const std::function<void()>* emu_kernel_body = nullptr;
 bool emu_returned = false;  // set by a fiber whose kernel body has ended
 
-void run_fiber() {
-  (*emu_kernel_body)();
-  emu_returned = true;  // then back to the scheduler through uc_link
+// A fiber lives for the whole process and runs one kernel body per block it
+// takes part in. It is entered once through ucontext (makecontext gives it
+// its stack); every later switch, both ways, is _setjmp/_longjmp, which
+// unlike swapcontext saves no signal mask: no system call per switch (the
+// emulated suites switch millions of times).
+struct Fiber {
+  std::unique_ptr<char[]> stack{new char[kFiberStack]};
+  ucontext_t entry{};
+  jmp_buf resume{};
+  bool started = false;
+};
+std::vector<std::unique_ptr<Fiber>> emu_fibers;
+jmp_buf emu_scheduler;
+
+[[noreturn]] void fiber_main() {
+  for (;;) {
+    (*emu_kernel_body)();
+    emu_returned = true;
+    emu_yield();
+  }
+}
+
+// Runs fiber t until it yields (a barrier or the end of its kernel body).
+__attribute__((noinline)) void resume(unsigned t) {
+  Fiber& fiber = *emu_fibers[t];
+  if (_setjmp(emu_scheduler)) return;
+  if (fiber.started) _longjmp(fiber.resume, 1);
+  fiber.started = true;
+  ucontext_t from;
+  getcontext(&fiber.entry);
+  fiber.entry.uc_stack.ss_sp = fiber.stack.get();
+  fiber.entry.uc_stack.ss_size = kFiberStack;
+  fiber.entry.uc_link = nullptr;  // fiber_main never returns
+  makecontext(&fiber.entry, fiber_main, 0);
+  swapcontext(&from, &fiber.entry);  // left by _longjmp, never resumed
 }
 
 // Runs one block of `block` fibers to completion.
 void run_block(unsigned block) {
-  static std::vector<std::unique_ptr<char[]>> stacks;
-  while (stacks.size() < block) stacks.emplace_back(new char[kFiberStack]);
-  emu_fibers.assign(block, ucontext_t{});
+  while (emu_fibers.size() < block) emu_fibers.emplace_back(new Fiber);
   std::vector<char> done(block, 0);
-  for (unsigned t = 0; t < block; ++t) {
-    getcontext(&emu_fibers[t]);
-    emu_fibers[t].uc_stack.ss_sp = stacks[t].get();
-    emu_fibers[t].uc_stack.ss_size = kFiberStack;
-    emu_fibers[t].uc_link = &emu_scheduler;
-    makecontext(&emu_fibers[t], run_fiber, 0);
-  }
   unsigned left = block;
   while (left > 0) {
     for (unsigned t = 0; t < block; ++t) {
       if (done[t]) continue;
       threadIdx.x = t;
       emu_returned = false;
-      swapcontext(&emu_scheduler, &emu_fibers[t]);
+      resume(t);
       if (emu_returned) {
         done[t] = 1;
         --left;
@@ -105,6 +124,16 @@ void run_block(unsigned block) {
     }
   }
 }
+
+}  // namespace
+
+// threadIdx.x is the yielding fiber's: the scheduler set it before resuming
+// it, and no other fiber has run since.
+__attribute__((noinline)) void emu_yield() {
+  if (!_setjmp(emu_fibers[threadIdx.x]->resume)) _longjmp(emu_scheduler, 1);
+}
+
+namespace {
 
 // Runs `kernel` on a grid of `grid` blocks of `block` threads, block by block.
 void launch(unsigned grid, unsigned block, const std::function<void()>& kernel) {
