@@ -160,7 +160,8 @@ def pytest_addoption(parser):
 
 
 # The files that take longest (seconds of one worker in a clean CI run on a
-# 2-core machine, 2026-12-07), longest first. Under pytest-xdist's --dist
+# 2-core machine, 2026-12-07; (*) a run whose TensorFlow imports compiled
+# from source, less with bytecode), longest first. Under pytest-xdist's --dist
 # loadfile a worker takes the next file when it finishes one; handing out the
 # long ones first keeps a long file from starting last and running alone at
 # the end. test_kernels_numba.py goes first: it compiles the Numba CPU
@@ -169,22 +170,22 @@ def pytest_addoption(parser):
 # instead of compiling again (the simulator suite's child alone spent ~35 s
 # compiling them).
 LONGEST_FIRST = (
-    "test_kernels_numba.py",     # 50 (Numba compiles)
-    "test_cuda_compile.py",      # 114
-    "test_kernels_cudasim.py",   # 70
-    "test_distribute.py",        # 65
-    "test_keras_integration.py",  # 57
-    "test_packaging.py",         # 56
-    "test_save_load.py",         # 55
-    "test_kernels_cupy.py",      # 47
-    "test_experiments.py",       # 45
-    "test_overflow.py",          # 41
-    "test_lm_experiment.py",     # 40
-    "test_bench_fit.py",         # 39
-    "test_multiworker.py",       # 37
-    "test_faults.py",            # 34
-    "test_fused_switch.py",      # 34
-    "test_fused_determinism.py",  # 26
+    "test_kernels_numba.py",     # 46 (Numba compiles)
+    "test_cuda_compile.py",      # 89
+    "test_distribute.py",        # 60
+    "test_packaging.py",         # 84 (*)
+    "test_kernels_cudasim.py",   # 52
+    "test_fused_determinism.py",  # 45 (*)
+    "test_faults.py",            # 44 (*)
+    "test_overflow.py",          # 44
+    "test_bench_fit.py",         # 43
+    "test_keras_integration.py",  # 34
+    "test_experiments.py",       # 33
+    "test_multiworker.py",       # 33
+    "test_save_load.py",         # 31
+    "test_fused_switch.py",      # 29
+    "test_cli.py",               # 23 (*)
+    "test_lm_experiment.py",     # 23
 )
 
 
