@@ -19,8 +19,9 @@
                    real, into the cache (two processes racing at start with
                    --runslow: the race itself is `race` above, through the
                    same ensure_cached); pip install of the sdist itself (the
-                   same build, in one step) with --runslow. The builds share this user's CMake trees, so
-                   with the checkout already built they only relink
+                   same build, in one step) with --runslow. The builds share
+                   this user's CMake trees, so with the checkout already built
+                   they only relink
 """
 
 import base64
