@@ -25,7 +25,6 @@ SGD and Adagrad there, and an inner optimizer without a fused rule, keep
 the pure-TF path, which keeps it sparse.
 """
 
-
 import keras
 import tensorflow as tf
 from tensorflow.python.framework import ops as tf_ops
